@@ -1,0 +1,75 @@
+//! Agent administration and tracing on the embedded store: `baton agents ...`, `baton trace`.
+
+use crate::config;
+use baton_core::ports::Store;
+use baton_core::{ConversationKey, Millis};
+use baton_embedded::Db;
+use baton_runtime::auth::{generate_token, hash_token};
+use std::io::Write;
+use std::path::Path;
+
+fn now() -> Millis {
+    use baton_core::ports::Clock;
+    baton_runtime::clock::SystemClock.now()
+}
+
+/// Validate and store every agent of `file`. New agents get a token, printed once.
+pub async fn apply(db: &Db, file: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
+    let agents = config::load_file(file)?;
+    for agent in &agents {
+        let existed = db.get_agent(&agent.id).await?.is_some();
+        db.put_agent(agent).await?;
+        if db.token_hashes(&agent.id).await?.is_empty() {
+            let token = generate_token();
+            db.add_token(&agent.id, &hash_token(&token), now()).await?;
+            writeln!(out, "{} agent {}; its access token (shown once): {token}", if existed { "updated" } else { "created" }, agent.id)?;
+        } else {
+            writeln!(out, "{} agent {}", if existed { "updated" } else { "created" }, agent.id)?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn list(db: &Db, out: &mut dyn Write) -> anyhow::Result<()> {
+    let agents = db.list_agents().await?;
+    if agents.is_empty() {
+        writeln!(out, "no agents; create some with `baton agents apply FILE`")?;
+    }
+    for a in agents {
+        let tokens = db.token_hashes(&a.id).await?.len();
+        let status = db.desk_status(&a.id).await?.map(|s| format!("{:?}", s.status)).unwrap_or_else(|| "unchecked".into());
+        let desk = match &a.desk {
+            baton_core::agent::DeskConfig::None => "none".to_string(),
+            baton_core::agent::DeskConfig::Webhook { url, .. } => format!("webhook {url}"),
+        };
+        writeln!(out, "{}\t{}\tdesk: {desk} ({status})\ttokens: {tokens}", a.id, a.name)?;
+    }
+    Ok(())
+}
+
+/// A new token for `agent`; the others are revoked unless `keep_old` (rotation without
+/// downtime: deploy the new token, then rotate again without `keep_old`... or revoke).
+pub async fn rotate_token(db: &Db, agent: &str, keep_old: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    if db.get_agent(agent).await?.is_none() {
+        anyhow::bail!("no agent {agent:?}");
+    }
+    let token = generate_token();
+    let hash = hash_token(&token);
+    db.add_token(agent, &hash, now()).await?;
+    let revoked = if keep_old { 0 } else { db.revoke_tokens(agent, Some(&hash)).await? };
+    writeln!(out, "new access token for {agent} (shown once): {token}")?;
+    writeln!(out, "{revoked} older token(s) revoked")?;
+    Ok(())
+}
+
+pub async fn trace(db: &Db, conversation: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+    let key = ConversationKey::parse(conversation).map_err(|e| anyhow::anyhow!("{conversation:?}: {e}"))?;
+    let entries = db.trace(&key).await?;
+    if entries.is_empty() {
+        writeln!(out, "nothing recorded for {key}")?;
+    }
+    for e in entries {
+        writeln!(out, "{}\t{}\t{}\t{}", e.at.0, e.what, e.id, e.detail)?;
+    }
+    Ok(())
+}

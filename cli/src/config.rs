@@ -1,0 +1,218 @@
+//! Agent config files (TOML): parse, resolve `env:` secrets, validate, and report every
+//! problem with the file, line and field it concerns.
+
+use baton_core::agent::Agent;
+use baton_core::model::Secret;
+use serde::Deserialize;
+use std::fmt;
+use std::path::Path;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentsFile {
+    #[serde(default, rename = "agent")]
+    agents: Vec<Agent>,
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: Option<usize>,
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.problems {
+            match p.line {
+                Some(l) => writeln!(f, "{}:{}: {}: {}", self.file, l, p.field, p.message)?,
+                None => writeln!(f, "{}: {}: {}", self.file, p.field, p.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+pub fn load_file(path: &Path) -> Result<Vec<Agent>, ConfigError> {
+    let name = path.display().to_string();
+    let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: name.clone(),
+        problems: vec![Problem { line: None, field: "file".into(), message: format!("cannot read: {e}") }],
+    })?;
+    parse(&name, &src, &|var| std::env::var(var).ok())
+}
+
+/// Parse and validate `src`. `env` resolves `env:NAME` secret references.
+pub fn parse(file: &str, src: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Agent>, ConfigError> {
+    let fail = |problems| ConfigError { file: file.to_string(), problems };
+    let parsed: AgentsFile = toml::from_str(src).map_err(|e| {
+        let line = e.span().map(|s| line_of(src, s.start));
+        let message = e.message().to_string();
+        fail(vec![Problem { line, field: "syntax".into(), message }])
+    })?;
+    let doc = toml_edit::ImDocument::parse(src.to_string()).ok();
+    let mut problems = Vec::new();
+    let mut agents = parsed.agents;
+    if agents.is_empty() {
+        problems.push(Problem { line: None, field: "agent".into(), message: "no [[agent]] tables in the file".into() });
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, agent) in agents.iter_mut().enumerate() {
+        let locate = |field: &str| doc.as_ref().and_then(|d| line_of_field(d, src, i, field));
+        if !seen.insert(agent.id.clone()) {
+            problems.push(Problem {
+                line: locate("id"),
+                field: format!("agent[{i}].id"),
+                message: format!("duplicate agent id {:?}", agent.id),
+            });
+        }
+        if let baton_core::agent::DeskConfig::Webhook { password, signing_secret, .. } = &mut agent.desk {
+            for (field, secret) in [("desk.password", password), ("desk.signing_secret", signing_secret)] {
+                if let Some(s) = secret {
+                    if let Err(message) = resolve_secret(s, env) {
+                        problems.push(Problem { line: locate(field), field: format!("agent[{i}].{field}"), message });
+                    }
+                }
+            }
+        }
+        for p in agent.validate() {
+            problems.push(Problem { line: locate(&p.path), field: format!("agent[{i}].{}", p.path), message: p.message });
+        }
+    }
+    if problems.is_empty() {
+        Ok(agents)
+    } else {
+        Err(fail(problems))
+    }
+}
+
+/// `env:NAME` is replaced by the environment variable, so secrets stay out of files.
+fn resolve_secret(s: &mut Secret, env: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
+    if let Some(var) = s.0.strip_prefix("env:") {
+        match env(var) {
+            Some(v) if !v.is_empty() => s.0 = v,
+            _ => return Err(format!("environment variable {var} is not set")),
+        }
+    }
+    Ok(())
+}
+
+fn line_of(src: &str, offset: usize) -> usize {
+    src[..offset.min(src.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+/// Line of `agent[i].<dotted path>` (parts may be indexed: `brain.faq[1].answer`); falls
+/// back to the deepest part of the path that exists.
+fn line_of_field(doc: &toml_edit::ImDocument<String>, src: &str, i: usize, path: &str) -> Option<usize> {
+    let mut table: &toml_edit::Table = doc.get("agent")?.as_array_of_tables()?.get(i)?;
+    let mut best = table.span();
+    let parts: Vec<&str> = path.split('.').collect();
+    for (n, part) in parts.iter().enumerate() {
+        let (name, index) = match part.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (*part, None),
+        };
+        let Some(item) = table.get(name) else { break };
+        best = item.span().or_else(|| item.as_value().and_then(|v| v.span())).or(best);
+        let last = n + 1 == parts.len();
+        let next = match (index, item) {
+            (Some(ix), toml_edit::Item::ArrayOfTables(a)) => a.get(ix),
+            (None, toml_edit::Item::Table(t)) => Some(t),
+            _ => None,
+        };
+        match next {
+            Some(t) => {
+                best = t.span().or(best);
+                table = t;
+            }
+            None if last => {}
+            None => break,
+        }
+    }
+    best.map(|s| line_of(src, s.start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    const GOOD: &str = r#"
+[[agent]]
+id = "shop"
+name = "Shop"
+
+[agent.desk]
+kind = "webhook"
+url = "https://desk.example.com/hooks"
+username = "hub"
+password = "env:DESK_PW"
+
+[agent.brain]
+kind = "faq"
+
+[[agent.brain.faq]]
+question = "What are your opening hours?"
+answer = "9-17"
+"#;
+
+    #[test]
+    fn parses_and_resolves_env_secrets() {
+        let agents = parse("a.toml", GOOD, &|v| (v == "DESK_PW").then(|| "s3cret".to_string())).unwrap();
+        assert_eq!(agents.len(), 1);
+        match &agents[0].desk {
+            baton_core::agent::DeskConfig::Webhook { password, .. } => {
+                assert_eq!(password.as_ref().unwrap().expose(), "s3cret")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_env_names_field_and_line() {
+        let err = parse("a.toml", GOOD, &no_env).unwrap_err();
+        assert_eq!(err.problems.len(), 1);
+        assert_eq!(err.problems[0].field, "agent[0].desk.password");
+        assert_eq!(err.problems[0].line, Some(10));
+        assert!(err.to_string().contains("a.toml:10: agent[0].desk.password: environment variable DESK_PW is not set"));
+        assert!(!err.to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn semantic_problems_have_lines() {
+        let src = "[[agent]]\nid = \"ok\"\n\n[agent.policy]\nwait_timeout_secs = 0\n\n[[agent]]\nid = \"Bad Id\"\n";
+        let err = parse("b.toml", src, &no_env).unwrap_err();
+        let got: Vec<_> = err.problems.iter().map(|p| (p.field.as_str(), p.line)).collect();
+        assert_eq!(got, vec![("agent[0].policy.wait_timeout_secs", Some(5)), ("agent[1].id", Some(8))]);
+    }
+
+    #[test]
+    fn syntax_and_unknown_fields_are_reported_with_line() {
+        let err = parse("c.toml", "[[agent]]\nid = \"x\"\ncolour = 3\n", &no_env).unwrap_err();
+        assert_eq!(err.problems[0].line, Some(3));
+        assert!(err.problems[0].message.contains("colour"), "{}", err.problems[0].message);
+        let err = parse("c.toml", "[[agent]\n", &no_env).unwrap_err();
+        assert_eq!(err.problems[0].field, "syntax");
+        assert_eq!(err.problems[0].line, Some(1));
+    }
+
+    #[test]
+    fn faq_entry_problem_points_into_the_array() {
+        let src = "[[agent]]\nid = \"x\"\n[agent.brain]\nkind = \"faq\"\n[[agent.brain.faq]]\nquestion = \"q\"\nanswer = \"a\"\n[[agent.brain.faq]]\nquestion = \"q2\"\nanswer = \" \"\n";
+        let err = parse("d.toml", src, &no_env).unwrap_err();
+        assert_eq!(err.problems[0].field, "agent[0].brain.faq[1].answer");
+        assert_eq!(err.problems[0].line, Some(10));
+    }
+}

@@ -1,0 +1,8 @@
+//! The `baton` command as a library, so tests can start the server in-process.
+
+pub mod admin;
+pub mod assets;
+pub mod config;
+pub mod console;
+pub mod demo;
+pub mod serve;

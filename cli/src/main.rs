@@ -1,0 +1,125 @@
+use baton::serve::{start, ServeOptions};
+use baton_embedded::Db;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Baton: the AI-to-human handoff hub.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything locally: routes, worker, timers, widget and operator console.
+    Serve {
+        #[arg(long, env = "BATON_ADDR", default_value = "127.0.0.1:8787")]
+        addr: SocketAddr,
+        #[arg(long, env = "BATON_DATA", default_value = ".baton/baton.sqlite")]
+        data: PathBuf,
+        /// Agents file (TOML) applied at start.
+        #[arg(long, env = "BATON_AGENTS")]
+        agents: Option<PathBuf>,
+        /// Largest accepted request body, in bytes.
+        #[arg(long, env = "BATON_BODY_LIMIT", default_value_t = baton_runtime::http::DEFAULT_BODY_LIMIT)]
+        body_limit: usize,
+        /// Do not create the example agent on an empty store.
+        #[arg(long)]
+        no_example: bool,
+    },
+    /// Manage agents.
+    Agents {
+        #[command(subcommand)]
+        command: AgentsCommand,
+        #[arg(long, env = "BATON_DATA", default_value = ".baton/baton.sqlite", global = true)]
+        data: PathBuf,
+    },
+    /// Print a conversation's events, state changes and effects (`agent#channel#user`).
+    Trace {
+        conversation: String,
+        #[arg(long, env = "BATON_DATA", default_value = ".baton/baton.sqlite")]
+        data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentsCommand {
+    /// Validate and store the agents of a TOML file; new agents get a token (shown once).
+    Apply { file: PathBuf },
+    /// Check a TOML file without storing anything.
+    Validate { file: PathBuf },
+    List,
+    /// Issue a new access token (shown once) and revoke the others.
+    RotateToken {
+        agent: String,
+        /// Keep the old tokens valid (revoke them later with another rotation).
+        #[arg(long)]
+        keep_old: bool,
+    },
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("BATON_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn open_db(path: &std::path::Path) -> anyhow::Result<Arc<Db>> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    Ok(Db::open(path)?)
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    init_logging();
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    match cli.command {
+        Command::Serve { addr, data, agents, body_limit, no_example } => {
+            let opts = ServeOptions { addr, data, agents_file: agents, body_limit, example_agent: !no_example };
+            let running = start(opts, Arc::new(baton_runtime::clock::SystemClock)).await?;
+            let a = running.addr;
+            println!("Baton is running on http://{a}");
+            println!("  try the widget:      http://{a}/");
+            println!("  operator console:    http://{a}/console");
+            if let Some(token) = &running.example_token {
+                println!("  example agent `demo` created; its access token (shown once): {token}");
+            }
+            tokio::signal::ctrl_c().await?;
+            running.stop().await;
+        }
+        Command::Agents { command, data } => match command {
+            AgentsCommand::Validate { file } => {
+                let agents = baton::config::load_file(&file)?;
+                println!("{}: {} agent(s) valid", file.display(), agents.len());
+            }
+            AgentsCommand::Apply { file } => baton::admin::apply(open_db(&data)?.as_ref(), &file, &mut out).await?,
+            AgentsCommand::List => baton::admin::list(open_db(&data)?.as_ref(), &mut out).await?,
+            AgentsCommand::RotateToken { agent, keep_old } => {
+                baton::admin::rotate_token(open_db(&data)?.as_ref(), &agent, keep_old, &mut out).await?
+            }
+        },
+        Command::Trace { conversation, data } => baton::admin::trace(open_db(&data)?.as_ref(), &conversation, &mut out).await?,
+    }
+    Ok(())
+}

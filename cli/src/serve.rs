@@ -1,0 +1,311 @@
+//! `baton serve`: every route, the worker, the timers and the operator console in one
+//! process on loopback, with state in one SQLite file.
+
+use crate::{assets, console, demo};
+use baton_brains::FaqBrain;
+use baton_connectors::webhook_desk::WebhookDesk;
+use baton_core::ports::{Clock, Store};
+use baton_core::ConversationKey;
+use baton_embedded::{ConsoleStore, Db, EmbeddedQueue, EmbeddedTimers};
+use baton_runtime::http::{AppState, Limits};
+use baton_runtime::widget::{ChannelRouter, MessageLog, TokenSigner};
+use baton_runtime::worker::{apply_event, drain_outbox};
+use baton_runtime::Ports;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, Semaphore};
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub addr: SocketAddr,
+    pub data: PathBuf,
+    pub agents_file: Option<PathBuf>,
+    pub body_limit: usize,
+    /// Create the example agent and the console desk when the store has no agents.
+    pub example_agent: bool,
+}
+
+/// A running server (tests start it in-process; `main` runs it until Ctrl-C).
+pub struct Running {
+    pub addr: SocketAddr,
+    pub ports: Ports,
+    pub db: Arc<Db>,
+    /// Token of the example agent when this start created it (shown once).
+    pub example_token: Option<String>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}
+
+/// The widget's message log on the embedded database.
+struct DbMessageLog(Arc<Db>);
+
+#[async_trait::async_trait]
+impl MessageLog for DbMessageLog {
+    async fn append(
+        &self,
+        key: &ConversationKey,
+        idempotency_key: &str,
+        message: &baton_core::OutMessage,
+        at: baton_core::Millis,
+    ) -> Result<Option<i64>, baton_core::ports::StoreError> {
+        self.0.append_user_message(key, idempotency_key, message, at).await
+    }
+
+    async fn after(
+        &self,
+        key: &ConversationKey,
+        cursor: i64,
+        limit: usize,
+    ) -> Result<Vec<baton_runtime::widget::LoggedMessage>, baton_core::ports::StoreError> {
+        let rows = self.0.user_messages_after(key, cursor, limit).await?;
+        Ok(rows.into_iter().map(|(seq, at, message)| baton_runtime::widget::LoggedMessage { seq, at, message }).collect())
+    }
+}
+
+/// Concurrent conversations being worked on at once.
+const WORKERS: usize = 64;
+
+pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
+    if let Some(dir) = opts.data.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    let db = Db::open(&opts.data)?;
+    let queue = Arc::new(EmbeddedQueue::new(db.clone())?);
+    let timers = Arc::new(EmbeddedTimers::new(db.clone()));
+    let listener = TcpListener::bind(opts.addr).await?;
+    let addr = listener.local_addr()?;
+
+    let secret = db.get_or_insert_setting("widget_token_secret", baton_runtime::auth::generate_token).await?;
+    let (live, _) = broadcast::channel(4096);
+    let log: Arc<dyn MessageLog> = Arc::new(DbMessageLog(db.clone()));
+    let channels = Arc::new(ChannelRouter { log: log.clone(), live: live.clone(), clock: clock.clone() });
+    let ports = Ports {
+        store: db.clone(),
+        queue: queue.clone(),
+        timers: timers.clone(),
+        clock: clock.clone(),
+        brain: Arc::new(FaqBrain::new()),
+        channels,
+        desk: Arc::new(WebhookDesk::new(Duration::from_secs(15))),
+        alerts: Default::default(),
+    };
+
+    if let Some(file) = &opts.agents_file {
+        let agents = crate::config::load_file(file)?;
+        for a in &agents {
+            db.put_agent(a).await?;
+        }
+    }
+    let console_store = ConsoleStore::new(db.clone());
+    let hub_base = format!("http://{addr}");
+    let example_token =
+        if opts.example_agent { demo::ensure_example_agent(&db, &console_store, &hub_base, clock.now()).await? } else { None };
+
+    let state = AppState {
+        ports: ports.clone(),
+        log,
+        live,
+        signer: TokenSigner::new(secret.as_bytes()),
+        limits: Arc::new(Limits::default()),
+        body_limit: opts.body_limit,
+    };
+    let console_state = console::ConsoleState::new(console_store, db.clone(), hub_base, ports.alerts.clone(), clock.clone());
+    let app = baton_runtime::http::router(state)
+        .merge(assets::routes())
+        .merge(console::routes(console_state, opts.body_limit));
+
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    let dispatcher = Dispatcher::new(ports.clone(), queue.clone());
+    let mut tasks = Vec::new();
+
+    // Work that was accepted before a crash or restart.
+    for key in queue.conversations_with_events(usize::MAX).await? {
+        dispatcher.wake(key);
+    }
+    let mut rx = queue.subscribe();
+    let d = dispatcher.clone();
+    let mut stop = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                k = rx.recv() => match k { Some(k) => d.wake(k), None => break },
+                _ = stop.changed() => break,
+            }
+        }
+    }));
+    tasks.push(tokio::spawn(timer_loop(timers.clone(), clock.clone(), shutdown_rx.clone())));
+    tasks.push(tokio::spawn(retry_loop(db.clone(), dispatcher.clone(), clock.clone(), shutdown_rx.clone())));
+    tasks.push(tokio::spawn(probe_loop(ports.clone(), shutdown_rx.clone())));
+
+    let mut stop = shutdown_rx.clone();
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            let _ = stop.changed().await;
+        });
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    }));
+    tracing::info!(%addr, data = %opts.data.display(), "baton is serving");
+    Ok(Running { addr, ports, db, example_token, shutdown, tasks })
+}
+
+/// Fires due timers into the queue. Sleeps until the next due timer, at most 200 ms, so a
+/// timer fires well within a second of its due time; a newly armed timer wakes it early.
+async fn timer_loop(timers: Arc<EmbeddedTimers>, clock: Arc<dyn Clock>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let changed = timers.changed();
+    loop {
+        if let Err(e) = timers.fire_due(clock.now()).await {
+            tracing::error!(error = %e, "firing timers failed");
+        }
+        let wait = match timers.next_due().await.ok().flatten() {
+            Some(due) => Duration::from_millis((due.0 - clock.now().0).clamp(0, 200) as u64),
+            None => Duration::from_millis(200),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = changed.notified() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Wakes conversations whose deferred effects are due again (also after a restart).
+async fn retry_loop(db: Arc<Db>, d: Arc<Dispatcher>, clock: Arc<dyn Clock>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        match db.conversations_with_due_effects(clock.now(), 1000).await {
+            Ok(keys) => keys.into_iter().for_each(|k| d.wake(k)),
+            Err(e) => tracing::error!(error = %e, "outbox sweep failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Re-checks every agent's desk credentials at start and every 10 minutes (seed 004's
+/// service status).
+async fn probe_loop(ports: Ports, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if let Ok(agents) = ports.store.list_agents().await {
+            for agent in agents {
+                let (status, detail) = ports.desk.probe(&agent).await;
+                let rec = baton_core::ports::DeskStatusRecord { status, detail, checked_at: ports.clock.now() };
+                if let Err(e) = ports.store.set_desk_status(&agent.id, &rec).await {
+                    tracing::warn!(agent = %agent.id, error = %e, "could not store desk status");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Runs each conversation's queued events strictly in order, one task per busy
+/// conversation, many conversations in parallel.
+pub struct Dispatcher {
+    ports: Ports,
+    queue: Arc<EmbeddedQueue>,
+    /// Busy conversations; `true` asks the running task to look again before it exits.
+    busy: Mutex<HashMap<ConversationKey, bool>>,
+    slots: Semaphore,
+}
+
+impl Dispatcher {
+    fn new(ports: Ports, queue: Arc<EmbeddedQueue>) -> Arc<Self> {
+        Arc::new(Dispatcher { ports, queue, busy: Mutex::new(HashMap::new()), slots: Semaphore::new(WORKERS) })
+    }
+
+    pub fn wake(self: &Arc<Self>, key: ConversationKey) {
+        {
+            let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(again) = busy.get_mut(&key) {
+                *again = true;
+                return;
+            }
+            busy.insert(key.clone(), false);
+        }
+        let me = self.clone();
+        tokio::spawn(async move { me.run(key).await });
+    }
+
+    async fn run(self: Arc<Self>, key: ConversationKey) {
+        let Ok(_slot) = self.slots.acquire().await else { return };
+        loop {
+            let retry = self.work(&key).await;
+            let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+            if busy.get(&key) == Some(&true) {
+                busy.insert(key.clone(), false);
+                continue;
+            }
+            busy.remove(&key);
+            drop(busy);
+            if let Some(delay) = retry {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    me.wake(key);
+                });
+            }
+            return;
+        }
+    }
+
+    /// Apply every queued event of the conversation, running its effects after each.
+    /// Returns when to look again (a failure or a deferred effect), if ever.
+    async fn work(&self, key: &ConversationKey) -> Option<Duration> {
+        loop {
+            let event = match self.queue.head(key).await {
+                Ok(Some(e)) => e,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(conversation = %key, error = %e, "reading the queue failed");
+                    return Some(Duration::from_secs(1));
+                }
+            };
+            match apply_event(&self.ports, &event).await {
+                Ok(outcome) => {
+                    tracing::debug!(conversation = %key, event = %event.id, ?outcome, "event processed");
+                    if let Err(e) = self.queue.ack(&event.id).await {
+                        tracing::error!(conversation = %key, error = %e, "acknowledging an event failed");
+                        return Some(Duration::from_secs(1));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(conversation = %key, event = %event.id, error = %e, "event failed; will retry");
+                    return Some(Duration::from_secs(1));
+                }
+            }
+            if let Err(e) = drain_outbox(&self.ports, key).await {
+                tracing::error!(conversation = %key, error = %e, "running effects failed");
+                return Some(Duration::from_secs(1));
+            }
+        }
+        match drain_outbox(&self.ports, key).await {
+            Ok(d) => d.next_due.map(|due| Duration::from_millis((due.0 - self.ports.clock.now().0).max(0) as u64)),
+            Err(e) => {
+                tracing::error!(conversation = %key, error = %e, "running effects failed");
+                Some(Duration::from_secs(1))
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Effects: what `step` asks the shell to do. They are stored in the outbox together with
+//! the new session state, executed, and marked done.
+
+use crate::model::{CloseReason, Millis, OutMessage, Turn};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Payload schema version of outbox items.
+pub const EFFECT_SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Effect {
+    /// Ask the agent's brain; its answer comes back as `BrainReplied`/`BrainFailed`.
+    AskBrain {
+        question: String,
+        history: Vec<Turn>,
+        /// What the bot should know about the last human session.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        context: Option<String>,
+        #[serde(default)]
+        language: String,
+    },
+    SendToUser {
+        message: OutMessage,
+    },
+    /// Open a desk conversation; the result comes back as `DeskOpened`/`DeskOpenFailed`.
+    OpenDesk {
+        request: HandoffRequest,
+    },
+    /// Relay a user message into the open desk conversation of `handoff_id`.
+    PostToDesk {
+        handoff_id: String,
+        text: String,
+    },
+    /// Close the desk conversation of `handoff_id` from our side.
+    CloseDesk {
+        handoff_id: String,
+        reason: CloseReason,
+    },
+    /// Arm the conversation's single timer; an older generation is thereby stale.
+    ScheduleTimer {
+        generation: u64,
+        due: Millis,
+        kind: TimerKind,
+    },
+    CancelTimer,
+}
+
+impl Effect {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Effect::AskBrain { .. } => "ask_brain",
+            Effect::SendToUser { .. } => "send_to_user",
+            Effect::OpenDesk { .. } => "open_desk",
+            Effect::PostToDesk { .. } => "post_to_desk",
+            Effect::CloseDesk { .. } => "close_desk",
+            Effect::ScheduleTimer { .. } => "schedule_timer",
+            Effect::CancelTimer => "cancel_timer",
+        }
+    }
+}
+
+/// Everything a desk needs to open a human conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoffRequest {
+    pub handoff_id: String,
+    pub email: String,
+    /// The last N messages before the current question, oldest first.
+    pub history: Vec<Turn>,
+    /// The current question.
+    pub question: String,
+    /// Why the handoff happened (shown to the human).
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimerKind {
+    /// No human replied yet: ask the user to end or keep waiting.
+    Wait,
+    /// The user did not answer that question.
+    WaitReply,
+    /// The user did not reply to the human.
+    Session,
+}
+
+/// An effect with its stable id. The id is derived from the event that produced it and
+/// its position, so a re-run after a crash carries the same idempotency key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingEffect {
+    pub id: String,
+    pub effect: Effect,
+}
+
+impl PendingEffect {
+    pub fn for_event(event_id: &str, index: usize, effect: Effect) -> Self {
+        PendingEffect {
+            id: format!("{event_id}/{index}"),
+            effect,
+        }
+    }
+
+    /// The idempotency key sent to receivers (`webhook-id`, `X-Line-Retry-Key`, ...).
+    pub fn idempotency_key(&self) -> String {
+        let digest = Sha256::digest(self.id.as_bytes());
+        format!("msg_{}", &hex::encode(digest)[..32])
+    }
+}

@@ -1,0 +1,110 @@
+//! Canonical events: what every connector's webhook turns into, and what effects feed back.
+
+use crate::model::{ConversationKey, Millis};
+use serde::{Deserialize, Serialize};
+
+/// Payload schema version of queued events (messages in flight survive a deploy).
+pub const EVENT_SCHEMA: u32 = 1;
+
+fn event_schema() -> u32 {
+    EVENT_SCHEMA
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(default = "event_schema")]
+    pub schema: u32,
+    /// Dedupe id, unique across providers: `{source}:{provider id}`.
+    pub id: String,
+    pub conversation: ConversationKey,
+    /// When the hub accepted the event.
+    pub at: Millis,
+    pub kind: EventKind,
+}
+
+impl Event {
+    pub fn new(id: impl Into<String>, conversation: ConversationKey, at: Millis, kind: EventKind) -> Self {
+        Event {
+            schema: EVENT_SCHEMA,
+            id: id.into(),
+            conversation,
+            at,
+            kind,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The end user wrote something (or pressed a button, whose value is the text).
+    UserMessage {
+        text: String,
+        /// E-mail known to the channel (widget `setEmail`, `?email=`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        email: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        language: Option<String>,
+    },
+    /// The channel learned the user's e-mail outside the chat.
+    UserSetEmail { email: String },
+    /// The user pressed "end" (button or command) in the channel.
+    UserEnded,
+    /// A rule or an API call asks for a human.
+    HandoffRequested { reason: String },
+    /// The brain answered an `AskBrain` effect.
+    BrainReplied { reply: BrainReply },
+    /// The brain failed for good (after its own retries).
+    BrainFailed { error: String },
+    /// The desk accepted the handoff and named its conversation.
+    DeskOpened {
+        handoff_id: String,
+        desk_conversation_id: String,
+    },
+    /// The desk refused the handoff for good.
+    DeskOpenFailed { handoff_id: String, error: String },
+    /// A human operator wrote in the desk conversation.
+    HumanMessage { desk_conversation_id: String, text: String },
+    /// The human operator ended the desk conversation.
+    HumanClosed { desk_conversation_id: String },
+    /// A timer armed by `ScheduleTimer` is due.
+    TimerFired { generation: u64 },
+}
+
+impl EventKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::UserMessage { .. } => "user_message",
+            EventKind::UserSetEmail { .. } => "user_set_email",
+            EventKind::UserEnded => "user_ended",
+            EventKind::HandoffRequested { .. } => "handoff_requested",
+            EventKind::BrainReplied { .. } => "brain_replied",
+            EventKind::BrainFailed { .. } => "brain_failed",
+            EventKind::DeskOpened { .. } => "desk_opened",
+            EventKind::DeskOpenFailed { .. } => "desk_open_failed",
+            EventKind::HumanMessage { .. } => "human_message",
+            EventKind::HumanClosed { .. } => "human_closed",
+            EventKind::TimerFired { .. } => "timer_fired",
+        }
+    }
+}
+
+/// What a brain says to one question.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BrainReply {
+    Answer {
+        text: String,
+    },
+    /// The brain does not know; `text` is its own way of saying so, if any.
+    Unknown {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+    },
+    /// The brain decided a human should take over.
+    Handoff {
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+    },
+}

@@ -1,0 +1,234 @@
+//! Ports: the small traits the runtime drives. Adapters live in other crates
+//! (embedded SQLite, AWS, connectors, brains); the core only names them.
+
+use crate::agent::Agent;
+use crate::effect::{HandoffRequest, PendingEffect};
+use crate::event::{BrainReply, Event};
+use crate::model::{CloseReason, ConversationKey, Millis, OutMessage, ServiceStatus, Turn};
+use crate::session::Session;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored record {key} cannot be read: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+/// A session with the version it was read at (0 = never stored).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionedSession {
+    pub session: Session,
+    pub version: u64,
+}
+
+/// One line of a conversation's trace: what happened to an event or an effect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceEntry {
+    pub at: Millis,
+    /// `event`, `ignored` or `effect`.
+    pub what: String,
+    pub id: String,
+    pub detail: String,
+}
+
+/// Everything one applied event changes, written in one atomic, conditional write.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    pub expected_version: u64,
+    pub session: Session,
+    pub event_id: String,
+    pub effects: Vec<PendingEffect>,
+    pub trace: TraceEntry,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Committed {
+        version: u64,
+    },
+    /// Someone else wrote the session since it was read: reload and step again.
+    VersionConflict,
+    /// The event was applied before: drop it.
+    AlreadySeen,
+}
+
+/// A pending effect in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxItem {
+    pub effect: PendingEffect,
+    pub attempts: u32,
+    pub next_attempt_at: Millis,
+}
+
+/// Which conversation a desk conversation belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeskLink {
+    pub agent: String,
+    pub desk_conversation_id: String,
+    pub handoff_id: String,
+    pub conversation: ConversationKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeskStatusRecord {
+    pub status: ServiceStatus,
+    pub detail: String,
+    pub checked_at: Millis,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    async fn get_agent(&self, id: &str) -> Result<Option<Agent>, StoreError>;
+    async fn put_agent(&self, agent: &Agent) -> Result<(), StoreError>;
+    async fn list_agents(&self) -> Result<Vec<Agent>, StoreError>;
+
+    /// Store the SHA-256 hash of a new access token; the token itself is never stored.
+    async fn add_token(&self, agent: &str, token_hash: &str, created_at: Millis) -> Result<(), StoreError>;
+    /// Revoke every token of `agent` except `keep`.
+    async fn revoke_tokens(&self, agent: &str, keep: Option<&str>) -> Result<u64, StoreError>;
+    async fn token_hashes(&self, agent: &str) -> Result<Vec<String>, StoreError>;
+
+    async fn load_session(&self, key: &ConversationKey) -> Result<Option<VersionedSession>, StoreError>;
+    async fn is_seen(&self, event_id: &str) -> Result<bool, StoreError>;
+    /// Session + seen id + effects + trace in one conditional write.
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError>;
+
+    /// Pending effects of one conversation, oldest first.
+    async fn pending_effects(&self, key: &ConversationKey) -> Result<Vec<OutboxItem>, StoreError>;
+    async fn complete_effect(
+        &self,
+        key: &ConversationKey,
+        effect_id: &str,
+        trace: TraceEntry,
+    ) -> Result<(), StoreError>;
+    async fn defer_effect(
+        &self,
+        key: &ConversationKey,
+        effect_id: &str,
+        attempts: u32,
+        next_attempt_at: Millis,
+        trace: TraceEntry,
+    ) -> Result<(), StoreError>;
+    /// Conversations whose outbox head is due at `now` (retries after a failure or a crash).
+    async fn conversations_with_due_effects(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<ConversationKey>, StoreError>;
+
+    async fn put_desk_link(&self, link: &DeskLink) -> Result<(), StoreError>;
+    async fn desk_link(&self, agent: &str, desk_conversation_id: &str) -> Result<Option<DeskLink>, StoreError>;
+    async fn desk_link_for_handoff(&self, handoff_id: &str) -> Result<Option<DeskLink>, StoreError>;
+
+    async fn set_desk_status(&self, agent: &str, status: &DeskStatusRecord) -> Result<(), StoreError>;
+    async fn desk_status(&self, agent: &str) -> Result<Option<DeskStatusRecord>, StoreError>;
+
+    async fn trace(&self, key: &ConversationKey) -> Result<Vec<TraceEntry>, StoreError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("queue unavailable: {0}")]
+pub struct QueueError(pub String);
+
+/// Where ingress puts events. `enqueue` returns only once the events are durable;
+/// an event id seen recently by the queue is accepted again without a second copy.
+#[async_trait]
+pub trait EventQueue: Send + Sync {
+    async fn enqueue(&self, events: Vec<Event>) -> Result<(), QueueError>;
+}
+
+/// The conversation's single timer.
+#[async_trait]
+pub trait Timers: Send + Sync {
+    async fn schedule(&self, key: &ConversationKey, generation: u64, due: Millis) -> Result<(), StoreError>;
+    async fn cancel(&self, key: &ConversationKey) -> Result<(), StoreError>;
+}
+
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Millis;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrainRequest {
+    pub question: String,
+    pub history: Vec<Turn>,
+    pub context: Option<String>,
+    pub language: String,
+}
+
+#[async_trait]
+pub trait Brain: Send + Sync {
+    async fn answer(&self, agent: &Agent, request: &BrainRequest) -> Result<BrainReply, DeliveryError>;
+}
+
+/// Why an outbound call failed, and whether trying again can help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("temporary failure: {message}")]
+    Retryable {
+        message: String,
+        retry_after_ms: Option<u64>,
+    },
+    #[error("credentials rejected: {message}")]
+    Unauthorized { message: String },
+    #[error("permanent failure: {message}")]
+    Permanent { message: String },
+}
+
+impl DeliveryError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        DeliveryError::Retryable {
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        DeliveryError::Permanent {
+            message: message.into(),
+        }
+    }
+}
+
+/// Sends a message to the end user on their channel.
+#[async_trait]
+pub trait ChannelSender: Send + Sync {
+    async fn send(
+        &self,
+        agent: &Agent,
+        key: &ConversationKey,
+        message: &OutMessage,
+        idempotency_key: &str,
+    ) -> Result<(), DeliveryError>;
+}
+
+/// A human help-desk.
+#[async_trait]
+pub trait Desk: Send + Sync {
+    /// Open a desk conversation and return the desk's id for it.
+    async fn open(
+        &self,
+        agent: &Agent,
+        key: &ConversationKey,
+        request: &HandoffRequest,
+        idempotency_key: &str,
+    ) -> Result<String, DeliveryError>;
+    async fn post(
+        &self,
+        agent: &Agent,
+        desk_conversation_id: &str,
+        text: &str,
+        idempotency_key: &str,
+    ) -> Result<(), DeliveryError>;
+    async fn close(
+        &self,
+        agent: &Agent,
+        desk_conversation_id: &str,
+        reason: CloseReason,
+        idempotency_key: &str,
+    ) -> Result<(), DeliveryError>;
+    /// Check the desk's credentials without creating anything.
+    async fn probe(&self, agent: &Agent) -> (ServiceStatus, String);
+}

@@ -1,0 +1,689 @@
+//! The session state machine. `step` is pure: it is fed the session, one event, the time
+//! and the agent, and returns the next session and the effects to run. Events that do not
+//! apply in the current state (late, duplicated, out of order) are returned as `Ignored`
+//! with the reason, so the shell records them as seen and logs them instead of acting.
+
+use crate::agent::{Agent, DeskConfig};
+use crate::effect::{Effect, HandoffRequest, TimerKind};
+use crate::event::{BrainReply, Event, EventKind};
+use crate::messages::{self, MessageKey};
+use crate::model::{Button, CloseReason, ConversationKey, Millis, OutMessage, Role, Turn};
+use crate::phrases;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Payload schema version of stored sessions.
+pub const SESSION_SCHEMA: u32 = 1;
+
+/// Turns kept on the session (the brain's context and the desk's history come from here).
+pub const HISTORY_CAP: usize = 100;
+
+/// Button values: what comes back as the user's text when a button is pressed.
+pub const KEEP_WAITING_VALUE: &str = "/keep_waiting";
+pub const END_VALUE: &str = "/end";
+
+fn session_schema() -> u32 {
+    SESSION_SCHEMA
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    #[serde(default = "session_schema")]
+    pub schema: u32,
+    pub key: ConversationKey,
+    pub state: State,
+    #[serde(default)]
+    pub history: Vec<Turn>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub language: Option<String>,
+    /// Consecutive turns the brain could not answer.
+    #[serde(default)]
+    pub unanswered: u32,
+    #[serde(default)]
+    pub timer: Option<ArmedTimer>,
+    /// Next timer generation; a fired timer of any other generation is stale.
+    #[serde(default)]
+    pub next_timer_generation: u64,
+    /// What happened in the last human session, for the bot's context.
+    #[serde(default)]
+    pub summary: Option<String>,
+    #[serde(default)]
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArmedTimer {
+    pub generation: u64,
+    pub kind: TimerKind,
+    pub due: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum State {
+    /// The bot answers.
+    Bot,
+    /// A handoff waits for the user's e-mail address.
+    CollectingEmail { question: String, reason: String },
+    /// The desk conversation is being opened or is open; no human has replied yet.
+    WaitingForHuman {
+        handoff: Handoff,
+        /// The desk's conversation id, once the desk has named it.
+        desk_conversation_id: Option<String>,
+        /// The user has been asked whether to end or keep waiting.
+        asked_to_keep_waiting: bool,
+    },
+    /// A human replied: the session is official.
+    WithHuman {
+        handoff: Handoff,
+        desk_conversation_id: String,
+        human_messages: u32,
+    },
+}
+
+impl State {
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Bot => "bot",
+            State::CollectingEmail { .. } => "collecting_email",
+            State::WaitingForHuman { .. } => "waiting_for_human",
+            State::WithHuman { .. } => "with_human",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    pub id: String,
+    pub reason: String,
+    pub requested_at: Millis,
+}
+
+/// Why an event changed nothing. Recorded as seen and logged, never acted on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ignored {
+    #[error("no human session is active for this desk conversation")]
+    NoActiveHandoff,
+    #[error("the event belongs to an earlier handoff")]
+    StaleHandoff,
+    #[error("the timer was re-armed or cancelled since")]
+    StaleTimer,
+    #[error("a brain reply arrived after a human took over")]
+    LateBrainReply,
+    #[error("a handoff is already in progress")]
+    AlreadyHandedOff,
+    #[error("there is nothing to end")]
+    NothingToEnd,
+    #[error("the message is empty")]
+    EmptyMessage,
+    #[error("the e-mail address is not valid")]
+    InvalidEmail,
+}
+
+/// The outcome of one applied event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub session: Session,
+    pub effects: Vec<Effect>,
+}
+
+impl Session {
+    pub fn new(key: ConversationKey) -> Self {
+        Session {
+            schema: SESSION_SCHEMA,
+            key,
+            state: State::Bot,
+            history: Vec::new(),
+            email: None,
+            language: None,
+            unanswered: 0,
+            timer: None,
+            next_timer_generation: 1,
+            summary: None,
+            updated_at: Millis(0),
+        }
+    }
+
+    fn push_turn(&mut self, role: Role, text: &str, at: Millis) {
+        self.history.push(Turn {
+            role,
+            text: text.to_string(),
+            at,
+        });
+        if self.history.len() > HISTORY_CAP {
+            let excess = self.history.len() - HISTORY_CAP;
+            self.history.drain(..excess);
+        }
+    }
+}
+
+/// Apply one event. Pure: no clock, no I/O, no randomness.
+pub fn step(session: &Session, event: &Event, now: Millis, agent: &Agent) -> Result<Step, Ignored> {
+    let mut m = Machine {
+        s: session.clone(),
+        fx: Vec::new(),
+        now,
+        agent,
+        event_id: &event.id,
+    };
+    m.s.updated_at = now;
+    m.apply(&event.kind)?;
+    Ok(Step {
+        session: m.s,
+        effects: m.fx,
+    })
+}
+
+struct Machine<'a> {
+    s: Session,
+    fx: Vec<Effect>,
+    now: Millis,
+    agent: &'a Agent,
+    event_id: &'a str,
+}
+
+impl Machine<'_> {
+    fn apply(&mut self, kind: &EventKind) -> Result<(), Ignored> {
+        if let EventKind::UserMessage { email, language, .. } = kind {
+            if let Some(e) = email.as_deref().filter(|e| crate::email::is_valid(e)) {
+                self.s.email = Some(e.to_string());
+            }
+            if let Some(l) = language.as_deref().filter(|l| messages::LANGUAGES.contains(l)) {
+                self.s.language = Some(l.to_string());
+            }
+        }
+        let state = self.s.state.clone();
+        match (state, kind) {
+            (_, EventKind::UserMessage { text, .. }) if text.trim().is_empty() => Err(Ignored::EmptyMessage),
+            (_, EventKind::UserSetEmail { email }) => {
+                if !crate::email::is_valid(email) {
+                    return Err(Ignored::InvalidEmail);
+                }
+                self.s.email = Some(email.clone());
+                if let State::CollectingEmail { question, reason } = &self.s.state {
+                    let (q, r) = (question.clone(), reason.clone());
+                    self.open_desk(q, r);
+                }
+                Ok(())
+            }
+
+            // ---- Bot ----
+            // A button pressed after its request or session ended: no question for the brain.
+            (State::Bot, EventKind::UserMessage { text, .. }) if text.trim() == END_VALUE => Err(Ignored::NothingToEnd),
+            (State::Bot, EventKind::UserMessage { text, .. }) if text.trim() == KEEP_WAITING_VALUE => {
+                Err(Ignored::NoActiveHandoff)
+            }
+            (State::Bot, EventKind::UserMessage { text, .. }) => {
+                self.s.push_turn(Role::User, text, self.now);
+                if phrases::matches(text, &self.agent.policy.handoff_phrases) {
+                    self.start_handoff(text.clone(), "the user asked for a human".into());
+                } else {
+                    self.fx.push(Effect::AskBrain {
+                        question: text.clone(),
+                        history: self.recent_history(true),
+                        context: self.s.summary.clone(),
+                        language: self.lang().to_string(),
+                    });
+                }
+                Ok(())
+            }
+            (State::Bot, EventKind::BrainReplied { reply }) => {
+                match reply {
+                    BrainReply::Answer { text } => {
+                        self.s.unanswered = 0;
+                        self.say_as(Role::Bot, text.clone());
+                    }
+                    BrainReply::Unknown { text } => {
+                        self.s.unanswered += 1;
+                        let limit = self.agent.policy.max_unanswered;
+                        if limit > 0 && self.s.unanswered >= limit {
+                            self.s.unanswered = 0;
+                            let reason = format!("the assistant could not answer {limit} times in a row");
+                            self.start_handoff(self.last_user_text(), reason);
+                        } else {
+                            let t = text.clone().unwrap_or_else(|| self.msg(MessageKey::NotUnderstood));
+                            self.say_as(Role::Bot, t);
+                        }
+                    }
+                    BrainReply::Handoff { reason, text } => {
+                        // Not added to the history: the desk gets the turns before the question.
+                        if let Some(t) = text {
+                            self.fx.push(Effect::SendToUser {
+                                message: OutMessage::new(Role::Bot, t.clone()),
+                            });
+                        }
+                        self.start_handoff(self.last_user_text(), reason.clone());
+                    }
+                }
+                Ok(())
+            }
+            (State::Bot, EventKind::BrainFailed { error }) => {
+                self.start_handoff(self.last_user_text(), format!("the assistant failed: {error}"));
+                Ok(())
+            }
+            (State::Bot, EventKind::HandoffRequested { reason }) => {
+                self.start_handoff(self.last_user_text(), reason.clone());
+                Ok(())
+            }
+            (State::Bot, EventKind::UserEnded) => Err(Ignored::NothingToEnd),
+
+            // ---- CollectingEmail ----
+            (State::CollectingEmail { question, reason }, EventKind::UserMessage { text, .. }) => {
+                if phrases::is_cancel(text) || phrases::matches(text, &self.agent.policy.end_phrases) {
+                    self.s.state = State::Bot;
+                    self.say(MessageKey::HandoffCancelled);
+                } else if let Some(email) = crate::email::find_in(text) {
+                    self.s.email = Some(email);
+                    self.open_desk(question, reason);
+                } else {
+                    self.say(MessageKey::InvalidEmail);
+                }
+                Ok(())
+            }
+            (State::CollectingEmail { .. }, EventKind::UserEnded) => {
+                self.s.state = State::Bot;
+                self.say(MessageKey::HandoffCancelled);
+                Ok(())
+            }
+            (State::CollectingEmail { .. }, EventKind::HandoffRequested { .. }) => Err(Ignored::AlreadyHandedOff),
+
+            // ---- WaitingForHuman ----
+            (
+                State::WaitingForHuman {
+                    handoff,
+                    desk_conversation_id,
+                    asked_to_keep_waiting,
+                },
+                ev,
+            ) => self.waiting(handoff, desk_conversation_id, asked_to_keep_waiting, ev),
+
+            // ---- WithHuman ----
+            (
+                State::WithHuman {
+                    handoff,
+                    desk_conversation_id,
+                    human_messages,
+                },
+                ev,
+            ) => self.with_human(handoff, desk_conversation_id, human_messages, ev),
+
+            // Anything about desks or timers while no handoff is active is stale.
+            (State::CollectingEmail { .. }, EventKind::BrainReplied { .. } | EventKind::BrainFailed { .. }) => {
+                Err(Ignored::LateBrainReply)
+            }
+            (
+                State::Bot | State::CollectingEmail { .. },
+                EventKind::DeskOpened { .. } | EventKind::DeskOpenFailed { .. },
+            ) => Err(Ignored::StaleHandoff),
+            (
+                State::Bot | State::CollectingEmail { .. },
+                EventKind::HumanMessage { .. } | EventKind::HumanClosed { .. },
+            ) => Err(Ignored::NoActiveHandoff),
+            (State::Bot | State::CollectingEmail { .. }, EventKind::TimerFired { .. }) => Err(Ignored::StaleTimer),
+        }
+    }
+
+    fn waiting(
+        &mut self,
+        handoff: Handoff,
+        desk_id: Option<String>,
+        asked: bool,
+        ev: &EventKind,
+    ) -> Result<(), Ignored> {
+        let matches_desk = |d: &str| desk_id.as_deref().map_or(d == handoff.id, |own| own == d);
+        match ev {
+            EventKind::UserMessage { text, .. } => {
+                let t = text.trim();
+                if t == END_VALUE || phrases::matches(t, &self.agent.policy.end_phrases) {
+                    self.end_by_user(&handoff);
+                } else if t == KEEP_WAITING_VALUE
+                    || (asked && phrases::normalise(t) == phrases::normalise(&self.msg(MessageKey::KeepWaiting)))
+                {
+                    if asked {
+                        self.s.state = State::WaitingForHuman {
+                            handoff,
+                            desk_conversation_id: desk_id,
+                            asked_to_keep_waiting: false,
+                        };
+                        self.arm(TimerKind::Wait, self.agent.policy.wait_timeout_secs);
+                    }
+                    self.say(MessageKey::KeptWaiting);
+                } else {
+                    self.s.push_turn(Role::User, text, self.now);
+                    self.fx.push(Effect::PostToDesk {
+                        handoff_id: handoff.id.clone(),
+                        text: text.clone(),
+                    });
+                }
+                Ok(())
+            }
+            EventKind::UserEnded => {
+                self.end_by_user(&handoff);
+                Ok(())
+            }
+            EventKind::DeskOpened {
+                handoff_id,
+                desk_conversation_id,
+            } => {
+                if *handoff_id != handoff.id || desk_id.is_some() {
+                    return Err(Ignored::StaleHandoff);
+                }
+                self.s.state = State::WaitingForHuman {
+                    handoff,
+                    desk_conversation_id: Some(desk_conversation_id.clone()),
+                    asked_to_keep_waiting: asked,
+                };
+                Ok(())
+            }
+            EventKind::DeskOpenFailed { handoff_id, .. } => {
+                if *handoff_id != handoff.id {
+                    return Err(Ignored::StaleHandoff);
+                }
+                self.back_to_bot(&handoff, "the desk could not be reached");
+                self.say(MessageKey::DeskFailed);
+                Ok(())
+            }
+            EventKind::HumanMessage {
+                desk_conversation_id,
+                text,
+            } => {
+                if !matches_desk(desk_conversation_id) {
+                    return Err(Ignored::StaleHandoff);
+                }
+                self.s.state = State::WithHuman {
+                    handoff,
+                    desk_conversation_id: desk_conversation_id.clone(),
+                    human_messages: 1,
+                };
+                self.say(MessageKey::HumanJoined);
+                self.s.push_turn(Role::Human, text, self.now);
+                self.fx.push(Effect::SendToUser {
+                    message: self.with_end_button(OutMessage::new(Role::Human, text.clone())),
+                });
+                self.arm(TimerKind::Session, self.agent.policy.session_timeout_secs);
+                Ok(())
+            }
+            EventKind::HumanClosed { desk_conversation_id } => {
+                if !matches_desk(desk_conversation_id) {
+                    return Err(Ignored::StaleHandoff);
+                }
+                self.back_to_bot(&handoff, "the desk closed the request before anyone replied");
+                self.say(MessageKey::HumanEnded);
+                Ok(())
+            }
+            EventKind::TimerFired { generation } => {
+                self.check_timer(*generation)?;
+                if asked {
+                    self.fx.push(Effect::CloseDesk {
+                        handoff_id: handoff.id.clone(),
+                        reason: CloseReason::Timeout,
+                    });
+                    self.back_to_bot(&handoff, "nobody answered in time");
+                    self.say(MessageKey::RequestTimedOut);
+                } else {
+                    self.s.state = State::WaitingForHuman {
+                        handoff,
+                        desk_conversation_id: desk_id,
+                        asked_to_keep_waiting: true,
+                    };
+                    let question = OutMessage {
+                        from: Role::System,
+                        text: self.msg(MessageKey::WaitTimeoutQuestion),
+                        buttons: vec![
+                            Button {
+                                label: self.msg(MessageKey::KeepWaiting),
+                                value: KEEP_WAITING_VALUE.into(),
+                            },
+                            Button {
+                                label: self.msg(MessageKey::EndRequest),
+                                value: END_VALUE.into(),
+                            },
+                        ],
+                    };
+                    self.fx.push(Effect::SendToUser { message: question });
+                    self.arm(TimerKind::WaitReply, self.agent.policy.wait_reply_timeout_secs);
+                }
+                Ok(())
+            }
+            EventKind::BrainReplied { .. } | EventKind::BrainFailed { .. } => Err(Ignored::LateBrainReply),
+            EventKind::HandoffRequested { .. } => Err(Ignored::AlreadyHandedOff),
+            EventKind::UserSetEmail { .. } => Ok(()),
+        }
+    }
+
+    fn with_human(&mut self, handoff: Handoff, desk_id: String, count: u32, ev: &EventKind) -> Result<(), Ignored> {
+        match ev {
+            // A "keep waiting" button pressed after the human joined: nothing for the human.
+            EventKind::UserMessage { text, .. } if text.trim() == KEEP_WAITING_VALUE => Err(Ignored::StaleTimer),
+            EventKind::UserMessage { text, .. } => {
+                let t = text.trim();
+                if t == END_VALUE || phrases::matches(t, &self.agent.policy.end_phrases) {
+                    self.end_by_user(&handoff);
+                } else {
+                    self.s.push_turn(Role::User, text, self.now);
+                    self.fx.push(Effect::PostToDesk {
+                        handoff_id: handoff.id.clone(),
+                        text: text.clone(),
+                    });
+                    // The user replied: the session timeout only runs after the human's last message.
+                    if self.s.timer.take().is_some() {
+                        self.fx.push(Effect::CancelTimer);
+                    }
+                }
+                Ok(())
+            }
+            EventKind::UserEnded => {
+                self.end_by_user(&handoff);
+                Ok(())
+            }
+            EventKind::HumanMessage {
+                desk_conversation_id,
+                text,
+            } => {
+                if *desk_conversation_id != desk_id {
+                    return Err(Ignored::StaleHandoff);
+                }
+                self.s.state = State::WithHuman {
+                    handoff,
+                    desk_conversation_id: desk_id,
+                    human_messages: count + 1,
+                };
+                self.s.push_turn(Role::Human, text, self.now);
+                self.fx.push(Effect::SendToUser {
+                    message: self.with_end_button(OutMessage::new(Role::Human, text.clone())),
+                });
+                self.arm(TimerKind::Session, self.agent.policy.session_timeout_secs);
+                Ok(())
+            }
+            EventKind::HumanClosed { desk_conversation_id } => {
+                if *desk_conversation_id != desk_id {
+                    return Err(Ignored::StaleHandoff);
+                }
+                self.back_to_bot(&handoff, "the human ended the session");
+                self.say(MessageKey::HumanEnded);
+                Ok(())
+            }
+            EventKind::TimerFired { generation } => {
+                self.check_timer(*generation)?;
+                self.fx.push(Effect::CloseDesk {
+                    handoff_id: handoff.id.clone(),
+                    reason: CloseReason::Timeout,
+                });
+                self.back_to_bot(&handoff, "the user did not reply in time");
+                self.say(MessageKey::SessionTimedOut);
+                Ok(())
+            }
+            EventKind::DeskOpened { .. } | EventKind::DeskOpenFailed { .. } => Err(Ignored::StaleHandoff),
+            EventKind::BrainReplied { .. } | EventKind::BrainFailed { .. } => Err(Ignored::LateBrainReply),
+            EventKind::HandoffRequested { .. } => Err(Ignored::AlreadyHandedOff),
+            EventKind::UserSetEmail { .. } => Ok(()),
+        }
+    }
+
+    fn check_timer(&mut self, generation: u64) -> Result<(), Ignored> {
+        match self.s.timer {
+            Some(t) if t.generation == generation => {
+                self.s.timer = None;
+                Ok(())
+            }
+            _ => Err(Ignored::StaleTimer),
+        }
+    }
+
+    /// Start a handoff for `question`: ask for an e-mail first where the channel needs one.
+    fn start_handoff(&mut self, question: String, reason: String) {
+        if matches!(self.agent.desk, DeskConfig::None) {
+            self.say(MessageKey::NoDesk);
+            return;
+        }
+        let needs_email =
+            self.agent.policy.require_email && self.s.key.channel.collects_email() && self.s.email.is_none();
+        if needs_email {
+            self.s.state = State::CollectingEmail { question, reason };
+            self.say(MessageKey::AskEmail);
+        } else {
+            self.open_desk(question, reason);
+        }
+    }
+
+    fn open_desk(&mut self, question: String, reason: String) {
+        let handoff = Handoff {
+            id: self.handoff_id(),
+            reason: reason.clone(),
+            requested_at: self.now,
+        };
+        let email = match (&self.s.email, self.s.key.channel.collects_email()) {
+            (Some(e), _) => e.clone(),
+            (None, _) => self.agent.policy.default_email.clone(),
+        };
+        let request = HandoffRequest {
+            handoff_id: handoff.id.clone(),
+            email,
+            history: self.history_before(&question),
+            question,
+            reason,
+        };
+        self.s.state = State::WaitingForHuman {
+            handoff,
+            desk_conversation_id: None,
+            asked_to_keep_waiting: false,
+        };
+        self.say(MessageKey::Waiting);
+        self.fx.push(Effect::OpenDesk { request });
+        self.arm(TimerKind::Wait, self.agent.policy.wait_timeout_secs);
+    }
+
+    fn end_by_user(&mut self, handoff: &Handoff) {
+        self.fx.push(Effect::CloseDesk {
+            handoff_id: handoff.id.clone(),
+            reason: CloseReason::UserClosed,
+        });
+        self.back_to_bot(handoff, "the user ended the session");
+        self.say(MessageKey::UserEnded);
+    }
+
+    fn back_to_bot(&mut self, handoff: &Handoff, how: &str) {
+        let human_turns = self
+            .s
+            .history
+            .iter()
+            .filter(|t| t.role == Role::Human && t.at >= handoff.requested_at)
+            .count();
+        self.s.summary = Some(format!(
+            "A human handoff ({}) ended: {how}; the human wrote {human_turns} message(s).",
+            handoff.reason
+        ));
+        self.s.state = State::Bot;
+        self.s.unanswered = 0;
+        if self.s.timer.take().is_some() {
+            self.fx.push(Effect::CancelTimer);
+        }
+    }
+
+    fn arm(&mut self, kind: TimerKind, secs: u64) {
+        let generation = self.s.next_timer_generation;
+        self.s.next_timer_generation += 1;
+        let due = self.now.plus_secs(secs);
+        self.s.timer = Some(crate::session::ArmedTimer { generation, kind, due });
+        self.fx.push(Effect::ScheduleTimer { generation, due, kind });
+    }
+
+    /// Deterministic, unguessable-enough id for a new handoff: derived from the
+    /// conversation and the event that started it.
+    fn handoff_id(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.s.key.to_string().as_bytes());
+        h.update([0]);
+        h.update(self.event_id.as_bytes());
+        format!("ho_{}", &hex::encode(h.finalize())[..24])
+    }
+
+    fn lang(&self) -> &str {
+        self.s.language.as_deref().unwrap_or(&self.agent.language)
+    }
+
+    fn msg(&self, key: MessageKey) -> String {
+        messages::text(&self.agent.messages, self.lang(), key)
+    }
+
+    fn say(&mut self, key: MessageKey) {
+        let text = self.msg(key);
+        self.fx.push(Effect::SendToUser {
+            message: OutMessage::new(Role::System, text),
+        });
+    }
+
+    fn say_as(&mut self, role: Role, text: String) {
+        self.s.push_turn(role, &text, self.now);
+        self.fx.push(Effect::SendToUser {
+            message: OutMessage::new(role, text),
+        });
+    }
+
+    fn with_end_button(&self, mut m: OutMessage) -> OutMessage {
+        m.buttons.push(Button {
+            label: self.msg(MessageKey::EndChatButton),
+            value: END_VALUE.into(),
+        });
+        m
+    }
+
+    fn last_user_text(&self) -> String {
+        self.s
+            .history
+            .iter()
+            .rev()
+            .find(|t| t.role == Role::User)
+            .map(|t| t.text.clone())
+            .unwrap_or_default()
+    }
+
+    /// The last N user/bot/human turns, optionally without the newest (the current question).
+    fn recent_history(&self, skip_newest: bool) -> Vec<Turn> {
+        let end = if skip_newest {
+            self.s.history.len().saturating_sub(1)
+        } else {
+            self.s.history.len()
+        };
+        let n = self.agent.policy.history_messages;
+        let turns: Vec<Turn> = self.s.history[..end]
+            .iter()
+            .filter(|t| t.role != Role::System)
+            .cloned()
+            .collect();
+        turns[turns.len().saturating_sub(n)..].to_vec()
+    }
+
+    /// History for the desk: the last N turns before the current question.
+    fn history_before(&self, question: &str) -> Vec<Turn> {
+        let newest_is_question = self
+            .s
+            .history
+            .last()
+            .is_some_and(|t| t.role == Role::User && t.text == question);
+        self.recent_history(newest_is_question)
+    }
+}

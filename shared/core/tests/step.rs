@@ -1,0 +1,1237 @@
+//! Transition tests of the session state machine (`baton_core::step`), through the public API.
+//! The product rules come from seed 004: wait 60 s for the first human reply, then ask the
+//! user to end or keep waiting; end the human session 180 s after the human's last message
+//! without a user reply; ask for an e-mail before a handoff on the widget; transfer the last
+//! N messages plus the current question; the session is official once the human replies;
+//! both sides can end it.
+
+use baton_core::agent::{Agent, BrainConfig, DeskConfig, Policy, WidgetConfig};
+use baton_core::messages::{self, MessageKey};
+use baton_core::model::{Button, Channel, CloseReason, ConversationKey, Millis, OutMessage, Role, Turn};
+use baton_core::session::{Handoff, END_VALUE, HISTORY_CAP, KEEP_WAITING_VALUE};
+use baton_core::{step, BrainReply, Effect, Event, EventKind, HandoffRequest, Ignored, Session, State, TimerKind};
+
+const T0: i64 = 1_700_000_000_000;
+
+fn agent() -> Agent {
+    Agent {
+        id: "demo".into(),
+        name: "Demo".into(),
+        language: "en".into(),
+        brain: BrainConfig::default(),
+        desk: DeskConfig::Webhook {
+            url: "http://127.0.0.1:9/desk".into(),
+            username: None,
+            password: None,
+            signing_secret: None,
+        },
+        policy: Policy::default(),
+        widget: WidgetConfig::default(),
+        messages: Default::default(),
+    }
+}
+
+fn en(key: MessageKey) -> String {
+    messages::default_text("en", key).to_string()
+}
+
+fn de(key: MessageKey) -> String {
+    messages::default_text("de", key).to_string()
+}
+
+fn system(text: String) -> Effect {
+    Effect::SendToUser {
+        message: OutMessage::new(Role::System, text),
+    }
+}
+
+fn user(text: &str) -> EventKind {
+    EventKind::UserMessage {
+        text: text.into(),
+        email: None,
+        language: None,
+    }
+}
+
+fn answer(text: &str) -> EventKind {
+    EventKind::BrainReplied {
+        reply: BrainReply::Answer { text: text.into() },
+    }
+}
+
+fn unknown() -> EventKind {
+    EventKind::BrainReplied {
+        reply: BrainReply::Unknown { text: None },
+    }
+}
+
+fn timer(generation: u64) -> EventKind {
+    EventKind::TimerFired { generation }
+}
+
+fn desk_opened(handoff_id: &str, desk: &str) -> EventKind {
+    EventKind::DeskOpened {
+        handoff_id: handoff_id.into(),
+        desk_conversation_id: desk.into(),
+    }
+}
+
+fn human(desk: &str, text: &str) -> EventKind {
+    EventKind::HumanMessage {
+        desk_conversation_id: desk.into(),
+        text: text.into(),
+    }
+}
+
+/// A conversation driven event by event, the way the worker drives it: a step that is
+/// ignored leaves the stored session as it was.
+struct Sim {
+    agent: Agent,
+    session: Session,
+    now: Millis,
+    seq: u32,
+}
+
+impl Sim {
+    fn new(channel: Channel) -> Sim {
+        Sim::with_agent(channel, agent())
+    }
+
+    fn with_agent(channel: Channel, agent: Agent) -> Sim {
+        let key = ConversationKey::new("demo", channel, "user-1").unwrap();
+        Sim {
+            agent,
+            session: Session::new(key),
+            now: Millis(T0),
+            seq: 0,
+        }
+    }
+
+    fn advance(&mut self, secs: i64) {
+        self.now = Millis(self.now.0 + secs * 1000);
+    }
+
+    fn try_apply(&mut self, kind: EventKind) -> Result<Vec<Effect>, Ignored> {
+        self.seq += 1;
+        let event = Event::new(format!("test:{}", self.seq), self.session.key.clone(), self.now, kind);
+        let out = step(&self.session, &event, self.now, &self.agent)?;
+        assert_eq!(out.session.updated_at, self.now);
+        self.session = out.session;
+        Ok(out.effects)
+    }
+
+    #[track_caller]
+    fn apply(&mut self, kind: EventKind) -> Vec<Effect> {
+        match self.try_apply(kind.clone()) {
+            Ok(fx) => fx,
+            Err(e) => panic!(
+                "{} was ignored in state {}: {e:?}",
+                kind.name(),
+                self.session.state.name()
+            ),
+        }
+    }
+
+    /// Apply an event that must be ignored, and check that the session is untouched.
+    #[track_caller]
+    fn ignored(&mut self, kind: EventKind) -> Ignored {
+        let before = self.session.clone();
+        match self.try_apply(kind) {
+            Ok(fx) => panic!("expected the event to be ignored, got {fx:?}"),
+            Err(e) => {
+                assert_eq!(self.session, before);
+                e
+            }
+        }
+    }
+
+    fn handoff(&self) -> Handoff {
+        match &self.session.state {
+            State::WaitingForHuman { handoff, .. } | State::WithHuman { handoff, .. } => handoff.clone(),
+            other => panic!("no active handoff in {other:?}"),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.session.timer.expect("a timer should be armed").generation
+    }
+
+    /// Telegram (no e-mail step) up to an opened desk conversation `desk`.
+    fn waiting(channel: Channel, desk: &str) -> Sim {
+        let mut sim = Sim::new(channel);
+        sim.session.email = Some("jo@example.org".into());
+        sim.apply(user("human"));
+        let id = sim.handoff().id;
+        sim.apply(desk_opened(&id, desk));
+        sim
+    }
+
+    /// Up to a session with a human who wrote one message.
+    fn with_human() -> Sim {
+        let mut sim = Sim::waiting(Channel::Telegram, "conv-1");
+        sim.advance(5);
+        sim.apply(human("conv-1", "Hi, this is Anna."));
+        sim
+    }
+}
+
+fn open_desk(fx: &[Effect]) -> HandoffRequest {
+    let found: Vec<_> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::OpenDesk { request } => Some(request.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "expected one OpenDesk in {fx:?}");
+    found.into_iter().next().unwrap()
+}
+
+fn schedules(fx: &[Effect]) -> Vec<(u64, Millis, TimerKind)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::ScheduleTimer { generation, due, kind } => Some((*generation, *due, *kind)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sent(fx: &[Effect]) -> Vec<OutMessage> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::SendToUser { message } => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn turn(role: Role, text: &str, at: i64) -> Turn {
+    Turn {
+        role,
+        text: text.into(),
+        at: Millis(at),
+    }
+}
+
+// ---------------------------------------------------------------- Bot
+
+#[test]
+fn bot_user_message_asks_the_brain_with_the_previous_history() {
+    let mut sim = Sim::new(Channel::Widget);
+    let fx = sim.apply(user("hi"));
+    assert_eq!(
+        fx,
+        vec![Effect::AskBrain {
+            question: "hi".into(),
+            history: vec![],
+            context: None,
+            language: "en".into(),
+        }]
+    );
+    sim.advance(1);
+    sim.apply(answer("Hello! How can I help?"));
+    sim.advance(1);
+    let before = sim.session.clone();
+    let fx = sim.apply(user("What are your opening hours?"));
+    assert_eq!(
+        fx,
+        vec![Effect::AskBrain {
+            question: "What are your opening hours?".into(),
+            history: vec![
+                turn(Role::User, "hi", T0),
+                turn(Role::Bot, "Hello! How can I help?", T0 + 1000),
+            ],
+            context: None,
+            language: "en".into(),
+        }]
+    );
+    assert_eq!(sim.session.state, State::Bot);
+    assert_eq!(sim.session.timer, None);
+    assert_eq!(sim.session.history.len(), before.history.len() + 1);
+    assert_eq!(
+        sim.session.history.last(),
+        Some(&turn(Role::User, "What are your opening hours?", T0 + 2000))
+    );
+}
+
+#[test]
+fn ask_brain_history_is_limited_to_the_last_n_turns() {
+    let mut a = agent();
+    a.policy.history_messages = 3;
+    let mut sim = Sim::with_agent(Channel::Widget, a);
+    for i in 0..5 {
+        sim.apply(user(&format!("question {i}")));
+        sim.apply(answer(&format!("answer {i}")));
+    }
+    let fx = sim.apply(user("last question"));
+    let Effect::AskBrain { history, .. } = &fx[0] else {
+        panic!("{fx:?}")
+    };
+    let texts: Vec<_> = history.iter().map(|t| t.text.as_str()).collect();
+    assert_eq!(texts, ["answer 3", "question 4", "answer 4"]);
+}
+
+#[test]
+fn brain_answer_is_sent_from_the_bot_and_resets_unanswered() {
+    let mut sim = Sim::new(Channel::Widget);
+    sim.apply(user("what is x?"));
+    sim.apply(unknown());
+    assert_eq!(sim.session.unanswered, 1);
+    sim.apply(user("what is y?"));
+    let len = sim.session.history.len();
+    let fx = sim.apply(answer("Y is a letter."));
+    assert_eq!(
+        fx,
+        vec![Effect::SendToUser {
+            message: OutMessage::new(Role::Bot, "Y is a letter.")
+        }]
+    );
+    assert_eq!(sim.session.unanswered, 0);
+    assert_eq!(sim.session.state, State::Bot);
+    assert_eq!(sim.session.history.len(), len + 1);
+    assert_eq!(sim.session.history.last().unwrap().role, Role::Bot);
+    assert_eq!(sim.session.history.last().unwrap().text, "Y is a letter.");
+}
+
+#[test]
+fn unknown_below_the_limit_says_not_understood() {
+    let mut sim = Sim::new(Channel::Widget);
+    sim.apply(user("what is x?"));
+    let fx = sim.apply(unknown());
+    assert_eq!(
+        fx,
+        vec![Effect::SendToUser {
+            message: OutMessage::new(Role::Bot, en(MessageKey::NotUnderstood))
+        }]
+    );
+    assert_eq!(sim.session.unanswered, 1);
+    assert_eq!(sim.session.state, State::Bot);
+
+    // The brain's own wording wins over the default.
+    sim.apply(user("what is z?"));
+    let fx = sim.apply(EventKind::BrainReplied {
+        reply: BrainReply::Unknown {
+            text: Some("No idea, sorry.".into()),
+        },
+    });
+    assert_eq!(sent(&fx), vec![OutMessage::new(Role::Bot, "No idea, sorry.")]);
+    assert_eq!(sim.session.unanswered, 2);
+    assert_eq!(sim.session.state, State::Bot);
+}
+
+#[test]
+fn reaching_max_unanswered_starts_the_handoff_with_the_last_question() {
+    let mut sim = Sim::new(Channel::Widget);
+    for q in ["what is a?", "what is b?"] {
+        sim.apply(user(q));
+        sim.apply(unknown());
+        assert_eq!(sim.session.state, State::Bot);
+    }
+    sim.apply(user("what is c?"));
+    let fx = sim.apply(unknown());
+    assert_eq!(fx, vec![system(en(MessageKey::AskEmail))]);
+    let State::CollectingEmail { question, reason } = &sim.session.state else {
+        panic!("{:?}", sim.session.state)
+    };
+    assert_eq!(question, "what is c?");
+    assert!(reason.contains('3'), "{reason}");
+    assert_eq!(sim.session.unanswered, 0);
+}
+
+#[test]
+fn max_unanswered_zero_never_hands_off() {
+    let mut a = agent();
+    a.policy.max_unanswered = 0;
+    let mut sim = Sim::with_agent(Channel::Telegram, a);
+    for i in 0..6 {
+        sim.apply(user(&format!("q{i}")));
+        let fx = sim.apply(unknown());
+        assert_eq!(
+            sent(&fx),
+            vec![OutMessage::new(Role::Bot, en(MessageKey::NotUnderstood))]
+        );
+        assert_eq!(sim.session.state, State::Bot);
+    }
+}
+
+#[test]
+fn brain_handoff_and_brain_failure_start_a_handoff() {
+    let mut sim = Sim::new(Channel::Telegram);
+    sim.apply(user("my parcel is lost"));
+    let fx = sim.apply(EventKind::BrainReplied {
+        reply: BrainReply::Handoff {
+            reason: "lost parcel".into(),
+            text: Some("Let me get a colleague.".into()),
+        },
+    });
+    assert_eq!(sent(&fx)[0], OutMessage::new(Role::Bot, "Let me get a colleague."));
+    let req = open_desk(&fx);
+    assert_eq!(req.question, "my parcel is lost");
+    assert_eq!(req.reason, "lost parcel");
+    // The brain's hand-over line is not part of the transcript.
+    assert!(sim.session.history.iter().all(|t| t.text != "Let me get a colleague."));
+
+    let mut sim = Sim::new(Channel::Telegram);
+    sim.apply(user("my parcel is lost"));
+    let fx = sim.apply(EventKind::BrainFailed { error: "boom".into() });
+    let req = open_desk(&fx);
+    assert_eq!(req.question, "my parcel is lost");
+    assert!(req.reason.contains("boom"), "{}", req.reason);
+}
+
+#[test]
+fn handoff_requested_uses_the_last_user_message_as_question() {
+    let mut sim = Sim::new(Channel::Telegram);
+    sim.apply(user("I need a refund"));
+    sim.apply(answer("Refunds take 5 days."));
+    let fx = sim.apply(EventKind::HandoffRequested {
+        reason: "rule: refund".into(),
+    });
+    let req = open_desk(&fx);
+    assert_eq!(req.question, "I need a refund");
+    assert_eq!(req.reason, "rule: refund");
+    assert!(matches!(sim.session.state, State::WaitingForHuman { .. }));
+}
+
+#[test]
+fn user_ended_in_bot_state_is_ignored() {
+    let mut sim = Sim::new(Channel::Widget);
+    assert_eq!(sim.ignored(EventKind::UserEnded), Ignored::NothingToEnd);
+}
+
+#[test]
+fn stale_button_values_in_bot_state_do_not_reach_the_brain() {
+    let mut sim = Sim::new(Channel::Widget);
+    sim.apply(user("hello"));
+    assert_eq!(sim.ignored(user(END_VALUE)), Ignored::NothingToEnd);
+    assert_eq!(sim.ignored(user(KEEP_WAITING_VALUE)), Ignored::NoActiveHandoff);
+    assert_eq!(sim.session.history.len(), 1);
+}
+
+#[test]
+fn empty_user_messages_are_ignored() {
+    let mut sim = Sim::new(Channel::Widget);
+    assert_eq!(sim.ignored(user("")), Ignored::EmptyMessage);
+    assert_eq!(sim.ignored(user("  \n\t ")), Ignored::EmptyMessage);
+
+    let mut sim = Sim::with_human();
+    assert_eq!(sim.ignored(user(" ")), Ignored::EmptyMessage);
+    assert!(sim.session.timer.is_some(), "an empty message is no reply");
+}
+
+#[test]
+fn history_is_capped() {
+    let mut a = agent();
+    a.policy.max_unanswered = 0;
+    let mut sim = Sim::with_agent(Channel::Widget, a);
+    for i in 0..(HISTORY_CAP + 20) {
+        sim.apply(user(&format!("q{i}")));
+    }
+    assert_eq!(sim.session.history.len(), HISTORY_CAP);
+    assert_eq!(sim.session.history[0].text, "q20");
+    assert_eq!(
+        sim.session.history.last().unwrap().text,
+        format!("q{}", HISTORY_CAP + 19)
+    );
+}
+
+// ---------------------------------------------------------------- e-mail collection
+
+#[test]
+fn handoff_phrase_on_the_widget_without_email_asks_for_it() {
+    let mut sim = Sim::new(Channel::Widget);
+    let fx = sim.apply(user("I want to talk to a human please"));
+    assert_eq!(fx, vec![system(en(MessageKey::AskEmail))]);
+    assert_eq!(
+        sim.session.state,
+        State::CollectingEmail {
+            question: "I want to talk to a human please".into(),
+            reason: "the user asked for a human".into(),
+        }
+    );
+    assert_eq!(sim.session.timer, None);
+}
+
+#[test]
+fn a_single_handoff_word_inside_a_question_is_a_question() {
+    let mut sim = Sim::new(Channel::Widget);
+    let fx = sim.apply(user("what does your agent software cost"));
+    assert!(matches!(fx.as_slice(), [Effect::AskBrain { .. }]), "{fx:?}");
+    assert_eq!(sim.session.state, State::Bot);
+}
+
+#[test]
+fn invalid_email_is_asked_again() {
+    let mut sim = Sim::new(Channel::Widget);
+    sim.apply(user("human"));
+    let collecting = sim.session.state.clone();
+    let fx = sim.apply(user("it is jo at example dot org"));
+    assert_eq!(fx, vec![system(en(MessageKey::InvalidEmail))]);
+    assert_eq!(sim.session.state, collecting);
+    assert_eq!(sim.session.email, None);
+    // Another handoff request while collecting is not a second handoff.
+    assert_eq!(
+        sim.ignored(EventKind::HandoffRequested { reason: "again".into() }),
+        Ignored::AlreadyHandedOff
+    );
+    assert_eq!(
+        sim.ignored(EventKind::UserSetEmail { email: "nope".into() }),
+        Ignored::InvalidEmail
+    );
+}
+
+#[test]
+fn cancel_or_end_while_collecting_returns_to_the_bot() {
+    for text in ["cancel", "Abbrechen!", "stop", END_VALUE] {
+        let mut sim = Sim::new(Channel::Widget);
+        sim.apply(user("human"));
+        let fx = sim.apply(user(text));
+        assert_eq!(fx, vec![system(en(MessageKey::HandoffCancelled))], "{text}");
+        assert_eq!(sim.session.state, State::Bot, "{text}");
+        assert_eq!(sim.session.timer, None);
+    }
+    let mut sim = Sim::new(Channel::Widget);
+    sim.apply(user("human"));
+    let fx = sim.apply(EventKind::UserEnded);
+    assert_eq!(fx, vec![system(en(MessageKey::HandoffCancelled))]);
+    assert_eq!(sim.session.state, State::Bot);
+}
+
+#[test]
+fn valid_email_opens_the_desk_with_the_last_n_turns_and_the_question() {
+    let mut sim = Sim::new(Channel::Widget);
+    for i in 0..8 {
+        sim.apply(user(&format!("question {i}")));
+        sim.advance(1);
+        sim.apply(answer(&format!("answer {i}")));
+        sim.advance(1);
+    }
+    sim.apply(user("Why was I charged twice?"));
+    sim.apply(EventKind::BrainReplied {
+        reply: BrainReply::Handoff {
+            reason: "billing".into(),
+            text: None,
+        },
+    });
+    assert!(matches!(sim.session.state, State::CollectingEmail { .. }));
+    let expected_history: Vec<Turn> =
+        sim.session.history[sim.session.history.len() - 11..sim.session.history.len() - 1].to_vec();
+    assert_eq!(expected_history.len(), 10);
+    assert_eq!(expected_history[0].text, "question 3");
+    assert_eq!(expected_history[9].text, "answer 7");
+
+    sim.advance(10);
+    let fx = sim.apply(user("sure, it's jo@example.org."));
+    let State::WaitingForHuman {
+        handoff,
+        desk_conversation_id,
+        asked_to_keep_waiting,
+    } = sim.session.state.clone()
+    else {
+        panic!("{:?}", sim.session.state)
+    };
+    assert_eq!(desk_conversation_id, None);
+    assert!(!asked_to_keep_waiting);
+    assert_eq!(handoff.reason, "billing");
+    assert_eq!(handoff.requested_at, sim.now);
+    assert!(handoff.id.starts_with("ho_"), "{}", handoff.id);
+    assert_eq!(sim.session.email.as_deref(), Some("jo@example.org"));
+
+    let due = sim.now.plus_secs(60);
+    assert_eq!(due, Millis(sim.now.0 + 60_000));
+    assert_eq!(
+        fx,
+        vec![
+            system(en(MessageKey::Waiting)),
+            Effect::OpenDesk {
+                request: HandoffRequest {
+                    handoff_id: handoff.id.clone(),
+                    email: "jo@example.org".into(),
+                    history: expected_history,
+                    question: "Why was I charged twice?".into(),
+                    reason: "billing".into(),
+                },
+            },
+            Effect::ScheduleTimer {
+                generation: sim.generation(),
+                due,
+                kind: TimerKind::Wait,
+            },
+        ]
+    );
+    assert_eq!(sim.session.timer.unwrap().kind, TimerKind::Wait);
+    assert_eq!(sim.session.timer.unwrap().due, due);
+}
+
+#[test]
+fn desk_history_for_a_handoff_phrase_excludes_the_phrase_itself() {
+    let mut sim = Sim::new(Channel::Telegram);
+    sim.apply(user("hello"));
+    sim.apply(answer("hi there"));
+    let fx = sim.apply(user("talk to a human"));
+    let req = open_desk(&fx);
+    assert_eq!(req.question, "talk to a human");
+    assert_eq!(
+        req.history.iter().map(|t| t.text.as_str()).collect::<Vec<_>>(),
+        ["hello", "hi there"]
+    );
+}
+
+#[test]
+fn set_email_while_collecting_opens_the_desk() {
+    let mut sim = Sim::new(Channel::Widget);
+    sim.apply(user("human"));
+    let fx = sim.apply(EventKind::UserSetEmail {
+        email: "set@example.com".into(),
+    });
+    let req = open_desk(&fx);
+    assert_eq!(req.email, "set@example.com");
+    assert_eq!(req.question, "human");
+    assert!(matches!(sim.session.state, State::WaitingForHuman { .. }));
+}
+
+#[test]
+fn telegram_opens_directly_with_the_default_email() {
+    let mut sim = Sim::new(Channel::Telegram);
+    let fx = sim.apply(user("human"));
+    assert_eq!(fx[0], system(en(MessageKey::Waiting)));
+    let req = open_desk(&fx);
+    assert_eq!(req.email, "support@example.com");
+    assert!(sent(&fx).iter().all(|m| m.text != en(MessageKey::AskEmail)));
+    assert!(matches!(sim.session.state, State::WaitingForHuman { .. }));
+    assert_eq!(
+        schedules(&fx),
+        vec![(sim.generation(), sim.now.plus_secs(60), TimerKind::Wait)]
+    );
+}
+
+#[test]
+fn an_email_known_to_the_widget_skips_collection() {
+    let mut sim = Sim::new(Channel::Widget);
+    let fx = sim.apply(EventKind::UserMessage {
+        text: "human".into(),
+        email: Some("pre@example.com".into()),
+        language: None,
+    });
+    assert_eq!(open_desk(&fx).email, "pre@example.com");
+
+    let mut sim = Sim::new(Channel::Widget);
+    sim.apply(EventKind::UserSetEmail {
+        email: "set@example.com".into(),
+    });
+    assert_eq!(sim.session.state, State::Bot);
+    let fx = sim.apply(user("human"));
+    assert_eq!(open_desk(&fx).email, "set@example.com");
+
+    // An invalid address from the channel is not taken.
+    let mut sim = Sim::new(Channel::Widget);
+    let fx = sim.apply(EventKind::UserMessage {
+        text: "human".into(),
+        email: Some("not-an-address".into()),
+        language: None,
+    });
+    assert_eq!(fx, vec![system(en(MessageKey::AskEmail))]);
+    assert_eq!(sim.session.email, None);
+}
+
+#[test]
+fn without_require_email_the_widget_opens_directly() {
+    let mut a = agent();
+    a.policy.require_email = false;
+    let mut sim = Sim::with_agent(Channel::Widget, a);
+    let fx = sim.apply(user("human"));
+    assert_eq!(open_desk(&fx).email, "support@example.com");
+}
+
+#[test]
+fn without_a_desk_the_user_is_told_and_stays_with_the_bot() {
+    let mut a = agent();
+    a.desk = DeskConfig::None;
+    let mut sim = Sim::with_agent(Channel::Widget, a);
+    let fx = sim.apply(user("human"));
+    assert_eq!(fx, vec![system(en(MessageKey::NoDesk))]);
+    assert_eq!(sim.session.state, State::Bot);
+    assert_eq!(sim.session.timer, None);
+}
+
+// ---------------------------------------------------------------- waiting for a human
+
+#[test]
+fn waiting_user_message_is_posted_to_the_desk() {
+    let mut sim = Sim::waiting(Channel::Telegram, "conv-1");
+    let timer = sim.session.timer;
+    let id = sim.handoff().id;
+    let fx = sim.apply(user("are you there?"));
+    assert_eq!(
+        fx,
+        vec![Effect::PostToDesk {
+            handoff_id: id,
+            text: "are you there?".into(),
+        }]
+    );
+    assert_eq!(sim.session.timer, timer, "writing does not touch the wait timer");
+    assert_eq!(sim.session.history.last().unwrap().text, "are you there?");
+    assert!(matches!(sim.session.state, State::WaitingForHuman { .. }));
+}
+
+#[test]
+fn desk_opened_names_the_desk_conversation_once() {
+    let mut sim = Sim::new(Channel::Telegram);
+    sim.apply(user("human"));
+    let id = sim.handoff().id;
+    assert_eq!(
+        sim.ignored(desk_opened("ho_someone_else", "conv-x")),
+        Ignored::StaleHandoff
+    );
+    let timer = sim.session.timer;
+    let fx = sim.apply(desk_opened(&id, "conv-1"));
+    assert_eq!(fx, vec![]);
+    assert_eq!(sim.session.timer, timer);
+    assert!(matches!(
+        &sim.session.state,
+        State::WaitingForHuman { desk_conversation_id: Some(d), asked_to_keep_waiting: false, .. } if d == "conv-1"
+    ));
+    assert_eq!(sim.ignored(desk_opened(&id, "conv-1")), Ignored::StaleHandoff);
+    assert_eq!(sim.ignored(desk_opened(&id, "conv-2")), Ignored::StaleHandoff);
+}
+
+#[test]
+fn desk_open_failure_returns_to_the_bot() {
+    let mut sim = Sim::new(Channel::Telegram);
+    sim.apply(user("human"));
+    let id = sim.handoff().id;
+    assert_eq!(
+        sim.ignored(EventKind::DeskOpenFailed {
+            handoff_id: "ho_other".into(),
+            error: "x".into()
+        }),
+        Ignored::StaleHandoff
+    );
+    let fx = sim.apply(EventKind::DeskOpenFailed {
+        handoff_id: id,
+        error: "503".into(),
+    });
+    assert_eq!(sim.session.state, State::Bot);
+    assert_eq!(sim.session.timer, None);
+    assert!(fx.contains(&Effect::CancelTimer), "{fx:?}");
+    assert!(fx.contains(&system(en(MessageKey::DeskFailed))), "{fx:?}");
+    assert!(!fx.iter().any(|e| matches!(e, Effect::CloseDesk { .. })), "{fx:?}");
+}
+
+#[test]
+fn first_human_message_makes_the_session_official() {
+    let mut sim = Sim::waiting(Channel::Telegram, "conv-1");
+    let id = sim.handoff().id;
+    let old_generation = sim.generation();
+    assert_eq!(sim.ignored(human("conv-other", "hello?")), Ignored::StaleHandoff);
+    sim.advance(20);
+    let fx = sim.apply(human("conv-1", "Hi, this is Anna."));
+    let generation = sim.generation();
+    assert_ne!(generation, old_generation);
+    assert_eq!(
+        fx,
+        vec![
+            system(en(MessageKey::HumanJoined)),
+            Effect::SendToUser {
+                message: OutMessage {
+                    from: Role::Human,
+                    text: "Hi, this is Anna.".into(),
+                    buttons: vec![Button {
+                        label: en(MessageKey::EndChatButton),
+                        value: END_VALUE.into(),
+                    }],
+                },
+            },
+            Effect::ScheduleTimer {
+                generation,
+                due: Millis(sim.now.0 + 180_000),
+                kind: TimerKind::Session,
+            },
+        ]
+    );
+    assert!(matches!(
+        &sim.session.state,
+        State::WithHuman { handoff, desk_conversation_id, human_messages: 1 }
+            if handoff.id == id && desk_conversation_id == "conv-1"
+    ));
+    assert_eq!(sim.session.history.last().unwrap().role, Role::Human);
+    // The wait timer is superseded.
+    assert_eq!(sim.ignored(timer(old_generation)), Ignored::StaleTimer);
+}
+
+#[test]
+fn human_message_before_desk_opened_is_accepted_only_for_the_handoff_id() {
+    let mut sim = Sim::new(Channel::Telegram);
+    sim.apply(user("human"));
+    let id = sim.handoff().id;
+    assert_eq!(sim.ignored(human("conv-1", "hi")), Ignored::StaleHandoff);
+    sim.apply(human(&id, "hi"));
+    assert!(matches!(&sim.session.state, State::WithHuman { desk_conversation_id, .. } if *desk_conversation_id == id));
+}
+
+#[test]
+fn desk_closing_before_any_reply_returns_to_the_bot_without_close_desk() {
+    let mut sim = Sim::waiting(Channel::Telegram, "conv-1");
+    assert_eq!(
+        sim.ignored(EventKind::HumanClosed {
+            desk_conversation_id: "conv-9".into()
+        }),
+        Ignored::StaleHandoff
+    );
+    let fx = sim.apply(EventKind::HumanClosed {
+        desk_conversation_id: "conv-1".into(),
+    });
+    assert_eq!(fx, vec![Effect::CancelTimer, system(en(MessageKey::HumanEnded))]);
+    assert_eq!(sim.session.state, State::Bot);
+}
+
+#[test]
+fn wait_timeout_asks_to_keep_waiting_or_end() {
+    let mut sim = Sim::waiting(Channel::Widget, "conv-1");
+    let generation = sim.generation();
+    sim.advance(60);
+    let fx = sim.apply(timer(generation));
+    let reply_generation = sim.generation();
+    assert_ne!(reply_generation, generation);
+    assert_eq!(
+        fx,
+        vec![
+            Effect::SendToUser {
+                message: OutMessage {
+                    from: Role::System,
+                    text: en(MessageKey::WaitTimeoutQuestion),
+                    buttons: vec![
+                        Button {
+                            label: en(MessageKey::KeepWaiting),
+                            value: KEEP_WAITING_VALUE.into(),
+                        },
+                        Button {
+                            label: en(MessageKey::EndRequest),
+                            value: END_VALUE.into(),
+                        },
+                    ],
+                },
+            },
+            Effect::ScheduleTimer {
+                generation: reply_generation,
+                due: Millis(sim.now.0 + 60_000),
+                kind: TimerKind::WaitReply,
+            },
+        ]
+    );
+    assert!(matches!(
+        &sim.session.state,
+        State::WaitingForHuman { asked_to_keep_waiting: true, desk_conversation_id: Some(d), .. } if d == "conv-1"
+    ));
+    // The same timer delivered twice is stale.
+    assert_eq!(sim.ignored(timer(generation)), Ignored::StaleTimer);
+}
+
+#[test]
+fn keep_waiting_rearms_the_wait_timer_with_a_new_generation() {
+    let mut sim = Sim::waiting(Channel::Widget, "conv-1");
+    let first = sim.generation();
+    sim.advance(60);
+    sim.apply(timer(first));
+    let asked = sim.generation();
+    sim.advance(10);
+    let fx = sim.apply(user(KEEP_WAITING_VALUE));
+    let again = sim.generation();
+    assert!(again != first && again != asked);
+    assert_eq!(
+        fx,
+        vec![
+            Effect::ScheduleTimer {
+                generation: again,
+                due: Millis(sim.now.0 + 60_000),
+                kind: TimerKind::Wait,
+            },
+            system(en(MessageKey::KeptWaiting)),
+        ]
+    );
+    assert!(matches!(
+        sim.session.state,
+        State::WaitingForHuman {
+            asked_to_keep_waiting: false,
+            ..
+        }
+    ));
+    // Neither the reply timer nor the first wait timer count any more.
+    assert_eq!(sim.ignored(timer(asked)), Ignored::StaleTimer);
+    assert_eq!(sim.ignored(timer(first)), Ignored::StaleTimer);
+    // The button value is not relayed to the desk.
+    assert!(!fx.iter().any(|e| matches!(e, Effect::PostToDesk { .. })));
+    // The new one asks again.
+    sim.advance(60);
+    let fx = sim.apply(timer(again));
+    assert_eq!(sent(&fx)[0].text, en(MessageKey::WaitTimeoutQuestion));
+    assert_eq!(schedules(&fx)[0].2, TimerKind::WaitReply);
+}
+
+#[test]
+fn typing_the_keep_waiting_label_works_like_the_button() {
+    let mut sim = Sim::waiting(Channel::Widget, "conv-1");
+    let g = sim.generation();
+    sim.apply(timer(g));
+    let fx = sim.apply(user("keep waiting!"));
+    assert_eq!(schedules(&fx).len(), 1);
+    assert_eq!(schedules(&fx)[0].2, TimerKind::Wait);
+}
+
+#[test]
+fn keep_waiting_before_being_asked_does_not_rearm() {
+    let mut sim = Sim::waiting(Channel::Widget, "conv-1");
+    let timer_before = sim.session.timer;
+    let fx = sim.apply(user(KEEP_WAITING_VALUE));
+    assert_eq!(fx, vec![system(en(MessageKey::KeptWaiting))]);
+    assert_eq!(sim.session.timer, timer_before);
+}
+
+#[test]
+fn no_answer_to_the_wait_question_closes_the_request() {
+    let mut sim = Sim::waiting(Channel::Widget, "conv-1");
+    let id = sim.handoff().id;
+    let g = sim.generation();
+    sim.advance(60);
+    sim.apply(timer(g));
+    let g = sim.generation();
+    sim.advance(60);
+    let fx = sim.apply(timer(g));
+    assert_eq!(
+        fx,
+        vec![
+            Effect::CloseDesk {
+                handoff_id: id,
+                reason: CloseReason::Timeout,
+            },
+            system(en(MessageKey::RequestTimedOut)),
+        ]
+    );
+    assert_eq!(sim.session.state, State::Bot);
+    assert_eq!(sim.session.timer, None);
+    assert!(sim.session.summary.is_some());
+}
+
+#[test]
+fn end_while_waiting_closes_the_desk_as_user_closed() {
+    for end in [user(END_VALUE), user("End"), EventKind::UserEnded] {
+        let mut sim = Sim::waiting(Channel::Widget, "conv-1");
+        let id = sim.handoff().id;
+        let g = sim.generation();
+        sim.apply(timer(g));
+        let fx = sim.apply(end);
+        assert_eq!(
+            fx,
+            vec![
+                Effect::CloseDesk {
+                    handoff_id: id,
+                    reason: CloseReason::UserClosed,
+                },
+                Effect::CancelTimer,
+                system(en(MessageKey::UserEnded)),
+            ]
+        );
+        assert_eq!(sim.session.state, State::Bot);
+        assert_eq!(sim.session.timer, None);
+    }
+}
+
+#[test]
+fn brain_and_handoff_events_while_waiting_are_ignored() {
+    let mut sim = Sim::waiting(Channel::Widget, "conv-1");
+    assert_eq!(sim.ignored(answer("late")), Ignored::LateBrainReply);
+    assert_eq!(
+        sim.ignored(EventKind::BrainFailed { error: "x".into() }),
+        Ignored::LateBrainReply
+    );
+    assert_eq!(
+        sim.ignored(EventKind::HandoffRequested { reason: "x".into() }),
+        Ignored::AlreadyHandedOff
+    );
+}
+
+// ---------------------------------------------------------------- with a human
+
+#[test]
+fn user_reply_to_the_human_is_posted_and_stops_the_session_timer() {
+    let mut sim = Sim::with_human();
+    let id = sim.handoff().id;
+    let session_generation = sim.generation();
+    sim.advance(100);
+    let fx = sim.apply(user("thanks, my order is 42"));
+    assert_eq!(
+        fx,
+        vec![
+            Effect::PostToDesk {
+                handoff_id: id,
+                text: "thanks, my order is 42".into(),
+            },
+            Effect::CancelTimer,
+        ]
+    );
+    assert_eq!(sim.session.timer, None);
+    // The timeout counts from the human's last message only: the old timer is stale.
+    sim.advance(200);
+    assert_eq!(sim.ignored(timer(session_generation)), Ignored::StaleTimer);
+    assert!(matches!(sim.session.state, State::WithHuman { .. }));
+    // A second user message has no timer to cancel.
+    let fx = sim.apply(user("hello?"));
+    assert_eq!(fx.len(), 1, "{fx:?}");
+}
+
+#[test]
+fn each_human_message_rearms_the_session_timer() {
+    let mut sim = Sim::with_human();
+    let first = sim.generation();
+    sim.apply(user("ok"));
+    sim.advance(30);
+    let fx = sim.apply(human("conv-1", "Anything else?"));
+    let second = sim.generation();
+    assert_ne!(second, first);
+    assert_eq!(
+        schedules(&fx),
+        vec![(second, Millis(sim.now.0 + 180_000), TimerKind::Session)]
+    );
+    assert_eq!(
+        sent(&fx),
+        vec![OutMessage {
+            from: Role::Human,
+            text: "Anything else?".into(),
+            buttons: vec![Button {
+                label: en(MessageKey::EndChatButton),
+                value: END_VALUE.into()
+            }],
+        }]
+    );
+    assert!(matches!(sim.session.state, State::WithHuman { human_messages: 2, .. }));
+    // Two human messages in a row: the latest one counts.
+    sim.advance(30);
+    sim.apply(human("conv-1", "Hello?"));
+    let third = sim.generation();
+    assert_eq!(sim.session.timer.unwrap().due, Millis(sim.now.0 + 180_000));
+    assert_eq!(sim.ignored(timer(second)), Ignored::StaleTimer);
+    assert_ne!(third, second);
+    // A human message from another desk conversation is not relayed.
+    assert_eq!(sim.ignored(human("conv-2", "wrong chat")), Ignored::StaleHandoff);
+}
+
+#[test]
+fn session_timeout_closes_the_desk_and_returns_to_the_bot() {
+    let mut sim = Sim::with_human();
+    let id = sim.handoff().id;
+    sim.apply(human("conv-1", "Are you still there?"));
+    let g = sim.generation();
+    sim.advance(180);
+    let fx = sim.apply(timer(g));
+    assert_eq!(
+        fx,
+        vec![
+            Effect::CloseDesk {
+                handoff_id: id,
+                reason: CloseReason::Timeout,
+            },
+            system(en(MessageKey::SessionTimedOut)),
+        ]
+    );
+    assert_eq!(sim.session.state, State::Bot);
+    assert_eq!(sim.session.timer, None);
+    let summary = sim.session.summary.clone().expect("a summary of the human session");
+    assert!(summary.contains("2 message"), "{summary}");
+    assert_eq!(sim.ignored(timer(g)), Ignored::StaleTimer);
+}
+
+#[test]
+fn human_close_returns_to_the_bot_without_closing_the_desk() {
+    let mut sim = Sim::with_human();
+    assert_eq!(
+        sim.ignored(EventKind::HumanClosed {
+            desk_conversation_id: "conv-2".into()
+        }),
+        Ignored::StaleHandoff
+    );
+    let fx = sim.apply(EventKind::HumanClosed {
+        desk_conversation_id: "conv-1".into(),
+    });
+    assert_eq!(fx, vec![Effect::CancelTimer, system(en(MessageKey::HumanEnded))]);
+    assert_eq!(sim.session.state, State::Bot);
+    assert_eq!(sim.session.timer, None);
+    assert!(sim.session.summary.is_some());
+}
+
+#[test]
+fn user_can_end_the_human_session() {
+    for end in [user("End chat"), user(END_VALUE), user("bye"), EventKind::UserEnded] {
+        let mut sim = Sim::with_human();
+        let id = sim.handoff().id;
+        let fx = sim.apply(end);
+        assert_eq!(
+            fx,
+            vec![
+                Effect::CloseDesk {
+                    handoff_id: id,
+                    reason: CloseReason::UserClosed,
+                },
+                Effect::CancelTimer,
+                system(en(MessageKey::UserEnded)),
+            ]
+        );
+        assert_eq!(sim.session.state, State::Bot);
+    }
+}
+
+#[test]
+fn a_stale_keep_waiting_button_is_not_relayed_to_the_human() {
+    let mut sim = Sim::with_human();
+    let timer = sim.session.timer;
+    assert_eq!(sim.ignored(user(KEEP_WAITING_VALUE)), Ignored::StaleTimer);
+    assert_eq!(sim.session.timer, timer, "the session timeout still runs");
+}
+
+#[test]
+fn events_that_do_not_apply_with_a_human_are_ignored() {
+    let mut sim = Sim::with_human();
+    let id = sim.handoff().id;
+    assert_eq!(sim.ignored(answer("late answer")), Ignored::LateBrainReply);
+    assert_eq!(sim.ignored(desk_opened(&id, "conv-1")), Ignored::StaleHandoff);
+    assert_eq!(
+        sim.ignored(EventKind::HandoffRequested { reason: "x".into() }),
+        Ignored::AlreadyHandedOff
+    );
+}
+
+// ---------------------------------------------------------------- after the handoff
+
+#[test]
+fn after_the_handoff_late_desk_events_are_ignored_and_the_bot_knows_what_happened() {
+    let mut sim = Sim::with_human();
+    let id = sim.handoff().id;
+    let g = sim.generation();
+    sim.apply(EventKind::HumanClosed {
+        desk_conversation_id: "conv-1".into(),
+    });
+    assert_eq!(sim.ignored(human("conv-1", "one more thing")), Ignored::NoActiveHandoff);
+    assert_eq!(
+        sim.ignored(EventKind::HumanClosed {
+            desk_conversation_id: "conv-1".into()
+        }),
+        Ignored::NoActiveHandoff
+    );
+    assert_eq!(sim.ignored(desk_opened(&id, "conv-1")), Ignored::StaleHandoff);
+    assert_eq!(sim.ignored(timer(g)), Ignored::StaleTimer);
+
+    let summary = sim.session.summary.clone().unwrap();
+    let fx = sim.apply(user("what else can you do?"));
+    let [Effect::AskBrain { question, context, .. }] = fx.as_slice() else {
+        panic!("{fx:?}")
+    };
+    assert_eq!(question, "what else can you do?");
+    assert_eq!(context.as_deref(), Some(summary.as_str()));
+}
+
+#[test]
+fn a_second_handoff_gets_a_new_id_and_ignores_the_first_desk() {
+    let mut sim = Sim::with_human();
+    let first = sim.handoff().id;
+    sim.apply(user("bye"));
+    sim.advance(5);
+    sim.apply(user("actually, a human again please"));
+    sim.apply(unknown());
+    sim.apply(user("talk to a human"));
+    let second = sim.handoff().id;
+    assert_ne!(first, second);
+    assert_eq!(sim.ignored(desk_opened(&first, "conv-9")), Ignored::StaleHandoff);
+    assert_eq!(
+        sim.ignored(human("conv-1", "late from the old chat")),
+        Ignored::StaleHandoff
+    );
+    sim.apply(desk_opened(&second, "conv-2"));
+    sim.apply(human("conv-2", "Hi again, Bob here."));
+    assert_eq!(sim.ignored(human("conv-1", "old chat")), Ignored::StaleHandoff);
+    assert_eq!(
+        sim.ignored(EventKind::HumanClosed {
+            desk_conversation_id: "conv-1".into()
+        }),
+        Ignored::StaleHandoff
+    );
+    assert!(matches!(&sim.session.state, State::WithHuman { handoff, .. } if handoff.id == second));
+}
+
+#[test]
+fn messages_follow_the_session_language() {
+    let mut sim = Sim::new(Channel::Telegram);
+    let fx = sim.apply(EventKind::UserMessage {
+        text: "Ich möchte mit einem Menschen sprechen".into(),
+        email: None,
+        language: Some("de".into()),
+    });
+    assert_eq!(sim.session.language.as_deref(), Some("de"));
+    assert_eq!(fx[0], system(de(MessageKey::Waiting)));
+    assert_ne!(de(MessageKey::Waiting), en(MessageKey::Waiting));
+    let g = sim.generation();
+    let fx = sim.apply(timer(g));
+    let question = &sent(&fx)[0];
+    assert_eq!(question.text, de(MessageKey::WaitTimeoutQuestion));
+    assert_eq!(question.buttons[0].label, "Weiter warten");
+    // The German label typed by hand keeps waiting too.
+    let fx = sim.apply(user("Weiter warten"));
+    assert_eq!(schedules(&fx)[0].2, TimerKind::Wait);
+    // Later messages without a language keep the session's language.
+    let fx = sim.apply(user("/end"));
+    assert!(fx.contains(&system(de(MessageKey::UserEnded))), "{fx:?}");
+    let fx = sim.apply(user("Hallo"));
+    assert!(matches!(&fx[0], Effect::AskBrain { language, .. } if language == "de"));
+}
+
+#[test]
+fn unsupported_languages_fall_back_to_the_agent_language() {
+    let mut a = agent();
+    a.language = "fr".into();
+    let mut sim = Sim::with_agent(Channel::Widget, a);
+    let fx = sim.apply(EventKind::UserMessage {
+        text: "humain".into(),
+        email: None,
+        language: Some("xx".into()),
+    });
+    assert_eq!(sim.session.language, None);
+    assert_eq!(
+        fx,
+        vec![system(messages::default_text("fr", MessageKey::AskEmail).to_string())]
+    );
+}
+
+#[test]
+fn agent_message_overrides_are_used() {
+    let mut a = agent();
+    a.messages
+        .entry("en".into())
+        .or_default()
+        .insert(MessageKey::Waiting, "One moment, please!".into());
+    let mut sim = Sim::with_agent(Channel::Telegram, a);
+    let fx = sim.apply(user("human"));
+    assert_eq!(fx[0], system("One moment, please!".into()));
+}
+
+#[test]
+fn policy_timeouts_are_used() {
+    let mut a = agent();
+    a.policy.wait_timeout_secs = 5;
+    a.policy.wait_reply_timeout_secs = 7;
+    a.policy.session_timeout_secs = 11;
+    let mut sim = Sim::with_agent(Channel::Telegram, a);
+    let fx = sim.apply(user("human"));
+    assert_eq!(schedules(&fx)[0].1, Millis(sim.now.0 + 5_000));
+    let fx = sim.apply(timer(sim.generation()));
+    assert_eq!(schedules(&fx)[0].1, Millis(sim.now.0 + 7_000));
+    let id = sim.handoff().id;
+    let fx = sim.apply(human(&id, "hi"));
+    assert_eq!(schedules(&fx)[0].1, Millis(sim.now.0 + 11_000));
+}
+
+#[test]
+fn step_is_pure() {
+    let sim = Sim::with_human();
+    let event = Event::new("x:1", sim.session.key.clone(), sim.now, user("hello"));
+    let a = step(&sim.session, &event, sim.now, &sim.agent);
+    let b = step(&sim.session, &event, sim.now, &sim.agent);
+    assert_eq!(a, b);
+}

@@ -1,0 +1,509 @@
+//! Embedded adapters for `baton serve`: one SQLite file in WAL mode holds the store
+//! (sessions, seen ids, outbox, trace, agents, tokens, desk links), the durable event queue,
+//! the timers, the user-facing message log, settings and the operator console's own tables.
+//!
+//! Durability: every write is an fsync'd transaction (`synchronous=FULL`); callers are told
+//! "done" only after the commit. Throughput comes from group commit in the queue, not from
+//! weaker syncing. All SQLite work runs on blocking threads so async callers never stall
+//! the runtime: one writer connection behind a mutex (SQLite has one writer anyway) and a
+//! small pool of reader connections (WAL readers do not block the writer).
+
+mod console;
+mod messages;
+mod queue;
+mod settings;
+mod store;
+mod timers;
+
+pub use console::{ConsoleConversation, ConsoleMessage, ConsoleStore};
+pub use queue::{EmbeddedQueue, MAX_GROUP};
+pub use timers::EmbeddedTimers;
+
+use baton_core::model::ConversationKey;
+use baton_core::ports::StoreError;
+use rusqlite::{Connection, OpenFlags};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+
+/// How long seen event ids are kept at least: WhatsApp retries for up to 7 days.
+pub const SEEN_RETENTION_MS: i64 = 8 * 24 * 60 * 60 * 1000;
+
+/// How long a connection waits for another process's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Idle reader connections kept for reuse.
+const MAX_IDLE_READERS: usize = 4;
+
+/// Schema migrations; migration `i` moves `PRAGMA user_version` from `i` to `i + 1`.
+/// Append new steps, never edit old ones: databases in the field are at some version.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE agents (
+    id   TEXT PRIMARY KEY,
+    json TEXT NOT NULL
+);
+CREATE TABLE tokens (
+    agent      TEXT NOT NULL,
+    hash       TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX tokens_by_agent ON tokens(agent);
+CREATE TABLE sessions (
+    conversation TEXT PRIMARY KEY,
+    version      INTEGER NOT NULL,
+    json         TEXT NOT NULL,
+    updated_at   INTEGER NOT NULL
+);
+CREATE TABLE seen (
+    event_id     TEXT PRIMARY KEY,
+    conversation TEXT NOT NULL,
+    at           INTEGER NOT NULL
+);
+CREATE INDEX seen_by_at ON seen(at);
+CREATE TABLE outbox (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    effect_id       TEXT NOT NULL UNIQUE,
+    conversation    TEXT NOT NULL,
+    schema          INTEGER NOT NULL,
+    json            TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL
+);
+CREATE INDEX outbox_by_conversation ON outbox(conversation, seq);
+CREATE TABLE desk_links (
+    agent                TEXT NOT NULL,
+    desk_conversation_id TEXT NOT NULL,
+    handoff_id           TEXT NOT NULL UNIQUE,
+    conversation         TEXT NOT NULL,
+    PRIMARY KEY (agent, desk_conversation_id)
+);
+CREATE TABLE desk_status (
+    agent TEXT PRIMARY KEY,
+    json  TEXT NOT NULL
+);
+CREATE TABLE trace (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation TEXT NOT NULL,
+    at           INTEGER NOT NULL,
+    json         TEXT NOT NULL
+);
+CREATE INDEX trace_by_conversation ON trace(conversation, seq);
+CREATE TABLE queue (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id     TEXT NOT NULL UNIQUE,
+    conversation TEXT NOT NULL,
+    json         TEXT NOT NULL,
+    at           INTEGER NOT NULL
+);
+CREATE INDEX queue_by_conversation ON queue(conversation, seq);
+CREATE TABLE timers (
+    conversation TEXT PRIMARY KEY,
+    generation   INTEGER NOT NULL,
+    due          INTEGER NOT NULL
+);
+CREATE INDEX timers_by_due ON timers(due);
+CREATE TABLE user_messages (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation    TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    at              INTEGER NOT NULL,
+    json            TEXT NOT NULL
+);
+CREATE INDEX user_messages_by_conversation ON user_messages(conversation, seq);
+CREATE TABLE settings (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE console_conversations (
+    id         TEXT PRIMARY KEY,
+    agent      TEXT NOT NULL,
+    email      TEXT NOT NULL,
+    user_info  TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    status     TEXT NOT NULL CHECK (status IN ('waiting', 'active', 'closed')),
+    operator   TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX console_conversations_by_updated ON console_conversations(updated_at);
+CREATE TABLE console_messages (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id TEXT NOT NULL,
+    dedupe_key      TEXT NOT NULL UNIQUE,
+    role            TEXT NOT NULL,
+    text            TEXT NOT NULL,
+    at              INTEGER NOT NULL
+);
+CREATE INDEX console_messages_by_conversation ON console_messages(conversation_id, seq);
+CREATE TABLE console_credentials (
+    agent TEXT PRIMARY KEY,
+    token TEXT NOT NULL
+);
+"#];
+
+/// The embedded database. Cheap to share: `Db::open` hands out an `Arc<Db>`, and the
+/// queue, timers and console store each keep a clone.
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    /// Dispatchers told about conversations that got new queued events.
+    subscribers: Mutex<Vec<mpsc::UnboundedSender<ConversationKey>>>,
+    /// Woken when a timer is scheduled, so the timer loop re-reads the next due time.
+    timers_changed: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.inner.path).finish()
+    }
+}
+
+impl Db {
+    /// Open (or create) the database at `path`, switch it to WAL and run pending migrations.
+    pub fn open(path: &Path) -> Result<Arc<Db>, StoreError> {
+        let mut writer = open_connection(path)?;
+        let mode: String = writer
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(sql)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!(
+                "cannot switch {} to WAL mode (got {mode})",
+                path.display()
+            )));
+        }
+        migrate(&mut writer)?;
+        Ok(Arc::new(Db {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+                subscribers: Mutex::new(Vec::new()),
+                timers_changed: Arc::new(Notify::new()),
+            }),
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The schema version this build writes (`PRAGMA user_version` after `open`).
+    pub fn schema_version() -> u32 {
+        MIGRATIONS.len() as u32
+    }
+
+    /// Delete seen event ids older than [`SEEN_RETENTION_MS`] before `now`; returns how many.
+    pub async fn prune_seen(&self, now: baton_core::model::Millis) -> Result<u64, StoreError> {
+        let cutoff = now.0.saturating_sub(SEEN_RETENTION_MS);
+        self.write(move |c| {
+            let n = c.execute("DELETE FROM seen WHERE at < ?1", [cutoff]).map_err(sql)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    /// Run `f` on the writer connection on a blocking thread.
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.with_writer(f))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("database task failed: {e}")))?
+    }
+
+    /// Run `f` on a reader connection on a blocking thread.
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.with_reader(f))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("database task failed: {e}")))?
+    }
+
+    /// Synchronous writer access, for the queue's committer thread.
+    pub(crate) fn with_writer<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.inner.with_writer(f)
+    }
+
+    /// Tell every live subscriber which conversations got new queued events.
+    pub(crate) fn notify_enqueued(&self, keys: &[ConversationKey]) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut subs = lock(&self.inner.subscribers);
+        subs.retain(|s| keys.iter().all(|k| s.send(k.clone()).is_ok()));
+    }
+
+    pub(crate) fn subscribe(&self) -> mpsc::UnboundedReceiver<ConversationKey> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.inner.subscribers).push(tx);
+        rx
+    }
+
+    pub(crate) fn timers_changed(&self) -> Arc<Notify> {
+        self.inner.timers_changed.clone()
+    }
+}
+
+impl Inner {
+    fn with_writer<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut conn = match self.writer.lock() {
+            Ok(c) => c,
+            Err(poisoned) => {
+                // A panic while holding the lock: the `Transaction` guard rolled back while
+                // unwinding; make sure no transaction is left open, then carry on.
+                let c = poisoned.into_inner();
+                if !c.is_autocommit() {
+                    c.execute_batch("ROLLBACK").map_err(sql)?;
+                }
+                c
+            }
+        };
+        f(&mut conn)
+    }
+
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let idle = lock(&self.readers).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => {
+                let c = open_connection(&self.path)?;
+                c.pragma_update(None, "query_only", true).map_err(sql)?;
+                c
+            }
+        };
+        let out = f(&conn);
+        let mut pool = lock(&self.readers);
+        if pool.len() < MAX_IDLE_READERS && conn.is_autocommit() {
+            pool.push(conn);
+        }
+        out
+    }
+}
+
+/// Lock a mutex that guards plain data; a panic elsewhere cannot leave that data half-written.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(sql)?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(StoreError::Unavailable(format!(
+            "database schema version {current} is newer than this build supports ({known})"
+        )));
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        tx.execute_batch(step).map_err(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        tracing::info!(version = i + 1, "database schema migrated");
+    }
+    Ok(())
+}
+
+/// Map an SQLite error. Values are always bound as parameters, so SQLite's messages name
+/// tables and columns but never contain stored data (tokens, secrets, user text).
+pub(crate) fn sql(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("sqlite: {e}"))
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Unavailable(format!("cannot encode a record: {e}")))
+}
+
+/// Decode a stored JSON record. The message keeps only the error's class and position:
+/// serde's full message can quote the offending value, which may be a secret.
+pub(crate) fn decode<T: DeserializeOwned>(key: &str, json: &str) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        message: format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()),
+    })
+}
+
+/// Parse a conversation key column back.
+pub(crate) fn parse_key(s: &str) -> Result<ConversationKey, StoreError> {
+    ConversationKey::parse(s).map_err(|e| StoreError::Corrupt {
+        key: s.to_string(),
+        message: e.to_string(),
+    })
+}
+
+pub(crate) fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Unavailable(format!("{what} {v} does not fit in the database")))
+}
+
+pub(crate) fn limit_param(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+    use baton_core::model::Channel;
+
+    pub fn open_temp() -> (tempfile::TempDir, Arc<Db>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(&dir.path().join("baton.db")).expect("open");
+        (dir, db)
+    }
+
+    pub fn key(user: &str) -> ConversationKey {
+        ConversationKey::new("demo", Channel::Widget, user).expect("key")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
+
+    #[tokio::test]
+    async fn open_sets_wal_schema_version_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let db = Db::open(&path).unwrap();
+        let (mode, version): (String, i64) = db
+            .read(|c| {
+                let m = c.pragma_query_value(None, "journal_mode", |r| r.get(0)).map_err(sql)?;
+                let v = c.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sql)?;
+                Ok((m, v))
+            })
+            .await
+            .unwrap();
+        assert_eq!(mode.to_lowercase(), "wal");
+        assert_eq!(version, Db::schema_version() as i64);
+        let sync: i64 = db
+            .write(|c| c.pragma_query_value(None, "synchronous", |r| r.get(0)).map_err(sql))
+            .await
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+        drop(db);
+        // Reopening runs no migration again (it would fail on CREATE TABLE).
+        Db::open(&path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let db = Db::open(&path).unwrap();
+        db.write(|c| c.pragma_update(None, "user_version", 999).map_err(sql))
+            .await
+            .unwrap();
+        drop(db);
+        match Db::open(&path) {
+            Err(StoreError::Unavailable(m)) => assert!(m.contains("newer"), "{m}"),
+            other => panic!("expected refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn prune_seen_keeps_eight_days() {
+        use baton_core::model::Millis;
+        let (_dir, db) = open_temp();
+        let day = 24 * 60 * 60 * 1000;
+        let now = 100 * day;
+        db.write(move |c| {
+            c.execute(
+                "INSERT INTO seen(event_id, conversation, at) VALUES ('old', 'k', ?1), ('recent', 'k', ?2)",
+                [now - 9 * day, now - 7 * day],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(db.prune_seen(Millis(now)).await.unwrap(), 1);
+        use baton_core::ports::Store;
+        assert!(!db.is_seen("old").await.unwrap());
+        assert!(db.is_seen("recent").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn everything_survives_a_reopen() {
+        use baton_core::effect::{Effect, PendingEffect};
+        use baton_core::event::{Event, EventKind};
+        use baton_core::model::Millis;
+        use baton_core::ports::{Commit, EventQueue, Store, Timers, TraceEntry};
+        use baton_core::session::Session;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("baton.db");
+        let k = key("u");
+        {
+            let db = Db::open(&path).unwrap();
+            let q = EmbeddedQueue::new(db.clone()).unwrap();
+            let t = EmbeddedTimers::new(db.clone());
+            q.enqueue(vec![
+                Event::new("e1", k.clone(), Millis(1), EventKind::UserEnded),
+                Event::new("e2", k.clone(), Millis(2), EventKind::UserEnded),
+            ])
+            .await
+            .unwrap();
+            t.schedule(&k, 4, Millis(99)).await.unwrap();
+            let commit = Commit {
+                expected_version: 0,
+                session: Session::new(k.clone()),
+                event_id: "e0".into(),
+                effects: vec![PendingEffect::for_event("e0", 0, Effect::CancelTimer)],
+                trace: TraceEntry {
+                    at: Millis(5),
+                    what: "event".into(),
+                    id: "e0".into(),
+                    detail: String::new(),
+                },
+            };
+            db.commit(commit).await.unwrap();
+            db.set_setting("s", "v").await.unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let q = EmbeddedQueue::new(db.clone()).unwrap();
+        let t = EmbeddedTimers::new(db.clone());
+        assert_eq!(q.depth().await.unwrap(), 2);
+        assert_eq!(q.conversations_with_events(10).await.unwrap(), vec![k.clone()]);
+        assert_eq!(q.head(&k).await.unwrap().unwrap().id, "e1");
+        assert_eq!(t.next_due().await.unwrap(), Some(Millis(99)));
+        let pending = db.pending_effects(&k).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].effect.id, "e0/0");
+        assert_eq!(db.load_session(&k).await.unwrap().unwrap().version, 1);
+        assert!(db.is_seen("e0").await.unwrap());
+        assert_eq!(db.setting("s").await.unwrap().as_deref(), Some("v"));
+    }
+}

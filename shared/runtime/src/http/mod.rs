@@ -1,0 +1,193 @@
+//! HTTP ingress shared by `baton serve` and the Lambda functions: verify, parse, enqueue,
+//! answer. No route calls a brain or a desk; the worker does that after the queue.
+
+pub mod desk;
+pub mod widget;
+
+use crate::ratelimit::RateLimiter;
+use crate::widget::{MessageLog, Posted, TokenSigner};
+use crate::Ports;
+use axum::body::Bytes;
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use baton_core::Agent;
+use serde::de::DeserializeOwned;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// Default request body limit (bytes); configurable per deployment.
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub ports: Ports,
+    pub log: Arc<dyn MessageLog>,
+    pub live: broadcast::Sender<Posted>,
+    pub signer: TokenSigner,
+    pub limits: Arc<Limits>,
+    pub body_limit: usize,
+}
+
+/// Request rate limits of the public routes.
+pub struct Limits {
+    pub per_ip: RateLimiter,
+    pub per_conversation: RateLimiter,
+    /// Failed authentications per client address and agent.
+    pub auth_failures: RateLimiter,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            per_ip: RateLimiter::new(120, 20.0),
+            per_conversation: RateLimiter::new(20, 2.0),
+            auth_failures: RateLimiter::new(10, 0.2),
+        }
+    }
+}
+
+/// Every route of the hub that is not a local-only page.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .merge(widget::routes())
+        .merge(desk::routes())
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .with_state(state)
+}
+
+/// JSON error body `{"error":{"code","message"}}` with its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+    pub fn rate_limited() -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<baton_core::ports::StoreError> for ApiError {
+    fn from(e: baton_core::ports::StoreError) -> Self {
+        tracing::error!(error = %e, "store error in a request");
+        ApiError::unavailable("storage is unavailable; retry later")
+    }
+}
+
+impl From<baton_core::ports::QueueError> for ApiError {
+    fn from(e: baton_core::ports::QueueError) -> Self {
+        tracing::error!(error = %e, "queue error in a request");
+        ApiError::unavailable("the event could not be stored; retry later")
+    }
+}
+
+/// The raw request body, limited to the configured size (413 beyond it). Signatures are
+/// verified on these exact bytes before anything is parsed.
+pub struct RawBody(pub Bytes);
+
+impl<S> FromRequest<S> for RawBody
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = AppState::from_ref(state).body_limit;
+        let too_large =
+            || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body exceeds {limit} bytes"));
+        let declared = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        match axum::body::to_bytes(req.into_body(), limit).await {
+            Ok(b) => Ok(RawBody(b)),
+            Err(_) => Err(too_large()),
+        }
+    }
+}
+
+/// Parse JSON with an error that names the problem (serde names the field and position).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", "request body is empty; expected JSON"));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("request body: {e}")))
+}
+
+/// The client's address where the server knows it (`baton serve`), else "unknown".
+pub struct ClientAddr(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        Ok(ClientAddr(ip))
+    }
+}
+
+pub async fn load_agent(state: &AppState, id: &str) -> Result<Agent, ApiError> {
+    if !baton_core::model::valid_agent_id(id) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "agent_not_found", "no agent with that id"));
+    }
+    state
+        .ports
+        .store
+        .get_agent(id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "agent_not_found", format!("no agent {id:?}")))
+}
+
+/// Check `Authorization: Bearer <agent token>`. Repeated failures from one address are
+/// throttled before any hash is compared.
+pub async fn require_agent_token(state: &AppState, agent: &Agent, headers: &HeaderMap, client: &str) -> Result<(), ApiError> {
+    let limiter_key = format!("{client}|{}", agent.id);
+    let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let Some(token) = crate::auth::bearer(header) else {
+        return Err(ApiError::unauthorized("missing Authorization: Bearer <agent token>"));
+    };
+    if crate::auth::token_matches(state.ports.store.as_ref(), &agent.id, token).await? {
+        return Ok(());
+    }
+    if !state.limits.auth_failures.allow(&limiter_key) {
+        return Err(ApiError::rate_limited());
+    }
+    Err(ApiError::unauthorized("the token is not valid for this agent"))
+}

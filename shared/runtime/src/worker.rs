@@ -1,0 +1,305 @@
+//! The worker: apply one queued event to its conversation, then run the conversation's
+//! pending effects. Same code for the embedded runtime and the Lambda worker.
+
+use crate::Ports;
+use baton_core::ports::{
+    BrainRequest, Commit, CommitOutcome, DeliveryError, DeskLink, DeskStatusRecord, OutboxItem, StoreError, TraceEntry,
+};
+use baton_core::{step, Agent, ConversationKey, Effect, Event, EventKind, Millis, PendingEffect, Session};
+use std::collections::HashSet;
+
+/// Optimistic-lock retries before giving the event back to the queue.
+const MAX_CONFLICT_RETRIES: usize = 8;
+/// Delivery attempts of one effect before it is dead-lettered (about 2.5 h with the backoff below).
+pub const MAX_ATTEMPTS: u32 = 20;
+/// Backoff ceiling between attempts.
+const MAX_BACKOFF_MS: u64 = 10 * 60 * 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] baton_core::ports::QueueError),
+    #[error("session of {0} kept changing under us; the event will be retried")]
+    Contended(String),
+}
+
+/// What happened to an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Processed {
+    Applied { effects: usize },
+    Ignored(String),
+    Duplicate,
+    UnknownAgent,
+}
+
+/// Apply one event: load, skip if seen, step, commit session + seen id + effects at once.
+/// Effects are not run here; call [`drain_outbox`] afterwards.
+pub async fn apply_event(ports: &Ports, event: &Event) -> Result<Processed, WorkerError> {
+    let key = &event.conversation;
+    let Some(agent) = ports.store.get_agent(&key.agent).await? else {
+        tracing::warn!(conversation = %key, event = %event.id, "event for an unknown agent dropped");
+        return Ok(Processed::UnknownAgent);
+    };
+    for _ in 0..MAX_CONFLICT_RETRIES {
+        if ports.store.is_seen(&event.id).await? {
+            return Ok(Processed::Duplicate);
+        }
+        let (session, version) = match ports.store.load_session(key).await? {
+            Some(v) => (v.session, v.version),
+            None => (Session::new(key.clone()), 0),
+        };
+        let now = ports.clock.now();
+        let before = session.state.name();
+        let (next, effects, processed, trace) = match step(&session, event, now, &agent) {
+            Ok(s) => {
+                let names: Vec<&str> = s.effects.iter().map(Effect::name).collect();
+                let detail = format!(
+                    "{}: {} -> {}; effects: [{}]",
+                    event.kind.name(),
+                    before,
+                    s.session.state.name(),
+                    names.join(", ")
+                );
+                let n = s.effects.len();
+                let pending: Vec<PendingEffect> =
+                    s.effects.into_iter().enumerate().map(|(i, e)| PendingEffect::for_event(&event.id, i, e)).collect();
+                (s.session, pending, Processed::Applied { effects: n }, trace(now, "event", &event.id, detail))
+            }
+            Err(why) => {
+                tracing::info!(conversation = %key, event = %event.id, kind = event.kind.name(), state = before, reason = %why, "event ignored");
+                let detail = format!("{} in {}: {}", event.kind.name(), before, why);
+                (session, Vec::new(), Processed::Ignored(why.to_string()), trace(now, "ignored", &event.id, detail))
+            }
+        };
+        let commit = Commit { expected_version: version, session: next, event_id: event.id.clone(), effects, trace };
+        match ports.store.commit(commit).await? {
+            CommitOutcome::Committed { .. } => return Ok(processed),
+            CommitOutcome::AlreadySeen => return Ok(Processed::Duplicate),
+            CommitOutcome::VersionConflict => continue,
+        }
+    }
+    Err(WorkerError::Contended(key.to_string()))
+}
+
+fn trace(at: Millis, what: &str, id: &str, detail: String) -> TraceEntry {
+    TraceEntry { at, what: what.into(), id: id.into(), detail }
+}
+
+/// Result of running a conversation's outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Drained {
+    pub done: usize,
+    /// Earliest time a deferred effect is due again.
+    pub next_due: Option<Millis>,
+}
+
+/// Which receiver an effect talks to. Effects to the same receiver run strictly in order:
+/// when one must wait for a retry, the later ones to that receiver wait behind it.
+fn receiver(effect: &Effect) -> &'static str {
+    match effect {
+        Effect::AskBrain { .. } => "brain",
+        Effect::SendToUser { .. } => "user",
+        Effect::OpenDesk { .. } | Effect::PostToDesk { .. } | Effect::CloseDesk { .. } => "desk",
+        Effect::ScheduleTimer { .. } | Effect::CancelTimer => "timer",
+    }
+}
+
+/// Run the conversation's pending effects in order. Must not run concurrently for the same
+/// conversation (the embedded dispatcher and the FIFO message group guarantee that).
+pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Drained, WorkerError> {
+    let items = ports.store.pending_effects(key).await?;
+    if items.is_empty() {
+        return Ok(Drained::default());
+    }
+    let agent = ports.store.get_agent(&key.agent).await?;
+    let now = ports.clock.now();
+    let mut blocked: HashSet<&'static str> = HashSet::new();
+    let mut out = Drained::default();
+    for item in items {
+        let r = receiver(&item.effect.effect);
+        if blocked.contains(r) {
+            continue;
+        }
+        if item.next_attempt_at > now {
+            blocked.insert(r);
+            out.next_due = Some(out.next_due.map_or(item.next_attempt_at, |d| d.min(item.next_attempt_at)));
+            continue;
+        }
+        let Some(agent) = agent.as_ref() else {
+            let t = trace(now, "effect", &item.effect.id, "dropped: the agent no longer exists".into());
+            ports.store.complete_effect(key, &item.effect.id, t).await?;
+            continue;
+        };
+        match run_effect(ports, agent, key, &item).await {
+            Ok(detail) => {
+                let t = trace(now, "effect", &item.effect.id, format!("{}: {detail}", item.effect.effect.name()));
+                ports.store.complete_effect(key, &item.effect.id, t).await?;
+                out.done += 1;
+            }
+            Err(err) => {
+                let attempts = item.attempts + 1;
+                let name = item.effect.effect.name();
+                let retry_after = match &err {
+                    DeliveryError::Retryable { retry_after_ms, .. } if attempts < MAX_ATTEMPTS => {
+                        Some(retry_after_ms.unwrap_or_else(|| backoff_ms(attempts, &item.effect.id)))
+                    }
+                    _ => None,
+                };
+                if let Some(delay) = retry_after {
+                    let due = Millis(now.0 + delay as i64);
+                    tracing::warn!(conversation = %key, effect = %item.effect.id, attempts, error = %err, "effect failed; retrying later");
+                    let t = trace(now, "effect", &item.effect.id, format!("{name}: attempt {attempts} failed: {err}"));
+                    ports.store.defer_effect(key, &item.effect.id, attempts, due, t).await?;
+                    blocked.insert(r);
+                    out.next_due = Some(out.next_due.map_or(due, |d| d.min(due)));
+                } else {
+                    give_up(ports, agent, key, &item, &err).await?;
+                    let t = trace(now, "effect", &item.effect.id, format!("{name}: dead-lettered after {attempts} attempt(s): {err}"));
+                    ports.store.complete_effect(key, &item.effect.id, t).await?;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Exponential backoff from 1 s, doubled per attempt, capped, with deterministic jitter
+/// (derived from the effect id so retries of many conversations spread out).
+fn backoff_ms(attempts: u32, effect_id: &str) -> u64 {
+    let base = 1000u64.saturating_mul(1u64 << attempts.min(20)).min(MAX_BACKOFF_MS);
+    let jitter = effect_id.bytes().fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64)) % (base / 4 + 1);
+    base - base / 8 + jitter
+}
+
+/// Run one effect; the `Ok` string describes the result for the trace.
+async fn run_effect(ports: &Ports, agent: &Agent, key: &ConversationKey, item: &OutboxItem) -> Result<String, DeliveryError> {
+    let pending = &item.effect;
+    let idem = pending.idempotency_key();
+    let result_event_id = format!("fx:{}", pending.id);
+    match &pending.effect {
+        Effect::AskBrain { question, history, context, language } => {
+            let req = BrainRequest {
+                question: question.clone(),
+                history: history.clone(),
+                context: context.clone(),
+                language: language.clone(),
+            };
+            let reply = ports.brain.answer(agent, &req).await?;
+            enqueue(ports, result_event_id, key, EventKind::BrainReplied { reply }).await?;
+            Ok("answered".into())
+        }
+        Effect::SendToUser { message } => {
+            ports.channels.send(agent, key, message, &idem).await?;
+            Ok("delivered".into())
+        }
+        Effect::OpenDesk { request } => {
+            let desk_id = match ports.desk.open(agent, key, request, &idem).await {
+                Ok(id) => id,
+                Err(DeliveryError::Unauthorized { message }) => {
+                    mark_desk_unavailable(ports, agent, &message).await;
+                    return Err(DeliveryError::Unauthorized { message });
+                }
+                Err(e) => return Err(e),
+            };
+            let link = DeskLink {
+                agent: agent.id.clone(),
+                desk_conversation_id: desk_id.clone(),
+                handoff_id: request.handoff_id.clone(),
+                conversation: key.clone(),
+            };
+            ports.store.put_desk_link(&link).await.map_err(|e| DeliveryError::retryable(e.to_string()))?;
+            let kind = EventKind::DeskOpened { handoff_id: request.handoff_id.clone(), desk_conversation_id: desk_id.clone() };
+            enqueue(ports, result_event_id, key, kind).await?;
+            Ok(format!("desk conversation {desk_id}"))
+        }
+        Effect::PostToDesk { handoff_id, text } => {
+            let Some(link) = desk_link(ports, handoff_id).await? else {
+                return Ok("skipped: the desk conversation was never opened".into());
+            };
+            ports.desk.post(agent, &link.desk_conversation_id, text, &idem).await?;
+            Ok("posted".into())
+        }
+        Effect::CloseDesk { handoff_id, reason } => {
+            let Some(link) = desk_link(ports, handoff_id).await? else {
+                return Ok("skipped: the desk conversation was never opened".into());
+            };
+            ports.desk.close(agent, &link.desk_conversation_id, *reason, &idem).await?;
+            Ok(format!("closed ({})", reason.as_str()))
+        }
+        Effect::ScheduleTimer { generation, due, kind } => {
+            ports.timers.schedule(key, *generation, *due).await.map_err(|e| DeliveryError::retryable(e.to_string()))?;
+            Ok(format!("{kind:?} timer {generation} due at {}", due.0))
+        }
+        Effect::CancelTimer => {
+            ports.timers.cancel(key).await.map_err(|e| DeliveryError::retryable(e.to_string()))?;
+            Ok("timer cancelled".into())
+        }
+    }
+}
+
+async fn desk_link(ports: &Ports, handoff_id: &str) -> Result<Option<DeskLink>, DeliveryError> {
+    ports.store.desk_link_for_handoff(handoff_id).await.map_err(|e| DeliveryError::retryable(e.to_string()))
+}
+
+async fn enqueue(ports: &Ports, id: String, key: &ConversationKey, kind: EventKind) -> Result<(), DeliveryError> {
+    let event = Event::new(id, key.clone(), ports.clock.now(), kind);
+    ports.queue.enqueue(vec![event]).await.map_err(|e| DeliveryError::retryable(e.to_string()))
+}
+
+async fn mark_desk_unavailable(ports: &Ports, agent: &Agent, message: &str) {
+    let rec = DeskStatusRecord {
+        status: baton_core::model::ServiceStatus::Unavailable,
+        detail: message.to_string(),
+        checked_at: ports.clock.now(),
+    };
+    if let Err(e) = ports.store.set_desk_status(&agent.id, &rec).await {
+        tracing::warn!(agent = %agent.id, error = %e, "could not record desk status");
+    }
+    ports.alerts.raise(format!("agent {}: the desk rejected our credentials: {message}", agent.id));
+}
+
+/// An effect failed for good. Tell the conversation where the state machine must know
+/// (so nobody waits forever), and raise an alert for the rest.
+async fn give_up(
+    ports: &Ports,
+    agent: &Agent,
+    key: &ConversationKey,
+    item: &OutboxItem,
+    err: &DeliveryError,
+) -> Result<(), WorkerError> {
+    let id = format!("fx:{}", item.effect.id);
+    let follow_up = match &item.effect.effect {
+        Effect::AskBrain { .. } => Some(EventKind::BrainFailed { error: err.to_string() }),
+        Effect::OpenDesk { request } => {
+            Some(EventKind::DeskOpenFailed { handoff_id: request.handoff_id.clone(), error: err.to_string() })
+        }
+        _ => None,
+    };
+    if let Some(kind) = follow_up {
+        ports.queue.enqueue(vec![Event::new(id, key.clone(), ports.clock.now(), kind)]).await?;
+    }
+    if !matches!(item.effect.effect, Effect::AskBrain { .. }) {
+        ports.alerts.raise(format!(
+            "agent {}: {} for conversation {key} was dead-lettered: {err}",
+            agent.id,
+            item.effect.effect.name()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let a = backoff_ms(1, "x");
+        let b = backoff_ms(4, "x");
+        assert!(a >= 1500 && a <= 2600, "{a}");
+        assert!(b > a);
+        assert!(backoff_ms(30, "x") <= MAX_BACKOFF_MS + MAX_BACKOFF_MS / 4);
+    }
+}

@@ -1,0 +1,136 @@
+//! A fake help-desk implementing the webhook-desk contract (`/conversation/establish`,
+//! `/chat`, `/conversation/close`). It verifies the hub's Standard Webhooks signature and
+//! Basic credentials when configured, drops repeated `webhook-id`s like a careful desk
+//! would (counting them), and can be told to fail for a while.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use baton_connectors::standard_webhooks::{SigningSecret, WebhookHeaders};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone)]
+pub struct DeskRequest {
+    pub path: String,
+    pub body: Value,
+    pub webhook_id: Option<String>,
+    pub authorization: Option<String>,
+}
+
+#[derive(Default)]
+pub struct DeskLog {
+    /// Accepted requests, each webhook-id once, in arrival order.
+    pub requests: Vec<DeskRequest>,
+    /// Requests whose webhook-id was seen before.
+    pub duplicates: usize,
+    pub bad_signatures: usize,
+    /// Answer 503 to this many requests before accepting again.
+    pub fail_next: usize,
+    /// Expected `Authorization` header, if any.
+    pub expect_auth: Option<String>,
+}
+
+#[derive(Clone)]
+struct DeskState {
+    log: Arc<Mutex<DeskLog>>,
+    secret: Option<Arc<SigningSecret>>,
+}
+
+pub struct FakeDesk {
+    pub addr: SocketAddr,
+    log: Arc<Mutex<DeskLog>>,
+}
+
+impl FakeDesk {
+    /// Start on a free loopback port. With `signing_secret`, unsigned or wrongly signed
+    /// requests are refused with 401.
+    pub async fn start(signing_secret: Option<&str>) -> FakeDesk {
+        let secret = signing_secret.map(|s| Arc::new(SigningSecret::parse(s).expect("valid whsec_ secret")));
+        let log = Arc::new(Mutex::new(DeskLog::default()));
+        let state = DeskState { log: log.clone(), secret };
+        let app = Router::new()
+            .route("/conversation/establish", post(handle))
+            .route("/chat", post(handle))
+            .route("/conversation/close", post(handle))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeDesk { addr, log }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<DeskRequest> {
+        self.log.lock().unwrap().requests.clone()
+    }
+
+    pub fn requests_to(&self, path: &str) -> Vec<DeskRequest> {
+        self.requests().into_iter().filter(|r| r.path == path).collect()
+    }
+
+    pub fn duplicates(&self) -> usize {
+        self.log.lock().unwrap().duplicates
+    }
+
+    pub fn bad_signatures(&self) -> usize {
+        self.log.lock().unwrap().bad_signatures
+    }
+
+    pub fn fail_next(&self, n: usize) {
+        self.log.lock().unwrap().fail_next = n;
+    }
+
+    pub fn expect_authorization(&self, value: &str) {
+        self.log.lock().unwrap().expect_auth = Some(value.to_string());
+    }
+}
+
+async fn handle(
+    State(st): State<DeskState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, Json<Value>) {
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if let Some(secret) = &st.secret {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let ok = WebhookHeaders::from_header_map(&headers).and_then(|w| secret.verify(&w, &body, now));
+        if ok.is_err() {
+            st.log.lock().unwrap().bad_signatures += 1;
+            return (StatusCode::UNAUTHORIZED, Json(json!({"code": 401, "message": "bad signature"})));
+        }
+    }
+    let mut log = st.log.lock().unwrap();
+    if let Some(expected) = &log.expect_auth {
+        if h("authorization").as_deref() != Some(expected.as_str()) {
+            return (StatusCode::UNAUTHORIZED, Json(json!({"code": 401, "message": "bad credentials"})));
+        }
+    }
+    if log.fail_next > 0 {
+        log.fail_next -= 1;
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"code": 503, "message": "down for maintenance"})));
+    }
+    let Ok(value) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, Json(json!({"code": 400, "message": "not JSON"})));
+    };
+    let webhook_id = h("webhook-id");
+    if let Some(id) = &webhook_id {
+        if log.requests.iter().any(|r| r.webhook_id.as_deref() == Some(id)) {
+            log.duplicates += 1;
+            return (StatusCode::OK, Json(json!({"code": 200, "message": "duplicate ignored"})));
+        }
+    }
+    if value.get("istest").and_then(Value::as_bool) != Some(true) {
+        log.requests.push(DeskRequest { path: uri.path().to_string(), body: value, webhook_id, authorization: h("authorization") });
+    }
+    (StatusCode::OK, Json(json!({"code": 200, "message": "success"})))
+}

@@ -1,0 +1,26 @@
+//! Test support shared by the end-to-end tests: a fake webhook desk that follows the
+//! webhook-desk contract and checks what it receives, a widget client, and polling helpers.
+
+pub mod desk;
+pub mod widget;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Poll `f` until it returns `Some`, or panic with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
