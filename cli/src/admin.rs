@@ -22,9 +22,19 @@ pub async fn apply(db: &Db, file: &Path, out: &mut dyn Write) -> anyhow::Result<
         if db.token_hashes(&agent.id).await?.is_empty() {
             let token = generate_token();
             db.add_token(&agent.id, &hash_token(&token), now()).await?;
-            writeln!(out, "{} agent {}; its access token (shown once): {token}", if existed { "updated" } else { "created" }, agent.id)?;
+            writeln!(
+                out,
+                "{} agent {}; its access token (shown once): {token}",
+                if existed { "updated" } else { "created" },
+                agent.id
+            )?;
         } else {
-            writeln!(out, "{} agent {}", if existed { "updated" } else { "created" }, agent.id)?;
+            writeln!(
+                out,
+                "{} agent {}",
+                if existed { "updated" } else { "created" },
+                agent.id
+            )?;
         }
     }
     Ok(())
@@ -37,7 +47,11 @@ pub async fn list(db: &Db, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     for a in agents {
         let tokens = db.token_hashes(&a.id).await?.len();
-        let status = db.desk_status(&a.id).await?.map(|s| format!("{:?}", s.status)).unwrap_or_else(|| "unchecked".into());
+        let status = db
+            .desk_status(&a.id)
+            .await?
+            .map(|s| format!("{:?}", s.status))
+            .unwrap_or_else(|| "unchecked".into());
         let desk = match &a.desk {
             baton_core::agent::DeskConfig::None => "none".to_string(),
             baton_core::agent::DeskConfig::Webhook { url, .. } => format!("webhook {url}"),
@@ -56,7 +70,11 @@ pub async fn rotate_token(db: &Db, agent: &str, keep_old: bool, out: &mut dyn Wr
     let token = generate_token();
     let hash = hash_token(&token);
     db.add_token(agent, &hash, now()).await?;
-    let revoked = if keep_old { 0 } else { db.revoke_tokens(agent, Some(&hash)).await? };
+    let revoked = if keep_old {
+        0
+    } else {
+        db.revoke_tokens(agent, Some(&hash)).await?
+    };
     writeln!(out, "new access token for {agent} (shown once): {token}")?;
     writeln!(out, "{revoked} older token(s) revoked")?;
     Ok(())

@@ -32,8 +32,18 @@ pub struct ConsoleState {
 
 impl ConsoleState {
     pub fn new(store: ConsoleStore, db: Arc<Db>, hub_base: String, alerts: Alerts, clock: Arc<dyn Clock>) -> Self {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
-        ConsoleState { store, db, hub_base, alerts, clock, http }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        ConsoleState {
+            store,
+            db,
+            hub_base,
+            alerts,
+            clock,
+            http,
+        }
     }
 }
 
@@ -58,7 +68,29 @@ fn desk_reply(status: StatusCode, message: &str) -> Response {
 }
 
 fn api_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": {"code": code, "message": message.into()}}))).into_response()
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message.into()}})),
+    )
+        .into_response()
+}
+
+/// A refused desk-side request, answered with [`desk_reply`].
+struct DeskFail(StatusCode, String);
+
+impl IntoResponse for DeskFail {
+    fn into_response(self) -> Response {
+        desk_reply(self.0, &self.1)
+    }
+}
+
+/// A failed operator action, answered with [`api_error`].
+struct ApiFail(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiFail {
+    fn into_response(self) -> Response {
+        api_error(self.0, self.1, self.2)
+    }
 }
 
 async fn credential(st: &ConsoleState, agent: &str) -> Option<ConsoleCredential> {
@@ -67,9 +99,11 @@ async fn credential(st: &ConsoleState, agent: &str) -> Option<ConsoleCredential>
 }
 
 /// Verify the hub's Standard Webhooks signature with the agent's secret.
-async fn verify(st: &ConsoleState, agent: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
-    let unauthorized = |m: &str| desk_reply(StatusCode::UNAUTHORIZED, m);
-    let cred = credential(st, agent).await.ok_or_else(|| unauthorized("this console does not serve that agent"))?;
+async fn verify(st: &ConsoleState, agent: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), DeskFail> {
+    let unauthorized = |m: &str| DeskFail(StatusCode::UNAUTHORIZED, m.to_string());
+    let cred = credential(st, agent)
+        .await
+        .ok_or_else(|| unauthorized("this console does not serve that agent"))?;
     let secret = SigningSecret::parse(&cred.signing_secret).map_err(|_| unauthorized("console misconfigured"))?;
     let now = st.clock.now().0 / 1000;
     WebhookHeaders::from_header_map(headers)
@@ -77,36 +111,36 @@ async fn verify(st: &ConsoleState, agent: &str, headers: &HeaderMap, body: &[u8]
         .map_err(|e| unauthorized(&format!("webhook signature: {e}")))
 }
 
-fn parse(body: &[u8]) -> Result<Value, Response> {
+fn parse(body: &[u8]) -> Result<Value, DeskFail> {
     serde_json::from_slice::<Value>(body)
-        .map_err(|e| desk_reply(StatusCode::BAD_REQUEST, &format!("request body is not JSON: {e}")))
+        .map_err(|e| DeskFail(StatusCode::BAD_REQUEST, format!("request body is not JSON: {e}")))
 }
 
 fn is_probe(v: &Value) -> bool {
     v.get("istest").and_then(Value::as_bool) == Some(true)
 }
 
-fn str_field<'a>(v: &'a Value, name: &str) -> Result<&'a str, Response> {
+fn str_field<'a>(v: &'a Value, name: &str) -> Result<&'a str, DeskFail> {
     v.get(name)
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| desk_reply(StatusCode::BAD_REQUEST, &format!("{name}: missing or not a string")))
+        .ok_or_else(|| DeskFail(StatusCode::BAD_REQUEST, format!("{name}: missing or not a string")))
 }
 
 async fn establish(State(st): State<ConsoleState>, headers: HeaderMap, body: Bytes) -> Response {
     let v = match parse(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if is_probe(&v) {
         return desk_reply(StatusCode::OK, "success");
     }
     let (id, agent) = match (str_field(&v, "conversation_id"), str_field(&v, "bot_id")) {
         (Ok(i), Ok(a)) => (i.to_string(), a.to_string()),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(r), _) | (_, Err(r)) => return r.into_response(),
     };
     if let Err(r) = verify(&st, &agent, &headers, &body).await {
-        return r;
+        return r.into_response();
     }
     let history: Vec<(String, String, baton_core::Millis)> = v
         .get("body")
@@ -119,7 +153,11 @@ async fn establish(State(st): State<ConsoleState>, headers: HeaderMap, body: Byt
                         "QUESTION" => "user",
                         _ => "bot",
                     };
-                    Some((role.to_string(), t.get("text").and_then(Value::as_str)?.to_string(), baton_core::Millis(0)))
+                    Some((
+                        role.to_string(),
+                        t.get("text").and_then(Value::as_str)?.to_string(),
+                        baton_core::Millis(0),
+                    ))
                 })
                 .collect()
         })
@@ -128,19 +166,28 @@ async fn establish(State(st): State<ConsoleState>, headers: HeaderMap, body: Byt
     let reason = v.get("reason").and_then(Value::as_str).unwrap_or("").to_string();
     let user_info = v.get("user_info").cloned().unwrap_or(Value::Null).to_string();
     let now = st.clock.now();
-    match st.store.open_conversation(&id, &agent, &email, &user_info, &reason, history, now).await {
+    match st
+        .store
+        .open_conversation(&id, &agent, &email, &user_info, &reason, history, now)
+        .await
+    {
         Ok(_) => desk_reply(StatusCode::OK, "success"),
         Err(e) => desk_reply(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
 
 /// The agent of a console conversation, after the signature check.
-async fn verified_conversation(st: &ConsoleState, headers: &HeaderMap, body: &[u8], v: &Value) -> Result<String, Response> {
+async fn verified_conversation(
+    st: &ConsoleState,
+    headers: &HeaderMap,
+    body: &[u8],
+    v: &Value,
+) -> Result<String, DeskFail> {
     let id = str_field(v, "conversation_id")?.to_string();
     let conv = match st.store.get(&id).await {
         Ok(Some((c, _))) => c,
-        Ok(None) => return Err(desk_reply(StatusCode::NOT_FOUND, "unknown conversation_id")),
-        Err(e) => return Err(desk_reply(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
+        Ok(None) => return Err(DeskFail(StatusCode::NOT_FOUND, "unknown conversation_id".into())),
+        Err(e) => return Err(DeskFail(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     };
     verify(st, &conv.agent, headers, body).await?;
     Ok(id)
@@ -150,18 +197,26 @@ async fn chat(State(st): State<ConsoleState>, headers: HeaderMap, body: Bytes) -
     let v = match parse(&body) {
         Ok(v) if is_probe(&v) => return desk_reply(StatusCode::OK, "success"),
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let id = match verified_conversation(&st, &headers, &body, &v).await {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Some(text) = v.get("body").and_then(Value::as_str) else {
         return desk_reply(StatusCode::BAD_REQUEST, "body: missing or not a string");
     };
     // The hub retries with the same webhook-id; it is our dedupe key.
-    let dedupe = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let dedupe = if dedupe.is_empty() { format!("{id}:{}", baton_runtime::auth::hash_token(text)) } else { dedupe };
+    let dedupe = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let dedupe = if dedupe.is_empty() {
+        format!("{id}:{}", baton_runtime::auth::hash_token(text))
+    } else {
+        dedupe
+    };
     match st.store.add_message(&id, &dedupe, "user", text, st.clock.now()).await {
         Ok(_) => desk_reply(StatusCode::OK, "success"),
         Err(e) => desk_reply(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
@@ -172,11 +227,11 @@ async fn close(State(st): State<ConsoleState>, headers: HeaderMap, body: Bytes) 
     let v = match parse(&body) {
         Ok(v) if is_probe(&v) => return desk_reply(StatusCode::OK, "success"),
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let id = match verified_conversation(&st, &headers, &body, &v).await {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let why = match v.get("type").and_then(Value::as_str) {
         Some("TIMEOUT") => "The conversation timed out (TIMEOUT).",
@@ -223,16 +278,28 @@ struct ReplyBody {
 }
 
 /// Call the hub as a desk would: `POST {hub}/desks/webhook/{agent}/v1/human/...`.
-async fn call_hub(st: &ConsoleState, agent: &str, path: &str, body: Value) -> Result<(), Response> {
-    let cred = credential(st, agent)
-        .await
-        .ok_or_else(|| api_error(StatusCode::CONFLICT, "no_credential", "this console has no token for the agent"))?;
+async fn call_hub(st: &ConsoleState, agent: &str, path: &str, body: Value) -> Result<(), ApiFail> {
+    let no_token = || {
+        ApiFail(
+            StatusCode::CONFLICT,
+            "no_credential",
+            "this console has no token for the agent".into(),
+        )
+    };
+    let cred = credential(st, agent).await.ok_or_else(no_token)?;
     let url = format!("{}/desks/webhook/{agent}/v1/human/{path}", st.hub_base);
     let msg_id = format!("msg_{}", &baton_runtime::auth::generate_token()[4..36]);
-    let bad_gateway = |m: String| api_error(StatusCode::BAD_GATEWAY, "hub_error", m);
+    let bad_gateway = |m: String| ApiFail(StatusCode::BAD_GATEWAY, "hub_error", m);
     // A lost answer is retried with the same webhook-id; the hub drops the copy.
     for attempt in 0..3u64 {
-        let r = st.http.post(&url).bearer_auth(&cred.token).header("webhook-id", &msg_id).json(&body).send().await;
+        let r = st
+            .http
+            .post(&url)
+            .bearer_auth(&cred.token)
+            .header("webhook-id", &msg_id)
+            .json(&body)
+            .send()
+            .await;
         match r {
             Ok(resp) if resp.status().is_success() => return Ok(()),
             Ok(resp) if resp.status().is_client_error() => {
@@ -264,7 +331,7 @@ async fn reply(State(st): State<ConsoleState>, Path(id): Path<String>, Json(req)
     let now = st.clock.now();
     let body = json!({"conversation_id": id, "timestamp": now.0, "body": text});
     if let Err(r) = call_hub(&st, &conv.agent, "message/receive", body).await {
-        return r;
+        return r.into_response();
     }
     let dedupe = format!("{id}:human:{}", &baton_runtime::auth::generate_token()[4..20]);
     let stored = async {
@@ -290,11 +357,19 @@ async fn end(State(st): State<ConsoleState>, Path(id): Path<String>) -> Response
     if conv.status != "closed" {
         let body = json!({"conversation_id": id, "timestamp": st.clock.now().0});
         if let Err(r) = call_hub(&st, &conv.agent, "close", body).await {
-            return r;
+            return r.into_response();
         }
         let now = st.clock.now();
         let r = async {
-            st.store.add_message(&id, &format!("{id}:close"), "system", "You ended the conversation.", now).await?;
+            st.store
+                .add_message(
+                    &id,
+                    &format!("{id}:close"),
+                    "system",
+                    "You ended the conversation.",
+                    now,
+                )
+                .await?;
             st.store.set_status(&id, "closed", None).await
         }
         .await;

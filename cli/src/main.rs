@@ -49,9 +49,13 @@ enum Command {
 #[derive(Subcommand)]
 enum AgentsCommand {
     /// Validate and store the agents of a TOML file; new agents get a token (shown once).
-    Apply { file: PathBuf },
+    Apply {
+        file: PathBuf,
+    },
     /// Check a TOML file without storing anything.
-    Validate { file: PathBuf },
+    Validate {
+        file: PathBuf,
+    },
     List,
     /// Issue a new access token (shown once) and revoke the others.
     RotateToken {
@@ -65,7 +69,9 @@ enum AgentsCommand {
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::env::var("BATON_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {
@@ -95,8 +101,20 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut out = std::io::stdout();
     match cli.command {
-        Command::Serve { addr, data, agents, body_limit, no_example } => {
-            let opts = ServeOptions { addr, data, agents_file: agents, body_limit, example_agent: !no_example };
+        Command::Serve {
+            addr,
+            data,
+            agents,
+            body_limit,
+            no_example,
+        } => {
+            let opts = ServeOptions {
+                addr,
+                data,
+                agents_file: agents,
+                body_limit,
+                example_agent: !no_example,
+            };
             let running = start(opts, Arc::new(baton_runtime::clock::SystemClock)).await?;
             let a = running.addr;
             println!("Baton is running on http://{a}");
@@ -119,7 +137,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 baton::admin::rotate_token(open_db(&data)?.as_ref(), &agent, keep_old, &mut out).await?
             }
         },
-        Command::Trace { conversation, data } => baton::admin::trace(open_db(&data)?.as_ref(), &conversation, &mut out).await?,
+        Command::Trace { conversation, data } => {
+            baton::admin::trace(open_db(&data)?.as_ref(), &conversation, &mut out).await?
+        }
     }
     Ok(())
 }

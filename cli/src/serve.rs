@@ -71,7 +71,10 @@ impl MessageLog for DbMessageLog {
         limit: usize,
     ) -> Result<Vec<baton_runtime::widget::LoggedMessage>, baton_core::ports::StoreError> {
         let rows = self.0.user_messages_after(key, cursor, limit).await?;
-        Ok(rows.into_iter().map(|(seq, at, message)| baton_runtime::widget::LoggedMessage { seq, at, message }).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(seq, at, message)| baton_runtime::widget::LoggedMessage { seq, at, message })
+            .collect())
     }
 }
 
@@ -90,10 +93,16 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
     let listener = TcpListener::bind(opts.addr).await?;
     let addr = listener.local_addr()?;
 
-    let secret = db.get_or_insert_setting("widget_token_secret", baton_runtime::auth::generate_token).await?;
+    let secret = db
+        .get_or_insert_setting("widget_token_secret", baton_runtime::auth::generate_token)
+        .await?;
     let (live, _) = broadcast::channel(4096);
     let log: Arc<dyn MessageLog> = Arc::new(DbMessageLog(db.clone()));
-    let channels = Arc::new(ChannelRouter { log: log.clone(), live: live.clone(), clock: clock.clone() });
+    let channels = Arc::new(ChannelRouter {
+        log: log.clone(),
+        live: live.clone(),
+        clock: clock.clone(),
+    });
     let ports = Ports {
         store: db.clone(),
         queue: queue.clone(),
@@ -113,8 +122,11 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
     }
     let console_store = ConsoleStore::new(db.clone());
     let hub_base = format!("http://{addr}");
-    let example_token =
-        if opts.example_agent { demo::ensure_example_agent(&db, &console_store, &hub_base, clock.now()).await? } else { None };
+    let example_token = if opts.example_agent {
+        demo::ensure_example_agent(&db, &console_store, &hub_base, clock.now()).await?
+    } else {
+        None
+    };
 
     let state = AppState {
         ports: ports.clone(),
@@ -124,7 +136,8 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         limits: Arc::new(Limits::default()),
         body_limit: opts.body_limit,
     };
-    let console_state = console::ConsoleState::new(console_store, db.clone(), hub_base, ports.alerts.clone(), clock.clone());
+    let console_state =
+        console::ConsoleState::new(console_store, db.clone(), hub_base, ports.alerts.clone(), clock.clone());
     let app = baton_runtime::http::router(state)
         .merge(assets::routes())
         .merge(console::routes(console_state, opts.body_limit));
@@ -148,22 +161,39 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
             }
         }
     }));
-    tasks.push(tokio::spawn(timer_loop(timers.clone(), clock.clone(), shutdown_rx.clone())));
-    tasks.push(tokio::spawn(retry_loop(db.clone(), dispatcher.clone(), clock.clone(), shutdown_rx.clone())));
+    tasks.push(tokio::spawn(timer_loop(
+        timers.clone(),
+        clock.clone(),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(retry_loop(
+        db.clone(),
+        dispatcher.clone(),
+        clock.clone(),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(probe_loop(ports.clone(), shutdown_rx.clone())));
 
     let mut stop = shutdown_rx.clone();
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(
+        async move {
             let _ = stop.changed().await;
-        });
+        },
+    );
     tasks.push(tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!(error = %e, "http server stopped");
         }
     }));
     tracing::info!(%addr, data = %opts.data.display(), "baton is serving");
-    Ok(Running { addr, ports, db, example_token, shutdown, tasks })
+    Ok(Running {
+        addr,
+        ports,
+        db,
+        example_token,
+        shutdown,
+        tasks,
+    })
 }
 
 /// Fires due timers into the queue. Sleeps until the next due timer, at most 200 ms, so a
@@ -187,7 +217,12 @@ async fn timer_loop(timers: Arc<EmbeddedTimers>, clock: Arc<dyn Clock>, mut stop
 }
 
 /// Wakes conversations whose deferred effects are due again (also after a restart).
-async fn retry_loop(db: Arc<Db>, d: Arc<Dispatcher>, clock: Arc<dyn Clock>, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn retry_loop(
+    db: Arc<Db>,
+    d: Arc<Dispatcher>,
+    clock: Arc<dyn Clock>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         match db.conversations_with_due_effects(clock.now(), 1000).await {
             Ok(keys) => keys.into_iter().for_each(|k| d.wake(k)),
@@ -207,7 +242,11 @@ async fn probe_loop(ports: Ports, mut stop: tokio::sync::watch::Receiver<bool>) 
         if let Ok(agents) = ports.store.list_agents().await {
             for agent in agents {
                 let (status, detail) = ports.desk.probe(&agent).await;
-                let rec = baton_core::ports::DeskStatusRecord { status, detail, checked_at: ports.clock.now() };
+                let rec = baton_core::ports::DeskStatusRecord {
+                    status,
+                    detail,
+                    checked_at: ports.clock.now(),
+                };
                 if let Err(e) = ports.store.set_desk_status(&agent.id, &rec).await {
                     tracing::warn!(agent = %agent.id, error = %e, "could not store desk status");
                 }
@@ -232,7 +271,12 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     fn new(ports: Ports, queue: Arc<EmbeddedQueue>) -> Arc<Self> {
-        Arc::new(Dispatcher { ports, queue, busy: Mutex::new(HashMap::new()), slots: Semaphore::new(WORKERS) })
+        Arc::new(Dispatcher {
+            ports,
+            queue,
+            busy: Mutex::new(HashMap::new()),
+            slots: Semaphore::new(WORKERS),
+        })
     }
 
     pub fn wake(self: &Arc<Self>, key: ConversationKey) {
@@ -301,7 +345,9 @@ impl Dispatcher {
             }
         }
         match drain_outbox(&self.ports, key).await {
-            Ok(d) => d.next_due.map(|due| Duration::from_millis((due.0 - self.ports.clock.now().0).max(0) as u64)),
+            Ok(d) => d
+                .next_due
+                .map(|due| Duration::from_millis((due.0 - self.ports.clock.now().0).max(0) as u64)),
             Err(e) => {
                 tracing::error!(conversation = %key, error = %e, "running effects failed");
                 Some(Duration::from_secs(1))

@@ -21,7 +21,11 @@ pub struct Hub {
 }
 
 pub fn shop_agent(desk_url: &str) -> Agent {
-    let faq = |q: &str, a: &str| FaqEntry { question: q.into(), answer: a.into(), keywords: vec![] };
+    let faq = |q: &str, a: &str| FaqEntry {
+        question: q.into(),
+        answer: a.into(),
+        keywords: vec![],
+    };
     Agent {
         id: "shop".into(),
         name: "Shop".into(),
@@ -60,9 +64,20 @@ pub async fn hub_with(clock: Arc<dyn Clock>, edit: impl FnOnce(&mut Agent)) -> H
     edit(&mut agent);
     running.ports.store.put_agent(&agent).await.unwrap();
     let token = baton_runtime::auth::generate_token();
-    running.ports.store.add_token("shop", &baton_runtime::auth::hash_token(&token), baton_core::Millis(0)).await.unwrap();
+    running
+        .ports
+        .store
+        .add_token("shop", &baton_runtime::auth::hash_token(&token), baton_core::Millis(0))
+        .await
+        .unwrap();
     let base = format!("http://{}", running.addr);
-    Hub { running, desk, token, base, _dir: dir }
+    Hub {
+        running,
+        desk,
+        token,
+        base,
+        _dir: dir,
+    }
 }
 
 pub async fn hub() -> Hub {
@@ -75,7 +90,9 @@ impl Hub {
         let mut req = reqwest::Client::new()
             .post(format!("{}/desks/webhook/shop/v1/human/message/receive", self.base))
             .bearer_auth(&self.token)
-            .json(&serde_json::json!({"conversation_id": conversation_id, "timestamp": 1700000000000i64, "body": text}));
+            .json(
+                &serde_json::json!({"conversation_id": conversation_id, "timestamp": 1700000000000i64, "body": text}),
+            );
         if let Some(id) = webhook_id {
             req = req.header("webhook-id", id);
         }

@@ -51,7 +51,10 @@ impl FakeDesk {
     pub async fn start(signing_secret: Option<&str>) -> FakeDesk {
         let secret = signing_secret.map(|s| Arc::new(SigningSecret::parse(s).expect("valid whsec_ secret")));
         let log = Arc::new(Mutex::new(DeskLog::default()));
-        let state = DeskState { log: log.clone(), secret };
+        let state = DeskState {
+            log: log.clone(),
+            secret,
+        };
         let app = Router::new()
             .route("/conversation/establish", post(handle))
             .route("/chat", post(handle))
@@ -102,35 +105,58 @@ async fn handle(
 ) -> (StatusCode, Json<Value>) {
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
     if let Some(secret) = &st.secret {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         let ok = WebhookHeaders::from_header_map(&headers).and_then(|w| secret.verify(&w, &body, now));
         if ok.is_err() {
             st.log.lock().unwrap().bad_signatures += 1;
-            return (StatusCode::UNAUTHORIZED, Json(json!({"code": 401, "message": "bad signature"})));
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"code": 401, "message": "bad signature"})),
+            );
         }
     }
     let mut log = st.log.lock().unwrap();
     if let Some(expected) = &log.expect_auth {
         if h("authorization").as_deref() != Some(expected.as_str()) {
-            return (StatusCode::UNAUTHORIZED, Json(json!({"code": 401, "message": "bad credentials"})));
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"code": 401, "message": "bad credentials"})),
+            );
         }
     }
     if log.fail_next > 0 {
         log.fail_next -= 1;
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"code": 503, "message": "down for maintenance"})));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"code": 503, "message": "down for maintenance"})),
+        );
     }
     let Ok(value) = serde_json::from_slice::<Value>(&body) else {
-        return (StatusCode::BAD_REQUEST, Json(json!({"code": 400, "message": "not JSON"})));
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"code": 400, "message": "not JSON"})),
+        );
     };
     let webhook_id = h("webhook-id");
     if let Some(id) = &webhook_id {
         if log.requests.iter().any(|r| r.webhook_id.as_deref() == Some(id)) {
             log.duplicates += 1;
-            return (StatusCode::OK, Json(json!({"code": 200, "message": "duplicate ignored"})));
+            return (
+                StatusCode::OK,
+                Json(json!({"code": 200, "message": "duplicate ignored"})),
+            );
         }
     }
     if value.get("istest").and_then(Value::as_bool) != Some(true) {
-        log.requests.push(DeskRequest { path: uri.path().to_string(), body: value, webhook_id, authorization: h("authorization") });
+        log.requests.push(DeskRequest {
+            path: uri.path().to_string(),
+            body: value,
+            webhook_id,
+            authorization: h("authorization"),
+        });
     }
     (StatusCode::OK, Json(json!({"code": 200, "message": "success"})))
 }

@@ -275,7 +275,8 @@ impl Machine<'_> {
                 if phrases::is_cancel(text) || phrases::matches(text, &self.agent.policy.end_phrases) {
                     self.s.state = State::Bot;
                     self.say(MessageKey::HandoffCancelled);
-                } else if let Some(email) = crate::email::find_in(text) {
+                } else if let Some(email) = crate::email::find_in(text).or_else(|| self.s.email.clone()) {
+                    // An address in the text, or one the channel sent along with it.
                     self.s.email = Some(email);
                     self.open_desk(question, reason);
                 } else {
@@ -357,6 +358,15 @@ impl Machine<'_> {
                         handoff_id: handoff.id.clone(),
                         text: text.clone(),
                     });
+                    // Writing on instead of answering "end or keep waiting?" means waiting on.
+                    if asked {
+                        self.s.state = State::WaitingForHuman {
+                            handoff,
+                            desk_conversation_id: desk_id,
+                            asked_to_keep_waiting: false,
+                        };
+                        self.arm(TimerKind::Wait, self.agent.policy.wait_timeout_secs);
+                    }
                 }
                 Ok(())
             }

@@ -1235,3 +1235,41 @@ fn step_is_pure() {
     let b = step(&sim.session, &event, sim.now, &sim.agent);
     assert_eq!(a, b);
 }
+
+#[test]
+fn an_email_sent_along_with_a_message_while_collecting_opens_the_desk() {
+    let mut sim = Sim::new(Channel::Widget);
+    sim.apply(user("human"));
+    assert!(matches!(sim.session.state, State::CollectingEmail { .. }));
+    let fx = sim.apply(EventKind::UserMessage {
+        text: "here you go".into(),
+        email: Some("ed@example.com".into()),
+        language: None,
+    });
+    assert_eq!(open_desk(&fx).email, "ed@example.com");
+    assert!(matches!(sim.session.state, State::WaitingForHuman { .. }));
+}
+
+#[test]
+fn writing_on_instead_of_answering_the_wait_question_keeps_waiting() {
+    let mut sim = Sim::waiting(Channel::Telegram, "conv-1");
+    sim.advance(60);
+    let g = sim.generation();
+    sim.apply(timer(g));
+    let asked_gen = sim.generation();
+    let fx = sim.apply(user("still here, any news?"));
+    assert!(fx.iter().any(|e| matches!(e, Effect::PostToDesk { .. })));
+    let armed = schedules(&fx);
+    assert_eq!(armed.len(), 1);
+    assert_eq!(armed[0].2, TimerKind::Wait);
+    assert_eq!(armed[0].1, Millis(sim.now.0 + 60_000));
+    assert!(matches!(
+        sim.session.state,
+        State::WaitingForHuman {
+            asked_to_keep_waiting: false,
+            ..
+        }
+    ));
+    // The wait-reply timer armed before is stale now.
+    assert_eq!(sim.ignored(timer(asked_gen)), Ignored::StaleTimer);
+}

@@ -2,10 +2,10 @@
 //! (cursor polling or a live stream), and the sender that appends to it.
 
 use async_trait::async_trait;
-use baton_core::ports::{ChannelSender, DeliveryError, StoreError};
-use baton_core::{Agent, Channel, ConversationKey, Millis, OutMessage};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use baton_core::ports::{ChannelSender, DeliveryError, StoreError};
+use baton_core::{Agent, Channel, ConversationKey, Millis, OutMessage};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
@@ -43,7 +43,9 @@ pub struct TokenSigner {
 
 impl TokenSigner {
     pub fn new(secret: &[u8]) -> Self {
-        TokenSigner { key: Arc::new(secret.to_vec()) }
+        TokenSigner {
+            key: Arc::new(secret.to_vec()),
+        }
     }
 
     fn mac(&self, agent: &str, user: &str) -> Hmac<Sha256> {
@@ -118,12 +120,19 @@ impl ChannelSender for ChannelRouter {
                     // No live subscriber is fine: the message waits in the log.
                     let _ = self.live.send(Posted {
                         conversation: key.to_string(),
-                        message: LoggedMessage { seq, at, message: message.clone() },
+                        message: LoggedMessage {
+                            seq,
+                            at,
+                            message: message.clone(),
+                        },
                     });
                 }
                 Ok(())
             }
-            other => Err(DeliveryError::permanent(format!("channel {} is not connected in this build", other.as_str()))),
+            other => Err(DeliveryError::permanent(format!(
+                "channel {} is not connected in this build",
+                other.as_str()
+            ))),
         }
     }
 }

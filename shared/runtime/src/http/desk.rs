@@ -28,7 +28,11 @@ fn parse_error(e: impl std::fmt::Display) -> ApiError {
 
 async fn link_for(st: &AppState, agent: &str, conversation_id: &str) -> Result<baton_core::ports::DeskLink, ApiError> {
     st.ports.store.desk_link(agent, conversation_id).await?.ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "conversation_not_found", format!("no handoff with conversation_id {conversation_id:?}"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "conversation_not_found",
+            format!("no handoff with conversation_id {conversation_id:?}"),
+        )
     })
 }
 
@@ -48,8 +52,14 @@ async fn human_message(
     let link = link_for(&st, &agent.id, &msg.conversation_id).await?;
     let webhook_id = headers.get("webhook-id").and_then(|v| v.to_str().ok());
     let id = format!("desk:{}:{}", agent.id, webhook_desk::dedupe_id(webhook_id, &msg));
-    let kind = EventKind::HumanMessage { desk_conversation_id: msg.conversation_id, text: msg.body };
-    st.ports.queue.enqueue(vec![Event::new(id, link.conversation, st.ports.clock.now(), kind)]).await?;
+    let kind = EventKind::HumanMessage {
+        desk_conversation_id: msg.conversation_id,
+        text: msg.body,
+    };
+    st.ports
+        .queue
+        .enqueue(vec![Event::new(id, link.conversation, st.ports.clock.now(), kind)])
+        .await?;
     Ok(ok())
 }
 
@@ -69,8 +79,13 @@ async fn human_close(
     let link = link_for(&st, &agent.id, &msg.conversation_id).await?;
     // One close per desk conversation: repeats are the same event.
     let id = format!("desk-close:{}:{}", agent.id, msg.conversation_id);
-    let kind = EventKind::HumanClosed { desk_conversation_id: msg.conversation_id };
-    st.ports.queue.enqueue(vec![Event::new(id, link.conversation, st.ports.clock.now(), kind)]).await?;
+    let kind = EventKind::HumanClosed {
+        desk_conversation_id: msg.conversation_id,
+    };
+    st.ports
+        .queue
+        .enqueue(vec![Event::new(id, link.conversation, st.ports.clock.now(), kind)])
+        .await?;
     Ok(ok())
 }
 

@@ -71,7 +71,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
@@ -83,7 +87,11 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
     pub fn rate_limited() -> Self {
-        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down")
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests; slow down",
+        )
     }
 }
 
@@ -121,27 +129,42 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let limit = AppState::from_ref(state).body_limit;
-        let too_large =
-            || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body exceeds {limit} bytes"));
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body exceeds {limit} bytes"),
+            )
+        };
         let declared = req
             .headers()
             .get(axum::http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
+        // A body somewhat over the limit is read and dropped before answering, so the
+        // client sees the 413 instead of a reset connection; a huge one is refused at once.
+        let read_cap = limit.max(DRAIN_CAP);
+        if declared.is_some_and(|n| n > read_cap) {
             return Err(too_large());
         }
-        match axum::body::to_bytes(req.into_body(), limit).await {
-            Ok(b) => Ok(RawBody(b)),
-            Err(_) => Err(too_large()),
+        match axum::body::to_bytes(req.into_body(), read_cap).await {
+            Ok(b) if b.len() <= limit => Ok(RawBody(b)),
+            _ => Err(too_large()),
         }
     }
 }
 
+/// Oversized bodies up to this size are drained before the 413 is sent.
+const DRAIN_CAP: usize = 1024 * 1024;
+
 /// Parse JSON with an error that names the problem (serde names the field and position).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", "request body is empty; expected JSON"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "request body is empty; expected JSON",
+        ));
     }
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("request body: {e}")))
@@ -165,7 +188,11 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
 
 pub async fn load_agent(state: &AppState, id: &str) -> Result<Agent, ApiError> {
     if !baton_core::model::valid_agent_id(id) {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "agent_not_found", "no agent with that id"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "agent_not_found",
+            "no agent with that id",
+        ));
     }
     state
         .ports
@@ -177,9 +204,16 @@ pub async fn load_agent(state: &AppState, id: &str) -> Result<Agent, ApiError> {
 
 /// Check `Authorization: Bearer <agent token>`. Repeated failures from one address are
 /// throttled before any hash is compared.
-pub async fn require_agent_token(state: &AppState, agent: &Agent, headers: &HeaderMap, client: &str) -> Result<(), ApiError> {
+pub async fn require_agent_token(
+    state: &AppState,
+    agent: &Agent,
+    headers: &HeaderMap,
+    client: &str,
+) -> Result<(), ApiError> {
     let limiter_key = format!("{client}|{}", agent.id);
-    let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let Some(token) = crate::auth::bearer(header) else {
         return Err(ApiError::unauthorized("missing Authorization: Bearer <agent token>"));
     };
