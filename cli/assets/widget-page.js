@@ -9,11 +9,12 @@
   var BASE = "/api/widget/" + encodeURIComponent(agent);
   var HOT_SYSTEM = /connect|verbind|povezuj|转接|en relation|wait|warte|ček|等待|attend|joined|beigetreten|pridruž|加入|rejoint/i;
   var HISTORY_MAX = 200;
+  var EMPTY_HINT = "Ask us anything. Write “human” to talk to a person.";
   var LANGUAGE = (navigator.language || "en").slice(0, 2).toLowerCase();
 
   var $ = function (id) { return document.getElementById(id); };
   var ui = {
-    messages: $("messages"), input: $("input"), send: $("send"), end: $("end"), form: $("composer"),
+    messages: $("messages"), input: $("input"), send: $("send"), form: $("composer"),
     title: $("title"), status: $("status"), notice: $("notice"), close: $("close")
   };
 
@@ -134,8 +135,33 @@
     for (var i = 0; i < buttons.length; i++) buttons[i].disabled = true;
   }
 
+  // Only the newest incoming message's buttons stay usable: older choices are stale.
+  function disableButtonsBefore(el) {
+    var buttons = ui.messages.querySelectorAll(".buttons button");
+    for (var i = 0; i < buttons.length; i++) {
+      if (!el.contains(buttons[i])) buttons[i].disabled = true;
+    }
+  }
+
+  // Empty state: a hint in the message area until the first message.
+  var emptyHint = null;
+  function showEmptyHint() {
+    if (emptyHint || ui.messages.querySelector(".msg")) return;
+    emptyHint = document.createElement("div");
+    emptyHint.className = "empty-hint";
+    emptyHint.textContent = EMPTY_HINT;
+    ui.messages.appendChild(emptyHint);
+  }
+
+  function hideEmptyHint() {
+    if (!emptyHint) return;
+    if (emptyHint.parentNode) emptyHint.parentNode.removeChild(emptyHint);
+    emptyHint = null;
+  }
+
   function renderMessage(m, keepButtons) {
     var from = ["user", "bot", "human", "system"].indexOf(m.from) >= 0 ? m.from : "bot";
+    hideEmptyHint();
     var stick = from === "user" || nearBottom();
     var el = document.createElement("div");
     el.className = "msg msg-" + from;
@@ -194,6 +220,13 @@
         store.set("history", JSON.stringify({ conversation: state.conversationId, items: state.history }));
       } catch (e) { /* quota */ }
     }, 200);
+  }
+
+  function hasSavedHistory() {
+    try {
+      var saved = JSON.parse(store.get("history") || "null");
+      return !!(saved && Array.isArray(saved.items) && saved.items.length);
+    } catch (e) { return false; }
   }
 
   function restoreHistory() {
@@ -267,6 +300,7 @@
     // Resume from the older of our last seen cursor and the server's; seq dedupe drops repeats.
     var stored = Number(store.get("cursor"));
     setCursor(same && isFinite(stored) && store.get("cursor") !== null ? Math.min(stored, serverCursor) : serverCursor, true);
+    showEmptyHint();
     startTransport();
     if (state.email && state.email !== state.emailSent) postEmail(state.email);
     return res;
@@ -295,7 +329,8 @@
       state.seen[seq] = true;
       setCursor(seq);
     }
-    renderMessage(m, true);
+    var el = renderMessage(m, true);
+    if (!el.classList.contains("msg-user")) disableButtonsBefore(el);
     remember(m);
     state.lastIncoming = m;
     state.lastIncomingAt = Date.now();
@@ -457,7 +492,7 @@
     if (nearBottom()) scrollDown();
   }
 
-  // ---- e-mail and end ----
+  // ---- e-mail ----
   async function postEmail(email) {
     for (var attempt = 0; attempt < 4; attempt++) {
       try {
@@ -487,18 +522,6 @@
     if (window.parent === window || e.source !== window.parent) return;
     var d = e.data;
     if (d && d.type === "baton:setEmail" && typeof d.email === "string") setEmail(d.email);
-  });
-
-  ui.end.addEventListener("click", async function (e) {
-    e.preventDefault();
-    try {
-      await ensureSession();
-      await request("POST", "/end", {}, true);
-      activity();
-      notice("Chat ended.", 3000);
-    } catch (err) {
-      notice(errorText(err), 5000);
-    }
   });
 
   ui.form.addEventListener("submit", function (e) {
@@ -535,6 +558,8 @@
     document.addEventListener("keydown", function (e) { if (e.key === "Escape") closeMe(); });
     window.parent.postMessage({ type: "baton:ready" }, "*");
   }
+  // With saved history, wait for the session (restore, or showEmptyHint there) so the hint does not flash.
+  if (!hasSavedHistory()) showEmptyHint();
   ensureSession().catch(function () {});
   ui.input.focus();
 })();

@@ -89,6 +89,7 @@ pub fn routes() -> Router {
     Router::new()
         .route("/", get(|| async { file("index.html", Some(CSP_LANDING)) }))
         .route("/console", get(|| async { file("console.html", Some(CSP_PAGE)) }))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route(
             "/widget/{agent}",
             get(|Path(_agent): Path<String>| async { file("widget.html", Some(CSP_WIDGET)) }),

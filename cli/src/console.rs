@@ -234,8 +234,8 @@ async fn close(State(st): State<ConsoleState>, headers: HeaderMap, body: Bytes) 
         Err(r) => return r.into_response(),
     };
     let why = match v.get("type").and_then(Value::as_str) {
-        Some("TIMEOUT") => "The conversation timed out (TIMEOUT).",
-        _ => "The user ended the conversation (USER_CLOSED).",
+        Some("TIMEOUT") => "The conversation ended because nobody replied in time.",
+        _ => "The visitor ended the conversation.",
     };
     let now = st.clock.now();
     let dedupe = format!("{id}:close");

@@ -70,6 +70,8 @@ pub fn example_agent(hub_base: &str, signing_secret: &str) -> Agent {
         policy: Policy::default(),
         widget: WidgetConfig::default(),
         messages: Default::default(),
+        hours: None,
+        fallback: Default::default(),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use crate::{assets, console, demo};
 use baton_brains::FaqBrain;
+use baton_connectors::ticket::TicketFallback;
 use baton_connectors::webhook_desk::WebhookDesk;
 use baton_core::ports::{Clock, Store};
 use baton_core::ConversationKey;
@@ -111,6 +112,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         brain: Arc::new(FaqBrain::new()),
         channels,
         desk: Arc::new(WebhookDesk::new(Duration::from_secs(15))),
+        fallback: Arc::new(TicketFallback::new(Duration::from_secs(15))),
         alerts: Default::default(),
     };
 

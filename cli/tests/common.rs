@@ -46,6 +46,8 @@ pub fn shop_agent(desk_url: &str) -> Agent {
         policy: Policy::default(),
         widget: WidgetConfig::default(),
         messages: Default::default(),
+        hours: None,
+        fallback: Default::default(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! A fake help-desk implementing the webhook-desk contract (`/conversation/establish`,
-//! `/chat`, `/conversation/close`). It verifies the hub's Standard Webhooks signature and
+//! `/chat`, `/conversation/close`); on other paths it plays a ticket system. It verifies the
+//! hub's Standard Webhooks signature and
 //! Basic credentials when configured, drops repeated `webhook-id`s like a careful desk
 //! would (counting them), and can be told to fail for a while.
 
@@ -55,11 +56,8 @@ impl FakeDesk {
             log: log.clone(),
             secret,
         };
-        let app = Router::new()
-            .route("/conversation/establish", post(handle))
-            .route("/chat", post(handle))
-            .route("/conversation/close", post(handle))
-            .with_state(state);
+        // Any path is accepted and recorded, so the same server also plays a ticket system.
+        let app = Router::new().fallback(post(handle)).with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
@@ -158,5 +156,9 @@ async fn handle(
             authorization: h("authorization"),
         });
     }
-    (StatusCode::OK, Json(json!({"code": 200, "message": "success"})))
+    let ticket = format!("T-{}", log.requests.len());
+    (
+        StatusCode::OK,
+        Json(json!({"code": 200, "message": "success", "ticket_id": ticket})),
+    )
 }

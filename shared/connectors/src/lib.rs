@@ -4,7 +4,9 @@
 //! real HTTP without the runtime.
 
 /// Standard Webhooks signing and verification, shared by every signed webhook we send or accept.
+pub mod outbound;
 pub mod standard_webhooks;
+pub mod ticket;
 /// The generic webhook desk (GPTBots-compatible establish / chat / close contract).
 pub mod webhook_desk;
 

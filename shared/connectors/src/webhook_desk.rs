@@ -6,7 +6,8 @@
 //! Outbound calls are JSON over HTTPS with optional Basic auth and optional Standard Webhooks
 //! signatures; `webhook-id` is always the effect's idempotency key so desks can dedupe retries.
 
-use crate::standard_webhooks::{SigningSecret, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use crate::outbound::{now_ms, redact_url, status_error, Poster, Reply};
+use crate::standard_webhooks::SigningSecret;
 use async_trait::async_trait;
 use baton_core::agent::{Agent, DeskConfig};
 use baton_core::effect::HandoffRequest;
@@ -15,7 +16,7 @@ use baton_core::ports::{DeliveryError, Desk};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Per-request timeout unless the constructor is given another (Svix counts 15 s as the limit).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -26,7 +27,6 @@ pub const MAX_INBOUND_BYTES: usize = 128 * 1024;
 /// Longest `conversation_id` accepted from a desk.
 pub const MAX_CONVERSATION_ID_BYTES: usize = 256;
 /// How much of a desk's response body is read (only `{code, message}` is needed).
-const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// How much of a desk's `message` is quoted in an error.
 const MAX_QUOTED_CHARS: usize = 200;
 
@@ -37,8 +37,7 @@ pub const PATH_CLOSE: &str = "/conversation/close";
 /// Calls a webhook desk. One client (connection pool) for every agent.
 #[derive(Debug, Clone)]
 pub struct WebhookDesk {
-    client: reqwest::Client,
-    timeout: Duration,
+    poster: Poster,
 }
 
 impl Default for WebhookDesk {
@@ -50,75 +49,32 @@ impl Default for WebhookDesk {
 impl WebhookDesk {
     /// A desk client with `timeout` per request. Redirects are not followed (a 3xx is a
     /// failure, as Standard Webhooks prescribes).
-    ///
-    /// Panics only if the TLS backend cannot be initialised, like `reqwest::Client::new`.
     pub fn new(timeout: Duration) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("HTTP client with rustls can be built");
-        WebhookDesk { client, timeout }
+        WebhookDesk {
+            poster: Poster::new(timeout),
+        }
     }
 
     /// Reuse an existing client; `timeout` is still applied to every request.
     pub fn from_client(client: reqwest::Client, timeout: Duration) -> Self {
-        WebhookDesk { client, timeout }
+        WebhookDesk {
+            poster: Poster::from_client(client, timeout),
+        }
     }
 
     async fn call(&self, target: &Target<'_>, path: &str, body: &Value, msg_id: &str) -> Result<(), DeliveryError> {
         let reply = self.send(target, path, body, msg_id).await?;
-        classify(reply.status, reply.retry_after.as_deref(), &reply.body, &reply.what)
+        classify(&reply)
     }
 
     /// Send one POST and return what came back; only transport failures are errors here.
     async fn send(&self, target: &Target<'_>, path: &str, body: &Value, msg_id: &str) -> Result<Reply, DeliveryError> {
         let url = format!("{}{}", target.base, path);
-        let what = format!("POST {}", redact_url(&url));
-        let bytes = serde_json::to_vec(body).map_err(|e| DeliveryError::permanent(format!("{what}: {e}")))?;
-        let mut req = self
-            .client
-            .post(&url)
-            .timeout(self.timeout)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(HEADER_ID, msg_id);
-        if let Some(secret) = &target.secret {
-            let ts = now_ms() / 1000;
-            req = req
-                .header(HEADER_TIMESTAMP, ts.to_string())
-                .header(HEADER_SIGNATURE, secret.sign(msg_id, ts, &bytes));
-        }
-        if let Some(user) = target.username {
-            req = req.basic_auth(user, target.password);
-        }
-        let resp = req
-            .body(bytes)
-            .send()
+        let basic = target.username.map(|u| (u, target.password));
+        self.poster
+            .post_json(&url, body, msg_id, target.secret.as_ref(), basic)
             .await
-            .map_err(|e| transport_error(&what, self.timeout, e))?;
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = read_limited(resp).await;
-        tracing::debug!(%what, status, "desk answered");
-        Ok(Reply {
-            status,
-            retry_after,
-            body,
-            what,
-        })
     }
-}
-
-struct Reply {
-    status: u16,
-    retry_after: Option<String>,
-    body: Vec<u8>,
-    what: String,
 }
 
 /// The webhook desk settings of one agent, checked.
@@ -173,68 +129,6 @@ impl<'a> Target<'a> {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// `scheme://host[:port]/path` only: user info and query strings may hold credentials.
-fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(u) => {
-            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
-            format!("{}://{}{}{}", u.scheme(), u.host_str().unwrap_or(""), port, u.path())
-        }
-        Err(_) => "<invalid desk url>".into(),
-    }
-}
-
-fn transport_error(what: &str, timeout: Duration, err: reqwest::Error) -> DeliveryError {
-    if err.is_timeout() {
-        return DeliveryError::retryable(format!("{what}: no answer within {} ms", timeout.as_millis()));
-    }
-    if err.is_builder() {
-        return DeliveryError::permanent(format!("{what}: request cannot be built: {}", error_chain(err)));
-    }
-    let kind = if err.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    DeliveryError::retryable(format!("{what}: {kind}: {}", error_chain(err)))
-}
-
-/// The error and its sources, without the URL (it may carry user info).
-fn error_chain(err: reqwest::Error) -> String {
-    let err = err.without_url();
-    let mut out = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
-async fn read_limited(mut resp: reqwest::Response) -> Vec<u8> {
-    let mut buf = Vec::new();
-    // A body that cannot be read after the status arrived is treated as empty.
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        let room = MAX_RESPONSE_BYTES - buf.len();
-        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if buf.len() >= MAX_RESPONSE_BYTES {
-            break;
-        }
-    }
-    buf
-}
-
 /// `{code, message}` of a desk answer, when it is a JSON object. `code` may be a number or a
 /// numeric string; `msg` is accepted for `message` (GPTBots' Webhook V2 answers use it).
 fn ack_fields(body: &[u8]) -> (Option<i64>, Option<String>) {
@@ -266,19 +160,15 @@ fn quote(s: &str) -> String {
     out
 }
 
-/// `Retry-After` in seconds; the HTTP-date form is ignored.
-fn retry_after_ms(value: Option<&str>) -> Option<u64> {
-    value?.trim().parse::<u64>().ok().map(|s| s.saturating_mul(1000))
-}
-
 /// Map a desk's answer to the outcome of the call.
 ///
 /// 2xx succeeds unless the body is a JSON object whose `code` is neither 0 nor 200 (an empty
 /// or non-JSON body, or one without `code`, is success). 401/403 are credential failures;
 /// 408, 425, 429 and 5xx are worth retrying; every other status is permanent.
-fn classify(status: u16, retry_after: Option<&str>, body: &[u8], what: &str) -> Result<(), DeliveryError> {
-    let (code, message) = ack_fields(body);
+fn classify(reply: &Reply) -> Result<(), DeliveryError> {
+    let (code, message) = ack_fields(&reply.body);
     let detail = message.map(|m| format!(": {m}")).unwrap_or_default();
+    let (what, status) = (&reply.what, reply.status);
     match status {
         200..=299 => match code {
             None | Some(0) | Some(200) => Ok(()),
@@ -289,16 +179,7 @@ fn classify(status: u16, retry_after: Option<&str>, body: &[u8], what: &str) -> 
                 "{what} answered HTTP {status} with code {code}{detail}"
             ))),
         },
-        401 | 403 => Err(DeliveryError::Unauthorized {
-            message: format!("{what} answered HTTP {status}{detail}"),
-        }),
-        408 | 425 | 429 | 500..=599 => Err(DeliveryError::Retryable {
-            message: format!("{what} answered HTTP {status}{detail}"),
-            retry_after_ms: retry_after_ms(retry_after),
-        }),
-        _ => Err(DeliveryError::permanent(format!(
-            "{what} answered HTTP {status}{detail}"
-        ))),
+        _ => Err(status_error(reply, &detail)),
     }
 }
 
@@ -606,6 +487,17 @@ mod tests {
         r.expect_err("expected an error")
     }
 
+    /// The classification of a reply with these parts.
+    fn classify(status: u16, retry_after: Option<&str>, body: &[u8], what: &str) -> Result<(), DeliveryError> {
+        let reply = Reply {
+            status,
+            retry_after: retry_after.map(str::to_string),
+            body: body.to_vec(),
+            what: what.into(),
+        };
+        super::classify(&reply)
+    }
+
     #[test]
     fn success_answers() {
         for body in [
@@ -696,7 +588,7 @@ mod tests {
             redact_url("https://user:pw@desk.example.com:8443/base/chat?token=abc"),
             "https://desk.example.com:8443/base/chat"
         );
-        assert_eq!(redact_url("not a url"), "<invalid desk url>");
+        assert_eq!(redact_url("not a url"), "<invalid url>");
     }
 
     fn parse_msg(v: Value) -> Result<Inbound<HumanMessage>, ParseError> {

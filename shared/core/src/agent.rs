@@ -27,6 +27,27 @@ pub struct Agent {
     pub widget: WidgetConfig,
     #[serde(default)]
     pub messages: MessageOverrides,
+    /// When humans are available; none means always.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hours: Option<crate::hours::ServiceHours>,
+    /// Where a request goes when no human can take it (outside hours, desk down).
+    #[serde(default)]
+    pub fallback: FallbackConfig,
+}
+
+/// The escalation fallback used when no human desk can take a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FallbackConfig {
+    #[default]
+    None,
+    /// Open a ticket by POSTing the request to a URL (signed per Standard Webhooks when a
+    /// secret is set); a JSON answer `{"ticket_id": "..."}` is shown to the user.
+    Ticket {
+        url: String,
+        #[serde(default)]
+        signing_secret: Option<Secret>,
+    },
 }
 
 fn default_language() -> String {
@@ -222,6 +243,30 @@ impl Agent {
                 bad(&format!("brain.faq[{i}].answer"), "must not be empty".into());
             }
         }
+        if let Some(hours) = &self.hours {
+            if let Err(problems) = hours.compile() {
+                for (path, message) in problems {
+                    bad(&path, message);
+                }
+            }
+        }
+        if let FallbackConfig::Ticket { url, signing_secret } = &self.fallback {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bad(
+                    "fallback.url",
+                    format!("must be an http:// or https:// URL, got {url:?}"),
+                );
+            }
+            if signing_secret
+                .as_ref()
+                .is_some_and(|s| !s.expose().starts_with("whsec_"))
+            {
+                bad(
+                    "fallback.signing_secret",
+                    "must be a Standard Webhooks secret starting with whsec_".into(),
+                );
+            }
+        }
         for (lang, _) in self.messages.iter() {
             if !crate::messages::LANGUAGES.contains(&lang.as_str()) {
                 bad(
@@ -248,6 +293,8 @@ mod tests {
             policy: Policy::default(),
             widget: WidgetConfig::default(),
             messages: Default::default(),
+            hours: None,
+            fallback: FallbackConfig::None,
         }
     }
 

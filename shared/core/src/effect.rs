@@ -38,6 +38,11 @@ pub enum Effect {
         handoff_id: String,
         reason: CloseReason,
     },
+    /// Hand a request no human can take to the agent's fallback; the result comes back as
+    /// `FallbackDone`.
+    Escalate {
+        request: HandoffRequest,
+    },
     /// Arm the conversation's single timer; an older generation is thereby stale.
     ScheduleTimer {
         generation: u64,
@@ -55,6 +60,7 @@ impl Effect {
             Effect::OpenDesk { .. } => "open_desk",
             Effect::PostToDesk { .. } => "post_to_desk",
             Effect::CloseDesk { .. } => "close_desk",
+            Effect::Escalate { .. } => "escalate",
             Effect::ScheduleTimer { .. } => "schedule_timer",
             Effect::CancelTimer => "cancel_timer",
         }

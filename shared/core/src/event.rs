@@ -69,6 +69,8 @@ pub enum EventKind {
     HumanClosed { desk_conversation_id: String },
     /// A timer armed by `ScheduleTimer` is due.
     TimerFired { generation: u64 },
+    /// The fallback took the request; `detail` says how (e.g. "ticket T-17").
+    FallbackDone { detail: String },
 }
 
 impl EventKind {
@@ -85,6 +87,7 @@ impl EventKind {
             EventKind::HumanMessage { .. } => "human_message",
             EventKind::HumanClosed { .. } => "human_closed",
             EventKind::TimerFired { .. } => "timer_fired",
+            EventKind::FallbackDone { .. } => "fallback_done",
         }
     }
 }

@@ -26,6 +26,12 @@ pub enum MessageKey {
     DeskFailed,
     NotUnderstood,
     EndChatButton,
+    /// `{next_opening}` is replaced by the next opening time.
+    OutOfHours,
+    OutOfHoursNoNext,
+    DeskUnavailable,
+    /// `{detail}` is replaced by what the fallback did (e.g. "ticket T-17").
+    FallbackDone,
 }
 
 /// `messages.<lang>.<key> = "text"` in the agent config.
@@ -144,6 +150,34 @@ pub fn default_text(lang: &str, key: MessageKey) -> &'static str {
             "Désolé, je ne connais pas la réponse. Écrivez « conseiller » pour parler à une personne.",
         ],
         EndChatButton => ["End chat", "Chat beenden", "Završi razgovor", "结束对话", "Terminer la conversation"],
+        OutOfHours => [
+            "Our team is not available right now. We are back on {next_opening}.",
+            "Unser Team ist gerade nicht erreichbar. Wir sind ab {next_opening} wieder da.",
+            "Naš tim trenutno nije dostupan. Ponovno smo tu od {next_opening}.",
+            "客服团队目前不在服务时间内。我们将于 {next_opening} 恢复服务。",
+            "Notre équipe n'est pas disponible pour le moment. Nous serons de retour le {next_opening}.",
+        ],
+        OutOfHoursNoNext => [
+            "Our team is not available right now.",
+            "Unser Team ist gerade nicht erreichbar.",
+            "Naš tim trenutno nije dostupan.",
+            "客服团队目前不在服务时间内。",
+            "Notre équipe n'est pas disponible pour le moment.",
+        ],
+        DeskUnavailable => [
+            "Sorry, our team cannot be reached right now.",
+            "Leider ist unser Team gerade nicht erreichbar.",
+            "Nažalost, naš tim trenutno nije dostupan.",
+            "抱歉，目前无法联系到客服团队。",
+            "Désolé, notre équipe ne peut pas être jointe pour le moment.",
+        ],
+        FallbackDone => [
+            "We have passed your request on ({detail}) and will get back to you.",
+            "Wir haben Ihre Anfrage weitergeleitet ({detail}) und melden uns bei Ihnen.",
+            "Vaš smo zahtjev proslijedili ({detail}) i javit ćemo vam se.",
+            "我们已转交您的请求（{detail}），稍后会与您联系。",
+            "Nous avons transmis votre demande ({detail}) et reviendrons vers vous.",
+        ],
     };
     let idx = LANGUAGES.iter().position(|l| *l == lang).unwrap_or(0);
     row[idx]

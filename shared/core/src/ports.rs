@@ -232,3 +232,16 @@ pub trait Desk: Send + Sync {
     /// Check the desk's credentials without creating anything.
     async fn probe(&self, agent: &Agent) -> (ServiceStatus, String);
 }
+
+/// Where requests go that no human can take (outside service hours, desk down, no desk).
+#[async_trait]
+pub trait Fallback: Send + Sync {
+    /// Hand over the request; the answer says what happened, for the user ("ticket T-17").
+    async fn escalate(
+        &self,
+        agent: &Agent,
+        key: &ConversationKey,
+        request: &HandoffRequest,
+        idempotency_key: &str,
+    ) -> Result<String, DeliveryError>;
+}

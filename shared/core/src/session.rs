@@ -3,11 +3,11 @@
 //! apply in the current state (late, duplicated, out of order) are returned as `Ignored`
 //! with the reason, so the shell records them as seen and logs them instead of acting.
 
-use crate::agent::{Agent, DeskConfig};
+use crate::agent::{Agent, DeskConfig, FallbackConfig};
 use crate::effect::{Effect, HandoffRequest, TimerKind};
 use crate::event::{BrainReply, Event, EventKind};
 use crate::messages::{self, MessageKey};
-use crate::model::{Button, CloseReason, ConversationKey, Millis, OutMessage, Role, Turn};
+use crate::model::{Button, CloseReason, ConversationKey, Millis, OutMessage, Role, ServiceStatus, Turn};
 use crate::phrases;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -160,13 +160,26 @@ impl Session {
     }
 }
 
+/// What the shell knows about the world beyond the session when it applies an event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// The desk's last known service status; `Unavailable` turns handoffs to the fallback.
+    pub desk_status: Option<ServiceStatus>,
+}
+
 /// Apply one event. Pure: no clock, no I/O, no randomness.
 pub fn step(session: &Session, event: &Event, now: Millis, agent: &Agent) -> Result<Step, Ignored> {
+    step_with(session, event, now, agent, &Facts::default())
+}
+
+/// [`step`] with facts about the desk.
+pub fn step_with(session: &Session, event: &Event, now: Millis, agent: &Agent, facts: &Facts) -> Result<Step, Ignored> {
     let mut m = Machine {
         s: session.clone(),
         fx: Vec::new(),
         now,
         agent,
+        facts,
         event_id: &event.id,
     };
     m.s.updated_at = now;
@@ -182,6 +195,7 @@ struct Machine<'a> {
     fx: Vec<Effect>,
     now: Millis,
     agent: &'a Agent,
+    facts: &'a Facts,
     event_id: &'a str,
 }
 
@@ -324,6 +338,10 @@ impl Machine<'_> {
                 EventKind::HumanMessage { .. } | EventKind::HumanClosed { .. },
             ) => Err(Ignored::NoActiveHandoff),
             (State::Bot | State::CollectingEmail { .. }, EventKind::TimerFired { .. }) => Err(Ignored::StaleTimer),
+            (State::Bot | State::CollectingEmail { .. }, EventKind::FallbackDone { detail }) => {
+                self.fallback_done(detail);
+                Ok(())
+            }
         }
     }
 
@@ -394,6 +412,7 @@ impl Machine<'_> {
                 }
                 self.back_to_bot(&handoff, "the desk could not be reached");
                 self.say(MessageKey::DeskFailed);
+                self.escalate(self.last_user_text(), handoff.reason.clone());
                 Ok(())
             }
             EventKind::HumanMessage {
@@ -461,6 +480,10 @@ impl Machine<'_> {
             EventKind::BrainReplied { .. } | EventKind::BrainFailed { .. } => Err(Ignored::LateBrainReply),
             EventKind::HandoffRequested { .. } => Err(Ignored::AlreadyHandedOff),
             EventKind::UserSetEmail { .. } => Ok(()),
+            EventKind::FallbackDone { detail } => {
+                self.fallback_done(detail);
+                Ok(())
+            }
         }
     }
 
@@ -530,6 +553,10 @@ impl Machine<'_> {
             EventKind::BrainReplied { .. } | EventKind::BrainFailed { .. } => Err(Ignored::LateBrainReply),
             EventKind::HandoffRequested { .. } => Err(Ignored::AlreadyHandedOff),
             EventKind::UserSetEmail { .. } => Ok(()),
+            EventKind::FallbackDone { detail } => {
+                self.fallback_done(detail);
+                Ok(())
+            }
         }
     }
 
@@ -543,10 +570,33 @@ impl Machine<'_> {
         }
     }
 
-    /// Start a handoff for `question`: ask for an e-mail first where the channel needs one.
+    /// Start a handoff for `question`: outside service hours or with the desk down, answer
+    /// and hand the request to the fallback; otherwise ask for an e-mail first where the
+    /// channel needs one, then open the desk.
     fn start_handoff(&mut self, question: String, reason: String) {
         if matches!(self.agent.desk, DeskConfig::None) {
             self.say(MessageKey::NoDesk);
+            self.escalate(question, reason);
+            return;
+        }
+        if let Some(schedule) = self.agent.hours.as_ref().and_then(|h| h.compile().ok()) {
+            if !schedule.is_open(self.now) {
+                let text = match schedule.next_opening(self.now) {
+                    Some(next) => self
+                        .msg(MessageKey::OutOfHours)
+                        .replace("{next_opening}", &schedule.describe(next)),
+                    None => self.msg(MessageKey::OutOfHoursNoNext),
+                };
+                self.fx.push(Effect::SendToUser {
+                    message: OutMessage::new(Role::System, text),
+                });
+                self.escalate(question, format!("{reason}; outside service hours"));
+                return;
+            }
+        }
+        if self.facts.desk_status == Some(ServiceStatus::Unavailable) {
+            self.say(MessageKey::DeskUnavailable);
+            self.escalate(question, format!("{reason}; the desk is unavailable"));
             return;
         }
         let needs_email =
@@ -581,9 +631,43 @@ impl Machine<'_> {
             desk_conversation_id: None,
             asked_to_keep_waiting: false,
         };
-        self.say(MessageKey::Waiting);
+        let waiting = OutMessage {
+            from: Role::System,
+            text: self.msg(MessageKey::Waiting),
+            buttons: vec![Button {
+                label: self.msg(MessageKey::EndRequest),
+                value: END_VALUE.into(),
+            }],
+        };
+        self.fx.push(Effect::SendToUser { message: waiting });
         self.fx.push(Effect::OpenDesk { request });
         self.arm(TimerKind::Wait, self.agent.policy.wait_timeout_secs);
+    }
+
+    fn fallback_done(&mut self, detail: &str) {
+        let text = self.msg(MessageKey::FallbackDone).replace("{detail}", detail);
+        self.fx.push(Effect::SendToUser {
+            message: OutMessage::new(Role::System, text),
+        });
+    }
+
+    /// Pass a request no human can take to the agent's fallback (ticket, e-mail, ...).
+    fn escalate(&mut self, question: String, reason: String) {
+        if matches!(self.agent.fallback, FallbackConfig::None) {
+            return;
+        }
+        let request = HandoffRequest {
+            handoff_id: self.handoff_id(),
+            email: self
+                .s
+                .email
+                .clone()
+                .unwrap_or_else(|| self.agent.policy.default_email.clone()),
+            history: self.history_before(&question),
+            question,
+            reason,
+        };
+        self.fx.push(Effect::Escalate { request });
     }
 
     fn end_by_user(&mut self, handoff: &Handoff) {
@@ -639,10 +723,16 @@ impl Machine<'_> {
         messages::text(&self.agent.messages, self.lang(), key)
     }
 
+    /// A system message; the prompts of the e-mail step speak as the bot, since they ask
+    /// the user something.
     fn say(&mut self, key: MessageKey) {
         let text = self.msg(key);
+        let from = match key {
+            MessageKey::AskEmail | MessageKey::InvalidEmail | MessageKey::HandoffCancelled => Role::Bot,
+            _ => Role::System,
+        };
         self.fx.push(Effect::SendToUser {
-            message: OutMessage::new(Role::System, text),
+            message: OutMessage::new(from, text),
         });
     }
 

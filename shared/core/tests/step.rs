@@ -28,6 +28,8 @@ fn agent() -> Agent {
         policy: Policy::default(),
         widget: WidgetConfig::default(),
         messages: Default::default(),
+        hours: None,
+        fallback: Default::default(),
     }
 }
 
@@ -43,6 +45,30 @@ fn system(text: String) -> Effect {
     Effect::SendToUser {
         message: OutMessage::new(Role::System, text),
     }
+}
+
+fn bot(text: String) -> Effect {
+    Effect::SendToUser {
+        message: OutMessage::new(Role::Bot, text),
+    }
+}
+
+/// The "connecting you" notice, with its "End request" button.
+fn waiting_with(text: String, lang: &str) -> Effect {
+    Effect::SendToUser {
+        message: OutMessage {
+            from: Role::System,
+            text,
+            buttons: vec![Button {
+                label: messages::default_text(lang, MessageKey::EndRequest).to_string(),
+                value: END_VALUE.into(),
+            }],
+        },
+    }
+}
+
+fn waiting(lang: &str) -> Effect {
+    waiting_with(messages::default_text(lang, MessageKey::Waiting).to_string(), lang)
 }
 
 fn user(text: &str) -> EventKind {
@@ -329,7 +355,7 @@ fn reaching_max_unanswered_starts_the_handoff_with_the_last_question() {
     }
     sim.apply(user("what is c?"));
     let fx = sim.apply(unknown());
-    assert_eq!(fx, vec![system(en(MessageKey::AskEmail))]);
+    assert_eq!(fx, vec![bot(en(MessageKey::AskEmail))]);
     let State::CollectingEmail { question, reason } = &sim.session.state else {
         panic!("{:?}", sim.session.state)
     };
@@ -441,7 +467,7 @@ fn history_is_capped() {
 fn handoff_phrase_on_the_widget_without_email_asks_for_it() {
     let mut sim = Sim::new(Channel::Widget);
     let fx = sim.apply(user("I want to talk to a human please"));
-    assert_eq!(fx, vec![system(en(MessageKey::AskEmail))]);
+    assert_eq!(fx, vec![bot(en(MessageKey::AskEmail))]);
     assert_eq!(
         sim.session.state,
         State::CollectingEmail {
@@ -466,7 +492,7 @@ fn invalid_email_is_asked_again() {
     sim.apply(user("human"));
     let collecting = sim.session.state.clone();
     let fx = sim.apply(user("it is jo at example dot org"));
-    assert_eq!(fx, vec![system(en(MessageKey::InvalidEmail))]);
+    assert_eq!(fx, vec![bot(en(MessageKey::InvalidEmail))]);
     assert_eq!(sim.session.state, collecting);
     assert_eq!(sim.session.email, None);
     // Another handoff request while collecting is not a second handoff.
@@ -486,14 +512,14 @@ fn cancel_or_end_while_collecting_returns_to_the_bot() {
         let mut sim = Sim::new(Channel::Widget);
         sim.apply(user("human"));
         let fx = sim.apply(user(text));
-        assert_eq!(fx, vec![system(en(MessageKey::HandoffCancelled))], "{text}");
+        assert_eq!(fx, vec![bot(en(MessageKey::HandoffCancelled))], "{text}");
         assert_eq!(sim.session.state, State::Bot, "{text}");
         assert_eq!(sim.session.timer, None);
     }
     let mut sim = Sim::new(Channel::Widget);
     sim.apply(user("human"));
     let fx = sim.apply(EventKind::UserEnded);
-    assert_eq!(fx, vec![system(en(MessageKey::HandoffCancelled))]);
+    assert_eq!(fx, vec![bot(en(MessageKey::HandoffCancelled))]);
     assert_eq!(sim.session.state, State::Bot);
 }
 
@@ -542,7 +568,7 @@ fn valid_email_opens_the_desk_with_the_last_n_turns_and_the_question() {
     assert_eq!(
         fx,
         vec![
-            system(en(MessageKey::Waiting)),
+            waiting("en"),
             Effect::OpenDesk {
                 request: HandoffRequest {
                     handoff_id: handoff.id.clone(),
@@ -594,7 +620,7 @@ fn set_email_while_collecting_opens_the_desk() {
 fn telegram_opens_directly_with_the_default_email() {
     let mut sim = Sim::new(Channel::Telegram);
     let fx = sim.apply(user("human"));
-    assert_eq!(fx[0], system(en(MessageKey::Waiting)));
+    assert_eq!(fx[0], waiting("en"));
     let req = open_desk(&fx);
     assert_eq!(req.email, "support@example.com");
     assert!(sent(&fx).iter().all(|m| m.text != en(MessageKey::AskEmail)));
@@ -630,7 +656,7 @@ fn an_email_known_to_the_widget_skips_collection() {
         email: Some("not-an-address".into()),
         language: None,
     });
-    assert_eq!(fx, vec![system(en(MessageKey::AskEmail))]);
+    assert_eq!(fx, vec![bot(en(MessageKey::AskEmail))]);
     assert_eq!(sim.session.email, None);
 }
 
@@ -1165,7 +1191,7 @@ fn messages_follow_the_session_language() {
         language: Some("de".into()),
     });
     assert_eq!(sim.session.language.as_deref(), Some("de"));
-    assert_eq!(fx[0], system(de(MessageKey::Waiting)));
+    assert_eq!(fx[0], waiting("de"));
     assert_ne!(de(MessageKey::Waiting), en(MessageKey::Waiting));
     let g = sim.generation();
     let fx = sim.apply(timer(g));
@@ -1195,7 +1221,7 @@ fn unsupported_languages_fall_back_to_the_agent_language() {
     assert_eq!(sim.session.language, None);
     assert_eq!(
         fx,
-        vec![system(messages::default_text("fr", MessageKey::AskEmail).to_string())]
+        vec![bot(messages::default_text("fr", MessageKey::AskEmail).to_string())]
     );
 }
 
@@ -1208,7 +1234,7 @@ fn agent_message_overrides_are_used() {
         .insert(MessageKey::Waiting, "One moment, please!".into());
     let mut sim = Sim::with_agent(Channel::Telegram, a);
     let fx = sim.apply(user("human"));
-    assert_eq!(fx[0], system("One moment, please!".into()));
+    assert_eq!(fx[0], waiting_with("One moment, please!".into(), "en"));
 }
 
 #[test]
@@ -1272,4 +1298,101 @@ fn writing_on_instead_of_answering_the_wait_question_keeps_waiting() {
     ));
     // The wait-reply timer armed before is stale now.
     assert_eq!(sim.ignored(timer(asked_gen)), Ignored::StaleTimer);
+}
+
+fn with_ticket_fallback(mut a: Agent) -> Agent {
+    a.fallback = baton_core::agent::FallbackConfig::Ticket {
+        url: "http://127.0.0.1:9/t".into(),
+        signing_secret: None,
+    };
+    a
+}
+
+fn escalations(fx: &[Effect]) -> Vec<HandoffRequest> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Escalate { request } => Some(request.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn outside_service_hours_the_user_gets_the_next_opening_and_the_fallback_runs() {
+    use baton_core::hours::{Day, Period, ServiceHours};
+    let mut a = with_ticket_fallback(agent());
+    a.hours = Some(ServiceHours {
+        time_zone: "UTC".into(),
+        periods: vec![Period {
+            days: Some(vec![Day::Mon]),
+            date: None,
+            from: "09:00".into(),
+            to: "10:00".into(),
+        }],
+        holidays: vec![],
+    });
+    // T0 is Tuesday 2023-11-14 22:13 UTC.
+    let mut sim = Sim::with_agent(Channel::Telegram, a);
+    let fx = sim.apply(user("human"));
+    assert_eq!(sim.session.state, State::Bot);
+    let texts: Vec<String> = sent(&fx).into_iter().map(|m| m.text).collect();
+    assert_eq!(
+        texts,
+        vec!["Our team is not available right now. We are back on 2023-11-20 09:00 (UTC).".to_string()]
+    );
+    let esc = escalations(&fx);
+    assert_eq!(esc.len(), 1);
+    assert_eq!(esc[0].question, "human");
+    assert!(esc[0].reason.contains("outside service hours"));
+    assert!(!fx.iter().any(|e| matches!(e, Effect::OpenDesk { .. })));
+}
+
+#[test]
+fn an_unavailable_desk_sends_the_request_to_the_fallback() {
+    let sim = Sim::with_agent(Channel::Telegram, with_ticket_fallback(agent()));
+    let facts = baton_core::Facts {
+        desk_status: Some(baton_core::model::ServiceStatus::Unavailable),
+    };
+    let ev = Event::new("e1", sim.session.key.clone(), sim.now, user("human"));
+    let out = baton_core::step_with(&sim.session, &ev, sim.now, &sim.agent, &facts).unwrap();
+    assert_eq!(out.session.state, State::Bot);
+    assert_eq!(sent(&out.effects)[0].text, en(MessageKey::DeskUnavailable));
+    assert_eq!(escalations(&out.effects).len(), 1);
+    // Available or unknown status: the desk is tried.
+    let facts = baton_core::Facts {
+        desk_status: Some(baton_core::model::ServiceStatus::Available),
+    };
+    let out = baton_core::step_with(&sim.session, &ev, sim.now, &sim.agent, &facts).unwrap();
+    assert!(out.effects.iter().any(|e| matches!(e, Effect::OpenDesk { .. })));
+}
+
+#[test]
+fn a_failed_desk_open_escalates_and_the_fallback_result_is_told() {
+    let mut sim = Sim::with_agent(Channel::Telegram, with_ticket_fallback(agent()));
+    sim.apply(user("human"));
+    let id = sim.handoff().id;
+    let fx = sim.apply(EventKind::DeskOpenFailed {
+        handoff_id: id,
+        error: "503".into(),
+    });
+    assert_eq!(escalations(&fx).len(), 1);
+    let fx = sim.apply(EventKind::FallbackDone {
+        detail: "ticket T-9".into(),
+    });
+    assert_eq!(
+        sent(&fx)[0].text,
+        "We have passed your request on (ticket T-9) and will get back to you."
+    );
+}
+
+#[test]
+fn without_a_fallback_nothing_is_escalated() {
+    let mut sim = Sim::new(Channel::Telegram);
+    sim.apply(user("human"));
+    let id = sim.handoff().id;
+    let fx = sim.apply(EventKind::DeskOpenFailed {
+        handoff_id: id,
+        error: "503".into(),
+    });
+    assert!(escalations(&fx).is_empty());
 }

@@ -229,6 +229,8 @@ fn agent(case: &Case) -> Agent {
         policy: case.policy.clone(),
         widget: WidgetConfig::default(),
         messages: Default::default(),
+        hours: None,
+        fallback: Default::default(),
     }
 }
 
@@ -594,8 +596,18 @@ fn check_applied(prev: &Session, event: &Event, now: Millis, agent: &Agent, out:
                 assert!(message.buttons.iter().any(|b| b.value == END_VALUE), "{}", ctx());
             }
             Role::Bot => {
-                assert_eq!(*p, State::Bot, "{}", ctx());
-                assert!(matches!(event.kind, EventKind::BrainReplied { .. }), "{}", ctx());
+                // The brain's answers, or the prompts of the e-mail step, which speak as the bot.
+                let prompt = [
+                    MessageKey::AskEmail,
+                    MessageKey::InvalidEmail,
+                    MessageKey::HandoffCancelled,
+                ]
+                .iter()
+                .any(|k| messages::text(&agent.messages, &lang, *k) == message.text);
+                if !prompt {
+                    assert_eq!(*p, State::Bot, "{}", ctx());
+                    assert!(matches!(event.kind, EventKind::BrainReplied { .. }), "{}", ctx());
+                }
             }
             Role::System => {
                 let known = ALL_KEYS

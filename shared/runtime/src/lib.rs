@@ -11,7 +11,7 @@ pub mod ratelimit;
 pub mod widget;
 pub mod worker;
 
-use baton_core::ports::{Brain, ChannelSender, Clock, Desk, EventQueue, Store, Timers};
+use baton_core::ports::{Brain, ChannelSender, Clock, Desk, EventQueue, Fallback, Store, Timers};
 use std::sync::Arc;
 
 /// Every port the worker and the ingress routes need, wired once per process.
@@ -24,5 +24,6 @@ pub struct Ports {
     pub brain: Arc<dyn Brain>,
     pub channels: Arc<dyn ChannelSender>,
     pub desk: Arc<dyn Desk>,
+    pub fallback: Arc<dyn Fallback>,
     pub alerts: alerts::Alerts,
 }

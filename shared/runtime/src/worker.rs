@@ -5,7 +5,7 @@ use crate::Ports;
 use baton_core::ports::{
     BrainRequest, Commit, CommitOutcome, DeliveryError, DeskLink, DeskStatusRecord, OutboxItem, StoreError, TraceEntry,
 };
-use baton_core::{step, Agent, ConversationKey, Effect, Event, EventKind, Millis, PendingEffect, Session};
+use baton_core::{step_with, Agent, ConversationKey, Effect, Event, EventKind, Facts, Millis, PendingEffect, Session};
 use std::collections::HashSet;
 
 /// Optimistic-lock retries before giving the event back to the queue.
@@ -52,7 +52,10 @@ pub async fn apply_event(ports: &Ports, event: &Event) -> Result<Processed, Work
         };
         let now = ports.clock.now();
         let before = session.state.name();
-        let (next, effects, processed, trace) = match step(&session, event, now, &agent) {
+        let facts = Facts {
+            desk_status: ports.store.desk_status(&agent.id).await?.map(|r| r.status),
+        };
+        let (next, effects, processed, trace) = match step_with(&session, event, now, &agent, &facts) {
             Ok(s) => {
                 let names: Vec<&str> = s.effects.iter().map(Effect::name).collect();
                 let detail = format!(
@@ -127,6 +130,7 @@ fn receiver(effect: &Effect) -> &'static str {
         Effect::AskBrain { .. } => "brain",
         Effect::SendToUser { .. } => "user",
         Effect::OpenDesk { .. } | Effect::PostToDesk { .. } | Effect::CloseDesk { .. } => "desk",
+        Effect::Escalate { .. } => "fallback",
         Effect::ScheduleTimer { .. } | Effect::CancelTimer => "timer",
     }
 }
@@ -298,6 +302,17 @@ async fn run_effect(
                 .close(agent, &link.desk_conversation_id, *reason, &idem)
                 .await?;
             Ok(format!("closed ({})", reason.as_str()))
+        }
+        Effect::Escalate { request } => {
+            let detail = ports.fallback.escalate(agent, key, request, &idem).await?;
+            enqueue(
+                ports,
+                result_event_id,
+                key,
+                EventKind::FallbackDone { detail: detail.clone() },
+            )
+            .await?;
+            Ok(format!("fallback: {detail}"))
         }
         Effect::ScheduleTimer { generation, due, kind } => {
             ports

@@ -107,6 +107,8 @@ mod tests {
             policy: Policy::default(),
             widget: WidgetConfig::default(),
             messages: Default::default(),
+            hours: None,
+            fallback: Default::default(),
         }
     }
 

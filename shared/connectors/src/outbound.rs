@@ -1,0 +1,172 @@
+//! Outbound JSON POSTs shared by the connectors: one pooled client, a per-request timeout,
+//! no redirects, Standard Webhooks signatures and Basic credentials when configured, bounded
+//! response reading, and errors that never show credentials.
+
+use crate::standard_webhooks::{SigningSecret, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use baton_core::ports::DeliveryError;
+use serde_json::Value;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Response bodies are read up to this size.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// What came back from one POST.
+pub struct Reply {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: Vec<u8>,
+    /// `POST scheme://host/path`, for messages.
+    pub what: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Poster {
+    client: reqwest::Client,
+    timeout: Duration,
+}
+
+impl Poster {
+    /// Panics only if the TLS backend cannot be initialised, like `reqwest::Client::new`.
+    pub fn new(timeout: Duration) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("HTTP client with rustls can be built");
+        Poster { client, timeout }
+    }
+
+    pub fn from_client(client: reqwest::Client, timeout: Duration) -> Self {
+        Poster { client, timeout }
+    }
+
+    /// POST `body` as JSON with `webhook-id: msg_id` (signed when `secret` is given); only
+    /// transport failures are errors here, every status is returned.
+    pub async fn post_json(
+        &self,
+        url: &str,
+        body: &Value,
+        msg_id: &str,
+        secret: Option<&SigningSecret>,
+        basic: Option<(&str, Option<&str>)>,
+    ) -> Result<Reply, DeliveryError> {
+        let what = format!("POST {}", redact_url(url));
+        let bytes = serde_json::to_vec(body).map_err(|e| DeliveryError::permanent(format!("{what}: {e}")))?;
+        let mut req = self
+            .client
+            .post(url)
+            .timeout(self.timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(HEADER_ID, msg_id);
+        if let Some(secret) = secret {
+            let ts = now_ms() / 1000;
+            req = req
+                .header(HEADER_TIMESTAMP, ts.to_string())
+                .header(HEADER_SIGNATURE, secret.sign(msg_id, ts, &bytes));
+        }
+        if let Some((user, password)) = basic {
+            req = req.basic_auth(user, password);
+        }
+        let resp = req
+            .body(bytes)
+            .send()
+            .await
+            .map_err(|e| transport_error(&what, self.timeout, e))?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = read_limited(resp).await;
+        tracing::debug!(%what, status, "answered");
+        Ok(Reply {
+            status,
+            retry_after,
+            body,
+            what,
+        })
+    }
+}
+
+/// The usual meaning of a non-2xx status: 401/403 credentials, 408/425/429/5xx retry
+/// (honouring `Retry-After`), anything else permanent.
+pub fn status_error(reply: &Reply, detail: &str) -> DeliveryError {
+    let message = format!("{} answered HTTP {}{detail}", reply.what, reply.status);
+    match reply.status {
+        401 | 403 => DeliveryError::Unauthorized { message },
+        408 | 425 | 429 | 500..=599 => DeliveryError::Retryable {
+            message,
+            retry_after_ms: retry_after_ms(reply.retry_after.as_deref()),
+        },
+        _ => DeliveryError::permanent(message),
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `scheme://host[:port]/path` only: user info and query strings may hold credentials.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{}://{}{}{}", u.scheme(), u.host_str().unwrap_or(""), port, u.path())
+        }
+        Err(_) => "<invalid url>".into(),
+    }
+}
+
+fn transport_error(what: &str, timeout: Duration, err: reqwest::Error) -> DeliveryError {
+    if err.is_timeout() {
+        return DeliveryError::retryable(format!("{what}: no answer within {} ms", timeout.as_millis()));
+    }
+    if err.is_builder() {
+        return DeliveryError::permanent(format!("{what}: request cannot be built: {}", error_chain(err)));
+    }
+    let kind = if err.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    DeliveryError::retryable(format!("{what}: {kind}: {}", error_chain(err)))
+}
+
+/// The error and its sources, without the URL (it may carry user info).
+fn error_chain(err: reqwest::Error) -> String {
+    let err = err.without_url();
+    let mut out = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+async fn read_limited(mut resp: reqwest::Response) -> Vec<u8> {
+    let mut buf = Vec::new();
+    // A body that cannot be read after the status arrived is treated as empty.
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = MAX_RESPONSE_BYTES - buf.len();
+        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if buf.len() >= MAX_RESPONSE_BYTES {
+            break;
+        }
+    }
+    buf
+}
+
+/// `Retry-After` in seconds; the HTTP-date form is ignored.
+pub fn retry_after_ms(value: Option<&str>) -> Option<u64> {
+    value?.trim().parse::<u64>().ok().map(|s| s.saturating_mul(1000))
+}
