@@ -339,7 +339,11 @@
         var status = a.desk_status || "not_configured";
         var pill = el("span", "pill pill-" + status);
         pill.appendChild(el("span", "dot"));
-        pill.appendChild(document.createTextNode((a.name || a.id) + ": desk " + (DESK_LABEL[status] || status)));
+        var hours = a.hours || {};
+        var when = hours.open_now === false
+          ? ", closed" + (hours.next_opening ? " until " + hours.next_opening : "")
+          : "";
+        pill.appendChild(document.createTextNode((a.name || a.id) + ": desk " + (DESK_LABEL[status] || status) + when));
         pill.title = a.detail || "";
         return pill;
       });

@@ -392,7 +392,15 @@ async fn status(State(st): State<ConsoleState>) -> Response {
             Some(r) => (serde_json::to_value(r.status).unwrap_or(Value::Null), r.detail),
             None => (json!("not_configured"), "not checked yet".to_string()),
         };
-        out.push(json!({"id": a.id, "name": a.name, "desk_status": status, "detail": detail}));
+        let now = st.clock.now();
+        let hours = match a.hours.as_ref().map(|h| h.compile()) {
+            Some(Ok(s)) => json!({
+                "open_now": s.is_open(now),
+                "next_opening": s.next_opening(now).map(|t| s.describe(t)),
+            }),
+            _ => json!({"open_now": true, "next_opening": null}),
+        };
+        out.push(json!({"id": a.id, "name": a.name, "desk_status": status, "detail": detail, "hours": hours}));
     }
     Json(json!({"agents": out, "alerts": st.alerts.recent()})).into_response()
 }

@@ -30,6 +30,12 @@ enum Command {
         /// Do not create the example agent on an empty store.
         #[arg(long)]
         no_example: bool,
+        /// Widget requests per second allowed from one client address (burst: 6 s worth).
+        #[arg(long, env = "BATON_RATE_PER_IP", default_value_t = 20.0)]
+        rate_per_ip: f64,
+        /// Messages per second allowed in one widget conversation (burst: 10 s worth).
+        #[arg(long, env = "BATON_RATE_PER_CONVERSATION", default_value_t = 2.0)]
+        rate_per_conversation: f64,
     },
     /// Manage agents.
     Agents {

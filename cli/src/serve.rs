@@ -8,7 +8,7 @@ use baton_connectors::webhook_desk::WebhookDesk;
 use baton_core::ports::{Clock, Store};
 use baton_core::ConversationKey;
 use baton_embedded::{ConsoleStore, Db, EmbeddedQueue, EmbeddedTimers};
-use baton_runtime::http::{AppState, Limits};
+use baton_runtime::http::{AppState, Limits, RateLimitConfig};
 use baton_runtime::widget::{ChannelRouter, MessageLog, TokenSigner};
 use baton_runtime::worker::{apply_event, drain_outbox};
 use baton_runtime::Ports;
@@ -28,6 +28,7 @@ pub struct ServeOptions {
     pub body_limit: usize,
     /// Create the example agent and the console desk when the store has no agents.
     pub example_agent: bool,
+    pub rate_limits: RateLimitConfig,
 }
 
 /// A running server (tests start it in-process; `main` runs it until Ctrl-C).
@@ -135,7 +136,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         log,
         live,
         signer: TokenSigner::new(secret.as_bytes()),
-        limits: Arc::new(Limits::default()),
+        limits: Arc::new(Limits::new(opts.rate_limits)),
         body_limit: opts.body_limit,
     };
     let console_state =

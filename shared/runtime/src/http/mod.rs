@@ -41,13 +41,34 @@ pub struct Limits {
     pub auth_failures: RateLimiter,
 }
 
-impl Default for Limits {
+/// Rates (requests per second) and bursts of [`Limits`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimitConfig {
+    pub per_ip_per_sec: f64,
+    pub per_ip_burst: u32,
+    pub per_conversation_per_sec: f64,
+    pub per_conversation_burst: u32,
+}
+
+impl Default for RateLimitConfig {
     fn default() -> Self {
+        RateLimitConfig { per_ip_per_sec: 20.0, per_ip_burst: 120, per_conversation_per_sec: 2.0, per_conversation_burst: 20 }
+    }
+}
+
+impl Limits {
+    pub fn new(c: RateLimitConfig) -> Self {
         Limits {
-            per_ip: RateLimiter::new(120, 20.0),
-            per_conversation: RateLimiter::new(20, 2.0),
+            per_ip: RateLimiter::new(c.per_ip_burst, c.per_ip_per_sec),
+            per_conversation: RateLimiter::new(c.per_conversation_burst, c.per_conversation_per_sec),
             auth_failures: RateLimiter::new(10, 0.2),
         }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::new(RateLimitConfig::default())
     }
 }
 

@@ -1,0 +1,936 @@
+//! `Store` on one DynamoDB table. `commit` is the transactional outbox: session, seen id,
+//! effects and trace line go into ONE `TransactWriteItems`, guarded by the session's
+//! version, so it has the same outcomes as the SQLite store.
+
+use crate::describe_sdk_error;
+use crate::table::{
+    agent_pk, conv_pk, key_part, parse_conv_pk, shard_of, DUE_AT, DUE_GEN, DUE_INDEX, DUE_SHARD, EXPIRES_AT, OBX_DUE,
+    OBX_SHARD, OUTBOX_INDEX, PK, SHARDS, SK,
+};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, KeysAndAttributes, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::Client;
+use baton_core::agent::{Agent, AGENT_SCHEMA};
+use baton_core::effect::{PendingEffect, EFFECT_SCHEMA};
+use baton_core::model::{ConversationKey, Millis};
+use baton_core::ports::{
+    Commit, CommitOutcome, DeskLink, DeskStatusRecord, OutboxItem, Store, StoreError, TraceEntry, VersionedSession,
+};
+use baton_core::session::SESSION_SCHEMA;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub(crate) type Item = HashMap<String, AttributeValue>;
+
+/// How long seen event ids are kept at least: WhatsApp retries for up to 7 days.
+pub const SEEN_RETENTION_SECS: i64 = 8 * 24 * 60 * 60;
+
+/// Default retention of the widget's message log.
+pub const DEFAULT_MESSAGE_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// Schema of the small JSON records without a core constant (desk status, user messages).
+pub(crate) const RECORD_SCHEMA: u32 = 1;
+
+/// A transaction holds at most 100 items; a commit adds session, seen id and trace line.
+const MAX_EFFECTS_PER_COMMIT: usize = 97;
+
+/// Outbox sequence numbers are `version * 1000 + index`: commits of one conversation have
+/// increasing versions, so the sort key keeps insertion order without a counter.
+const OUTBOX_SEQ_PER_VERSION: u64 = 1000;
+
+/// Page size of GSI queries.
+const INDEX_PAGE: i32 = 100;
+
+/// The DynamoDB store; share it in an `Arc` like the other ports.
+#[derive(Debug)]
+pub struct DynamoStore {
+    pub(crate) client: Client,
+    pub(crate) table: String,
+    pub(crate) message_retention: Duration,
+    /// Orders trace lines written by this process within the same millisecond.
+    trace_seq: AtomicU64,
+    /// Random per store, so trace keys of two processes never collide.
+    instance: u64,
+}
+
+pub(crate) enum Tx {
+    Done,
+    /// Cancellation reason codes, one per transaction item, in order (`None` = fine).
+    Cancelled(Vec<String>),
+}
+
+pub(crate) fn failed_with(codes: &[String], index: usize, code: &str) -> bool {
+    codes.get(index).is_some_and(|c| c == code)
+}
+
+pub(crate) const CONDITION_FAILED: &str = "ConditionalCheckFailed";
+const TRANSACTION_CONFLICT: &str = "TransactionConflict";
+
+pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+pub(crate) fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+pub(crate) fn unavailable<E, R>(what: &str, e: &SdkError<E, R>) -> StoreError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    StoreError::Unavailable(format!("dynamodb {what}: {}", describe_sdk_error(e)))
+}
+
+pub(crate) fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
+    StoreError::Unavailable(format!("cannot build a DynamoDB request: {e}"))
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Unavailable(format!("cannot encode a record: {e}")))
+}
+
+pub(crate) fn get_s<'a>(item: &'a Item, name: &str, what: &str) -> Result<&'a str, StoreError> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Ok(v),
+        _ => Err(StoreError::Corrupt {
+            key: what.to_string(),
+            message: format!("attribute {name} is missing or not a string"),
+        }),
+    }
+}
+
+pub(crate) fn get_n<T: FromStr>(item: &Item, name: &str, what: &str) -> Result<T, StoreError> {
+    match item.get(name) {
+        Some(AttributeValue::N(v)) => v.parse().map_err(|_| StoreError::Corrupt {
+            key: what.to_string(),
+            message: format!("attribute {name} is out of range"),
+        }),
+        _ => Err(StoreError::Corrupt {
+            key: what.to_string(),
+            message: format!("attribute {name} is missing or not a number"),
+        }),
+    }
+}
+
+/// Decode the `doc` attribute after checking its `schema`. The message keeps only the
+/// error's class and position: serde's full message can quote the value (maybe a secret).
+pub(crate) fn decode_doc<T: DeserializeOwned>(item: &Item, what: &str, known_schema: u32) -> Result<T, StoreError> {
+    let schema: u32 = get_n(item, "schema", what)?;
+    if schema > known_schema {
+        return Err(StoreError::Corrupt {
+            key: what.to_string(),
+            message: format!("written with schema {schema}; this build reads up to {known_schema}"),
+        });
+    }
+    let json = get_s(item, "doc", what)?;
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        key: what.to_string(),
+        message: format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()),
+    })
+}
+
+/// Unix seconds of `at` plus `secs`, for TTL attributes.
+pub(crate) fn expiry(at: Millis, secs: i64) -> i64 {
+    (at.0.max(0) / 1000).saturating_add(secs)
+}
+
+fn names(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+    Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+}
+
+fn values(pairs: Vec<(&str, AttributeValue)>) -> Option<HashMap<String, AttributeValue>> {
+    Some(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
+
+pub(crate) fn key_of(pk: impl Into<String>, sk: impl Into<String>) -> Item {
+    HashMap::from([(PK.to_string(), s(pk)), (SK.to_string(), s(sk))])
+}
+
+impl DynamoStore {
+    /// A store on table `table` (created with [`crate::create_table`]).
+    pub fn new(client: Client, table: impl Into<String>) -> DynamoStore {
+        DynamoStore {
+            client,
+            table: table.into(),
+            message_retention: DEFAULT_MESSAGE_RETENTION,
+            trace_seq: AtomicU64::new(0),
+            instance: std::collections::hash_map::RandomState::new().hash_one(std::process::id()),
+        }
+    }
+
+    /// Keep widget messages this long (TTL); 30 days by default.
+    pub fn with_message_retention(mut self, retention: Duration) -> DynamoStore {
+        self.message_retention = retention;
+        self
+    }
+
+    pub fn table_name(&self) -> &str {
+        &self.table
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn put(&self, item: Item) -> Result<TransactWriteItem, StoreError> {
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .build()
+            .map_err(build_err)?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    /// A put that only succeeds when no item has this key.
+    pub(crate) fn put_new(&self, item: Item) -> Result<TransactWriteItem, StoreError> {
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#pk)")
+            .set_expression_attribute_names(names(&[("#pk", PK)]))
+            .build()
+            .map_err(build_err)?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    /// Strongly consistent GetItem.
+    pub(crate) async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(pk, sk)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("get", &e))?;
+        Ok(out.item)
+    }
+
+    /// Every item of partition `pk` whose sort key starts with `prefix`, ascending,
+    /// strongly consistent, all pages.
+    pub(crate) async fn query_prefix(&self, pk: &str, prefix: &str) -> Result<Vec<Item>, StoreError> {
+        self.client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+            .set_expression_attribute_names(names(&[("#pk", PK), ("#sk", SK)]))
+            .set_expression_attribute_values(values(vec![(":pk", s(pk)), (":prefix", s(prefix))]))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| unavailable("query", &e))
+    }
+
+    pub(crate) async fn transact(&self, items: Vec<TransactWriteItem>, what: &str) -> Result<Tx, StoreError> {
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(Tx::Done),
+            Err(e) => {
+                if let Some(TransactWriteItemsError::TransactionCanceledException(c)) = e.as_service_error() {
+                    let codes = c
+                        .cancellation_reasons()
+                        .iter()
+                        .map(|r| r.code().unwrap_or("None").to_string())
+                        .collect();
+                    return Ok(Tx::Cancelled(codes));
+                }
+                Err(unavailable(what, &e))
+            }
+        }
+    }
+
+    /// A trace line. Lines sort by `at`, then by write order within this process; lines of
+    /// one conversation written by two processes in the same millisecond sort arbitrarily.
+    fn trace_put(&self, conv: &str, entry: &TraceEntry) -> Result<TransactWriteItem, StoreError> {
+        let seq = self.trace_seq.fetch_add(1, Ordering::Relaxed);
+        let sk = format!("TRACE#{:020}#{seq:016x}{:016x}", entry.at.0.max(0), self.instance);
+        let mut item = key_of(conv, sk);
+        item.insert("at".into(), n(entry.at.0));
+        item.insert("what".into(), s(entry.what.as_str()));
+        item.insert("id".into(), s(entry.id.as_str()));
+        item.insert("detail".into(), s(entry.detail.as_str()));
+        self.put(item)
+    }
+
+    /// The sort key of an outbox item by its effect id (`None` when it is gone).
+    async fn outbox_sk(&self, conv: &str, effect_id: &str) -> Result<Option<String>, StoreError> {
+        for item in self.query_prefix(conv, "OUTBOX#").await? {
+            if matches!(item.get("effect_id"), Some(AttributeValue::S(id)) if id == effect_id) {
+                return Ok(Some(get_s(&item, SK, conv)?.to_string()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Sessions whose armed timer is due at `now`, with the timer's generation, earliest
+    /// first: the EventBridge sweeper turns them into `TimerFired` events, catching timers
+    /// whose delayed SQS message was lost. Reads the sparse `due` GSI (eventually
+    /// consistent: a just-armed timer may show up one sweep later).
+    pub async fn sessions_due(&self, now: Millis, limit: usize) -> Result<Vec<(ConversationKey, u64)>, StoreError> {
+        let mut found: Vec<(i64, ConversationKey, u64)> = Vec::new();
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        for shard in 0..SHARDS {
+            let mut taken = 0;
+            let mut start: Option<Item> = None;
+            loop {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(DUE_INDEX)
+                    .key_condition_expression("#s = :s AND #d <= :now")
+                    .set_expression_attribute_names(names(&[("#s", DUE_SHARD), ("#d", DUE_AT)]))
+                    .set_expression_attribute_values(values(vec![(":s", s(shard.to_string())), (":now", n(now.0))]))
+                    .limit(INDEX_PAGE)
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("query due", &e))?;
+                for item in out.items() {
+                    let pk = get_s(item, PK, "due index")?;
+                    let parsed = parse_conv_pk(pk).and_then(|key| {
+                        Ok((get_n::<i64>(item, DUE_AT, pk)?, key, get_n::<u64>(item, DUE_GEN, pk)?))
+                    });
+                    match parsed {
+                        Ok(row) => {
+                            found.push(row);
+                            taken += 1;
+                        }
+                        // One unreadable item must not stop the sweeper for everyone.
+                        Err(e) => tracing::error!(error = %e, "skipping an unreadable due session"),
+                    }
+                }
+                start = out.last_evaluated_key;
+                if taken >= limit || start.is_none() {
+                    break;
+                }
+            }
+        }
+        found.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        found.truncate(limit);
+        Ok(found.into_iter().map(|(_, k, g)| (k, g)).collect())
+    }
+
+    /// The next attempt of the conversation's outbox head, if it has one.
+    async fn outbox_head_due(&self, conv: &str) -> Result<Option<Millis>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+            .set_expression_attribute_names(names(&[("#pk", PK), ("#sk", SK)]))
+            .set_expression_attribute_values(values(vec![(":pk", s(conv)), (":prefix", s("OUTBOX#"))]))
+            .consistent_read(true)
+            .limit(1)
+            .send()
+            .await
+            .map_err(|e| unavailable("query outbox head", &e))?;
+        out.items()
+            .first()
+            .map(|item| get_n::<i64>(item, "next_attempt_at", conv).map(Millis))
+            .transpose()
+    }
+
+    async fn agents_by_id(&self, ids: &[String]) -> Result<HashMap<String, Item>, StoreError> {
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(100) {
+            let mut keys: Vec<Item> = chunk.iter().map(|id| key_of(agent_pk(id), "CONFIG")).collect();
+            for _ in 0..10 {
+                if keys.is_empty() {
+                    break;
+                }
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut keys)))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(build_err)?;
+                let got = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("batch get agents", &e))?;
+                if let Some(items) = got.responses.and_then(|mut r| r.remove(&self.table)) {
+                    for item in items {
+                        let pk = get_s(&item, PK, "agent")?.to_string();
+                        out.insert(pk, item);
+                    }
+                }
+                keys = got
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+            }
+            if !keys.is_empty() {
+                return Err(StoreError::Unavailable(
+                    "dynamodb batch get agents: throttled, try again".into(),
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn link_item(pk: String, link: &DeskLink) -> Item {
+    let mut item = key_of(pk, "MAP");
+    item.insert("agent".into(), s(link.agent.as_str()));
+    item.insert("desk_conversation_id".into(), s(link.desk_conversation_id.as_str()));
+    item.insert("handoff_id".into(), s(link.handoff_id.as_str()));
+    item.insert("conversation".into(), s(link.conversation.to_string()));
+    item
+}
+
+fn link_from_item(item: &Item, what: &str) -> Result<DeskLink, StoreError> {
+    let conversation = get_s(item, "conversation", what)?;
+    Ok(DeskLink {
+        agent: get_s(item, "agent", what)?.to_string(),
+        desk_conversation_id: get_s(item, "desk_conversation_id", what)?.to_string(),
+        handoff_id: get_s(item, "handoff_id", what)?.to_string(),
+        conversation: ConversationKey::parse(conversation).map_err(|e| StoreError::Corrupt {
+            key: what.to_string(),
+            message: e.to_string(),
+        })?,
+    })
+}
+
+fn desk_pk(agent: &str, desk_conversation_id: &str) -> String {
+    format!("DESK#{agent}#{}", key_part(desk_conversation_id))
+}
+
+fn handoff_pk(handoff_id: &str) -> String {
+    format!("HANDOFF#{}", key_part(handoff_id))
+}
+
+/// `TOKEN#{hash}`: the token's sort key under its agent, and the owner item's partition.
+fn token_key(hash: &str) -> String {
+    format!("TOKEN#{}", key_part(hash))
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn get_agent(&self, id: &str) -> Result<Option<Agent>, StoreError> {
+        let Some(item) = self.get(&agent_pk(id), "CONFIG").await? else {
+            return Ok(None);
+        };
+        decode_doc(&item, &format!("agent {id}"), AGENT_SCHEMA).map(Some)
+    }
+
+    /// Writes the config and its entry in the `AGENTS` index in one transaction.
+    async fn put_agent(&self, agent: &Agent) -> Result<(), StoreError> {
+        let mut config = key_of(agent_pk(&agent.id), "CONFIG");
+        config.insert("doc".into(), s(encode(agent)?));
+        config.insert("schema".into(), n(AGENT_SCHEMA));
+        let mut index = key_of("AGENTS", agent_pk(&agent.id));
+        index.insert("agent".into(), s(agent.id.as_str()));
+        match self
+            .transact(vec![self.put(config)?, self.put(index)?], "put agent")
+            .await?
+        {
+            Tx::Done => Ok(()),
+            Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!(
+                "dynamodb put agent cancelled: {codes:?}"
+            ))),
+        }
+    }
+
+    async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
+        let ids = self
+            .query_prefix("AGENTS", "AGENT#")
+            .await?
+            .iter()
+            .map(|item| get_s(item, "agent", "agent index").map(str::to_string))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut configs = self.agents_by_id(&ids).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        // The index is sorted by `AGENT#{id}`, i.e. by id, like the SQLite store.
+        for id in &ids {
+            if let Some(item) = configs.remove(&agent_pk(id)) {
+                out.push(decode_doc(&item, &format!("agent {id}"), AGENT_SCHEMA)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The token item plus a `TOKEN#{hash}` owner item, so one hash can belong to only one
+    /// agent; adding the same token again keeps its original `created_at`.
+    async fn add_token(&self, agent: &str, token_hash: &str, created_at: Millis) -> Result<(), StoreError> {
+        let owner = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key_of(token_key(token_hash), "OWNER")))
+            .update_expression("SET #agent = :agent")
+            .condition_expression("attribute_not_exists(#pk) OR #agent = :agent")
+            .set_expression_attribute_names(names(&[("#pk", PK), ("#agent", "agent")]))
+            .set_expression_attribute_values(values(vec![(":agent", s(agent))]))
+            .build()
+            .map_err(build_err)?;
+        let token = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key_of(agent_pk(agent), token_key(token_hash))))
+            .update_expression("SET #c = if_not_exists(#c, :c), #h = :h")
+            .set_expression_attribute_names(names(&[("#c", "created_at"), ("#h", "hash")]))
+            .set_expression_attribute_values(values(vec![(":c", n(created_at.0)), (":h", s(token_hash))]))
+            .build()
+            .map_err(build_err)?;
+        let items = vec![
+            TransactWriteItem::builder().update(owner).build(),
+            TransactWriteItem::builder().update(token).build(),
+        ];
+        match self.transact(items, "add token").await? {
+            Tx::Done => Ok(()),
+            Tx::Cancelled(codes) if failed_with(&codes, 0, CONDITION_FAILED) => Err(StoreError::Unavailable(
+                "this token is already registered to another agent".into(),
+            )),
+            Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!(
+                "dynamodb add token cancelled: {codes:?}"
+            ))),
+        }
+    }
+
+    async fn revoke_tokens(&self, agent: &str, keep: Option<&str>) -> Result<u64, StoreError> {
+        let pk = agent_pk(agent);
+        let mut revoked = 0;
+        for item in self.query_prefix(&pk, "TOKEN#").await? {
+            let hash = get_s(&item, "hash", &pk)?;
+            if Some(hash) == keep {
+                continue;
+            }
+            let token = Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(key_of(pk.as_str(), get_s(&item, SK, &pk)?)))
+                .condition_expression("attribute_exists(#pk)")
+                .set_expression_attribute_names(names(&[("#pk", PK)]))
+                .build()
+                .map_err(build_err)?;
+            let owner = Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(key_of(token_key(hash), "OWNER")))
+                .build()
+                .map_err(build_err)?;
+            let items = vec![
+                TransactWriteItem::builder().delete(token).build(),
+                TransactWriteItem::builder().delete(owner).build(),
+            ];
+            match self.transact(items, "revoke token").await? {
+                Tx::Done => revoked += 1,
+                // Revoked concurrently: not ours to count.
+                Tx::Cancelled(codes) if failed_with(&codes, 0, CONDITION_FAILED) => {}
+                Tx::Cancelled(codes) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "dynamodb revoke token cancelled: {codes:?}"
+                    )))
+                }
+            }
+        }
+        Ok(revoked)
+    }
+
+    async fn token_hashes(&self, agent: &str) -> Result<Vec<String>, StoreError> {
+        let pk = agent_pk(agent);
+        let mut rows = self
+            .query_prefix(&pk, "TOKEN#")
+            .await?
+            .iter()
+            .map(|item| Ok((get_n::<i64>(item, "created_at", &pk)?, get_s(item, "hash", &pk)?.to_string())))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        rows.sort_by_key(|(at, _)| *at);
+        Ok(rows.into_iter().map(|(_, h)| h).collect())
+    }
+
+    async fn load_session(&self, key: &ConversationKey) -> Result<Option<VersionedSession>, StoreError> {
+        let pk = conv_pk(key);
+        let Some(item) = self.get(&pk, "SESSION").await? else {
+            return Ok(None);
+        };
+        Ok(Some(VersionedSession {
+            version: get_n(&item, "version", &pk)?,
+            session: decode_doc(&item, &pk, SESSION_SCHEMA)?,
+        }))
+    }
+
+    async fn is_seen(&self, event_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .get(&format!("SEEN#{}", key_part(event_id)), "-")
+            .await?
+            .is_some())
+    }
+
+    /// One `TransactWriteItems`: [session (version condition), seen id (must be new),
+    /// effects..., trace line]. A cancelled transaction wrote nothing; its reasons say why.
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
+        let key = &commit.session.key;
+        let conv = conv_pk(key);
+        if commit.effects.len() > MAX_EFFECTS_PER_COMMIT {
+            return Err(StoreError::Unavailable(format!(
+                "{} effects do not fit in one DynamoDB transaction (at most {MAX_EFFECTS_PER_COMMIT})",
+                commit.effects.len()
+            )));
+        }
+        let mut ids = HashSet::new();
+        if !commit.effects.iter().all(|e| ids.insert(e.id.as_str())) {
+            return Err(StoreError::Unavailable("duplicate effect id in one commit".into()));
+        }
+        let expected = commit.expected_version;
+        let version = expected
+            .checked_add(1)
+            .filter(|v| v.checked_mul(OUTBOX_SEQ_PER_VERSION).is_some())
+            .ok_or_else(|| StoreError::Unavailable("session version overflow".into()))?;
+        let at = commit.trace.at;
+        let shard = shard_of(key);
+
+        let mut session = key_of(conv.as_str(), "SESSION");
+        session.insert("version".into(), n(version));
+        session.insert("doc".into(), s(encode(&commit.session)?));
+        session.insert("schema".into(), n(SESSION_SCHEMA));
+        session.insert("updated_at".into(), n(commit.session.updated_at.0));
+        // Sparse GSI: only sessions with an armed timer carry these; a Put replaces the
+        // whole item, so disarming removes them.
+        if let Some(timer) = &commit.session.timer {
+            session.insert(DUE_AT.into(), n(timer.due.0));
+            session.insert(DUE_SHARD.into(), s(shard.as_str()));
+            session.insert(DUE_GEN.into(), n(timer.generation));
+        }
+        let mut session_put = Put::builder().table_name(&self.table).set_item(Some(session));
+        session_put = if expected == 0 {
+            session_put
+                .condition_expression("attribute_not_exists(#pk)")
+                .set_expression_attribute_names(names(&[("#pk", PK)]))
+        } else {
+            session_put
+                .condition_expression("#v = :v")
+                .set_expression_attribute_names(names(&[("#v", "version")]))
+                .set_expression_attribute_values(values(vec![(":v", n(expected))]))
+        };
+        let mut items = vec![TransactWriteItem::builder()
+            .put(session_put.build().map_err(build_err)?)
+            .build()];
+
+        let mut seen = key_of(format!("SEEN#{}", key_part(&commit.event_id)), "-");
+        seen.insert("conversation".into(), s(key.to_string()));
+        seen.insert(EXPIRES_AT.into(), n(expiry(at, SEEN_RETENTION_SECS)));
+        items.push(self.put_new(seen)?);
+
+        for (i, effect) in commit.effects.iter().enumerate() {
+            let seq = version * OUTBOX_SEQ_PER_VERSION + i as u64;
+            let mut item = key_of(conv.as_str(), format!("OUTBOX#{seq:020}#{}", key_part(&effect.id)));
+            item.insert("effect_id".into(), s(effect.id.as_str()));
+            item.insert("doc".into(), s(encode(effect)?));
+            item.insert("schema".into(), n(EFFECT_SCHEMA));
+            item.insert("attempts".into(), n(0));
+            // A new effect is due at once: its first attempt follows the commit.
+            item.insert("next_attempt_at".into(), n(at.0));
+            item.insert(OBX_SHARD.into(), s(shard.as_str()));
+            item.insert(OBX_DUE.into(), n(at.0));
+            items.push(self.put(item)?);
+        }
+        items.push(self.trace_put(&conv, &commit.trace)?);
+
+        match self.transact(items, "commit").await? {
+            Tx::Done => Ok(CommitOutcome::Committed { version }),
+            // The seen check comes first, even when the version is wrong too.
+            Tx::Cancelled(codes) if failed_with(&codes, 1, CONDITION_FAILED) => Ok(CommitOutcome::AlreadySeen),
+            // A concurrent transaction on the session or the seen id: reload and step again.
+            Tx::Cancelled(codes)
+                if failed_with(&codes, 0, CONDITION_FAILED) || codes.iter().any(|c| c == TRANSACTION_CONFLICT) =>
+            {
+                Ok(CommitOutcome::VersionConflict)
+            }
+            Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!(
+                "dynamodb commit cancelled: {codes:?}"
+            ))),
+        }
+    }
+
+    async fn pending_effects(&self, key: &ConversationKey) -> Result<Vec<OutboxItem>, StoreError> {
+        let conv = conv_pk(key);
+        self.query_prefix(&conv, "OUTBOX#")
+            .await?
+            .iter()
+            .map(|item| {
+                let what = format!("effect {}", get_s(item, SK, &conv)?);
+                let effect: PendingEffect = decode_doc(item, &what, EFFECT_SCHEMA)?;
+                Ok(OutboxItem {
+                    effect,
+                    attempts: get_n::<u64>(item, "attempts", &what)?
+                        .try_into()
+                        .unwrap_or(u32::MAX),
+                    next_attempt_at: Millis(get_n(item, "next_attempt_at", &what)?),
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes the outbox item and appends `trace` in one transaction. When the item is
+    /// already gone (completed by a concurrent run), nothing is written.
+    async fn complete_effect(
+        &self,
+        key: &ConversationKey,
+        effect_id: &str,
+        trace: TraceEntry,
+    ) -> Result<(), StoreError> {
+        let conv = conv_pk(key);
+        let Some(sk) = self.outbox_sk(&conv, effect_id).await? else {
+            return Ok(());
+        };
+        let delete = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(key_of(conv.as_str(), sk)))
+            .condition_expression("attribute_exists(#pk)")
+            .set_expression_attribute_names(names(&[("#pk", PK)]))
+            .build()
+            .map_err(build_err)?;
+        let items = vec![
+            TransactWriteItem::builder().delete(delete).build(),
+            self.trace_put(&conv, &trace)?,
+        ];
+        match self.transact(items, "complete effect").await? {
+            Tx::Done => Ok(()),
+            Tx::Cancelled(codes) if failed_with(&codes, 0, CONDITION_FAILED) => Ok(()),
+            Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!(
+                "dynamodb complete effect cancelled: {codes:?}"
+            ))),
+        }
+    }
+
+    /// Records a failed attempt and when to retry (also in the `outbox_due` GSI); like
+    /// `complete_effect`, a missing item writes nothing.
+    async fn defer_effect(
+        &self,
+        key: &ConversationKey,
+        effect_id: &str,
+        attempts: u32,
+        next_attempt_at: Millis,
+        trace: TraceEntry,
+    ) -> Result<(), StoreError> {
+        let conv = conv_pk(key);
+        let Some(sk) = self.outbox_sk(&conv, effect_id).await? else {
+            return Ok(());
+        };
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key_of(conv.as_str(), sk)))
+            .update_expression("SET #a = :a, #n = :n, #d = :n")
+            .condition_expression("attribute_exists(#pk)")
+            .set_expression_attribute_names(names(&[
+                ("#pk", PK),
+                ("#a", "attempts"),
+                ("#n", "next_attempt_at"),
+                ("#d", OBX_DUE),
+            ]))
+            .set_expression_attribute_values(values(vec![(":a", n(attempts)), (":n", n(next_attempt_at.0))]))
+            .build()
+            .map_err(build_err)?;
+        let items = vec![
+            TransactWriteItem::builder().update(update).build(),
+            self.trace_put(&conv, &trace)?,
+        ];
+        match self.transact(items, "defer effect").await? {
+            Tx::Done => Ok(()),
+            Tx::Cancelled(codes) if failed_with(&codes, 0, CONDITION_FAILED) => Ok(()),
+            Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!(
+                "dynamodb defer effect cancelled: {codes:?}"
+            ))),
+        }
+    }
+
+    /// Candidates come from the `outbox_due` GSI (any item due); only conversations whose
+    /// outbox HEAD is due count, since a later effect must not run before an earlier one,
+    /// so each candidate's head is read back. Earliest head first.
+    async fn conversations_with_due_effects(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<ConversationKey>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut checked: HashSet<String> = HashSet::new();
+        let mut found: Vec<(Millis, ConversationKey)> = Vec::new();
+        for shard in 0..SHARDS {
+            let mut taken = 0;
+            let mut start: Option<Item> = None;
+            loop {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(OUTBOX_INDEX)
+                    .key_condition_expression("#s = :s AND #d <= :now")
+                    .set_expression_attribute_names(names(&[("#s", OBX_SHARD), ("#d", OBX_DUE)]))
+                    .set_expression_attribute_values(values(vec![(":s", s(shard.to_string())), (":now", n(now.0))]))
+                    .limit(INDEX_PAGE)
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("query outbox due", &e))?;
+                for item in out.items() {
+                    let pk = get_s(item, PK, "outbox index")?;
+                    if !checked.insert(pk.to_string()) {
+                        continue;
+                    }
+                    let key = match parse_conv_pk(pk) {
+                        Ok(k) => k,
+                        Err(e) => {
+                            tracing::error!(error = %e, "skipping an outbox item with an unreadable key");
+                            continue;
+                        }
+                    };
+                    if let Some(due) = self.outbox_head_due(pk).await? {
+                        if due <= now {
+                            found.push((due, key));
+                            taken += 1;
+                        }
+                    }
+                }
+                start = out.last_evaluated_key;
+                if taken >= limit || start.is_none() {
+                    break;
+                }
+            }
+        }
+        found.sort();
+        found.truncate(limit);
+        Ok(found.into_iter().map(|(_, k)| k).collect())
+    }
+
+    /// Upsert both lookup items. Like the SQLite store's `INSERT OR REPLACE`, a link that
+    /// reuses the desk conversation or the handoff id of another link replaces that link
+    /// (its other lookup item is deleted in the same transaction).
+    async fn put_desk_link(&self, link: &DeskLink) -> Result<(), StoreError> {
+        let by_desk = desk_pk(&link.agent, &link.desk_conversation_id);
+        let by_handoff = handoff_pk(&link.handoff_id);
+        let mut items = vec![
+            self.put(link_item(by_desk.clone(), link))?,
+            self.put(link_item(by_handoff.clone(), link))?,
+        ];
+        if let Some(old) = self.get(&by_desk, "MAP").await? {
+            let old = link_from_item(&old, &by_desk)?;
+            if old.handoff_id != link.handoff_id {
+                let delete = Delete::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(key_of(handoff_pk(&old.handoff_id), "MAP")))
+                    .build()
+                    .map_err(build_err)?;
+                items.push(TransactWriteItem::builder().delete(delete).build());
+            }
+        }
+        if let Some(old) = self.get(&by_handoff, "MAP").await? {
+            let old = link_from_item(&old, &by_handoff)?;
+            if (old.agent.as_str(), old.desk_conversation_id.as_str())
+                != (link.agent.as_str(), link.desk_conversation_id.as_str())
+            {
+                let delete = Delete::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(key_of(desk_pk(&old.agent, &old.desk_conversation_id), "MAP")))
+                    .build()
+                    .map_err(build_err)?;
+                items.push(TransactWriteItem::builder().delete(delete).build());
+            }
+        }
+        match self.transact(items, "put desk link").await? {
+            Tx::Done => Ok(()),
+            Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!(
+                "dynamodb put desk link cancelled: {codes:?}"
+            ))),
+        }
+    }
+
+    async fn desk_link(&self, agent: &str, desk_conversation_id: &str) -> Result<Option<DeskLink>, StoreError> {
+        let pk = desk_pk(agent, desk_conversation_id);
+        self.get(&pk, "MAP")
+            .await?
+            .map(|item| link_from_item(&item, &pk))
+            .transpose()
+    }
+
+    async fn desk_link_for_handoff(&self, handoff_id: &str) -> Result<Option<DeskLink>, StoreError> {
+        let pk = handoff_pk(handoff_id);
+        self.get(&pk, "MAP")
+            .await?
+            .map(|item| link_from_item(&item, &pk))
+            .transpose()
+    }
+
+    async fn set_desk_status(&self, agent: &str, status: &DeskStatusRecord) -> Result<(), StoreError> {
+        let mut item = key_of(agent_pk(agent), "DESKSTATUS");
+        item.insert("doc".into(), s(encode(status)?));
+        item.insert("schema".into(), n(RECORD_SCHEMA));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| unavailable("put desk status", &e))?;
+        Ok(())
+    }
+
+    async fn desk_status(&self, agent: &str) -> Result<Option<DeskStatusRecord>, StoreError> {
+        self.get(&agent_pk(agent), "DESKSTATUS")
+            .await?
+            .map(|item| decode_doc(&item, &format!("desk status {agent}"), RECORD_SCHEMA))
+            .transpose()
+    }
+
+    /// Trace lines in `at` order (write order within one process for equal times).
+    async fn trace(&self, key: &ConversationKey) -> Result<Vec<TraceEntry>, StoreError> {
+        let conv = conv_pk(key);
+        self.query_prefix(&conv, "TRACE#")
+            .await?
+            .iter()
+            .map(|item| {
+                let what = format!("trace {}", get_s(item, SK, &conv)?);
+                Ok(TraceEntry {
+                    at: Millis(get_n(item, "at", &what)?),
+                    what: get_s(item, "what", &what)?.to_string(),
+                    id: get_s(item, "id", &what)?.to_string(),
+                    detail: get_s(item, "detail", &what)?.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_is_unix_seconds_plus_retention() {
+        assert_eq!(expiry(Millis(10_999), 5), 15);
+        assert_eq!(expiry(Millis(-1), 5), 5);
+    }
+
+    #[test]
+    fn decode_refuses_newer_schema_and_hides_values() {
+        let mut item = key_of("AGENT#demo", "CONFIG");
+        item.insert("schema".into(), n(AGENT_SCHEMA + 1));
+        item.insert("doc".into(), s("{}"));
+        let err = decode_doc::<Agent>(&item, "agent demo", AGENT_SCHEMA).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        item.insert("schema".into(), n(AGENT_SCHEMA));
+        item.insert("doc".into(), s(r#"{"id": 5, "password": "hunter2"}"#));
+        let err = decode_doc::<Agent>(&item, "agent demo", AGENT_SCHEMA).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+}

@@ -1,0 +1,231 @@
+//! The one table: item keys, attribute names and the table definition.
+//!
+//! | Item | pk / sk | Attributes |
+//! |---|---|---|
+//! | agent config | `AGENT#{id}` / `CONFIG` | `doc` (JSON), `schema` |
+//! | agent index | `AGENTS` / `AGENT#{id}` | (lists agents without a scan) |
+//! | access token | `AGENT#{id}` / `TOKEN#{sha256}` | `created_at`; never the token |
+//! | token owner | `TOKEN#{sha256}` / `OWNER` | `agent` (one hash belongs to one agent) |
+//! | desk status | `AGENT#{id}` / `DESKSTATUS` | `doc` |
+//! | session | `CONV#{key}` / `SESSION` | `version`, `doc`, `schema`; `due_at`, `due_shard`, `due_gen` while a timer is armed |
+//! | outbox effect | `CONV#{key}` / `OUTBOX#{seq:020}#{effect id}` | `effect_id`, `doc`, `schema`, `attempts`, `next_attempt_at`, `obx_shard`, `obx_due` |
+//! | trace line | `CONV#{key}` / `TRACE#{at:020}#{n}` | `at`, `what`, `id`, `detail` |
+//! | seen event | `SEEN#{event id}` / `-` | `expires_at` (TTL, 8 days) |
+//! | desk link | `DESK#{agent}#{desk conversation}` / `MAP` and `HANDOFF#{id}` / `MAP` | the link's four fields |
+//! | message counter | `CONV#{key}` / `MSGSEQ` | `seq` |
+//! | user message | `CONV#{key}` / `MSG#{seq:020}` | `seq`, `at`, `doc`, `expires_at` |
+//! | message idempotency | `IDEM#{key}` / `-` | `expires_at` |
+//!
+//! Two sparse GSIs, sharded so no single partition takes every write: `due`
+//! (`due_shard`, `due_at`) holds sessions with an armed timer, for the sweeper; `outbox_due`
+//! (`obx_shard`, `obx_due`) holds outbox items, for retrying effects after a failure or crash.
+//! TTL is on `expires_at` (unix seconds).
+
+use crate::describe_sdk_error;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
+};
+use aws_sdk_dynamodb::Client;
+use baton_core::model::ConversationKey;
+use baton_core::ports::StoreError;
+use sha2::{Digest, Sha256};
+use std::borrow::Cow;
+use std::time::Duration;
+
+pub const PK: &str = "pk";
+pub const SK: &str = "sk";
+/// The table's TTL attribute (unix seconds).
+pub const EXPIRES_AT: &str = "expires_at";
+
+/// Sparse GSI of sessions with an armed timer.
+pub const DUE_INDEX: &str = "due";
+pub const DUE_SHARD: &str = "due_shard";
+pub const DUE_AT: &str = "due_at";
+/// Projected into [`DUE_INDEX`] so the sweeper needs no second read.
+pub const DUE_GEN: &str = "due_gen";
+
+/// Sparse GSI of outbox items by their next attempt.
+pub const OUTBOX_INDEX: &str = "outbox_due";
+pub const OBX_SHARD: &str = "obx_shard";
+pub const OBX_DUE: &str = "obx_due";
+
+/// Shards of both GSIs: enough to spread writes, few enough to query them all each sweep.
+pub const SHARDS: u8 = 10;
+
+/// Longest id used verbatim inside a key; longer ones are replaced by their hash so keys
+/// stay within DynamoDB's limits (2048 bytes for pk, 1024 for sk).
+const MAX_KEY_PART: usize = 512;
+
+/// `id` as a key part: itself, or `sha256:{hex}` when it is too long for a key.
+pub(crate) fn key_part(id: &str) -> Cow<'_, str> {
+    if id.len() <= MAX_KEY_PART {
+        Cow::Borrowed(id)
+    } else {
+        Cow::Owned(format!("sha256:{}", hex::encode(Sha256::digest(id.as_bytes()))))
+    }
+}
+
+pub(crate) fn conv_pk(key: &ConversationKey) -> String {
+    format!("CONV#{key}")
+}
+
+/// The conversation of a `CONV#...` partition key.
+pub(crate) fn parse_conv_pk(pk: &str) -> Result<ConversationKey, StoreError> {
+    let rest = pk.strip_prefix("CONV#").ok_or_else(|| StoreError::Corrupt {
+        key: pk.to_string(),
+        message: "not a conversation key".into(),
+    })?;
+    ConversationKey::parse(rest).map_err(|e| StoreError::Corrupt {
+        key: pk.to_string(),
+        message: e.to_string(),
+    })
+}
+
+pub(crate) fn agent_pk(agent: &str) -> String {
+    format!("AGENT#{agent}")
+}
+
+/// The GSI shard of a conversation, stable across processes ("0".."9").
+pub fn shard_of(key: &ConversationKey) -> String {
+    let digest = Sha256::digest(key.to_string().as_bytes());
+    (digest[0] % SHARDS).to_string()
+}
+
+fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
+    StoreError::Unavailable(format!("cannot build a DynamoDB request: {e}"))
+}
+
+/// Create the table as production has it: pay per request, both sparse GSIs, TTL on
+/// `expires_at`. Idempotent: an existing table is left as it is (and TTL enabled if it is
+/// not). Waits until the table is active.
+pub async fn create_table(client: &Client, name: &str) -> Result<(), StoreError> {
+    let attr = |n: &str, t: ScalarAttributeType| {
+        AttributeDefinition::builder()
+            .attribute_name(n)
+            .attribute_type(t)
+            .build()
+            .map_err(build_err)
+    };
+    let key = |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build().map_err(build_err);
+    let due = GlobalSecondaryIndex::builder()
+        .index_name(DUE_INDEX)
+        .key_schema(key(DUE_SHARD, KeyType::Hash)?)
+        .key_schema(key(DUE_AT, KeyType::Range)?)
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::Include)
+                .non_key_attributes(DUE_GEN)
+                .build(),
+        )
+        .build()
+        .map_err(build_err)?;
+    let outbox = GlobalSecondaryIndex::builder()
+        .index_name(OUTBOX_INDEX)
+        .key_schema(key(OBX_SHARD, KeyType::Hash)?)
+        .key_schema(key(OBX_DUE, KeyType::Range)?)
+        .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+        .build()
+        .map_err(build_err)?;
+    let created = client
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attr(PK, ScalarAttributeType::S)?)
+        .attribute_definitions(attr(SK, ScalarAttributeType::S)?)
+        .attribute_definitions(attr(DUE_SHARD, ScalarAttributeType::S)?)
+        .attribute_definitions(attr(DUE_AT, ScalarAttributeType::N)?)
+        .attribute_definitions(attr(OBX_SHARD, ScalarAttributeType::S)?)
+        .attribute_definitions(attr(OBX_DUE, ScalarAttributeType::N)?)
+        .key_schema(key(PK, KeyType::Hash)?)
+        .key_schema(key(SK, KeyType::Range)?)
+        .global_secondary_indexes(due)
+        .global_secondary_indexes(outbox)
+        .send()
+        .await;
+    match created {
+        Ok(_) => {}
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {}
+        Err(e) => {
+            return Err(StoreError::Unavailable(format!(
+                "cannot create table {name}: {}",
+                describe_sdk_error(&e)
+            )))
+        }
+    }
+    wait_until_active(client, name).await?;
+    enable_ttl(client, name).await
+}
+
+/// Poll until the table is ACTIVE (seconds on AWS, at once on moto).
+async fn wait_until_active(client: &Client, name: &str) -> Result<(), StoreError> {
+    for _ in 0..300 {
+        let out = client
+            .describe_table()
+            .table_name(name)
+            .send()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot describe table {name}: {}", describe_sdk_error(&e))))?;
+        let status = out.table().and_then(|t| t.table_status());
+        if status == Some(&TableStatus::Active) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(StoreError::Unavailable(format!("table {name} did not become active")))
+}
+
+/// Enable TTL on `expires_at` unless it already is (enabling twice is an error on AWS).
+async fn enable_ttl(client: &Client, name: &str) -> Result<(), StoreError> {
+    let current = client
+        .describe_time_to_live()
+        .table_name(name)
+        .send()
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("cannot read TTL of {name}: {}", describe_sdk_error(&e))))?;
+    if let Some(d) = current.time_to_live_description() {
+        if matches!(
+            d.time_to_live_status(),
+            Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+        ) {
+            return Ok(());
+        }
+    }
+    let spec = TimeToLiveSpecification::builder()
+        .attribute_name(EXPIRES_AT)
+        .enabled(true)
+        .build()
+        .map_err(build_err)?;
+    client
+        .update_time_to_live()
+        .table_name(name)
+        .time_to_live_specification(spec)
+        .send()
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("cannot enable TTL on {name}: {}", describe_sdk_error(&e))))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_core::model::Channel;
+
+    #[test]
+    fn long_ids_are_hashed_short_ones_kept() {
+        assert_eq!(key_part("tg:42"), "tg:42");
+        let long = "x".repeat(MAX_KEY_PART + 1);
+        let part = key_part(&long);
+        assert!(part.starts_with("sha256:") && part.len() == 7 + 64, "{part}");
+    }
+
+    #[test]
+    fn conversation_keys_round_trip_and_shard() {
+        let k = ConversationKey::new("demo", Channel::Widget, "u#1").unwrap();
+        assert_eq!(parse_conv_pk(&conv_pk(&k)).unwrap(), k);
+        assert!(parse_conv_pk("AGENT#demo").is_err());
+        let s: u8 = shard_of(&k).parse().unwrap();
+        assert!(s < SHARDS);
+        assert_eq!(shard_of(&k), shard_of(&k.clone()));
+    }
+}

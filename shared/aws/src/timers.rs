@@ -1,0 +1,223 @@
+//! Timers as delayed messages on a standard SQS queue. SQS delays a message by at most
+//! 900 s, so the timeout-check function calls [`SqsTimers::fire_or_rearm`] for each
+//! message it receives: a timer that is still far away is sent again with the remaining
+//! delay, a due one becomes a `TimerFired` event on the FIFO queue. Precision is about one
+//! second; the EventBridge sweeper ([`crate::DynamoStore::sessions_due`]) catches timers
+//! whose message was lost.
+
+use crate::queue::MessageError;
+use crate::describe_sdk_error;
+use async_trait::async_trait;
+use aws_sdk_sqs::Client;
+use baton_core::event::{Event, EventKind};
+use baton_core::model::{ConversationKey, Millis};
+use baton_core::ports::{Clock, EventQueue, QueueError, StoreError, Timers};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Payload schema version of timer messages.
+pub const TIMER_SCHEMA: u32 = 1;
+
+/// The longest delay SQS accepts.
+const MAX_DELAY_SECONDS: i64 = 900;
+
+/// A timer closer than this fires now instead of being re-armed (SQS delays are whole
+/// seconds, so waiting again would gain nothing).
+const FIRE_WITHIN_MS: i64 = 1000;
+
+fn timer_schema() -> u32 {
+    TIMER_SCHEMA
+}
+
+/// The body of a timer message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerMessage {
+    #[serde(default = "timer_schema")]
+    pub schema: u32,
+    pub conversation: ConversationKey,
+    pub generation: u64,
+    pub due: Millis,
+}
+
+impl TimerMessage {
+    /// Parse a received body; refuses newer schemas and invalid conversation keys.
+    pub fn parse(body: &str) -> Result<TimerMessage, MessageError> {
+        let msg: TimerMessage = serde_json::from_str(body).map_err(|e| MessageError::json(&e))?;
+        if msg.schema > TIMER_SCHEMA {
+            return Err(MessageError(format!(
+                "timer schema {} is newer than this build reads ({TIMER_SCHEMA})",
+                msg.schema
+            )));
+        }
+        let c = &msg.conversation;
+        ConversationKey::new(&c.agent, c.channel, &c.user).map_err(|e| MessageError(format!("bad conversation: {e}")))?;
+        Ok(msg)
+    }
+}
+
+/// What [`SqsTimers::fire_or_rearm`] did with a timer message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimerOutcome {
+    /// The timer was due: `TimerFired` was queued with this event id.
+    Fired { event_id: String },
+    /// The timer is further away than SQS can delay: sent again with this delay.
+    Rearmed { delay_seconds: i32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimerError {
+    /// The message can never be processed: log it and let it go (or to the DLQ).
+    #[error(transparent)]
+    Malformed(#[from] MessageError),
+    /// Sending failed: leave the message on the queue so SQS delivers it again.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// `DelaySeconds` for a timer due at `due`: the remaining time rounded up (never early),
+/// between 0 and 900.
+pub fn delay_seconds(due: Millis, now: Millis) -> i32 {
+    let ms = due.0.saturating_sub(now.0);
+    if ms <= 0 {
+        return 0;
+    }
+    let secs = ms / 1000 + i64::from(ms % 1000 != 0);
+    // Bounded by MAX_DELAY_SECONDS, so the cast cannot truncate.
+    secs.min(MAX_DELAY_SECONDS) as i32
+}
+
+/// [`Timers`] on a standard SQS queue. Needs a clock to turn `due` into a delay.
+#[derive(Clone)]
+pub struct SqsTimers {
+    client: Client,
+    queue_url: String,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for SqsTimers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsTimers").field("queue_url", &self.queue_url).finish()
+    }
+}
+
+impl SqsTimers {
+    pub fn new(client: Client, queue_url: impl Into<String>, clock: Arc<dyn Clock>) -> SqsTimers {
+        SqsTimers {
+            client,
+            queue_url: queue_url.into(),
+            clock,
+        }
+    }
+
+    pub fn queue_url(&self) -> &str {
+        &self.queue_url
+    }
+
+    async fn send(&self, msg: &TimerMessage, now: Millis) -> Result<i32, QueueError> {
+        let body = serde_json::to_string(msg).map_err(|e| QueueError(format!("cannot encode a timer: {e}")))?;
+        let delay = delay_seconds(msg.due, now);
+        self.client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .delay_seconds(delay)
+            .send()
+            .await
+            .map_err(|e| QueueError(format!("sqs send timer: {}", describe_sdk_error(&e))))?;
+        Ok(delay)
+    }
+
+    /// Handle one received timer message at `now`: re-arm it if it is more than a second
+    /// away, else queue `TimerFired { generation }` with the id `timer:{conversation}:{generation}`
+    /// (the embedded timers use the same id, so a timer fired twice is applied once).
+    pub async fn fire_or_rearm(
+        &self,
+        body: &str,
+        now: Millis,
+        events: &dyn EventQueue,
+    ) -> Result<TimerOutcome, TimerError> {
+        let msg = TimerMessage::parse(body)?;
+        if msg.due.0.saturating_sub(now.0) > FIRE_WITHIN_MS {
+            let delay_seconds = self.send(&msg, now).await?;
+            return Ok(TimerOutcome::Rearmed { delay_seconds });
+        }
+        let conv = &msg.conversation;
+        let event_id = format!("timer:{conv}:{}", msg.generation);
+        let event = Event::new(
+            event_id.clone(),
+            conv.clone(),
+            now,
+            EventKind::TimerFired {
+                generation: msg.generation,
+            },
+        );
+        events.enqueue(vec![event]).await?;
+        Ok(TimerOutcome::Fired { event_id })
+    }
+}
+
+#[async_trait]
+impl Timers for SqsTimers {
+    async fn schedule(&self, key: &ConversationKey, generation: u64, due: Millis) -> Result<(), StoreError> {
+        let msg = TimerMessage {
+            schema: TIMER_SCHEMA,
+            conversation: key.clone(),
+            generation,
+            due,
+        };
+        self.send(&msg, self.clock.now())
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Unavailable(e.0))
+    }
+
+    /// A no-op: an SQS message cannot be taken back. The session knows its timer's
+    /// generation, so a cancelled (or replaced) timer that fires later is ignored as stale.
+    async fn cancel(&self, _key: &ConversationKey) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Create the standard timer queue and return its URL (tests and local use).
+pub async fn create_timer_queue(client: &Client, name: &str) -> Result<String, QueueError> {
+    let out = client
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .map_err(|e| QueueError(format!("sqs create queue: {}", describe_sdk_error(&e))))?;
+    out.queue_url
+        .ok_or_else(|| QueueError(format!("sqs create queue {name}: no URL returned")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_core::model::Channel;
+
+    #[test]
+    fn delay_is_rounded_up_and_capped() {
+        assert_eq!(delay_seconds(Millis(1000), Millis(2000)), 0);
+        assert_eq!(delay_seconds(Millis(2000), Millis(2000)), 0);
+        assert_eq!(delay_seconds(Millis(2001), Millis(2000)), 1);
+        assert_eq!(delay_seconds(Millis(62_000), Millis(2000)), 60);
+        assert_eq!(delay_seconds(Millis(62_001), Millis(2000)), 61);
+        assert_eq!(delay_seconds(Millis(3_600_000), Millis(0)), 900);
+        assert_eq!(delay_seconds(Millis(i64::MAX), Millis(i64::MIN)), 900);
+    }
+
+    #[test]
+    fn timer_message_round_trips_and_checks() {
+        let msg = TimerMessage {
+            schema: TIMER_SCHEMA,
+            conversation: ConversationKey::new("demo", Channel::Line, "U1").unwrap(),
+            generation: 3,
+            due: Millis(5),
+        };
+        let body = serde_json::to_string(&msg).unwrap();
+        assert_eq!(TimerMessage::parse(&body).unwrap(), msg);
+        assert!(TimerMessage::parse(&body.replace("\"schema\":1", "\"schema\":2")).is_err());
+        assert!(TimerMessage::parse(&body.replace("\"user\":\"U1\"", "\"user\":\"\"")).is_err());
+        assert!(TimerMessage::parse("nope").is_err());
+    }
+}
