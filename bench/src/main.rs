@@ -91,7 +91,12 @@ async fn timers(n: usize, timeout_secs: u64) {
     };
     running.ports.store.put_agent(&agent).await.expect("agent stored");
     let token = baton_runtime::auth::generate_token();
-    running.ports.store.add_token("bench", &baton_runtime::auth::hash_token(&token), baton_core::Millis(0)).await.expect("token");
+    running
+        .ports
+        .store
+        .add_token("bench", &baton_runtime::auth::hash_token(&token), baton_core::Millis(0))
+        .await
+        .expect("token");
     let base = format!("http://{}", running.addr);
     println!("timers: {n} conversations, timeouts of {timeout_secs} s, embedded SQLite (synchronous=FULL)");
 
@@ -133,8 +138,12 @@ async fn timers(n: usize, timeout_secs: u64) {
             })
         };
         let messages = w.all().await;
-        let at_of = |pred: &dyn Fn(&serde_json::Value) -> bool| messages.iter().find(|m| pred(m)).and_then(|m| m["at"].as_i64());
-        if let (Some(due), Some(at)) = (due_of("Wait "), at_of(&|m| m["buttons"].as_array().is_some_and(|b| b.len() == 2))) {
+        let at_of = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+            messages.iter().find(|m| pred(m)).and_then(|m| m["at"].as_i64())
+        };
+        if let (Some(due), Some(at)) =
+            (due_of("Wait "), at_of(&|m| m["buttons"].as_array().is_some_and(|b| b.len() == 2)))
+        {
             wait.push(at - due);
         }
         let ended = |m: &serde_json::Value| m["text"].as_str().unwrap_or("").contains("no reply for a while");

@@ -1,4 +1,5 @@
-//! Agent administration and tracing on the embedded store: `baton agents ...`, `baton trace`.
+//! Agent administration and tracing on the embedded store: `baton agents ...`, `baton trace`;
+//! and `baton redrive` for the AWS deployment's dead-letter queues.
 
 use crate::config;
 use baton_core::ports::Store;
@@ -29,12 +30,7 @@ pub async fn apply(db: &Db, file: &Path, out: &mut dyn Write) -> anyhow::Result<
                 agent.id
             )?;
         } else {
-            writeln!(
-                out,
-                "{} agent {}",
-                if existed { "updated" } else { "created" },
-                agent.id
-            )?;
+            writeln!(out, "{} agent {}", if existed { "updated" } else { "created" }, agent.id)?;
         }
     }
     Ok(())
@@ -47,11 +43,8 @@ pub async fn list(db: &Db, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     for a in agents {
         let tokens = db.token_hashes(&a.id).await?.len();
-        let status = db
-            .desk_status(&a.id)
-            .await?
-            .map(|s| format!("{:?}", s.status))
-            .unwrap_or_else(|| "unchecked".into());
+        let status =
+            db.desk_status(&a.id).await?.map(|s| format!("{:?}", s.status)).unwrap_or_else(|| "unchecked".into());
         let desk = match &a.desk {
             baton_core::agent::DeskConfig::None => "none".to_string(),
             baton_core::agent::DeskConfig::Webhook { url, .. } => format!("webhook {url}"),
@@ -70,11 +63,7 @@ pub async fn rotate_token(db: &Db, agent: &str, keep_old: bool, out: &mut dyn Wr
     let token = generate_token();
     let hash = hash_token(&token);
     db.add_token(agent, &hash, now()).await?;
-    let revoked = if keep_old {
-        0
-    } else {
-        db.revoke_tokens(agent, Some(&hash)).await?
-    };
+    let revoked = if keep_old { 0 } else { db.revoke_tokens(agent, Some(&hash)).await? };
     writeln!(out, "new access token for {agent} (shown once): {token}")?;
     writeln!(out, "{revoked} older token(s) revoked")?;
     Ok(())
@@ -89,5 +78,15 @@ pub async fn trace(db: &Db, conversation: &str, out: &mut dyn Write) -> anyhow::
     for e in entries {
         writeln!(out, "{}\t{}\t{}\t{}", e.at.0, e.what, e.id, e.detail)?;
     }
+    Ok(())
+}
+
+/// `baton redrive`: move up to `max` messages (all by default) from the dead-letter queue
+/// `from` to the queue `to`, with the SQS client of the environment (see
+/// [`baton_aws::redrive`]).
+pub async fn redrive(from: &str, to: &str, max: Option<usize>, out: &mut dyn Write) -> anyhow::Result<()> {
+    let (_, sqs) = baton_aws::clients_from_env().await;
+    let moved = baton_aws::redrive(&sqs, from, to, max.unwrap_or(usize::MAX)).await?;
+    writeln!(out, "moved {moved} message(s) from {from} to {to}")?;
     Ok(())
 }

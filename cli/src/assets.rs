@@ -8,56 +8,16 @@ use axum::routing::get;
 use axum::Router;
 
 const FILES: &[(&str, &str, &str)] = &[
-    (
-        "index.html",
-        "text/html; charset=utf-8",
-        include_str!("../assets/index.html"),
-    ),
-    (
-        "index.css",
-        "text/css; charset=utf-8",
-        include_str!("../assets/index.css"),
-    ),
-    (
-        "index.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../assets/index.js"),
-    ),
-    (
-        "widget.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../assets/widget.js"),
-    ),
-    (
-        "widget.html",
-        "text/html; charset=utf-8",
-        include_str!("../assets/widget.html"),
-    ),
-    (
-        "widget.css",
-        "text/css; charset=utf-8",
-        include_str!("../assets/widget.css"),
-    ),
-    (
-        "widget-page.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../assets/widget-page.js"),
-    ),
-    (
-        "console.html",
-        "text/html; charset=utf-8",
-        include_str!("../assets/console.html"),
-    ),
-    (
-        "console.css",
-        "text/css; charset=utf-8",
-        include_str!("../assets/console.css"),
-    ),
-    (
-        "console.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../assets/console.js"),
-    ),
+    ("index.html", "text/html; charset=utf-8", include_str!("../assets/index.html")),
+    ("index.css", "text/css; charset=utf-8", include_str!("../assets/index.css")),
+    ("index.js", "text/javascript; charset=utf-8", include_str!("../assets/index.js")),
+    ("widget.js", "text/javascript; charset=utf-8", include_str!("../assets/widget.js")),
+    ("widget.html", "text/html; charset=utf-8", include_str!("../assets/widget.html")),
+    ("widget.css", "text/css; charset=utf-8", include_str!("../assets/widget.css")),
+    ("widget-page.js", "text/javascript; charset=utf-8", include_str!("../assets/widget-page.js")),
+    ("console.html", "text/html; charset=utf-8", include_str!("../assets/console.html")),
+    ("console.css", "text/css; charset=utf-8", include_str!("../assets/console.css")),
+    ("console.js", "text/javascript; charset=utf-8", include_str!("../assets/console.js")),
 ];
 
 /// Pages may be framed where they are meant to be embedded (the widget page) and nowhere else.
@@ -90,10 +50,7 @@ pub fn routes() -> Router {
         .route("/", get(|| async { file("index.html", Some(CSP_LANDING)) }))
         .route("/console", get(|| async { file("console.html", Some(CSP_PAGE)) }))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
-        .route(
-            "/widget/{agent}",
-            get(|Path(_agent): Path<String>| async { file("widget.html", Some(CSP_WIDGET)) }),
-        )
+        .route("/widget/{agent}", get(|Path(_agent): Path<String>| async { file("widget.html", Some(CSP_WIDGET)) }))
         .route(
             "/{asset}",
             get(|Path(name): Path<String>| async move {

@@ -46,39 +46,24 @@ pub fn load_file(path: &Path) -> Result<Vec<Agent>, ConfigError> {
     let name = path.display().to_string();
     let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: name.clone(),
-        problems: vec![Problem {
-            line: None,
-            field: "file".into(),
-            message: format!("cannot read: {e}"),
-        }],
+        problems: vec![Problem { line: None, field: "file".into(), message: format!("cannot read: {e}") }],
     })?;
     parse(&name, &src, &|var| std::env::var(var).ok())
 }
 
 /// Parse and validate `src`. `env` resolves `env:NAME` secret references.
 pub fn parse(file: &str, src: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Agent>, ConfigError> {
-    let fail = |problems| ConfigError {
-        file: file.to_string(),
-        problems,
-    };
+    let fail = |problems| ConfigError { file: file.to_string(), problems };
     let parsed: AgentsFile = toml::from_str(src).map_err(|e| {
         let line = e.span().map(|s| line_of(src, s.start));
         let message = e.message().to_string();
-        fail(vec![Problem {
-            line,
-            field: "syntax".into(),
-            message,
-        }])
+        fail(vec![Problem { line, field: "syntax".into(), message }])
     })?;
     let doc = toml_edit::ImDocument::parse(src.to_string()).ok();
     let mut problems = Vec::new();
     let mut agents = parsed.agents;
     if agents.is_empty() {
-        problems.push(Problem {
-            line: None,
-            field: "agent".into(),
-            message: "no [[agent]] tables in the file".into(),
-        });
+        problems.push(Problem { line: None, field: "agent".into(), message: "no [[agent]] tables in the file".into() });
     }
     let mut seen = std::collections::HashSet::new();
     for (i, agent) in agents.iter_mut().enumerate() {
@@ -90,22 +75,17 @@ pub fn parse(file: &str, src: &str, env: &dyn Fn(&str) -> Option<String>) -> Res
                 message: format!("duplicate agent id {:?}", agent.id),
             });
         }
-        if let baton_core::agent::DeskConfig::Webhook {
-            password,
-            signing_secret,
-            ..
-        } = &mut agent.desk
-        {
-            for (field, secret) in [("desk.password", password), ("desk.signing_secret", signing_secret)] {
-                if let Some(s) = secret {
-                    if let Err(message) = resolve_secret(s, env) {
-                        problems.push(Problem {
-                            line: locate(field),
-                            field: format!("agent[{i}].{field}"),
-                            message,
-                        });
-                    }
-                }
+        let mut secrets: Vec<(&str, &mut Secret)> = Vec::new();
+        if let baton_core::agent::DeskConfig::Webhook { password, signing_secret, .. } = &mut agent.desk {
+            secrets.extend(password.as_mut().map(|s| ("desk.password", s)));
+            secrets.extend(signing_secret.as_mut().map(|s| ("desk.signing_secret", s)));
+        }
+        if let baton_core::agent::FallbackConfig::Ticket { signing_secret, .. } = &mut agent.fallback {
+            secrets.extend(signing_secret.as_mut().map(|s| ("fallback.signing_secret", s)));
+        }
+        for (field, secret) in secrets {
+            if let Err(message) = resolve_secret(secret, env) {
+                problems.push(Problem { line: locate(field), field: format!("agent[{i}].{field}"), message });
             }
         }
         for p in agent.validate() {
@@ -214,9 +194,7 @@ answer = "9-17"
         assert_eq!(err.problems.len(), 1);
         assert_eq!(err.problems[0].field, "agent[0].desk.password");
         assert_eq!(err.problems[0].line, Some(10));
-        assert!(err
-            .to_string()
-            .contains("a.toml:10: agent[0].desk.password: environment variable DESK_PW is not set"));
+        assert!(err.to_string().contains("a.toml:10: agent[0].desk.password: environment variable DESK_PW is not set"));
         assert!(!err.to_string().contains("s3cret"));
     }
 
@@ -225,21 +203,14 @@ answer = "9-17"
         let src = "[[agent]]\nid = \"ok\"\n\n[agent.policy]\nwait_timeout_secs = 0\n\n[[agent]]\nid = \"Bad Id\"\n";
         let err = parse("b.toml", src, &no_env).unwrap_err();
         let got: Vec<_> = err.problems.iter().map(|p| (p.field.as_str(), p.line)).collect();
-        assert_eq!(
-            got,
-            vec![("agent[0].policy.wait_timeout_secs", Some(5)), ("agent[1].id", Some(8))]
-        );
+        assert_eq!(got, vec![("agent[0].policy.wait_timeout_secs", Some(5)), ("agent[1].id", Some(8))]);
     }
 
     #[test]
     fn syntax_and_unknown_fields_are_reported_with_line() {
         let err = parse("c.toml", "[[agent]]\nid = \"x\"\ncolour = 3\n", &no_env).unwrap_err();
         assert_eq!(err.problems[0].line, Some(3));
-        assert!(
-            err.problems[0].message.contains("colour"),
-            "{}",
-            err.problems[0].message
-        );
+        assert!(err.problems[0].message.contains("colour"), "{}", err.problems[0].message);
         let err = parse("c.toml", "[[agent]\n", &no_env).unwrap_err();
         assert_eq!(err.problems[0].field, "syntax");
         assert_eq!(err.problems[0].line, Some(1));

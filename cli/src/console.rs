@@ -32,18 +32,8 @@ pub struct ConsoleState {
 
 impl ConsoleState {
     pub fn new(store: ConsoleStore, db: Arc<Db>, hub_base: String, alerts: Alerts, clock: Arc<dyn Clock>) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
-        ConsoleState {
-            store,
-            db,
-            hub_base,
-            alerts,
-            clock,
-            http,
-        }
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+        ConsoleState { store, db, hub_base, alerts, clock, http }
     }
 }
 
@@ -68,11 +58,7 @@ fn desk_reply(status: StatusCode, message: &str) -> Response {
 }
 
 fn api_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message.into()}})),
-    )
-        .into_response()
+    (status, Json(json!({"error": {"code": code, "message": message.into()}}))).into_response()
 }
 
 /// A refused desk-side request, answered with [`desk_reply`].
@@ -101,9 +87,7 @@ async fn credential(st: &ConsoleState, agent: &str) -> Option<ConsoleCredential>
 /// Verify the hub's Standard Webhooks signature with the agent's secret.
 async fn verify(st: &ConsoleState, agent: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), DeskFail> {
     let unauthorized = |m: &str| DeskFail(StatusCode::UNAUTHORIZED, m.to_string());
-    let cred = credential(st, agent)
-        .await
-        .ok_or_else(|| unauthorized("this console does not serve that agent"))?;
+    let cred = credential(st, agent).await.ok_or_else(|| unauthorized("this console does not serve that agent"))?;
     let secret = SigningSecret::parse(&cred.signing_secret).map_err(|_| unauthorized("console misconfigured"))?;
     let now = st.clock.now().0 / 1000;
     WebhookHeaders::from_header_map(headers)
@@ -153,11 +137,7 @@ async fn establish(State(st): State<ConsoleState>, headers: HeaderMap, body: Byt
                         "QUESTION" => "user",
                         _ => "bot",
                     };
-                    Some((
-                        role.to_string(),
-                        t.get("text").and_then(Value::as_str)?.to_string(),
-                        baton_core::Millis(0),
-                    ))
+                    Some((role.to_string(), t.get("text").and_then(Value::as_str)?.to_string(), baton_core::Millis(0)))
                 })
                 .collect()
         })
@@ -166,11 +146,7 @@ async fn establish(State(st): State<ConsoleState>, headers: HeaderMap, body: Byt
     let reason = v.get("reason").and_then(Value::as_str).unwrap_or("").to_string();
     let user_info = v.get("user_info").cloned().unwrap_or(Value::Null).to_string();
     let now = st.clock.now();
-    match st
-        .store
-        .open_conversation(&id, &agent, &email, &user_info, &reason, history, now)
-        .await
-    {
+    match st.store.open_conversation(&id, &agent, &email, &user_info, &reason, history, now).await {
         Ok(_) => desk_reply(StatusCode::OK, "success"),
         Err(e) => desk_reply(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
@@ -207,16 +183,8 @@ async fn chat(State(st): State<ConsoleState>, headers: HeaderMap, body: Bytes) -
         return desk_reply(StatusCode::BAD_REQUEST, "body: missing or not a string");
     };
     // The hub retries with the same webhook-id; it is our dedupe key.
-    let dedupe = headers
-        .get("webhook-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let dedupe = if dedupe.is_empty() {
-        format!("{id}:{}", baton_runtime::auth::hash_token(text))
-    } else {
-        dedupe
-    };
+    let dedupe = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let dedupe = if dedupe.is_empty() { format!("{id}:{}", baton_runtime::auth::hash_token(text)) } else { dedupe };
     match st.store.add_message(&id, &dedupe, "user", text, st.clock.now()).await {
         Ok(_) => desk_reply(StatusCode::OK, "success"),
         Err(e) => desk_reply(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
@@ -279,27 +247,14 @@ struct ReplyBody {
 
 /// Call the hub as a desk would: `POST {hub}/desks/webhook/{agent}/v1/human/...`.
 async fn call_hub(st: &ConsoleState, agent: &str, path: &str, body: Value) -> Result<(), ApiFail> {
-    let no_token = || {
-        ApiFail(
-            StatusCode::CONFLICT,
-            "no_credential",
-            "this console has no token for the agent".into(),
-        )
-    };
+    let no_token = || ApiFail(StatusCode::CONFLICT, "no_credential", "this console has no token for the agent".into());
     let cred = credential(st, agent).await.ok_or_else(no_token)?;
     let url = format!("{}/desks/webhook/{agent}/v1/human/{path}", st.hub_base);
     let msg_id = format!("msg_{}", &baton_runtime::auth::generate_token()[4..36]);
     let bad_gateway = |m: String| ApiFail(StatusCode::BAD_GATEWAY, "hub_error", m);
     // A lost answer is retried with the same webhook-id; the hub drops the copy.
     for attempt in 0..3u64 {
-        let r = st
-            .http
-            .post(&url)
-            .bearer_auth(&cred.token)
-            .header("webhook-id", &msg_id)
-            .json(&body)
-            .send()
-            .await;
+        let r = st.http.post(&url).bearer_auth(&cred.token).header("webhook-id", &msg_id).json(&body).send().await;
         match r {
             Ok(resp) if resp.status().is_success() => return Ok(()),
             Ok(resp) if resp.status().is_client_error() => {
@@ -361,15 +316,7 @@ async fn end(State(st): State<ConsoleState>, Path(id): Path<String>) -> Response
         }
         let now = st.clock.now();
         let r = async {
-            st.store
-                .add_message(
-                    &id,
-                    &format!("{id}:close"),
-                    "system",
-                    "You ended the conversation.",
-                    now,
-                )
-                .await?;
+            st.store.add_message(&id, &format!("{id}:close"), "system", "You ended the conversation.", now).await?;
             st.store.set_status(&id, "closed", None).await
         }
         .await;

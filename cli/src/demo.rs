@@ -19,11 +19,7 @@ pub struct ConsoleCredential {
 }
 
 fn faq(q: &str, a: &str) -> FaqEntry {
-    FaqEntry {
-        question: q.into(),
-        answer: a.into(),
-        keywords: Vec::new(),
-    }
+    FaqEntry { question: q.into(), answer: a.into(), keywords: Vec::new() }
 }
 
 pub fn example_agent(hub_base: &str, signing_secret: &str) -> Agent {
@@ -33,26 +29,14 @@ pub fn example_agent(hub_base: &str, signing_secret: &str) -> Agent {
         language: "en".into(),
         brain: BrainConfig::Faq {
             faq: vec![
-                faq(
-                    "What are your opening hours?",
-                    "We are open Monday to Friday, 9:00 to 17:00 (Europe/Zagreb).",
-                ),
-                faq(
-                    "How long does shipping take?",
-                    "Orders ship within 1-2 working days; delivery takes 2-4 days.",
-                ),
+                faq("What are your opening hours?", "We are open Monday to Friday, 9:00 to 17:00 (Europe/Zagreb)."),
+                faq("How long does shipping take?", "Orders ship within 1-2 working days; delivery takes 2-4 days."),
                 faq(
                     "How can I return an item?",
                     "You can return any item within 30 days. Write 'human' and our team sends you a return label.",
                 ),
-                faq(
-                    "Wie sind Ihre Öffnungszeiten?",
-                    "Wir haben Montag bis Freitag von 9:00 bis 17:00 Uhr geöffnet.",
-                ),
-                faq(
-                    "Koje je vaše radno vrijeme?",
-                    "Radimo od ponedjeljka do petka, od 9:00 do 17:00.",
-                ),
+                faq("Wie sind Ihre Öffnungszeiten?", "Wir haben Montag bis Freitag von 9:00 bis 17:00 Uhr geöffnet."),
+                faq("Koje je vaše radno vrijeme?", "Radimo od ponedjeljka do petka, od 9:00 do 17:00."),
                 faq("你们的营业时间是什么？", "我们的营业时间是周一至周五 9:00 至 17:00。"),
                 faq(
                     "Quels sont vos horaires d'ouverture ?",
@@ -85,10 +69,9 @@ pub async fn ensure_example_agent(
 ) -> Result<Option<String>, StoreError> {
     let managed = db.setting(MANAGED).await?.is_some();
     if managed {
-        if let (Some(mut agent), Some(cred)) = (
-            db.get_agent(EXAMPLE_AGENT).await?,
-            console.credential(EXAMPLE_AGENT).await?,
-        ) {
+        if let (Some(mut agent), Some(cred)) =
+            (db.get_agent(EXAMPLE_AGENT).await?, console.credential(EXAMPLE_AGENT).await?)
+        {
             if let Ok(cred) = serde_json::from_str::<ConsoleCredential>(cred.expose()) {
                 let fresh = example_agent(hub_base, &cred.signing_secret);
                 if agent.desk != fresh.desk {
@@ -105,15 +88,9 @@ pub async fn ensure_example_agent(
     let signing_secret = baton_connectors::standard_webhooks::generate_secret();
     let token = baton_runtime::auth::generate_token();
     db.put_agent(&example_agent(hub_base, &signing_secret)).await?;
-    db.add_token(EXAMPLE_AGENT, &baton_runtime::auth::hash_token(&token), now)
-        .await?;
-    let cred = ConsoleCredential {
-        token: token.clone(),
-        signing_secret,
-    };
-    console
-        .set_credential(EXAMPLE_AGENT, &serde_json::to_string(&cred).unwrap_or_default())
-        .await?;
+    db.add_token(EXAMPLE_AGENT, &baton_runtime::auth::hash_token(&token), now).await?;
+    let cred = ConsoleCredential { token: token.clone(), signing_secret };
+    console.set_credential(EXAMPLE_AGENT, &serde_json::to_string(&cred).unwrap_or_default()).await?;
     db.set_setting(MANAGED, "1").await?;
     Ok(Some(token))
 }

@@ -50,6 +50,29 @@ enum Command {
         #[arg(long, env = "BATON_DATA", default_value = ".baton/baton.sqlite")]
         data: PathBuf,
     },
+    /// AWS deployment: move messages from a dead-letter queue back to their queue, once
+    /// the cause of the failures is fixed and deployed.
+    ///
+    /// Messages are moved oldest first, one at a time (received, sent to --to, then
+    /// deleted from --from); bodies and attributes are kept, and on a FIFO queue (a URL
+    /// ending in `.fifo`) so are each message's group and deduplication ids. Events already
+    /// applied are dropped by the worker, so a redrive never applies anything twice.
+    /// Credentials, region and endpoint come from the environment, as for the AWS CLI
+    /// (`AWS_PROFILE` or `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+    /// `AWS_ENDPOINT_URL`). Example:
+    /// `baton redrive --from "$EVENTS_DLQ_URL" --to "$EVENTS_QUEUE_URL" --max 10`
+    Redrive {
+        /// URL of the dead-letter queue to take messages from (stack output
+        /// `EventsDeadLetterQueueUrl` or `TimersDeadLetterQueueUrl`).
+        #[arg(long)]
+        from: String,
+        /// URL of the queue to send them to (`EventsQueueUrl` or `TimersQueueUrl`).
+        #[arg(long)]
+        to: String,
+        /// Move at most this many messages (default: until the dead-letter queue is empty).
+        #[arg(long)]
+        max: Option<usize>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -75,9 +98,7 @@ enum AgentsCommand {
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("BATON_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {
@@ -107,20 +128,15 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut out = std::io::stdout();
     match cli.command {
-        Command::Serve {
-            addr,
-            data,
-            agents,
-            body_limit,
-            no_example,
-        } => {
-            let opts = ServeOptions {
-                addr,
-                data,
-                agents_file: agents,
-                body_limit,
-                example_agent: !no_example,
+        Command::Serve { addr, data, agents, body_limit, no_example, rate_per_ip, rate_per_conversation } => {
+            let rate_limits = baton_runtime::http::RateLimitConfig {
+                per_ip_per_sec: rate_per_ip,
+                per_ip_burst: (rate_per_ip * 6.0).ceil() as u32,
+                per_conversation_per_sec: rate_per_conversation,
+                per_conversation_burst: (rate_per_conversation * 10.0).ceil() as u32,
             };
+            let opts =
+                ServeOptions { addr, data, agents_file: agents, body_limit, example_agent: !no_example, rate_limits };
             let running = start(opts, Arc::new(baton_runtime::clock::SystemClock)).await?;
             let a = running.addr;
             println!("Baton is running on http://{a}");
@@ -146,6 +162,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Trace { conversation, data } => {
             baton::admin::trace(open_db(&data)?.as_ref(), &conversation, &mut out).await?
         }
+        Command::Redrive { from, to, max } => baton::admin::redrive(&from, &to, max, &mut out).await?,
     }
     Ok(())
 }

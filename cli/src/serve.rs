@@ -95,16 +95,10 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
     let listener = TcpListener::bind(opts.addr).await?;
     let addr = listener.local_addr()?;
 
-    let secret = db
-        .get_or_insert_setting("widget_token_secret", baton_runtime::auth::generate_token)
-        .await?;
+    let secret = db.get_or_insert_setting("widget_token_secret", baton_runtime::auth::generate_token).await?;
     let (live, _) = broadcast::channel(4096);
     let log: Arc<dyn MessageLog> = Arc::new(DbMessageLog(db.clone()));
-    let channels = Arc::new(ChannelRouter {
-        log: log.clone(),
-        live: live.clone(),
-        clock: clock.clone(),
-    });
+    let channels = Arc::new(ChannelRouter { log: log.clone(), live: live.clone(), clock: clock.clone() });
     let ports = Ports {
         store: db.clone(),
         queue: queue.clone(),
@@ -164,17 +158,8 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
             }
         }
     }));
-    tasks.push(tokio::spawn(timer_loop(
-        timers.clone(),
-        clock.clone(),
-        shutdown_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(retry_loop(
-        db.clone(),
-        dispatcher.clone(),
-        clock.clone(),
-        shutdown_rx.clone(),
-    )));
+    tasks.push(tokio::spawn(timer_loop(timers.clone(), clock.clone(), shutdown_rx.clone())));
+    tasks.push(tokio::spawn(retry_loop(db.clone(), dispatcher.clone(), clock.clone(), shutdown_rx.clone())));
     tasks.push(tokio::spawn(probe_loop(ports.clone(), shutdown_rx.clone())));
 
     let mut stop = shutdown_rx.clone();
@@ -189,14 +174,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         }
     }));
     tracing::info!(%addr, data = %opts.data.display(), "baton is serving");
-    Ok(Running {
-        addr,
-        ports,
-        db,
-        example_token,
-        shutdown,
-        tasks,
-    })
+    Ok(Running { addr, ports, db, example_token, shutdown, tasks })
 }
 
 /// Fires due timers into the queue. Sleeps until the next due timer, at most 200 ms, so a
@@ -245,11 +223,7 @@ async fn probe_loop(ports: Ports, mut stop: tokio::sync::watch::Receiver<bool>) 
         if let Ok(agents) = ports.store.list_agents().await {
             for agent in agents {
                 let (status, detail) = ports.desk.probe(&agent).await;
-                let rec = baton_core::ports::DeskStatusRecord {
-                    status,
-                    detail,
-                    checked_at: ports.clock.now(),
-                };
+                let rec = baton_core::ports::DeskStatusRecord { status, detail, checked_at: ports.clock.now() };
                 if let Err(e) = ports.store.set_desk_status(&agent.id, &rec).await {
                     tracing::warn!(agent = %agent.id, error = %e, "could not store desk status");
                 }
@@ -274,12 +248,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     fn new(ports: Ports, queue: Arc<EmbeddedQueue>) -> Arc<Self> {
-        Arc::new(Dispatcher {
-            ports,
-            queue,
-            busy: Mutex::new(HashMap::new()),
-            slots: Semaphore::new(WORKERS),
-        })
+        Arc::new(Dispatcher { ports, queue, busy: Mutex::new(HashMap::new()), slots: Semaphore::new(WORKERS) })
     }
 
     pub fn wake(self: &Arc<Self>, key: ConversationKey) {
@@ -348,9 +317,7 @@ impl Dispatcher {
             }
         }
         match drain_outbox(&self.ports, key).await {
-            Ok(d) => d
-                .next_due
-                .map(|due| Duration::from_millis((due.0 - self.ports.clock.now().0).max(0) as u64)),
+            Ok(d) => d.next_due.map(|due| Duration::from_millis((due.0 - self.ports.clock.now().0).max(0) as u64)),
             Err(e) => {
                 tracing::error!(conversation = %key, error = %e, "running effects failed");
                 Some(Duration::from_secs(1))

@@ -21,11 +21,7 @@ pub struct Hub {
 }
 
 pub fn shop_agent(desk_url: &str) -> Agent {
-    let faq = |q: &str, a: &str| FaqEntry {
-        question: q.into(),
-        answer: a.into(),
-        keywords: vec![],
-    };
+    let faq = |q: &str, a: &str| FaqEntry { question: q.into(), answer: a.into(), keywords: vec![] };
     Agent {
         id: "shop".into(),
         name: "Shop".into(),
@@ -74,13 +70,7 @@ pub async fn hub_with(clock: Arc<dyn Clock>, edit: impl FnOnce(&mut Agent)) -> H
         .await
         .unwrap();
     let base = format!("http://{}", running.addr);
-    Hub {
-        running,
-        desk,
-        token,
-        base,
-        _dir: dir,
-    }
+    Hub { running, desk, token, base, _dir: dir }
 }
 
 pub async fn hub() -> Hub {

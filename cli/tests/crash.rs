@@ -22,22 +22,10 @@ fn baton() -> Command {
 }
 
 async fn apply_agents(data: &Path, file: &Path) -> String {
-    let out = baton()
-        .args(["agents", "apply"])
-        .arg(file)
-        .arg("--data")
-        .arg(data)
-        .output()
-        .await
-        .unwrap();
+    let out = baton().args(["agents", "apply"]).arg(file).arg("--data").arg(data).output().await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let token = stdout
-        .split("(shown once): ")
-        .nth(1)
-        .expect("token printed")
-        .trim()
-        .to_string();
+    let token = stdout.split("(shown once): ").nth(1).expect("token printed").trim().to_string();
     assert!(token.starts_with("bat_"));
     token
 }
@@ -53,22 +41,14 @@ async fn serve(data: &Path, port: u16) -> Child {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
     assert!(first.contains("running on"), "{first}");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     child
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,10 +69,7 @@ async fn sigkill_during_traffic_loses_and_doubles_nothing() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut child = serve(&data, port).await;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
 
     // A widget user is handed to the desk and a human replies.
     let s: serde_json::Value = http
@@ -109,13 +86,7 @@ async fn sigkill_during_traffic_loses_and_doubles_nothing() {
         let http = http.clone();
         let url = format!("{base}/api/widget/shop/messages");
         let wtoken = wtoken.clone();
-        async move {
-            http.post(url)
-                .bearer_auth(wtoken)
-                .json(&json!({"text": text, "client_id": id}))
-                .send()
-                .await
-        }
+        async move { http.post(url).bearer_auth(wtoken).json(&json!({"text": text, "client_id": id})).send().await }
     };
     assert_eq!(send("human".into(), "c-human".into()).await.unwrap().status(), 202);
     let est = eventually(Duration::from_secs(10), "establish", || async {
@@ -155,11 +126,8 @@ async fn sigkill_during_traffic_loses_and_doubles_nothing() {
 
     let want: Vec<String> = (0..MESSAGES).map(|i| format!("m{i:03}")).collect();
     let got = eventually(Duration::from_secs(30), "every message at the desk", || async {
-        let got: Vec<String> = desk
-            .requests_to("/chat")
-            .iter()
-            .map(|r| r.body["body"].as_str().unwrap_or("").to_string())
-            .collect();
+        let got: Vec<String> =
+            desk.requests_to("/chat").iter().map(|r| r.body["body"].as_str().unwrap_or("").to_string()).collect();
         (got.len() >= MESSAGES).then_some(got)
     })
     .await;

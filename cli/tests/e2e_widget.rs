@@ -21,10 +21,7 @@ async fn widget_faq_handoff_reply_end_and_back_to_bot() {
     assert_eq!(a["text"], "We are open 9-17 on weekdays.");
 
     w.send("I want to talk to a human").await;
-    w.wait_for("waiting notice", |m| {
-        m["from"] == "system" && m["text"].as_str().unwrap().contains("connecting")
-    })
-    .await;
+    w.wait_for("waiting notice", |m| m["from"] == "system" && m["text"].as_str().unwrap().contains("connecting")).await;
     let est = eventually(WAIT, "establish at the desk", || async {
         hub.desk.requests_to("/conversation/establish").into_iter().next()
     })
@@ -37,12 +34,7 @@ async fn widget_faq_handoff_reply_end_and_back_to_bot() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| {
-            (
-                t["message_type"].as_str().unwrap().to_string(),
-                t["text"].as_str().unwrap().to_string(),
-            )
-        })
+        .map(|t| (t["message_type"].as_str().unwrap().to_string(), t["text"].as_str().unwrap().to_string()))
         .collect();
     assert_eq!(
         turns,
@@ -57,26 +49,19 @@ async fn widget_faq_handoff_reply_end_and_back_to_bot() {
 
     // The human answers; the same reply delivered three times reaches the user once.
     for _ in 0..3 {
-        let r = hub
-            .desk_reply(&conv, "Hi, I am Ana from support.", Some("msg_reply_1"))
-            .await;
+        let r = hub.desk_reply(&conv, "Hi, I am Ana from support.", Some("msg_reply_1")).await;
         assert_eq!(r.status(), 200);
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["code"], 200);
     }
     let h = w.wait_for("human reply", |m| m["from"] == "human").await;
     assert_eq!(h["text"], "Hi, I am Ana from support.");
-    assert_eq!(
-        h["buttons"][0]["value"], "/end",
-        "the human's message offers an end button"
-    );
+    assert_eq!(h["buttons"][0]["value"], "/end", "the human's message offers an end button");
 
     // The user's next message is relayed to the desk.
     w.send("My parcel has not arrived").await;
-    let chat = eventually(WAIT, "chat at the desk", || async {
-        hub.desk.requests_to("/chat").into_iter().next()
-    })
-    .await;
+    let chat =
+        eventually(WAIT, "chat at the desk", || async { hub.desk.requests_to("/chat").into_iter().next() }).await;
     assert_eq!(chat.body["conversation_id"], conv.as_str());
     assert_eq!(chat.body["body"], "My parcel has not arrived");
 
@@ -88,15 +73,10 @@ async fn widget_faq_handoff_reply_end_and_back_to_bot() {
     .await;
     assert_eq!(close.body["conversation_id"], conv.as_str());
     assert_eq!(close.body["type"], "USER_CLOSED");
-    w.wait_for("ended notice", |m| {
-        m["from"] == "system" && m["text"].as_str().unwrap().contains("ended")
-    })
-    .await;
+    w.wait_for("ended notice", |m| m["from"] == "system" && m["text"].as_str().unwrap().contains("ended")).await;
 
     // A late human reply after the close is dropped, not relayed.
-    let r = hub
-        .desk_reply(&conv, "Are you still there?", Some("msg_reply_late"))
-        .await;
+    let r = hub.desk_reply(&conv, "Are you still there?", Some("msg_reply_late")).await;
     assert_eq!(r.status(), 200);
 
     // The bot answers again.
@@ -117,17 +97,15 @@ async fn desk_reply_without_webhook_id_is_deduplicated_by_content() {
     let hub = common::hub().await;
     let mut w = WidgetClient::start(&hub.base, "shop", Some("bo@example.com")).await;
     w.send("human").await;
-    let est = eventually(WAIT, "establish", || async {
-        hub.desk.requests_to("/conversation/establish").into_iter().next()
-    })
-    .await;
+    let est =
+        eventually(WAIT, "establish", || async { hub.desk.requests_to("/conversation/establish").into_iter().next() })
+            .await;
     let conv = est.body["conversation_id"].as_str().unwrap().to_string();
     for _ in 0..3 {
         assert_eq!(hub.desk_reply(&conv, "Hello!", None).await.status(), 200);
     }
     assert_eq!(hub.desk_reply(&conv, "Second message", None).await.status(), 200);
-    w.wait_for("second human message", |m| m["text"] == "Second message")
-        .await;
+    w.wait_for("second human message", |m| m["text"] == "Second message").await;
     let humans = w.all().await.into_iter().filter(|m| m["from"] == "human").count();
     assert_eq!(humans, 2);
     hub.running.stop().await;
@@ -138,25 +116,15 @@ async fn email_is_collected_in_chat_when_not_preset() {
     let hub = common::hub().await;
     let mut w = WidgetClient::start(&hub.base, "shop", None).await;
     w.send("I want to talk to a human").await;
-    w.wait_for("e-mail request", |m| {
-        m["text"].as_str().unwrap().contains("e-mail address")
-    })
-    .await;
+    w.wait_for("e-mail request", |m| m["text"].as_str().unwrap().contains("e-mail address")).await;
     w.send("it is not-an-address").await;
-    w.wait_for("invalid e-mail notice", |m| {
-        m["text"].as_str().unwrap().contains("does not look like")
-    })
-    .await;
+    w.wait_for("invalid e-mail notice", |m| m["text"].as_str().unwrap().contains("does not look like")).await;
     w.send("sure: cy@example.org").await;
-    let est = eventually(WAIT, "establish", || async {
-        hub.desk.requests_to("/conversation/establish").into_iter().next()
-    })
-    .await;
+    let est =
+        eventually(WAIT, "establish", || async { hub.desk.requests_to("/conversation/establish").into_iter().next() })
+            .await;
     assert_eq!(est.body["email"], "cy@example.org");
     let last = est.body["body"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!(
-        last["text"], "I want to talk to a human",
-        "the current question ends the history"
-    );
+    assert_eq!(last["text"], "I want to talk to a human", "the current question ends the history");
     hub.running.stop().await;
 }

@@ -8,11 +8,7 @@ use serde_json::{json, Value};
 async fn error_of(r: reqwest::Response) -> (u16, String, String) {
     let status = r.status().as_u16();
     let v: Value = r.json().await.unwrap();
-    (
-        status,
-        v["error"]["code"].as_str().unwrap().to_string(),
-        v["error"]["message"].as_str().unwrap().to_string(),
-    )
+    (status, v["error"]["code"].as_str().unwrap().to_string(), v["error"]["message"].as_str().unwrap().to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,12 +18,7 @@ async fn errors_are_json_with_the_right_status() {
     let w = WidgetClient::start(&hub.base, "shop", None).await;
 
     // Unknown agent.
-    let r = http
-        .post(format!("{}/api/widget/nobody/session", hub.base))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    let r = http.post(format!("{}/api/widget/nobody/session", hub.base)).json(&json!({})).send().await.unwrap();
     assert_eq!(error_of(r).await.0, 404);
 
     // Missing and forged conversation tokens.
@@ -35,13 +26,7 @@ async fn errors_are_json_with_the_right_status() {
     let r = http.post(&url).json(&json!({"text": "hi"})).send().await.unwrap();
     assert_eq!(error_of(r).await.0, 401);
     let forged = format!("{}x", w.token);
-    let r = http
-        .post(&url)
-        .bearer_auth(forged)
-        .json(&json!({"text": "hi"}))
-        .send()
-        .await
-        .unwrap();
+    let r = http.post(&url).bearer_auth(forged).json(&json!({"text": "hi"})).send().await.unwrap();
     assert_eq!(error_of(r).await.0, 401);
 
     // Malformed JSON names the problem.
@@ -59,13 +44,7 @@ async fn errors_are_json_with_the_right_status() {
 
     // Oversized body.
     let big = "x".repeat(70 * 1024);
-    let r = http
-        .post(&url)
-        .bearer_auth(&w.token)
-        .json(&json!({"text": big}))
-        .send()
-        .await
-        .unwrap();
+    let r = http.post(&url).bearer_auth(&w.token).json(&json!({"text": big})).send().await.unwrap();
     assert_eq!(error_of(r).await.0, 413);
 
     // Desk routes: missing and wrong agent tokens are refused and nothing is stored.
@@ -73,40 +52,17 @@ async fn errors_are_json_with_the_right_status() {
     let body = json!({"conversation_id": "ho_x", "timestamp": 1, "body": "hi"});
     let r = http.post(&desk_url).json(&body).send().await.unwrap();
     assert_eq!(error_of(r).await.0, 401);
-    let r = http
-        .post(&desk_url)
-        .bearer_auth("bat_wrong")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = http.post(&desk_url).bearer_auth("bat_wrong").json(&body).send().await.unwrap();
     assert_eq!(error_of(r).await.0, 401);
     // Right token, unknown conversation.
-    let r = http
-        .post(&desk_url)
-        .bearer_auth(&hub.token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = http.post(&desk_url).bearer_auth(&hub.token).json(&body).send().await.unwrap();
     assert_eq!(error_of(r).await.0, 404);
     // A probe is answered without acting.
-    let r = http
-        .post(&desk_url)
-        .bearer_auth(&hub.token)
-        .json(&json!({"istest": true}))
-        .send()
-        .await
-        .unwrap();
+    let r = http.post(&desk_url).bearer_auth(&hub.token).json(&json!({"istest": true})).send().await.unwrap();
     assert_eq!(r.status(), 200);
     // Missing field.
-    let r = http
-        .post(&desk_url)
-        .bearer_auth(&hub.token)
-        .json(&json!({"conversation_id": "ho_x"}))
-        .send()
-        .await
-        .unwrap();
+    let r =
+        http.post(&desk_url).bearer_auth(&hub.token).json(&json!({"conversation_id": "ho_x"})).send().await.unwrap();
     let (status, _, message) = error_of(r).await;
     assert_eq!(status, 400);
     assert!(message.contains("body"), "{message}");

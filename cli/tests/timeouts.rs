@@ -25,21 +25,17 @@ const SATURDAY_10: i64 = THURSDAY_10 + 2 * 86_400_000;
 async fn handed_off(hub: &common::Hub) -> (WidgetClient, String) {
     let mut w = WidgetClient::start(&hub.base, "shop", Some("t@example.com")).await;
     w.send("I want to talk to a human").await;
-    w.wait_for("waiting notice", |m| m["text"].as_str().unwrap().contains("connecting"))
-        .await;
-    let est = eventually(WAIT, "establish", || async {
-        hub.desk.requests_to("/conversation/establish").into_iter().next()
-    })
-    .await;
+    w.wait_for("waiting notice", |m| m["text"].as_str().unwrap().contains("connecting")).await;
+    let est =
+        eventually(WAIT, "establish", || async { hub.desk.requests_to("/conversation/establish").into_iter().next() })
+            .await;
     (w, est.body["conversation_id"].as_str().unwrap().to_string())
 }
 
 async fn close_request(hub: &common::Hub) -> serde_json::Value {
-    eventually(WAIT, "close at the desk", || async {
-        hub.desk.requests_to("/conversation/close").into_iter().next()
-    })
-    .await
-    .body
+    eventually(WAIT, "close at the desk", || async { hub.desk.requests_to("/conversation/close").into_iter().next() })
+        .await
+        .body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,19 +46,9 @@ async fn no_human_then_no_answer_closes_the_request_with_timeout() {
 
     clock.advance_secs(59);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(
-        w.all()
-            .await
-            .iter()
-            .all(|m| m["buttons"].as_array().is_none_or(|b| b.len() < 2)),
-        "not asked before 60 s"
-    );
+    assert!(w.all().await.iter().all(|m| m["buttons"].as_array().is_none_or(|b| b.len() < 2)), "not asked before 60 s");
     clock.advance_secs(2);
-    let q = w
-        .wait_for("end-or-wait question", |m| {
-            m["buttons"].as_array().is_some_and(|b| b.len() == 2)
-        })
-        .await;
+    let q = w.wait_for("end-or-wait question", |m| m["buttons"].as_array().is_some_and(|b| b.len() == 2)).await;
     assert_eq!(q["buttons"][0]["value"], "/keep_waiting");
     assert_eq!(q["buttons"][1]["value"], "/end");
 
@@ -70,10 +56,7 @@ async fn no_human_then_no_answer_closes_the_request_with_timeout() {
     let close = close_request(&hub).await;
     assert_eq!(close["conversation_id"], conv.as_str());
     assert_eq!(close["type"], "TIMEOUT");
-    w.wait_for("timed-out notice", |m| {
-        m["text"].as_str().unwrap().contains("nobody could answer")
-    })
-    .await;
+    w.wait_for("timed-out notice", |m| m["text"].as_str().unwrap().contains("nobody could answer")).await;
     // The bot answers again.
     w.send("What are your opening hours?").await;
     w.wait_for("bot answer", |m| m["from"] == "bot").await;
@@ -87,51 +70,30 @@ async fn keep_waiting_then_session_timeout_after_the_humans_last_message() {
     let (mut w, conv) = handed_off(&hub).await;
 
     clock.advance_secs(61);
-    w.wait_for("question", |m| m["buttons"].as_array().is_some_and(|b| b.len() == 2))
-        .await;
+    w.wait_for("question", |m| m["buttons"].as_array().is_some_and(|b| b.len() == 2)).await;
     w.send("/keep_waiting").await;
-    w.wait_for("kept waiting", |m| m["text"].as_str().unwrap().contains("keep waiting"))
-        .await;
+    w.wait_for("kept waiting", |m| m["text"].as_str().unwrap().contains("keep waiting")).await;
     // The old question's reply timer is void: nothing closes 61 s later, the wait timer asks again.
     clock.advance_secs(61);
-    w.wait_for("asked again", |m| m["buttons"].as_array().is_some_and(|b| b.len() == 2))
-        .await;
+    w.wait_for("asked again", |m| m["buttons"].as_array().is_some_and(|b| b.len() == 2)).await;
     assert!(hub.desk.requests_to("/conversation/close").is_empty());
 
     // A human replies: the session is official; the user answers, the human writes again.
-    assert_eq!(
-        hub.desk_reply(&conv, "Sorry for the wait!", Some("msg_h1"))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(hub.desk_reply(&conv, "Sorry for the wait!", Some("msg_h1")).await.status(), 200);
     w.wait_for("human", |m| m["from"] == "human").await;
     clock.advance_secs(100);
     w.send("No problem").await;
-    eventually(WAIT, "user message at the desk", || async {
-        hub.desk.requests_to("/chat").into_iter().next()
-    })
-    .await;
+    eventually(WAIT, "user message at the desk", || async { hub.desk.requests_to("/chat").into_iter().next() }).await;
     clock.advance_secs(170);
-    assert_eq!(
-        hub.desk_reply(&conv, "Anything else?", Some("msg_h2")).await.status(),
-        200
-    );
-    w.wait_for("second human message", |m| m["text"] == "Anything else?")
-        .await;
+    assert_eq!(hub.desk_reply(&conv, "Anything else?", Some("msg_h2")).await.status(), 200);
+    w.wait_for("second human message", |m| m["text"] == "Anything else?").await;
     clock.advance_secs(179);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(
-        hub.desk.requests_to("/conversation/close").is_empty(),
-        "180 s count from the human's last message"
-    );
+    assert!(hub.desk.requests_to("/conversation/close").is_empty(), "180 s count from the human's last message");
     clock.advance_secs(2);
     let close = close_request(&hub).await;
     assert_eq!(close["type"], "TIMEOUT");
-    w.wait_for("session ended notice", |m| {
-        m["text"].as_str().unwrap().contains("no reply for a while")
-    })
-    .await;
+    w.wait_for("session ended notice", |m| m["text"].as_str().unwrap().contains("no reply for a while")).await;
     hub.running.stop().await;
 }
 
@@ -142,12 +104,8 @@ async fn the_user_can_cancel_while_waiting() {
     let (mut w, conv) = handed_off(&hub).await;
     w.send("/end").await;
     let close = close_request(&hub).await;
-    assert_eq!(
-        (close["conversation_id"].as_str(), close["type"].as_str()),
-        (Some(conv.as_str()), Some("USER_CLOSED"))
-    );
-    w.wait_for("ended notice", |m| m["text"].as_str().unwrap().contains("You ended"))
-        .await;
+    assert_eq!((close["conversation_id"].as_str(), close["type"].as_str()), (Some(conv.as_str()), Some("USER_CLOSED")));
+    w.wait_for("ended notice", |m| m["text"].as_str().unwrap().contains("You ended")).await;
     // No timer is left to fire.
     clock.advance_secs(3600);
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -185,32 +143,15 @@ async fn outside_service_hours_the_user_is_told_when_and_a_ticket_is_opened() {
     w.send("What are your opening hours?").await;
     w.wait_for("bot answer", |m| m["from"] == "bot").await;
     w.send("I want to talk to a human").await;
-    let m = w
-        .wait_for("out-of-hours reply", |m| {
-            m["text"].as_str().unwrap().contains("not available")
-        })
-        .await;
-    assert!(
-        m["text"].as_str().unwrap().contains("2024-12-16 09:00 (Europe/Zagreb)"),
-        "{m}"
-    );
-    let ticket = eventually(WAIT, "ticket", || async {
-        hub.desk.requests_to("/tickets").into_iter().next()
-    })
-    .await;
+    let m = w.wait_for("out-of-hours reply", |m| m["text"].as_str().unwrap().contains("not available")).await;
+    assert!(m["text"].as_str().unwrap().contains("2024-12-16 09:00 (Europe/Zagreb)"), "{m}");
+    let ticket = eventually(WAIT, "ticket", || async { hub.desk.requests_to("/tickets").into_iter().next() }).await;
     assert_eq!(ticket.body["type"], "handoff.fallback");
     assert_eq!(ticket.body["data"]["email"], "sat@example.com");
     assert_eq!(ticket.body["data"]["question"], "I want to talk to a human");
-    assert_eq!(
-        ticket.body["data"]["history"][0]["text"],
-        "What are your opening hours?"
-    );
-    w.wait_for("fallback notice", |m| m["text"].as_str().unwrap().contains("ticket T-"))
-        .await;
-    assert!(
-        hub.desk.requests_to("/conversation/establish").is_empty(),
-        "no desk conversation outside hours"
-    );
+    assert_eq!(ticket.body["data"]["history"][0]["text"], "What are your opening hours?");
+    w.wait_for("fallback notice", |m| m["text"].as_str().unwrap().contains("ticket T-")).await;
+    assert!(hub.desk.requests_to("/conversation/establish").is_empty(), "no desk conversation outside hours");
 
     // On Monday at 09:00 the team is there.
     clock.advance_secs(2 * 86_400 - 3600);
@@ -234,10 +175,7 @@ async fn an_unavailable_desk_is_never_a_silent_wait() {
     hub.running.ports.store.set_desk_status("shop", &rec).await.unwrap();
     let mut w = WidgetClient::start(&hub.base, "shop", Some("u@example.com")).await;
     w.send("human").await;
-    w.wait_for("desk unavailable notice", |m| {
-        m["text"].as_str().unwrap().contains("cannot be reached")
-    })
-    .await;
+    w.wait_for("desk unavailable notice", |m| m["text"].as_str().unwrap().contains("cannot be reached")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(hub.desk.requests_to("/conversation/establish").is_empty());
     hub.running.stop().await;
@@ -258,12 +196,8 @@ async fn a_desk_outage_loses_nothing_and_keeps_the_order() {
     let got = eventually(Duration::from_secs(20), "every message after the outage", || {
         clock.advance_secs(30);
         async {
-            let chats: Vec<String> = hub
-                .desk
-                .requests_to("/chat")
-                .iter()
-                .map(|r| r.body["body"].as_str().unwrap().to_string())
-                .collect();
+            let chats: Vec<String> =
+                hub.desk.requests_to("/chat").iter().map(|r| r.body["body"].as_str().unwrap().to_string()).collect();
             (chats.len() >= 5).then_some(chats)
         }
     })

@@ -52,10 +52,7 @@ impl FakeDesk {
     pub async fn start(signing_secret: Option<&str>) -> FakeDesk {
         let secret = signing_secret.map(|s| Arc::new(SigningSecret::parse(s).expect("valid whsec_ secret")));
         let log = Arc::new(Mutex::new(DeskLog::default()));
-        let state = DeskState {
-            log: log.clone(),
-            secret,
-        };
+        let state = DeskState { log: log.clone(), secret };
         // Any path is accepted and recorded, so the same server also plays a ticket system.
         let app = Router::new().fallback(post(handle)).with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -103,49 +100,31 @@ async fn handle(
 ) -> (StatusCode, Json<Value>) {
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
     if let Some(secret) = &st.secret {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
         let ok = WebhookHeaders::from_header_map(&headers).and_then(|w| secret.verify(&w, &body, now));
         if ok.is_err() {
             st.log.lock().unwrap().bad_signatures += 1;
-            return (
-                StatusCode::UNAUTHORIZED,
-                Json(json!({"code": 401, "message": "bad signature"})),
-            );
+            return (StatusCode::UNAUTHORIZED, Json(json!({"code": 401, "message": "bad signature"})));
         }
     }
     let mut log = st.log.lock().unwrap();
     if let Some(expected) = &log.expect_auth {
         if h("authorization").as_deref() != Some(expected.as_str()) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                Json(json!({"code": 401, "message": "bad credentials"})),
-            );
+            return (StatusCode::UNAUTHORIZED, Json(json!({"code": 401, "message": "bad credentials"})));
         }
     }
     if log.fail_next > 0 {
         log.fail_next -= 1;
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"code": 503, "message": "down for maintenance"})),
-        );
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"code": 503, "message": "down for maintenance"})));
     }
     let Ok(value) = serde_json::from_slice::<Value>(&body) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"code": 400, "message": "not JSON"})),
-        );
+        return (StatusCode::BAD_REQUEST, Json(json!({"code": 400, "message": "not JSON"})));
     };
     let webhook_id = h("webhook-id");
     if let Some(id) = &webhook_id {
         if log.requests.iter().any(|r| r.webhook_id.as_deref() == Some(id)) {
             log.duplicates += 1;
-            return (
-                StatusCode::OK,
-                Json(json!({"code": 200, "message": "duplicate ignored"})),
-            );
+            return (StatusCode::OK, Json(json!({"code": 200, "message": "duplicate ignored"})));
         }
     }
     if value.get("istest").and_then(Value::as_bool) != Some(true) {
@@ -157,8 +136,5 @@ async fn handle(
         });
     }
     let ticket = format!("T-{}", log.requests.len());
-    (
-        StatusCode::OK,
-        Json(json!({"code": 200, "message": "success", "ticket_id": ticket})),
-    )
+    (StatusCode::OK, Json(json!({"code": 200, "message": "success", "ticket_id": ticket})))
 }

@@ -1,7 +1,10 @@
 //! Test support shared by the end-to-end tests: a fake webhook desk that follows the
-//! webhook-desk contract and checks what it receives, a widget client, and polling helpers.
+//! webhook-desk contract and checks what it receives, a widget client, polling helpers,
+//! a moto server for the AWS adapters and the ports' conformance suite.
 
+pub mod conformance;
 pub mod desk;
+pub mod moto;
 pub mod widget;
 
 use std::future::Future;

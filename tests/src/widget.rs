@@ -15,20 +15,12 @@ pub struct WidgetClient {
 impl WidgetClient {
     /// Start a widget conversation, optionally with a preset e-mail (`?email=`).
     pub async fn start(base: &str, agent: &str, email: Option<&str>) -> WidgetClient {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
         let body = match email {
             Some(e) => json!({"email": e}),
             None => json!({}),
         };
-        let r = http
-            .post(format!("{base}/api/widget/{agent}/session"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = http.post(format!("{base}/api/widget/{agent}/session")).json(&body).send().await.unwrap();
         assert_eq!(r.status(), 200, "session: {}", r.text().await.unwrap_or_default());
         let v: Value = r.json().await.unwrap();
         WidgetClient {
@@ -53,13 +45,7 @@ impl WidgetClient {
     }
 
     pub async fn send(&self, text: &str) {
-        let id = format!(
-            "c{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        );
+        let id = format!("c{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
         let r = self.send_with_id(text, &id).await;
         assert_eq!(r.status(), 202, "send: {}", r.text().await.unwrap_or_default());
     }
@@ -79,10 +65,7 @@ impl WidgetClient {
     pub async fn messages_after(&self, cursor: i64) -> Vec<Value> {
         let r = self
             .http
-            .get(format!(
-                "{}/api/widget/{}/messages?after={cursor}",
-                self.base, self.agent
-            ))
+            .get(format!("{}/api/widget/{}/messages?after={cursor}", self.base, self.agent))
             .bearer_auth(&self.token)
             .send()
             .await

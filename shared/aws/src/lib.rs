@@ -9,16 +9,23 @@
 //!   delayed messages, re-armed for waits longer than SQS allows.
 //!
 //! The table layout is described in [`table`]; [`create_table`] builds it exactly as the
-//! production template does, for tests and local use.
+//! production template does, for tests and local use. [`redrive()`] moves messages from a
+//! dead-letter queue back to their queue (`baton redrive`).
 
 mod messages;
 mod queue;
+mod redrive;
 mod store;
 pub mod table;
 mod timers;
 
+/// The SDK crates, re-exported so callers build clients of exactly the versions used here.
+pub use aws_sdk_dynamodb;
+pub use aws_sdk_sqs;
+
 pub use queue::{create_event_queue, dedup_id, group_id, parse_event, MessageError, SqsEventQueue};
-pub use store::DynamoStore;
+pub use redrive::{redrive, RedriveError};
+pub use store::{DynamoStore, DEFAULT_MESSAGE_RETENTION, SEEN_RETENTION_SECS};
 pub use table::create_table;
 pub use timers::{create_timer_queue, delay_seconds, SqsTimers, TimerError, TimerMessage, TimerOutcome, TIMER_SCHEMA};
 
@@ -30,10 +37,7 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErro
 /// `AWS_ENDPOINT_URL` (moto or LocalStack locally).
 pub async fn clients_from_env() -> (aws_sdk_dynamodb::Client, aws_sdk_sqs::Client) {
     let config = aws_config::defaults(BehaviorVersion::latest()).load().await;
-    (
-        aws_sdk_dynamodb::Client::new(&config),
-        aws_sdk_sqs::Client::new(&config),
-    )
+    (aws_sdk_dynamodb::Client::new(&config), aws_sdk_sqs::Client::new(&config))
 }
 
 /// Describe an SDK error for logs and `StoreError`/`QueueError` messages: the service's

@@ -65,10 +65,7 @@ impl DynamoStore {
                 })
             }
         };
-        let expires = expiry(
-            at,
-            i64::try_from(self.message_retention.as_secs()).unwrap_or(i64::MAX),
-        );
+        let expires = expiry(at, i64::try_from(self.message_retention.as_secs()).unwrap_or(i64::MAX));
         let mut marker = key_of(idem.as_str(), "-");
         marker.insert("conversation".into(), s(key.to_string()));
         marker.insert("seq".into(), n(seq));
@@ -79,15 +76,12 @@ impl DynamoStore {
         item.insert("doc".into(), s(encode(message)?));
         item.insert("schema".into(), n(RECORD_SCHEMA));
         item.insert(EXPIRES_AT.into(), n(expires));
-        match self
-            .transact(vec![self.put_new(marker)?, self.put_new(item)?], "append message")
-            .await?
-        {
+        match self.transact(vec![self.put_new(marker)?, self.put_new(item)?], "append message").await? {
             Tx::Done => Ok(Some(seq)),
             Tx::Cancelled(codes) if failed_with(&codes, 0, CONDITION_FAILED) => Ok(None),
-            Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!(
-                "dynamodb append message cancelled: {codes:?}"
-            ))),
+            Tx::Cancelled(codes) => {
+                Err(StoreError::Unavailable(format!("dynamodb append message cancelled: {codes:?}")))
+            }
         }
     }
 

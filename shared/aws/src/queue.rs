@@ -55,12 +55,8 @@ pub fn parse_event(body: &str) -> Result<Event, MessageError> {
         )));
     }
     // serde does not validate the key's parts; a redriven or hand-made message might.
-    ConversationKey::new(
-        &event.conversation.agent,
-        event.conversation.channel,
-        &event.conversation.user,
-    )
-    .map_err(|e| MessageError(format!("bad conversation: {e}")))?;
+    ConversationKey::new(&event.conversation.agent, event.conversation.channel, &event.conversation.user)
+        .map_err(|e| MessageError(format!("bad conversation: {e}")))?;
     Ok(event)
 }
 
@@ -73,10 +69,7 @@ pub struct SqsEventQueue {
 
 impl SqsEventQueue {
     pub fn new(client: Client, queue_url: impl Into<String>) -> SqsEventQueue {
-        SqsEventQueue {
-            client,
-            queue_url: queue_url.into(),
-        }
+        SqsEventQueue { client, queue_url: queue_url.into() }
     }
 
     pub fn queue_url(&self) -> &str {
@@ -123,15 +116,8 @@ pub(crate) fn check_batch(out: &SendMessageBatchOutput) -> Result<(), QueueError
     if failed.is_empty() {
         return Ok(());
     }
-    let reasons: Vec<String> = failed
-        .iter()
-        .map(|f| format!("entry {}: {}", f.id(), f.code()))
-        .collect();
-    Err(QueueError(format!(
-        "sqs send batch: {} of the events were not queued ({})",
-        failed.len(),
-        reasons.join(", ")
-    )))
+    let reasons: Vec<String> = failed.iter().map(|f| format!("entry {}: {}", f.id(), f.code())).collect();
+    Err(QueueError(format!("sqs send batch: {} of the events were not queued ({})", failed.len(), reasons.join(", "))))
 }
 
 #[async_trait]
@@ -176,17 +162,20 @@ impl EventQueue for SqsEventQueue {
 
 /// Create the FIFO event queue (`name` must end in `.fifo`) and return its URL; an
 /// existing queue with the same attributes is returned as is. For tests and local use:
-/// production queues (with their DLQ) come from the template.
+/// production queues (with their DLQ) come from the template, with the same FIFO settings
+/// (deduplication and throughput per message group, i.e. per conversation).
 pub async fn create_event_queue(client: &Client, name: &str) -> Result<String, QueueError> {
     let out = client
         .create_queue()
         .queue_name(name)
         .attributes(QueueAttributeName::FifoQueue, "true")
+        .attributes(QueueAttributeName::ContentBasedDeduplication, "false")
+        .attributes(QueueAttributeName::DeduplicationScope, "messageGroup")
+        .attributes(QueueAttributeName::FifoThroughputLimit, "perMessageGroupId")
         .send()
         .await
         .map_err(|e| queue_err("create queue", &e))?;
-    out.queue_url
-        .ok_or_else(|| QueueError(format!("sqs create queue {name}: no URL returned")))
+    out.queue_url.ok_or_else(|| QueueError(format!("sqs create queue {name}: no URL returned")))
 }
 
 #[cfg(test)]
@@ -225,23 +214,12 @@ mod tests {
 
     #[test]
     fn a_failed_entry_fails_the_batch() {
-        let ok = SendMessageBatchOutput::builder()
-            .set_successful(Some(vec![]))
-            .set_failed(Some(vec![]))
-            .build()
-            .unwrap();
+        let ok =
+            SendMessageBatchOutput::builder().set_successful(Some(vec![])).set_failed(Some(vec![])).build().unwrap();
         assert_eq!(check_batch(&ok), Ok(()));
-        let failed = BatchResultErrorEntry::builder()
-            .id("3")
-            .sender_fault(false)
-            .code("InternalError")
-            .build()
-            .unwrap();
-        let bad = SendMessageBatchOutput::builder()
-            .set_successful(Some(vec![]))
-            .failed(failed)
-            .build()
-            .unwrap();
+        let failed =
+            BatchResultErrorEntry::builder().id("3").sender_fault(false).code("InternalError").build().unwrap();
+        let bad = SendMessageBatchOutput::builder().set_successful(Some(vec![])).failed(failed).build().unwrap();
         let err = check_batch(&bad).unwrap_err();
         assert!(err.0.contains("entry 3: InternalError"), "{err}");
     }

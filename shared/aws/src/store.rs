@@ -181,11 +181,7 @@ impl DynamoStore {
     }
 
     pub(crate) fn put(&self, item: Item) -> Result<TransactWriteItem, StoreError> {
-        let put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .build()
-            .map_err(build_err)?;
+        let put = Put::builder().table_name(&self.table).set_item(Some(item)).build().map_err(build_err)?;
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
@@ -234,21 +230,12 @@ impl DynamoStore {
     }
 
     pub(crate) async fn transact(&self, items: Vec<TransactWriteItem>, what: &str) -> Result<Tx, StoreError> {
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await
-        {
+        match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
             Ok(_) => Ok(Tx::Done),
             Err(e) => {
                 if let Some(TransactWriteItemsError::TransactionCanceledException(c)) = e.as_service_error() {
-                    let codes = c
-                        .cancellation_reasons()
-                        .iter()
-                        .map(|r| r.code().unwrap_or("None").to_string())
-                        .collect();
+                    let codes =
+                        c.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None").to_string()).collect();
                     return Ok(Tx::Cancelled(codes));
                 }
                 Err(unavailable(what, &e))
@@ -281,13 +268,14 @@ impl DynamoStore {
 
     /// Sessions whose armed timer is due at `now`, with the timer's generation, earliest
     /// first: the EventBridge sweeper turns them into `TimerFired` events, catching timers
-    /// whose delayed SQS message was lost. Reads the sparse `due` GSI (eventually
-    /// consistent: a just-armed timer may show up one sweep later).
+    /// whose delayed SQS message was lost. Candidates come from the sparse, KEYS_ONLY `due`
+    /// GSI (eventually consistent: a just-armed timer may show up one sweep later); each is
+    /// read back from the table, so a timer disarmed or moved since is not reported.
     pub async fn sessions_due(&self, now: Millis, limit: usize) -> Result<Vec<(ConversationKey, u64)>, StoreError> {
-        let mut found: Vec<(i64, ConversationKey, u64)> = Vec::new();
         if limit == 0 {
             return Ok(Vec::new());
         }
+        let mut candidates: Vec<(i64, String)> = Vec::new();
         for shard in 0..SHARDS {
             let mut taken = 0;
             let mut start: Option<Item> = None;
@@ -306,17 +294,13 @@ impl DynamoStore {
                     .await
                     .map_err(|e| unavailable("query due", &e))?;
                 for item in out.items() {
-                    let pk = get_s(item, PK, "due index")?;
-                    let parsed = parse_conv_pk(pk).and_then(|key| {
-                        Ok((get_n::<i64>(item, DUE_AT, pk)?, key, get_n::<u64>(item, DUE_GEN, pk)?))
-                    });
-                    match parsed {
-                        Ok(row) => {
-                            found.push(row);
+                    match (get_s(item, PK, "due index"), get_n::<i64>(item, DUE_AT, "due index")) {
+                        (Ok(pk), Ok(due)) => {
+                            candidates.push((due, pk.to_string()));
                             taken += 1;
                         }
                         // One unreadable item must not stop the sweeper for everyone.
-                        Err(e) => tracing::error!(error = %e, "skipping an unreadable due session"),
+                        (Err(e), _) | (_, Err(e)) => tracing::error!(error = %e, "skipping an unreadable due session"),
                     }
                 }
                 start = out.last_evaluated_key;
@@ -325,9 +309,31 @@ impl DynamoStore {
                 }
             }
         }
-        found.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        found.truncate(limit);
-        Ok(found.into_iter().map(|(_, k, g)| (k, g)).collect())
+        candidates.sort();
+        candidates.truncate(limit);
+        let keys = candidates.iter().map(|(_, pk)| key_of(pk.as_str(), "SESSION")).collect();
+        let mut sessions = self
+            .batch_get(keys, Some(("#pk, #d, #g", &[("#pk", PK), ("#d", DUE_AT), ("#g", DUE_GEN)])), "due sessions")
+            .await?;
+        let mut out = Vec::new();
+        for (_, pk) in candidates {
+            let Some(item) = sessions.remove(&pk) else {
+                continue;
+            };
+            // No timer any more (the attributes are gone) or moved later: not due.
+            let (Ok(due), Ok(generation)) = (get_n::<i64>(&item, DUE_AT, &pk), get_n::<u64>(&item, DUE_GEN, &pk))
+            else {
+                continue;
+            };
+            if due > now.0 {
+                continue;
+            }
+            match parse_conv_pk(&pk) {
+                Ok(key) => out.push((key, generation)),
+                Err(e) => tracing::error!(error = %e, "skipping an unreadable due session"),
+            }
+        }
+        Ok(out)
     }
 
     /// The next attempt of the conversation's outbox head, if it has one.
@@ -344,48 +350,51 @@ impl DynamoStore {
             .send()
             .await
             .map_err(|e| unavailable("query outbox head", &e))?;
-        out.items()
-            .first()
-            .map(|item| get_n::<i64>(item, "next_attempt_at", conv).map(Millis))
-            .transpose()
+        out.items().first().map(|item| get_n::<i64>(item, "next_attempt_at", conv).map(Millis)).transpose()
     }
 
-    async fn agents_by_id(&self, ids: &[String]) -> Result<HashMap<String, Item>, StoreError> {
+    /// Strongly consistent BatchGetItem of `keys` (any number, each at most once), by pk;
+    /// `projection` is an expression with its attribute names. Unprocessed keys (throttling)
+    /// are asked for again a few times.
+    async fn batch_get(
+        &self,
+        keys: Vec<Item>,
+        projection: Option<(&str, &[(&str, &str)])>,
+        what: &str,
+    ) -> Result<HashMap<String, Item>, StoreError> {
         let mut out = HashMap::new();
-        for chunk in ids.chunks(100) {
-            let mut keys: Vec<Item> = chunk.iter().map(|id| key_of(agent_pk(id), "CONFIG")).collect();
+        let mut keys = keys.into_iter().peekable();
+        while keys.peek().is_some() {
+            let mut chunk: Vec<Item> = keys.by_ref().take(100).collect();
             for _ in 0..10 {
-                if keys.is_empty() {
+                if chunk.is_empty() {
                     break;
                 }
-                let request = KeysAndAttributes::builder()
-                    .set_keys(Some(std::mem::take(&mut keys)))
-                    .consistent_read(true)
-                    .build()
-                    .map_err(build_err)?;
+                let mut request =
+                    KeysAndAttributes::builder().set_keys(Some(std::mem::take(&mut chunk))).consistent_read(true);
+                if let Some((expression, attribute_names)) = projection {
+                    request = request
+                        .projection_expression(expression)
+                        .set_expression_attribute_names(names(attribute_names));
+                }
                 let got = self
                     .client
                     .batch_get_item()
-                    .request_items(&self.table, request)
+                    .request_items(&self.table, request.build().map_err(build_err)?)
                     .send()
                     .await
-                    .map_err(|e| unavailable("batch get agents", &e))?;
+                    .map_err(|e| unavailable(what, &e))?;
                 if let Some(items) = got.responses.and_then(|mut r| r.remove(&self.table)) {
                     for item in items {
-                        let pk = get_s(&item, PK, "agent")?.to_string();
+                        let pk = get_s(&item, PK, what)?.to_string();
                         out.insert(pk, item);
                     }
                 }
-                keys = got
-                    .unprocessed_keys
-                    .and_then(|mut u| u.remove(&self.table))
-                    .map(|k| k.keys)
-                    .unwrap_or_default();
+                chunk =
+                    got.unprocessed_keys.and_then(|mut u| u.remove(&self.table)).map(|k| k.keys).unwrap_or_default();
             }
-            if !keys.is_empty() {
-                return Err(StoreError::Unavailable(
-                    "dynamodb batch get agents: throttled, try again".into(),
-                ));
+            if !chunk.is_empty() {
+                return Err(StoreError::Unavailable(format!("dynamodb {what}: throttled, try again")));
             }
         }
         Ok(out)
@@ -407,10 +416,8 @@ fn link_from_item(item: &Item, what: &str) -> Result<DeskLink, StoreError> {
         agent: get_s(item, "agent", what)?.to_string(),
         desk_conversation_id: get_s(item, "desk_conversation_id", what)?.to_string(),
         handoff_id: get_s(item, "handoff_id", what)?.to_string(),
-        conversation: ConversationKey::parse(conversation).map_err(|e| StoreError::Corrupt {
-            key: what.to_string(),
-            message: e.to_string(),
-        })?,
+        conversation: ConversationKey::parse(conversation)
+            .map_err(|e| StoreError::Corrupt { key: what.to_string(), message: e.to_string() })?,
     })
 }
 
@@ -443,14 +450,9 @@ impl Store for DynamoStore {
         config.insert("schema".into(), n(AGENT_SCHEMA));
         let mut index = key_of("AGENTS", agent_pk(&agent.id));
         index.insert("agent".into(), s(agent.id.as_str()));
-        match self
-            .transact(vec![self.put(config)?, self.put(index)?], "put agent")
-            .await?
-        {
+        match self.transact(vec![self.put(config)?, self.put(index)?], "put agent").await? {
             Tx::Done => Ok(()),
-            Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!(
-                "dynamodb put agent cancelled: {codes:?}"
-            ))),
+            Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!("dynamodb put agent cancelled: {codes:?}"))),
         }
     }
 
@@ -461,7 +463,8 @@ impl Store for DynamoStore {
             .iter()
             .map(|item| get_s(item, "agent", "agent index").map(str::to_string))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut configs = self.agents_by_id(&ids).await?;
+        let keys = ids.iter().map(|id| key_of(agent_pk(id), "CONFIG")).collect();
+        let mut configs = self.batch_get(keys, None, "batch get agents").await?;
         let mut out = Vec::with_capacity(ids.len());
         // The index is sorted by `AGENT#{id}`, i.e. by id, like the SQLite store.
         for id in &ids {
@@ -498,12 +501,10 @@ impl Store for DynamoStore {
         ];
         match self.transact(items, "add token").await? {
             Tx::Done => Ok(()),
-            Tx::Cancelled(codes) if failed_with(&codes, 0, CONDITION_FAILED) => Err(StoreError::Unavailable(
-                "this token is already registered to another agent".into(),
-            )),
-            Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!(
-                "dynamodb add token cancelled: {codes:?}"
-            ))),
+            Tx::Cancelled(codes) if failed_with(&codes, 0, CONDITION_FAILED) => {
+                Err(StoreError::Unavailable("this token is already registered to another agent".into()))
+            }
+            Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!("dynamodb add token cancelled: {codes:?}"))),
         }
     }
 
@@ -536,9 +537,7 @@ impl Store for DynamoStore {
                 // Revoked concurrently: not ours to count.
                 Tx::Cancelled(codes) if failed_with(&codes, 0, CONDITION_FAILED) => {}
                 Tx::Cancelled(codes) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "dynamodb revoke token cancelled: {codes:?}"
-                    )))
+                    return Err(StoreError::Unavailable(format!("dynamodb revoke token cancelled: {codes:?}")))
                 }
             }
         }
@@ -569,10 +568,7 @@ impl Store for DynamoStore {
     }
 
     async fn is_seen(&self, event_id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .get(&format!("SEEN#{}", key_part(event_id)), "-")
-            .await?
-            .is_some())
+        Ok(self.get(&format!("SEEN#{}", key_part(event_id)), "-").await?.is_some())
     }
 
     /// One `TransactWriteItems`: [session (version condition), seen id (must be new),
@@ -621,9 +617,7 @@ impl Store for DynamoStore {
                 .set_expression_attribute_names(names(&[("#v", "version")]))
                 .set_expression_attribute_values(values(vec![(":v", n(expected))]))
         };
-        let mut items = vec![TransactWriteItem::builder()
-            .put(session_put.build().map_err(build_err)?)
-            .build()];
+        let mut items = vec![TransactWriteItem::builder().put(session_put.build().map_err(build_err)?).build()];
 
         let mut seen = key_of(format!("SEEN#{}", key_part(&commit.event_id)), "-");
         seen.insert("conversation".into(), s(key.to_string()));
@@ -655,9 +649,7 @@ impl Store for DynamoStore {
             {
                 Ok(CommitOutcome::VersionConflict)
             }
-            Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!(
-                "dynamodb commit cancelled: {codes:?}"
-            ))),
+            Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!("dynamodb commit cancelled: {codes:?}"))),
         }
     }
 
@@ -671,9 +663,7 @@ impl Store for DynamoStore {
                 let effect: PendingEffect = decode_doc(item, &what, EFFECT_SCHEMA)?;
                 Ok(OutboxItem {
                     effect,
-                    attempts: get_n::<u64>(item, "attempts", &what)?
-                        .try_into()
-                        .unwrap_or(u32::MAX),
+                    attempts: get_n::<u64>(item, "attempts", &what)?.try_into().unwrap_or(u32::MAX),
                     next_attempt_at: Millis(get_n(item, "next_attempt_at", &what)?),
                 })
             })
@@ -699,16 +689,13 @@ impl Store for DynamoStore {
             .set_expression_attribute_names(names(&[("#pk", PK)]))
             .build()
             .map_err(build_err)?;
-        let items = vec![
-            TransactWriteItem::builder().delete(delete).build(),
-            self.trace_put(&conv, &trace)?,
-        ];
+        let items = vec![TransactWriteItem::builder().delete(delete).build(), self.trace_put(&conv, &trace)?];
         match self.transact(items, "complete effect").await? {
             Tx::Done => Ok(()),
             Tx::Cancelled(codes) if failed_with(&codes, 0, CONDITION_FAILED) => Ok(()),
-            Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!(
-                "dynamodb complete effect cancelled: {codes:?}"
-            ))),
+            Tx::Cancelled(codes) => {
+                Err(StoreError::Unavailable(format!("dynamodb complete effect cancelled: {codes:?}")))
+            }
         }
     }
 
@@ -740,16 +727,11 @@ impl Store for DynamoStore {
             .set_expression_attribute_values(values(vec![(":a", n(attempts)), (":n", n(next_attempt_at.0))]))
             .build()
             .map_err(build_err)?;
-        let items = vec![
-            TransactWriteItem::builder().update(update).build(),
-            self.trace_put(&conv, &trace)?,
-        ];
+        let items = vec![TransactWriteItem::builder().update(update).build(), self.trace_put(&conv, &trace)?];
         match self.transact(items, "defer effect").await? {
             Tx::Done => Ok(()),
             Tx::Cancelled(codes) if failed_with(&codes, 0, CONDITION_FAILED) => Ok(()),
-            Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!(
-                "dynamodb defer effect cancelled: {codes:?}"
-            ))),
+            Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!("dynamodb defer effect cancelled: {codes:?}"))),
         }
     }
 
@@ -819,10 +801,8 @@ impl Store for DynamoStore {
     async fn put_desk_link(&self, link: &DeskLink) -> Result<(), StoreError> {
         let by_desk = desk_pk(&link.agent, &link.desk_conversation_id);
         let by_handoff = handoff_pk(&link.handoff_id);
-        let mut items = vec![
-            self.put(link_item(by_desk.clone(), link))?,
-            self.put(link_item(by_handoff.clone(), link))?,
-        ];
+        let mut items =
+            vec![self.put(link_item(by_desk.clone(), link))?, self.put(link_item(by_handoff.clone(), link))?];
         if let Some(old) = self.get(&by_desk, "MAP").await? {
             let old = link_from_item(&old, &by_desk)?;
             if old.handoff_id != link.handoff_id {
@@ -849,26 +829,20 @@ impl Store for DynamoStore {
         }
         match self.transact(items, "put desk link").await? {
             Tx::Done => Ok(()),
-            Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!(
-                "dynamodb put desk link cancelled: {codes:?}"
-            ))),
+            Tx::Cancelled(codes) => {
+                Err(StoreError::Unavailable(format!("dynamodb put desk link cancelled: {codes:?}")))
+            }
         }
     }
 
     async fn desk_link(&self, agent: &str, desk_conversation_id: &str) -> Result<Option<DeskLink>, StoreError> {
         let pk = desk_pk(agent, desk_conversation_id);
-        self.get(&pk, "MAP")
-            .await?
-            .map(|item| link_from_item(&item, &pk))
-            .transpose()
+        self.get(&pk, "MAP").await?.map(|item| link_from_item(&item, &pk)).transpose()
     }
 
     async fn desk_link_for_handoff(&self, handoff_id: &str) -> Result<Option<DeskLink>, StoreError> {
         let pk = handoff_pk(handoff_id);
-        self.get(&pk, "MAP")
-            .await?
-            .map(|item| link_from_item(&item, &pk))
-            .transpose()
+        self.get(&pk, "MAP").await?.map(|item| link_from_item(&item, &pk)).transpose()
     }
 
     async fn set_desk_status(&self, agent: &str, status: &DeskStatusRecord) -> Result<(), StoreError> {

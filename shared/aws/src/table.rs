@@ -16,10 +16,15 @@
 //! | user message | `CONV#{key}` / `MSG#{seq:020}` | `seq`, `at`, `doc`, `expires_at` |
 //! | message idempotency | `IDEM#{key}` / `-` | `expires_at` |
 //!
-//! Two sparse GSIs, sharded so no single partition takes every write: `due`
-//! (`due_shard`, `due_at`) holds sessions with an armed timer, for the sweeper; `outbox_due`
-//! (`obx_shard`, `obx_due`) holds outbox items, for retrying effects after a failure or crash.
-//! TTL is on `expires_at` (unix seconds).
+//! Two sparse GSIs, both KEYS_ONLY and sharded so no single partition takes every write:
+//! `due` (`due_shard`, `due_at`) holds sessions with an armed timer, for the sweeper;
+//! `outbox_due` (`obx_shard`, `obx_due`) holds outbox items, for retrying effects after a
+//! failure or crash. Candidates found there are read back from the table (strongly
+//! consistent) before they count. TTL is on `expires_at` (unix seconds).
+//!
+//! [`create_table`] matches the `template.yaml` table in keys, indexes, billing and TTL;
+//! point-in-time recovery and KMS encryption are left to the template (DynamoDB Local and
+//! moto do not need them, and they cost money on a scratch table).
 
 use crate::describe_sdk_error;
 use aws_sdk_dynamodb::types::{
@@ -42,7 +47,8 @@ pub const EXPIRES_AT: &str = "expires_at";
 pub const DUE_INDEX: &str = "due";
 pub const DUE_SHARD: &str = "due_shard";
 pub const DUE_AT: &str = "due_at";
-/// Projected into [`DUE_INDEX`] so the sweeper needs no second read.
+/// The armed timer's generation, next to `due_at` on the session item, so the sweeper
+/// reads it back without decoding the session.
 pub const DUE_GEN: &str = "due_gen";
 
 /// Sparse GSI of outbox items by their next attempt.
@@ -72,14 +78,10 @@ pub(crate) fn conv_pk(key: &ConversationKey) -> String {
 
 /// The conversation of a `CONV#...` partition key.
 pub(crate) fn parse_conv_pk(pk: &str) -> Result<ConversationKey, StoreError> {
-    let rest = pk.strip_prefix("CONV#").ok_or_else(|| StoreError::Corrupt {
-        key: pk.to_string(),
-        message: "not a conversation key".into(),
-    })?;
-    ConversationKey::parse(rest).map_err(|e| StoreError::Corrupt {
-        key: pk.to_string(),
-        message: e.to_string(),
-    })
+    let rest = pk
+        .strip_prefix("CONV#")
+        .ok_or_else(|| StoreError::Corrupt { key: pk.to_string(), message: "not a conversation key".into() })?;
+    ConversationKey::parse(rest).map_err(|e| StoreError::Corrupt { key: pk.to_string(), message: e.to_string() })
 }
 
 pub(crate) fn agent_pk(agent: &str) -> String {
@@ -101,23 +103,15 @@ fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
 /// not). Waits until the table is active.
 pub async fn create_table(client: &Client, name: &str) -> Result<(), StoreError> {
     let attr = |n: &str, t: ScalarAttributeType| {
-        AttributeDefinition::builder()
-            .attribute_name(n)
-            .attribute_type(t)
-            .build()
-            .map_err(build_err)
+        AttributeDefinition::builder().attribute_name(n).attribute_type(t).build().map_err(build_err)
     };
-    let key = |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build().map_err(build_err);
+    let key =
+        |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build().map_err(build_err);
     let due = GlobalSecondaryIndex::builder()
         .index_name(DUE_INDEX)
         .key_schema(key(DUE_SHARD, KeyType::Hash)?)
         .key_schema(key(DUE_AT, KeyType::Range)?)
-        .projection(
-            Projection::builder()
-                .projection_type(ProjectionType::Include)
-                .non_key_attributes(DUE_GEN)
-                .build(),
-        )
+        .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
         .build()
         .map_err(build_err)?;
     let outbox = GlobalSecondaryIndex::builder()
@@ -147,10 +141,7 @@ pub async fn create_table(client: &Client, name: &str) -> Result<(), StoreError>
         Ok(_) => {}
         Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {}
         Err(e) => {
-            return Err(StoreError::Unavailable(format!(
-                "cannot create table {name}: {}",
-                describe_sdk_error(&e)
-            )))
+            return Err(StoreError::Unavailable(format!("cannot create table {name}: {}", describe_sdk_error(&e))))
         }
     }
     wait_until_active(client, name).await?;
@@ -160,12 +151,9 @@ pub async fn create_table(client: &Client, name: &str) -> Result<(), StoreError>
 /// Poll until the table is ACTIVE (seconds on AWS, at once on moto).
 async fn wait_until_active(client: &Client, name: &str) -> Result<(), StoreError> {
     for _ in 0..300 {
-        let out = client
-            .describe_table()
-            .table_name(name)
-            .send()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot describe table {name}: {}", describe_sdk_error(&e))))?;
+        let out = client.describe_table().table_name(name).send().await.map_err(|e| {
+            StoreError::Unavailable(format!("cannot describe table {name}: {}", describe_sdk_error(&e)))
+        })?;
         let status = out.table().and_then(|t| t.table_status());
         if status == Some(&TableStatus::Active) {
             return Ok(());
@@ -184,18 +172,12 @@ async fn enable_ttl(client: &Client, name: &str) -> Result<(), StoreError> {
         .await
         .map_err(|e| StoreError::Unavailable(format!("cannot read TTL of {name}: {}", describe_sdk_error(&e))))?;
     if let Some(d) = current.time_to_live_description() {
-        if matches!(
-            d.time_to_live_status(),
-            Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
-        ) {
+        if matches!(d.time_to_live_status(), Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)) {
             return Ok(());
         }
     }
-    let spec = TimeToLiveSpecification::builder()
-        .attribute_name(EXPIRES_AT)
-        .enabled(true)
-        .build()
-        .map_err(build_err)?;
+    let spec =
+        TimeToLiveSpecification::builder().attribute_name(EXPIRES_AT).enabled(true).build().map_err(build_err)?;
     client
         .update_time_to_live()
         .table_name(name)

@@ -5,8 +5,8 @@
 //! second; the EventBridge sweeper ([`crate::DynamoStore::sessions_due`]) catches timers
 //! whose message was lost.
 
-use crate::queue::MessageError;
 use crate::describe_sdk_error;
+use crate::queue::MessageError;
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use baton_core::event::{Event, EventKind};
@@ -37,6 +37,11 @@ pub struct TimerMessage {
     pub conversation: ConversationKey,
     pub generation: u64,
     pub due: Millis,
+    /// A wake-up for effects waiting for a retry, not the session's timer: it fires as
+    /// `EventKind::Wake`. (A build that does not know the field reads it as a timer of
+    /// generation 0, which the session ignores as stale.)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wake: bool,
 }
 
 impl TimerMessage {
@@ -50,7 +55,8 @@ impl TimerMessage {
             )));
         }
         let c = &msg.conversation;
-        ConversationKey::new(&c.agent, c.channel, &c.user).map_err(|e| MessageError(format!("bad conversation: {e}")))?;
+        ConversationKey::new(&c.agent, c.channel, &c.user)
+            .map_err(|e| MessageError(format!("bad conversation: {e}")))?;
         Ok(msg)
     }
 }
@@ -102,11 +108,7 @@ impl std::fmt::Debug for SqsTimers {
 
 impl SqsTimers {
     pub fn new(client: Client, queue_url: impl Into<String>, clock: Arc<dyn Clock>) -> SqsTimers {
-        SqsTimers {
-            client,
-            queue_url: queue_url.into(),
-            clock,
-        }
+        SqsTimers { client, queue_url: queue_url.into(), clock }
     }
 
     pub fn queue_url(&self) -> &str {
@@ -127,9 +129,18 @@ impl SqsTimers {
         Ok(delay)
     }
 
+    /// Wake the conversation at `due` (an `EventKind::Wake` event with the id
+    /// `wake:{conversation}:{due}`), so effects deferred for a retry run again without a
+    /// worker sleeping. Separate from the session's single timer, which it never replaces.
+    pub async fn schedule_wake(&self, key: &ConversationKey, due: Millis) -> Result<(), StoreError> {
+        let msg = TimerMessage { schema: TIMER_SCHEMA, conversation: key.clone(), generation: 0, due, wake: true };
+        self.send(&msg, self.clock.now()).await.map(|_| ()).map_err(|e| StoreError::Unavailable(e.0))
+    }
+
     /// Handle one received timer message at `now`: re-arm it if it is more than a second
     /// away, else queue `TimerFired { generation }` with the id `timer:{conversation}:{generation}`
-    /// (the embedded timers use the same id, so a timer fired twice is applied once).
+    /// (the embedded timers use the same id, so a timer fired twice is applied once), or
+    /// `Wake` for a wake-up.
     pub async fn fire_or_rearm(
         &self,
         body: &str,
@@ -142,16 +153,13 @@ impl SqsTimers {
             return Ok(TimerOutcome::Rearmed { delay_seconds });
         }
         let conv = &msg.conversation;
-        let event_id = format!("timer:{conv}:{}", msg.generation);
-        let event = Event::new(
-            event_id.clone(),
-            conv.clone(),
-            now,
-            EventKind::TimerFired {
-                generation: msg.generation,
-            },
-        );
-        events.enqueue(vec![event]).await?;
+        let (event_id, kind) = if msg.wake {
+            // One id per due time: two wakes for the same moment are one.
+            (format!("wake:{conv}:{}", msg.due.0), EventKind::Wake)
+        } else {
+            (format!("timer:{conv}:{}", msg.generation), EventKind::TimerFired { generation: msg.generation })
+        };
+        events.enqueue(vec![Event::new(event_id.clone(), conv.clone(), now, kind)]).await?;
         Ok(TimerOutcome::Fired { event_id })
     }
 }
@@ -159,16 +167,8 @@ impl SqsTimers {
 #[async_trait]
 impl Timers for SqsTimers {
     async fn schedule(&self, key: &ConversationKey, generation: u64, due: Millis) -> Result<(), StoreError> {
-        let msg = TimerMessage {
-            schema: TIMER_SCHEMA,
-            conversation: key.clone(),
-            generation,
-            due,
-        };
-        self.send(&msg, self.clock.now())
-            .await
-            .map(|_| ())
-            .map_err(|e| StoreError::Unavailable(e.0))
+        let msg = TimerMessage { schema: TIMER_SCHEMA, conversation: key.clone(), generation, due, wake: false };
+        self.send(&msg, self.clock.now()).await.map(|_| ()).map_err(|e| StoreError::Unavailable(e.0))
     }
 
     /// A no-op: an SQS message cannot be taken back. The session knows its timer's
@@ -186,8 +186,7 @@ pub async fn create_timer_queue(client: &Client, name: &str) -> Result<String, Q
         .send()
         .await
         .map_err(|e| QueueError(format!("sqs create queue: {}", describe_sdk_error(&e))))?;
-    out.queue_url
-        .ok_or_else(|| QueueError(format!("sqs create queue {name}: no URL returned")))
+    out.queue_url.ok_or_else(|| QueueError(format!("sqs create queue {name}: no URL returned")))
 }
 
 #[cfg(test)]
@@ -213,9 +212,13 @@ mod tests {
             conversation: ConversationKey::new("demo", Channel::Line, "U1").unwrap(),
             generation: 3,
             due: Millis(5),
+            wake: false,
         };
         let body = serde_json::to_string(&msg).unwrap();
+        assert!(!body.contains("wake"), "{body}");
         assert_eq!(TimerMessage::parse(&body).unwrap(), msg);
+        let wake = TimerMessage { wake: true, ..msg.clone() };
+        assert_eq!(TimerMessage::parse(&serde_json::to_string(&wake).unwrap()).unwrap(), wake);
         assert!(TimerMessage::parse(&body.replace("\"schema\":1", "\"schema\":2")).is_err());
         assert!(TimerMessage::parse(&body.replace("\"user\":\"U1\"", "\"user\":\"\"")).is_err());
         assert!(TimerMessage::parse("nope").is_err());

@@ -61,32 +61,19 @@ impl Poster {
             .header(HEADER_ID, msg_id);
         if let Some(secret) = secret {
             let ts = now_ms() / 1000;
-            req = req
-                .header(HEADER_TIMESTAMP, ts.to_string())
-                .header(HEADER_SIGNATURE, secret.sign(msg_id, ts, &bytes));
+            req =
+                req.header(HEADER_TIMESTAMP, ts.to_string()).header(HEADER_SIGNATURE, secret.sign(msg_id, ts, &bytes));
         }
         if let Some((user, password)) = basic {
             req = req.basic_auth(user, password);
         }
-        let resp = req
-            .body(bytes)
-            .send()
-            .await
-            .map_err(|e| transport_error(&what, self.timeout, e))?;
+        let resp = req.body(bytes).send().await.map_err(|e| transport_error(&what, self.timeout, e))?;
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let retry_after =
+            resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
         let body = read_limited(resp).await;
         tracing::debug!(%what, status, "answered");
-        Ok(Reply {
-            status,
-            retry_after,
-            body,
-            what,
-        })
+        Ok(Reply { status, retry_after, body, what })
     }
 }
 
@@ -96,19 +83,15 @@ pub fn status_error(reply: &Reply, detail: &str) -> DeliveryError {
     let message = format!("{} answered HTTP {}{detail}", reply.what, reply.status);
     match reply.status {
         401 | 403 => DeliveryError::Unauthorized { message },
-        408 | 425 | 429 | 500..=599 => DeliveryError::Retryable {
-            message,
-            retry_after_ms: retry_after_ms(reply.retry_after.as_deref()),
-        },
+        408 | 425 | 429 | 500..=599 => {
+            DeliveryError::Retryable { message, retry_after_ms: retry_after_ms(reply.retry_after.as_deref()) }
+        }
         _ => DeliveryError::permanent(message),
     }
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// `scheme://host[:port]/path` only: user info and query strings may hold credentials.
@@ -129,11 +112,7 @@ fn transport_error(what: &str, timeout: Duration, err: reqwest::Error) -> Delive
     if err.is_builder() {
         return DeliveryError::permanent(format!("{what}: request cannot be built: {}", error_chain(err)));
     }
-    let kind = if err.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
+    let kind = if err.is_connect() { "connection failed" } else { "request failed" };
     DeliveryError::retryable(format!("{what}: {kind}: {}", error_chain(err)))
 }
 

@@ -107,10 +107,7 @@ impl std::str::FromStr for SigningSecret {
 impl SigningSecret {
     /// Parse `whsec_<base64>`. The key must decode to at least [`MIN_KEY_BYTES`] bytes.
     pub fn parse(serialized: &str) -> Result<Self, SecretError> {
-        let encoded = serialized
-            .trim()
-            .strip_prefix(SECRET_PREFIX)
-            .ok_or(SecretError::MissingPrefix)?;
+        let encoded = serialized.trim().strip_prefix(SECRET_PREFIX).ok_or(SecretError::MissingPrefix)?;
         let key = B64.decode(encoded).map_err(|_| SecretError::InvalidBase64)?;
         if key.len() < MIN_KEY_BYTES {
             return Err(SecretError::TooShort { len: key.len() });
@@ -130,10 +127,7 @@ impl SigningSecret {
 
     /// The `webhook-signature` value for one request: `v1,<base64 HMAC-SHA256>`.
     pub fn sign(&self, msg_id: &str, timestamp_secs: i64, body: &[u8]) -> String {
-        let tag = self
-            .mac(msg_id, &timestamp_secs.to_string(), body)
-            .finalize()
-            .into_bytes();
+        let tag = self.mac(msg_id, &timestamp_secs.to_string(), body).finalize().into_bytes();
         format!("v1,{}", B64.encode(tag))
     }
 
@@ -211,11 +205,7 @@ mod tests {
     }
 
     fn headers<'a>(signature: &'a str, ts: &'a str) -> WebhookHeaders<'a> {
-        WebhookHeaders {
-            id: MSG_ID,
-            timestamp: ts,
-            signature,
-        }
+        WebhookHeaders { id: MSG_ID, timestamp: ts, signature }
     }
 
     #[test]
@@ -230,33 +220,19 @@ mod tests {
         // Tolerance: within 5 minutes either way passes, beyond fails.
         assert_eq!(secret().verify(&headers(EXPECTED, &ts), PAYLOAD, TS + 300), Ok(()));
         assert_eq!(secret().verify(&headers(EXPECTED, &ts), PAYLOAD, TS - 300), Ok(()));
-        assert_eq!(
-            secret().verify(&headers(EXPECTED, &ts), PAYLOAD, TS + 301),
-            Err(VerifyError::TimestampTooOld)
-        );
-        assert_eq!(
-            secret().verify(&headers(EXPECTED, &ts), PAYLOAD, TS - 301),
-            Err(VerifyError::TimestampTooNew)
-        );
-        assert_eq!(
-            secret().verify_with_tolerance(&headers(EXPECTED, &ts), PAYLOAD, TS + 1000, 1000),
-            Ok(())
-        );
+        assert_eq!(secret().verify(&headers(EXPECTED, &ts), PAYLOAD, TS + 301), Err(VerifyError::TimestampTooOld));
+        assert_eq!(secret().verify(&headers(EXPECTED, &ts), PAYLOAD, TS - 301), Err(VerifyError::TimestampTooNew));
+        assert_eq!(secret().verify_with_tolerance(&headers(EXPECTED, &ts), PAYLOAD, TS + 1000, 1000), Ok(()));
     }
 
     #[test]
     fn any_listed_v1_signature_passes() {
         let ts = TS.to_string();
-        let other = SigningSecret::parse(&generate_secret())
-            .unwrap()
-            .sign(MSG_ID, TS, PAYLOAD);
+        let other = SigningSecret::parse(&generate_secret()).unwrap().sign(MSG_ID, TS, PAYLOAD);
         let list = format!("v1a,AAAA {other} garbage {EXPECTED}");
         assert_eq!(secret().verify(&headers(&list, &ts), PAYLOAD, TS), Ok(()));
         let only_other = format!("{other} v1,not-base64!");
-        assert_eq!(
-            secret().verify(&headers(&only_other, &ts), PAYLOAD, TS),
-            Err(VerifyError::SignatureMismatch)
-        );
+        assert_eq!(secret().verify(&headers(&only_other, &ts), PAYLOAD, TS), Err(VerifyError::SignatureMismatch));
     }
 
     #[test]
@@ -267,41 +243,23 @@ mod tests {
             Err(VerifyError::SignatureMismatch)
         );
         let later = (TS + 1).to_string();
-        assert_eq!(
-            secret().verify(&headers(EXPECTED, &later), PAYLOAD, TS),
-            Err(VerifyError::SignatureMismatch)
-        );
+        assert_eq!(secret().verify(&headers(EXPECTED, &later), PAYLOAD, TS), Err(VerifyError::SignatureMismatch));
         let mut h = headers(EXPECTED, &ts);
         h.id = "msg_other";
         assert_eq!(secret().verify(&h, PAYLOAD, TS), Err(VerifyError::SignatureMismatch));
         h.id = "";
-        assert_eq!(
-            secret().verify(&h, PAYLOAD, TS),
-            Err(VerifyError::MissingHeader(HEADER_ID))
-        );
+        assert_eq!(secret().verify(&h, PAYLOAD, TS), Err(VerifyError::MissingHeader(HEADER_ID)));
         // A truncated signature must not match as a prefix.
         let truncated = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE";
-        assert_eq!(
-            secret().verify(&headers(&truncated[..20], &ts), PAYLOAD, TS),
-            Err(VerifyError::SignatureMismatch)
-        );
+        assert_eq!(secret().verify(&headers(&truncated[..20], &ts), PAYLOAD, TS), Err(VerifyError::SignatureMismatch));
     }
 
     #[test]
     fn bad_headers_are_named() {
         let ts = TS.to_string();
-        assert_eq!(
-            secret().verify(&headers(EXPECTED, "soon"), PAYLOAD, TS),
-            Err(VerifyError::InvalidTimestamp)
-        );
-        assert_eq!(
-            secret().verify(&headers("", &ts), PAYLOAD, TS),
-            Err(VerifyError::NoSignature)
-        );
-        assert_eq!(
-            secret().verify(&headers("v2,abc", &ts), PAYLOAD, TS),
-            Err(VerifyError::NoSignature)
-        );
+        assert_eq!(secret().verify(&headers(EXPECTED, "soon"), PAYLOAD, TS), Err(VerifyError::InvalidTimestamp));
+        assert_eq!(secret().verify(&headers("", &ts), PAYLOAD, TS), Err(VerifyError::NoSignature));
+        assert_eq!(secret().verify(&headers("v2,abc", &ts), PAYLOAD, TS), Err(VerifyError::NoSignature));
     }
 
     #[test]
@@ -314,32 +272,18 @@ mod tests {
         let h = WebhookHeaders::from_header_map(&map).unwrap();
         assert_eq!(secret().verify(&h, PAYLOAD, TS), Ok(()));
         map.remove("webhook-signature");
-        assert_eq!(
-            WebhookHeaders::from_header_map(&map),
-            Err(VerifyError::MissingHeader(HEADER_SIGNATURE))
-        );
+        assert_eq!(WebhookHeaders::from_header_map(&map), Err(VerifyError::MissingHeader(HEADER_SIGNATURE)));
     }
 
     #[test]
     fn secret_parsing_errors() {
-        assert_eq!(
-            SigningSecret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap_err(),
-            SecretError::MissingPrefix
-        );
-        assert_eq!(
-            SigningSecret::parse("whsec_not*base64").unwrap_err(),
-            SecretError::InvalidBase64
-        );
+        assert_eq!(SigningSecret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap_err(), SecretError::MissingPrefix);
+        assert_eq!(SigningSecret::parse("whsec_not*base64").unwrap_err(), SecretError::InvalidBase64);
         // 12 bytes.
-        assert_eq!(
-            SigningSecret::parse("whsec_MfKQ9r8GKYqrTwjU").unwrap_err(),
-            SecretError::TooShort { len: 12 }
-        );
+        assert_eq!(SigningSecret::parse("whsec_MfKQ9r8GKYqrTwjU").unwrap_err(), SecretError::TooShort { len: 12 });
         // 16 bytes is accepted (lenient), 24 is the spec minimum.
         assert!(SigningSecret::parse(&format!("whsec_{}", B64.encode([7u8; 16]))).is_ok());
-        assert!(" whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-            .parse::<SigningSecret>()
-            .is_ok());
+        assert!(" whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse::<SigningSecret>().is_ok());
     }
 
     #[test]
@@ -363,11 +307,7 @@ mod tests {
         assert_eq!(B64.decode(&a["whsec_".len()..]).unwrap().len(), 32);
         let s = SigningSecret::parse(&a).unwrap();
         let sig = s.sign("msg_1", 1_700_000_000, b"{}");
-        let h = WebhookHeaders {
-            id: "msg_1",
-            timestamp: "1700000000",
-            signature: &sig,
-        };
+        let h = WebhookHeaders { id: "msg_1", timestamp: "1700000000", signature: &sig };
         assert_eq!(s.verify(&h, b"{}", 1_700_000_010), Ok(()));
     }
 }

@@ -24,9 +24,7 @@ pub struct TicketFallback {
 
 impl TicketFallback {
     pub fn new(timeout: Duration) -> Self {
-        TicketFallback {
-            poster: Poster::new(timeout),
-        }
+        TicketFallback { poster: Poster::new(timeout) }
     }
 }
 
@@ -56,10 +54,7 @@ impl Fallback for TicketFallback {
         idempotency_key: &str,
     ) -> Result<String, DeliveryError> {
         let FallbackConfig::Ticket { url, signing_secret } = &agent.fallback else {
-            return Err(DeliveryError::permanent(format!(
-                "agent {} has no fallback configured",
-                agent.id
-            )));
+            return Err(DeliveryError::permanent(format!("agent {} has no fallback configured", agent.id)));
         };
         let secret =
             match signing_secret {
@@ -70,10 +65,7 @@ impl Fallback for TicketFallback {
             };
         let now = rfc3339(crate::outbound::now_ms());
         let body = ticket_body(agent, key, request, &now);
-        let reply = self
-            .poster
-            .post_json(url, &body, idempotency_key, secret.as_ref(), None)
-            .await?;
+        let reply = self.poster.post_json(url, &body, idempotency_key, secret.as_ref(), None).await?;
         if !(200..300).contains(&reply.status) {
             return Err(status_error(&reply, ""));
         }
@@ -90,9 +82,7 @@ impl Fallback for TicketFallback {
 
 /// RFC 3339 UTC from unix milliseconds.
 fn rfc3339(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
+    jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -50,16 +50,12 @@ impl WebhookDesk {
     /// A desk client with `timeout` per request. Redirects are not followed (a 3xx is a
     /// failure, as Standard Webhooks prescribes).
     pub fn new(timeout: Duration) -> Self {
-        WebhookDesk {
-            poster: Poster::new(timeout),
-        }
+        WebhookDesk { poster: Poster::new(timeout) }
     }
 
     /// Reuse an existing client; `timeout` is still applied to every request.
     pub fn from_client(client: reqwest::Client, timeout: Duration) -> Self {
-        WebhookDesk {
-            poster: Poster::from_client(client, timeout),
-        }
+        WebhookDesk { poster: Poster::from_client(client, timeout) }
     }
 
     async fn call(&self, target: &Target<'_>, path: &str, body: &Value, msg_id: &str) -> Result<(), DeliveryError> {
@@ -71,9 +67,7 @@ impl WebhookDesk {
     async fn send(&self, target: &Target<'_>, path: &str, body: &Value, msg_id: &str) -> Result<Reply, DeliveryError> {
         let url = format!("{}{}", target.base, path);
         let basic = target.username.map(|u| (u, target.password));
-        self.poster
-            .post_json(&url, body, msg_id, target.secret.as_ref(), basic)
-            .await
+        self.poster.post_json(&url, body, msg_id, target.secret.as_ref(), basic).await
     }
 }
 
@@ -89,13 +83,7 @@ struct Target<'a> {
 impl<'a> Target<'a> {
     /// `Ok(None)` when the agent has no desk.
     fn of(agent: &'a Agent) -> Result<Option<Target<'a>>, DeliveryError> {
-        let DeskConfig::Webhook {
-            url,
-            username,
-            password,
-            signing_secret,
-        } = &agent.desk
-        else {
+        let DeskConfig::Webhook { url, username, password, signing_secret } = &agent.desk else {
             return Ok(None);
         };
         let base = url.trim().trim_end_matches('/');
@@ -140,20 +128,12 @@ fn ack_fields(body: &[u8]) -> (Option<i64>, Option<String>) {
         Some(Value::String(s)) => Some(s.trim().parse().unwrap_or(i64::MIN)),
         _ => None,
     };
-    let message = map
-        .get("message")
-        .or_else(|| map.get("msg"))
-        .and_then(Value::as_str)
-        .map(quote);
+    let message = map.get("message").or_else(|| map.get("msg")).and_then(Value::as_str).map(quote);
     (code, message)
 }
 
 fn quote(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_QUOTED_CHARS)
-        .collect();
+    let mut out: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_QUOTED_CHARS).collect();
     if s.chars().count() > MAX_QUOTED_CHARS {
         out.push('…');
     }
@@ -172,12 +152,12 @@ fn classify(reply: &Reply) -> Result<(), DeliveryError> {
     match status {
         200..=299 => match code {
             None | Some(0) | Some(200) => Ok(()),
-            Some(i64::MIN) => Err(DeliveryError::permanent(format!(
-                "{what} answered HTTP {status} with an invalid code{detail}"
-            ))),
-            Some(code) => Err(DeliveryError::permanent(format!(
-                "{what} answered HTTP {status} with code {code}{detail}"
-            ))),
+            Some(i64::MIN) => {
+                Err(DeliveryError::permanent(format!("{what} answered HTTP {status} with an invalid code{detail}")))
+            }
+            Some(code) => {
+                Err(DeliveryError::permanent(format!("{what} answered HTTP {status} with code {code}{detail}")))
+            }
         },
         _ => Err(status_error(reply, &detail)),
     }
@@ -286,11 +266,8 @@ impl Desk for WebhookDesk {
         });
         let chat = json!({"istest": true, "conversation_id": id, "timestamp": now, "body": ""});
         let close = json!({"istest": true, "conversation_id": id, "timestamp": now, "type": "USER_CLOSED"});
-        let (id_establish, id_chat, id_close) = (
-            format!("msg_probe_{now}_establish"),
-            format!("msg_probe_{now}_chat"),
-            format!("msg_probe_{now}_close"),
-        );
+        let (id_establish, id_chat, id_close) =
+            (format!("msg_probe_{now}_establish"), format!("msg_probe_{now}_chat"), format!("msg_probe_{now}_close"));
         let (a, b, c) = tokio::join!(
             self.send(&target, PATH_ESTABLISH, &establish, &id_establish),
             self.send(&target, PATH_CHAT, &chat, &id_chat),
@@ -309,18 +286,12 @@ impl Desk for WebhookDesk {
             match r {
                 Ok(reply) if (200..300).contains(&reply.status) => {}
                 Ok(reply) => {
-                    return (
-                        ServiceStatus::Unavailable,
-                        format!("{} answered HTTP {}", reply.what, reply.status),
-                    )
+                    return (ServiceStatus::Unavailable, format!("{} answered HTTP {}", reply.what, reply.status))
                 }
                 Err(e) => return (ServiceStatus::Unavailable, e.to_string()),
             }
         }
-        (
-            ServiceStatus::Available,
-            format!("establish, chat and close answered 2xx at {}", redact_url(target.base)),
-        )
+        (ServiceStatus::Available, format!("establish, chat and close answered 2xx at {}", redact_url(target.base)))
     }
 }
 
@@ -365,10 +336,7 @@ pub enum ParseError {
 }
 
 fn field_error(field: &'static str, message: impl Into<String>) -> ParseError {
-    ParseError::Field {
-        field,
-        message: message.into(),
-    }
+    ParseError::Field { field, message: message.into() }
 }
 
 type Object = serde_json::Map<String, Value>;
@@ -396,10 +364,7 @@ fn conversation_id(map: &Object) -> Result<String, ParseError> {
         None | Some(Value::Null) => Err(field_error(F, "missing")),
         Some(Value::String(s)) if !s.trim().is_empty() => {
             if s.len() > MAX_CONVERSATION_ID_BYTES {
-                Err(field_error(
-                    F,
-                    format!("must be at most {MAX_CONVERSATION_ID_BYTES} bytes"),
-                ))
+                Err(field_error(F, format!("must be at most {MAX_CONVERSATION_ID_BYTES} bytes")))
             } else if s.chars().any(char::is_control) {
                 Err(field_error(F, "must not contain control characters"))
             } else {
@@ -461,10 +426,7 @@ pub fn parse_human_close(bytes: &[u8]) -> Result<Inbound<HumanClose>, ParseError
     let Some(map) = inbound_object(bytes)? else {
         return Ok(Inbound::Probe);
     };
-    Ok(Inbound::Real(HumanClose {
-        conversation_id: conversation_id(&map)?,
-        timestamp: timestamp(&map)?,
-    }))
+    Ok(Inbound::Real(HumanClose { conversation_id: conversation_id(&map)?, timestamp: timestamp(&map)? }))
 }
 
 /// The event id of a human message: the desk's `webhook-id` when it sent one, else a hash
@@ -489,12 +451,8 @@ mod tests {
 
     /// The classification of a reply with these parts.
     fn classify(status: u16, retry_after: Option<&str>, body: &[u8], what: &str) -> Result<(), DeliveryError> {
-        let reply = Reply {
-            status,
-            retry_after: retry_after.map(str::to_string),
-            body: body.to_vec(),
-            what: what.into(),
-        };
+        let reply =
+            Reply { status, retry_after: retry_after.map(str::to_string), body: body.to_vec(), what: what.into() };
         super::classify(&reply)
     }
 
@@ -516,16 +474,8 @@ mod tests {
 
     #[test]
     fn failure_code_in_2xx_is_permanent_with_message() {
-        let e = err(classify(
-            200,
-            None,
-            br#"{"code":500,"message":"no agents online"}"#,
-            "POST http://h/chat",
-        ));
-        assert_eq!(
-            e,
-            DeliveryError::permanent("POST http://h/chat answered HTTP 200 with code 500: no agents online")
-        );
+        let e = err(classify(200, None, br#"{"code":500,"message":"no agents online"}"#, "POST http://h/chat"));
+        assert_eq!(e, DeliveryError::permanent("POST http://h/chat answered HTTP 200 with code 500: no agents online"));
         let e = err(classify(200, None, br#"{"code":"busy","msg":"later"}"#, "POST x"));
         assert!(matches!(e, DeliveryError::Permanent { ref message } if message.contains("invalid code: later")));
         let e = err(classify(200, None, br#"{"code":1.5}"#, "POST x"));
@@ -534,39 +484,21 @@ mod tests {
 
     #[test]
     fn status_mapping() {
-        assert!(matches!(
-            err(classify(401, None, b"", "x")),
-            DeliveryError::Unauthorized { .. }
-        ));
-        assert!(matches!(
-            err(classify(403, None, b"", "x")),
-            DeliveryError::Unauthorized { .. }
-        ));
+        assert!(matches!(err(classify(401, None, b"", "x")), DeliveryError::Unauthorized { .. }));
+        assert!(matches!(err(classify(403, None, b"", "x")), DeliveryError::Unauthorized { .. }));
         for s in [408, 425, 429, 500, 502, 503, 504] {
-            assert!(
-                matches!(err(classify(s, None, b"", "x")), DeliveryError::Retryable { .. }),
-                "{s}"
-            );
+            assert!(matches!(err(classify(s, None, b"", "x")), DeliveryError::Retryable { .. }), "{s}");
         }
         for s in [301, 302, 400, 404, 410, 422] {
-            assert!(
-                matches!(err(classify(s, None, b"", "x")), DeliveryError::Permanent { .. }),
-                "{s}"
-            );
+            assert!(matches!(err(classify(s, None, b"", "x")), DeliveryError::Permanent { .. }), "{s}");
         }
         assert_eq!(
             err(classify(429, Some(" 7 "), b"", "x")),
-            DeliveryError::Retryable {
-                message: "x answered HTTP 429".into(),
-                retry_after_ms: Some(7000)
-            }
+            DeliveryError::Retryable { message: "x answered HTTP 429".into(), retry_after_ms: Some(7000) }
         );
         assert_eq!(
             err(classify(503, Some("Wed, 21 Oct 2015 07:28:00 GMT"), b"", "x")),
-            DeliveryError::Retryable {
-                message: "x answered HTTP 503".into(),
-                retry_after_ms: None
-            }
+            DeliveryError::Retryable { message: "x answered HTTP 503".into(), retry_after_ms: None }
         );
     }
 
@@ -574,9 +506,7 @@ mod tests {
     fn quoted_messages_are_bounded_and_single_line() {
         let long = "a\nb".repeat(200);
         let body = json!({"code": 1, "message": long}).to_string();
-        let DeliveryError::Permanent { message } = err(classify(200, None, body.as_bytes(), "x")) else {
-            panic!()
-        };
+        let DeliveryError::Permanent { message } = err(classify(200, None, body.as_bytes(), "x")) else { panic!() };
         assert!(!message.contains('\n'));
         assert!(message.chars().count() < 260, "{}", message.len());
         assert!(message.ends_with('…'));
@@ -619,11 +549,7 @@ mod tests {
         );
         assert_eq!(
             parse_msg(json!({"conversation_id": "h1", "body": "x", "extra": 1})),
-            Ok(Inbound::Real(HumanMessage {
-                conversation_id: "h1".into(),
-                timestamp: None,
-                body: "x".into()
-            }))
+            Ok(Inbound::Real(HumanMessage { conversation_id: "h1".into(), timestamp: None, body: "x".into() }))
         );
         let exactly_max = "é".repeat(MAX_BODY_BYTES / 2);
         assert!(parse_msg(json!({"conversation_id": "h1", "body": exactly_max})).is_ok());
@@ -652,16 +578,12 @@ mod tests {
             );
         }
         assert_eq!(
-            field_msg(parse_msg(
-                json!({"conversation_id": "h", "body": "x".repeat(MAX_BODY_BYTES + 1)})
-            )),
+            field_msg(parse_msg(json!({"conversation_id": "h", "body": "x".repeat(MAX_BODY_BYTES + 1)}))),
             "body: must be at most 16384 bytes"
         );
         for bad in [json!("soon"), json!(-1), json!(1.5), json!(true), json!("")] {
             assert_eq!(
-                field_msg(parse_msg(
-                    json!({"conversation_id": "h", "body": "x", "timestamp": bad})
-                )),
+                field_msg(parse_msg(json!({"conversation_id": "h", "body": "x", "timestamp": bad}))),
                 "timestamp: must be a non-negative integer or a numeric string"
             );
         }
@@ -674,45 +596,27 @@ mod tests {
     #[test]
     fn probes_are_recognised_before_validation() {
         assert_eq!(parse_msg(json!({"istest": true})), Ok(Inbound::Probe));
-        assert_eq!(
-            parse_human_close(br#"{"istest":"true","conversation_id":""}"#),
-            Ok(Inbound::Probe)
-        );
+        assert_eq!(parse_human_close(br#"{"istest":"true","conversation_id":""}"#), Ok(Inbound::Probe));
         // istest false is real traffic and validated as such.
-        assert_eq!(
-            field_msg(parse_msg(json!({"istest": false, "body": "x"}))),
-            "conversation_id: missing"
-        );
+        assert_eq!(field_msg(parse_msg(json!({"istest": false, "body": "x"}))), "conversation_id: missing");
     }
 
     #[test]
     fn human_close_parses() {
         assert_eq!(
             parse_human_close(br#"{"conversation_id":"h1","timestamp":"42"}"#),
-            Ok(Inbound::Real(HumanClose {
-                conversation_id: "h1".into(),
-                timestamp: Some(42)
-            }))
+            Ok(Inbound::Real(HumanClose { conversation_id: "h1".into(), timestamp: Some(42) }))
         );
+        assert_eq!(parse_human_close(br#"{"timestamp":42}"#).unwrap_err().to_string(), "conversation_id: missing");
         assert_eq!(
-            parse_human_close(br#"{"timestamp":42}"#).unwrap_err().to_string(),
-            "conversation_id: missing"
-        );
-        assert_eq!(
-            parse_human_close(br#"{"conversation_id":"h1","timestamp":{}}"#)
-                .unwrap_err()
-                .to_string(),
+            parse_human_close(br#"{"conversation_id":"h1","timestamp":{}}"#).unwrap_err().to_string(),
             "timestamp: must be a non-negative integer or a numeric string"
         );
     }
 
     #[test]
     fn dedupe_prefers_the_header_and_hashes_otherwise() {
-        let m = HumanMessage {
-            conversation_id: "h1".into(),
-            timestamp: Some(1),
-            body: "hi".into(),
-        };
+        let m = HumanMessage { conversation_id: "h1".into(), timestamp: Some(1), body: "hi".into() };
         assert_eq!(dedupe_id(Some(" msg_abc "), &m), "msg_abc");
         let hashed = dedupe_id(None, &m);
         assert_eq!(hashed, dedupe_id(Some(""), &m));
@@ -724,26 +628,14 @@ mod tests {
         other.timestamp = None;
         assert_ne!(dedupe_id(None, &other), hashed);
         // Field boundaries matter.
-        let a = HumanMessage {
-            conversation_id: "h1,".into(),
-            timestamp: None,
-            body: "x".into(),
-        };
-        let b = HumanMessage {
-            conversation_id: "h1".into(),
-            timestamp: None,
-            body: ",x".into(),
-        };
+        let a = HumanMessage { conversation_id: "h1,".into(), timestamp: None, body: "x".into() };
+        let b = HumanMessage { conversation_id: "h1".into(), timestamp: None, body: ",x".into() };
         assert_ne!(dedupe_id(None, &a), dedupe_id(None, &b));
     }
 
     #[test]
     fn serde_round_trip() {
-        let m = HumanMessage {
-            conversation_id: "h1".into(),
-            timestamp: None,
-            body: "hi".into(),
-        };
+        let m = HumanMessage { conversation_id: "h1".into(), timestamp: None, body: "hi".into() };
         let text = serde_json::to_string(&m).unwrap();
         assert_eq!(text, r#"{"conversation_id":"h1","body":"hi"}"#);
         assert_eq!(serde_json::from_str::<HumanMessage>(&text).unwrap(), m);

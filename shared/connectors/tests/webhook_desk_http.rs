@@ -64,11 +64,7 @@ struct St {
 
 async fn handle(State(st): State<St>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response<Body> {
     let path = uri.path().to_string();
-    st.seen.lock().unwrap().push(Seen {
-        path: path.clone(),
-        headers,
-        body: body.to_vec(),
-    });
+    st.seen.lock().unwrap().push(Seen { path: path.clone(), headers, body: body.to_vec() });
     let r = (st.script)(&path);
     if !r.delay.is_zero() {
         tokio::time::sleep(r.delay).await;
@@ -96,10 +92,7 @@ impl Server {
 
 async fn serve(script: impl Fn(&str) -> Reply + Send + Sync + 'static) -> Server {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let st = St {
-        seen: seen.clone(),
-        script: Arc::new(script),
-    };
+    let st = St { seen: seen.clone(), script: Arc::new(script) };
     let app = Router::new().fallback(handle).with_state(st);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -144,11 +137,7 @@ fn key() -> ConversationKey {
 }
 
 fn turn(role: Role, text: &str) -> Turn {
-    Turn {
-        role,
-        text: text.into(),
-        at: Millis(1),
-    }
+    Turn { role, text: text.into(), at: Millis(1) }
 }
 
 fn request() -> HandoffRequest {
@@ -248,12 +237,8 @@ async fn post_and_close_use_their_paths_and_bodies() {
     let a = signed_agent(&server.base());
     let d = desk();
     d.post(&a, "ho_123", "still there?", "msg_post_1").await.unwrap();
-    d.close(&a, "ho_123", CloseReason::Timeout, "msg_close_1")
-        .await
-        .unwrap();
-    d.close(&a, "ho_123", CloseReason::UserClosed, "msg_close_2")
-        .await
-        .unwrap();
+    d.close(&a, "ho_123", CloseReason::Timeout, "msg_close_1").await.unwrap();
+    d.close(&a, "ho_123", CloseReason::UserClosed, "msg_close_2").await.unwrap();
 
     let seen = server.seen();
     assert_eq!(
@@ -263,18 +248,9 @@ async fn post_and_close_use_their_paths_and_bodies() {
     assert_signed(&seen[0], "msg_post_1");
     assert_signed(&seen[1], "msg_close_1");
     assert_signed(&seen[2], "msg_close_2");
-    assert_eq!(
-        strip_timestamp(seen[0].json()),
-        json!({"conversation_id": "ho_123", "body": "still there?"})
-    );
-    assert_eq!(
-        strip_timestamp(seen[1].json()),
-        json!({"conversation_id": "ho_123", "type": "TIMEOUT"})
-    );
-    assert_eq!(
-        strip_timestamp(seen[2].json()),
-        json!({"conversation_id": "ho_123", "type": "USER_CLOSED"})
-    );
+    assert_eq!(strip_timestamp(seen[0].json()), json!({"conversation_id": "ho_123", "body": "still there?"}));
+    assert_eq!(strip_timestamp(seen[1].json()), json!({"conversation_id": "ho_123", "type": "TIMEOUT"}));
+    assert_eq!(strip_timestamp(seen[2].json()), json!({"conversation_id": "ho_123", "type": "USER_CLOSED"}));
 }
 
 #[tokio::test]
@@ -321,18 +297,14 @@ async fn status_mapping_over_http() {
     assert_eq!(post_against(ok_reply()).await, Ok(()));
     assert_eq!(post_against(reply(200, r#"{"message":"no code"}"#)).await, Ok(()));
 
-    let e = post_against(reply(200, r#"{"code":500,"message":"no agent online"}"#))
-        .await
-        .unwrap_err();
+    let e = post_against(reply(200, r#"{"code":500,"message":"no agent online"}"#)).await.unwrap_err();
     assert!(matches!(e, DeliveryError::Permanent { .. }), "{e:?}");
     assert!(message(&e).contains("no agent online"), "{e}");
     assert!(message(&e).contains("/hub/chat"), "{e}");
     assert!(message(&e).contains("500"), "{e}");
 
     for status in [401, 403] {
-        let e = post_against(reply(status, r#"{"code":401,"message":"bad credentials"}"#))
-            .await
-            .unwrap_err();
+        let e = post_against(reply(status, r#"{"code":401,"message":"bad credentials"}"#)).await.unwrap_err();
         assert!(matches!(e, DeliveryError::Unauthorized { .. }), "{e:?}");
         assert!(message(&e).contains(&status.to_string()), "{e}");
         assert!(message(&e).contains("/hub/chat"), "{e}");
@@ -342,37 +314,20 @@ async fn status_mapping_over_http() {
     let mut r = reply(429, "");
     r.headers.push(("retry-after", "7".into()));
     let e = post_against(r).await.unwrap_err();
-    let DeliveryError::Retryable {
-        message: m,
-        retry_after_ms,
-    } = &e
-    else {
-        panic!("expected Retryable, got {e:?}")
-    };
+    let DeliveryError::Retryable { message: m, retry_after_ms } = &e else { panic!("expected Retryable, got {e:?}") };
     assert_eq!(*retry_after_ms, Some(7000));
     assert!(m.starts_with("POST http://127.0.0.1:"), "{m}");
     assert!(m.ends_with("/hub/chat answered HTTP 429"), "{m}");
 
     let e = post_against(reply(503, "")).await.unwrap_err();
-    assert!(
-        matches!(
-            e,
-            DeliveryError::Retryable {
-                retry_after_ms: None,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert!(matches!(e, DeliveryError::Retryable { retry_after_ms: None, .. }), "{e:?}");
     assert!(message(&e).contains("503"));
 
     let e = post_against(reply(404, "")).await.unwrap_err();
     assert!(matches!(e, DeliveryError::Permanent { .. }), "{e:?}");
 
     let mut redirect = reply(302, "");
-    redirect
-        .headers
-        .push(("location", "http://127.0.0.1:1/elsewhere".into()));
+    redirect.headers.push(("location", "http://127.0.0.1:1/elsewhere".into()));
     let e = post_against(redirect).await.unwrap_err();
     assert!(matches!(e, DeliveryError::Permanent { .. }), "{e:?}");
 }
@@ -393,10 +348,7 @@ async fn slow_desk_times_out_as_retryable() {
     let server = serve_fixed(r).await;
     let a = signed_agent(&server.base());
     let started = std::time::Instant::now();
-    let e = WebhookDesk::new(Duration::from_millis(300))
-        .post(&a, "ho_1", "hello", "msg_t")
-        .await
-        .unwrap_err();
+    let e = WebhookDesk::new(Duration::from_millis(300)).post(&a, "ho_1", "hello", "msg_t").await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(matches!(e, DeliveryError::Retryable { .. }), "{e:?}");
     assert!(message(&e).contains("300 ms"), "{e}");
@@ -408,14 +360,8 @@ async fn other_desk_configs_are_permanent_errors() {
     let d = desk();
     let e = d.open(&none, &key(), &request(), "m").await.unwrap_err();
     assert!(matches!(e, DeliveryError::Permanent { .. }), "{e:?}");
-    assert!(matches!(
-        d.post(&none, "c", "t", "m").await,
-        Err(DeliveryError::Permanent { .. })
-    ));
-    assert!(matches!(
-        d.close(&none, "c", CloseReason::Timeout, "m").await,
-        Err(DeliveryError::Permanent { .. })
-    ));
+    assert!(matches!(d.post(&none, "c", "t", "m").await, Err(DeliveryError::Permanent { .. })));
+    assert!(matches!(d.close(&none, "c", CloseReason::Timeout, "m").await, Err(DeliveryError::Permanent { .. })));
 
     let bad_secret = agent(json!({"kind": "webhook", "url": "http://127.0.0.1:9", "signing_secret": "whsec_c2hvcnQ="}));
     let e = d.post(&bad_secret, "c", "t", "m").await.unwrap_err();
@@ -424,10 +370,7 @@ async fn other_desk_configs_are_permanent_errors() {
     assert!(!message(&e).contains("c2hvcnQ"), "{e}");
 
     let bad_url = agent(json!({"kind": "webhook", "url": "ftp://desk"}));
-    assert!(matches!(
-        d.post(&bad_url, "c", "t", "m").await,
-        Err(DeliveryError::Permanent { .. })
-    ));
+    assert!(matches!(d.post(&bad_url, "c", "t", "m").await, Err(DeliveryError::Permanent { .. })));
 }
 
 #[tokio::test]
@@ -454,14 +397,7 @@ async fn probe_available_when_all_endpoints_answer() {
 
 #[tokio::test]
 async fn probe_reports_rejected_credentials() {
-    let server = serve(|path| {
-        if path.ends_with("/chat") {
-            reply(401, "")
-        } else {
-            ok_reply()
-        }
-    })
-    .await;
+    let server = serve(|path| if path.ends_with("/chat") { reply(401, "") } else { ok_reply() }).await;
     let (status, detail) = desk().probe(&signed_agent(&server.base())).await;
     assert_eq!(status, ServiceStatus::Unavailable);
     assert!(detail.starts_with("credentials rejected by "), "{detail}");
@@ -471,20 +407,10 @@ async fn probe_reports_rejected_credentials() {
 
 #[tokio::test]
 async fn probe_reports_server_errors_and_unreachable_desks() {
-    let server = serve(|path| {
-        if path.ends_with("/close") {
-            reply(503, "")
-        } else {
-            ok_reply()
-        }
-    })
-    .await;
+    let server = serve(|path| if path.ends_with("/close") { reply(503, "") } else { ok_reply() }).await;
     let (status, detail) = desk().probe(&signed_agent(&server.base())).await;
     assert_eq!(status, ServiceStatus::Unavailable);
-    assert!(
-        detail.contains("/hub/conversation/close") && detail.contains("503"),
-        "{detail}"
-    );
+    assert!(detail.contains("/hub/conversation/close") && detail.contains("503"), "{detail}");
 
     let (status, detail) = desk().probe(&signed_agent(&refused_base().await)).await;
     assert_eq!(status, ServiceStatus::Unavailable);

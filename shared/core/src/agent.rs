@@ -73,10 +73,7 @@ fn default_min_score() -> f64 {
 
 impl Default for BrainConfig {
     fn default() -> Self {
-        BrainConfig::Faq {
-            faq: Vec::new(),
-            min_score: default_min_score(),
-        }
+        BrainConfig::Faq { faq: Vec::new(), min_score: default_min_score() }
     }
 }
 
@@ -168,32 +165,17 @@ impl Agent {
     /// Semantic checks that serde cannot express. Empty when the agent is valid.
     pub fn validate(&self) -> Vec<ConfigProblem> {
         let mut out = Vec::new();
-        let mut bad = |path: &str, message: String| {
-            out.push(ConfigProblem {
-                path: path.into(),
-                message,
-            })
-        };
+        let mut bad = |path: &str, message: String| out.push(ConfigProblem { path: path.into(), message });
         if !valid_agent_id(&self.id) {
             bad("id", "must be 1-64 characters of a-z, 0-9, '-' or '_'".into());
         }
         if !crate::messages::LANGUAGES.contains(&self.language.as_str()) {
             bad(
                 "language",
-                format!(
-                    "unsupported language {:?}; use one of {:?}",
-                    self.language,
-                    crate::messages::LANGUAGES
-                ),
+                format!("unsupported language {:?}; use one of {:?}", self.language, crate::messages::LANGUAGES),
             );
         }
-        if let DeskConfig::Webhook {
-            url,
-            username,
-            password,
-            signing_secret,
-        } = &self.desk
-        {
+        if let DeskConfig::Webhook { url, username, password, signing_secret } = &self.desk {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 bad("desk.url", format!("must be an http:// or https:// URL, got {url:?}"));
             }
@@ -202,10 +184,7 @@ impl Agent {
             }
             if let Some(s) = signing_secret {
                 if !s.expose().starts_with("whsec_") {
-                    bad(
-                        "desk.signing_secret",
-                        "must be a Standard Webhooks secret starting with whsec_".into(),
-                    );
+                    bad("desk.signing_secret", "must be a Standard Webhooks secret starting with whsec_".into());
                 }
             }
         }
@@ -220,16 +199,10 @@ impl Agent {
             }
         }
         if p.history_messages > 100 {
-            bad(
-                "policy.history_messages",
-                format!("must be at most 100, got {}", p.history_messages),
-            );
+            bad("policy.history_messages", format!("must be at most 100, got {}", p.history_messages));
         }
         if !crate::email::is_valid(&p.default_email) {
-            bad(
-                "policy.default_email",
-                format!("{:?} is not an e-mail address", p.default_email),
-            );
+            bad("policy.default_email", format!("{:?} is not an e-mail address", p.default_email));
         }
         let BrainConfig::Faq { faq, min_score } = &self.brain;
         if !(min_score.is_finite() && *min_score >= 0.0) {
@@ -252,19 +225,10 @@ impl Agent {
         }
         if let FallbackConfig::Ticket { url, signing_secret } = &self.fallback {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                bad(
-                    "fallback.url",
-                    format!("must be an http:// or https:// URL, got {url:?}"),
-                );
+                bad("fallback.url", format!("must be an http:// or https:// URL, got {url:?}"));
             }
-            if signing_secret
-                .as_ref()
-                .is_some_and(|s| !s.expose().starts_with("whsec_"))
-            {
-                bad(
-                    "fallback.signing_secret",
-                    "must be a Standard Webhooks secret starting with whsec_".into(),
-                );
+            if signing_secret.as_ref().is_some_and(|s| !s.expose().starts_with("whsec_")) {
+                bad("fallback.signing_secret", "must be a Standard Webhooks secret starting with whsec_".into());
             }
         }
         for (lang, _) in self.messages.iter() {
@@ -315,15 +279,6 @@ mod tests {
             signing_secret: Some(Secret("nope".into())),
         };
         let paths: Vec<_> = a.validate().into_iter().map(|p| p.path).collect();
-        assert_eq!(
-            paths,
-            [
-                "id",
-                "desk.url",
-                "desk.username",
-                "desk.signing_secret",
-                "policy.wait_timeout_secs"
-            ]
-        );
+        assert_eq!(paths, ["id", "desk.url", "desk.username", "desk.signing_secret", "policy.wait_timeout_secs"]);
     }
 }

@@ -101,10 +101,7 @@ pub struct PendingEffect {
 
 impl PendingEffect {
     pub fn for_event(event_id: &str, index: usize, effect: Effect) -> Self {
-        PendingEffect {
-            id: format!("{event_id}/{index}"),
-            effect,
-        }
+        PendingEffect { id: format!("{event_id}/{index}"), effect }
     }
 
     /// The idempotency key sent to receivers (`webhook-id`, `X-Line-Retry-Key`, ...).

@@ -24,13 +24,7 @@ pub struct Event {
 
 impl Event {
     pub fn new(id: impl Into<String>, conversation: ConversationKey, at: Millis, kind: EventKind) -> Self {
-        Event {
-            schema: EVENT_SCHEMA,
-            id: id.into(),
-            conversation,
-            at,
-            kind,
-        }
+        Event { schema: EVENT_SCHEMA, id: id.into(), conversation, at, kind }
     }
 }
 
@@ -57,10 +51,7 @@ pub enum EventKind {
     /// The brain failed for good (after its own retries).
     BrainFailed { error: String },
     /// The desk accepted the handoff and named its conversation.
-    DeskOpened {
-        handoff_id: String,
-        desk_conversation_id: String,
-    },
+    DeskOpened { handoff_id: String, desk_conversation_id: String },
     /// The desk refused the handoff for good.
     DeskOpenFailed { handoff_id: String, error: String },
     /// A human operator wrote in the desk conversation.
@@ -71,6 +62,10 @@ pub enum EventKind {
     TimerFired { generation: u64 },
     /// The fallback took the request; `detail` says how (e.g. "ticket T-17").
     FallbackDone { detail: String },
+    /// Changes nothing; the worker runs the conversation's pending effects after it. Used
+    /// where effects wait for a retry and no other event would come (AWS: re-armed through
+    /// the timer queue, and by the sweeper).
+    Wake,
 }
 
 impl EventKind {
@@ -88,6 +83,7 @@ impl EventKind {
             EventKind::HumanClosed { .. } => "human_closed",
             EventKind::TimerFired { .. } => "timer_fired",
             EventKind::FallbackDone { .. } => "fallback_done",
+            EventKind::Wake => "wake",
         }
     }
 }

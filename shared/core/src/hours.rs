@@ -110,10 +110,7 @@ impl ServiceHours {
         let tz = match TimeZone::get(&self.time_zone) {
             Ok(tz) => Some(tz),
             Err(_) => {
-                problems.push((
-                    "hours.time_zone".to_string(),
-                    format!("unknown IANA time zone {:?}", self.time_zone),
-                ));
+                problems.push(("hours.time_zone".to_string(), format!("unknown IANA time zone {:?}", self.time_zone)));
                 None
             }
         };
@@ -171,10 +168,7 @@ impl ServiceHours {
         for (i, h) in self.holidays.iter().enumerate() {
             match parse_date(h) {
                 Some(d) => holidays.push(d),
-                None => problems.push((
-                    format!("hours.holidays[{i}]"),
-                    format!("{h:?} is not a date YYYY-MM-DD"),
-                )),
+                None => problems.push((format!("hours.holidays[{i}]"), format!("{h:?} is not a date YYYY-MM-DD"))),
             }
         }
         match (tz, problems.is_empty()) {
@@ -212,9 +206,7 @@ impl Schedule {
     }
 
     fn local(&self, at: Millis) -> Option<(Date, u16)> {
-        let z = jiff::Timestamp::from_millisecond(at.0)
-            .ok()?
-            .to_zoned_datetime(self.tz.clone());
+        let z = jiff::Timestamp::from_millisecond(at.0).ok()?.to_zoned_datetime(self.tz.clone());
         let t = z.time();
         Some((z.date(), t.hour() as u16 * 60 + t.minute() as u16))
     }
@@ -234,12 +226,8 @@ impl Schedule {
             for (f, _) in self.windows_on(date) {
                 let time = jiff::civil::Time::new((f / 60) as i8, (f % 60) as i8, 0, 0).ok()?;
                 // In a DST gap, the compatible rule picks the later instant.
-                let instant = date
-                    .to_datetime(time)
-                    .to_zoned_datetime(self.tz.clone())
-                    .ok()?
-                    .timestamp()
-                    .as_millisecond();
+                let instant =
+                    date.to_datetime(time).to_zoned_datetime(self.tz.clone()).ok()?.timestamp().as_millisecond();
                 // A window that starts in a DST gap opens at the first wall-clock minute it
                 // really has; one lying wholly inside the gap never opens.
                 if instant > at.0 && self.is_open(Millis(instant)) {
@@ -274,29 +262,15 @@ mod tests {
     use super::*;
 
     fn hours(periods: Vec<Period>) -> ServiceHours {
-        ServiceHours {
-            time_zone: "Europe/Zagreb".into(),
-            periods,
-            holidays: vec![],
-        }
+        ServiceHours { time_zone: "Europe/Zagreb".into(), periods, holidays: vec![] }
     }
 
     fn weekly(days: &[Day], from: &str, to: &str) -> Period {
-        Period {
-            days: Some(days.to_vec()),
-            date: None,
-            from: from.into(),
-            to: to.into(),
-        }
+        Period { days: Some(days.to_vec()), date: None, from: from.into(), to: to.into() }
     }
 
     fn once(date: &str, from: &str, to: &str) -> Period {
-        Period {
-            days: None,
-            date: Some(date.into()),
-            from: from.into(),
-            to: to.into(),
-        }
+        Period { days: None, date: Some(date.into()), from: from.into(), to: to.into() }
     }
 
     fn ms(s: &str) -> Millis {
@@ -313,23 +287,13 @@ mod tests {
             once("2024-12-12", "15:00", "17:00"),
         ]);
         let s = h.compile().unwrap();
-        assert_eq!(
-            s.windows_on("2024-12-12".parse().unwrap()),
-            vec![(540, 720), (780, 1080)]
-        );
-        assert_eq!(
-            s.windows_on("2024-12-19".parse().unwrap()),
-            vec![(780, 1080)],
-            "the dated rules apply once"
-        );
+        assert_eq!(s.windows_on("2024-12-12".parse().unwrap()), vec![(540, 720), (780, 1080)]);
+        assert_eq!(s.windows_on("2024-12-19".parse().unwrap()), vec![(780, 1080)], "the dated rules apply once");
     }
 
     #[test]
     fn touching_windows_merge_and_24_00_is_end_of_day() {
-        assert_eq!(
-            merge(vec![(600, 720), (540, 600), (1200, 1440)]),
-            vec![(540, 720), (1200, 1440)]
-        );
+        assert_eq!(merge(vec![(600, 720), (540, 600), (1200, 1440)]), vec![(540, 720), (1200, 1440)]);
         assert_eq!(parse_minutes("24:00", true), Some(1440));
         assert_eq!(parse_minutes("24:00", false), None);
         assert_eq!(parse_minutes("9:00", false), None);
@@ -338,13 +302,9 @@ mod tests {
 
     #[test]
     fn open_and_next_opening_in_local_time() {
-        let s = hours(vec![weekly(
-            &[Day::Mon, Day::Tue, Day::Wed, Day::Thu, Day::Fri],
-            "09:00",
-            "17:00",
-        )])
-        .compile()
-        .unwrap();
+        let s = hours(vec![weekly(&[Day::Mon, Day::Tue, Day::Wed, Day::Thu, Day::Fri], "09:00", "17:00")])
+            .compile()
+            .unwrap();
         assert!(s.is_open(ms("2024-12-12T09:00:00+01:00[Europe/Zagreb]")));
         assert!(!s.is_open(ms("2024-12-12T17:00:00+01:00[Europe/Zagreb]")));
         assert!(!s.is_open(ms("2024-12-14T10:00:00+01:00[Europe/Zagreb]")), "Saturday");
@@ -356,22 +316,11 @@ mod tests {
     #[test]
     fn windows_follow_the_wall_clock_across_dst() {
         // 2025-03-30: Europe/Zagreb moves from +01:00 to +02:00.
-        let s = hours(vec![weekly(&[Day::Sun, Day::Mon], "09:00", "10:00")])
-            .compile()
-            .unwrap();
+        let s = hours(vec![weekly(&[Day::Sun, Day::Mon], "09:00", "10:00")]).compile().unwrap();
         assert!(s.is_open(ms("2025-03-30T09:30:00+02:00[Europe/Zagreb]")));
-        assert!(
-            s.is_open(ms("2025-03-31T07:30:00+00:00[UTC]")),
-            "07:30 UTC is 09:30 summer time"
-        );
-        assert!(
-            !s.is_open(ms("2025-03-31T08:30:00+00:00[UTC]")),
-            "08:30 UTC was 09:30 in winter, is 10:30 now"
-        );
-        assert!(
-            s.is_open(ms("2025-03-24T08:30:00+00:00[UTC]")),
-            "a week earlier 08:30 UTC is 09:30 winter time"
-        );
+        assert!(s.is_open(ms("2025-03-31T07:30:00+00:00[UTC]")), "07:30 UTC is 09:30 summer time");
+        assert!(!s.is_open(ms("2025-03-31T08:30:00+00:00[UTC]")), "08:30 UTC was 09:30 in winter, is 10:30 now");
+        assert!(s.is_open(ms("2025-03-24T08:30:00+00:00[UTC]")), "a week earlier 08:30 UTC is 09:30 winter time");
     }
 
     #[test]
@@ -388,17 +337,8 @@ mod tests {
         let mut periods: Vec<Period> = (0..11).map(|_| weekly(&[Day::Mon], "09:00", "10:00")).collect();
         periods[1] = weekly(&[Day::Mon], "12:00", "12:00");
         periods[2] = once("2024-13-01", "09:00", "10:00");
-        periods[3] = Period {
-            days: None,
-            date: None,
-            from: "09:00".into(),
-            to: "25:00".into(),
-        };
-        let mut h = ServiceHours {
-            time_zone: "Mars/Olympus".into(),
-            periods,
-            holidays: vec!["tomorrow".into()],
-        };
+        periods[3] = Period { days: None, date: None, from: "09:00".into(), to: "25:00".into() };
+        let mut h = ServiceHours { time_zone: "Mars/Olympus".into(), periods, holidays: vec!["tomorrow".into()] };
         let problems: Vec<String> = h.compile().unwrap_err().into_iter().map(|(p, _)| p).collect();
         assert_eq!(
             problems,

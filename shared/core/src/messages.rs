@@ -190,9 +190,7 @@ mod tests {
     #[test]
     fn override_wins_then_language_then_english() {
         let mut o = MessageOverrides::new();
-        o.entry("de".into())
-            .or_default()
-            .insert(MessageKey::Waiting, "Moment!".into());
+        o.entry("de".into()).or_default().insert(MessageKey::Waiting, "Moment!".into());
         assert_eq!(text(&o, "de", MessageKey::Waiting), "Moment!");
         assert!(text(&o, "fr", MessageKey::Waiting).starts_with("Je vous"));
         assert!(text(&o, "xx", MessageKey::Waiting).starts_with("I am connecting"));

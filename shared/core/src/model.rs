@@ -54,10 +54,7 @@ impl Channel {
 
     /// Channels that render buttons; the others get a numbered text fallback.
     pub fn has_buttons(self) -> bool {
-        matches!(
-            self,
-            Channel::Widget | Channel::Api | Channel::Telegram | Channel::Line | Channel::Whatsapp
-        )
+        matches!(self, Channel::Widget | Channel::Api | Channel::Telegram | Channel::Line | Channel::Whatsapp)
     }
 }
 
@@ -88,9 +85,7 @@ pub enum KeyError {
 pub fn valid_agent_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 impl ConversationKey {
@@ -101,11 +96,7 @@ impl ConversationKey {
         if user.is_empty() || user.len() > MAX_USER_ID_LEN || user.chars().any(char::is_control) {
             return Err(KeyError::BadUser);
         }
-        Ok(ConversationKey {
-            agent: agent.to_string(),
-            channel,
-            user: user.to_string(),
-        })
+        Ok(ConversationKey { agent: agent.to_string(), channel, user: user.to_string() })
     }
 
     pub fn parse(s: &str) -> Result<Self, KeyError> {
@@ -159,11 +150,7 @@ pub struct OutMessage {
 
 impl OutMessage {
     pub fn new(from: Role, text: impl Into<String>) -> Self {
-        OutMessage {
-            from,
-            text: text.into(),
-            buttons: Vec::new(),
-        }
+        OutMessage { from, text: text.into(), buttons: Vec::new() }
     }
 }
 
@@ -226,18 +213,9 @@ mod tests {
 
     #[test]
     fn key_rejects_bad_parts() {
-        assert_eq!(
-            ConversationKey::new("Demo", Channel::Widget, "u"),
-            Err(KeyError::BadAgent)
-        );
-        assert_eq!(
-            ConversationKey::new("demo", Channel::Widget, ""),
-            Err(KeyError::BadUser)
-        );
-        assert_eq!(
-            ConversationKey::new("demo", Channel::Widget, "a\nb"),
-            Err(KeyError::BadUser)
-        );
+        assert_eq!(ConversationKey::new("Demo", Channel::Widget, "u"), Err(KeyError::BadAgent));
+        assert_eq!(ConversationKey::new("demo", Channel::Widget, ""), Err(KeyError::BadUser));
+        assert_eq!(ConversationKey::new("demo", Channel::Widget, "a\nb"), Err(KeyError::BadUser));
         assert_eq!(ConversationKey::parse("demo#fax#u"), Err(KeyError::BadChannel));
         assert_eq!(ConversationKey::parse("demo"), Err(KeyError::Malformed));
     }

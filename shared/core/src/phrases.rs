@@ -61,13 +61,7 @@ pub const CANCEL: &[&str] = &["cancel", "abbrechen", "odustani", "取消", "annu
 pub fn normalise(s: &str) -> String {
     let mapped: String = s
         .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || c == '/' {
-                c.to_lowercase().next().unwrap_or(c)
-            } else {
-                ' '
-            }
-        })
+        .map(|c| if c.is_alphanumeric() || c == '/' { c.to_lowercase().next().unwrap_or(c) } else { ' ' })
         .collect();
     mapped.split_whitespace().collect::<Vec<_>>().join(" ")
 }

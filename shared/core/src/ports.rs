@@ -168,10 +168,7 @@ pub trait Brain: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliveryError {
     #[error("temporary failure: {message}")]
-    Retryable {
-        message: String,
-        retry_after_ms: Option<u64>,
-    },
+    Retryable { message: String, retry_after_ms: Option<u64> },
     #[error("credentials rejected: {message}")]
     Unauthorized { message: String },
     #[error("permanent failure: {message}")]
@@ -180,15 +177,10 @@ pub enum DeliveryError {
 
 impl DeliveryError {
     pub fn retryable(message: impl Into<String>) -> Self {
-        DeliveryError::Retryable {
-            message: message.into(),
-            retry_after_ms: None,
-        }
+        DeliveryError::Retryable { message: message.into(), retry_after_ms: None }
     }
     pub fn permanent(message: impl Into<String>) -> Self {
-        DeliveryError::Permanent {
-            message: message.into(),
-        }
+        DeliveryError::Permanent { message: message.into() }
     }
 }
 

@@ -76,11 +76,7 @@ pub enum State {
         asked_to_keep_waiting: bool,
     },
     /// A human replied: the session is official.
-    WithHuman {
-        handoff: Handoff,
-        desk_conversation_id: String,
-        human_messages: u32,
-    },
+    WithHuman { handoff: Handoff, desk_conversation_id: String, human_messages: u32 },
 }
 
 impl State {
@@ -148,11 +144,7 @@ impl Session {
     }
 
     fn push_turn(&mut self, role: Role, text: &str, at: Millis) {
-        self.history.push(Turn {
-            role,
-            text: text.to_string(),
-            at,
-        });
+        self.history.push(Turn { role, text: text.to_string(), at });
         if self.history.len() > HISTORY_CAP {
             let excess = self.history.len() - HISTORY_CAP;
             self.history.drain(..excess);
@@ -174,20 +166,10 @@ pub fn step(session: &Session, event: &Event, now: Millis, agent: &Agent) -> Res
 
 /// [`step`] with facts about the desk.
 pub fn step_with(session: &Session, event: &Event, now: Millis, agent: &Agent, facts: &Facts) -> Result<Step, Ignored> {
-    let mut m = Machine {
-        s: session.clone(),
-        fx: Vec::new(),
-        now,
-        agent,
-        facts,
-        event_id: &event.id,
-    };
+    let mut m = Machine { s: session.clone(), fx: Vec::new(), now, agent, facts, event_id: &event.id };
     m.s.updated_at = now;
     m.apply(&event.kind)?;
-    Ok(Step {
-        session: m.s,
-        effects: m.fx,
-    })
+    Ok(Step { session: m.s, effects: m.fx })
 }
 
 struct Machine<'a> {
@@ -212,6 +194,7 @@ impl Machine<'_> {
         let state = self.s.state.clone();
         match (state, kind) {
             (_, EventKind::UserMessage { text, .. }) if text.trim().is_empty() => Err(Ignored::EmptyMessage),
+            (_, EventKind::Wake) => Ok(()),
             (_, EventKind::UserSetEmail { email }) => {
                 if !crate::email::is_valid(email) {
                     return Err(Ignored::InvalidEmail);
@@ -265,9 +248,7 @@ impl Machine<'_> {
                     BrainReply::Handoff { reason, text } => {
                         // Not added to the history: the desk gets the turns before the question.
                         if let Some(t) = text {
-                            self.fx.push(Effect::SendToUser {
-                                message: OutMessage::new(Role::Bot, t.clone()),
-                            });
+                            self.fx.push(Effect::SendToUser { message: OutMessage::new(Role::Bot, t.clone()) });
                         }
                         self.start_handoff(self.last_user_text(), reason.clone());
                     }
@@ -306,24 +287,14 @@ impl Machine<'_> {
             (State::CollectingEmail { .. }, EventKind::HandoffRequested { .. }) => Err(Ignored::AlreadyHandedOff),
 
             // ---- WaitingForHuman ----
-            (
-                State::WaitingForHuman {
-                    handoff,
-                    desk_conversation_id,
-                    asked_to_keep_waiting,
-                },
-                ev,
-            ) => self.waiting(handoff, desk_conversation_id, asked_to_keep_waiting, ev),
+            (State::WaitingForHuman { handoff, desk_conversation_id, asked_to_keep_waiting }, ev) => {
+                self.waiting(handoff, desk_conversation_id, asked_to_keep_waiting, ev)
+            }
 
             // ---- WithHuman ----
-            (
-                State::WithHuman {
-                    handoff,
-                    desk_conversation_id,
-                    human_messages,
-                },
-                ev,
-            ) => self.with_human(handoff, desk_conversation_id, human_messages, ev),
+            (State::WithHuman { handoff, desk_conversation_id, human_messages }, ev) => {
+                self.with_human(handoff, desk_conversation_id, human_messages, ev)
+            }
 
             // Anything about desks or timers while no handoff is active is stale.
             (State::CollectingEmail { .. }, EventKind::BrainReplied { .. } | EventKind::BrainFailed { .. }) => {
@@ -372,10 +343,7 @@ impl Machine<'_> {
                     self.say(MessageKey::KeptWaiting);
                 } else {
                     self.s.push_turn(Role::User, text, self.now);
-                    self.fx.push(Effect::PostToDesk {
-                        handoff_id: handoff.id.clone(),
-                        text: text.clone(),
-                    });
+                    self.fx.push(Effect::PostToDesk { handoff_id: handoff.id.clone(), text: text.clone() });
                     // Writing on instead of answering "end or keep waiting?" means waiting on.
                     if asked {
                         self.s.state = State::WaitingForHuman {
@@ -392,10 +360,7 @@ impl Machine<'_> {
                 self.end_by_user(&handoff);
                 Ok(())
             }
-            EventKind::DeskOpened {
-                handoff_id,
-                desk_conversation_id,
-            } => {
+            EventKind::DeskOpened { handoff_id, desk_conversation_id } => {
                 if *handoff_id != handoff.id || desk_id.is_some() {
                     return Err(Ignored::StaleHandoff);
                 }
@@ -415,18 +380,12 @@ impl Machine<'_> {
                 self.escalate(self.last_user_text(), handoff.reason.clone());
                 Ok(())
             }
-            EventKind::HumanMessage {
-                desk_conversation_id,
-                text,
-            } => {
+            EventKind::HumanMessage { desk_conversation_id, text } => {
                 if !matches_desk(desk_conversation_id) {
                     return Err(Ignored::StaleHandoff);
                 }
-                self.s.state = State::WithHuman {
-                    handoff,
-                    desk_conversation_id: desk_conversation_id.clone(),
-                    human_messages: 1,
-                };
+                self.s.state =
+                    State::WithHuman { handoff, desk_conversation_id: desk_conversation_id.clone(), human_messages: 1 };
                 self.say(MessageKey::HumanJoined);
                 self.s.push_turn(Role::Human, text, self.now);
                 self.fx.push(Effect::SendToUser {
@@ -446,30 +405,18 @@ impl Machine<'_> {
             EventKind::TimerFired { generation } => {
                 self.check_timer(*generation)?;
                 if asked {
-                    self.fx.push(Effect::CloseDesk {
-                        handoff_id: handoff.id.clone(),
-                        reason: CloseReason::Timeout,
-                    });
+                    self.fx.push(Effect::CloseDesk { handoff_id: handoff.id.clone(), reason: CloseReason::Timeout });
                     self.back_to_bot(&handoff, "nobody answered in time");
                     self.say(MessageKey::RequestTimedOut);
                 } else {
-                    self.s.state = State::WaitingForHuman {
-                        handoff,
-                        desk_conversation_id: desk_id,
-                        asked_to_keep_waiting: true,
-                    };
+                    self.s.state =
+                        State::WaitingForHuman { handoff, desk_conversation_id: desk_id, asked_to_keep_waiting: true };
                     let question = OutMessage {
                         from: Role::System,
                         text: self.msg(MessageKey::WaitTimeoutQuestion),
                         buttons: vec![
-                            Button {
-                                label: self.msg(MessageKey::KeepWaiting),
-                                value: KEEP_WAITING_VALUE.into(),
-                            },
-                            Button {
-                                label: self.msg(MessageKey::EndRequest),
-                                value: END_VALUE.into(),
-                            },
+                            Button { label: self.msg(MessageKey::KeepWaiting), value: KEEP_WAITING_VALUE.into() },
+                            Button { label: self.msg(MessageKey::EndRequest), value: END_VALUE.into() },
                         ],
                     };
                     self.fx.push(Effect::SendToUser { message: question });
@@ -484,6 +431,7 @@ impl Machine<'_> {
                 self.fallback_done(detail);
                 Ok(())
             }
+            EventKind::Wake => Ok(()),
         }
     }
 
@@ -497,10 +445,7 @@ impl Machine<'_> {
                     self.end_by_user(&handoff);
                 } else {
                     self.s.push_turn(Role::User, text, self.now);
-                    self.fx.push(Effect::PostToDesk {
-                        handoff_id: handoff.id.clone(),
-                        text: text.clone(),
-                    });
+                    self.fx.push(Effect::PostToDesk { handoff_id: handoff.id.clone(), text: text.clone() });
                     // The user replied: the session timeout only runs after the human's last message.
                     if self.s.timer.take().is_some() {
                         self.fx.push(Effect::CancelTimer);
@@ -512,18 +457,11 @@ impl Machine<'_> {
                 self.end_by_user(&handoff);
                 Ok(())
             }
-            EventKind::HumanMessage {
-                desk_conversation_id,
-                text,
-            } => {
+            EventKind::HumanMessage { desk_conversation_id, text } => {
                 if *desk_conversation_id != desk_id {
                     return Err(Ignored::StaleHandoff);
                 }
-                self.s.state = State::WithHuman {
-                    handoff,
-                    desk_conversation_id: desk_id,
-                    human_messages: count + 1,
-                };
+                self.s.state = State::WithHuman { handoff, desk_conversation_id: desk_id, human_messages: count + 1 };
                 self.s.push_turn(Role::Human, text, self.now);
                 self.fx.push(Effect::SendToUser {
                     message: self.with_end_button(OutMessage::new(Role::Human, text.clone())),
@@ -541,10 +479,7 @@ impl Machine<'_> {
             }
             EventKind::TimerFired { generation } => {
                 self.check_timer(*generation)?;
-                self.fx.push(Effect::CloseDesk {
-                    handoff_id: handoff.id.clone(),
-                    reason: CloseReason::Timeout,
-                });
+                self.fx.push(Effect::CloseDesk { handoff_id: handoff.id.clone(), reason: CloseReason::Timeout });
                 self.back_to_bot(&handoff, "the user did not reply in time");
                 self.say(MessageKey::SessionTimedOut);
                 Ok(())
@@ -557,6 +492,7 @@ impl Machine<'_> {
                 self.fallback_done(detail);
                 Ok(())
             }
+            EventKind::Wake => Ok(()),
         }
     }
 
@@ -582,14 +518,10 @@ impl Machine<'_> {
         if let Some(schedule) = self.agent.hours.as_ref().and_then(|h| h.compile().ok()) {
             if !schedule.is_open(self.now) {
                 let text = match schedule.next_opening(self.now) {
-                    Some(next) => self
-                        .msg(MessageKey::OutOfHours)
-                        .replace("{next_opening}", &schedule.describe(next)),
+                    Some(next) => self.msg(MessageKey::OutOfHours).replace("{next_opening}", &schedule.describe(next)),
                     None => self.msg(MessageKey::OutOfHoursNoNext),
                 };
-                self.fx.push(Effect::SendToUser {
-                    message: OutMessage::new(Role::System, text),
-                });
+                self.fx.push(Effect::SendToUser { message: OutMessage::new(Role::System, text) });
                 self.escalate(question, format!("{reason}; outside service hours"));
                 return;
             }
@@ -610,11 +542,7 @@ impl Machine<'_> {
     }
 
     fn open_desk(&mut self, question: String, reason: String) {
-        let handoff = Handoff {
-            id: self.handoff_id(),
-            reason: reason.clone(),
-            requested_at: self.now,
-        };
+        let handoff = Handoff { id: self.handoff_id(), reason: reason.clone(), requested_at: self.now };
         let email = match (&self.s.email, self.s.key.channel.collects_email()) {
             (Some(e), _) => e.clone(),
             (None, _) => self.agent.policy.default_email.clone(),
@@ -626,18 +554,11 @@ impl Machine<'_> {
             question,
             reason,
         };
-        self.s.state = State::WaitingForHuman {
-            handoff,
-            desk_conversation_id: None,
-            asked_to_keep_waiting: false,
-        };
+        self.s.state = State::WaitingForHuman { handoff, desk_conversation_id: None, asked_to_keep_waiting: false };
         let waiting = OutMessage {
             from: Role::System,
             text: self.msg(MessageKey::Waiting),
-            buttons: vec![Button {
-                label: self.msg(MessageKey::EndRequest),
-                value: END_VALUE.into(),
-            }],
+            buttons: vec![Button { label: self.msg(MessageKey::EndRequest), value: END_VALUE.into() }],
         };
         self.fx.push(Effect::SendToUser { message: waiting });
         self.fx.push(Effect::OpenDesk { request });
@@ -646,9 +567,7 @@ impl Machine<'_> {
 
     fn fallback_done(&mut self, detail: &str) {
         let text = self.msg(MessageKey::FallbackDone).replace("{detail}", detail);
-        self.fx.push(Effect::SendToUser {
-            message: OutMessage::new(Role::System, text),
-        });
+        self.fx.push(Effect::SendToUser { message: OutMessage::new(Role::System, text) });
     }
 
     /// Pass a request no human can take to the agent's fallback (ticket, e-mail, ...).
@@ -658,11 +577,7 @@ impl Machine<'_> {
         }
         let request = HandoffRequest {
             handoff_id: self.handoff_id(),
-            email: self
-                .s
-                .email
-                .clone()
-                .unwrap_or_else(|| self.agent.policy.default_email.clone()),
+            email: self.s.email.clone().unwrap_or_else(|| self.agent.policy.default_email.clone()),
             history: self.history_before(&question),
             question,
             reason,
@@ -671,21 +586,14 @@ impl Machine<'_> {
     }
 
     fn end_by_user(&mut self, handoff: &Handoff) {
-        self.fx.push(Effect::CloseDesk {
-            handoff_id: handoff.id.clone(),
-            reason: CloseReason::UserClosed,
-        });
+        self.fx.push(Effect::CloseDesk { handoff_id: handoff.id.clone(), reason: CloseReason::UserClosed });
         self.back_to_bot(handoff, "the user ended the session");
         self.say(MessageKey::UserEnded);
     }
 
     fn back_to_bot(&mut self, handoff: &Handoff, how: &str) {
-        let human_turns = self
-            .s
-            .history
-            .iter()
-            .filter(|t| t.role == Role::Human && t.at >= handoff.requested_at)
-            .count();
+        let human_turns =
+            self.s.history.iter().filter(|t| t.role == Role::Human && t.at >= handoff.requested_at).count();
         self.s.summary = Some(format!(
             "A human handoff ({}) ended: {how}; the human wrote {human_turns} message(s).",
             handoff.reason
@@ -731,59 +639,34 @@ impl Machine<'_> {
             MessageKey::AskEmail | MessageKey::InvalidEmail | MessageKey::HandoffCancelled => Role::Bot,
             _ => Role::System,
         };
-        self.fx.push(Effect::SendToUser {
-            message: OutMessage::new(from, text),
-        });
+        self.fx.push(Effect::SendToUser { message: OutMessage::new(from, text) });
     }
 
     fn say_as(&mut self, role: Role, text: String) {
         self.s.push_turn(role, &text, self.now);
-        self.fx.push(Effect::SendToUser {
-            message: OutMessage::new(role, text),
-        });
+        self.fx.push(Effect::SendToUser { message: OutMessage::new(role, text) });
     }
 
     fn with_end_button(&self, mut m: OutMessage) -> OutMessage {
-        m.buttons.push(Button {
-            label: self.msg(MessageKey::EndChatButton),
-            value: END_VALUE.into(),
-        });
+        m.buttons.push(Button { label: self.msg(MessageKey::EndChatButton), value: END_VALUE.into() });
         m
     }
 
     fn last_user_text(&self) -> String {
-        self.s
-            .history
-            .iter()
-            .rev()
-            .find(|t| t.role == Role::User)
-            .map(|t| t.text.clone())
-            .unwrap_or_default()
+        self.s.history.iter().rev().find(|t| t.role == Role::User).map(|t| t.text.clone()).unwrap_or_default()
     }
 
     /// The last N user/bot/human turns, optionally without the newest (the current question).
     fn recent_history(&self, skip_newest: bool) -> Vec<Turn> {
-        let end = if skip_newest {
-            self.s.history.len().saturating_sub(1)
-        } else {
-            self.s.history.len()
-        };
+        let end = if skip_newest { self.s.history.len().saturating_sub(1) } else { self.s.history.len() };
         let n = self.agent.policy.history_messages;
-        let turns: Vec<Turn> = self.s.history[..end]
-            .iter()
-            .filter(|t| t.role != Role::System)
-            .cloned()
-            .collect();
+        let turns: Vec<Turn> = self.s.history[..end].iter().filter(|t| t.role != Role::System).cloned().collect();
         turns[turns.len().saturating_sub(n)..].to_vec()
     }
 
     /// History for the desk: the last N turns before the current question.
     fn history_before(&self, question: &str) -> Vec<Turn> {
-        let newest_is_question = self
-            .s
-            .history
-            .last()
-            .is_some_and(|t| t.role == Role::User && t.text == question);
+        let newest_is_question = self.s.history.last().is_some_and(|t| t.role == Role::User && t.text == question);
         self.recent_history(newest_is_question)
     }
 }

@@ -8,24 +8,11 @@ use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use proptest::prelude::*;
 
-const ZONES: &[&str] = &[
-    "Europe/Zagreb",
-    "America/New_York",
-    "Australia/Sydney",
-    "Australia/Lord_Howe",
-    "Asia/Shanghai",
-    "UTC",
-];
+const ZONES: &[&str] =
+    &["Europe/Zagreb", "America/New_York", "Australia/Sydney", "Australia/Lord_Howe", "Asia/Shanghai", "UTC"];
 /// Days around DST changes: (zone-independent) start dates of the 3-day scan.
-const STARTS: &[&str] = &[
-    "2025-03-29",
-    "2025-10-25",
-    "2025-03-08",
-    "2025-11-01",
-    "2025-04-05",
-    "2025-10-04",
-    "2024-12-11",
-];
+const STARTS: &[&str] =
+    &["2025-03-29", "2025-10-25", "2025-03-08", "2025-11-01", "2025-04-05", "2025-10-04", "2024-12-11"];
 const DAYS: [Day; 7] = [Day::Mon, Day::Tue, Day::Wed, Day::Thu, Day::Fri, Day::Sat, Day::Sun];
 
 fn hhmm(m: u16) -> String {
@@ -65,14 +52,7 @@ fn hours() -> impl Strategy<Value = (ServiceHours, Date)> {
                 .map(|h| start.checked_add(jiff::Span::new().days(h)).unwrap().to_string())
                 .into_iter()
                 .collect();
-            (
-                ServiceHours {
-                    time_zone: ZONES[z].into(),
-                    periods,
-                    holidays,
-                },
-                start,
-            )
+            (ServiceHours { time_zone: ZONES[z].into(), periods, holidays }, start)
         })
     })
 }
@@ -80,9 +60,7 @@ fn hours() -> impl Strategy<Value = (ServiceHours, Date)> {
 /// The rules read directly, without merging: open when any rule of that calendar day
 /// contains the wall-clock minute.
 fn oracle(h: &ServiceHours, tz: &TimeZone, at: i64) -> bool {
-    let z = jiff::Timestamp::from_millisecond(at)
-        .unwrap()
-        .to_zoned_datetime(tz.clone());
+    let z = jiff::Timestamp::from_millisecond(at).unwrap().to_zoned_datetime(tz.clone());
     let date = z.date();
     if h.holidays.iter().any(|d| d.parse::<Date>().unwrap() == date) {
         return false;

@@ -42,15 +42,11 @@ fn de(key: MessageKey) -> String {
 }
 
 fn system(text: String) -> Effect {
-    Effect::SendToUser {
-        message: OutMessage::new(Role::System, text),
-    }
+    Effect::SendToUser { message: OutMessage::new(Role::System, text) }
 }
 
 fn bot(text: String) -> Effect {
-    Effect::SendToUser {
-        message: OutMessage::new(Role::Bot, text),
-    }
+    Effect::SendToUser { message: OutMessage::new(Role::Bot, text) }
 }
 
 /// The "connecting you" notice, with its "End request" button.
@@ -72,23 +68,15 @@ fn waiting(lang: &str) -> Effect {
 }
 
 fn user(text: &str) -> EventKind {
-    EventKind::UserMessage {
-        text: text.into(),
-        email: None,
-        language: None,
-    }
+    EventKind::UserMessage { text: text.into(), email: None, language: None }
 }
 
 fn answer(text: &str) -> EventKind {
-    EventKind::BrainReplied {
-        reply: BrainReply::Answer { text: text.into() },
-    }
+    EventKind::BrainReplied { reply: BrainReply::Answer { text: text.into() } }
 }
 
 fn unknown() -> EventKind {
-    EventKind::BrainReplied {
-        reply: BrainReply::Unknown { text: None },
-    }
+    EventKind::BrainReplied { reply: BrainReply::Unknown { text: None } }
 }
 
 fn timer(generation: u64) -> EventKind {
@@ -96,17 +84,11 @@ fn timer(generation: u64) -> EventKind {
 }
 
 fn desk_opened(handoff_id: &str, desk: &str) -> EventKind {
-    EventKind::DeskOpened {
-        handoff_id: handoff_id.into(),
-        desk_conversation_id: desk.into(),
-    }
+    EventKind::DeskOpened { handoff_id: handoff_id.into(), desk_conversation_id: desk.into() }
 }
 
 fn human(desk: &str, text: &str) -> EventKind {
-    EventKind::HumanMessage {
-        desk_conversation_id: desk.into(),
-        text: text.into(),
-    }
+    EventKind::HumanMessage { desk_conversation_id: desk.into(), text: text.into() }
 }
 
 /// A conversation driven event by event, the way the worker drives it: a step that is
@@ -125,12 +107,7 @@ impl Sim {
 
     fn with_agent(channel: Channel, agent: Agent) -> Sim {
         let key = ConversationKey::new("demo", channel, "user-1").unwrap();
-        Sim {
-            agent,
-            session: Session::new(key),
-            now: Millis(T0),
-            seq: 0,
-        }
+        Sim { agent, session: Session::new(key), now: Millis(T0), seq: 0 }
     }
 
     fn advance(&mut self, secs: i64) {
@@ -150,11 +127,7 @@ impl Sim {
     fn apply(&mut self, kind: EventKind) -> Vec<Effect> {
         match self.try_apply(kind.clone()) {
             Ok(fx) => fx,
-            Err(e) => panic!(
-                "{} was ignored in state {}: {e:?}",
-                kind.name(),
-                self.session.state.name()
-            ),
+            Err(e) => panic!("{} was ignored in state {}: {e:?}", kind.name(), self.session.state.name()),
         }
     }
 
@@ -232,11 +205,7 @@ fn sent(fx: &[Effect]) -> Vec<OutMessage> {
 }
 
 fn turn(role: Role, text: &str, at: i64) -> Turn {
-    Turn {
-        role,
-        text: text.into(),
-        at: Millis(at),
-    }
+    Turn { role, text: text.into(), at: Millis(at) }
 }
 
 // ---------------------------------------------------------------- Bot
@@ -247,12 +216,7 @@ fn bot_user_message_asks_the_brain_with_the_previous_history() {
     let fx = sim.apply(user("hi"));
     assert_eq!(
         fx,
-        vec![Effect::AskBrain {
-            question: "hi".into(),
-            history: vec![],
-            context: None,
-            language: "en".into(),
-        }]
+        vec![Effect::AskBrain { question: "hi".into(), history: vec![], context: None, language: "en".into() }]
     );
     sim.advance(1);
     sim.apply(answer("Hello! How can I help?"));
@@ -263,10 +227,7 @@ fn bot_user_message_asks_the_brain_with_the_previous_history() {
         fx,
         vec![Effect::AskBrain {
             question: "What are your opening hours?".into(),
-            history: vec![
-                turn(Role::User, "hi", T0),
-                turn(Role::Bot, "Hello! How can I help?", T0 + 1000),
-            ],
+            history: vec![turn(Role::User, "hi", T0), turn(Role::Bot, "Hello! How can I help?", T0 + 1000),],
             context: None,
             language: "en".into(),
         }]
@@ -274,10 +235,7 @@ fn bot_user_message_asks_the_brain_with_the_previous_history() {
     assert_eq!(sim.session.state, State::Bot);
     assert_eq!(sim.session.timer, None);
     assert_eq!(sim.session.history.len(), before.history.len() + 1);
-    assert_eq!(
-        sim.session.history.last(),
-        Some(&turn(Role::User, "What are your opening hours?", T0 + 2000))
-    );
+    assert_eq!(sim.session.history.last(), Some(&turn(Role::User, "What are your opening hours?", T0 + 2000)));
 }
 
 #[test]
@@ -290,9 +248,7 @@ fn ask_brain_history_is_limited_to_the_last_n_turns() {
         sim.apply(answer(&format!("answer {i}")));
     }
     let fx = sim.apply(user("last question"));
-    let Effect::AskBrain { history, .. } = &fx[0] else {
-        panic!("{fx:?}")
-    };
+    let Effect::AskBrain { history, .. } = &fx[0] else { panic!("{fx:?}") };
     let texts: Vec<_> = history.iter().map(|t| t.text.as_str()).collect();
     assert_eq!(texts, ["answer 3", "question 4", "answer 4"]);
 }
@@ -306,12 +262,7 @@ fn brain_answer_is_sent_from_the_bot_and_resets_unanswered() {
     sim.apply(user("what is y?"));
     let len = sim.session.history.len();
     let fx = sim.apply(answer("Y is a letter."));
-    assert_eq!(
-        fx,
-        vec![Effect::SendToUser {
-            message: OutMessage::new(Role::Bot, "Y is a letter.")
-        }]
-    );
+    assert_eq!(fx, vec![Effect::SendToUser { message: OutMessage::new(Role::Bot, "Y is a letter.") }]);
     assert_eq!(sim.session.unanswered, 0);
     assert_eq!(sim.session.state, State::Bot);
     assert_eq!(sim.session.history.len(), len + 1);
@@ -324,22 +275,13 @@ fn unknown_below_the_limit_says_not_understood() {
     let mut sim = Sim::new(Channel::Widget);
     sim.apply(user("what is x?"));
     let fx = sim.apply(unknown());
-    assert_eq!(
-        fx,
-        vec![Effect::SendToUser {
-            message: OutMessage::new(Role::Bot, en(MessageKey::NotUnderstood))
-        }]
-    );
+    assert_eq!(fx, vec![Effect::SendToUser { message: OutMessage::new(Role::Bot, en(MessageKey::NotUnderstood)) }]);
     assert_eq!(sim.session.unanswered, 1);
     assert_eq!(sim.session.state, State::Bot);
 
     // The brain's own wording wins over the default.
     sim.apply(user("what is z?"));
-    let fx = sim.apply(EventKind::BrainReplied {
-        reply: BrainReply::Unknown {
-            text: Some("No idea, sorry.".into()),
-        },
-    });
+    let fx = sim.apply(EventKind::BrainReplied { reply: BrainReply::Unknown { text: Some("No idea, sorry.".into()) } });
     assert_eq!(sent(&fx), vec![OutMessage::new(Role::Bot, "No idea, sorry.")]);
     assert_eq!(sim.session.unanswered, 2);
     assert_eq!(sim.session.state, State::Bot);
@@ -356,9 +298,7 @@ fn reaching_max_unanswered_starts_the_handoff_with_the_last_question() {
     sim.apply(user("what is c?"));
     let fx = sim.apply(unknown());
     assert_eq!(fx, vec![bot(en(MessageKey::AskEmail))]);
-    let State::CollectingEmail { question, reason } = &sim.session.state else {
-        panic!("{:?}", sim.session.state)
-    };
+    let State::CollectingEmail { question, reason } = &sim.session.state else { panic!("{:?}", sim.session.state) };
     assert_eq!(question, "what is c?");
     assert!(reason.contains('3'), "{reason}");
     assert_eq!(sim.session.unanswered, 0);
@@ -372,10 +312,7 @@ fn max_unanswered_zero_never_hands_off() {
     for i in 0..6 {
         sim.apply(user(&format!("q{i}")));
         let fx = sim.apply(unknown());
-        assert_eq!(
-            sent(&fx),
-            vec![OutMessage::new(Role::Bot, en(MessageKey::NotUnderstood))]
-        );
+        assert_eq!(sent(&fx), vec![OutMessage::new(Role::Bot, en(MessageKey::NotUnderstood))]);
         assert_eq!(sim.session.state, State::Bot);
     }
 }
@@ -385,10 +322,7 @@ fn brain_handoff_and_brain_failure_start_a_handoff() {
     let mut sim = Sim::new(Channel::Telegram);
     sim.apply(user("my parcel is lost"));
     let fx = sim.apply(EventKind::BrainReplied {
-        reply: BrainReply::Handoff {
-            reason: "lost parcel".into(),
-            text: Some("Let me get a colleague.".into()),
-        },
+        reply: BrainReply::Handoff { reason: "lost parcel".into(), text: Some("Let me get a colleague.".into()) },
     });
     assert_eq!(sent(&fx)[0], OutMessage::new(Role::Bot, "Let me get a colleague."));
     let req = open_desk(&fx);
@@ -410,9 +344,7 @@ fn handoff_requested_uses_the_last_user_message_as_question() {
     let mut sim = Sim::new(Channel::Telegram);
     sim.apply(user("I need a refund"));
     sim.apply(answer("Refunds take 5 days."));
-    let fx = sim.apply(EventKind::HandoffRequested {
-        reason: "rule: refund".into(),
-    });
+    let fx = sim.apply(EventKind::HandoffRequested { reason: "rule: refund".into() });
     let req = open_desk(&fx);
     assert_eq!(req.question, "I need a refund");
     assert_eq!(req.reason, "rule: refund");
@@ -455,10 +387,7 @@ fn history_is_capped() {
     }
     assert_eq!(sim.session.history.len(), HISTORY_CAP);
     assert_eq!(sim.session.history[0].text, "q20");
-    assert_eq!(
-        sim.session.history.last().unwrap().text,
-        format!("q{}", HISTORY_CAP + 19)
-    );
+    assert_eq!(sim.session.history.last().unwrap().text, format!("q{}", HISTORY_CAP + 19));
 }
 
 // ---------------------------------------------------------------- e-mail collection
@@ -496,14 +425,8 @@ fn invalid_email_is_asked_again() {
     assert_eq!(sim.session.state, collecting);
     assert_eq!(sim.session.email, None);
     // Another handoff request while collecting is not a second handoff.
-    assert_eq!(
-        sim.ignored(EventKind::HandoffRequested { reason: "again".into() }),
-        Ignored::AlreadyHandedOff
-    );
-    assert_eq!(
-        sim.ignored(EventKind::UserSetEmail { email: "nope".into() }),
-        Ignored::InvalidEmail
-    );
+    assert_eq!(sim.ignored(EventKind::HandoffRequested { reason: "again".into() }), Ignored::AlreadyHandedOff);
+    assert_eq!(sim.ignored(EventKind::UserSetEmail { email: "nope".into() }), Ignored::InvalidEmail);
 }
 
 #[test]
@@ -533,12 +456,7 @@ fn valid_email_opens_the_desk_with_the_last_n_turns_and_the_question() {
         sim.advance(1);
     }
     sim.apply(user("Why was I charged twice?"));
-    sim.apply(EventKind::BrainReplied {
-        reply: BrainReply::Handoff {
-            reason: "billing".into(),
-            text: None,
-        },
-    });
+    sim.apply(EventKind::BrainReplied { reply: BrainReply::Handoff { reason: "billing".into(), text: None } });
     assert!(matches!(sim.session.state, State::CollectingEmail { .. }));
     let expected_history: Vec<Turn> =
         sim.session.history[sim.session.history.len() - 11..sim.session.history.len() - 1].to_vec();
@@ -548,11 +466,7 @@ fn valid_email_opens_the_desk_with_the_last_n_turns_and_the_question() {
 
     sim.advance(10);
     let fx = sim.apply(user("sure, it's jo@example.org."));
-    let State::WaitingForHuman {
-        handoff,
-        desk_conversation_id,
-        asked_to_keep_waiting,
-    } = sim.session.state.clone()
+    let State::WaitingForHuman { handoff, desk_conversation_id, asked_to_keep_waiting } = sim.session.state.clone()
     else {
         panic!("{:?}", sim.session.state)
     };
@@ -578,11 +492,7 @@ fn valid_email_opens_the_desk_with_the_last_n_turns_and_the_question() {
                     reason: "billing".into(),
                 },
             },
-            Effect::ScheduleTimer {
-                generation: sim.generation(),
-                due,
-                kind: TimerKind::Wait,
-            },
+            Effect::ScheduleTimer { generation: sim.generation(), due, kind: TimerKind::Wait },
         ]
     );
     assert_eq!(sim.session.timer.unwrap().kind, TimerKind::Wait);
@@ -597,19 +507,14 @@ fn desk_history_for_a_handoff_phrase_excludes_the_phrase_itself() {
     let fx = sim.apply(user("talk to a human"));
     let req = open_desk(&fx);
     assert_eq!(req.question, "talk to a human");
-    assert_eq!(
-        req.history.iter().map(|t| t.text.as_str()).collect::<Vec<_>>(),
-        ["hello", "hi there"]
-    );
+    assert_eq!(req.history.iter().map(|t| t.text.as_str()).collect::<Vec<_>>(), ["hello", "hi there"]);
 }
 
 #[test]
 fn set_email_while_collecting_opens_the_desk() {
     let mut sim = Sim::new(Channel::Widget);
     sim.apply(user("human"));
-    let fx = sim.apply(EventKind::UserSetEmail {
-        email: "set@example.com".into(),
-    });
+    let fx = sim.apply(EventKind::UserSetEmail { email: "set@example.com".into() });
     let req = open_desk(&fx);
     assert_eq!(req.email, "set@example.com");
     assert_eq!(req.question, "human");
@@ -625,10 +530,7 @@ fn telegram_opens_directly_with_the_default_email() {
     assert_eq!(req.email, "support@example.com");
     assert!(sent(&fx).iter().all(|m| m.text != en(MessageKey::AskEmail)));
     assert!(matches!(sim.session.state, State::WaitingForHuman { .. }));
-    assert_eq!(
-        schedules(&fx),
-        vec![(sim.generation(), sim.now.plus_secs(60), TimerKind::Wait)]
-    );
+    assert_eq!(schedules(&fx), vec![(sim.generation(), sim.now.plus_secs(60), TimerKind::Wait)]);
 }
 
 #[test]
@@ -642,9 +544,7 @@ fn an_email_known_to_the_widget_skips_collection() {
     assert_eq!(open_desk(&fx).email, "pre@example.com");
 
     let mut sim = Sim::new(Channel::Widget);
-    sim.apply(EventKind::UserSetEmail {
-        email: "set@example.com".into(),
-    });
+    sim.apply(EventKind::UserSetEmail { email: "set@example.com".into() });
     assert_eq!(sim.session.state, State::Bot);
     let fx = sim.apply(user("human"));
     assert_eq!(open_desk(&fx).email, "set@example.com");
@@ -688,13 +588,7 @@ fn waiting_user_message_is_posted_to_the_desk() {
     let timer = sim.session.timer;
     let id = sim.handoff().id;
     let fx = sim.apply(user("are you there?"));
-    assert_eq!(
-        fx,
-        vec![Effect::PostToDesk {
-            handoff_id: id,
-            text: "are you there?".into(),
-        }]
-    );
+    assert_eq!(fx, vec![Effect::PostToDesk { handoff_id: id, text: "are you there?".into() }]);
     assert_eq!(sim.session.timer, timer, "writing does not touch the wait timer");
     assert_eq!(sim.session.history.last().unwrap().text, "are you there?");
     assert!(matches!(sim.session.state, State::WaitingForHuman { .. }));
@@ -705,10 +599,7 @@ fn desk_opened_names_the_desk_conversation_once() {
     let mut sim = Sim::new(Channel::Telegram);
     sim.apply(user("human"));
     let id = sim.handoff().id;
-    assert_eq!(
-        sim.ignored(desk_opened("ho_someone_else", "conv-x")),
-        Ignored::StaleHandoff
-    );
+    assert_eq!(sim.ignored(desk_opened("ho_someone_else", "conv-x")), Ignored::StaleHandoff);
     let timer = sim.session.timer;
     let fx = sim.apply(desk_opened(&id, "conv-1"));
     assert_eq!(fx, vec![]);
@@ -727,16 +618,10 @@ fn desk_open_failure_returns_to_the_bot() {
     sim.apply(user("human"));
     let id = sim.handoff().id;
     assert_eq!(
-        sim.ignored(EventKind::DeskOpenFailed {
-            handoff_id: "ho_other".into(),
-            error: "x".into()
-        }),
+        sim.ignored(EventKind::DeskOpenFailed { handoff_id: "ho_other".into(), error: "x".into() }),
         Ignored::StaleHandoff
     );
-    let fx = sim.apply(EventKind::DeskOpenFailed {
-        handoff_id: id,
-        error: "503".into(),
-    });
+    let fx = sim.apply(EventKind::DeskOpenFailed { handoff_id: id, error: "503".into() });
     assert_eq!(sim.session.state, State::Bot);
     assert_eq!(sim.session.timer, None);
     assert!(fx.contains(&Effect::CancelTimer), "{fx:?}");
@@ -762,17 +647,10 @@ fn first_human_message_makes_the_session_official() {
                 message: OutMessage {
                     from: Role::Human,
                     text: "Hi, this is Anna.".into(),
-                    buttons: vec![Button {
-                        label: en(MessageKey::EndChatButton),
-                        value: END_VALUE.into(),
-                    }],
+                    buttons: vec![Button { label: en(MessageKey::EndChatButton), value: END_VALUE.into() }],
                 },
             },
-            Effect::ScheduleTimer {
-                generation,
-                due: Millis(sim.now.0 + 180_000),
-                kind: TimerKind::Session,
-            },
+            Effect::ScheduleTimer { generation, due: Millis(sim.now.0 + 180_000), kind: TimerKind::Session },
         ]
     );
     assert!(matches!(
@@ -798,15 +676,8 @@ fn human_message_before_desk_opened_is_accepted_only_for_the_handoff_id() {
 #[test]
 fn desk_closing_before_any_reply_returns_to_the_bot_without_close_desk() {
     let mut sim = Sim::waiting(Channel::Telegram, "conv-1");
-    assert_eq!(
-        sim.ignored(EventKind::HumanClosed {
-            desk_conversation_id: "conv-9".into()
-        }),
-        Ignored::StaleHandoff
-    );
-    let fx = sim.apply(EventKind::HumanClosed {
-        desk_conversation_id: "conv-1".into(),
-    });
+    assert_eq!(sim.ignored(EventKind::HumanClosed { desk_conversation_id: "conv-9".into() }), Ignored::StaleHandoff);
+    let fx = sim.apply(EventKind::HumanClosed { desk_conversation_id: "conv-1".into() });
     assert_eq!(fx, vec![Effect::CancelTimer, system(en(MessageKey::HumanEnded))]);
     assert_eq!(sim.session.state, State::Bot);
 }
@@ -827,14 +698,8 @@ fn wait_timeout_asks_to_keep_waiting_or_end() {
                     from: Role::System,
                     text: en(MessageKey::WaitTimeoutQuestion),
                     buttons: vec![
-                        Button {
-                            label: en(MessageKey::KeepWaiting),
-                            value: KEEP_WAITING_VALUE.into(),
-                        },
-                        Button {
-                            label: en(MessageKey::EndRequest),
-                            value: END_VALUE.into(),
-                        },
+                        Button { label: en(MessageKey::KeepWaiting), value: KEEP_WAITING_VALUE.into() },
+                        Button { label: en(MessageKey::EndRequest), value: END_VALUE.into() },
                     ],
                 },
             },
@@ -867,21 +732,11 @@ fn keep_waiting_rearms_the_wait_timer_with_a_new_generation() {
     assert_eq!(
         fx,
         vec![
-            Effect::ScheduleTimer {
-                generation: again,
-                due: Millis(sim.now.0 + 60_000),
-                kind: TimerKind::Wait,
-            },
+            Effect::ScheduleTimer { generation: again, due: Millis(sim.now.0 + 60_000), kind: TimerKind::Wait },
             system(en(MessageKey::KeptWaiting)),
         ]
     );
-    assert!(matches!(
-        sim.session.state,
-        State::WaitingForHuman {
-            asked_to_keep_waiting: false,
-            ..
-        }
-    ));
+    assert!(matches!(sim.session.state, State::WaitingForHuman { asked_to_keep_waiting: false, .. }));
     // Neither the reply timer nor the first wait timer count any more.
     assert_eq!(sim.ignored(timer(asked)), Ignored::StaleTimer);
     assert_eq!(sim.ignored(timer(first)), Ignored::StaleTimer);
@@ -926,10 +781,7 @@ fn no_answer_to_the_wait_question_closes_the_request() {
     assert_eq!(
         fx,
         vec![
-            Effect::CloseDesk {
-                handoff_id: id,
-                reason: CloseReason::Timeout,
-            },
+            Effect::CloseDesk { handoff_id: id, reason: CloseReason::Timeout },
             system(en(MessageKey::RequestTimedOut)),
         ]
     );
@@ -949,10 +801,7 @@ fn end_while_waiting_closes_the_desk_as_user_closed() {
         assert_eq!(
             fx,
             vec![
-                Effect::CloseDesk {
-                    handoff_id: id,
-                    reason: CloseReason::UserClosed,
-                },
+                Effect::CloseDesk { handoff_id: id, reason: CloseReason::UserClosed },
                 Effect::CancelTimer,
                 system(en(MessageKey::UserEnded)),
             ]
@@ -966,14 +815,8 @@ fn end_while_waiting_closes_the_desk_as_user_closed() {
 fn brain_and_handoff_events_while_waiting_are_ignored() {
     let mut sim = Sim::waiting(Channel::Widget, "conv-1");
     assert_eq!(sim.ignored(answer("late")), Ignored::LateBrainReply);
-    assert_eq!(
-        sim.ignored(EventKind::BrainFailed { error: "x".into() }),
-        Ignored::LateBrainReply
-    );
-    assert_eq!(
-        sim.ignored(EventKind::HandoffRequested { reason: "x".into() }),
-        Ignored::AlreadyHandedOff
-    );
+    assert_eq!(sim.ignored(EventKind::BrainFailed { error: "x".into() }), Ignored::LateBrainReply);
+    assert_eq!(sim.ignored(EventKind::HandoffRequested { reason: "x".into() }), Ignored::AlreadyHandedOff);
 }
 
 // ---------------------------------------------------------------- with a human
@@ -987,13 +830,7 @@ fn user_reply_to_the_human_is_posted_and_stops_the_session_timer() {
     let fx = sim.apply(user("thanks, my order is 42"));
     assert_eq!(
         fx,
-        vec![
-            Effect::PostToDesk {
-                handoff_id: id,
-                text: "thanks, my order is 42".into(),
-            },
-            Effect::CancelTimer,
-        ]
+        vec![Effect::PostToDesk { handoff_id: id, text: "thanks, my order is 42".into() }, Effect::CancelTimer,]
     );
     assert_eq!(sim.session.timer, None);
     // The timeout counts from the human's last message only: the old timer is stale.
@@ -1014,19 +851,13 @@ fn each_human_message_rearms_the_session_timer() {
     let fx = sim.apply(human("conv-1", "Anything else?"));
     let second = sim.generation();
     assert_ne!(second, first);
-    assert_eq!(
-        schedules(&fx),
-        vec![(second, Millis(sim.now.0 + 180_000), TimerKind::Session)]
-    );
+    assert_eq!(schedules(&fx), vec![(second, Millis(sim.now.0 + 180_000), TimerKind::Session)]);
     assert_eq!(
         sent(&fx),
         vec![OutMessage {
             from: Role::Human,
             text: "Anything else?".into(),
-            buttons: vec![Button {
-                label: en(MessageKey::EndChatButton),
-                value: END_VALUE.into()
-            }],
+            buttons: vec![Button { label: en(MessageKey::EndChatButton), value: END_VALUE.into() }],
         }]
     );
     assert!(matches!(sim.session.state, State::WithHuman { human_messages: 2, .. }));
@@ -1052,10 +883,7 @@ fn session_timeout_closes_the_desk_and_returns_to_the_bot() {
     assert_eq!(
         fx,
         vec![
-            Effect::CloseDesk {
-                handoff_id: id,
-                reason: CloseReason::Timeout,
-            },
+            Effect::CloseDesk { handoff_id: id, reason: CloseReason::Timeout },
             system(en(MessageKey::SessionTimedOut)),
         ]
     );
@@ -1069,15 +897,8 @@ fn session_timeout_closes_the_desk_and_returns_to_the_bot() {
 #[test]
 fn human_close_returns_to_the_bot_without_closing_the_desk() {
     let mut sim = Sim::with_human();
-    assert_eq!(
-        sim.ignored(EventKind::HumanClosed {
-            desk_conversation_id: "conv-2".into()
-        }),
-        Ignored::StaleHandoff
-    );
-    let fx = sim.apply(EventKind::HumanClosed {
-        desk_conversation_id: "conv-1".into(),
-    });
+    assert_eq!(sim.ignored(EventKind::HumanClosed { desk_conversation_id: "conv-2".into() }), Ignored::StaleHandoff);
+    let fx = sim.apply(EventKind::HumanClosed { desk_conversation_id: "conv-1".into() });
     assert_eq!(fx, vec![Effect::CancelTimer, system(en(MessageKey::HumanEnded))]);
     assert_eq!(sim.session.state, State::Bot);
     assert_eq!(sim.session.timer, None);
@@ -1093,10 +914,7 @@ fn user_can_end_the_human_session() {
         assert_eq!(
             fx,
             vec![
-                Effect::CloseDesk {
-                    handoff_id: id,
-                    reason: CloseReason::UserClosed,
-                },
+                Effect::CloseDesk { handoff_id: id, reason: CloseReason::UserClosed },
                 Effect::CancelTimer,
                 system(en(MessageKey::UserEnded)),
             ]
@@ -1119,10 +937,7 @@ fn events_that_do_not_apply_with_a_human_are_ignored() {
     let id = sim.handoff().id;
     assert_eq!(sim.ignored(answer("late answer")), Ignored::LateBrainReply);
     assert_eq!(sim.ignored(desk_opened(&id, "conv-1")), Ignored::StaleHandoff);
-    assert_eq!(
-        sim.ignored(EventKind::HandoffRequested { reason: "x".into() }),
-        Ignored::AlreadyHandedOff
-    );
+    assert_eq!(sim.ignored(EventKind::HandoffRequested { reason: "x".into() }), Ignored::AlreadyHandedOff);
 }
 
 // ---------------------------------------------------------------- after the handoff
@@ -1132,24 +947,15 @@ fn after_the_handoff_late_desk_events_are_ignored_and_the_bot_knows_what_happene
     let mut sim = Sim::with_human();
     let id = sim.handoff().id;
     let g = sim.generation();
-    sim.apply(EventKind::HumanClosed {
-        desk_conversation_id: "conv-1".into(),
-    });
+    sim.apply(EventKind::HumanClosed { desk_conversation_id: "conv-1".into() });
     assert_eq!(sim.ignored(human("conv-1", "one more thing")), Ignored::NoActiveHandoff);
-    assert_eq!(
-        sim.ignored(EventKind::HumanClosed {
-            desk_conversation_id: "conv-1".into()
-        }),
-        Ignored::NoActiveHandoff
-    );
+    assert_eq!(sim.ignored(EventKind::HumanClosed { desk_conversation_id: "conv-1".into() }), Ignored::NoActiveHandoff);
     assert_eq!(sim.ignored(desk_opened(&id, "conv-1")), Ignored::StaleHandoff);
     assert_eq!(sim.ignored(timer(g)), Ignored::StaleTimer);
 
     let summary = sim.session.summary.clone().unwrap();
     let fx = sim.apply(user("what else can you do?"));
-    let [Effect::AskBrain { question, context, .. }] = fx.as_slice() else {
-        panic!("{fx:?}")
-    };
+    let [Effect::AskBrain { question, context, .. }] = fx.as_slice() else { panic!("{fx:?}") };
     assert_eq!(question, "what else can you do?");
     assert_eq!(context.as_deref(), Some(summary.as_str()));
 }
@@ -1166,19 +972,11 @@ fn a_second_handoff_gets_a_new_id_and_ignores_the_first_desk() {
     let second = sim.handoff().id;
     assert_ne!(first, second);
     assert_eq!(sim.ignored(desk_opened(&first, "conv-9")), Ignored::StaleHandoff);
-    assert_eq!(
-        sim.ignored(human("conv-1", "late from the old chat")),
-        Ignored::StaleHandoff
-    );
+    assert_eq!(sim.ignored(human("conv-1", "late from the old chat")), Ignored::StaleHandoff);
     sim.apply(desk_opened(&second, "conv-2"));
     sim.apply(human("conv-2", "Hi again, Bob here."));
     assert_eq!(sim.ignored(human("conv-1", "old chat")), Ignored::StaleHandoff);
-    assert_eq!(
-        sim.ignored(EventKind::HumanClosed {
-            desk_conversation_id: "conv-1".into()
-        }),
-        Ignored::StaleHandoff
-    );
+    assert_eq!(sim.ignored(EventKind::HumanClosed { desk_conversation_id: "conv-1".into() }), Ignored::StaleHandoff);
     assert!(matches!(&sim.session.state, State::WithHuman { handoff, .. } if handoff.id == second));
 }
 
@@ -1213,25 +1011,15 @@ fn unsupported_languages_fall_back_to_the_agent_language() {
     let mut a = agent();
     a.language = "fr".into();
     let mut sim = Sim::with_agent(Channel::Widget, a);
-    let fx = sim.apply(EventKind::UserMessage {
-        text: "humain".into(),
-        email: None,
-        language: Some("xx".into()),
-    });
+    let fx = sim.apply(EventKind::UserMessage { text: "humain".into(), email: None, language: Some("xx".into()) });
     assert_eq!(sim.session.language, None);
-    assert_eq!(
-        fx,
-        vec![bot(messages::default_text("fr", MessageKey::AskEmail).to_string())]
-    );
+    assert_eq!(fx, vec![bot(messages::default_text("fr", MessageKey::AskEmail).to_string())]);
 }
 
 #[test]
 fn agent_message_overrides_are_used() {
     let mut a = agent();
-    a.messages
-        .entry("en".into())
-        .or_default()
-        .insert(MessageKey::Waiting, "One moment, please!".into());
+    a.messages.entry("en".into()).or_default().insert(MessageKey::Waiting, "One moment, please!".into());
     let mut sim = Sim::with_agent(Channel::Telegram, a);
     let fx = sim.apply(user("human"));
     assert_eq!(fx[0], waiting_with("One moment, please!".into(), "en"));
@@ -1289,22 +1077,13 @@ fn writing_on_instead_of_answering_the_wait_question_keeps_waiting() {
     assert_eq!(armed.len(), 1);
     assert_eq!(armed[0].2, TimerKind::Wait);
     assert_eq!(armed[0].1, Millis(sim.now.0 + 60_000));
-    assert!(matches!(
-        sim.session.state,
-        State::WaitingForHuman {
-            asked_to_keep_waiting: false,
-            ..
-        }
-    ));
+    assert!(matches!(sim.session.state, State::WaitingForHuman { asked_to_keep_waiting: false, .. }));
     // The wait-reply timer armed before is stale now.
     assert_eq!(sim.ignored(timer(asked_gen)), Ignored::StaleTimer);
 }
 
 fn with_ticket_fallback(mut a: Agent) -> Agent {
-    a.fallback = baton_core::agent::FallbackConfig::Ticket {
-        url: "http://127.0.0.1:9/t".into(),
-        signing_secret: None,
-    };
+    a.fallback = baton_core::agent::FallbackConfig::Ticket { url: "http://127.0.0.1:9/t".into(), signing_secret: None };
     a
 }
 
@@ -1323,12 +1102,7 @@ fn outside_service_hours_the_user_gets_the_next_opening_and_the_fallback_runs() 
     let mut a = with_ticket_fallback(agent());
     a.hours = Some(ServiceHours {
         time_zone: "UTC".into(),
-        periods: vec![Period {
-            days: Some(vec![Day::Mon]),
-            date: None,
-            from: "09:00".into(),
-            to: "10:00".into(),
-        }],
+        periods: vec![Period { days: Some(vec![Day::Mon]), date: None, from: "09:00".into(), to: "10:00".into() }],
         holidays: vec![],
     });
     // T0 is Tuesday 2023-11-14 22:13 UTC.
@@ -1336,10 +1110,7 @@ fn outside_service_hours_the_user_gets_the_next_opening_and_the_fallback_runs() 
     let fx = sim.apply(user("human"));
     assert_eq!(sim.session.state, State::Bot);
     let texts: Vec<String> = sent(&fx).into_iter().map(|m| m.text).collect();
-    assert_eq!(
-        texts,
-        vec!["Our team is not available right now. We are back on 2023-11-20 09:00 (UTC).".to_string()]
-    );
+    assert_eq!(texts, vec!["Our team is not available right now. We are back on 2023-11-20 09:00 (UTC).".to_string()]);
     let esc = escalations(&fx);
     assert_eq!(esc.len(), 1);
     assert_eq!(esc[0].question, "human");
@@ -1350,18 +1121,14 @@ fn outside_service_hours_the_user_gets_the_next_opening_and_the_fallback_runs() 
 #[test]
 fn an_unavailable_desk_sends_the_request_to_the_fallback() {
     let sim = Sim::with_agent(Channel::Telegram, with_ticket_fallback(agent()));
-    let facts = baton_core::Facts {
-        desk_status: Some(baton_core::model::ServiceStatus::Unavailable),
-    };
+    let facts = baton_core::Facts { desk_status: Some(baton_core::model::ServiceStatus::Unavailable) };
     let ev = Event::new("e1", sim.session.key.clone(), sim.now, user("human"));
     let out = baton_core::step_with(&sim.session, &ev, sim.now, &sim.agent, &facts).unwrap();
     assert_eq!(out.session.state, State::Bot);
     assert_eq!(sent(&out.effects)[0].text, en(MessageKey::DeskUnavailable));
     assert_eq!(escalations(&out.effects).len(), 1);
     // Available or unknown status: the desk is tried.
-    let facts = baton_core::Facts {
-        desk_status: Some(baton_core::model::ServiceStatus::Available),
-    };
+    let facts = baton_core::Facts { desk_status: Some(baton_core::model::ServiceStatus::Available) };
     let out = baton_core::step_with(&sim.session, &ev, sim.now, &sim.agent, &facts).unwrap();
     assert!(out.effects.iter().any(|e| matches!(e, Effect::OpenDesk { .. })));
 }
@@ -1371,18 +1138,10 @@ fn a_failed_desk_open_escalates_and_the_fallback_result_is_told() {
     let mut sim = Sim::with_agent(Channel::Telegram, with_ticket_fallback(agent()));
     sim.apply(user("human"));
     let id = sim.handoff().id;
-    let fx = sim.apply(EventKind::DeskOpenFailed {
-        handoff_id: id,
-        error: "503".into(),
-    });
+    let fx = sim.apply(EventKind::DeskOpenFailed { handoff_id: id, error: "503".into() });
     assert_eq!(escalations(&fx).len(), 1);
-    let fx = sim.apply(EventKind::FallbackDone {
-        detail: "ticket T-9".into(),
-    });
-    assert_eq!(
-        sent(&fx)[0].text,
-        "We have passed your request on (ticket T-9) and will get back to you."
-    );
+    let fx = sim.apply(EventKind::FallbackDone { detail: "ticket T-9".into() });
+    assert_eq!(sent(&fx)[0].text, "We have passed your request on (ticket T-9) and will get back to you.");
 }
 
 #[test]
@@ -1390,9 +1149,6 @@ fn without_a_fallback_nothing_is_escalated() {
     let mut sim = Sim::new(Channel::Telegram);
     sim.apply(user("human"));
     let id = sim.handoff().id;
-    let fx = sim.apply(EventKind::DeskOpenFailed {
-        handoff_id: id,
-        error: "503".into(),
-    });
+    let fx = sim.apply(EventKind::DeskOpenFailed { handoff_id: id, error: "503".into() });
     assert!(escalations(&fx).is_empty());
 }

@@ -65,21 +65,11 @@ const ALL_KEYS: [MessageKey; 17] = [
 
 fn brain_reply(i: usize) -> BrainReply {
     match i % 5 {
-        0 => BrainReply::Answer {
-            text: "We open at 9.".into(),
-        },
+        0 => BrainReply::Answer { text: "We open at 9.".into() },
         1 => BrainReply::Unknown { text: None },
-        2 => BrainReply::Unknown {
-            text: Some("Hmm, no idea.".into()),
-        },
-        3 => BrainReply::Handoff {
-            reason: "the brain decided".into(),
-            text: None,
-        },
-        _ => BrainReply::Handoff {
-            reason: "the brain decided".into(),
-            text: Some("Let me get a colleague.".into()),
-        },
+        2 => BrainReply::Unknown { text: Some("Hmm, no idea.".into()) },
+        3 => BrainReply::Handoff { reason: "the brain decided".into(), text: None },
+        _ => BrainReply::Handoff { reason: "the brain decided".into(), text: Some("Let me get a colleague.".into()) },
     }
 }
 
@@ -101,30 +91,16 @@ enum GenPick {
 
 #[derive(Debug, Clone)]
 enum Op {
-    User {
-        text: usize,
-        email: Option<usize>,
-        language: Option<usize>,
-    },
+    User { text: usize, email: Option<usize>, language: Option<usize> },
     SetEmail(usize),
     UserEnded,
     HandoffRequested,
     Brain(usize),
     BrainFailed,
-    DeskOpened {
-        handoff: Pick,
-        desk: Pick,
-    },
-    DeskOpenFailed {
-        handoff: Pick,
-    },
-    Human {
-        desk: Pick,
-        text: usize,
-    },
-    HumanClosed {
-        desk: Pick,
-    },
+    DeskOpened { handoff: Pick, desk: Pick },
+    DeskOpenFailed { handoff: Pick },
+    Human { desk: Pick, text: usize },
+    HumanClosed { desk: Pick },
     Timer(GenPick),
 }
 
@@ -176,12 +152,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn policy() -> impl Strategy<Value = Policy> {
-    (
-        0usize..=12,
-        0u32..=3,
-        any::<bool>(),
-        prop_oneof![Just((60u64, 60u64, 180u64)), (1u64..300, 1u64..300, 1u64..300)],
-    )
+    (0usize..=12, 0u32..=3, any::<bool>(), prop_oneof![Just((60u64, 60u64, 180u64)), (1u64..300, 1u64..300, 1u64..300)])
         .prop_map(|(history_messages, max_unanswered, require_email, (w, wr, s))| Policy {
             wait_timeout_secs: w,
             wait_reply_timeout_secs: wr,
@@ -201,13 +172,7 @@ fn case() -> impl Strategy<Value = Case> {
         prop_oneof![3 => Just(0usize), 1 => 90usize..=100],
         prop::collection::vec((op(), prop_oneof![Just(0u32), 1u32..=200]), 1..=40),
     )
-        .prop_map(|(channel, policy, desk, prefill, ops)| Case {
-            channel,
-            policy,
-            desk,
-            prefill,
-            ops,
-        })
+        .prop_map(|(channel, policy, desk, prefill, ops)| Case { channel, policy, desk, prefill, ops })
 }
 
 fn agent(case: &Case) -> Agent {
@@ -260,12 +225,8 @@ fn handoff_of(state: &State) -> Option<&baton_core::session::Handoff> {
 
 fn desk_of(state: &State) -> Option<&str> {
     match state {
-        State::WaitingForHuman {
-            desk_conversation_id, ..
-        } => desk_conversation_id.as_deref(),
-        State::WithHuman {
-            desk_conversation_id, ..
-        } => Some(desk_conversation_id),
+        State::WaitingForHuman { desk_conversation_id, .. } => desk_conversation_id.as_deref(),
+        State::WithHuman { desk_conversation_id, .. } => Some(desk_conversation_id),
         _ => None,
     }
 }
@@ -328,9 +289,7 @@ fn event_kind(op: &Op, s: &Session, m: &Model) -> EventKind {
             email: email.map(|i| EMAILS[i].to_string()),
             language: language.map(|i| LANGS[i].to_string()),
         },
-        Op::SetEmail(i) => EventKind::UserSetEmail {
-            email: EMAILS[*i].into(),
-        },
+        Op::SetEmail(i) => EventKind::UserSetEmail { email: EMAILS[*i].into() },
         Op::UserEnded => EventKind::UserEnded,
         Op::HandoffRequested => EventKind::HandoffRequested { reason: "rule".into() },
         Op::Brain(i) => EventKind::BrainReplied { reply: brain_reply(*i) },
@@ -339,17 +298,14 @@ fn event_kind(op: &Op, s: &Session, m: &Model) -> EventKind {
             handoff_id: resolve_handoff(handoff, s, m),
             desk_conversation_id: resolve_desk(desk, s, m, true),
         },
-        Op::DeskOpenFailed { handoff } => EventKind::DeskOpenFailed {
-            handoff_id: resolve_handoff(handoff, s, m),
-            error: "refused".into(),
-        },
+        Op::DeskOpenFailed { handoff } => {
+            EventKind::DeskOpenFailed { handoff_id: resolve_handoff(handoff, s, m), error: "refused".into() }
+        }
         Op::Human { desk, text } => EventKind::HumanMessage {
             desk_conversation_id: resolve_desk(desk, s, m, false),
             text: HUMAN_TEXTS[*text].into(),
         },
-        Op::HumanClosed { desk } => EventKind::HumanClosed {
-            desk_conversation_id: resolve_desk(desk, s, m, false),
-        },
+        Op::HumanClosed { desk } => EventKind::HumanClosed { desk_conversation_id: resolve_desk(desk, s, m, false) },
         Op::Timer(g) => EventKind::TimerFired {
             generation: match g {
                 GenPick::Armed => s.timer.map_or(0, |t| t.generation),
@@ -371,10 +327,7 @@ fn timeout_secs(policy: &Policy, kind: TimerKind) -> u64 {
 
 fn is_window_of(window: &[Turn], history: &[Turn]) -> bool {
     let filtered: Vec<&Turn> = history.iter().filter(|t| t.role != Role::System).collect();
-    window.is_empty()
-        || filtered
-            .windows(window.len())
-            .any(|w| w.iter().zip(window).all(|(a, b)| *a == b))
+    window.is_empty() || filtered.windows(window.len()).any(|w| w.iter().zip(window).all(|(a, b)| *a == b))
 }
 
 /// A session for failure messages: everything but the older turns.
@@ -408,15 +361,7 @@ fn check_applied(prev: &Session, event: &Event, now: Millis, agent: &Agent, out:
     let s = &out.session;
     let fx = &out.effects;
     let policy = &agent.policy;
-    let ctx = || {
-        format!(
-            "event {:?}\nprev {}\nnext {}\neffects {:?}",
-            event.kind,
-            brief(prev),
-            brief(s),
-            fx
-        )
-    };
+    let ctx = || format!("event {:?}\nprev {}\nnext {}\neffects {:?}", event.kind, brief(prev), brief(s), fx);
 
     assert_eq!(s.updated_at, now, "{}", ctx());
     assert!(s.history.len() <= HISTORY_CAP, "{}", ctx());
@@ -443,13 +388,7 @@ fn check_applied(prev: &Session, event: &Event, now: Millis, agent: &Agent, out:
         }
         _ => {}
     }
-    if let (
-        Some(d),
-        State::WithHuman {
-            desk_conversation_id, ..
-        },
-    ) = (desk_of(p), n)
-    {
+    if let (Some(d), State::WithHuman { desk_conversation_id, .. }) = (desk_of(p), n) {
         assert_eq!(d, desk_conversation_id, "{}", ctx());
     }
     if let State::WithHuman { human_messages, .. } = n {
@@ -467,10 +406,7 @@ fn check_applied(prev: &Session, event: &Event, now: Millis, agent: &Agent, out:
 
     // ---- the handoff as the desk has been told
     let prev_active = m.active.clone();
-    if let EventKind::DeskOpened {
-        desk_conversation_id, ..
-    } = &event.kind
-    {
+    if let EventKind::DeskOpened { desk_conversation_id, .. } = &event.kind {
         assert_eq!(desk_of(n), Some(desk_conversation_id.as_str()), "{}", ctx());
         m.desk_ids.push(desk_conversation_id.clone());
     }
@@ -485,11 +421,9 @@ fn check_applied(prev: &Session, event: &Event, now: Millis, agent: &Agent, out:
     if let Some(req) = opens.first() {
         assert!(matches!(p, State::Bot | State::CollectingEmail { .. }), "{}", ctx());
         match n {
-            State::WaitingForHuman {
-                handoff,
-                desk_conversation_id: None,
-                asked_to_keep_waiting: false,
-            } => assert_eq!(handoff.id, req.handoff_id, "{}", ctx()),
+            State::WaitingForHuman { handoff, desk_conversation_id: None, asked_to_keep_waiting: false } => {
+                assert_eq!(handoff.id, req.handoff_id, "{}", ctx())
+            }
             _ => panic!("OpenDesk without waiting for a human\n{}", ctx()),
         }
         assert!(!m.handoff_ids.contains(&req.handoff_id), "handoff id reused\n{}", ctx());
@@ -500,21 +434,10 @@ fn check_applied(prev: &Session, event: &Event, now: Millis, agent: &Agent, out:
         assert!(req.history.iter().all(|t| t.role != Role::System), "{}", ctx());
         // The turns before the question: when the question is the newest turn, it is not
         // repeated in the history.
-        let newest_is_question = s
-            .history
-            .last()
-            .is_some_and(|t| t.role == Role::User && t.text == req.question);
-        let before = if newest_is_question {
-            &s.history[..s.history.len() - 1]
-        } else {
-            &s.history[..]
-        };
+        let newest_is_question = s.history.last().is_some_and(|t| t.role == Role::User && t.text == req.question);
+        let before = if newest_is_question { &s.history[..s.history.len() - 1] } else { &s.history[..] };
         assert!(is_window_of(&req.history, before), "{}", ctx());
-        let expected_len = before
-            .iter()
-            .filter(|t| t.role != Role::System)
-            .count()
-            .min(policy.history_messages);
+        let expected_len = before.iter().filter(|t| t.role != Role::System).count().min(policy.history_messages);
         assert_eq!(req.history.len(), expected_len, "{}", ctx());
         assert!(baton_core::email::is_valid(&req.email), "{}", ctx());
         let expected_email = s.email.clone().unwrap_or_else(|| policy.default_email.clone());
@@ -528,12 +451,7 @@ fn check_applied(prev: &Session, event: &Event, now: Millis, agent: &Agent, out:
     } else if matches!(n, State::Bot | State::CollectingEmail { .. }) {
         m.active = None;
     }
-    assert_eq!(
-        handoff_of(n).map(|h| h.id.clone()),
-        m.active,
-        "state and active handoff disagree\n{}",
-        ctx()
-    );
+    assert_eq!(handoff_of(n).map(|h| h.id.clone()), m.active, "state and active handoff disagree\n{}", ctx());
     if matches!(n, State::CollectingEmail { .. }) {
         assert!(s.email.is_none() || !matches!(p, State::Bot), "{}", ctx());
     }
@@ -550,16 +468,7 @@ fn check_applied(prev: &Session, event: &Event, now: Millis, agent: &Agent, out:
         assert_eq!(Some(*id), prev_active.as_ref(), "{}", ctx());
         assert_eq!(*n, State::Bot, "{}", ctx());
         let timeout = matches!(event.kind, EventKind::TimerFired { .. });
-        assert_eq!(
-            *reason,
-            if timeout {
-                CloseReason::Timeout
-            } else {
-                CloseReason::UserClosed
-            },
-            "{}",
-            ctx()
-        );
+        assert_eq!(*reason, if timeout { CloseReason::Timeout } else { CloseReason::UserClosed }, "{}", ctx());
     }
     for e in fx {
         if let Effect::PostToDesk { handoff_id, text } = e {
@@ -569,11 +478,7 @@ fn check_applied(prev: &Session, event: &Event, now: Millis, agent: &Agent, out:
                 panic!("PostToDesk for a non-user event\n{}", ctx())
             };
             assert_eq!(text, sent, "{}", ctx());
-            assert!(
-                text != END_VALUE && text != KEEP_WAITING_VALUE,
-                "button value relayed\n{}",
-                ctx()
-            );
+            assert!(text != END_VALUE && text != KEEP_WAITING_VALUE, "button value relayed\n{}", ctx());
         }
     }
 
@@ -584,11 +489,7 @@ fn check_applied(prev: &Session, event: &Event, now: Millis, agent: &Agent, out:
         match message.from {
             Role::Human => {
                 m.human_relays += 1;
-                assert!(
-                    matches!(n, State::WithHuman { .. }),
-                    "human relayed outside WithHuman\n{}",
-                    ctx()
-                );
+                assert!(matches!(n, State::WithHuman { .. }), "human relayed outside WithHuman\n{}", ctx());
                 let EventKind::HumanMessage { text, .. } = &event.kind else {
                     panic!("human relay without a human message\n{}", ctx())
                 };
@@ -597,35 +498,23 @@ fn check_applied(prev: &Session, event: &Event, now: Millis, agent: &Agent, out:
             }
             Role::Bot => {
                 // The brain's answers, or the prompts of the e-mail step, which speak as the bot.
-                let prompt = [
-                    MessageKey::AskEmail,
-                    MessageKey::InvalidEmail,
-                    MessageKey::HandoffCancelled,
-                ]
-                .iter()
-                .any(|k| messages::text(&agent.messages, &lang, *k) == message.text);
+                let prompt = [MessageKey::AskEmail, MessageKey::InvalidEmail, MessageKey::HandoffCancelled]
+                    .iter()
+                    .any(|k| messages::text(&agent.messages, &lang, *k) == message.text);
                 if !prompt {
                     assert_eq!(*p, State::Bot, "{}", ctx());
                     assert!(matches!(event.kind, EventKind::BrainReplied { .. }), "{}", ctx());
                 }
             }
             Role::System => {
-                let known = ALL_KEYS
-                    .iter()
-                    .any(|k| messages::text(&agent.messages, &lang, *k) == message.text);
+                let known = ALL_KEYS.iter().any(|k| messages::text(&agent.messages, &lang, *k) == message.text);
                 assert!(known, "system message not in {lang}: {:?}\n{}", message.text, ctx());
             }
             Role::User => panic!("a message from the user to the user\n{}", ctx()),
         }
     }
     for e in fx {
-        if let Effect::AskBrain {
-            question,
-            history,
-            language,
-            context,
-        } = e
-        {
+        if let Effect::AskBrain { question, history, language, context } = e {
             assert_eq!(*n, State::Bot, "{}", ctx());
             let EventKind::UserMessage { text, .. } = &event.kind else {
                 panic!("AskBrain for a non-user event\n{}", ctx())
@@ -657,18 +546,10 @@ fn check_applied(prev: &Session, event: &Event, now: Millis, agent: &Agent, out:
     for e in fx {
         match e {
             Effect::ScheduleTimer { generation, due, kind } => {
-                assert!(
-                    m.generations.iter().all(|g| g < generation),
-                    "timer generation reused\n{}",
-                    ctx()
-                );
+                assert!(m.generations.iter().all(|g| g < generation), "timer generation reused\n{}", ctx());
                 assert_eq!(*due, now.plus_secs(timeout_secs(policy, *kind)), "{}", ctx());
                 m.generations.push(*generation);
-                m.timer = Some(ArmedTimer {
-                    generation: *generation,
-                    kind: *kind,
-                    due: *due,
-                });
+                m.timer = Some(ArmedTimer { generation: *generation, kind: *kind, due: *due });
             }
             Effect::CancelTimer => {
                 assert!(m.timer.is_some(), "cancelled a timer that was not armed\n{}", ctx());
@@ -677,12 +558,7 @@ fn check_applied(prev: &Session, event: &Event, now: Millis, agent: &Agent, out:
             _ => {}
         }
     }
-    assert_eq!(
-        m.timer,
-        s.timer,
-        "the shell's timer and the session's disagree\n{}",
-        ctx()
-    );
+    assert_eq!(m.timer, s.timer, "the shell's timer and the session's disagree\n{}", ctx());
     if let Some(t) = s.timer {
         assert!(s.next_timer_generation > t.generation, "{}", ctx());
     }
@@ -690,26 +566,15 @@ fn check_applied(prev: &Session, event: &Event, now: Millis, agent: &Agent, out:
     // ---- the timer per state
     match n {
         State::Bot | State::CollectingEmail { .. } => assert_eq!(s.timer, None, "{}", ctx()),
-        State::WaitingForHuman {
-            asked_to_keep_waiting, ..
-        } => {
+        State::WaitingForHuman { asked_to_keep_waiting, .. } => {
             let kind = s.timer.map(|t| t.kind);
-            let expected = if *asked_to_keep_waiting {
-                TimerKind::WaitReply
-            } else {
-                TimerKind::Wait
-            };
+            let expected = if *asked_to_keep_waiting { TimerKind::WaitReply } else { TimerKind::Wait };
             assert_eq!(kind, Some(expected), "{}", ctx());
         }
         State::WithHuman { .. } => {
             // Armed after each human message, stopped by the user's reply.
             let human_spoke_last = s.history.last().is_some_and(|t| t.role == Role::Human);
-            assert_eq!(
-                s.timer.map(|t| t.kind),
-                human_spoke_last.then_some(TimerKind::Session),
-                "{}",
-                ctx()
-            );
+            assert_eq!(s.timer.map(|t| t.kind), human_spoke_last.then_some(TimerKind::Session), "{}", ctx());
         }
     }
 }
@@ -730,10 +595,8 @@ fn check_ignored(prev: &Session, event: &Event, ignored: &Ignored) {
                     && matches!(prev.state, State::WithHuman { .. })
         }
         Ignored::LateBrainReply => {
-            matches!(
-                event.kind,
-                EventKind::BrainReplied { .. } | EventKind::BrainFailed { .. }
-            ) && prev.state != State::Bot
+            matches!(event.kind, EventKind::BrainReplied { .. } | EventKind::BrainFailed { .. })
+                && prev.state != State::Bot
         }
         Ignored::StaleHandoff => matches!(
             event.kind,
@@ -744,10 +607,8 @@ fn check_ignored(prev: &Session, event: &Event, ignored: &Ignored) {
         ),
         Ignored::NoActiveHandoff => {
             handoff_of(&prev.state).is_none()
-                && (matches!(
-                    &event.kind,
-                    EventKind::HumanMessage { .. } | EventKind::HumanClosed { .. }
-                ) || matches!(&event.kind, EventKind::UserMessage { text, .. } if text.trim() == KEEP_WAITING_VALUE))
+                && (matches!(&event.kind, EventKind::HumanMessage { .. } | EventKind::HumanClosed { .. })
+                    || matches!(&event.kind, EventKind::UserMessage { text, .. } if text.trim() == KEEP_WAITING_VALUE))
         }
         Ignored::NothingToEnd => {
             prev.state == State::Bot
@@ -765,22 +626,14 @@ fn check_ignored(prev: &Session, event: &Event, ignored: &Ignored) {
         EventKind::TimerFired { generation } => {
             assert_ne!(prev.timer.map(|t| t.generation), Some(*generation), "{}", ctx())
         }
-        EventKind::HumanMessage {
-            desk_conversation_id, ..
-        }
-        | EventKind::HumanClosed { desk_conversation_id } => {
+        EventKind::HumanMessage { desk_conversation_id, .. } | EventKind::HumanClosed { desk_conversation_id } => {
             if let Some(h) = handoff_of(&prev.state) {
                 let own = desk_of(&prev.state).unwrap_or(&h.id);
                 assert_ne!(own, desk_conversation_id, "{}", ctx());
             }
         }
         EventKind::DeskOpened { handoff_id, .. } => {
-            if let State::WaitingForHuman {
-                handoff,
-                desk_conversation_id: None,
-                ..
-            } = &prev.state
-            {
+            if let State::WaitingForHuman { handoff, desk_conversation_id: None, .. } = &prev.state {
                 assert_ne!(&handoff.id, handoff_id, "{}", ctx());
             }
         }

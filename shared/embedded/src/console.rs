@@ -51,9 +51,7 @@ fn check(what: &str, value: &str, allowed: &[&str]) -> Result<(), StoreError> {
     if allowed.contains(&value) {
         Ok(())
     } else {
-        Err(StoreError::Unavailable(format!(
-            "invalid {what} {value:?}; expected one of {allowed:?}"
-        )))
+        Err(StoreError::Unavailable(format!("invalid {what} {value:?}; expected one of {allowed:?}")))
     }
 }
 
@@ -117,18 +115,11 @@ impl ConsoleStore {
         for (role, _, _) in &history {
             check("history role", role, HISTORY_ROLES)?;
         }
-        let (id, agent, email, info, reason) = (
-            id.to_string(),
-            agent.to_string(),
-            email.to_string(),
-            user_info_json.to_string(),
-            reason.to_string(),
-        );
+        let (id, agent, email, info, reason) =
+            (id.to_string(), agent.to_string(), email.to_string(), user_info_json.to_string(), reason.to_string());
         self.db
             .write(move |c| {
-                let tx = c
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(sql)?;
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
                 let created = tx
                     .prepare_cached(
                         "INSERT OR IGNORE INTO console_conversations
@@ -161,17 +152,11 @@ impl ConsoleStore {
         at: Millis,
     ) -> Result<bool, StoreError> {
         check("message role", role, MESSAGE_ROLES)?;
-        let (id, dedupe, role, text) = (
-            conversation_id.to_string(),
-            dedupe_key.to_string(),
-            role.to_string(),
-            text.to_string(),
-        );
+        let (id, dedupe, role, text) =
+            (conversation_id.to_string(), dedupe_key.to_string(), role.to_string(), text.to_string());
         self.db
             .write(move |c| {
-                let tx = c
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(sql)?;
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
                 let touched = tx
                     .prepare_cached("UPDATE console_conversations SET updated_at = MAX(updated_at, ?2) WHERE id = ?1")
                     .map_err(sql)?
@@ -245,11 +230,7 @@ impl ConsoleStore {
                     .map_err(sql)?;
                 let rows = stmt
                     .query_map([&id], |r| {
-                        Ok(ConsoleMessage {
-                            role: r.get(0)?,
-                            text: r.get(1)?,
-                            at: Millis(r.get(2)?),
-                        })
+                        Ok(ConsoleMessage { role: r.get(0)?, text: r.get(1)?, at: Millis(r.get(2)?) })
                     })
                     .map_err(sql)?;
                 let messages = rows.collect::<Result<Vec<_>, _>>().map_err(sql)?;
@@ -297,10 +278,7 @@ mod tests {
     use crate::testutil::open_temp;
 
     fn hist() -> Vec<(String, String, Millis)> {
-        vec![
-            ("user".into(), "hi".into(), Millis(1)),
-            ("bot".into(), "hello".into(), Millis(2)),
-        ]
+        vec![("user".into(), "hi".into(), Millis(1)), ("bot".into(), "hello".into(), Millis(2))]
     }
 
     #[tokio::test]
@@ -312,14 +290,8 @@ mod tests {
             .await
             .unwrap());
         // A repeated establish creates nothing and keeps the first history.
-        assert!(!s
-            .open_conversation("c1", "demo", "x@y.z", "{}", "again", hist(), Millis(11))
-            .await
-            .unwrap());
-        assert!(s
-            .open_conversation("c2", "demo", "d@e.f", "not json", "rule", vec![], Millis(20))
-            .await
-            .unwrap());
+        assert!(!s.open_conversation("c1", "demo", "x@y.z", "{}", "again", hist(), Millis(11)).await.unwrap());
+        assert!(s.open_conversation("c2", "demo", "d@e.f", "not json", "rule", vec![], Millis(20)).await.unwrap());
         assert!(s
             .open_conversation(
                 "c3",
@@ -333,20 +305,11 @@ mod tests {
             .await
             .is_err());
 
-        assert!(s
-            .add_message("c1", "m1", "user", "are you there?", Millis(30))
-            .await
-            .unwrap());
-        assert!(!s
-            .add_message("c1", "m1", "user", "are you there?", Millis(31))
-            .await
-            .unwrap());
+        assert!(s.add_message("c1", "m1", "user", "are you there?", Millis(30)).await.unwrap());
+        assert!(!s.add_message("c1", "m1", "user", "are you there?", Millis(31)).await.unwrap());
         assert!(s.add_message("c1", "m2", "human", "yes", Millis(32)).await.unwrap());
         assert!(!s.add_message("nope", "m3", "human", "lost", Millis(33)).await.unwrap());
-        assert!(s
-            .add_message("c1", "m4", "operator", "bad role", Millis(34))
-            .await
-            .is_err());
+        assert!(s.add_message("c1", "m4", "operator", "bad role", Millis(34)).await.is_err());
 
         assert!(s.set_status("c1", "active", Some("olga")).await.unwrap());
         assert!(s.set_status("c1", "closed", None).await.unwrap());
@@ -369,18 +332,10 @@ mod tests {
 
         let (conv, msgs) = s.get("c1").await.unwrap().unwrap();
         assert_eq!(conv.id, "c1");
-        let lines: Vec<_> = msgs
-            .iter()
-            .map(|m| (m.role.as_str(), m.text.as_str(), m.at.0))
-            .collect();
+        let lines: Vec<_> = msgs.iter().map(|m| (m.role.as_str(), m.text.as_str(), m.at.0)).collect();
         assert_eq!(
             lines,
-            [
-                ("user", "hi", 1),
-                ("bot", "hello", 2),
-                ("user", "are you there?", 30),
-                ("human", "yes", 32)
-            ]
+            [("user", "hi", 1), ("bot", "hello", 2), ("user", "are you there?", 30), ("human", "yes", 32)]
         );
         assert_eq!(s.get("nope").await.unwrap(), None);
         let json = serde_json::to_value(&conv).unwrap();

@@ -170,14 +170,9 @@ impl Db {
     /// Open (or create) the database at `path`, switch it to WAL and run pending migrations.
     pub fn open(path: &Path) -> Result<Arc<Db>, StoreError> {
         let mut writer = open_connection(path)?;
-        let mode: String = writer
-            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-            .map_err(sql)?;
+        let mode: String = writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(sql)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Unavailable(format!(
-                "cannot switch {} to WAL mode (got {mode})",
-                path.display()
-            )));
+            return Err(StoreError::Unavailable(format!("cannot switch {} to WAL mode (got {mode})", path.display())));
         }
         migrate(&mut writer)?;
         Ok(Arc::new(Db {
@@ -316,9 +311,7 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let current: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(sql)?;
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sql)?;
     let known = MIGRATIONS.len() as i64;
     if current > known {
         return Err(StoreError::Unavailable(format!(
@@ -326,9 +319,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )));
     }
     for (i, step) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(sql)?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
         tx.execute_batch(step).map_err(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(sql)?;
         tx.commit().map_err(sql)?;
@@ -358,10 +349,7 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &str, json: &str) -> Result<T, St
 
 /// Parse a conversation key column back.
 pub(crate) fn parse_key(s: &str) -> Result<ConversationKey, StoreError> {
-    ConversationKey::parse(s).map_err(|e| StoreError::Corrupt {
-        key: s.to_string(),
-        message: e.to_string(),
-    })
+    ConversationKey::parse(s).map_err(|e| StoreError::Corrupt { key: s.to_string(), message: e.to_string() })
 }
 
 pub(crate) fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
@@ -408,10 +396,8 @@ mod tests {
             .unwrap();
         assert_eq!(mode.to_lowercase(), "wal");
         assert_eq!(version, Db::schema_version() as i64);
-        let sync: i64 = db
-            .write(|c| c.pragma_query_value(None, "synchronous", |r| r.get(0)).map_err(sql))
-            .await
-            .unwrap();
+        let sync: i64 =
+            db.write(|c| c.pragma_query_value(None, "synchronous", |r| r.get(0)).map_err(sql)).await.unwrap();
         assert_eq!(sync, 2, "synchronous=FULL");
         drop(db);
         // Reopening runs no migration again (it would fail on CREATE TABLE).
@@ -423,9 +409,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
         let db = Db::open(&path).unwrap();
-        db.write(|c| c.pragma_update(None, "user_version", 999).map_err(sql))
-            .await
-            .unwrap();
+        db.write(|c| c.pragma_update(None, "user_version", 999).map_err(sql)).await.unwrap();
         drop(db);
         match Db::open(&path) {
             Err(StoreError::Unavailable(m)) => assert!(m.contains("newer"), "{m}"),
@@ -482,12 +466,7 @@ mod tests {
                 session: Session::new(k.clone()),
                 event_id: "e0".into(),
                 effects: vec![PendingEffect::for_event("e0", 0, Effect::CancelTimer)],
-                trace: TraceEntry {
-                    at: Millis(5),
-                    what: "event".into(),
-                    id: "e0".into(),
-                    detail: String::new(),
-                },
+                trace: TraceEntry { at: Millis(5), what: "event".into(), id: "e0".into(), detail: String::new() },
             };
             db.commit(commit).await.unwrap();
             db.set_setting("s", "v").await.unwrap();

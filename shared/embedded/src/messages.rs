@@ -76,42 +76,19 @@ mod tests {
         let (_d, db) = open_temp();
         let (a, b) = (key("a"), key("b"));
         let mut hello = OutMessage::new(Role::Bot, "hello");
-        hello.buttons.push(Button {
-            label: "End".into(),
-            value: "/end".into(),
-        });
-        let s1 = db
-            .append_user_message(&a, "k1", &hello, Millis(10))
-            .await
-            .unwrap()
-            .unwrap();
+        hello.buttons.push(Button { label: "End".into(), value: "/end".into() });
+        let s1 = db.append_user_message(&a, "k1", &hello, Millis(10)).await.unwrap().unwrap();
         let other = OutMessage::new(Role::Human, "for b");
-        db.append_user_message(&b, "k2", &other, Millis(11))
-            .await
-            .unwrap()
-            .unwrap();
+        db.append_user_message(&b, "k2", &other, Millis(11)).await.unwrap().unwrap();
         // The re-run effect with the same key: not shown twice.
-        assert_eq!(
-            db.append_user_message(&a, "k1", &hello, Millis(12)).await.unwrap(),
-            None
-        );
+        assert_eq!(db.append_user_message(&a, "k1", &hello, Millis(12)).await.unwrap(), None);
         let second = OutMessage::new(Role::Human, "second");
-        let s3 = db
-            .append_user_message(&a, "k3", &second, Millis(13))
-            .await
-            .unwrap()
-            .unwrap();
+        let s3 = db.append_user_message(&a, "k3", &second, Millis(13)).await.unwrap().unwrap();
         assert!(s3 > s1);
 
         let all = db.user_messages_after(&a, 0, 10).await.unwrap();
-        assert_eq!(
-            all,
-            vec![(s1, Millis(10), hello.clone()), (s3, Millis(13), second.clone())]
-        );
-        assert_eq!(
-            db.user_messages_after(&a, s1, 10).await.unwrap(),
-            vec![(s3, Millis(13), second)]
-        );
+        assert_eq!(all, vec![(s1, Millis(10), hello.clone()), (s3, Millis(13), second.clone())]);
+        assert_eq!(db.user_messages_after(&a, s1, 10).await.unwrap(), vec![(s3, Millis(13), second)]);
         assert_eq!(db.user_messages_after(&a, 0, 1).await.unwrap().len(), 1);
         assert!(db.user_messages_after(&a, s3, 10).await.unwrap().is_empty());
         assert_eq!(db.user_messages_after(&b, 0, 10).await.unwrap().len(), 1);

@@ -75,9 +75,7 @@ pub struct EmbeddedQueue {
 
 impl std::fmt::Debug for EmbeddedQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedQueue")
-            .field("commits", &self.commits())
-            .finish()
+        f.debug_struct("EmbeddedQueue").field("commits", &self.commits()).finish()
     }
 }
 
@@ -94,11 +92,7 @@ impl EmbeddedQueue {
                 move || committer(db, rx, commits)
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the queue committer: {e}")))?;
-        Ok(EmbeddedQueue {
-            db,
-            requests: tx,
-            commits,
-        })
+        Ok(EmbeddedQueue { db, requests: tx, commits })
     }
 
     /// Group commits done so far (one SQLite transaction each).
@@ -137,10 +131,7 @@ impl EmbeddedQueue {
         let id = event_id.to_string();
         self.db
             .write(move |c| {
-                c.prepare_cached("DELETE FROM queue WHERE event_id = ?1")
-                    .map_err(sql)?
-                    .execute([&id])
-                    .map_err(sql)?;
+                c.prepare_cached("DELETE FROM queue WHERE event_id = ?1").map_err(sql)?.execute([&id]).map_err(sql)?;
                 Ok(())
             })
             .await
@@ -168,9 +159,7 @@ impl EmbeddedQueue {
     pub async fn depth(&self) -> Result<u64, StoreError> {
         self.db
             .read(|c| {
-                let n: i64 = c
-                    .query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))
-                    .map_err(sql)?;
+                let n: i64 = c.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0)).map_err(sql)?;
                 Ok(n.max(0) as u64)
             })
             .await
@@ -185,19 +174,14 @@ impl EventQueue for EmbeddedQueue {
         if events.is_empty() {
             return Ok(());
         }
-        let rows = events
-            .iter()
-            .map(EventRow::new)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| QueueError(e.to_string()))?;
+        let rows =
+            events.iter().map(EventRow::new).collect::<Result<Vec<_>, _>>().map_err(|e| QueueError(e.to_string()))?;
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request { rows, reply })
             .await
             .map_err(|_| QueueError("the queue committer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| QueueError("the queue committer stopped before answering".into()))?
+        answer.await.map_err(|_| QueueError("the queue committer stopped before answering".into()))?
     }
 }
 
@@ -212,9 +196,7 @@ fn committer(db: Arc<Db>, mut rx: mpsc::Receiver<Request>, commits: Arc<AtomicU6
             }
         }
         let result = db.with_writer(|c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql)?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
             let mut inserted: Vec<ConversationKey> = Vec::new();
             for req in &group {
                 for row in &req.rows {
@@ -252,16 +234,7 @@ mod tests {
     use baton_core::model::Millis;
 
     fn msg(id: &str, k: &ConversationKey, text: &str) -> Event {
-        Event::new(
-            id,
-            k.clone(),
-            Millis(1),
-            EventKind::UserMessage {
-                text: text.into(),
-                email: None,
-                language: None,
-            },
-        )
+        Event::new(id, k.clone(), Millis(1), EventKind::UserMessage { text: text.into(), email: None, language: None })
     }
 
     async fn drain(q: &EmbeddedQueue, k: &ConversationKey) -> Vec<String> {
@@ -278,9 +251,7 @@ mod tests {
         let (_d, db) = open_temp();
         let q = EmbeddedQueue::new(db).unwrap();
         let (a, b) = (key("a"), key("b"));
-        q.enqueue(vec![msg("a1", &a, "x"), msg("b1", &b, "x"), msg("a2", &a, "y")])
-            .await
-            .unwrap();
+        q.enqueue(vec![msg("a1", &a, "x"), msg("b1", &b, "x"), msg("a2", &a, "y")]).await.unwrap();
         q.enqueue(vec![msg("a3", &a, "z"), msg("b2", &b, "z")]).await.unwrap();
         // A retried webhook while the first copy is still queued: no second copy, and the
         // original keeps its place.
@@ -307,9 +278,7 @@ mod tests {
         let q = EmbeddedQueue::new(db).unwrap();
         let mut rx = q.subscribe();
         let (a, b) = (key("a"), key("b"));
-        q.enqueue(vec![msg("a1", &a, "x"), msg("a2", &a, "y"), msg("b1", &b, "x")])
-            .await
-            .unwrap();
+        q.enqueue(vec![msg("a1", &a, "x"), msg("a2", &a, "y"), msg("b1", &b, "x")]).await.unwrap();
         // enqueue returned after the commit, and notification precedes the reply.
         assert_eq!(rx.try_recv().unwrap(), a);
         assert_eq!(rx.try_recv().unwrap(), b);
@@ -348,9 +317,6 @@ mod tests {
         }
         assert_eq!(seen.len(), 200);
         let commits = q.commits();
-        assert!(
-            (1..200).contains(&commits),
-            "expected group commit, got {commits} commits"
-        );
+        assert!((1..200).contains(&commits), "expected group commit, got {commits} commits");
     }
 }

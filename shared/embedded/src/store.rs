@@ -20,12 +20,7 @@ fn append_trace(c: &Connection, conversation: &str, entry_at: Millis, json: &str
 }
 
 fn link_from_row(agent: String, desk_id: String, handoff: String, conv: String) -> Result<DeskLink, StoreError> {
-    Ok(DeskLink {
-        agent,
-        desk_conversation_id: desk_id,
-        handoff_id: handoff,
-        conversation: parse_key(&conv)?,
-    })
+    Ok(DeskLink { agent, desk_conversation_id: desk_id, handoff_id: handoff, conversation: parse_key(&conv)? })
 }
 
 type LinkRow = (String, String, String, String);
@@ -67,12 +62,8 @@ impl Store for Db {
 
     async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
         self.read(|c| {
-            let mut stmt = c
-                .prepare_cached("SELECT id, json FROM agents ORDER BY id")
-                .map_err(sql)?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-                .map_err(sql)?;
+            let mut stmt = c.prepare_cached("SELECT id, json FROM agents ORDER BY id").map_err(sql)?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(sql)?;
             let mut out = Vec::new();
             for row in rows {
                 let (id, json) = row.map_err(sql)?;
@@ -99,9 +90,7 @@ impl Store for Db {
                     .optional()
                     .map_err(sql)?;
                 if owner.as_deref() != Some(agent.as_str()) {
-                    return Err(StoreError::Unavailable(
-                        "this token is already registered to another agent".into(),
-                    ));
+                    return Err(StoreError::Unavailable("this token is already registered to another agent".into()));
                 }
             }
             Ok(())
@@ -126,9 +115,8 @@ impl Store for Db {
     async fn token_hashes(&self, agent: &str) -> Result<Vec<String>, StoreError> {
         let agent = agent.to_string();
         self.read(move |c| {
-            let mut stmt = c
-                .prepare_cached("SELECT hash FROM tokens WHERE agent = ?1 ORDER BY created_at, rowid")
-                .map_err(sql)?;
+            let mut stmt =
+                c.prepare_cached("SELECT hash FROM tokens WHERE agent = ?1 ORDER BY created_at, rowid").map_err(sql)?;
             let rows = stmt.query_map([&agent], |r| r.get(0)).map_err(sql)?;
             rows.collect::<Result<Vec<String>, _>>().map_err(sql)
         })
@@ -151,10 +139,7 @@ impl Store for Db {
                 key: conv.clone(),
                 message: format!("negative session version {version}"),
             })?;
-            Ok(Some(VersionedSession {
-                session: decode(&conv, &json)?,
-                version,
-            }))
+            Ok(Some(VersionedSession { session: decode(&conv, &json)?, version }))
         })
         .await
     }
@@ -174,23 +159,17 @@ impl Store for Db {
         let conv = commit.session.key.to_string();
         let session_json = encode(&commit.session)?;
         let updated_at = commit.session.updated_at.0;
-        let effects = commit
-            .effects
-            .iter()
-            .map(|e| Ok((e.id.clone(), encode(e)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let effects =
+            commit.effects.iter().map(|e| Ok((e.id.clone(), encode(e)?))).collect::<Result<Vec<_>, StoreError>>()?;
         let trace_json = encode(&commit.trace)?;
         let at = commit.trace.at;
         let event_id = commit.event_id;
         let expected = commit.expected_version;
-        let new_version = expected
-            .checked_add(1)
-            .ok_or_else(|| StoreError::Unavailable("session version overflow".into()))?;
+        let new_version =
+            expected.checked_add(1).ok_or_else(|| StoreError::Unavailable("session version overflow".into()))?;
         let new_version_i64 = to_i64(new_version, "session version")?;
         self.write(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql)?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
             let seen: bool = tx
                 .prepare_cached("SELECT EXISTS(SELECT 1 FROM seen WHERE event_id = ?1)")
                 .map_err(sql)?
@@ -229,9 +208,7 @@ impl Store for Db {
                     )
                     .map_err(sql)?;
                 for (id, json) in &effects {
-                    insert
-                        .execute(params![id, conv, EFFECT_SCHEMA, json, at.0])
-                        .map_err(sql)?;
+                    insert.execute(params![id, conv, EFFECT_SCHEMA, json, at.0]).map_err(sql)?;
                 }
             }
             append_trace(&tx, &conv, at, &trace_json)?;
@@ -252,12 +229,7 @@ impl Store for Db {
                 .map_err(sql)?;
             let rows = stmt
                 .query_map([&conv], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
                 })
                 .map_err(sql)?;
             let mut out = Vec::new();
@@ -287,9 +259,7 @@ impl Store for Db {
         let id = effect_id.to_string();
         let trace_json = encode(&trace)?;
         self.write(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql)?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
             let n = tx
                 .prepare_cached("DELETE FROM outbox WHERE conversation = ?1 AND effect_id = ?2")
                 .map_err(sql)?
@@ -317,9 +287,7 @@ impl Store for Db {
         let id = effect_id.to_string();
         let trace_json = encode(&trace)?;
         self.write(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql)?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
             let n = tx
                 .prepare_cached(
                     "UPDATE outbox SET attempts = ?3, next_attempt_at = ?4
@@ -354,9 +322,7 @@ impl Store for Db {
                      LIMIT ?2",
                 )
                 .map_err(sql)?;
-            let rows = stmt
-                .query_map(params![now.0, limit], |r| r.get::<_, String>(0))
-                .map_err(sql)?;
+            let rows = stmt.query_map(params![now.0, limit], |r| r.get::<_, String>(0)).map_err(sql)?;
             let mut out = Vec::new();
             for row in rows {
                 out.push(parse_key(&row.map_err(sql)?)?);
@@ -375,12 +341,7 @@ impl Store for Db {
                  VALUES (?1, ?2, ?3, ?4)",
             )
             .map_err(sql)?
-            .execute(params![
-                link.agent,
-                link.desk_conversation_id,
-                link.handoff_id,
-                link.conversation.to_string()
-            ])
+            .execute(params![link.agent, link.desk_conversation_id, link.handoff_id, link.conversation.to_string()])
             .map_err(sql)?;
             Ok(())
         })
@@ -455,12 +416,9 @@ impl Store for Db {
     async fn trace(&self, key: &ConversationKey) -> Result<Vec<TraceEntry>, StoreError> {
         let conv = key.to_string();
         self.read(move |c| {
-            let mut stmt = c
-                .prepare_cached("SELECT seq, json FROM trace WHERE conversation = ?1 ORDER BY seq")
-                .map_err(sql)?;
-            let rows = stmt
-                .query_map([&conv], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-                .map_err(sql)?;
+            let mut stmt =
+                c.prepare_cached("SELECT seq, json FROM trace WHERE conversation = ?1 ORDER BY seq").map_err(sql)?;
+            let rows = stmt.query_map([&conv], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))).map_err(sql)?;
             let mut out = Vec::new();
             for row in rows {
                 let (seq, json) = row.map_err(sql)?;
@@ -481,18 +439,11 @@ mod tests {
     use baton_core::session::Session;
 
     fn trace(at: i64, id: &str) -> TraceEntry {
-        TraceEntry {
-            at: Millis(at),
-            what: "event".into(),
-            id: id.into(),
-            detail: format!("detail of {id}"),
-        }
+        TraceEntry { at: Millis(at), what: "event".into(), id: id.into(), detail: format!("detail of {id}") }
     }
 
     fn send(text: &str) -> Effect {
-        Effect::SendToUser {
-            message: OutMessage::new(Role::Bot, text),
-        }
+        Effect::SendToUser { message: OutMessage::new(Role::Bot, text) }
     }
 
     fn commit_of(k: &ConversationKey, expected: u64, event: &str, texts: &[&str]) -> Commit {
@@ -503,11 +454,7 @@ mod tests {
             expected_version: expected,
             session,
             event_id: event.into(),
-            effects: texts
-                .iter()
-                .enumerate()
-                .map(|(i, t)| PendingEffect::for_event(event, i, send(t)))
-                .collect(),
+            effects: texts.iter().enumerate().map(|(i, t)| PendingEffect::for_event(event, i, send(t))).collect(),
             trace: trace(1000, event),
         }
     }
@@ -527,10 +474,7 @@ mod tests {
         let (_d, db) = open_temp();
         let k = key("u1");
         assert_eq!(db.load_session(&k).await.unwrap(), None);
-        assert_eq!(
-            db.commit(commit_of(&k, 0, "e1", &["a"])).await.unwrap(),
-            CommitOutcome::Committed { version: 1 }
-        );
+        assert_eq!(db.commit(commit_of(&k, 0, "e1", &["a"])).await.unwrap(), CommitOutcome::Committed { version: 1 });
         let loaded = db.load_session(&k).await.unwrap().unwrap();
         assert_eq!(loaded.version, 1);
         assert_eq!(loaded.session.updated_at, Millis(1000));
@@ -538,23 +482,11 @@ mod tests {
         assert!(!db.is_seen("e2").await.unwrap());
 
         // Stale version: a row exists, so expecting 0 (or 5) conflicts.
-        assert_eq!(
-            db.commit(commit_of(&k, 0, "e2", &["b"])).await.unwrap(),
-            CommitOutcome::VersionConflict
-        );
-        assert_eq!(
-            db.commit(commit_of(&k, 5, "e2", &["b"])).await.unwrap(),
-            CommitOutcome::VersionConflict
-        );
+        assert_eq!(db.commit(commit_of(&k, 0, "e2", &["b"])).await.unwrap(), CommitOutcome::VersionConflict);
+        assert_eq!(db.commit(commit_of(&k, 5, "e2", &["b"])).await.unwrap(), CommitOutcome::VersionConflict);
         // The seen check comes first, even with a wrong version.
-        assert_eq!(
-            db.commit(commit_of(&k, 7, "e1", &["c"])).await.unwrap(),
-            CommitOutcome::AlreadySeen
-        );
-        assert_eq!(
-            db.commit(commit_of(&k, 1, "e2", &["b"])).await.unwrap(),
-            CommitOutcome::Committed { version: 2 }
-        );
+        assert_eq!(db.commit(commit_of(&k, 7, "e1", &["c"])).await.unwrap(), CommitOutcome::AlreadySeen);
+        assert_eq!(db.commit(commit_of(&k, 1, "e2", &["b"])).await.unwrap(), CommitOutcome::Committed { version: 2 });
         let loaded = db.load_session(&k).await.unwrap().unwrap();
         assert_eq!((loaded.version, loaded.session.unanswered), (2, 1));
         // Only the two committed events left effects and trace lines.
@@ -607,38 +539,21 @@ mod tests {
         assert_eq!(ids, ["a", "c", "a/0"]);
 
         // Defer k1's head to 5000: k1 is not due before then, k2 is.
-        db.defer_effect(&k1, "a/1", 1, Millis(5000), trace(2002, "a/1"))
-            .await
-            .unwrap();
+        db.defer_effect(&k1, "a/1", 1, Millis(5000), trace(2002, "a/1")).await.unwrap();
         let items = db.pending_effects(&k1).await.unwrap();
         assert_eq!((items[0].attempts, items[0].next_attempt_at), (1, Millis(5000)));
         assert_eq!(db.trace(&k1).await.unwrap().last().unwrap().id, "a/1");
-        assert_eq!(
-            db.conversations_with_due_effects(Millis(3000), 10).await.unwrap(),
-            vec![k2.clone()]
-        );
+        assert_eq!(db.conversations_with_due_effects(Millis(3000), 10).await.unwrap(), vec![k2.clone()]);
         // Deferring a later effect of k2 does not matter: only the head counts.
         db.commit(commit_of(&k2, 1, "d", &["y"])).await.unwrap();
-        db.defer_effect(&k2, "d/0", 1, Millis(9000), trace(1, "d/0"))
-            .await
-            .unwrap();
-        assert_eq!(
-            db.conversations_with_due_effects(Millis(3000), 10).await.unwrap(),
-            vec![k2.clone()]
-        );
+        db.defer_effect(&k2, "d/0", 1, Millis(9000), trace(1, "d/0")).await.unwrap();
+        assert_eq!(db.conversations_with_due_effects(Millis(3000), 10).await.unwrap(), vec![k2.clone()]);
         let mut due = db.conversations_with_due_effects(Millis(5000), 10).await.unwrap();
         due.sort();
         assert_eq!(due, [k1.clone(), k2.clone()]);
-        assert_eq!(
-            db.conversations_with_due_effects(Millis(5000), 1).await.unwrap().len(),
-            1
-        );
+        assert_eq!(db.conversations_with_due_effects(Millis(5000), 1).await.unwrap().len(), 1);
         // A conversation with an empty outbox is never due.
-        assert!(!db
-            .conversations_with_due_effects(Millis(i64::MAX), 10)
-            .await
-            .unwrap()
-            .contains(&k3));
+        assert!(!db.conversations_with_due_effects(Millis(i64::MAX), 10).await.unwrap().contains(&k3));
     }
 
     #[tokio::test]
@@ -683,16 +598,9 @@ mod tests {
         assert_eq!(db.desk_link_for_handoff("h-2").await.unwrap(), None);
 
         assert_eq!(db.desk_status("demo").await.unwrap(), None);
-        let st = DeskStatusRecord {
-            status: ServiceStatus::Available,
-            detail: "ok".into(),
-            checked_at: Millis(9),
-        };
+        let st = DeskStatusRecord { status: ServiceStatus::Available, detail: "ok".into(), checked_at: Millis(9) };
         db.set_desk_status("demo", &st).await.unwrap();
-        let st2 = DeskStatusRecord {
-            status: ServiceStatus::Unavailable,
-            ..st
-        };
+        let st2 = DeskStatusRecord { status: ServiceStatus::Unavailable, ..st };
         db.set_desk_status("demo", &st2).await.unwrap();
         assert_eq!(db.desk_status("demo").await.unwrap(), Some(st2));
     }
@@ -701,11 +609,8 @@ mod tests {
     async fn corrupt_json_is_reported_without_its_content() {
         let (_d, db) = open_temp();
         db.write(|c| {
-            c.execute(
-                "INSERT INTO agents(id, json) VALUES ('demo', '{\"id\": 5, \"password\": \"hunter2\"}')",
-                [],
-            )
-            .map_err(sql)?;
+            c.execute("INSERT INTO agents(id, json) VALUES ('demo', '{\"id\": 5, \"password\": \"hunter2\"}')", [])
+                .map_err(sql)?;
             Ok(())
         })
         .await

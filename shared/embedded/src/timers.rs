@@ -36,9 +36,7 @@ impl EmbeddedTimers {
         let (fired, inserted) = self
             .db
             .write(move |c| {
-                let tx = c
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(sql)?;
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
                 let due: Vec<(String, i64)> = {
                     let mut stmt = tx
                         .prepare_cached("SELECT conversation, generation FROM timers WHERE due <= ?1 ORDER BY due")
@@ -84,9 +82,7 @@ impl EmbeddedTimers {
     pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
         self.db
             .read(|c| {
-                let due: Option<i64> = c
-                    .query_row("SELECT MIN(due) FROM timers", [], |r| r.get(0))
-                    .map_err(sql)?;
+                let due: Option<i64> = c.query_row("SELECT MIN(due) FROM timers", [], |r| r.get(0)).map_err(sql)?;
                 Ok(due.map(Millis))
             })
             .await
@@ -163,10 +159,7 @@ mod tests {
         assert_eq!(ev.id, format!("timer:{a}:2"));
         assert_eq!(ev.at, Millis(200));
         assert_eq!(ev.kind, EventKind::TimerFired { generation: 2 });
-        assert_eq!(
-            q.head(&b).await.unwrap().unwrap().kind,
-            EventKind::TimerFired { generation: 7 }
-        );
+        assert_eq!(q.head(&b).await.unwrap().unwrap().kind, EventKind::TimerFired { generation: 7 });
         let mut heard = vec![rx.try_recv().unwrap(), rx.try_recv().unwrap()];
         heard.sort();
         assert_eq!(heard, [a.clone(), b.clone()]);
@@ -190,12 +183,8 @@ mod tests {
         let changed = t.changed();
         // Scheduled before anyone waits: the stored permit still wakes the next wait.
         t.schedule(&key("a"), 1, Millis(5)).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(5), changed.notified())
-            .await
-            .expect("woken");
+        tokio::time::timeout(Duration::from_secs(5), changed.notified()).await.expect("woken");
         // Nothing new: no wake-up.
-        assert!(tokio::time::timeout(Duration::from_millis(50), changed.notified())
-            .await
-            .is_err());
+        assert!(tokio::time::timeout(Duration::from_millis(50), changed.notified()).await.is_err());
     }
 }

@@ -20,11 +20,6 @@ impl Alerts {
     }
 
     pub fn recent(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
 }

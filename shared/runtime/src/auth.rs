@@ -32,10 +32,7 @@ pub async fn token_matches(store: &dyn Store, agent: &str, token: &str) -> Resul
 pub fn bearer(header: Option<&str>) -> Option<&str> {
     let v = header?.trim();
     let (scheme, rest) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| rest.trim())
-        .filter(|t| !t.is_empty())
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim()).filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]

@@ -16,11 +16,7 @@ const MAX_KEYS: usize = 100_000;
 impl RateLimiter {
     /// `burst` requests at once, refilled at `per_sec`.
     pub fn new(burst: u32, per_sec: f64) -> Self {
-        RateLimiter {
-            capacity: burst as f64,
-            per_sec,
-            buckets: Mutex::new(HashMap::new()),
-        }
+        RateLimiter { capacity: burst as f64, per_sec, buckets: Mutex::new(HashMap::new()) }
     }
 
     /// Take one token for `key`; false when the bucket is empty.

@@ -43,9 +43,7 @@ pub struct TokenSigner {
 
 impl TokenSigner {
     pub fn new(secret: &[u8]) -> Self {
-        TokenSigner {
-            key: Arc::new(secret.to_vec()),
-        }
+        TokenSigner { key: Arc::new(secret.to_vec()) }
     }
 
     fn mac(&self, agent: &str, user: &str) -> Hmac<Sha256> {
@@ -120,19 +118,14 @@ impl ChannelSender for ChannelRouter {
                     // No live subscriber is fine: the message waits in the log.
                     let _ = self.live.send(Posted {
                         conversation: key.to_string(),
-                        message: LoggedMessage {
-                            seq,
-                            at,
-                            message: message.clone(),
-                        },
+                        message: LoggedMessage { seq, at, message: message.clone() },
                     });
                 }
                 Ok(())
             }
-            other => Err(DeliveryError::permanent(format!(
-                "channel {} is not connected in this build",
-                other.as_str()
-            ))),
+            other => {
+                Err(DeliveryError::permanent(format!("channel {} is not connected in this build", other.as_str())))
+            }
         }
     }
 }

@@ -52,9 +52,7 @@ pub async fn apply_event(ports: &Ports, event: &Event) -> Result<Processed, Work
         };
         let now = ports.clock.now();
         let before = session.state.name();
-        let facts = Facts {
-            desk_status: ports.store.desk_status(&agent.id).await?.map(|r| r.status),
-        };
+        let facts = Facts { desk_status: ports.store.desk_status(&agent.id).await?.map(|r| r.status) };
         let (next, effects, processed, trace) = match step_with(&session, event, now, &agent, &facts) {
             Ok(s) => {
                 let names: Vec<&str> = s.effects.iter().map(Effect::name).collect();
@@ -66,37 +64,17 @@ pub async fn apply_event(ports: &Ports, event: &Event) -> Result<Processed, Work
                     names.join(", ")
                 );
                 let n = s.effects.len();
-                let pending: Vec<PendingEffect> = s
-                    .effects
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, e)| PendingEffect::for_event(&event.id, i, e))
-                    .collect();
-                (
-                    s.session,
-                    pending,
-                    Processed::Applied { effects: n },
-                    trace(now, "event", &event.id, detail),
-                )
+                let pending: Vec<PendingEffect> =
+                    s.effects.into_iter().enumerate().map(|(i, e)| PendingEffect::for_event(&event.id, i, e)).collect();
+                (s.session, pending, Processed::Applied { effects: n }, trace(now, "event", &event.id, detail))
             }
             Err(why) => {
                 tracing::info!(conversation = %key, event = %event.id, kind = event.kind.name(), state = before, reason = %why, "event ignored");
                 let detail = format!("{} in {}: {}", event.kind.name(), before, why);
-                (
-                    session,
-                    Vec::new(),
-                    Processed::Ignored(why.to_string()),
-                    trace(now, "ignored", &event.id, detail),
-                )
+                (session, Vec::new(), Processed::Ignored(why.to_string()), trace(now, "ignored", &event.id, detail))
             }
         };
-        let commit = Commit {
-            expected_version: version,
-            session: next,
-            event_id: event.id.clone(),
-            effects,
-            trace,
-        };
+        let commit = Commit { expected_version: version, session: next, event_id: event.id.clone(), effects, trace };
         match ports.store.commit(commit).await? {
             CommitOutcome::Committed { .. } => return Ok(processed),
             CommitOutcome::AlreadySeen => return Ok(Processed::Duplicate),
@@ -107,12 +85,7 @@ pub async fn apply_event(ports: &Ports, event: &Event) -> Result<Processed, Work
 }
 
 fn trace(at: Millis, what: &str, id: &str, detail: String) -> TraceEntry {
-    TraceEntry {
-        at,
-        what: what.into(),
-        id: id.into(),
-        detail,
-    }
+    TraceEntry { at, what: what.into(), id: id.into(), detail }
 }
 
 /// Result of running a conversation's outbox.
@@ -153,30 +126,17 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
         }
         if item.next_attempt_at > now {
             blocked.insert(r);
-            out.next_due = Some(
-                out.next_due
-                    .map_or(item.next_attempt_at, |d| d.min(item.next_attempt_at)),
-            );
+            out.next_due = Some(out.next_due.map_or(item.next_attempt_at, |d| d.min(item.next_attempt_at)));
             continue;
         }
         let Some(agent) = agent.as_ref() else {
-            let t = trace(
-                now,
-                "effect",
-                &item.effect.id,
-                "dropped: the agent no longer exists".into(),
-            );
+            let t = trace(now, "effect", &item.effect.id, "dropped: the agent no longer exists".into());
             ports.store.complete_effect(key, &item.effect.id, t).await?;
             continue;
         };
         match run_effect(ports, agent, key, &item).await {
             Ok(detail) => {
-                let t = trace(
-                    now,
-                    "effect",
-                    &item.effect.id,
-                    format!("{}: {detail}", item.effect.effect.name()),
-                );
+                let t = trace(now, "effect", &item.effect.id, format!("{}: {detail}", item.effect.effect.name()));
                 ports.store.complete_effect(key, &item.effect.id, t).await?;
                 out.done += 1;
             }
@@ -192,12 +152,7 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
                 if let Some(delay) = retry_after {
                     let due = Millis(now.0 + delay as i64);
                     tracing::warn!(conversation = %key, effect = %item.effect.id, attempts, error = %err, "effect failed; retrying later");
-                    let t = trace(
-                        now,
-                        "effect",
-                        &item.effect.id,
-                        format!("{name}: attempt {attempts} failed: {err}"),
-                    );
+                    let t = trace(now, "effect", &item.effect.id, format!("{name}: attempt {attempts} failed: {err}"));
                     ports.store.defer_effect(key, &item.effect.id, attempts, due, t).await?;
                     blocked.insert(r);
                     out.next_due = Some(out.next_due.map_or(due, |d| d.min(due)));
@@ -221,10 +176,7 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
 /// (derived from the effect id so retries of many conversations spread out).
 fn backoff_ms(attempts: u32, effect_id: &str) -> u64 {
     let base = 1000u64.saturating_mul(1u64 << attempts.min(20)).min(MAX_BACKOFF_MS);
-    let jitter = effect_id
-        .bytes()
-        .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64))
-        % (base / 4 + 1);
+    let jitter = effect_id.bytes().fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64)) % (base / 4 + 1);
     base - base / 8 + jitter
 }
 
@@ -239,12 +191,7 @@ async fn run_effect(
     let idem = pending.idempotency_key();
     let result_event_id = format!("fx:{}", pending.id);
     match &pending.effect {
-        Effect::AskBrain {
-            question,
-            history,
-            context,
-            language,
-        } => {
+        Effect::AskBrain { question, history, context, language } => {
             let req = BrainRequest {
                 question: question.clone(),
                 history: history.clone(),
@@ -274,15 +221,9 @@ async fn run_effect(
                 handoff_id: request.handoff_id.clone(),
                 conversation: key.clone(),
             };
-            ports
-                .store
-                .put_desk_link(&link)
-                .await
-                .map_err(|e| DeliveryError::retryable(e.to_string()))?;
-            let kind = EventKind::DeskOpened {
-                handoff_id: request.handoff_id.clone(),
-                desk_conversation_id: desk_id.clone(),
-            };
+            ports.store.put_desk_link(&link).await.map_err(|e| DeliveryError::retryable(e.to_string()))?;
+            let kind =
+                EventKind::DeskOpened { handoff_id: request.handoff_id.clone(), desk_conversation_id: desk_id.clone() };
             enqueue(ports, result_event_id, key, kind).await?;
             Ok(format!("desk conversation {desk_id}"))
         }
@@ -297,57 +238,32 @@ async fn run_effect(
             let Some(link) = desk_link(ports, handoff_id).await? else {
                 return Ok("skipped: the desk conversation was never opened".into());
             };
-            ports
-                .desk
-                .close(agent, &link.desk_conversation_id, *reason, &idem)
-                .await?;
+            ports.desk.close(agent, &link.desk_conversation_id, *reason, &idem).await?;
             Ok(format!("closed ({})", reason.as_str()))
         }
         Effect::Escalate { request } => {
             let detail = ports.fallback.escalate(agent, key, request, &idem).await?;
-            enqueue(
-                ports,
-                result_event_id,
-                key,
-                EventKind::FallbackDone { detail: detail.clone() },
-            )
-            .await?;
+            enqueue(ports, result_event_id, key, EventKind::FallbackDone { detail: detail.clone() }).await?;
             Ok(format!("fallback: {detail}"))
         }
         Effect::ScheduleTimer { generation, due, kind } => {
-            ports
-                .timers
-                .schedule(key, *generation, *due)
-                .await
-                .map_err(|e| DeliveryError::retryable(e.to_string()))?;
+            ports.timers.schedule(key, *generation, *due).await.map_err(|e| DeliveryError::retryable(e.to_string()))?;
             Ok(format!("{kind:?} timer {generation} due at {}", due.0))
         }
         Effect::CancelTimer => {
-            ports
-                .timers
-                .cancel(key)
-                .await
-                .map_err(|e| DeliveryError::retryable(e.to_string()))?;
+            ports.timers.cancel(key).await.map_err(|e| DeliveryError::retryable(e.to_string()))?;
             Ok("timer cancelled".into())
         }
     }
 }
 
 async fn desk_link(ports: &Ports, handoff_id: &str) -> Result<Option<DeskLink>, DeliveryError> {
-    ports
-        .store
-        .desk_link_for_handoff(handoff_id)
-        .await
-        .map_err(|e| DeliveryError::retryable(e.to_string()))
+    ports.store.desk_link_for_handoff(handoff_id).await.map_err(|e| DeliveryError::retryable(e.to_string()))
 }
 
 async fn enqueue(ports: &Ports, id: String, key: &ConversationKey, kind: EventKind) -> Result<(), DeliveryError> {
     let event = Event::new(id, key.clone(), ports.clock.now(), kind);
-    ports
-        .queue
-        .enqueue(vec![event])
-        .await
-        .map_err(|e| DeliveryError::retryable(e.to_string()))
+    ports.queue.enqueue(vec![event]).await.map_err(|e| DeliveryError::retryable(e.to_string()))
 }
 
 async fn mark_desk_unavailable(ports: &Ports, agent: &Agent, message: &str) {
@@ -359,10 +275,7 @@ async fn mark_desk_unavailable(ports: &Ports, agent: &Agent, message: &str) {
     if let Err(e) = ports.store.set_desk_status(&agent.id, &rec).await {
         tracing::warn!(agent = %agent.id, error = %e, "could not record desk status");
     }
-    ports.alerts.raise(format!(
-        "agent {}: the desk rejected our credentials: {message}",
-        agent.id
-    ));
+    ports.alerts.raise(format!("agent {}: the desk rejected our credentials: {message}", agent.id));
 }
 
 /// An effect failed for good. Tell the conversation where the state machine must know
@@ -377,17 +290,13 @@ async fn give_up(
     let id = format!("fx:{}", item.effect.id);
     let follow_up = match &item.effect.effect {
         Effect::AskBrain { .. } => Some(EventKind::BrainFailed { error: err.to_string() }),
-        Effect::OpenDesk { request } => Some(EventKind::DeskOpenFailed {
-            handoff_id: request.handoff_id.clone(),
-            error: err.to_string(),
-        }),
+        Effect::OpenDesk { request } => {
+            Some(EventKind::DeskOpenFailed { handoff_id: request.handoff_id.clone(), error: err.to_string() })
+        }
         _ => None,
     };
     if let Some(kind) = follow_up {
-        ports
-            .queue
-            .enqueue(vec![Event::new(id, key.clone(), ports.clock.now(), kind)])
-            .await?;
+        ports.queue.enqueue(vec![Event::new(id, key.clone(), ports.clock.now(), kind)]).await?;
     }
     if !matches!(item.effect.effect, Effect::AskBrain { .. }) {
         ports.alerts.raise(format!(

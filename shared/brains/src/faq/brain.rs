@@ -45,13 +45,7 @@ impl FaqBrain {
         // misses build twice and the last one stays, which is harmless.
         let index = Arc::new(FaqIndex::build(faq));
         let mut cache = self.cache.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        cache.insert(
-            agent_id.to_string(),
-            Cached {
-                fingerprint,
-                index: Arc::clone(&index),
-            },
-        );
+        cache.insert(agent_id.to_string(), Cached { fingerprint, index: Arc::clone(&index) });
         index
     }
 
@@ -61,9 +55,7 @@ impl FaqBrain {
         match index.search(question) {
             // `get`: a fingerprint collision must not become an out-of-bounds panic.
             Some((i, score)) if score >= min_score => match faq.get(i) {
-                Some(entry) => BrainReply::Answer {
-                    text: entry.answer.clone(),
-                },
+                Some(entry) => BrainReply::Answer { text: entry.answer.clone() },
                 None => BrainReply::Unknown { text: None },
             },
             _ => BrainReply::Unknown { text: None },
@@ -113,12 +105,7 @@ mod tests {
     }
 
     fn ask(question: &str) -> BrainRequest {
-        BrainRequest {
-            question: question.into(),
-            history: Vec::new(),
-            context: None,
-            language: "en".into(),
-        }
+        BrainRequest { question: question.into(), history: Vec::new(), context: None, language: "en".into() }
     }
 
     fn answer(text: &str) -> BrainReply {
@@ -131,19 +118,10 @@ mod tests {
     async fn answers_in_every_language_with_default_threshold() {
         let brain = FaqBrain::new();
         let a = agent("shop", shop_faq());
-        assert_eq!(
-            BrainConfig::default(),
-            BrainConfig::Faq {
-                faq: vec![],
-                min_score: 1.0
-            }
-        );
+        assert_eq!(BrainConfig::default(), BrainConfig::Faq { faq: vec![], min_score: 1.0 });
         for (question, want) in [
             ("when are you open", "We are open Monday to Friday, 9:00-18:00."),
-            (
-                "Öffnungszeiten?",
-                "Wir haben Montag bis Freitag von 9 bis 18 Uhr geöffnet.",
-            ),
+            ("Öffnungszeiten?", "Wir haben Montag bis Freitag von 9 bis 18 Uhr geöffnet."),
             ("koliko kosta dostava", "Dostava je besplatna za narudžbe iznad 50 EUR."),
             ("你们的营业时间是什么", "我们周一至周五9点到18点营业。"),
             ("delais de livraison", "La livraison prend deux à trois jours ouvrés."),
@@ -156,10 +134,7 @@ mod tests {
     async fn unrelated_question_is_unknown() {
         let brain = FaqBrain::new();
         let a = agent("shop", shop_faq());
-        assert_eq!(
-            brain.answer(&a, &ask("tell me about quantum physics")).await,
-            Ok(UNKNOWN)
-        );
+        assert_eq!(brain.answer(&a, &ask("tell me about quantum physics")).await, Ok(UNKNOWN));
         assert_eq!(brain.answer(&a, &ask("")).await, Ok(UNKNOWN));
     }
 
@@ -167,10 +142,7 @@ mod tests {
     async fn empty_faq_is_unknown() {
         let brain = FaqBrain::new();
         let a = agent("empty", Vec::new());
-        assert_eq!(
-            brain.answer(&a, &ask("What are your opening hours?")).await,
-            Ok(UNKNOWN)
-        );
+        assert_eq!(brain.answer(&a, &ask("What are your opening hours?")).await, Ok(UNKNOWN));
     }
 
     #[tokio::test]
@@ -178,14 +150,8 @@ mod tests {
         let brain = FaqBrain::new();
         let mut a = agent("shop", shop_faq());
         let question = ask("when are you open");
-        assert!(matches!(
-            brain.answer(&a, &question).await,
-            Ok(BrainReply::Answer { .. })
-        ));
-        a.brain = BrainConfig::Faq {
-            faq: shop_faq(),
-            min_score: 100.0,
-        };
+        assert!(matches!(brain.answer(&a, &question).await, Ok(BrainReply::Answer { .. })));
+        a.brain = BrainConfig::Faq { faq: shop_faq(), min_score: 100.0 };
         assert_eq!(brain.answer(&a, &question).await, Ok(UNKNOWN));
     }
 
@@ -193,24 +159,15 @@ mod tests {
     async fn changed_faq_is_reindexed() {
         let brain = FaqBrain::new();
         let question = ask("where do you deliver");
-        let before = agent(
-            "shop",
-            vec![entry("Do you deliver to Austria?", "Only to Germany.", &[])],
-        );
+        let before = agent("shop", vec![entry("Do you deliver to Austria?", "Only to Germany.", &[])]);
         assert_eq!(brain.answer(&before, &question).await, Ok(answer("Only to Germany.")));
 
-        let after = agent(
-            "shop",
-            vec![entry("Do you deliver to Austria?", "Yes, since May.", &[])],
-        );
+        let after = agent("shop", vec![entry("Do you deliver to Austria?", "Yes, since May.", &[])]);
         assert_eq!(brain.answer(&after, &question).await, Ok(answer("Yes, since May.")));
 
         let moved = agent(
             "shop",
-            vec![
-                entry("Opening hours?", "9-18.", &[]),
-                entry("Do you deliver to Austria?", "Yes, since May.", &[]),
-            ],
+            vec![entry("Opening hours?", "9-18.", &[]), entry("Do you deliver to Austria?", "Yes, since May.", &[])],
         );
         assert_eq!(brain.answer(&moved, &question).await, Ok(answer("Yes, since May.")));
         assert_eq!(brain.cache.read().unwrap().len(), 1, "one slot per agent");
@@ -222,10 +179,7 @@ mod tests {
         let faq = shop_faq();
         let first = brain.index_for("a", &faq);
         assert!(Arc::ptr_eq(&first, &brain.index_for("a", &faq)), "same content: cached");
-        assert!(
-            !Arc::ptr_eq(&first, &brain.index_for("b", &faq)),
-            "other agent: own slot"
-        );
+        assert!(!Arc::ptr_eq(&first, &brain.index_for("b", &faq)), "other agent: own slot");
 
         let mut changed = faq.clone();
         changed[0].keywords.push("schedule".into());

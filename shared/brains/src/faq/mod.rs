@@ -77,11 +77,7 @@ impl FaqIndex {
             .collect();
         let total: f64 = doc_len.iter().sum();
         let avg_len = if total > 0.0 { total / n } else { 1.0 };
-        FaqIndex {
-            terms,
-            doc_len,
-            avg_len,
-        }
+        FaqIndex { terms, doc_len, avg_len }
     }
 
     /// Number of indexed entries.
@@ -141,11 +137,7 @@ pub(crate) mod tests {
     pub(crate) fn shop_faq() -> Vec<FaqEntry> {
         vec![
             /* 0 */
-            entry(
-                "What are your opening hours?",
-                "We are open Monday to Friday, 9:00-18:00.",
-                &[],
-            ),
+            entry("What are your opening hours?", "We are open Monday to Friday, 9:00-18:00.", &[]),
             /* 1 */
             entry(
                 "How much does shipping cost?",
@@ -159,35 +151,15 @@ pub(crate) mod tests {
                 &["refund"],
             ),
             /* 3 */
-            entry(
-                "Wie sind Ihre Öffnungszeiten?",
-                "Wir haben Montag bis Freitag von 9 bis 18 Uhr geöffnet.",
-                &[],
-            ),
+            entry("Wie sind Ihre Öffnungszeiten?", "Wir haben Montag bis Freitag von 9 bis 18 Uhr geöffnet.", &[]),
             /* 4 */
-            entry(
-                "Was kostet der Versand?",
-                "Ab 50 Euro ist der Versand kostenlos, sonst kostet er 4,90 Euro.",
-                &[],
-            ),
+            entry("Was kostet der Versand?", "Ab 50 Euro ist der Versand kostenlos, sonst kostet er 4,90 Euro.", &[]),
             /* 5 */
-            entry(
-                "Koliko košta dostava?",
-                "Dostava je besplatna za narudžbe iznad 50 EUR.",
-                &[],
-            ),
+            entry("Koliko košta dostava?", "Dostava je besplatna za narudžbe iznad 50 EUR.", &[]),
             /* 6 */
-            entry(
-                "Kakvo je vaše radno vrijeme?",
-                "Radimo od ponedjeljka do petka, od 9 do 18 sati.",
-                &[],
-            ),
+            entry("Kakvo je vaše radno vrijeme?", "Radimo od ponedjeljka do petka, od 9 do 18 sati.", &[]),
             /* 7 */
-            entry(
-                "Mogu li platiti pouzećem?",
-                "Da, plaćanje pouzećem je moguće uz naknadu od 2 EUR.",
-                &[],
-            ),
+            entry("Mogu li platiti pouzećem?", "Da, plaćanje pouzećem je moguće uz naknadu od 2 EUR.", &[]),
             /* 8 */
             entry("营业时间？", "我们周一至周五9点到18点营业。", &[]),
             /* 9 */
@@ -199,11 +171,7 @@ pub(crate) mod tests {
                 &[],
             ),
             /* 11 */
-            entry(
-                "Quels sont les délais de livraison ?",
-                "La livraison prend deux à trois jours ouvrés.",
-                &[],
-            ),
+            entry("Quels sont les délais de livraison ?", "La livraison prend deux à trois jours ouvrés.", &[]),
         ]
     }
 
@@ -276,11 +244,7 @@ pub(crate) mod tests {
     #[test]
     fn question_outweighs_answer() {
         let index = FaqIndex::build(&[
-            entry(
-                "Do you ship abroad?",
-                "Yes, we ship to all EU countries and pay the customs.",
-                &[],
-            ),
+            entry("Do you ship abroad?", "Yes, we ship to all EU countries and pay the customs.", &[]),
             entry("Who pays the customs?", "We do.", &[]),
         ]);
         assert_eq!(best(&index, "customs"), Some(1));
@@ -310,24 +274,15 @@ pub(crate) mod tests {
         assert!(single.search("when are you open").unwrap().1 >= 1.5);
 
         // A word in every answer of a 30-entry FAQ is no evidence.
-        let many: Vec<_> = (0..30)
-            .map(|i| entry(&format!("Question topic{i}?"), &format!("Answer {i}, thanks."), &[]))
-            .collect();
+        let many: Vec<_> =
+            (0..30).map(|i| entry(&format!("Question topic{i}?"), &format!("Answer {i}, thanks."), &[])).collect();
         let (_, score) = FaqIndex::build(&many).search("thanks").unwrap();
         assert!(score < 1.0, "{score}");
     }
 
     fn arb_entry() -> impl Strategy<Value = FaqEntry> {
-        (
-            any::<String>(),
-            any::<String>(),
-            proptest::collection::vec(any::<String>(), 0..3),
-        )
-            .prop_map(|(question, answer, keywords)| FaqEntry {
-                question,
-                answer,
-                keywords,
-            })
+        (any::<String>(), any::<String>(), proptest::collection::vec(any::<String>(), 0..3))
+            .prop_map(|(question, answer, keywords)| FaqEntry { question, answer, keywords })
     }
 
     proptest! {

@@ -52,14 +52,8 @@ async fn human_message(
     let link = link_for(&st, &agent.id, &msg.conversation_id).await?;
     let webhook_id = headers.get("webhook-id").and_then(|v| v.to_str().ok());
     let id = format!("desk:{}:{}", agent.id, webhook_desk::dedupe_id(webhook_id, &msg));
-    let kind = EventKind::HumanMessage {
-        desk_conversation_id: msg.conversation_id,
-        text: msg.body,
-    };
-    st.ports
-        .queue
-        .enqueue(vec![Event::new(id, link.conversation, st.ports.clock.now(), kind)])
-        .await?;
+    let kind = EventKind::HumanMessage { desk_conversation_id: msg.conversation_id, text: msg.body };
+    st.ports.queue.enqueue(vec![Event::new(id, link.conversation, st.ports.clock.now(), kind)]).await?;
     Ok(ok())
 }
 
@@ -79,13 +73,8 @@ async fn human_close(
     let link = link_for(&st, &agent.id, &msg.conversation_id).await?;
     // One close per desk conversation: repeats are the same event.
     let id = format!("desk-close:{}:{}", agent.id, msg.conversation_id);
-    let kind = EventKind::HumanClosed {
-        desk_conversation_id: msg.conversation_id,
-    };
-    st.ports
-        .queue
-        .enqueue(vec![Event::new(id, link.conversation, st.ports.clock.now(), kind)])
-        .await?;
+    let kind = EventKind::HumanClosed { desk_conversation_id: msg.conversation_id };
+    st.ports.queue.enqueue(vec![Event::new(id, link.conversation, st.ports.clock.now(), kind)]).await?;
     Ok(ok())
 }
 

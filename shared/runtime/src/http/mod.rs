@@ -52,7 +52,12 @@ pub struct RateLimitConfig {
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        RateLimitConfig { per_ip_per_sec: 20.0, per_ip_burst: 120, per_conversation_per_sec: 2.0, per_conversation_burst: 20 }
+        RateLimitConfig {
+            per_ip_per_sec: 20.0,
+            per_ip_burst: 120,
+            per_conversation_per_sec: 2.0,
+            per_conversation_burst: 20,
+        }
     }
 }
 
@@ -72,14 +77,28 @@ impl Default for Limits {
     }
 }
 
+/// Which routes a process serves: `baton serve` serves all, each Lambda function its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    All,
+    Widget,
+    Desk,
+}
+
 /// Every route of the hub that is not a local-only page.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
-        .merge(widget::routes())
-        .merge(desk::routes())
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
-        .with_state(state)
+    router_for(state, Routes::All)
+}
+
+pub fn router_for(state: AppState, routes: Routes) -> Router {
+    let mut r = Router::new().route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }));
+    if matches!(routes, Routes::All | Routes::Widget) {
+        r = r.merge(widget::routes());
+    }
+    if matches!(routes, Routes::All | Routes::Desk) {
+        r = r.merge(desk::routes());
+    }
+    r.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") }).with_state(state)
 }
 
 /// JSON error body `{"error":{"code","message"}}` with its status.
@@ -92,11 +111,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
+        ApiError { status, code, message: message.into() }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
@@ -108,11 +123,7 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
     pub fn rate_limited() -> Self {
-        Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many requests; slow down",
-        )
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down")
     }
 }
 
@@ -181,18 +192,19 @@ const DRAIN_CAP: usize = 1024 * 1024;
 /// Parse JSON with an error that names the problem (serde names the field and position).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "request body is empty; expected JSON",
-        ));
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", "request body is empty; expected JSON"));
     }
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("request body: {e}")))
 }
 
-/// The client's address where the server knows it (`baton serve`), else "unknown".
+/// The client's address: the socket's peer (`baton serve`), or a [`SourceIp`] the adapter
+/// put into the request (the API Gateway request context on Lambda), else "unknown".
 pub struct ClientAddr(pub String);
+
+/// The caller's IP as the platform in front of us saw it.
+#[derive(Debug, Clone)]
+pub struct SourceIp(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
@@ -202,6 +214,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
             .extensions
             .get::<axum::extract::ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip().to_string())
+            .or_else(|| parts.extensions.get::<SourceIp>().map(|s| s.0.clone()))
             .unwrap_or_else(|| "unknown".into());
         Ok(ClientAddr(ip))
     }
@@ -209,11 +222,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
 
 pub async fn load_agent(state: &AppState, id: &str) -> Result<Agent, ApiError> {
     if !baton_core::model::valid_agent_id(id) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "agent_not_found",
-            "no agent with that id",
-        ));
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "agent_not_found", "no agent with that id"));
     }
     state
         .ports
@@ -232,9 +241,7 @@ pub async fn require_agent_token(
     client: &str,
 ) -> Result<(), ApiError> {
     let limiter_key = format!("{client}|{}", agent.id);
-    let header = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let Some(token) = crate::auth::bearer(header) else {
         return Err(ApiError::unauthorized("missing Authorization: Bearer <agent token>"));
     };

@@ -39,11 +39,7 @@ fn check_origin(agent: &Agent, headers: &HeaderMap) -> Result<Option<HeaderValue
     if allowed.is_empty() || allowed.iter().any(|a| a == o || a == "*") {
         Ok(Some(origin.clone()))
     } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
-            format!("origin {o:?} may not use this widget"),
-        ))
+        Err(ApiError::new(StatusCode::FORBIDDEN, "origin_not_allowed", format!("origin {o:?} may not use this widget")))
     }
 }
 
@@ -65,14 +61,8 @@ async fn preflight(
     let origin = check_origin(&agent, &headers)?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     let h = resp.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, POST, OPTIONS"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("authorization, content-type"),
-    );
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("authorization, content-type"));
     h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
     Ok(with_cors(resp, origin))
 }
@@ -141,41 +131,27 @@ async fn session(
     if !st.limits.per_ip.allow(&client) {
         return Err(ApiError::rate_limited());
     }
-    let req: SessionRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        SessionRequest::default()
-    } else {
-        parse_json(&body)?
-    };
+    let req: SessionRequest =
+        if body.iter().all(u8::is_ascii_whitespace) { SessionRequest::default() } else { parse_json(&body)? };
     if let Some(e) = req.email.as_deref().filter(|e| !e.is_empty()) {
         if !baton_core::email::is_valid(e) {
             return Err(ApiError::bad_request(format!("email: {e:?} is not an e-mail address")));
         }
     }
     // Resume the conversation of a valid token; otherwise start a new one.
-    let (user, token) = match req
-        .token
-        .as_deref()
-        .and_then(|t| st.signer.verify(&agent.id, t).map(|u| (u, t.to_string())))
-    {
-        Some(pair) => pair,
-        None => st.signer.issue(&agent.id),
-    };
+    let (user, token) =
+        match req.token.as_deref().and_then(|t| st.signer.verify(&agent.id, t).map(|u| (u, t.to_string()))) {
+            Some(pair) => pair,
+            None => st.signer.issue(&agent.id),
+        };
     let key =
         ConversationKey::new(&agent.id, Channel::Widget, &user).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if let Some(email) = req.email.filter(|e| !e.is_empty()) {
         let id = format!("widget-email:{key}:{}", short_hash(&email));
-        enqueue(
-            &st,
-            Event::new(id, key.clone(), st.ports.clock.now(), EventKind::UserSetEmail { email }),
-        )
-        .await?;
+        enqueue(&st, Event::new(id, key.clone(), st.ports.clock.now(), EventKind::UserSetEmail { email })).await?;
     }
     let _ = req.language; // the language travels with each message
-    let title = if agent.name.is_empty() {
-        agent.id.clone()
-    } else {
-        agent.name.clone()
-    };
+    let title = if agent.name.is_empty() { agent.id.clone() } else { agent.name.clone() };
     let body = Json(serde_json::json!({"conversation_id": user, "token": token, "cursor": 0, "title": title}));
     Ok(with_cors(body.into_response(), origin))
 }
@@ -211,29 +187,17 @@ async fn send(
         return Err(ApiError::bad_request("text: must not be empty"));
     }
     if text.chars().count() > MAX_TEXT_CHARS {
-        return Err(ApiError::bad_request(format!(
-            "text: longer than {MAX_TEXT_CHARS} characters"
-        )));
+        return Err(ApiError::bad_request(format!("text: longer than {MAX_TEXT_CHARS} characters")));
     }
     // The widget retries with the same client id; the queue and the worker drop the copies.
     let client_id = match req.client_id {
         Some(c) if !c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => c,
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "client_id: 1-64 characters of a-z, A-Z, 0-9 or '-'",
-            ))
-        }
+        Some(_) => return Err(ApiError::bad_request("client_id: 1-64 characters of a-z, A-Z, 0-9 or '-'")),
         None => crate::auth::generate_token()[4..36].to_string(),
     };
     let id = format!("widget:{}:{client_id}", call.key);
-    let language = req
-        .language
-        .filter(|l| baton_core::messages::LANGUAGES.contains(&l.as_str()));
-    let kind = EventKind::UserMessage {
-        text,
-        email: None,
-        language,
-    };
+    let language = req.language.filter(|l| baton_core::messages::LANGUAGES.contains(&l.as_str()));
+    let kind = EventKind::UserMessage { text, email: None, language };
     enqueue(&st, Event::new(id.clone(), call.key, st.ports.clock.now(), kind)).await?;
     Ok(accepted(call.origin, &id))
 }
@@ -254,22 +218,11 @@ async fn set_email(
     let call = authorize(&st, &agent_id, &headers, None, &client).await?;
     let req: EmailRequest = parse_json(&body)?;
     if !baton_core::email::is_valid(&req.email) {
-        return Err(ApiError::bad_request(format!(
-            "email: {:?} is not an e-mail address",
-            req.email
-        )));
+        return Err(ApiError::bad_request(format!("email: {:?} is not an e-mail address", req.email)));
     }
     let id = format!("widget-email:{}:{}", call.key, short_hash(&req.email));
-    enqueue(
-        &st,
-        Event::new(
-            id.clone(),
-            call.key,
-            st.ports.clock.now(),
-            EventKind::UserSetEmail { email: req.email },
-        ),
-    )
-    .await?;
+    enqueue(&st, Event::new(id.clone(), call.key, st.ports.clock.now(), EventKind::UserSetEmail { email: req.email }))
+        .await?;
     Ok(accepted(call.origin, &id))
 }
 
@@ -281,11 +234,7 @@ async fn end(
 ) -> Result<Response, ApiError> {
     let call = authorize(&st, &agent_id, &headers, None, &client).await?;
     let id = format!("widget-end:{}:{}", call.key, &crate::auth::generate_token()[4..36]);
-    enqueue(
-        &st,
-        Event::new(id.clone(), call.key, st.ports.clock.now(), EventKind::UserEnded),
-    )
-    .await?;
+    enqueue(&st, Event::new(id.clone(), call.key, st.ports.clock.now(), EventKind::UserEnded)).await?;
     Ok(accepted(call.origin, &id))
 }
 
@@ -331,10 +280,7 @@ async fn stream_replies(
     Query(q): Query<Cursor>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let call = authorize(&st, &agent_id, &headers, q.token.as_deref(), &client).await?;
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i64>().ok());
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i64>().ok());
     let after = q.after.max(last_event_id.unwrap_or(0));
     let live = BroadcastStream::new(st.live.subscribe());
     let backlog = st.log.after(&call.key, after, 1000).await?;

@@ -1,0 +1,41 @@
+//! The shared conformance suite (`baton_tests::conformance`) against DynamoDB and SQS on
+//! moto: the same checks the SQLite adapters pass.
+
+mod common;
+
+use baton_aws::{SqsEventQueue, SqsTimers};
+use baton_tests::conformance::{self, Fixture};
+use common::{drain_events, queues, receive_all, FixedClock};
+use std::sync::Arc;
+
+async fn fresh() -> Fixture {
+    let store = common::store().await;
+    Fixture::new(Arc::new(store), ())
+}
+
+baton_tests::store_conformance_tests!(fresh());
+
+#[tokio::test]
+async fn queue_keeps_order_and_drops_duplicates() {
+    let (sqs, events, _) = queues().await;
+    let queue = SqsEventQueue::new(sqs.clone(), events.clone());
+    conformance::queue_keeps_order_and_drops_duplicates(&queue, || drain_events(&sqs, &events)).await;
+}
+
+#[tokio::test]
+async fn due_timer_fires_once() {
+    let (sqs, events, timer_url) = queues().await;
+    let now = common::wall_now();
+    let queue = SqsEventQueue::new(sqs.clone(), events.clone());
+    let timers = SqsTimers::new(sqs.clone(), timer_url.clone(), Arc::new(FixedClock(now)));
+    conformance::due_timer_fires_once(&timers, now, |now| {
+        let (sqs, events, timer_url, timers, queue) = (&sqs, &events, &timer_url, &timers, &queue);
+        async move {
+            for m in receive_all(sqs, timer_url).await {
+                timers.fire_or_rearm(m.body().expect("body"), now, queue).await.expect("fire");
+            }
+            drain_events(sqs, events).await
+        }
+    })
+    .await;
+}

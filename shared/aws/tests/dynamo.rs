@@ -1,0 +1,279 @@
+//! DynamoDB specifics on moto: the table definition, the sparse `due` index, TTLs, keys
+//! for long ids, server-side rejections and the widget's message log.
+
+mod common;
+
+use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
+use baton_aws::{create_table, table, DynamoStore};
+use baton_core::effect::{Effect, PendingEffect, TimerKind};
+use baton_core::model::{Button, Channel, ConversationKey, Millis, OutMessage, Role};
+use baton_core::ports::{Commit, CommitOutcome, DeskLink, Store, StoreError, TraceEntry};
+use baton_core::session::{ArmedTimer, Session};
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn key(user: &str) -> ConversationKey {
+    ConversationKey::new("demo", Channel::Widget, user).unwrap()
+}
+
+fn trace(at: i64, id: &str) -> TraceEntry {
+    TraceEntry { at: Millis(at), what: "event".into(), id: id.into(), detail: String::new() }
+}
+
+fn commit(k: &ConversationKey, expected: u64, event: &str, timer: Option<(u64, i64)>, at: i64) -> Commit {
+    let mut session = Session::new(k.clone());
+    session.timer = timer.map(|(generation, due)| ArmedTimer { generation, kind: TimerKind::Wait, due: Millis(due) });
+    Commit { expected_version: expected, session, event_id: event.into(), effects: vec![], trace: trace(at, event) }
+}
+
+async fn raw_item(store: &DynamoStore, pk: &str, sk: &str) -> Option<HashMap<String, AttributeValue>> {
+    store
+        .client()
+        .get_item()
+        .table_name(store.table_name())
+        .key("pk", AttributeValue::S(pk.into()))
+        .key("sk", AttributeValue::S(sk.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+}
+
+fn number(item: &HashMap<String, AttributeValue>, name: &str) -> i64 {
+    match item.get(name) {
+        Some(AttributeValue::N(v)) => v.parse().unwrap(),
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn create_table_is_idempotent_and_matches_production() {
+    let (dynamo, _) = common::clients().await;
+    let name = baton_tests::moto::unique_name("tbl");
+    create_table(&dynamo, &name).await.unwrap();
+    create_table(&dynamo, &name).await.unwrap();
+    let ttl = dynamo.describe_time_to_live().table_name(&name).send().await.unwrap();
+    let ttl = ttl.time_to_live_description().unwrap();
+    assert_eq!(ttl.time_to_live_status(), Some(&TimeToLiveStatus::Enabled));
+    assert_eq!(ttl.attribute_name(), Some(table::EXPIRES_AT));
+    let described = dynamo.describe_table().table_name(&name).send().await.unwrap();
+    let t = described.table().unwrap();
+    let mut indexes: Vec<_> = t
+        .global_secondary_indexes()
+        .iter()
+        .map(|g| {
+            let keys: Vec<_> = g.key_schema().iter().map(|k| k.attribute_name().to_string()).collect();
+            // As template.yaml has them: the sweeper reads candidates back from the table.
+            let projection = g.projection().and_then(|p| p.projection_type()).map(|p| p.as_str());
+            assert_eq!(projection, Some("KEYS_ONLY"), "{:?}", g.index_name());
+            (g.index_name().unwrap().to_string(), keys)
+        })
+        .collect();
+    indexes.sort();
+    assert_eq!(
+        indexes,
+        [
+            ("due".to_string(), vec!["due_shard".to_string(), "due_at".to_string()]),
+            ("outbox_due".to_string(), vec!["obx_shard".to_string(), "obx_due".to_string()]),
+        ]
+    );
+    assert_eq!(t.billing_mode_summary().and_then(|b| b.billing_mode()).map(|m| m.as_str()), Some("PAY_PER_REQUEST"));
+}
+
+#[tokio::test]
+async fn sessions_due_reads_the_sparse_index() {
+    let store = common::store().await;
+    let (k1, k2, k3) = (key("d1"), key("d2"), key("d3"));
+    assert_eq!(
+        store.commit(commit(&k1, 0, "a", Some((2, 1000)), 1)).await.unwrap(),
+        CommitOutcome::Committed { version: 1 }
+    );
+    store.commit(commit(&k2, 0, "b", Some((3, 5000)), 1)).await.unwrap();
+    store.commit(commit(&k3, 0, "c", None, 1)).await.unwrap();
+    // Sessions spread over the shards; the result is merged by due time.
+    for i in 0..12 {
+        store.commit(commit(&key(&format!("late{i}")), 0, &format!("l{i}"), Some((1, 100_000 + i)), 1)).await.unwrap();
+    }
+
+    assert_eq!(store.sessions_due(Millis(999), 10).await.unwrap(), vec![]);
+    assert_eq!(store.sessions_due(Millis(3000), 10).await.unwrap(), vec![(k1.clone(), 2)]);
+    assert_eq!(store.sessions_due(Millis(10_000), 10).await.unwrap(), vec![(k1.clone(), 2), (k2.clone(), 3)]);
+    assert_eq!(store.sessions_due(Millis(10_000), 1).await.unwrap(), vec![(k1.clone(), 2)]);
+    assert_eq!(store.sessions_due(Millis(10_000), 0).await.unwrap(), vec![]);
+    let all = store.sessions_due(Millis(1_000_000), 100).await.unwrap();
+    assert_eq!(all.len(), 14);
+    assert_eq!(all[13], (key("late11"), 1));
+
+    // Only sessions with an armed timer are in the index.
+    let item = raw_item(&store, &format!("CONV#{k3}"), "SESSION").await.unwrap();
+    assert!(!item.contains_key("due_at") && !item.contains_key("due_shard"));
+    let item = raw_item(&store, &format!("CONV#{k1}"), "SESSION").await.unwrap();
+    assert_eq!(number(&item, "due_at"), 1000);
+    assert_eq!(number(&item, "version"), 1);
+    assert_eq!(number(&item, "schema"), 1);
+
+    // Disarming removes the session from the index; re-arming moves it.
+    store.commit(commit(&k1, 1, "a2", None, 2)).await.unwrap();
+    let item = raw_item(&store, &format!("CONV#{k1}"), "SESSION").await.unwrap();
+    assert!(!item.contains_key("due_at") && !item.contains_key("due_shard") && !item.contains_key("due_gen"));
+    assert_eq!(store.sessions_due(Millis(10_000), 10).await.unwrap(), vec![(k2.clone(), 3)]);
+    store.commit(commit(&k2, 1, "b2", Some((4, 20_000)), 2)).await.unwrap();
+    assert_eq!(store.sessions_due(Millis(10_000), 10).await.unwrap(), vec![]);
+    assert_eq!(store.sessions_due(Millis(20_000), 10).await.unwrap(), vec![(k2, 4)]);
+}
+
+#[tokio::test]
+async fn seen_ids_carry_an_eight_day_ttl() {
+    let store = common::store().await;
+    let at = 1_700_000_000_123;
+    store.commit(commit(&key("s"), 0, "wa:wamid.1", None, at)).await.unwrap();
+    let item = raw_item(&store, "SEEN#wa:wamid.1", "-").await.unwrap();
+    assert_eq!(number(&item, "expires_at"), 1_700_000_000 + 8 * 24 * 3600);
+}
+
+#[tokio::test]
+async fn a_transaction_the_server_rejects_writes_nothing() {
+    let store = common::store().await;
+    let k = key("big");
+    let mut c = commit(&k, 0, "e1", Some((1, 5)), 1);
+    c.effects = vec![
+        PendingEffect::for_event("e1", 0, Effect::SendToUser { message: OutMessage::new(Role::Bot, "small") }),
+        // Over DynamoDB's 400 KB item limit: the whole transaction is refused.
+        PendingEffect::for_event(
+            "e1",
+            1,
+            Effect::SendToUser { message: OutMessage::new(Role::Bot, "x".repeat(420 * 1024)) },
+        ),
+    ];
+    match store.commit(c).await {
+        Err(StoreError::Unavailable(m)) => assert!(m.contains("commit"), "{m}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(store.load_session(&k).await.unwrap(), None);
+    assert!(!store.is_seen("e1").await.unwrap());
+    assert!(store.pending_effects(&k).await.unwrap().is_empty());
+    assert!(store.trace(&k).await.unwrap().is_empty());
+    assert!(store.sessions_due(Millis(10), 10).await.unwrap().is_empty());
+
+    // Too many effects for one transaction is refused before anything is sent.
+    let mut c = commit(&k, 0, "e2", None, 1);
+    c.effects = (0..98).map(|i| PendingEffect::for_event("e2", i, Effect::CancelTimer)).collect();
+    assert!(matches!(store.commit(c).await, Err(StoreError::Unavailable(_))));
+    let mut c = commit(&k, 0, "e3", None, 1);
+    c.effects = (0..97).map(|i| PendingEffect::for_event("e3", i, Effect::CancelTimer)).collect();
+    assert_eq!(store.commit(c).await.unwrap(), CommitOutcome::Committed { version: 1 });
+    let pending = store.pending_effects(&k).await.unwrap();
+    assert_eq!(pending.len(), 97);
+    assert_eq!(pending[96].effect.id, "e3/96");
+}
+
+#[tokio::test]
+async fn ids_longer_than_a_key_allows_are_hashed() {
+    let store = common::store().await;
+    let k = key("long");
+    let event = format!("fx:{}", "e/0/".repeat(700));
+    let mut c = commit(&k, 0, &event, None, 1);
+    c.effects = vec![PendingEffect::for_event(&event, 0, Effect::CancelTimer)];
+    assert_eq!(store.commit(c).await.unwrap(), CommitOutcome::Committed { version: 1 });
+    assert!(store.is_seen(&event).await.unwrap());
+    assert!(!store.is_seen(&format!("{event}x")).await.unwrap());
+    let pending = store.pending_effects(&k).await.unwrap();
+    assert_eq!(pending[0].effect.id, format!("{event}/0"));
+    store.complete_effect(&k, &format!("{event}/0"), trace(2, "done")).await.unwrap();
+    assert!(store.pending_effects(&k).await.unwrap().is_empty());
+
+    let link = DeskLink {
+        agent: "demo".into(),
+        desk_conversation_id: "d".repeat(3000),
+        handoff_id: "h".repeat(3000),
+        conversation: k.clone(),
+    };
+    store.put_desk_link(&link).await.unwrap();
+    assert_eq!(store.desk_link("demo", &link.desk_conversation_id).await.unwrap(), Some(link.clone()));
+    assert_eq!(store.desk_link_for_handoff(&link.handoff_id).await.unwrap(), Some(link));
+}
+
+#[tokio::test]
+async fn corrupt_records_are_reported_without_their_content() {
+    let store = common::store().await;
+    store
+        .client()
+        .put_item()
+        .table_name(store.table_name())
+        .item("pk", AttributeValue::S("AGENT#demo".into()))
+        .item("sk", AttributeValue::S("CONFIG".into()))
+        .item("schema", AttributeValue::N("1".into()))
+        .item("doc", AttributeValue::S(r#"{"id": 5, "password": "hunter2"}"#.into()))
+        .send()
+        .await
+        .unwrap();
+    match store.get_agent("demo").await {
+        Err(StoreError::Corrupt { key, message }) => {
+            assert_eq!(key, "agent demo");
+            assert!(!message.contains("hunter2"), "{message}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn message_log_dedupes_orders_and_tolerates_gaps() {
+    let store = common::store().await.with_message_retention(Duration::from_secs(3600));
+    let (a, b) = (key("a"), key("b"));
+    let mut hello = OutMessage::new(Role::Bot, "hello");
+    hello.buttons.push(Button { label: "End".into(), value: "/end".into() });
+    let at = 1_700_000_000_000;
+    let s1 = store.append_user_message(&a, "k1", &hello, Millis(at)).await.unwrap().unwrap();
+    let other = OutMessage::new(Role::Human, "for b");
+    assert_eq!(store.append_user_message(&b, "k2", &other, Millis(at + 1)).await.unwrap(), Some(1));
+    // The re-run effect with the same key: not shown twice.
+    assert_eq!(store.append_user_message(&a, "k1", &hello, Millis(at + 2)).await.unwrap(), None);
+    let second = OutMessage::new(Role::Human, "second");
+    let s2 = store.append_user_message(&a, "k3", &second, Millis(at + 3)).await.unwrap().unwrap();
+    assert_eq!((s1, s2), (1, 2));
+
+    // A crash between the counter and the transaction leaves a gap; cursors skip it.
+    store
+        .client()
+        .update_item()
+        .table_name(store.table_name())
+        .key("pk", AttributeValue::S(format!("CONV#{a}")))
+        .key("sk", AttributeValue::S("MSGSEQ".into()))
+        .update_expression("ADD #s :one")
+        .expression_attribute_names("#s", "seq")
+        .expression_attribute_values(":one", AttributeValue::N("1".into()))
+        .send()
+        .await
+        .unwrap();
+    let third = OutMessage::new(Role::Bot, "third");
+    let s4 = store.append_user_message(&a, "k4", &third, Millis(at + 4)).await.unwrap().unwrap();
+    assert_eq!(s4, 4);
+
+    let all = store.user_messages_after(&a, 0, 10).await.unwrap();
+    assert_eq!(
+        all,
+        vec![
+            (s1, Millis(at), hello.clone()),
+            (s2, Millis(at + 3), second.clone()),
+            (s4, Millis(at + 4), third.clone())
+        ]
+    );
+    assert_eq!(
+        store.user_messages_after(&a, s1, 10).await.unwrap(),
+        vec![(s2, Millis(at + 3), second), (s4, Millis(at + 4), third.clone())]
+    );
+    assert_eq!(store.user_messages_after(&a, 3, 10).await.unwrap(), vec![(s4, Millis(at + 4), third)]);
+    assert_eq!(store.user_messages_after(&a, -5, 1).await.unwrap().len(), 1);
+    assert!(store.user_messages_after(&a, s4, 10).await.unwrap().is_empty());
+    assert!(store.user_messages_after(&a, i64::MAX, 10).await.unwrap().is_empty());
+    assert_eq!(store.user_messages_after(&b, 0, 10).await.unwrap().len(), 1);
+
+    // Messages and idempotency markers expire with the retention; the counter does not.
+    let item = raw_item(&store, &format!("CONV#{a}"), &format!("MSG#{s1:020}")).await.unwrap();
+    assert_eq!(number(&item, "expires_at"), at / 1000 + 3600);
+    let marker = raw_item(&store, "IDEM#k1", "-").await.unwrap();
+    assert_eq!(number(&marker, "expires_at"), at / 1000 + 3600);
+    let counter = raw_item(&store, &format!("CONV#{a}"), "MSGSEQ").await.unwrap();
+    assert!(!counter.contains_key("expires_at"));
+}

@@ -1,0 +1,55 @@
+//! The shared conformance suite (`baton_tests::conformance`) against the SQLite adapters,
+//! so the embedded and the AWS adapters are held to the same behaviour.
+
+use baton_core::event::Event;
+use baton_core::model::Millis;
+use baton_embedded::{Db, EmbeddedQueue, EmbeddedTimers};
+use baton_tests::conformance::{self, Fixture};
+use std::sync::Arc;
+
+fn open() -> (tempfile::TempDir, Arc<Db>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(&dir.path().join("baton.db")).expect("open");
+    (dir, db)
+}
+
+async fn fresh() -> Fixture {
+    let (dir, db) = open();
+    Fixture::new(db, dir)
+}
+
+baton_tests::store_conformance_tests!(fresh());
+
+/// Every queued event, conversation by conversation, acked as read.
+async fn drain(queue: &EmbeddedQueue) -> Vec<Event> {
+    let mut out = Vec::new();
+    for key in queue.conversations_with_events(1000).await.expect("conversations") {
+        while let Some(event) = queue.head(&key).await.expect("head") {
+            queue.ack(&event.id).await.expect("ack");
+            out.push(event);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn queue_keeps_order_and_drops_duplicates() {
+    let (_dir, db) = open();
+    let queue = EmbeddedQueue::new(db).expect("queue");
+    conformance::queue_keeps_order_and_drops_duplicates(&queue, || drain(&queue)).await;
+}
+
+#[tokio::test]
+async fn due_timer_fires_once() {
+    let (_dir, db) = open();
+    let queue = EmbeddedQueue::new(db.clone()).expect("queue");
+    let timers = EmbeddedTimers::new(db);
+    conformance::due_timer_fires_once(&timers, Millis(50_000), |now| {
+        let (timers, queue) = (&timers, &queue);
+        async move {
+            timers.fire_due(now).await.expect("fire");
+            drain(queue).await
+        }
+    })
+    .await;
+}

@@ -1,0 +1,294 @@
+//! The Lambda side of Baton: the AWS adapters wired into the runtime once per cold start,
+//! and the handlers each function binary runs. A function's `main.rs` only calls one of
+//! [`serve_http`], [`serve_events`], [`serve_timers`] or [`serve_sweeper`].
+//!
+//! - HTTP ingress (widget API, desk webhooks): verify, enqueue on the FIFO queue, answer.
+//! - `conversation-worker`: apply each SQS FIFO record, run its effects; failures are
+//!   reported per record, and after a failed record every later record of the same message
+//!   group in the batch is reported failed too, so per-conversation order holds.
+//! - `timeout-check`: turn due timer messages into `TimerFired` events (or re-arm them).
+//! - `timeout-sweeper`: every minute, queue what the timer queue missed (overdue sessions,
+//!   effects due for a retry).
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use baton_aws::{DynamoStore, SqsEventQueue, SqsTimers};
+use baton_core::ports::{Clock, EventQueue, Store, StoreError};
+use baton_core::{ConversationKey, Event, EventKind, Millis, OutMessage};
+pub use baton_runtime::http::Routes;
+use baton_runtime::http::{AppState, Limits, SourceIp};
+use baton_runtime::widget::{ChannelRouter, LoggedMessage, MessageLog, TokenSigner};
+use baton_runtime::worker::{apply_event, drain_outbox};
+use baton_runtime::Ports;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Deployment settings, from the function's environment (set by template.yaml).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub table: String,
+    pub events_queue_url: String,
+    pub timers_queue_url: String,
+    pub widget_secret: String,
+    pub body_limit: usize,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, Error> {
+        let var = |name: &str| std::env::var(name).map_err(|_| format!("environment variable {name} is not set"));
+        Ok(Config {
+            table: var("BATON_TABLE")?,
+            events_queue_url: var("BATON_EVENTS_QUEUE_URL")?,
+            timers_queue_url: var("BATON_TIMERS_QUEUE_URL")?,
+            widget_secret: var("BATON_WIDGET_SECRET").unwrap_or_default(),
+            body_limit: std::env::var("BATON_BODY_LIMIT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(baton_runtime::http::DEFAULT_BODY_LIMIT),
+        })
+    }
+}
+
+/// Everything a function needs, built once per cold start.
+#[derive(Clone)]
+pub struct Aws {
+    pub ports: Ports,
+    pub store: Arc<DynamoStore>,
+    pub events: Arc<SqsEventQueue>,
+    pub timers: Arc<SqsTimers>,
+    pub config: Config,
+}
+
+/// The widget's message log in the table.
+struct DynamoMessageLog(Arc<DynamoStore>);
+
+#[async_trait::async_trait]
+impl MessageLog for DynamoMessageLog {
+    async fn append(
+        &self,
+        key: &ConversationKey,
+        idempotency_key: &str,
+        message: &OutMessage,
+        at: Millis,
+    ) -> Result<Option<i64>, StoreError> {
+        self.0.append_user_message(key, idempotency_key, message, at).await
+    }
+
+    async fn after(&self, key: &ConversationKey, cursor: i64, limit: usize) -> Result<Vec<LoggedMessage>, StoreError> {
+        let rows = self.0.user_messages_after(key, cursor, limit).await?;
+        Ok(rows.into_iter().map(|(seq, at, message)| LoggedMessage { seq, at, message }).collect())
+    }
+}
+
+/// Wire the adapters: clients are passed in so they are built once per cold start.
+pub fn wire(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    dynamo: baton_aws::aws_sdk_dynamodb::Client,
+    sqs: baton_aws::aws_sdk_sqs::Client,
+) -> Aws {
+    let store = Arc::new(DynamoStore::new(dynamo, config.table.clone()));
+    let events = Arc::new(SqsEventQueue::new(sqs.clone(), config.events_queue_url.clone()));
+    let timers = Arc::new(SqsTimers::new(sqs, config.timers_queue_url.clone(), clock.clone()));
+    // Lambda cannot stream: widget replies are read by polling; the live channel has no readers.
+    let (live, _) = tokio::sync::broadcast::channel(16);
+    let channels = ChannelRouter { log: Arc::new(DynamoMessageLog(store.clone())), live, clock: clock.clone() };
+    let ports = Ports {
+        store: store.clone(),
+        queue: events.clone(),
+        timers: timers.clone(),
+        clock,
+        brain: Arc::new(baton_brains::FaqBrain::new()),
+        channels: Arc::new(channels),
+        desk: Arc::new(baton_connectors::webhook_desk::WebhookDesk::new(Duration::from_secs(15))),
+        fallback: Arc::new(baton_connectors::ticket::TicketFallback::new(Duration::from_secs(15))),
+        alerts: Default::default(),
+    };
+    Aws { ports, store, events, timers, config }
+}
+
+/// Build from the environment: SDK clients from the Lambda role, settings from env vars.
+pub async fn from_env() -> Result<Aws, Error> {
+    let config = Config::from_env()?;
+    let (dynamo, sqs) = baton_aws::clients_from_env().await;
+    Ok(wire(config, Arc::new(baton_runtime::clock::SystemClock), dynamo, sqs))
+}
+
+/// HTTP routes over the AWS adapters: the widget API or the desk webhooks.
+pub fn http_router(aws: &Aws, routes: Routes) -> axum::Router {
+    let state = AppState {
+        ports: aws.ports.clone(),
+        log: Arc::new(DynamoMessageLog(aws.store.clone())),
+        live: tokio::sync::broadcast::channel(16).0,
+        signer: TokenSigner::new(aws.config.widget_secret.as_bytes()),
+        limits: Arc::new(Limits::default()),
+        body_limit: aws.config.body_limit,
+    };
+    baton_runtime::http::router_for(state, routes).layer(axum::middleware::map_request(source_ip))
+}
+
+/// Put API Gateway's view of the caller's IP where the routes look for it.
+async fn source_ip(mut req: axum::extract::Request) -> axum::extract::Request {
+    use lambda_http::request::RequestContext;
+    let ip = match req.extensions().get::<RequestContext>() {
+        Some(RequestContext::ApiGatewayV2(ctx)) => ctx.http.source_ip.clone(),
+        _ => None,
+    };
+    if let Some(ip) = ip {
+        req.extensions_mut().insert(SourceIp(ip));
+    }
+    req
+}
+
+/// One batch of the events FIFO queue. Returns the records to retry.
+pub async fn handle_events(aws: &Aws, batch: SqsEvent) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    let mut failed_groups: HashSet<String> = HashSet::new();
+    for record in batch.records {
+        let id = record.message_id.clone().unwrap_or_default();
+        let group = record.attributes.get("MessageGroupId").cloned().unwrap_or_default();
+        if failed_groups.contains(&group) {
+            response.add_failure(id);
+            continue;
+        }
+        let body = record.body.as_deref().unwrap_or("");
+        let ok = match baton_aws::parse_event(body) {
+            Ok(event) => process(aws, &event).await,
+            Err(e) => {
+                // Retried until it lands in the dead-letter queue, where an alarm fires.
+                tracing::error!(message_id = %id, error = %e, "unreadable event");
+                false
+            }
+        };
+        if !ok {
+            failed_groups.insert(group);
+            response.add_failure(id);
+        }
+    }
+    response
+}
+
+/// Apply one event and run the conversation's effects; re-arm a wake-up through the timer
+/// queue when an effect waits for a retry, so no worker ever sleeps.
+async fn process(aws: &Aws, event: &Event) -> bool {
+    let key = &event.conversation;
+    if let Err(e) = apply_event(&aws.ports, event).await {
+        tracing::error!(conversation = %key, event = %event.id, error = %e, "event failed");
+        return false;
+    }
+    match drain_outbox(&aws.ports, key).await {
+        Ok(d) => {
+            if let Some(due) = d.next_due {
+                if let Err(e) = aws.timers.schedule_wake(key, due).await {
+                    // The sweeper finds the due effects within a minute anyway.
+                    tracing::warn!(conversation = %key, error = %e, "could not re-arm a retry");
+                }
+            }
+            true
+        }
+        Err(e) => {
+            tracing::error!(conversation = %key, error = %e, "running effects failed");
+            false
+        }
+    }
+}
+
+/// One batch of the timer queue.
+pub async fn handle_timers(aws: &Aws, batch: SqsEvent) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    let now = aws.ports.clock.now();
+    for record in batch.records {
+        let id = record.message_id.clone().unwrap_or_default();
+        let body = record.body.as_deref().unwrap_or("");
+        match aws.timers.fire_or_rearm(body, now, aws.events.as_ref()).await {
+            Ok(outcome) => tracing::debug!(message_id = %id, ?outcome, "timer handled"),
+            Err(e) => {
+                tracing::error!(message_id = %id, error = %e, "timer failed");
+                response.add_failure(id);
+            }
+        }
+    }
+    response
+}
+
+/// What one sweep queued.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Swept {
+    pub timers: usize,
+    pub wakes: usize,
+}
+
+/// Queue what the timer queue missed: sessions whose timer is overdue (same event id as the
+/// timer queue would use, so a timer fired twice is applied once) and conversations whose
+/// effects are due for a retry.
+pub async fn sweep(aws: &Aws) -> Result<Swept, Error> {
+    let now = aws.ports.clock.now();
+    let mut events = Vec::new();
+    for (key, generation) in aws.store.sessions_due(now, 1000).await? {
+        let id = format!("timer:{key}:{generation}");
+        events.push(Event::new(id, key, now, EventKind::TimerFired { generation }));
+    }
+    let timers = events.len();
+    for key in aws.store.conversations_with_due_effects(now, 1000).await? {
+        // One wake per conversation and minute is enough.
+        let id = format!("wake:{key}:{}", now.0 / 60_000);
+        events.push(Event::new(id, key, now, EventKind::Wake));
+    }
+    let wakes = events.len() - timers;
+    for chunk in events.chunks(10) {
+        aws.events.enqueue(chunk.to_vec()).await?;
+    }
+    Ok(Swept { timers, wakes })
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).json().without_time().try_init();
+}
+
+/// `main` of an HTTP function serving `routes`.
+pub async fn serve_http(routes: Routes) -> Result<(), Error> {
+    init_logging();
+    let aws = from_env().await?;
+    lambda_http::run(http_router(&aws, routes)).await
+}
+
+/// `main` of `conversation-worker`.
+pub async fn serve_events() -> Result<(), Error> {
+    init_logging();
+    let aws = Arc::new(from_env().await?);
+    lambda_runtime::run(lambda_runtime::service_fn(move |e: lambda_runtime::LambdaEvent<SqsEvent>| {
+        let aws = aws.clone();
+        async move { Ok::<_, Error>(handle_events(&aws, e.payload).await) }
+    }))
+    .await
+}
+
+/// `main` of `timeout-check`.
+pub async fn serve_timers() -> Result<(), Error> {
+    init_logging();
+    let aws = Arc::new(from_env().await?);
+    lambda_runtime::run(lambda_runtime::service_fn(move |e: lambda_runtime::LambdaEvent<SqsEvent>| {
+        let aws = aws.clone();
+        async move { Ok::<_, Error>(handle_timers(&aws, e.payload).await) }
+    }))
+    .await
+}
+
+/// `main` of `timeout-sweeper` (EventBridge schedule; the event's content is not used).
+pub async fn serve_sweeper() -> Result<(), Error> {
+    init_logging();
+    let aws = Arc::new(from_env().await?);
+    lambda_runtime::run(lambda_runtime::service_fn(move |_: lambda_runtime::LambdaEvent<serde_json::Value>| {
+        let aws = aws.clone();
+        async move {
+            let swept = sweep(&aws).await?;
+            tracing::info!(timers = swept.timers, wakes = swept.wakes, "sweep done");
+            Ok::<_, Error>(serde_json::json!({"timers": swept.timers, "wakes": swept.wakes}))
+        }
+    }))
+    .await
+}

@@ -1,0 +1,409 @@
+//! The SAM template (`template.yaml` at the repository root) against the linter and the workspace:
+//! - `cfn-lint template.yaml` exits 0 and prints nothing (warnings fail too; a missing cfn-lint fails);
+//! - every `AWS::Serverless::Function` builds a crate `functions/<name>` (CodeUri, BuildProperties
+//!   Binary, the crate's package name and its `[[bin]]` name, if declared, all say `<name>`), every
+//!   `functions/*/Cargo.toml` crate has a function, and every function crate is a workspace member
+//!   (otherwise `sam build` cannot build it).
+//!
+//! The template is read as text: CloudFormation tags (`!Ref`, `!GetAtt`, ...) make generic YAML parsers
+//! awkward, and only a few scalar keys of each resource are needed here.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+#[test]
+fn cfn_lint_passes_without_findings() {
+    let root = repo_root();
+    let output = match Command::new("cfn-lint").arg("template.yaml").current_dir(&root).output() {
+        Ok(output) => output,
+        Err(e) if e.kind() == ErrorKind::NotFound => panic!(
+            "cfn-lint is not installed (or not on PATH); this test never skips. Install it with \
+             `pip install cfn-lint` and run the tests again."
+        ),
+        Err(e) => panic!("cannot run cfn-lint: {e}"),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.trim().is_empty() && stderr.trim().is_empty(),
+        "`cfn-lint template.yaml` must exit 0 and print nothing (warnings count), got {}\n\
+         --- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        output.status
+    );
+}
+
+#[test]
+fn every_function_has_a_crate_and_every_crate_a_function() {
+    let root = repo_root();
+    let template = read(&root.join("template.yaml"));
+    let problems = check_function_crates(&root, &template);
+    assert!(problems.is_empty(), "template.yaml and functions/ disagree:\n- {}", problems.join("\n- "));
+}
+
+#[test]
+fn function_crates_are_workspace_members() {
+    let root = repo_root();
+    let members = workspace_members(&read(&root.join("Cargo.toml")));
+    let missing: Vec<String> = function_crate_dirs(&root)
+        .into_iter()
+        .filter(|name| !is_member(&members, &format!("functions/{name}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "these function crates are not members of the root workspace (add \"functions/<name>\" or \
+         \"functions/*\" to [workspace] members): {missing:?}; members are {members:?}"
+    );
+}
+
+// ------------------------------------------------------------------------------------------- checks
+
+/// One `AWS::Serverless::Function` of the template, with the scalars this test needs.
+#[derive(Debug, Default, PartialEq)]
+struct Function {
+    logical_id: String,
+    code_uri: Option<String>,
+    build_method: Option<String>,
+    binary: Option<String>,
+}
+
+/// Every mismatch between the template's functions and the crates under `functions/`, as messages.
+fn check_function_crates(root: &Path, template: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let functions = serverless_functions(template);
+    if functions.is_empty() {
+        problems.push("no AWS::Serverless::Function resource found in template.yaml".to_string());
+    }
+    let mut referenced = BTreeSet::new();
+    for f in &functions {
+        let id = &f.logical_id;
+        let Some(code_uri) = f.code_uri.as_deref() else {
+            problems.push(format!("{id}: no CodeUri (expected CodeUri: functions/<crate>)"));
+            continue;
+        };
+        let dir = code_uri.trim_start_matches("./").trim_end_matches('/');
+        let Some(name) = dir.strip_prefix("functions/").filter(|n| !n.is_empty() && !n.contains('/')) else {
+            problems.push(format!("{id}: CodeUri {code_uri:?} is not a crate directory functions/<name>"));
+            continue;
+        };
+        referenced.insert(name.to_string());
+        if f.build_method.as_deref() != Some("rust-cargolambda") {
+            problems.push(format!("{id}: Metadata.BuildMethod is {:?}, expected \"rust-cargolambda\"", f.build_method));
+        }
+        match f.binary.as_deref() {
+            Some(binary) if binary == name => {}
+            other => problems.push(format!(
+                "{id}: Metadata.BuildProperties.Binary is {other:?}, expected {name:?} (the crate's binary)"
+            )),
+        }
+        let manifest = root.join(dir).join("Cargo.toml");
+        match fs::read_to_string(&manifest) {
+            Err(_) => {
+                problems.push(format!("{id}: CodeUri {code_uri} has no crate ({} is missing)", manifest.display()))
+            }
+            Ok(text) => {
+                match package_name(&text) {
+                    Some(package) if package == name => {}
+                    other => problems.push(format!(
+                        "{id}: {dir}/Cargo.toml has package name {other:?}, expected {name:?} (package, binary and \
+                         directory share one name)"
+                    )),
+                }
+                let bins = table_names(&text, "[[bin]]");
+                if !bins.is_empty() && !bins.iter().any(|b| b == name) {
+                    problems.push(format!("{id}: {dir}/Cargo.toml declares binaries {bins:?} but none named {name:?}"));
+                }
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for f in &functions {
+        if let Some(dir) = &f.code_uri {
+            if !seen.insert(dir.trim_start_matches("./").trim_end_matches('/')) {
+                problems.push(format!("{}: CodeUri {dir} is used by more than one function", f.logical_id));
+            }
+        }
+    }
+    for name in function_crate_dirs(root) {
+        if !referenced.contains(&name) {
+            problems.push(format!(
+                "crate functions/{name} has no AWS::Serverless::Function in template.yaml (CodeUri: functions/{name})"
+            ));
+        }
+    }
+    problems
+}
+
+/// Names of the directories `functions/<name>` that hold a `Cargo.toml`, sorted.
+fn function_crate_dirs(root: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(root.join("functions")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("Cargo.toml").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+// ------------------------------------------------------------------------------------- text parsing
+
+fn indent_of(line: &str) -> usize {
+    line.len() - line.trim_start_matches(' ').len()
+}
+
+/// Blank and comment-only lines carry no structure.
+fn is_content(line: &str) -> bool {
+    let t = line.trim();
+    !t.is_empty() && !t.starts_with('#')
+}
+
+/// The scalar after `key:` on this line, unquoted and without a trailing comment; `None` when the
+/// line is not `key: value` (an empty value means a nested mapping, also `None`).
+fn scalar(line: &str, key: &str) -> Option<String> {
+    let rest = line.trim().strip_prefix(key)?.strip_prefix(':')?;
+    let value = match rest.find(" #") {
+        Some(i) => &rest[..i],
+        None => rest,
+    }
+    .trim();
+    let value = value.trim_matches(['"', '\'']);
+    (!value.is_empty()).then(|| value.to_string())
+}
+
+/// The `AWS::Serverless::Function` resources of a SAM template, found by indentation: the
+/// `Resources:` section at column 0, one resource per key at the section's first indentation,
+/// `Type` one level below it, and `CodeUri`, `BuildMethod`, `Binary` anywhere in the resource.
+fn serverless_functions(template: &str) -> Vec<Function> {
+    let mut functions = Vec::new();
+    let mut in_resources = false;
+    let mut resource_indent = None;
+    let mut current: Option<(Function, Option<usize>, bool)> = None; // (function, child indent, is serverless fn)
+    let finish = |current: &mut Option<(Function, Option<usize>, bool)>, out: &mut Vec<Function>| {
+        if let Some((f, _, true)) = current.take() {
+            out.push(f);
+        }
+    };
+    for line in template.lines() {
+        if !is_content(line) {
+            continue;
+        }
+        let indent = indent_of(line);
+        if indent == 0 {
+            finish(&mut current, &mut functions);
+            in_resources = line.trim_end() == "Resources:";
+            resource_indent = None;
+            continue;
+        }
+        if !in_resources {
+            continue;
+        }
+        let resource_indent = *resource_indent.get_or_insert(indent);
+        if indent <= resource_indent {
+            finish(&mut current, &mut functions);
+            let key = line.trim().trim_end_matches(':').trim_matches(['"', '\'']);
+            let function = Function { logical_id: key.to_string(), ..Function::default() };
+            current = Some((function, None, false));
+            continue;
+        }
+        let Some((function, child_indent, is_function)) = current.as_mut() else {
+            continue;
+        };
+        let child_indent = *child_indent.get_or_insert(indent);
+        if indent == child_indent {
+            if let Some(kind) = scalar(line, "Type") {
+                *is_function = kind == "AWS::Serverless::Function";
+            }
+        }
+        if let Some(v) = scalar(line, "CodeUri") {
+            function.code_uri = Some(v);
+        }
+        if let Some(v) = scalar(line, "BuildMethod") {
+            function.build_method = Some(v);
+        }
+        if let Some(v) = scalar(line, "Binary") {
+            function.binary = Some(v);
+        }
+    }
+    finish(&mut current, &mut functions);
+    functions
+}
+
+/// `name` of the `[package]` table of a Cargo.toml.
+fn package_name(manifest: &str) -> Option<String> {
+    table_names(manifest, "[package]").into_iter().next()
+}
+
+/// The `name = "..."` of every table with this header (`[package]`, `[[bin]]`) in a Cargo.toml.
+fn table_names(manifest: &str, header: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut in_table = false;
+    for line in manifest.lines() {
+        let t = line.split('#').next().unwrap_or("").trim();
+        if t.starts_with('[') {
+            in_table = t == header;
+        } else if in_table {
+            if let Some(value) = t.strip_prefix("name").and_then(|rest| rest.trim_start().strip_prefix('=')) {
+                names.push(value.trim().trim_matches('"').to_string());
+            }
+        }
+    }
+    names
+}
+
+/// The quoted entries of `[workspace] members = [...]` (possibly spread over several lines).
+fn workspace_members(manifest: &str) -> Vec<String> {
+    let Some(start) = manifest.find("members") else {
+        return Vec::new();
+    };
+    let rest = &manifest[start..];
+    let (Some(open), Some(close)) = (rest.find('['), rest.find(']')) else {
+        return Vec::new();
+    };
+    rest[open + 1..close]
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .flat_map(|l| l.split(','))
+        .map(|s| s.trim().trim_matches('"').to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Whether `path` is one of `members`, literally or through a trailing `/*` glob.
+fn is_member(members: &[String], path: &str) -> bool {
+    members.iter().any(|m| {
+        let m = m.trim_end_matches('/');
+        m == path || m.strip_suffix("/*").is_some_and(|dir| path.rsplit_once('/').is_some_and(|(p, _)| p == dir))
+    })
+}
+
+// ---------------------------------------------------------------------------- tests of the checker
+
+const SAMPLE: &str = r#"
+Transform: AWS::Serverless-2016-10-31
+Globals:
+  Function:
+    Runtime: provided.al2023
+Resources:
+  # comment
+  Table:
+    Type: AWS::DynamoDB::Table
+    Properties:
+      BillingMode: PAY_PER_REQUEST
+  AlphaFunction:
+    Type: AWS::Serverless::Function
+    Metadata:
+      BuildMethod: rust-cargolambda
+      BuildProperties:
+        Binary: alpha
+    Properties:
+      CodeUri: ./functions/alpha/   # trailing comment
+      Role: !GetAtt AlphaRole.Arn
+      Events:
+        Http:
+          Type: HttpApi
+          Properties:
+            Path: /x
+  BetaFunction:
+    Type: "AWS::Serverless::Function"
+    Metadata:
+      BuildMethod: rust-cargolambda
+      BuildProperties:
+        Binary: wrong
+    Properties:
+      CodeUri: functions/beta
+  NoCode:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: bootstrap
+Outputs:
+  CodeUri:
+    Value: functions/not-a-function
+"#;
+
+#[test]
+fn parser_finds_functions_and_their_build_settings() {
+    let functions = serverless_functions(SAMPLE);
+    let ids: Vec<&str> = functions.iter().map(|f| f.logical_id.as_str()).collect();
+    assert_eq!(ids, ["AlphaFunction", "BetaFunction", "NoCode"]);
+    assert_eq!(
+        functions[0],
+        Function {
+            logical_id: "AlphaFunction".into(),
+            code_uri: Some("./functions/alpha/".into()),
+            build_method: Some("rust-cargolambda".into()),
+            binary: Some("alpha".into()),
+        }
+    );
+    assert_eq!(functions[1].binary.as_deref(), Some("wrong"));
+    assert_eq!(functions[2].code_uri, None);
+}
+
+#[test]
+fn checker_reports_missing_crates_functions_and_mismatched_names() {
+    let root = std::env::temp_dir().join(format!("baton-template-check-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    for (dir, package, bin) in [
+        ("alpha", "alpha", "alpha"),
+        ("beta", "beta", "beta-bin"),
+        ("orphan", "orphan", "orphan"),
+        ("gamma", "not-gamma", "gamma"),
+    ] {
+        fs::create_dir_all(root.join("functions").join(dir)).unwrap();
+        fs::write(
+            root.join("functions").join(dir).join("Cargo.toml"),
+            format!(
+                "[package]\nname = \"{package}\" # the package\nversion = \"0.1.0\"\n\n[[bin]]\nname = \"{bin}\"\n\
+                 path = \"src/main.rs\"\n\n[dependencies]\nname = \"x\"\n"
+            ),
+        )
+        .unwrap();
+    }
+    fs::create_dir_all(root.join("functions/no-manifest")).unwrap();
+    let template = format!(
+        "{SAMPLE}  GammaFunction:\n    Type: AWS::Serverless::Function\n    Metadata:\n      BuildMethod: \
+         rust-cargolambda\n      BuildProperties:\n        Binary: gamma\n    Properties:\n      CodeUri: \
+         functions/gamma\n  MissingFunction:\n    Type: AWS::Serverless::Function\n    Metadata:\n      \
+         BuildMethod: rust-cargolambda\n      BuildProperties:\n        Binary: missing\n    Properties:\n      \
+         CodeUri: functions/missing\n"
+    )
+    .replace("Outputs:\n  CodeUri:\n    Value: functions/not-a-function\n", "");
+    let problems = check_function_crates(&root, &template);
+    fs::remove_dir_all(&root).unwrap();
+    let has = |needle: &str| problems.iter().any(|p| p.contains(needle));
+    assert!(!problems.iter().any(|p| p.starts_with("AlphaFunction")), "{problems:#?}");
+    assert!(has("BetaFunction: Metadata.BuildProperties.Binary is Some(\"wrong\")"), "{problems:#?}");
+    assert!(
+        has("BetaFunction: functions/beta/Cargo.toml declares binaries [\"beta-bin\"] but none named \"beta\""),
+        "{problems:#?}"
+    );
+    assert!(has("NoCode: no CodeUri"), "{problems:#?}");
+    assert!(has("GammaFunction: functions/gamma/Cargo.toml has package name Some(\"not-gamma\")"), "{problems:#?}");
+    assert!(has("MissingFunction: CodeUri functions/missing has no crate"), "{problems:#?}");
+    assert!(has("crate functions/orphan has no AWS::Serverless::Function"), "{problems:#?}");
+    assert!(!has("no-manifest"), "{problems:#?}");
+    assert_eq!(problems.len(), 6, "{problems:#?}");
+}
+
+#[test]
+fn workspace_members_are_read_with_globs() {
+    let manifest = "[workspace]\nresolver = \"2\"\nmembers = [\n    \"shared/core\", # core\n    \"functions/*\",\n]\n";
+    let members = workspace_members(manifest);
+    assert_eq!(members, ["shared/core", "functions/*"]);
+    assert!(is_member(&members, "functions/widget-api"));
+    assert!(is_member(&members, "shared/core"));
+    assert!(!is_member(&members, "shared/aws"));
+    assert!(!is_member(&["functions/widget-api".to_string()], "functions/desk-webhook"));
+}
