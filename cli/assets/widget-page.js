@@ -3,10 +3,16 @@
   "use strict";
 
   var match = location.pathname.match(/^\/widget\/([^\/]+)/);
-  var agent = match ? decodeURIComponent(match[1]) : "demo";
   var params = new URLSearchParams(location.search);
+  // Served by `baton serve` at /widget/{agent}; hosted elsewhere (AWS), ?agent= names it.
+  var agent = match ? decodeURIComponent(match[1]) : params.get("agent") || "demo";
   var embedded = params.get("embed") === "1" && window.parent !== window;
-  var BASE = "/api/widget/" + encodeURIComponent(agent);
+  // ?api=https://... points at the hub's API when the page is not served by the hub itself.
+  var api = (params.get("api") || "").replace(/\/+$/, "");
+  if (api && !/^https?:\/\//.test(api)) api = "";
+  var BASE = api + "/api/widget/" + encodeURIComponent(agent);
+  // API Gateway cannot stream: ?poll=1 skips the live stream and polls the cursor endpoint.
+  var POLL_ONLY = params.get("poll") === "1";
   var HOT_SYSTEM = /connect|verbind|povezuj|转接|en relation|wait|warte|ček|等待|attend|joined|beigetreten|pridruž|加入|rejoint/i;
   var HISTORY_MAX = 200;
   var EMPTY_HINT = "Ask us anything. Write “human” to talk to a person.";
@@ -355,7 +361,7 @@
 
   function startTransport() {
     stopTransport();
-    if (window.EventSource && state.sseFailures < 3) openStream();
+    if (window.EventSource && !POLL_ONLY && state.sseFailures < 3) openStream();
     else startPolling();
   }
 

@@ -4,6 +4,10 @@
  *   <script src="https://HOST/widget.js" data-agent="demo" async></script>
  *
  * Optional attributes: data-email="a@b.c", data-title="Support".
+ * Where the chat page is not served by the hub itself (the AWS form, whose HTTP API cannot
+ * serve pages or stream): data-page="https://cdn.example.com/widget.html" (the page's copy)
+ * and data-api="https://API-ID.execute-api.REGION.amazonaws.com" (the hub's API); replies
+ * are then polled.
  * API: window.ChatBot.setEmail(email), .open(), .close(), .toggle().
  * Calls made before this script loads can be queued:
  *   window.ChatBot = window.ChatBot || { q: [] };
@@ -28,6 +32,13 @@
     return;
   }
   var agent = script.getAttribute("data-agent");
+  // The chat page's origin: the hub's, or that of data-page.
+  var FRAME_ORIGIN = HOST;
+  try {
+    if (script.getAttribute("data-page")) FRAME_ORIGIN = new URL(script.getAttribute("data-page"), location.href).origin;
+  } catch (e) {
+    /* a malformed data-page falls back to the hub's own page */
+  }
   var customTitle = script.getAttribute("data-title");
   var title = customTitle || "Chat";
   var email = (script.getAttribute("data-email") || "").trim();
@@ -120,7 +131,12 @@
   }
 
   function frameUrl() {
-    var url = HOST + "/widget/" + encodeURIComponent(agent) + "?";
+    var page = script.getAttribute("data-page");
+    var apiBase = script.getAttribute("data-api");
+    var url = page
+      ? page + "?agent=" + encodeURIComponent(agent) + "&"
+      : HOST + "/widget/" + encodeURIComponent(agent) + "?";
+    if (apiBase) url += "api=" + encodeURIComponent(apiBase) + "&poll=1&";
     if (email) url += "email=" + encodeURIComponent(email) + "&";
     url += "embed=1";
     if (customTitle) url += "&title=" + encodeURIComponent(customTitle);
@@ -144,7 +160,7 @@
   function syncEmail() {
     if (!iframe || !iframeReady || !email || email === sentEmail) return;
     sentEmail = email;
-    iframe.contentWindow.postMessage({ type: "baton:setEmail", email: email }, HOST);
+    iframe.contentWindow.postMessage({ type: "baton:setEmail", email: email }, FRAME_ORIGIN);
   }
 
   function setIcon(d) {
@@ -190,7 +206,7 @@
 
   // Messages from the chat page inside the iframe.
   window.addEventListener("message", function (e) {
-    if (!iframe || e.source !== iframe.contentWindow || e.origin !== HOST) return;
+    if (!iframe || e.source !== iframe.contentWindow || e.origin !== FRAME_ORIGIN) return;
     var d = e.data;
     if (!d || typeof d !== "object") return;
     if (d.type === "baton:close") close();

@@ -59,8 +59,9 @@ enum Command {
     /// applied are dropped by the worker, so a redrive never applies anything twice.
     /// Credentials, region and endpoint come from the environment, as for the AWS CLI
     /// (`AWS_PROFILE` or `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
-    /// `AWS_ENDPOINT_URL`). Example:
-    /// `baton redrive --from "$EVENTS_DLQ_URL" --to "$EVENTS_QUEUE_URL" --max 10`
+    /// `AWS_ENDPOINT_URL`).
+    ///
+    /// Example: baton redrive --from "$EVENTS_DLQ_URL" --to "$EVENTS_QUEUE_URL" --max 10
     Redrive {
         /// URL of the dead-letter queue to take messages from (stack output
         /// `EventsDeadLetterQueueUrl` or `TimersDeadLetterQueueUrl`).

@@ -34,10 +34,7 @@ pub struct RedriveError {
 /// receives of at least 6 minutes' visibility each, so that window has long passed.
 pub async fn redrive(client: &Client, from_url: &str, to_url: &str, max: usize) -> Result<usize, RedriveError> {
     if from_url.trim_end_matches('/') == to_url.trim_end_matches('/') {
-        return Err(RedriveError {
-            moved: 0,
-            message: "the source and destination are the same queue".into(),
-        });
+        return Err(RedriveError { moved: 0, message: "the source and destination are the same queue".into() });
     }
     let fifo = to_url.trim_end_matches('/').ends_with(".fifo");
     let mut moved = 0;
@@ -76,9 +73,7 @@ pub async fn redrive(client: &Client, from_url: &str, to_url: &str, max: usize) 
 async fn move_one(client: &Client, from_url: &str, to_url: &str, fifo: bool, m: &Message) -> Result<(), String> {
     let id = m.message_id().unwrap_or("?");
     let body = m.body().ok_or_else(|| format!("message {id} has no body"))?;
-    let receipt = m
-        .receipt_handle()
-        .ok_or_else(|| format!("message {id} has no receipt handle"))?;
+    let receipt = m.receipt_handle().ok_or_else(|| format!("message {id} has no receipt handle"))?;
     let mut send = client
         .send_message()
         .queue_url(to_url)
@@ -86,28 +81,16 @@ async fn move_one(client: &Client, from_url: &str, to_url: &str, fifo: bool, m: 
         .set_message_attributes(m.message_attributes().cloned());
     if fifo {
         let attr = |name: MessageSystemAttributeName| m.attributes().and_then(|a| a.get(&name)).cloned();
-        let group = attr(MessageSystemAttributeName::MessageGroupId).ok_or_else(|| {
-            format!("message {id} has no MessageGroupId, which the FIFO queue {to_url} needs")
-        })?;
+        let group = attr(MessageSystemAttributeName::MessageGroupId)
+            .ok_or_else(|| format!("message {id} has no MessageGroupId, which the FIFO queue {to_url} needs"))?;
         send = send
             .message_group_id(group)
             .set_message_deduplication_id(attr(MessageSystemAttributeName::MessageDeduplicationId));
     }
-    send.send()
-        .await
-        .map_err(|e| format!("sqs send message {id} to {to_url}: {}", describe_sdk_error(&e)))?;
-    client
-        .delete_message()
-        .queue_url(from_url)
-        .receipt_handle(receipt)
-        .send()
-        .await
-        .map_err(|e| {
-            format!(
-                "message {id} was copied to {to_url} but not deleted from {from_url}: {}",
-                describe_sdk_error(&e)
-            )
-        })?;
+    send.send().await.map_err(|e| format!("sqs send message {id} to {to_url}: {}", describe_sdk_error(&e)))?;
+    client.delete_message().queue_url(from_url).receipt_handle(receipt).send().await.map_err(|e| {
+        format!("message {id} was copied to {to_url} but not deleted from {from_url}: {}", describe_sdk_error(&e))
+    })?;
     Ok(())
 }
 

@@ -1,0 +1,371 @@
+//! Reliability of the Lambda handlers on SQS (moto): redelivered records, partial batch
+//! failures within FIFO message groups, dead-lettering and redrive, and the sweeper.
+
+mod common;
+
+use baton_aws::aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use baton_aws::{dedup_id, group_id, parse_event};
+use baton_core::EventKind;
+use baton_lambda::{sweep, wire, Swept};
+use baton_runtime::clock::ManualClock;
+use baton_tests::moto;
+use common::*;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// (a) A record delivered three times (three invocations, and a batch holding it three
+/// times) has one effect: one human message for the user, one chat message at the desk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_delivered_three_times_has_one_effect() {
+    let hub = hub(|_| {}).await;
+    let arn = queue_arn(&hub.sqs, &hub.queues.events).await;
+    let mut w = Widget::start(&hub, Some("ana@example.com")).await;
+    w.send("I want to talk to a human").await;
+    run_worker(&hub).await;
+    let conv = hub.desk.requests_to("/conversation/establish")[0].body["conversation_id"].as_str().unwrap().to_string();
+
+    // The desk's reply, queued once, delivered to the worker three times.
+    assert_eq!(hub.desk_reply(&conv, "Hello, Ana here.", Some("msg_r1")).await.status, 200);
+    let messages = receive(&hub.sqs, &hub.queues.events).await;
+    assert_eq!(messages.len(), 1);
+    let r = record(&messages[0], &arn);
+    assert!(invoke_worker(&hub.aws, vec![r.clone(), r.clone(), r.clone()]).await.is_empty());
+    assert!(invoke_worker(&hub.aws, vec![r.clone()]).await.is_empty());
+    assert!(invoke_worker(&hub.aws, vec![r]).await.is_empty());
+    delete(&hub.sqs, &hub.queues.events, &messages[0]).await;
+    run_worker(&hub).await;
+    assert_eq!(w.texts_from("human").await, vec!["Hello, Ana here."]);
+
+    // The widget retries its send with the same client id: one message on the queue.
+    for _ in 0..3 {
+        assert_eq!(w.send_with_id("My parcel has not arrived", "retry-1").await.status, 202);
+    }
+    let messages = receive(&hub.sqs, &hub.queues.events).await;
+    assert_eq!(messages.len(), 1, "deduplicated by the FIFO queue");
+    let r = record(&messages[0], &arn);
+    for _ in 0..3 {
+        assert!(invoke_worker(&hub.aws, vec![r.clone()]).await.is_empty());
+    }
+    delete(&hub.sqs, &hub.queues.events, &messages[0]).await;
+    run_worker(&hub).await;
+    let chat = hub.desk.requests_to("/chat");
+    assert_eq!(chat.len(), 1, "{chat:#?}");
+    assert_eq!(chat[0].body["body"], "My parcel has not arrived");
+    assert_eq!(hub.desk.duplicates(), 0, "the hub did not even send it twice");
+    w.next("human reply", |m| m["from"] == "human").await;
+}
+
+/// (b) In one batch, a record of conversation A fails: every later record of A is reported
+/// failed too, B's records go through, and once the bad record is gone A's records are
+/// applied in their order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_record_holds_back_only_its_own_conversation() {
+    let hub = hub(|_| {}).await;
+    let url = hub.queues.events.clone();
+    let arn = queue_arn(&hub.sqs, &url).await;
+    let mut a = Widget::start(&hub, None).await;
+    let mut b = Widget::start(&hub, None).await;
+
+    let a1 = a.send("What are your opening hours?").await;
+    b.send("How long does shipping take?").await;
+    // A record no build can read, in A's message group.
+    hub.sqs
+        .send_message()
+        .queue_url(&url)
+        .message_body("{\"not\": \"an event\"")
+        .message_group_id(group_id(&a.key()))
+        .message_deduplication_id("poison-1")
+        .send()
+        .await
+        .unwrap();
+    let a2 = a.send("How long does shipping take?").await;
+    b.send("What are your opening hours?").await;
+    let a3 = a.send("Do you ship abroad to other countries?").await;
+
+    let messages = receive(&hub.sqs, &url).await;
+    assert_eq!(messages.len(), 6, "one batch");
+    let event_id = |m: &baton_aws::aws_sdk_sqs::types::Message| parse_event(m.body().unwrap()).ok().map(|e| e.id);
+    let id_of = |event: &str| {
+        messages
+            .iter()
+            .find(|m| event_id(m).as_deref() == Some(event))
+            .and_then(|m| m.message_id())
+            .unwrap()
+            .to_string()
+    };
+    let poison = messages.iter().find(|m| event_id(m).is_none()).unwrap();
+    let group_a = group_id(&a.key());
+    let in_a: Vec<Option<String>> = messages
+        .iter()
+        .filter(|m| attribute(m, MessageSystemAttributeName::MessageGroupId).as_deref() == Some(group_a.as_str()))
+        .map(event_id)
+        .collect();
+    assert_eq!(in_a, vec![Some(a1.clone()), None, Some(a2.clone()), Some(a3.clone())]);
+
+    let failed = invoke_worker(&hub.aws, messages.iter().map(|m| record(m, &arn)).collect()).await;
+    let failed: HashSet<String> = failed.into_iter().collect();
+    let expected: HashSet<String> = [poison.message_id().unwrap().to_string(), id_of(&a2), id_of(&a3)].into();
+    assert_eq!(failed, expected);
+
+    // The event source deletes the rest; the failed ones stay in flight, holding A's group.
+    for m in &messages {
+        if !failed.contains(m.message_id().unwrap()) {
+            delete(&hub.sqs, &url, m).await;
+        }
+    }
+    run_worker(&hub).await;
+    assert_eq!(b.texts_from("bot").await, vec![SHIPPING, HOURS]);
+    assert!(a.texts_from("bot").await.is_empty(), "A's answer waits behind its group");
+
+    // The bad record goes (to the dead-letter queue); the others come back, in order.
+    delete(&hub.sqs, &url, poison).await;
+    for m in &messages {
+        if failed.contains(m.message_id().unwrap()) && m.message_id() != poison.message_id() {
+            release(&hub.sqs, &url, m).await;
+        }
+    }
+    run_worker(&hub).await;
+    assert_eq!(a.texts_from("bot").await, vec![HOURS, SHIPPING, ABROAD]);
+    assert_eq!(b.texts_from("bot").await, vec![SHIPPING, HOURS]);
+    a.next("last answer", |m| m["text"] == ABROAD).await;
+}
+
+/// A FIFO events queue with a dead-letter queue after `max_receives` receives, as in
+/// template.yaml (which uses 5): (queues, dlq url).
+async fn queues_with_dlq(sqs: &baton_aws::aws_sdk_sqs::Client, max_receives: u32) -> (Queues, String) {
+    let dlq = sqs
+        .create_queue()
+        .queue_name(format!("{}.fifo", moto::unique_name("dlq")))
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .attributes(QueueAttributeName::ContentBasedDeduplication, "false")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let dlq_arn = queue_arn(sqs, &dlq).await;
+    let policy = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives.to_string()});
+    let events = sqs
+        .create_queue()
+        .queue_name(format!("{}.fifo", moto::unique_name("ev")))
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .attributes(QueueAttributeName::ContentBasedDeduplication, "false")
+        .attributes(QueueAttributeName::DeduplicationScope, "messageGroup")
+        .attributes(QueueAttributeName::FifoThroughputLimit, "perMessageGroupId")
+        .attributes(QueueAttributeName::RedrivePolicy, policy.to_string())
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let timers = baton_aws::create_timer_queue(sqs, &moto::unique_name("tm")).await.unwrap();
+    (Queues { events, timers }, dlq)
+}
+
+/// Receive and invoke until nothing is visible, returning every failed record's message to
+/// the queue at once; returns how many times each message id was received.
+async fn fail_until_dead_lettered(
+    aws: &baton_lambda::Aws,
+    sqs: &baton_aws::aws_sdk_sqs::Client,
+    url: &str,
+) -> std::collections::BTreeMap<String, usize> {
+    let arn = queue_arn(sqs, url).await;
+    let mut receives = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        let messages = receive(sqs, url).await;
+        if messages.is_empty() {
+            return receives;
+        }
+        for m in &messages {
+            *receives.entry(m.message_id().unwrap().to_string()).or_default() += 1;
+        }
+        let failed = invoke_worker(aws, messages.iter().map(|m| record(m, &arn)).collect()).await;
+        settle(sqs, url, &messages, &failed).await;
+    }
+    panic!("the queue never emptied");
+}
+
+/// (c) A poison message (unreadable) and an event that fails while the table is
+/// unreachable both reach the FIFO dead-letter queue after maxReceiveCount receives;
+/// `baton_aws::redrive` moves them back with their group and deduplication ids, and once
+/// the cause is fixed the event is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_records_reach_the_dlq_and_redrive_moves_them_back() {
+    let (_, sqs) = clients().await;
+    let (queues, dlq) = queues_with_dlq(&sqs, 2).await;
+    let hub = hub_with(Arc::new(baton_runtime::clock::SystemClock), Some(queues.clone()), |_| {}).await;
+    let url = queues.events.clone();
+    // A deploy pointing at a table that does not exist: every event fails in the store.
+    let broken = wire(
+        config("no-such-table", &queues),
+        Arc::new(baton_runtime::clock::SystemClock),
+        hub.dynamo.clone(),
+        sqs.clone(),
+    );
+
+    let mut w = Widget::start(&hub, None).await;
+    let event = w.send("What are your opening hours?").await;
+    sqs.send_message()
+        .queue_url(&url)
+        .message_body("not json at all")
+        .message_group_id("poison-group")
+        .message_deduplication_id("poison-dedup")
+        .send()
+        .await
+        .unwrap();
+    let first = receive(&sqs, &url).await;
+    assert_eq!(first.len(), 2);
+    let ids = |m: &baton_aws::aws_sdk_sqs::types::Message| {
+        (
+            m.body().unwrap().to_string(),
+            attribute(m, MessageSystemAttributeName::MessageGroupId).unwrap(),
+            attribute(m, MessageSystemAttributeName::MessageDeduplicationId).unwrap(),
+        )
+    };
+    let mut originals: Vec<_> = first.iter().map(ids).collect();
+    originals.sort();
+    for m in &first {
+        release(&sqs, &url, m).await;
+    }
+    let dedup = dedup_id(&event);
+    assert!(originals.iter().any(|(_, g, d)| *g == group_id(&w.key()) && *d == dedup));
+
+    // Received twice (once above, once here), failed twice: dead-lettered.
+    let receives = fail_until_dead_lettered(&broken, &sqs, &url).await;
+    assert_eq!(receives.len(), 2);
+    assert!(receives.values().all(|n| *n == 1), "{receives:?}");
+    assert_eq!(queue_depth(&sqs, &url).await, 0);
+    assert_eq!(queue_depth(&sqs, &dlq).await, 2);
+    assert!(w.all().await.is_empty());
+
+    // Redrive, a limited number first.
+    assert_eq!(baton_aws::redrive(&sqs, &dlq, &url, 1).await.unwrap(), 1);
+    assert_eq!(queue_depth(&sqs, &dlq).await, 1);
+    assert_eq!(baton_aws::redrive(&sqs, &dlq, &url, 100).await.unwrap(), 1);
+    assert_eq!(queue_depth(&sqs, &dlq).await, 0);
+    assert_eq!(baton_aws::redrive(&sqs, &dlq, &url, 100).await.unwrap(), 0);
+    let back = receive(&sqs, &url).await;
+    let mut moved: Vec<_> = back.iter().map(ids).collect();
+    moved.sort();
+    assert_eq!(moved, originals, "bodies, group and deduplication ids kept");
+    for m in &back {
+        release(&sqs, &url, m).await;
+    }
+
+    // With the cause fixed, the event is applied; the poison fails on and goes back.
+    let receives = fail_until_dead_lettered(&hub.aws, &sqs, &url).await;
+    assert_eq!(w.texts_from("bot").await, vec![HOURS]);
+    assert_eq!(queue_depth(&sqs, &dlq).await, 1, "{receives:?}");
+    let left = receive(&sqs, &dlq).await;
+    assert_eq!(left[0].body(), Some("not json at all"));
+
+    let same = baton_aws::redrive(&sqs, &dlq, &dlq, 10).await.unwrap_err();
+    assert_eq!(same.moved, 0);
+}
+
+/// A standard queue (the timers' dead-letter queue is one) is redriven without group ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_between_standard_queues() {
+    let (_, sqs) = clients().await;
+    let dlq = baton_aws::create_timer_queue(&sqs, &moto::unique_name("tdlq")).await.unwrap();
+    let timers = baton_aws::create_timer_queue(&sqs, &moto::unique_name("tm")).await.unwrap();
+    for i in 0..3 {
+        sqs.send_message().queue_url(&dlq).message_body(format!("timer {i}")).send().await.unwrap();
+    }
+    // A destination that cannot take them: nothing is lost, everything is visible again.
+    let missing = format!("{}-missing", timers);
+    let err = baton_aws::redrive(&sqs, &dlq, &missing, 100).await.unwrap_err();
+    assert_eq!(err.moved, 0, "{err}");
+    assert_eq!(queue_attribute(&sqs, &dlq, QueueAttributeName::ApproximateNumberOfMessages).await, "3");
+    assert_eq!(baton_aws::redrive(&sqs, &dlq, &timers, 100).await.unwrap(), 3);
+    let mut bodies: Vec<String> = receive(&sqs, &timers).await.iter().map(|m| m.body().unwrap().to_string()).collect();
+    bodies.sort();
+    assert_eq!(bodies, ["timer 0", "timer 1", "timer 2"]);
+    assert_eq!(queue_depth(&sqs, &dlq).await, 0);
+}
+
+/// (d) A session whose timer is overdue (its timer message never consumed) is found by the
+/// sweeper; two sweeps queue its `TimerFired` once, and the timer message arriving late
+/// is applied zero times more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_fires_an_overdue_timer_once() {
+    let clock = Arc::new(ManualClock::new(wall_now()));
+    let hub = hub_with(clock.clone(), None, |a| a.policy.wait_timeout_secs = 1).await;
+    let url = hub.queues.events.clone();
+    let arn = queue_arn(&hub.sqs, &url).await;
+    let mut w = Widget::start(&hub, Some("dee@example.com")).await;
+    w.send("I want to talk to a human").await;
+    run_worker(&hub).await;
+    assert_eq!(hub.desk.requests_to("/conversation/establish").len(), 1);
+
+    assert_eq!(sweep(&hub.aws).await.unwrap(), Swept::default(), "not due yet");
+    clock.advance_secs(2);
+    let swept = sweep(&hub.aws).await.unwrap();
+    assert_eq!(swept, Swept { timers: 1, wakes: 0 });
+    assert_eq!(sweep(&hub.aws).await.unwrap(), swept, "still due: found again");
+
+    let messages = receive(&hub.sqs, &url).await;
+    assert_eq!(messages.len(), 1, "queued once: {messages:#?}");
+    let event = parse_event(messages[0].body().unwrap()).unwrap();
+    assert_eq!(event.conversation, w.key());
+    let EventKind::TimerFired { generation } = event.kind else {
+        panic!("not a timer: {event:?}");
+    };
+    assert_eq!(event.id, format!("timer:{}:{generation}", w.key()));
+    assert!(invoke_worker(&hub.aws, vec![record(&messages[0], &arn)]).await.is_empty());
+    delete(&hub.sqs, &url, &messages[0]).await;
+    run_worker(&hub).await;
+    let question = |m: &serde_json::Value| m["text"].as_str().unwrap().contains("keep waiting or end");
+    w.next("keep waiting or end?", question).await;
+    assert_eq!(sweep(&hub.aws).await.unwrap(), Swept::default(), "the next timer is a minute away");
+
+    // The timer's own message (delayed on the wall clock) fires the same event id.
+    let started = std::time::Instant::now();
+    while run_timers(&hub).await == 0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "no timer message");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(run_worker(&hub).await, 1);
+    let questions = w.all().await.into_iter().filter(|m| question(m)).count();
+    assert_eq!(questions, 1);
+}
+
+/// A failing effect does not fail its record: the worker defers it and re-arms a wake-up;
+/// the sweeper (and the wake-up's timer message) run it again, and the desk gets it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_desk_call_is_retried_by_wake_ups_not_by_redelivery() {
+    let clock = Arc::new(ManualClock::new(wall_now()));
+    let hub = hub_with(clock.clone(), None, |_| {}).await;
+    let mut w = Widget::start(&hub, Some("eve@example.com")).await;
+    hub.desk.fail_next(1);
+    w.send("I want to talk to a human").await;
+    // run_worker fails the test on any failed record.
+    run_worker(&hub).await;
+    assert!(hub.desk.requests_to("/conversation/establish").is_empty());
+    w.next("waiting notice", |m| m["from"] == "system").await;
+    assert_eq!(sweep(&hub.aws).await.unwrap(), Swept::default(), "the retry is not due yet");
+
+    clock.advance_secs(5);
+    assert_eq!(sweep(&hub.aws).await.unwrap(), Swept { timers: 0, wakes: 1 });
+    assert!(run_worker(&hub).await >= 1);
+    assert_eq!(hub.desk.requests_to("/conversation/establish").len(), 1);
+    assert_eq!(sweep(&hub.aws).await.unwrap(), Swept::default(), "nothing due any more");
+
+    // The wake-up the worker armed on the timers queue (delayed on the wall clock) turns
+    // into a Wake event that finds nothing left to do.
+    let started = std::time::Instant::now();
+    while run_timers(&hub).await == 0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "no wake-up message");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let messages = receive(&hub.sqs, &hub.queues.events).await;
+    assert_eq!(messages.len(), 1);
+    let event = parse_event(messages[0].body().unwrap()).unwrap();
+    assert_eq!(event.kind, EventKind::Wake, "{event:?}");
+    let arn = queue_arn(&hub.sqs, &hub.queues.events).await;
+    assert!(invoke_worker(&hub.aws, vec![record(&messages[0], &arn)]).await.is_empty());
+    delete(&hub.sqs, &hub.queues.events, &messages[0]).await;
+    assert_eq!(hub.desk.requests_to("/conversation/establish").len(), 1);
+    assert_eq!(hub.desk.duplicates(), 0);
+}
