@@ -3,6 +3,10 @@
 # Ends with one summary line, "N passed, N failed", over all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The AWS tests run against moto_server and lint template.yaml with cfn-lint (both from PyPI).
+if ! command -v moto_server >/dev/null || ! command -v cfn-lint >/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check "moto[server]>=5,<6" "cfn-lint>=1,<2"
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log=$(mktemp)

@@ -1,10 +1,10 @@
-//! Agent administration and tracing on the embedded store: `baton agents ...`, `baton trace`;
-//! and `baton redrive` for the AWS deployment's dead-letter queues.
+//! Agent administration and tracing on either store (the embedded SQLite file, or the AWS
+//! deployment's DynamoDB table): `baton agents ...`, `baton trace`; and `baton redrive` for
+//! the AWS deployment's dead-letter queues.
 
 use crate::config;
 use baton_core::ports::Store;
 use baton_core::{ConversationKey, Millis};
-use baton_embedded::Db;
 use baton_runtime::auth::{generate_token, hash_token};
 use std::io::Write;
 use std::path::Path;
@@ -14,9 +14,29 @@ fn now() -> Millis {
     baton_runtime::clock::SystemClock.now()
 }
 
+/// Where agents and conversations are stored.
+pub enum StoreKind {
+    Sqlite,
+    /// The table holds secret references only (`ssm:/...`), never values.
+    Dynamo,
+}
+
 /// Validate and store every agent of `file`. New agents get a token, printed once.
-pub async fn apply(db: &Db, file: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
-    let agents = config::load_file(file)?;
+pub async fn apply(db: &dyn Store, kind: StoreKind, file: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut agents = config::load_file(file)?;
+    if let StoreKind::Dynamo = kind {
+        for agent in &mut agents {
+            for (field, secret) in agent.secrets_mut() {
+                if !baton_core::agent::is_ssm_reference(secret) {
+                    anyhow::bail!(
+                        "agent {}: {field} must be an SSM Parameter Store reference (ssm:/baton/...) \
+                         for the DynamoDB store: the table never holds secret values",
+                        agent.id
+                    );
+                }
+            }
+        }
+    }
     for agent in &agents {
         let existed = db.get_agent(&agent.id).await?.is_some();
         db.put_agent(agent).await?;
@@ -36,7 +56,7 @@ pub async fn apply(db: &Db, file: &Path, out: &mut dyn Write) -> anyhow::Result<
     Ok(())
 }
 
-pub async fn list(db: &Db, out: &mut dyn Write) -> anyhow::Result<()> {
+pub async fn list(db: &dyn Store, out: &mut dyn Write) -> anyhow::Result<()> {
     let agents = db.list_agents().await?;
     if agents.is_empty() {
         writeln!(out, "no agents; create some with `baton agents apply FILE`")?;
@@ -56,7 +76,7 @@ pub async fn list(db: &Db, out: &mut dyn Write) -> anyhow::Result<()> {
 
 /// A new token for `agent`; the others are revoked unless `keep_old` (rotation without
 /// downtime: deploy the new token, then rotate again without `keep_old`... or revoke).
-pub async fn rotate_token(db: &Db, agent: &str, keep_old: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+pub async fn rotate_token(db: &dyn Store, agent: &str, keep_old: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     if db.get_agent(agent).await?.is_none() {
         anyhow::bail!("no agent {agent:?}");
     }
@@ -69,7 +89,7 @@ pub async fn rotate_token(db: &Db, agent: &str, keep_old: bool, out: &mut dyn Wr
     Ok(())
 }
 
-pub async fn trace(db: &Db, conversation: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+pub async fn trace(db: &dyn Store, conversation: &str, out: &mut dyn Write) -> anyhow::Result<()> {
     let key = ConversationKey::parse(conversation).map_err(|e| anyhow::anyhow!("{conversation:?}: {e}"))?;
     let entries = db.trace(&key).await?;
     if entries.is_empty() {

@@ -75,14 +75,7 @@ pub fn parse(file: &str, src: &str, env: &dyn Fn(&str) -> Option<String>) -> Res
                 message: format!("duplicate agent id {:?}", agent.id),
             });
         }
-        let mut secrets: Vec<(&str, &mut Secret)> = Vec::new();
-        if let baton_core::agent::DeskConfig::Webhook { password, signing_secret, .. } = &mut agent.desk {
-            secrets.extend(password.as_mut().map(|s| ("desk.password", s)));
-            secrets.extend(signing_secret.as_mut().map(|s| ("desk.signing_secret", s)));
-        }
-        if let baton_core::agent::FallbackConfig::Ticket { signing_secret, .. } = &mut agent.fallback {
-            secrets.extend(signing_secret.as_mut().map(|s| ("fallback.signing_secret", s)));
-        }
+        let secrets = agent.secrets_mut();
         for (field, secret) in secrets {
             if let Err(message) = resolve_secret(secret, env) {
                 problems.push(Problem { line: locate(field), field: format!("agent[{i}].{field}"), message });

@@ -43,12 +43,19 @@ enum Command {
         command: AgentsCommand,
         #[arg(long, env = "BATON_DATA", default_value = ".baton/baton.sqlite", global = true)]
         data: PathBuf,
+        /// `dynamodb://TABLE` to work on the AWS deployment's table instead of the SQLite
+        /// file (credentials, region and endpoint from the environment).
+        #[arg(long, env = "BATON_STORE", global = true)]
+        store: Option<String>,
     },
     /// Print a conversation's events, state changes and effects (`agent#channel#user`).
     Trace {
         conversation: String,
         #[arg(long, env = "BATON_DATA", default_value = ".baton/baton.sqlite")]
         data: PathBuf,
+        /// `dynamodb://TABLE` to read the AWS deployment's table.
+        #[arg(long, env = "BATON_STORE")]
+        store: Option<String>,
     },
     /// AWS deployment: move messages from a dead-letter queue back to their queue, once
     /// the cause of the failures is fixed and deployed.
@@ -114,6 +121,24 @@ fn open_db(path: &std::path::Path) -> anyhow::Result<Arc<Db>> {
     Ok(Db::open(path)?)
 }
 
+/// The SQLite file, or the DynamoDB table of `dynamodb://TABLE`.
+async fn open_store(
+    store: Option<&str>,
+    data: &std::path::Path,
+) -> anyhow::Result<(Arc<dyn baton_core::ports::Store>, baton::admin::StoreKind)> {
+    match store {
+        None => Ok((open_db(data)?, baton::admin::StoreKind::Sqlite)),
+        Some(s) => match s.strip_prefix("dynamodb://").filter(|t| !t.is_empty()) {
+            Some(table) => {
+                let (dynamo, _) = baton_aws::clients_from_env().await;
+                let db = baton_aws::DynamoStore::new(dynamo, table);
+                Ok((Arc::new(db), baton::admin::StoreKind::Dynamo))
+            }
+            None => anyhow::bail!("--store must look like dynamodb://TABLE, got {s:?}"),
+        },
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     init_logging();
@@ -149,19 +174,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tokio::signal::ctrl_c().await?;
             running.stop().await;
         }
-        Command::Agents { command, data } => match command {
+        Command::Agents { command, data, store } => match command {
             AgentsCommand::Validate { file } => {
                 let agents = baton::config::load_file(&file)?;
                 println!("{}: {} agent(s) valid", file.display(), agents.len());
             }
-            AgentsCommand::Apply { file } => baton::admin::apply(open_db(&data)?.as_ref(), &file, &mut out).await?,
-            AgentsCommand::List => baton::admin::list(open_db(&data)?.as_ref(), &mut out).await?,
+            AgentsCommand::Apply { file } => {
+                let (db, kind) = open_store(store.as_deref(), &data).await?;
+                baton::admin::apply(db.as_ref(), kind, &file, &mut out).await?
+            }
+            AgentsCommand::List => {
+                baton::admin::list(open_store(store.as_deref(), &data).await?.0.as_ref(), &mut out).await?
+            }
             AgentsCommand::RotateToken { agent, keep_old } => {
-                baton::admin::rotate_token(open_db(&data)?.as_ref(), &agent, keep_old, &mut out).await?
+                let (db, _) = open_store(store.as_deref(), &data).await?;
+                baton::admin::rotate_token(db.as_ref(), &agent, keep_old, &mut out).await?
             }
         },
-        Command::Trace { conversation, data } => {
-            baton::admin::trace(open_db(&data)?.as_ref(), &conversation, &mut out).await?
+        Command::Trace { conversation, data, store } => {
+            let (db, _) = open_store(store.as_deref(), &data).await?;
+            baton::admin::trace(db.as_ref(), &conversation, &mut out).await?
         }
         Command::Redrive { from, to, max } => baton::admin::redrive(&from, &to, max, &mut out).await?,
     }

@@ -108,6 +108,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         channels,
         desk: Arc::new(WebhookDesk::new(Duration::from_secs(15))),
         fallback: Arc::new(TicketFallback::new(Duration::from_secs(15))),
+        secrets: Arc::new(baton_runtime::PlainSecrets),
         alerts: Default::default(),
     };
 

@@ -15,6 +15,7 @@
 mod messages;
 mod queue;
 mod redrive;
+mod secrets;
 mod store;
 pub mod table;
 mod timers;
@@ -22,6 +23,8 @@ mod timers;
 /// The SDK crates, re-exported so callers build clients of exactly the versions used here.
 pub use aws_sdk_dynamodb;
 pub use aws_sdk_sqs;
+pub use aws_sdk_ssm;
+pub use secrets::SsmSecrets;
 
 pub use queue::{create_event_queue, dedup_id, group_id, parse_event, MessageError, SqsEventQueue};
 pub use redrive::{redrive, RedriveError};
@@ -32,11 +35,21 @@ pub use timers::{create_timer_queue, delay_seconds, SqsTimers, TimerError, Timer
 use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
-/// Both SDK clients from one shared config, loaded once from the environment: region,
-/// credentials (the Lambda role, or `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`) and
-/// `AWS_ENDPOINT_URL` (moto or LocalStack locally).
+/// The SDK configuration, loaded once from the environment: region, credentials (the
+/// Lambda role, or `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`) and `AWS_ENDPOINT_URL`
+/// (moto or LocalStack locally).
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest()).load().await
+}
+
+/// The SSM client (agent secrets) from the environment.
+pub async fn ssm_client_from_env() -> aws_sdk_ssm::Client {
+    aws_sdk_ssm::Client::new(&sdk_config().await)
+}
+
+/// Both SDK clients from one shared config.
 pub async fn clients_from_env() -> (aws_sdk_dynamodb::Client, aws_sdk_sqs::Client) {
-    let config = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    let config = sdk_config().await;
     (aws_sdk_dynamodb::Client::new(&config), aws_sdk_sqs::Client::new(&config))
 }
 

@@ -161,7 +161,26 @@ pub struct ConfigProblem {
     pub message: String,
 }
 
+/// A secret given as a reference to AWS SSM Parameter Store (`ssm:/baton/shop/desk`), resolved
+/// where it is used, so the table never holds the value.
+pub fn is_ssm_reference(s: &Secret) -> bool {
+    s.expose().starts_with("ssm:/")
+}
+
 impl Agent {
+    /// Every secret of the agent's configuration, with the field it sits in.
+    pub fn secrets_mut(&mut self) -> Vec<(&'static str, &mut Secret)> {
+        let mut out: Vec<(&'static str, &mut Secret)> = Vec::new();
+        if let DeskConfig::Webhook { password, signing_secret, .. } = &mut self.desk {
+            out.extend(password.as_mut().map(|s| ("desk.password", s)));
+            out.extend(signing_secret.as_mut().map(|s| ("desk.signing_secret", s)));
+        }
+        if let FallbackConfig::Ticket { signing_secret, .. } = &mut self.fallback {
+            out.extend(signing_secret.as_mut().map(|s| ("fallback.signing_secret", s)));
+        }
+        out
+    }
+
     /// Semantic checks that serde cannot express. Empty when the agent is valid.
     pub fn validate(&self) -> Vec<ConfigProblem> {
         let mut out = Vec::new();
@@ -182,7 +201,7 @@ impl Agent {
             if password.is_some() && username.is_none() {
                 bad("desk.username", "is required when desk.password is set".into());
             }
-            if let Some(s) = signing_secret {
+            if let Some(s) = signing_secret.as_ref().filter(|s| !is_ssm_reference(s)) {
                 if !s.expose().starts_with("whsec_") {
                     bad("desk.signing_secret", "must be a Standard Webhooks secret starting with whsec_".into());
                 }
@@ -227,7 +246,7 @@ impl Agent {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 bad("fallback.url", format!("must be an http:// or https:// URL, got {url:?}"));
             }
-            if signing_secret.as_ref().is_some_and(|s| !s.expose().starts_with("whsec_")) {
+            if signing_secret.as_ref().is_some_and(|s| !is_ssm_reference(s) && !s.expose().starts_with("whsec_")) {
                 bad("fallback.signing_secret", "must be a Standard Webhooks secret starting with whsec_".into());
             }
         }

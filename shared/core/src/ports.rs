@@ -237,3 +237,10 @@ pub trait Fallback: Send + Sync {
         idempotency_key: &str,
     ) -> Result<String, DeliveryError>;
 }
+
+/// Resolves secret references in an agent's configuration (e.g. `ssm:/baton/...`) right
+/// before they are used, so stored configurations hold references, not values.
+#[async_trait]
+pub trait Secrets: Send + Sync {
+    async fn resolve(&self, agent: &Agent) -> Result<Agent, DeliveryError>;
+}

@@ -88,6 +88,7 @@ pub fn wire(
     clock: Arc<dyn Clock>,
     dynamo: baton_aws::aws_sdk_dynamodb::Client,
     sqs: baton_aws::aws_sdk_sqs::Client,
+    secrets: Arc<dyn baton_core::ports::Secrets>,
 ) -> Aws {
     let store = Arc::new(DynamoStore::new(dynamo, config.table.clone()));
     let events = Arc::new(SqsEventQueue::new(sqs.clone(), config.events_queue_url.clone()));
@@ -104,6 +105,7 @@ pub fn wire(
         channels: Arc::new(channels),
         desk: Arc::new(baton_connectors::webhook_desk::WebhookDesk::new(Duration::from_secs(15))),
         fallback: Arc::new(baton_connectors::ticket::TicketFallback::new(Duration::from_secs(15))),
+        secrets,
         alerts: Default::default(),
     };
     Aws { ports, store, events, timers, config }
@@ -112,8 +114,12 @@ pub fn wire(
 /// Build from the environment: SDK clients from the Lambda role, settings from env vars.
 pub async fn from_env() -> Result<Aws, Error> {
     let config = Config::from_env()?;
-    let (dynamo, sqs) = baton_aws::clients_from_env().await;
-    Ok(wire(config, Arc::new(baton_runtime::clock::SystemClock), dynamo, sqs))
+    // One configuration load for all three clients.
+    let sdk = baton_aws::sdk_config().await;
+    let dynamo = baton_aws::aws_sdk_dynamodb::Client::new(&sdk);
+    let sqs = baton_aws::aws_sdk_sqs::Client::new(&sdk);
+    let secrets = Arc::new(baton_aws::SsmSecrets::new(baton_aws::aws_sdk_ssm::Client::new(&sdk)));
+    Ok(wire(config, Arc::new(baton_runtime::clock::SystemClock), dynamo, sqs, secrets))
 }
 
 /// HTTP routes over the AWS adapters: the widget API or the desk webhooks.

@@ -202,6 +202,7 @@ async fn failing_records_reach_the_dlq_and_redrive_moves_them_back() {
         Arc::new(baton_runtime::clock::SystemClock),
         hub.dynamo.clone(),
         sqs.clone(),
+        Arc::new(baton_runtime::PlainSecrets),
     );
 
     let mut w = Widget::start(&hub, None).await;

@@ -11,7 +11,7 @@ pub mod ratelimit;
 pub mod widget;
 pub mod worker;
 
-use baton_core::ports::{Brain, ChannelSender, Clock, Desk, EventQueue, Fallback, Store, Timers};
+use baton_core::ports::{Brain, ChannelSender, Clock, Desk, EventQueue, Fallback, Secrets, Store, Timers};
 use std::sync::Arc;
 
 /// Every port the worker and the ingress routes need, wired once per process.
@@ -25,5 +25,26 @@ pub struct Ports {
     pub channels: Arc<dyn ChannelSender>,
     pub desk: Arc<dyn Desk>,
     pub fallback: Arc<dyn Fallback>,
+    pub secrets: Arc<dyn Secrets>,
     pub alerts: alerts::Alerts,
+}
+
+/// Secrets written in the configuration itself (the embedded form). A reference to a secret
+/// store cannot be resolved here and fails the call that needs it, naming the field.
+pub struct PlainSecrets;
+
+#[async_trait::async_trait]
+impl Secrets for PlainSecrets {
+    async fn resolve(&self, agent: &baton_core::Agent) -> Result<baton_core::Agent, baton_core::ports::DeliveryError> {
+        let mut a = agent.clone();
+        for (field, s) in a.secrets_mut() {
+            if baton_core::agent::is_ssm_reference(s) {
+                return Err(baton_core::ports::DeliveryError::permanent(format!(
+                    "agent {}: {field} is an SSM reference, which only the AWS deployment resolves",
+                    agent.id
+                )));
+            }
+        }
+        Ok(a)
+    }
 }

@@ -115,7 +115,22 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
     if items.is_empty() {
         return Ok(Drained::default());
     }
-    let agent = ports.store.get_agent(&key.agent).await?;
+    let agent = match ports.store.get_agent(&key.agent).await? {
+        // Secret references are resolved once per run, right before use.
+        Some(a) => match ports.secrets.resolve(&a).await {
+            Ok(resolved) => Some(resolved),
+            Err(e @ DeliveryError::Retryable { .. }) => {
+                tracing::warn!(agent = %a.id, error = %e, "secrets could not be resolved; effects wait");
+                return Ok(Drained { done: 0, next_due: Some(Millis(ports.clock.now().0 + 30_000)) });
+            }
+            Err(e) => {
+                // Effects that need no secret still run; the others fail with their own error.
+                ports.alerts.raise(format!("agent {}: {e}", a.id));
+                Some(a)
+            }
+        },
+        None => None,
+    };
     let now = ports.clock.now();
     let mut blocked: HashSet<&'static str> = HashSet::new();
     let mut out = Drained::default();

@@ -115,9 +115,23 @@ pub async fn hub_with(clock: Arc<dyn Clock>, queues: Option<Queues>, edit: impl 
         Some(q) => q,
         None => new_queues(&sqs).await,
     };
-    let aws = wire(config(&table, &queues), clock, dynamo.clone(), sqs.clone());
+    // The desk's signing secret lives in SSM Parameter Store; the table holds a reference.
+    let ssm = baton_aws::ssm_client_from_env().await;
+    let parameter = format!("/baton/{table}/desk-signing-secret");
+    ssm.put_parameter()
+        .name(&parameter)
+        .value(SECRET)
+        .r#type(baton_aws::aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .expect("put SSM parameter");
+    let secrets = Arc::new(baton_aws::SsmSecrets::new(ssm));
+    let aws = wire(config(&table, &queues), clock, dynamo.clone(), sqs.clone(), secrets);
     let desk = FakeDesk::start(Some(SECRET)).await;
     let mut agent = shop_agent(&desk.url());
+    if let DeskConfig::Webhook { signing_secret, .. } = &mut agent.desk {
+        *signing_secret = Some(Secret(format!("ssm:{parameter}")));
+    }
     edit(&mut agent);
     aws.store.put_agent(&agent).await.expect("put agent");
     let token = baton_runtime::auth::generate_token();

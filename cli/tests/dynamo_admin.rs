@@ -1,0 +1,54 @@
+//! `baton agents apply|list` and `baton trace` against the AWS deployment's table
+//! (`--store dynamodb://TABLE`), on moto. Secrets must be SSM references there.
+
+use baton_tests::moto;
+use std::process::Command;
+
+fn baton(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_baton")).args(args).env("RUST_LOG", "warn").output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_go_to_dynamodb_with_secret_references_only() {
+    moto::endpoint();
+    let table = moto::unique_name("cli");
+    let (dynamo, _) = baton_aws::clients_from_env().await;
+    baton_aws::create_table(&dynamo, &table).await.unwrap();
+    let store = format!("dynamodb://{table}");
+    let dir = tempfile::tempdir().unwrap();
+
+    let plain = dir.path().join("plain.toml");
+    std::fs::write(
+        &plain,
+        "[[agent]]\nid = \"shop\"\n[agent.desk]\nkind = \"webhook\"\nurl = \"https://desk.example.com\"\nsigning_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+    )
+    .unwrap();
+    let out = baton(&["agents", "apply", plain.to_str().unwrap(), "--store", &store]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("desk.signing_secret must be an SSM Parameter Store reference"), "{err}");
+    assert!(!err.contains("MfKQ9r8"), "the secret is not echoed");
+
+    let referenced = dir.path().join("ref.toml");
+    std::fs::write(
+        &referenced,
+        "[[agent]]\nid = \"shop\"\nname = \"Shop\"\n[agent.desk]\nkind = \"webhook\"\nurl = \"https://desk.example.com\"\nsigning_secret = \"ssm:/baton/shop/desk-signing-secret\"\n",
+    )
+    .unwrap();
+    let out = baton(&["agents", "apply", referenced.to_str().unwrap(), "--store", &store]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("created agent shop; its access token (shown once): bat_"));
+
+    let out = baton(&["agents", "list", "--store", &store]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("shop\tShop\tdesk: webhook https://desk.example.com"), "{listed}");
+    assert!(listed.contains("tokens: 1"), "{listed}");
+
+    let out = baton(&["trace", "shop#widget#nobody", "--store", &store]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing recorded"));
+
+    let out = baton(&["agents", "list", "--store", "dynamo:/x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dynamodb://TABLE"));
+}
