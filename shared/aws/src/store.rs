@@ -280,20 +280,8 @@ impl DynamoStore {
             let mut taken = 0;
             let mut start: Option<Item> = None;
             loop {
-                let out = self
-                    .client
-                    .query()
-                    .table_name(&self.table)
-                    .index_name(DUE_INDEX)
-                    .key_condition_expression("#s = :s AND #d <= :now")
-                    .set_expression_attribute_names(names(&[("#s", DUE_SHARD), ("#d", DUE_AT)]))
-                    .set_expression_attribute_values(values(vec![(":s", s(shard.to_string())), (":now", n(now.0))]))
-                    .limit(INDEX_PAGE)
-                    .set_exclusive_start_key(start.take())
-                    .send()
-                    .await
-                    .map_err(|e| unavailable("query due", &e))?;
-                for item in out.items() {
+                let (items, next) = self.due_page(DUE_INDEX, (DUE_SHARD, DUE_AT), shard, now, start.take()).await?;
+                for item in &items {
                     match (get_s(item, PK, "due index"), get_n::<i64>(item, DUE_AT, "due index")) {
                         (Ok(pk), Ok(due)) => {
                             candidates.push((due, pk.to_string()));
@@ -303,7 +291,7 @@ impl DynamoStore {
                         (Err(e), _) | (_, Err(e)) => tracing::error!(error = %e, "skipping an unreadable due session"),
                     }
                 }
-                start = out.last_evaluated_key;
+                start = next;
                 if taken >= limit || start.is_none() {
                     break;
                 }
@@ -334,6 +322,32 @@ impl DynamoStore {
             }
         }
         Ok(out)
+    }
+
+    /// One page of a sparse due index (`due` or `outbox_due`): the items of `shard` whose due
+    /// attribute is at most `now`, and where the next page starts.
+    async fn due_page(
+        &self,
+        index: &str,
+        (shard_attr, due_attr): (&str, &str),
+        shard: u8,
+        now: Millis,
+        start: Option<Item>,
+    ) -> Result<(Vec<Item>, Option<Item>), StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(index)
+            .key_condition_expression("#s = :s AND #d <= :now")
+            .set_expression_attribute_names(names(&[("#s", shard_attr), ("#d", due_attr)]))
+            .set_expression_attribute_values(values(vec![(":s", s(shard.to_string())), (":now", n(now.0))]))
+            .limit(INDEX_PAGE)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| unavailable(&format!("query {index}"), &e))?;
+        Ok((out.items.unwrap_or_default(), out.last_evaluated_key))
     }
 
     /// The next attempt of the conversation's outbox head, if it has one.
@@ -752,20 +766,8 @@ impl Store for DynamoStore {
             let mut taken = 0;
             let mut start: Option<Item> = None;
             loop {
-                let out = self
-                    .client
-                    .query()
-                    .table_name(&self.table)
-                    .index_name(OUTBOX_INDEX)
-                    .key_condition_expression("#s = :s AND #d <= :now")
-                    .set_expression_attribute_names(names(&[("#s", OBX_SHARD), ("#d", OBX_DUE)]))
-                    .set_expression_attribute_values(values(vec![(":s", s(shard.to_string())), (":now", n(now.0))]))
-                    .limit(INDEX_PAGE)
-                    .set_exclusive_start_key(start.take())
-                    .send()
-                    .await
-                    .map_err(|e| unavailable("query outbox due", &e))?;
-                for item in out.items() {
+                let (items, next) = self.due_page(OUTBOX_INDEX, (OBX_SHARD, OBX_DUE), shard, now, start.take()).await?;
+                for item in &items {
                     let pk = get_s(item, PK, "outbox index")?;
                     if !checked.insert(pk.to_string()) {
                         continue;
@@ -784,7 +786,7 @@ impl Store for DynamoStore {
                         }
                     }
                 }
-                start = out.last_evaluated_key;
+                start = next;
                 if taken >= limit || start.is_none() {
                     break;
                 }
