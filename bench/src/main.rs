@@ -25,6 +25,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Ingress latency, end-to-end latency and sustained throughput of the widget route:
+    /// users already talking to a human send messages that the hub relays to a fake desk.
+    Load {
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        #[arg(long, default_value_t = 50)]
+        messages: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
     /// Firing delay of wait and session timeouts after their due time.
     Timers {
         #[arg(long, default_value_t = 200)]
@@ -59,10 +70,12 @@ fn report(name: &str, mut delays: Vec<i64>) {
 async fn main() {
     match Cli::parse().command {
         Command::Timers { conversations, timeout_secs } => timers(conversations, timeout_secs).await,
+        Command::Load { users, messages, concurrency } => load(users, messages, concurrency).await,
     }
 }
 
-async fn timers(n: usize, timeout_secs: u64) {
+/// `baton serve` in-process on loopback with a fake desk and one agent; returns the pieces.
+async fn hub(policy: Policy) -> (baton::serve::Running, FakeDesk, String, String, tempfile::TempDir) {
     let desk = FakeDesk::start(None).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let opts = ServeOptions {
@@ -71,11 +84,12 @@ async fn timers(n: usize, timeout_secs: u64) {
         agents_file: None,
         body_limit: 64 * 1024,
         example_agent: false,
-        // Every simulated user comes from 127.0.0.1.
+        // Every simulated user comes from 127.0.0.1 and writes fast.
         rate_limits: baton_runtime::http::RateLimitConfig {
             per_ip_per_sec: 1e6,
             per_ip_burst: 1_000_000,
-            ..Default::default()
+            per_conversation_per_sec: 1e6,
+            per_conversation_burst: 1_000_000,
         },
     };
     let clock: Arc<dyn Clock> = Arc::new(baton_runtime::clock::SystemClock);
@@ -83,12 +97,7 @@ async fn timers(n: usize, timeout_secs: u64) {
     let mut agent: Agent = baton::demo::example_agent(&desk.url(), "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
     agent.id = "bench".into();
     agent.desk = DeskConfig::Webhook { url: desk.url(), username: None, password: None, signing_secret: None };
-    agent.policy = Policy {
-        wait_timeout_secs: timeout_secs,
-        wait_reply_timeout_secs: 3600,
-        session_timeout_secs: timeout_secs,
-        ..Policy::default()
-    };
+    agent.policy = policy;
     running.ports.store.put_agent(&agent).await.expect("agent stored");
     let token = baton_runtime::auth::generate_token();
     running
@@ -98,12 +107,21 @@ async fn timers(n: usize, timeout_secs: u64) {
         .await
         .expect("token");
     let base = format!("http://{}", running.addr);
-    println!("timers: {n} conversations, timeouts of {timeout_secs} s, embedded SQLite (synchronous=FULL)");
+    (running, desk, base, token, dir)
+}
 
-    // Hand every conversation to the desk.
+/// Hand `n` widget users to the desk and let a human answer those `answer` picks, so their
+/// next messages are relayed to the desk (and their session timeout runs).
+async fn handed_off(
+    base: &str,
+    desk: &FakeDesk,
+    token: &str,
+    n: usize,
+    answer: impl Fn(usize) -> bool,
+) -> Vec<WidgetClient> {
     let mut clients = Vec::new();
     for i in 0..n {
-        let w = WidgetClient::start(&base, "bench", Some(&format!("u{i}@example.com"))).await;
+        let w = WidgetClient::start(base, "bench", Some(&format!("u{i}@example.com"))).await;
         w.send("human").await;
         clients.push(w);
     }
@@ -115,14 +133,132 @@ async fn timers(n: usize, timeout_secs: u64) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    // Half of them get a human reply: their session timeout runs from that reply.
     let http = reqwest::Client::new();
-    for (i, e) in establishes.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+    for (i, e) in establishes.iter().enumerate().filter(|(i, _)| answer(*i)) {
         let conv = e.body["conversation_id"].as_str().unwrap_or_default();
         let body = serde_json::json!({"conversation_id": conv, "timestamp": i, "body": "hello"});
         let url = format!("{base}/desks/webhook/bench/v1/human/message/receive");
-        let _ = http.post(url).bearer_auth(&token).json(&body).send().await;
+        let _ = http.post(url).bearer_auth(token).json(&body).send().await;
     }
+    clients
+}
+
+async fn load(users: usize, messages: usize, concurrency: usize) {
+    let policy = Policy { wait_timeout_secs: 3600, session_timeout_secs: 3600, ..Policy::default() };
+    let (running, desk, base, token, _dir) = hub(policy).await;
+    let clients = handed_off(&base, &desk, &token, users, |_| true).await;
+    // Wait until every conversation is with a human.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let total = users * messages;
+    println!(
+        "load: {users} users x {messages} messages = {total} events through POST /api/widget/.../messages, \
+         {concurrency} in flight, relayed to a fake desk on loopback; embedded SQLite (synchronous=FULL)"
+    );
+    let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().expect("client");
+    let jobs: Vec<(String, String, String)> = (0..messages)
+        .flat_map(|m| {
+            clients.iter().enumerate().map(move |(u, w)| (w.token.clone(), format!("u{u}-m{m}"), format!("c{u}x{m}")))
+        })
+        .collect();
+    let jobs = Arc::new(std::sync::Mutex::new(jobs.into_iter().rev().collect::<Vec<_>>()));
+    let sent_at = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let url = format!("{base}/api/widget/bench/messages");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (jobs, sent_at, http, url) = (jobs.clone(), sent_at.clone(), http.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut acks = Vec::new();
+            let mut refused = 0usize;
+            loop {
+                let Some((token, text, id)) = jobs.lock().expect("jobs").pop() else { break };
+                let t0 = Instant::now();
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({"text": text, "client_id": id}))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 202 => {
+                        acks.push(t0.elapsed().as_micros() as i64);
+                        sent_at.lock().expect("sent").insert(text, t0);
+                    }
+                    _ => refused += 1,
+                }
+            }
+            (acks, refused)
+        }));
+    }
+    let mut acks = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        let (a, r) = t.await.expect("task");
+        acks.extend(a);
+        refused += r;
+    }
+    let ingest = started.elapsed();
+    // Every accepted message must reach the desk exactly once.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let chats = loop {
+        let chats: Vec<_> = desk.requests_to("/chat").into_iter().filter(|r| r.body["body"] != "hello").collect();
+        if chats.len() >= acks.len() || Instant::now() > deadline {
+            break chats;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let done = started.elapsed();
+    let sent = sent_at.lock().expect("sent");
+    let mut e2e = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for c in &chats {
+        let text = c.body["body"].as_str().unwrap_or_default().to_string();
+        if let Some(t0) = sent.get(&text) {
+            e2e.push(c.at.duration_since(*t0).as_micros() as i64);
+        }
+        seen.insert(text);
+    }
+    let lost = sent.keys().filter(|k| !seen.contains(*k)).count();
+    let doubled = chats.len() - seen.len();
+    println!("accepted {} of {total} (refused {refused}), lost {lost}, delivered twice {doubled}", acks.len());
+    println!(
+        "ingest: {:.0} events/s acknowledged ({} in {:.2} s); processed end to end: {:.0} events/s ({:.2} s)",
+        acks.len() as f64 / ingest.as_secs_f64(),
+        acks.len(),
+        ingest.as_secs_f64(),
+        chats.len() as f64 / done.as_secs_f64(),
+        done.as_secs_f64()
+    );
+    report_us("ingress ack latency (202)", acks);
+    report_us("user -> desk latency", e2e);
+    running.stop().await;
+}
+
+fn report_us(name: &str, mut v: Vec<i64>) {
+    v.sort_unstable();
+    let ms = |x: i64| x as f64 / 1000.0;
+    println!(
+        "{name}: n={} p50={:.2} ms p90={:.2} ms p99={:.2} ms max={:.2} ms",
+        v.len(),
+        ms(percentile(&v, 0.5)),
+        ms(percentile(&v, 0.9)),
+        ms(percentile(&v, 0.99)),
+        ms(v.last().copied().unwrap_or(0))
+    );
+}
+
+async fn timers(n: usize, timeout_secs: u64) {
+    let policy = Policy {
+        wait_timeout_secs: timeout_secs,
+        wait_reply_timeout_secs: 3600,
+        session_timeout_secs: timeout_secs,
+        ..Policy::default()
+    };
+    let (running, desk, base, token, _dir) = hub(policy).await;
+    println!("timers: {n} conversations, timeouts of {timeout_secs} s, embedded SQLite (synchronous=FULL)");
+
+    // Half of them get a human reply: their session timeout runs from that reply.
+    let clients = handed_off(&base, &desk, &token, n, |i| i % 2 == 0).await;
     tokio::time::sleep(Duration::from_secs(timeout_secs + 3)).await;
 
     // Due times come from the conversation's trace (the armed timer), delivery times from

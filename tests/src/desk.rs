@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone)]
 pub struct DeskRequest {
+    /// When the desk received it.
+    pub at: std::time::Instant,
     pub path: String,
     pub body: Value,
     pub webhook_id: Option<String>,
@@ -129,6 +131,7 @@ async fn handle(
     }
     if value.get("istest").and_then(Value::as_bool) != Some(true) {
         log.requests.push(DeskRequest {
+            at: std::time::Instant::now(),
             path: uri.path().to_string(),
             body: value,
             webhook_id,
