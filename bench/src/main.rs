@@ -208,7 +208,7 @@ async fn load(users: usize, messages: usize, concurrency: usize) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let done = started.elapsed();
-    let sent = sent_at.lock().expect("sent");
+    let sent = sent_at.lock().expect("sent").clone();
     let mut e2e = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for c in &chats {
