@@ -77,6 +77,11 @@ impl FakeDesk {
         self.requests().into_iter().filter(|r| r.path == path).collect()
     }
 
+    /// How many requests reached `path`, without copying them (cheap to poll).
+    pub fn count_to(&self, path: &str) -> usize {
+        self.log.lock().unwrap().requests.iter().filter(|r| r.path == path).count()
+    }
+
     pub fn duplicates(&self) -> usize {
         self.log.lock().unwrap().duplicates
     }
