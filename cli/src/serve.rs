@@ -80,6 +80,9 @@ impl MessageLog for DbMessageLog {
     }
 }
 
+/// Per-request timeout of calls to desks, tickets and other providers.
+const OUTBOUND_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Concurrent conversations being worked on at once.
 const WORKERS: usize = 64;
 
@@ -98,6 +101,8 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
     let secret = db.get_or_insert_setting("widget_token_secret", baton_runtime::auth::generate_token).await?;
     let (live, _) = broadcast::channel(4096);
     let log: Arc<dyn MessageLog> = Arc::new(DbMessageLog(db.clone()));
+    // One HTTP client (pool, TLS configuration) for every outbound connector.
+    let http = baton_connectors::outbound::http_client(OUTBOUND_TIMEOUT);
     let channels = Arc::new(ChannelRouter { log: log.clone(), live: live.clone(), clock: clock.clone() });
     let ports = Ports {
         store: db.clone(),
@@ -106,8 +111,8 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         clock: clock.clone(),
         brain: Arc::new(FaqBrain::new()),
         channels,
-        desk: Arc::new(WebhookDesk::new(Duration::from_secs(15))),
-        fallback: Arc::new(TicketFallback::new(Duration::from_secs(15))),
+        desk: Arc::new(WebhookDesk::from_client(http.clone(), OUTBOUND_TIMEOUT)),
+        fallback: Arc::new(TicketFallback::from_client(http, OUTBOUND_TIMEOUT)),
         secrets: Arc::new(baton_runtime::PlainSecrets),
         alerts: Default::default(),
     };

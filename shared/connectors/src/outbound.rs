@@ -25,16 +25,21 @@ pub struct Poster {
     timeout: Duration,
 }
 
+/// The HTTP client every connector shares (one connection pool, one TLS configuration per
+/// process): `timeout` per request, no redirects (a 3xx is a failure, as Standard Webhooks
+/// prescribes). Panics only if the TLS backend cannot be initialised, like `reqwest::Client::new`.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("HTTP client with rustls can be built")
+}
+
 impl Poster {
-    /// Panics only if the TLS backend cannot be initialised, like `reqwest::Client::new`.
     pub fn new(timeout: Duration) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("HTTP client with rustls can be built");
-        Poster { client, timeout }
+        Poster { client: http_client(timeout), timeout }
     }
 
     pub fn from_client(client: reqwest::Client, timeout: Duration) -> Self {

@@ -26,6 +26,11 @@ impl TicketFallback {
     pub fn new(timeout: Duration) -> Self {
         TicketFallback { poster: Poster::new(timeout) }
     }
+
+    /// Share `client` (see [`crate::outbound::http_client`]).
+    pub fn from_client(client: reqwest::Client, timeout: Duration) -> Self {
+        TicketFallback { poster: Poster::from_client(client, timeout) }
+    }
 }
 
 pub fn ticket_body(agent: &Agent, key: &ConversationKey, request: &HandoffRequest, timestamp: &str) -> Value {

@@ -25,6 +25,9 @@ use std::time::Duration;
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// Per-request timeout of calls to desks, tickets and other providers.
+const OUTBOUND_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Deployment settings, from the function's environment (set by template.yaml).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -95,6 +98,8 @@ pub fn wire(
     let timers = Arc::new(SqsTimers::new(sqs, config.timers_queue_url.clone(), clock.clone()));
     // Lambda cannot stream: widget replies are read by polling; the live channel has no readers.
     let (live, _) = tokio::sync::broadcast::channel(16);
+    // One HTTP client (pool, TLS configuration) for every outbound connector.
+    let http = baton_connectors::outbound::http_client(OUTBOUND_TIMEOUT);
     let channels = ChannelRouter { log: Arc::new(DynamoMessageLog(store.clone())), live, clock: clock.clone() };
     let ports = Ports {
         store: store.clone(),
@@ -103,8 +108,8 @@ pub fn wire(
         clock,
         brain: Arc::new(baton_brains::FaqBrain::new()),
         channels: Arc::new(channels),
-        desk: Arc::new(baton_connectors::webhook_desk::WebhookDesk::new(Duration::from_secs(15))),
-        fallback: Arc::new(baton_connectors::ticket::TicketFallback::new(Duration::from_secs(15))),
+        desk: Arc::new(baton_connectors::webhook_desk::WebhookDesk::from_client(http.clone(), OUTBOUND_TIMEOUT)),
+        fallback: Arc::new(baton_connectors::ticket::TicketFallback::from_client(http, OUTBOUND_TIMEOUT)),
         secrets,
         alerts: Default::default(),
     };
