@@ -105,7 +105,7 @@ async fn the_user_can_cancel_while_waiting() {
     w.send("/end").await;
     let close = close_request(&hub).await;
     assert_eq!((close["conversation_id"].as_str(), close["type"].as_str()), (Some(conv.as_str()), Some("USER_CLOSED")));
-    w.wait_for("ended notice", |m| m["text"].as_str().unwrap().contains("You ended")).await;
+    w.wait_for("ended notice", |m| m["text"].as_str().unwrap().contains("You cancelled the request")).await;
     // No timer is left to fire.
     clock.advance_secs(3600);
     tokio::time::sleep(Duration::from_millis(600)).await;

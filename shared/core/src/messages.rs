@@ -32,6 +32,8 @@ pub enum MessageKey {
     DeskUnavailable,
     /// `{detail}` is replaced by what the fallback did (e.g. "ticket T-17").
     FallbackDone,
+    /// The user ended a request before anyone from the team joined.
+    RequestCancelled,
 }
 
 /// `messages.<lang>.<key> = "text"` in the agent config.
@@ -170,6 +172,13 @@ pub fn default_text(lang: &str, key: MessageKey) -> &'static str {
             "Nažalost, naš tim trenutno nije dostupan.",
             "抱歉，目前无法联系到客服团队。",
             "Désolé, notre équipe ne peut pas être jointe pour le moment.",
+        ],
+        RequestCancelled => [
+            "You cancelled the request. You are chatting with the assistant again.",
+            "Sie haben die Anfrage abgebrochen. Sie chatten wieder mit dem Assistenten.",
+            "Otkazali ste zahtjev. Ponovno razgovarate s asistentom.",
+            "您已取消转人工请求。您将继续与智能助手对话。",
+            "Vous avez annulé la demande. Vous discutez à nouveau avec l'assistant.",
         ],
         FallbackDone => [
             "We have passed your request on ({detail}) and will get back to you.",

@@ -328,7 +328,7 @@ impl Machine<'_> {
             EventKind::UserMessage { text, .. } => {
                 let t = text.trim();
                 if t == END_VALUE || phrases::matches(t, &self.agent.policy.end_phrases) {
-                    self.end_by_user(&handoff);
+                    self.end_by_user(&handoff, MessageKey::RequestCancelled);
                 } else if t == KEEP_WAITING_VALUE
                     || (asked && phrases::normalise(t) == phrases::normalise(&self.msg(MessageKey::KeepWaiting)))
                 {
@@ -357,7 +357,7 @@ impl Machine<'_> {
                 Ok(())
             }
             EventKind::UserEnded => {
-                self.end_by_user(&handoff);
+                self.end_by_user(&handoff, MessageKey::RequestCancelled);
                 Ok(())
             }
             EventKind::DeskOpened { handoff_id, desk_conversation_id } => {
@@ -442,7 +442,7 @@ impl Machine<'_> {
             EventKind::UserMessage { text, .. } => {
                 let t = text.trim();
                 if t == END_VALUE || phrases::matches(t, &self.agent.policy.end_phrases) {
-                    self.end_by_user(&handoff);
+                    self.end_by_user(&handoff, MessageKey::UserEnded);
                 } else {
                     self.s.push_turn(Role::User, text, self.now);
                     self.fx.push(Effect::PostToDesk { handoff_id: handoff.id.clone(), text: text.clone() });
@@ -454,7 +454,7 @@ impl Machine<'_> {
                 Ok(())
             }
             EventKind::UserEnded => {
-                self.end_by_user(&handoff);
+                self.end_by_user(&handoff, MessageKey::UserEnded);
                 Ok(())
             }
             EventKind::HumanMessage { desk_conversation_id, text } => {
@@ -585,10 +585,12 @@ impl Machine<'_> {
         self.fx.push(Effect::Escalate { request });
     }
 
-    fn end_by_user(&mut self, handoff: &Handoff) {
+    /// The user ends: a request still waiting for a human (`RequestCancelled`) or a
+    /// session with one (`UserEnded`).
+    fn end_by_user(&mut self, handoff: &Handoff, told: MessageKey) {
         self.fx.push(Effect::CloseDesk { handoff_id: handoff.id.clone(), reason: CloseReason::UserClosed });
         self.back_to_bot(handoff, "the user ended the session");
-        self.say(MessageKey::UserEnded);
+        self.say(told);
     }
 
     fn back_to_bot(&mut self, handoff: &Handoff, how: &str) {

@@ -803,7 +803,7 @@ fn end_while_waiting_closes_the_desk_as_user_closed() {
             vec![
                 Effect::CloseDesk { handoff_id: id, reason: CloseReason::UserClosed },
                 Effect::CancelTimer,
-                system(en(MessageKey::UserEnded)),
+                system(en(MessageKey::RequestCancelled)),
             ]
         );
         assert_eq!(sim.session.state, State::Bot);
@@ -1001,7 +1001,7 @@ fn messages_follow_the_session_language() {
     assert_eq!(schedules(&fx)[0].2, TimerKind::Wait);
     // Later messages without a language keep the session's language.
     let fx = sim.apply(user("/end"));
-    assert!(fx.contains(&system(de(MessageKey::UserEnded))), "{fx:?}");
+    assert!(fx.contains(&system(de(MessageKey::RequestCancelled))), "{fx:?}");
     let fx = sim.apply(user("Hallo"));
     assert!(matches!(&fx[0], Effect::AskBrain { language, .. } if language == "de"));
 }

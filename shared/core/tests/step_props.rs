@@ -43,7 +43,7 @@ const EMAILS: &[&str] = &["pre@example.com", "bad@", "x@y.io", "not an email"];
 const LANGS: &[&str] = &["de", "fr", "xx", "en", "zh"];
 const HUMAN_TEXTS: &[&str] = &["Hi, this is Anna.", "Let me check.", "/end"];
 
-const ALL_KEYS: [MessageKey; 17] = [
+const ALL_KEYS: [MessageKey; 18] = [
     MessageKey::AskEmail,
     MessageKey::InvalidEmail,
     MessageKey::HandoffCancelled,
@@ -61,6 +61,7 @@ const ALL_KEYS: [MessageKey; 17] = [
     MessageKey::DeskFailed,
     MessageKey::NotUnderstood,
     MessageKey::EndChatButton,
+    MessageKey::RequestCancelled,
 ];
 
 fn brain_reply(i: usize) -> BrainReply {
