@@ -51,35 +51,6 @@ impl Running {
     }
 }
 
-/// The widget's message log on the embedded database.
-struct DbMessageLog(Arc<Db>);
-
-#[async_trait::async_trait]
-impl MessageLog for DbMessageLog {
-    async fn append(
-        &self,
-        key: &ConversationKey,
-        idempotency_key: &str,
-        message: &baton_core::OutMessage,
-        at: baton_core::Millis,
-    ) -> Result<Option<i64>, baton_core::ports::StoreError> {
-        self.0.append_user_message(key, idempotency_key, message, at).await
-    }
-
-    async fn after(
-        &self,
-        key: &ConversationKey,
-        cursor: i64,
-        limit: usize,
-    ) -> Result<Vec<baton_runtime::widget::LoggedMessage>, baton_core::ports::StoreError> {
-        let rows = self.0.user_messages_after(key, cursor, limit).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(seq, at, message)| baton_runtime::widget::LoggedMessage { seq, at, message })
-            .collect())
-    }
-}
-
 /// Per-request timeout of calls to desks, tickets and other providers.
 const OUTBOUND_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -100,7 +71,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
 
     let secret = db.get_or_insert_setting("widget_token_secret", baton_runtime::auth::generate_token).await?;
     let (live, _) = broadcast::channel(4096);
-    let log: Arc<dyn MessageLog> = Arc::new(DbMessageLog(db.clone()));
+    let log: Arc<dyn MessageLog> = db.clone();
     // One HTTP client (pool, TLS configuration) for every outbound connector.
     let http = baton_connectors::outbound::http_client(OUTBOUND_TIMEOUT);
     let channels = Arc::new(ChannelRouter { log: log.clone(), live: live.clone(), clock: clock.clone() });

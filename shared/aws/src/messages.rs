@@ -122,3 +122,26 @@ impl DynamoStore {
             .collect()
     }
 }
+
+#[async_trait::async_trait]
+impl baton_core::ports::MessageLog for DynamoStore {
+    async fn append(
+        &self,
+        key: &ConversationKey,
+        idempotency_key: &str,
+        message: &OutMessage,
+        at: Millis,
+    ) -> Result<Option<i64>, StoreError> {
+        self.append_user_message(key, idempotency_key, message, at).await
+    }
+
+    async fn after(
+        &self,
+        key: &ConversationKey,
+        cursor: i64,
+        limit: usize,
+    ) -> Result<Vec<baton_core::ports::LoggedMessage>, StoreError> {
+        let rows = self.user_messages_after(key, cursor, limit).await?;
+        Ok(rows.into_iter().map(|(seq, at, message)| baton_core::ports::LoggedMessage { seq, at, message }).collect())
+    }
+}

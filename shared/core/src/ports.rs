@@ -244,3 +244,26 @@ pub trait Fallback: Send + Sync {
 pub trait Secrets: Send + Sync {
     async fn resolve(&self, agent: &Agent) -> Result<Agent, DeliveryError>;
 }
+
+/// Messages for users of polled channels (the widget), readable by cursor.
+#[async_trait]
+pub trait MessageLog: Send + Sync {
+    /// Append unless `idempotency_key` was appended before; returns the new cursor.
+    async fn append(
+        &self,
+        key: &ConversationKey,
+        idempotency_key: &str,
+        message: &OutMessage,
+        at: Millis,
+    ) -> Result<Option<i64>, StoreError>;
+    async fn after(&self, key: &ConversationKey, cursor: i64, limit: usize) -> Result<Vec<LoggedMessage>, StoreError>;
+}
+
+/// A message of the log with its cursor position.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoggedMessage {
+    pub seq: i64,
+    pub at: Millis,
+    #[serde(flatten)]
+    pub message: OutMessage,
+}

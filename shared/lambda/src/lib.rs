@@ -12,11 +12,11 @@
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use baton_aws::{DynamoStore, SqsEventQueue, SqsTimers};
-use baton_core::ports::{Clock, EventQueue, Store, StoreError};
-use baton_core::{ConversationKey, Event, EventKind, Millis, OutMessage};
+use baton_core::ports::{Clock, EventQueue, Store};
+use baton_core::{Event, EventKind};
 pub use baton_runtime::http::Routes;
 use baton_runtime::http::{AppState, Limits, SourceIp};
-use baton_runtime::widget::{ChannelRouter, LoggedMessage, MessageLog, TokenSigner};
+use baton_runtime::widget::{ChannelRouter, TokenSigner};
 use baton_runtime::worker::{apply_event, drain_outbox};
 use baton_runtime::Ports;
 use std::collections::HashSet;
@@ -64,27 +64,6 @@ pub struct Aws {
     pub config: Config,
 }
 
-/// The widget's message log in the table.
-struct DynamoMessageLog(Arc<DynamoStore>);
-
-#[async_trait::async_trait]
-impl MessageLog for DynamoMessageLog {
-    async fn append(
-        &self,
-        key: &ConversationKey,
-        idempotency_key: &str,
-        message: &OutMessage,
-        at: Millis,
-    ) -> Result<Option<i64>, StoreError> {
-        self.0.append_user_message(key, idempotency_key, message, at).await
-    }
-
-    async fn after(&self, key: &ConversationKey, cursor: i64, limit: usize) -> Result<Vec<LoggedMessage>, StoreError> {
-        let rows = self.0.user_messages_after(key, cursor, limit).await?;
-        Ok(rows.into_iter().map(|(seq, at, message)| LoggedMessage { seq, at, message }).collect())
-    }
-}
-
 /// Wire the adapters: clients are passed in so they are built once per cold start.
 pub fn wire(
     config: Config,
@@ -100,7 +79,7 @@ pub fn wire(
     let (live, _) = tokio::sync::broadcast::channel(16);
     // One HTTP client (pool, TLS configuration) for every outbound connector.
     let http = baton_connectors::outbound::http_client(OUTBOUND_TIMEOUT);
-    let channels = ChannelRouter { log: Arc::new(DynamoMessageLog(store.clone())), live, clock: clock.clone() };
+    let channels = ChannelRouter { log: store.clone(), live, clock: clock.clone() };
     let ports = Ports {
         store: store.clone(),
         queue: events.clone(),
@@ -131,7 +110,7 @@ pub async fn from_env() -> Result<Aws, Error> {
 pub fn http_router(aws: &Aws, routes: Routes) -> axum::Router {
     let state = AppState {
         ports: aws.ports.clone(),
-        log: Arc::new(DynamoMessageLog(aws.store.clone())),
+        log: aws.store.clone(),
         live: tokio::sync::broadcast::channel(16).0,
         signer: TokenSigner::new(aws.config.widget_secret.as_bytes()),
         limits: Arc::new(Limits::default()),

@@ -4,35 +4,15 @@
 use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use baton_core::ports::{ChannelSender, DeliveryError, StoreError};
-use baton_core::{Agent, Channel, ConversationKey, Millis, OutMessage};
+use baton_core::ports::{ChannelSender, DeliveryError};
+use baton_core::{Agent, Channel, ConversationKey, OutMessage};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
-/// Messages for users of polled channels (the widget), readable by cursor.
-#[async_trait]
-pub trait MessageLog: Send + Sync {
-    /// Append unless `idempotency_key` was appended before; returns the new cursor.
-    async fn append(
-        &self,
-        key: &ConversationKey,
-        idempotency_key: &str,
-        message: &OutMessage,
-        at: Millis,
-    ) -> Result<Option<i64>, StoreError>;
-    async fn after(&self, key: &ConversationKey, cursor: i64, limit: usize) -> Result<Vec<LoggedMessage>, StoreError>;
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct LoggedMessage {
-    pub seq: i64,
-    pub at: Millis,
-    #[serde(flatten)]
-    pub message: OutMessage,
-}
+pub use baton_core::ports::{LoggedMessage, MessageLog};
 
 /// Signs widget conversation tokens: `{user id}.{HMAC-SHA256(secret, agent|user)}`.
 /// Knowing a conversation id is not enough to read it; the token is.
