@@ -225,13 +225,19 @@ impl Schedule {
         for _ in 0..=370 {
             for (f, _) in self.windows_on(date) {
                 let time = jiff::civil::Time::new((f / 60) as i8, (f % 60) as i8, 0, 0).ok()?;
-                // In a DST gap, the compatible rule picks the later instant.
-                let instant =
-                    date.to_datetime(time).to_zoned_datetime(self.tz.clone()).ok()?.timestamp().as_millisecond();
-                // A window that starts in a DST gap opens at the first wall-clock minute it
-                // really has; one lying wholly inside the gap never opens.
-                if instant > at.0 && self.is_open(Millis(instant)) {
-                    return Some(Millis(instant));
+                // A start in a DST gap has no instant of its own: the window really opens at
+                // the first minute between its two readings (before and after the shift) that
+                // is open, e.g. 03:00 for a 02:15-03:15 window on a 02:00 -> 03:00 day. Outside
+                // gaps both readings are the same instant; a window wholly inside a gap never opens.
+                let ambiguous = self.tz.to_ambiguous_timestamp(date.to_datetime(time));
+                let first = ambiguous.earlier().ok()?.as_millisecond();
+                let last = ambiguous.later().ok()?.as_millisecond();
+                let mut t = first;
+                while t <= last {
+                    if t > at.0 && self.is_open(Millis(t)) {
+                        return Some(Millis(t));
+                    }
+                    t += 60_000;
                 }
             }
             date = date.tomorrow().ok()?;
@@ -321,6 +327,23 @@ mod tests {
         assert!(s.is_open(ms("2025-03-31T07:30:00+00:00[UTC]")), "07:30 UTC is 09:30 summer time");
         assert!(!s.is_open(ms("2025-03-31T08:30:00+00:00[UTC]")), "08:30 UTC was 09:30 in winter, is 10:30 now");
         assert!(s.is_open(ms("2025-03-24T08:30:00+00:00[UTC]")), "a week earlier 08:30 UTC is 09:30 winter time");
+    }
+
+    #[test]
+    fn a_window_starting_in_a_dst_gap_opens_when_the_clock_gets_there() {
+        // 2025-03-09, New York: 02:00 EST jumps to 03:00 EDT. 02:15-03:15 is open 03:00-03:15.
+        let mut h = hours(vec![weekly(&[Day::Sun], "02:15", "03:15")]);
+        h.time_zone = "America/New_York".into();
+        let s = h.compile().unwrap();
+        let next = s.next_opening(ms("2025-03-08T12:00:00-05:00[America/New_York]")).unwrap();
+        assert_eq!(next, ms("2025-03-09T03:00:00-04:00[America/New_York]"));
+        assert!(s.is_open(next));
+        // Wholly inside the gap: never open that day, so the next Sunday's window is next.
+        let mut h = hours(vec![weekly(&[Day::Sun], "02:10", "02:50")]);
+        h.time_zone = "America/New_York".into();
+        let s = h.compile().unwrap();
+        let next = s.next_opening(ms("2025-03-08T12:00:00-05:00[America/New_York]")).unwrap();
+        assert_eq!(next, ms("2025-03-16T02:10:00-04:00[America/New_York]"));
     }
 
     #[test]
