@@ -89,10 +89,7 @@ async fn sigkill_during_traffic_loses_and_doubles_nothing() {
         async move { http.post(url).bearer_auth(wtoken).json(&json!({"text": text, "client_id": id})).send().await }
     };
     assert_eq!(send("human".into(), "c-human".into()).await.unwrap().status(), 202);
-    let est = eventually(Duration::from_secs(10), "establish", || async {
-        desk.requests_to("/conversation/establish").into_iter().next()
-    })
-    .await;
+    let est = desk.first_to("/conversation/establish").await;
     let conv = est.body["conversation_id"].as_str().unwrap().to_string();
     let r = http
         .post(format!("{base}/desks/webhook/shop/v1/human/message/receive"))

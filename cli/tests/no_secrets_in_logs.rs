@@ -79,10 +79,7 @@ async fn a_debug_log_of_a_whole_handoff_holds_no_secret() {
             .send()
     };
     assert_eq!(send("human", "c1").await.unwrap().status(), 202);
-    let est = eventually(Duration::from_secs(10), "establish", || async {
-        desk.requests_to("/conversation/establish").into_iter().next()
-    })
-    .await;
+    let est = desk.first_to("/conversation/establish").await;
     let conv = est.body["conversation_id"].as_str().unwrap().to_string();
     let r = http
         .post(format!("{base}/desks/webhook/shop/v1/human/message/receive"))
@@ -102,10 +99,7 @@ async fn a_debug_log_of_a_whole_handoff_holds_no_secret() {
         .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(send("/end", "c2").await.unwrap().status(), 202);
-    eventually(Duration::from_secs(10), "close", || async {
-        desk.requests_to("/conversation/close").into_iter().next()
-    })
-    .await;
+    desk.first_to("/conversation/close").await;
     child.start_kill().unwrap();
     let _ = child.wait().await;
     let log = log.await.unwrap();

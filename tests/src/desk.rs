@@ -77,6 +77,14 @@ impl FakeDesk {
         self.requests().into_iter().filter(|r| r.path == path).collect()
     }
 
+    /// The first request to `path`, waiting up to 10 s for it.
+    pub async fn first_to(&self, path: &str) -> DeskRequest {
+        crate::eventually(std::time::Duration::from_secs(10), path, || async {
+            self.requests_to(path).into_iter().next()
+        })
+        .await
+    }
+
     /// How many requests reached `path`, without copying them (cheap to poll).
     pub fn count_to(&self, path: &str) -> usize {
         self.log.lock().unwrap().requests.iter().filter(|r| r.path == path).count()
