@@ -18,7 +18,7 @@ INVOKES="${INVOKES:-5}"
 PROFILE="${PROFILE:-perf}"
 HARNESS="${HARNESS:-/work/shared/tools/lambda_runtime_bench.py}"
 EVENT="${EVENT:-$(dirname "$HARNESS")/httpapi_event.json}"
-FUNCTIONS=(widget-api desk-webhook conversation-worker timeout-check timeout-sweeper)
+FUNCTIONS=(widget-api desk-webhook channel-webhook conversation-worker timeout-check timeout-sweeper)
 HELLO_TARGET="$HERE/hello-lambda/target"
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then

@@ -68,6 +68,9 @@ pub async fn list(db: &dyn Store, out: &mut dyn Write) -> anyhow::Result<()> {
         let desk = match &a.desk {
             baton_core::agent::DeskConfig::None => "none".to_string(),
             baton_core::agent::DeskConfig::Webhook { url, .. } => format!("webhook {url}"),
+            baton_core::agent::DeskConfig::Salesiq { department_id, .. } => {
+                format!("salesiq department {department_id}")
+            }
         };
         writeln!(out, "{}\t{}\tdesk: {desk} ({status})\ttokens: {tokens}", a.id, a.name)?;
     }
@@ -108,5 +111,37 @@ pub async fn redrive(from: &str, to: &str, max: Option<usize>, out: &mut dyn Wri
     let (_, sqs) = baton_aws::clients_from_env().await;
     let moved = baton_aws::redrive(&sqs, from, to, max.unwrap_or(usize::MAX)).await?;
     writeln!(out, "moved {moved} message(s) from {from} to {to}")?;
+    Ok(())
+}
+
+/// `baton channels telegram set-webhook|delete-webhook`: register (or remove) the hub's
+/// webhook with the Bot API. `url` may be the deployment's base URL; the agent's path
+/// (`/channels/telegram/{agent}`) is appended when missing. `agent` must have its secrets
+/// resolved.
+pub async fn telegram_webhook(agent: &baton_core::Agent, url: Option<&str>, out: &mut dyn Write) -> anyhow::Result<()> {
+    let Some(cfg) = agent.channels.telegram.as_ref() else {
+        anyhow::bail!("agent {} has no [channels.telegram] section", agent.id);
+    };
+    let timeout = std::time::Duration::from_secs(15);
+    let client = baton_connectors::telegram::TelegramClient::from_client(
+        baton_connectors::outbound::http_client(timeout),
+        timeout,
+    );
+    match url {
+        Some(url) => {
+            let path = format!("/channels/telegram/{}", agent.id);
+            let url = url.trim_end_matches('/');
+            let full = if url.ends_with(&path) { url.to_string() } else { format!("{url}{path}") };
+            if !full.starts_with("https://") {
+                anyhow::bail!("Telegram only calls https:// webhooks (ports 443, 80, 88 or 8443); got {full}");
+            }
+            client.set_webhook(cfg, &full).await?;
+            writeln!(out, "Telegram will post updates for agent {} to {full}", agent.id)?;
+        }
+        None => {
+            client.delete_webhook(cfg).await?;
+            writeln!(out, "webhook of agent {} removed; `baton serve` can poll with poll = true", agent.id)?;
+        }
+    }
     Ok(())
 }

@@ -56,6 +56,8 @@ pub fn example_agent(hub_base: &str, signing_secret: &str) -> Agent {
         messages: Default::default(),
         hours: None,
         fallback: Default::default(),
+        channels: Default::default(),
+        salesiq: None,
     }
 }
 

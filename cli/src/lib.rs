@@ -6,3 +6,4 @@ pub mod config;
 pub mod console;
 pub mod demo;
 pub mod serve;
+pub mod telegram_poll;

@@ -48,6 +48,20 @@ enum Command {
         #[arg(long, env = "BATON_STORE", global = true)]
         store: Option<String>,
     },
+    /// Channel setup with the providers.
+    Channels {
+        #[command(subcommand)]
+        command: ChannelsCommand,
+        #[arg(long, env = "BATON_DATA", default_value = ".baton/baton.sqlite", global = true)]
+        data: PathBuf,
+        /// `dynamodb://TABLE` to read the agent from the AWS deployment's table (its secret
+        /// references are resolved from SSM Parameter Store).
+        #[arg(long, env = "BATON_STORE", global = true)]
+        store: Option<String>,
+        /// Read the agent from this agents file instead of a store.
+        #[arg(long, global = true)]
+        agents: Option<PathBuf>,
+    },
     /// Print a conversation's events, state changes and effects (`agent#channel#user`).
     Trace {
         conversation: String,
@@ -101,6 +115,54 @@ enum AgentsCommand {
         #[arg(long)]
         keep_old: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ChannelsCommand {
+    /// Telegram bots.
+    Telegram {
+        #[command(subcommand)]
+        command: TelegramCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TelegramCommand {
+    /// Register the hub's webhook (with the agent's secret_token) via setWebhook.
+    SetWebhook {
+        agent: String,
+        /// The public base URL (e.g. the stack output `ApiUrl`) or the full webhook URL.
+        url: String,
+    },
+    /// Remove the webhook (for example to poll with `baton serve` instead).
+    DeleteWebhook { agent: String },
+}
+
+/// One agent, with its secrets resolved, from an agents file, the SQLite file or DynamoDB.
+async fn load_agent_for_setup(
+    id: &str,
+    agents: Option<&std::path::Path>,
+    store: Option<&str>,
+    data: &std::path::Path,
+) -> anyhow::Result<baton_core::Agent> {
+    use baton_core::ports::Secrets;
+    if let Some(file) = agents {
+        let all = baton::config::load_file(file)?;
+        return all
+            .into_iter()
+            .find(|a| a.id == id)
+            .ok_or_else(|| anyhow::anyhow!("no agent {id:?} in {}", file.display()));
+    }
+    let (db, kind) = open_store(store, data).await?;
+    let agent = db.get_agent(id).await?.ok_or_else(|| anyhow::anyhow!("no agent {id:?}"))?;
+    let resolved = match kind {
+        baton::admin::StoreKind::Sqlite => baton_runtime::PlainSecrets.resolve(&agent).await,
+        baton::admin::StoreKind::Dynamo => {
+            let sdk = baton_aws::sdk_config().await;
+            baton_aws::SsmSecrets::new(baton_aws::aws_sdk_ssm::Client::new(&sdk)).resolve(&agent).await
+        }
+    };
+    Ok(resolved?)
 }
 
 fn init_logging() {
@@ -189,6 +251,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             AgentsCommand::RotateToken { agent, keep_old } => {
                 let (db, _) = open_store(store.as_deref(), &data).await?;
                 baton::admin::rotate_token(db.as_ref(), &agent, keep_old, &mut out).await?
+            }
+        },
+        Command::Channels { command, data, store, agents } => match command {
+            ChannelsCommand::Telegram { command } => {
+                let (id, url) = match &command {
+                    TelegramCommand::SetWebhook { agent, url } => (agent, Some(url.as_str())),
+                    TelegramCommand::DeleteWebhook { agent } => (agent, None),
+                };
+                let agent = load_agent_for_setup(id, agents.as_deref(), store.as_deref(), &data).await?;
+                baton::admin::telegram_webhook(&agent, url, &mut out).await?
             }
         },
         Command::Trace { conversation, data, store } => {

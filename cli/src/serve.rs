@@ -3,15 +3,14 @@
 
 use crate::{assets, console, demo};
 use baton_brains::FaqBrain;
-use baton_connectors::ticket::TicketFallback;
-use baton_connectors::webhook_desk::WebhookDesk;
+use baton_core::model::ServiceStatus;
 use baton_core::ports::{Clock, Store};
 use baton_core::ConversationKey;
 use baton_embedded::{ConsoleStore, Db, EmbeddedQueue, EmbeddedTimers};
 use baton_runtime::http::{AppState, Limits, RateLimitConfig};
-use baton_runtime::widget::{ChannelRouter, MessageLog, TokenSigner};
+use baton_runtime::widget::{MessageLog, TokenSigner};
 use baton_runtime::worker::{apply_event, drain_outbox};
-use baton_runtime::Ports;
+use baton_runtime::{Connectors, Ports};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -72,19 +71,18 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
     let secret = db.get_or_insert_setting("widget_token_secret", baton_runtime::auth::generate_token).await?;
     let (live, _) = broadcast::channel(4096);
     let log: Arc<dyn MessageLog> = db.clone();
-    // One HTTP client (pool, TLS configuration) for every outbound connector.
-    let http = baton_connectors::outbound::http_client(OUTBOUND_TIMEOUT);
-    let channels = Arc::new(ChannelRouter { log: log.clone(), live: live.clone(), clock: clock.clone() });
+    let connectors = Connectors::new(OUTBOUND_TIMEOUT, db.clone(), clock.clone(), log.clone(), live.clone());
     let ports = Ports {
         store: db.clone(),
         queue: queue.clone(),
         timers: timers.clone(),
         clock: clock.clone(),
         brain: Arc::new(FaqBrain::new()),
-        channels,
-        desk: Arc::new(WebhookDesk::from_client(http.clone(), OUTBOUND_TIMEOUT)),
-        fallback: Arc::new(TicketFallback::from_client(http, OUTBOUND_TIMEOUT)),
+        channels: connectors.channels.clone(),
+        desk: connectors.desk.clone(),
+        fallback: connectors.fallback.clone(),
         secrets: Arc::new(baton_runtime::PlainSecrets),
+        kv: db.clone(),
         alerts: Default::default(),
     };
 
@@ -109,6 +107,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         signer: TokenSigner::new(secret.as_bytes()),
         limits: Arc::new(Limits::new(opts.rate_limits)),
         body_limit: opts.body_limit,
+        salesiq: connectors.salesiq.clone(),
     };
     let console_state =
         console::ConsoleState::new(console_store, db.clone(), hub_base, ports.alerts.clone(), clock.clone());
@@ -138,6 +137,11 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
     tasks.push(tokio::spawn(timer_loop(timers.clone(), clock.clone(), shutdown_rx.clone())));
     tasks.push(tokio::spawn(retry_loop(db.clone(), dispatcher.clone(), clock.clone(), shutdown_rx.clone())));
     tasks.push(tokio::spawn(probe_loop(ports.clone(), shutdown_rx.clone())));
+    tasks.push(tokio::spawn(crate::telegram_poll::supervise(
+        ports.clone(),
+        connectors.telegram.clone(),
+        shutdown_rx.clone(),
+    )));
 
     let mut stop = shutdown_rx.clone();
     let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(
@@ -194,12 +198,16 @@ async fn retry_loop(
 }
 
 /// Re-checks every agent's desk credentials at start and every 10 minutes (seed 004's
-/// service status).
+/// service status); a desk that becomes unavailable raises an alert.
 async fn probe_loop(ports: Ports, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         if let Ok(agents) = ports.store.list_agents().await {
             for agent in agents {
                 let (status, detail) = ports.desk.probe(&agent).await;
+                let before = ports.store.desk_status(&agent.id).await.ok().flatten().map(|r| r.status);
+                if status == ServiceStatus::Unavailable && before != Some(ServiceStatus::Unavailable) {
+                    ports.alerts.raise(format!("agent {}: the desk is unavailable: {detail}", agent.id));
+                }
                 let rec = baton_core::ports::DeskStatusRecord { status, detail, checked_at: ports.clock.now() };
                 if let Err(e) = ports.store.set_desk_status(&agent.id, &rec).await {
                     tracing::warn!(agent = %agent.id, error = %e, "could not store desk status");

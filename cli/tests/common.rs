@@ -44,6 +44,8 @@ pub fn shop_agent(desk_url: &str) -> Agent {
         messages: Default::default(),
         hours: None,
         fallback: Default::default(),
+        channels: Default::default(),
+        salesiq: None,
     }
 }
 

@@ -19,7 +19,8 @@ use baton_core::effect::{Effect, PendingEffect};
 use baton_core::event::{Event, EventKind};
 use baton_core::model::{Channel, ConversationKey, Millis, OutMessage, Role, ServiceStatus, Turn};
 use baton_core::ports::{
-    Commit, CommitOutcome, DeskLink, DeskStatusRecord, EventQueue, OutboxItem, Store, StoreError, Timers, TraceEntry,
+    Commit, CommitOutcome, DeskLink, DeskStatusRecord, EventQueue, KeyValue, OutboxItem, Store, StoreError, Timers,
+    TraceEntry,
 };
 use baton_core::session::{ArmedTimer, Session, State};
 use baton_core::TimerKind;
@@ -77,7 +78,7 @@ fn trace(at: i64, id: &str) -> TraceEntry {
 }
 
 fn send(text: &str) -> Effect {
-    Effect::SendToUser { message: OutMessage::new(Role::Bot, text) }
+    Effect::SendToUser { message: OutMessage::new(Role::Bot, text), reply_token: None }
 }
 
 fn commit_of(k: &ConversationKey, expected: u64, event: &str, texts: &[&str]) -> Commit {
@@ -97,7 +98,7 @@ fn texts(items: &[OutboxItem]) -> Vec<String> {
     items
         .iter()
         .map(|i| match &i.effect.effect {
-            Effect::SendToUser { message } => message.text.clone(),
+            Effect::SendToUser { message, .. } => message.text.clone(),
             other => other.name().to_string(),
         })
         .collect()
@@ -424,7 +425,7 @@ where
             id,
             k.clone(),
             Millis(10),
-            EventKind::UserMessage { text: text.into(), email: None, language: Some("de".into()) },
+            EventKind::UserMessage { text: text.into(), email: None, language: Some("de".into()), reply: None },
         )
     };
     let first = vec![ev("w:1", &a, "eins"), ev("w:2", &b, "zwei"), ev("w:3", &a, "drei")];
@@ -459,4 +460,38 @@ where
     assert!(fire(now).await.is_empty());
     timers.cancel(&k).await.unwrap();
     timers.cancel(&key("never-armed")).await.unwrap();
+}
+
+/// `KeyValue`: values expire, `put` overwrites, `put_if_absent` is a lease only one of many
+/// concurrent callers gets, and it can be taken again once expired.
+pub async fn key_value_expires_and_leases(kv: Arc<dyn KeyValue>) {
+    let now = Millis(1_000_000);
+    assert_eq!(kv.get("kv-a", now).await.unwrap(), None);
+    kv.put("kv-a", "one", Millis(now.0 + 10)).await.unwrap();
+    assert_eq!(kv.get("kv-a", now).await.unwrap().as_deref(), Some("one"));
+    kv.put("kv-a", "two", Millis(now.0 + 10)).await.unwrap();
+    assert_eq!(kv.get("kv-a", now).await.unwrap().as_deref(), Some("two"));
+    assert_eq!(kv.get("kv-a", Millis(now.0 + 10)).await.unwrap(), None, "expired at expires_at");
+    kv.delete("kv-a").await.unwrap();
+    kv.delete("kv-never").await.unwrap();
+    assert_eq!(kv.get("kv-a", now).await.unwrap(), None);
+
+    // Ten concurrent takers: exactly one lease.
+    let takers: Vec<_> = (0..10)
+        .map(|i| {
+            let kv = kv.clone();
+            tokio::spawn(async move { kv.put_if_absent("kv-lease", &format!("p{i}"), now, Millis(now.0 + 30)).await })
+        })
+        .collect();
+    let mut won = 0;
+    for t in takers {
+        if t.await.unwrap().unwrap() {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1);
+    assert!(!kv.put_if_absent("kv-lease", "late", Millis(now.0 + 29), Millis(now.0 + 60)).await.unwrap());
+    // Expired: the next taker gets it and its value.
+    assert!(kv.put_if_absent("kv-lease", "next", Millis(now.0 + 30), Millis(now.0 + 60)).await.unwrap());
+    assert_eq!(kv.get("kv-lease", Millis(now.0 + 31)).await.unwrap().as_deref(), Some("next"));
 }

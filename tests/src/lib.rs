@@ -4,7 +4,10 @@
 
 pub mod conformance;
 pub mod desk;
+pub mod line;
 pub mod moto;
+pub mod salesiq;
+pub mod telegram;
 pub mod widget;
 
 use std::future::Future;

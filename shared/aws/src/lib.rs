@@ -12,6 +12,7 @@
 //! production template does, for tests and local use. [`redrive()`] moves messages from a
 //! dead-letter queue back to their queue (`baton redrive`).
 
+mod kv;
 mod messages;
 mod queue;
 mod redrive;

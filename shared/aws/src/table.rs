@@ -15,6 +15,7 @@
 //! | message counter | `CONV#{key}` / `MSGSEQ` | `seq` |
 //! | user message | `CONV#{key}` / `MSG#{seq:020}` | `seq`, `at`, `doc`, `expires_at` |
 //! | message idempotency | `IDEM#{key}` / `-` | `expires_at` |
+//! | connector record (OAuth token, own message id, lease) | `KV#{name}` / `-` | `value`, `valid_until` (ms), `expires_at` |
 //!
 //! Two sparse GSIs, both KEYS_ONLY and sharded so no single partition takes every write:
 //! `due` (`due_shard`, `due_at`) holds sessions with an armed timer, for the sweeper;

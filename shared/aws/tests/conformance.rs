@@ -39,3 +39,8 @@ async fn due_timer_fires_once() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn key_value_expires_and_leases() {
+    conformance::key_value_expires_and_leases(Arc::new(common::store().await)).await;
+}

@@ -138,12 +138,16 @@ async fn a_transaction_the_server_rejects_writes_nothing() {
     let k = key("big");
     let mut c = commit(&k, 0, "e1", Some((1, 5)), 1);
     c.effects = vec![
-        PendingEffect::for_event("e1", 0, Effect::SendToUser { message: OutMessage::new(Role::Bot, "small") }),
+        PendingEffect::for_event(
+            "e1",
+            0,
+            Effect::SendToUser { message: OutMessage::new(Role::Bot, "small"), reply_token: None },
+        ),
         // Over DynamoDB's 400 KB item limit: the whole transaction is refused.
         PendingEffect::for_event(
             "e1",
             1,
-            Effect::SendToUser { message: OutMessage::new(Role::Bot, "x".repeat(420 * 1024)) },
+            Effect::SendToUser { message: OutMessage::new(Role::Bot, "x".repeat(420 * 1024)), reply_token: None },
         ),
     ];
     match store.commit(c).await {

@@ -16,7 +16,12 @@ fn key(user: &str) -> ConversationKey {
 }
 
 fn ev(id: &str, k: &ConversationKey, text: &str) -> Event {
-    Event::new(id, k.clone(), Millis(1), EventKind::UserMessage { text: text.into(), email: None, language: None })
+    Event::new(
+        id,
+        k.clone(),
+        Millis(1),
+        EventKind::UserMessage { text: text.into(), email: None, language: None, reply: None },
+    )
 }
 
 #[tokio::test]

@@ -7,8 +7,8 @@ use baton_core::ports::DeliveryError;
 use serde_json::Value;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Response bodies are read up to this size.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Response bodies are read up to this size unless a connector needs more.
+pub(crate) const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// What came back from one POST.
 pub struct Reply {
@@ -76,19 +76,19 @@ impl Poster {
         let status = resp.status().as_u16();
         let retry_after =
             resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let body = read_limited(resp).await;
+        let body = read_limited(resp, MAX_RESPONSE_BYTES).await;
         tracing::debug!(%what, status, "answered");
         Ok(Reply { status, retry_after, body, what })
     }
 }
 
-/// The usual meaning of a non-2xx status: 401/403 credentials, 408/425/429/5xx retry
+/// The usual meaning of a non-2xx status: 401/403 credentials, 429/5xx retry
 /// (honouring `Retry-After`), anything else permanent.
 pub fn status_error(reply: &Reply, detail: &str) -> DeliveryError {
     let message = format!("{} answered HTTP {}{detail}", reply.what, reply.status);
     match reply.status {
         401 | 403 => DeliveryError::Unauthorized { message },
-        408 | 425 | 429 | 500..=599 => {
+        429 | 500..=599 => {
             DeliveryError::Retryable { message, retry_after_ms: retry_after_ms(reply.retry_after.as_deref()) }
         }
         _ => DeliveryError::permanent(message),
@@ -97,6 +97,18 @@ pub fn status_error(reply: &Reply, detail: &str) -> DeliveryError {
 
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// How much of a provider's error message is quoted in ours.
+pub(crate) const MAX_QUOTED_CHARS: usize = 200;
+
+/// `s` on one line, at most [`MAX_QUOTED_CHARS`] characters (a provider's message in ours).
+pub(crate) fn quote(s: &str) -> String {
+    let mut out: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_QUOTED_CHARS).collect();
+    if s.chars().count() > MAX_QUOTED_CHARS {
+        out.push('…');
+    }
+    out
 }
 
 /// `scheme://host[:port]/path` only: user info and query strings may hold credentials.
@@ -110,7 +122,9 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn transport_error(what: &str, timeout: Duration, err: reqwest::Error) -> DeliveryError {
+/// A failure without an HTTP answer: timeouts and connection failures are worth retrying.
+/// The URL is never part of the message (it may hold credentials, like Telegram's token).
+pub(crate) fn transport_error(what: &str, timeout: Duration, err: reqwest::Error) -> DeliveryError {
     if err.is_timeout() {
         return DeliveryError::retryable(format!("{what}: no answer within {} ms", timeout.as_millis()));
     }
@@ -137,13 +151,14 @@ fn error_chain(err: reqwest::Error) -> String {
     out
 }
 
-async fn read_limited(mut resp: reqwest::Response) -> Vec<u8> {
+/// The response body, at most `max` bytes.
+pub(crate) async fn read_limited(mut resp: reqwest::Response, max: usize) -> Vec<u8> {
     let mut buf = Vec::new();
     // A body that cannot be read after the status arrived is treated as empty.
     while let Ok(Some(chunk)) = resp.chunk().await {
-        let room = MAX_RESPONSE_BYTES - buf.len();
+        let room = max - buf.len();
         buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if buf.len() >= MAX_RESPONSE_BYTES {
+        if buf.len() >= max {
             break;
         }
     }

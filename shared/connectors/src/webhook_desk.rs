@@ -6,7 +6,7 @@
 //! Outbound calls are JSON over HTTPS with optional Basic auth and optional Standard Webhooks
 //! signatures; `webhook-id` is always the effect's idempotency key so desks can dedupe retries.
 
-use crate::outbound::{now_ms, redact_url, status_error, Poster, Reply};
+use crate::outbound::{now_ms, quote, redact_url, status_error, Poster, Reply};
 use crate::standard_webhooks::SigningSecret;
 use async_trait::async_trait;
 use baton_core::agent::{Agent, DeskConfig};
@@ -26,9 +26,6 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub const MAX_INBOUND_BYTES: usize = 128 * 1024;
 /// Longest `conversation_id` accepted from a desk.
 pub const MAX_CONVERSATION_ID_BYTES: usize = 256;
-/// How much of a desk's response body is read (only `{code, message}` is needed).
-/// How much of a desk's `message` is quoted in an error.
-const MAX_QUOTED_CHARS: usize = 200;
 
 pub const PATH_ESTABLISH: &str = "/conversation/establish";
 pub const PATH_CHAT: &str = "/chat";
@@ -132,19 +129,11 @@ fn ack_fields(body: &[u8]) -> (Option<i64>, Option<String>) {
     (code, message)
 }
 
-fn quote(s: &str) -> String {
-    let mut out: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_QUOTED_CHARS).collect();
-    if s.chars().count() > MAX_QUOTED_CHARS {
-        out.push('…');
-    }
-    out
-}
-
 /// Map a desk's answer to the outcome of the call.
 ///
 /// 2xx succeeds unless the body is a JSON object whose `code` is neither 0 nor 200 (an empty
 /// or non-JSON body, or one without `code`, is success). 401/403 are credential failures;
-/// 408, 425, 429 and 5xx are worth retrying; every other status is permanent.
+/// 429 and 5xx are worth retrying; every other status (408 and 425 included) is permanent.
 fn classify(reply: &Reply) -> Result<(), DeliveryError> {
     let (code, message) = ack_fields(&reply.body);
     let detail = message.map(|m| format!(": {m}")).unwrap_or_default();
@@ -486,10 +475,10 @@ mod tests {
     fn status_mapping() {
         assert!(matches!(err(classify(401, None, b"", "x")), DeliveryError::Unauthorized { .. }));
         assert!(matches!(err(classify(403, None, b"", "x")), DeliveryError::Unauthorized { .. }));
-        for s in [408, 425, 429, 500, 502, 503, 504] {
+        for s in [429, 500, 502, 503, 504] {
             assert!(matches!(err(classify(s, None, b"", "x")), DeliveryError::Retryable { .. }), "{s}");
         }
-        for s in [301, 302, 400, 404, 410, 422] {
+        for s in [301, 302, 400, 404, 408, 410, 422, 425] {
             assert!(matches!(err(classify(s, None, b"", "x")), DeliveryError::Permanent { .. }), "{s}");
         }
         assert_eq!(

@@ -33,6 +33,103 @@ pub struct Agent {
     /// Where a request goes when no human can take it (outside hours, desk down).
     #[serde(default)]
     pub fallback: FallbackConfig,
+    /// Messaging channels connected to this agent besides the widget.
+    #[serde(default)]
+    pub channels: ChannelsConfig,
+    /// The agent's Zoho SalesIQ account: a channel (the AI answers inside SalesIQ) and,
+    /// with `desk.kind = "salesiq"`, the human desk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salesiq: Option<SalesiqConfig>,
+}
+
+/// Channels besides the widget, each optional.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelsConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub telegram: Option<TelegramConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<LineConfig>,
+}
+
+/// A Telegram bot (Bot API).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramConfig {
+    /// The token from @BotFather.
+    pub bot_token: Secret,
+    /// `secret_token` registered with `setWebhook`; Telegram sends it on every webhook call.
+    pub secret_token: Secret,
+    /// Bot API base URL.
+    #[serde(default = "default_telegram_api")]
+    pub api_base: String,
+    /// `baton serve` fetches updates with `getUpdates` instead of receiving the webhook
+    /// (local use without a public URL).
+    #[serde(default)]
+    pub poll: bool,
+}
+
+pub fn default_telegram_api() -> String {
+    "https://api.telegram.org".into()
+}
+
+/// A LINE Messaging API channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineConfig {
+    /// Channel secret: the key of `X-Line-Signature`.
+    pub channel_secret: Secret,
+    /// Long-lived channel access token.
+    pub access_token: Secret,
+    /// Messaging API base URL.
+    #[serde(default = "default_line_api")]
+    pub api_base: String,
+}
+
+pub fn default_line_api() -> String {
+    "https://api.line.me".into()
+}
+
+/// A Zoho SalesIQ portal and the OAuth client the hub uses for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SalesiqConfig {
+    /// REST API server of the portal's data centre.
+    #[serde(default = "default_salesiq_server")]
+    pub server: String,
+    /// Zoho Accounts server of the same data centre (the `accounts-server` of the grant).
+    #[serde(default = "default_zoho_accounts")]
+    pub accounts_server: String,
+    /// The portal's screen name (in every API path).
+    pub screen_name: String,
+    /// Brand (app) id of the chat widget visitors write in.
+    pub app_id: String,
+    /// OAuth client (Self Client or Org client) and its offline refresh token.
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub refresh_token: Secret,
+    /// Public keys of "Secure your webhook" (PEM or base64 DER); two during a rotation.
+    #[serde(default)]
+    pub webhook_public_keys: Vec<String>,
+    /// The operator (user) id the hub's token posts as; its messages come back as
+    /// `conversation.operator.replied` and are never taken for a human's reply.
+    #[serde(default)]
+    pub bot_operator_id: Option<String>,
+    /// Answer visitors who write in SalesIQ itself (the AI proxy). Off: SalesIQ is only a desk.
+    #[serde(default = "default_true")]
+    pub answer_visitors: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+pub fn default_salesiq_server() -> String {
+    "https://salesiq.zoho.com".into()
+}
+
+pub fn default_zoho_accounts() -> String {
+    "https://accounts.zoho.com".into()
 }
 
 /// The escalation fallback used when no human desk can take a request.
@@ -105,6 +202,23 @@ pub enum DeskConfig {
         #[serde(default)]
         signing_secret: Option<Secret>,
     },
+    /// Zoho SalesIQ (credentials in the agent's `salesiq` section). Users of other channels
+    /// get a SalesIQ conversation opened as a visitor; users already in SalesIQ are
+    /// transferred to the department inside their own conversation.
+    Salesiq {
+        department_id: String,
+        /// A specific operator to transfer to; else anyone available in the department.
+        #[serde(default)]
+        operator_id: Option<String>,
+    },
+}
+
+impl DeskConfig {
+    /// Whether users on `channel` already sit in this desk's own messenger, so a handoff
+    /// is a transfer inside their conversation rather than a relay to a new one.
+    pub fn hosts(&self, channel: crate::model::Channel) -> bool {
+        matches!((self, channel), (DeskConfig::Salesiq { .. }, crate::model::Channel::Salesiq))
+    }
 }
 
 /// Handoff policy of one agent (seed 004).
@@ -154,6 +268,12 @@ pub struct WidgetConfig {
     pub allowed_origins: Vec<String>,
 }
 
+fn url_field(bad: &mut impl FnMut(&str, String), path: &str, url: &str) {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        bad(path, format!("must be an http:// or https:// URL, got {url:?}"));
+    }
+}
+
 /// One problem in an agent's configuration; `path` names the field (`desk.url`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
@@ -177,6 +297,18 @@ impl Agent {
         }
         if let FallbackConfig::Ticket { signing_secret, .. } = &mut self.fallback {
             out.extend(signing_secret.as_mut().map(|s| ("fallback.signing_secret", s)));
+        }
+        if let Some(t) = &mut self.channels.telegram {
+            out.push(("channels.telegram.bot_token", &mut t.bot_token));
+            out.push(("channels.telegram.secret_token", &mut t.secret_token));
+        }
+        if let Some(l) = &mut self.channels.line {
+            out.push(("channels.line.channel_secret", &mut l.channel_secret));
+            out.push(("channels.line.access_token", &mut l.access_token));
+        }
+        if let Some(z) = &mut self.salesiq {
+            out.push(("salesiq.client_secret", &mut z.client_secret));
+            out.push(("salesiq.refresh_token", &mut z.refresh_token));
         }
         out
     }
@@ -250,6 +382,47 @@ impl Agent {
                 bad("fallback.signing_secret", "must be a Standard Webhooks secret starting with whsec_".into());
             }
         }
+        if let DeskConfig::Salesiq { department_id, .. } = &self.desk {
+            if self.salesiq.is_none() {
+                bad("desk", "kind = \"salesiq\" needs a [salesiq] section with the account".into());
+            }
+            if department_id.trim().is_empty() {
+                bad("desk.department_id", "must not be empty".into());
+            }
+        }
+        if let Some(t) = &self.channels.telegram {
+            let s = t.secret_token.expose();
+            let ok = is_ssm_reference(&t.secret_token)
+                || (!s.is_empty()
+                    && s.len() <= 256
+                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+            if !ok {
+                bad("channels.telegram.secret_token", "must be 1-256 characters of A-Z, a-z, 0-9, '_' or '-'".into());
+            }
+            url_field(&mut bad, "channels.telegram.api_base", &t.api_base);
+        }
+        if let Some(l) = &self.channels.line {
+            url_field(&mut bad, "channels.line.api_base", &l.api_base);
+        }
+        if let Some(z) = &self.salesiq {
+            url_field(&mut bad, "salesiq.server", &z.server);
+            url_field(&mut bad, "salesiq.accounts_server", &z.accounts_server);
+            for (path, v) in [
+                ("salesiq.screen_name", &z.screen_name),
+                ("salesiq.app_id", &z.app_id),
+                ("salesiq.client_id", &z.client_id),
+            ] {
+                if v.trim().is_empty() || v.contains('/') {
+                    bad(path, "must not be empty or contain '/'".into());
+                }
+            }
+            if z.webhook_public_keys.is_empty() {
+                bad(
+                    "salesiq.webhook_public_keys",
+                    "needs at least one public key from \"Secure your webhook\"; unsigned webhooks are refused".into(),
+                );
+            }
+        }
         for (lang, _) in self.messages.iter() {
             if !crate::messages::LANGUAGES.contains(&lang.as_str()) {
                 bad(
@@ -278,6 +451,8 @@ mod tests {
             messages: Default::default(),
             hours: None,
             fallback: FallbackConfig::None,
+            channels: ChannelsConfig::default(),
+            salesiq: None,
         }
     }
 

@@ -23,6 +23,9 @@ pub enum Effect {
     },
     SendToUser {
         message: OutMessage,
+        /// The channel's reply token for the user's last message, while it is fresh.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_token: Option<String>,
     },
     /// Open a desk conversation; the result comes back as `DeskOpened`/`DeskOpenFailed`.
     OpenDesk {

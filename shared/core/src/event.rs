@@ -39,6 +39,9 @@ pub enum EventKind {
         email: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         language: Option<String>,
+        /// A single-use token to answer this message cheaply (LINE's reply token).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply: Option<ReplyHandle>,
     },
     /// The channel learned the user's e-mail outside the chat.
     UserSetEmail { email: String },
@@ -86,6 +89,13 @@ impl EventKind {
             EventKind::Wake => "wake",
         }
     }
+}
+
+/// A channel's single-use handle for answering one user message, valid until `valid_until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyHandle {
+    pub token: String,
+    pub valid_until: Millis,
 }
 
 /// What a brain says to one question.

@@ -23,6 +23,8 @@ pub enum Channel {
     Telegram,
     Line,
     Whatsapp,
+    /// A visitor in Zoho SalesIQ's own chat; the user id is the SalesIQ conversation id.
+    Salesiq,
 }
 
 impl Channel {
@@ -33,6 +35,7 @@ impl Channel {
             Channel::Telegram => "telegram",
             Channel::Line => "line",
             Channel::Whatsapp => "whatsapp",
+            Channel::Salesiq => "salesiq",
         }
     }
 
@@ -43,6 +46,7 @@ impl Channel {
             "telegram" => Channel::Telegram,
             "line" => Channel::Line,
             "whatsapp" => Channel::Whatsapp,
+            "salesiq" => Channel::Salesiq,
             _ => return None,
         })
     }
@@ -52,10 +56,55 @@ impl Channel {
         matches!(self, Channel::Widget)
     }
 
-    /// Channels that render buttons; the others get a numbered text fallback.
+    /// Channels that render buttons; on the others the button labels are listed in the text.
     pub fn has_buttons(self) -> bool {
         matches!(self, Channel::Widget | Channel::Api | Channel::Telegram | Channel::Line | Channel::Whatsapp)
     }
+
+    /// Longest text one message may carry on the channel, in UTF-16 code units (how LINE
+    /// counts, and at least as strict as counting characters); longer text is sent as
+    /// several messages.
+    pub fn max_text_units(self) -> Option<usize> {
+        match self {
+            Channel::Telegram => Some(4096),
+            Channel::Line => Some(5000),
+            Channel::Whatsapp => Some(4096),
+            Channel::Widget | Channel::Api | Channel::Salesiq => None,
+        }
+    }
+}
+
+/// Length of `text` in UTF-16 code units.
+pub fn utf16_len(text: &str) -> usize {
+    text.chars().map(char::len_utf16).sum()
+}
+
+/// Split `text` into pieces of at most `max` UTF-16 code units, preferring a break after a
+/// newline, then after a space; a piece never splits a character.
+pub fn split_text(text: &str, max: usize) -> Vec<String> {
+    let max = max.max(2);
+    let mut out = Vec::new();
+    let mut rest = text;
+    while utf16_len(rest) > max {
+        // Byte offset just past the longest prefix within `max` units.
+        let mut units = 0;
+        let hard = rest
+            .char_indices()
+            .find(|(_, c)| {
+                units += c.len_utf16();
+                units > max
+            })
+            .map_or(rest.len(), |(i, _)| i);
+        let window = &rest[..hard];
+        let cut =
+            window.rfind('\n').or_else(|| window.rfind(' ')).map(|i| i + 1).filter(|&i| i > hard / 2).unwrap_or(hard);
+        out.push(rest[..cut].to_string());
+        rest = &rest[cut..];
+    }
+    if !rest.is_empty() || out.is_empty() {
+        out.push(rest.to_string());
+    }
+    out
 }
 
 /// Longest opaque user id accepted from a provider.
@@ -218,6 +267,20 @@ mod tests {
         assert_eq!(ConversationKey::new("demo", Channel::Widget, "a\nb"), Err(KeyError::BadUser));
         assert_eq!(ConversationKey::parse("demo#fax#u"), Err(KeyError::BadChannel));
         assert_eq!(ConversationKey::parse("demo"), Err(KeyError::Malformed));
+    }
+
+    #[test]
+    fn split_text_keeps_every_character_and_the_limit() {
+        let text = "ab cd\nef ghij klmno".repeat(50) + "žžž中文😀😀 x😀";
+        for max in [2, 3, 7, 64, 4096] {
+            let parts = split_text(&text, max);
+            assert_eq!(parts.concat(), text, "max {max}");
+            assert!(parts.iter().all(|p| utf16_len(p) <= max && !p.is_empty()), "max {max}");
+        }
+        // Emoji count twice, as LINE and Telegram count them.
+        assert_eq!(split_text("😀😀😀", 4), ["😀😀", "😀"]);
+        assert_eq!(split_text("hello world", 8), ["hello ", "world"]);
+        assert_eq!(split_text("", 8), [""]);
     }
 
     #[test]

@@ -187,13 +187,29 @@ impl DeliveryError {
 /// Sends a message to the end user on their channel.
 #[async_trait]
 pub trait ChannelSender: Send + Sync {
+    /// `reply_token`: the channel's token for answering the user's last message, while fresh.
     async fn send(
         &self,
         agent: &Agent,
         key: &ConversationKey,
         message: &OutMessage,
         idempotency_key: &str,
+        reply_token: Option<&str>,
     ) -> Result<(), DeliveryError>;
+}
+
+/// Small records the connectors share across processes and invocations (OAuth access
+/// tokens, ids of messages the hub posted itself, polling offsets), each with an expiry.
+#[async_trait]
+pub trait KeyValue: Send + Sync {
+    /// The value of `name` unless it expired before `now`.
+    async fn get(&self, name: &str, now: Millis) -> Result<Option<String>, StoreError>;
+    async fn put(&self, name: &str, value: &str, expires_at: Millis) -> Result<(), StoreError>;
+    /// Write `name` only if it is absent or expired at `now`; true when this call wrote it.
+    /// A lease: the one process that gets `true` does the work (e.g. an OAuth refresh).
+    async fn put_if_absent(&self, name: &str, value: &str, now: Millis, expires_at: Millis)
+        -> Result<bool, StoreError>;
+    async fn delete(&self, name: &str) -> Result<(), StoreError>;
 }
 
 /// A human help-desk.

@@ -5,7 +5,7 @@
 
 use crate::agent::{Agent, DeskConfig, FallbackConfig};
 use crate::effect::{Effect, HandoffRequest, TimerKind};
-use crate::event::{BrainReply, Event, EventKind};
+use crate::event::{BrainReply, Event, EventKind, ReplyHandle};
 use crate::messages::{self, MessageKey};
 use crate::model::{Button, CloseReason, ConversationKey, Millis, OutMessage, Role, ServiceStatus, Turn};
 use crate::phrases;
@@ -49,6 +49,9 @@ pub struct Session {
     /// What happened in the last human session, for the bot's context.
     #[serde(default)]
     pub summary: Option<String>,
+    /// The channel's reply handle for the user's last message, until it is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<ReplyHandle>,
     #[serde(default)]
     pub updated_at: Millis,
 }
@@ -95,6 +98,20 @@ pub struct Handoff {
     pub id: String,
     pub reason: String,
     pub requested_at: Millis,
+    #[serde(default)]
+    pub mode: HandoffMode,
+}
+
+/// How the human gets the conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HandoffMode {
+    /// A desk conversation is opened for the user; the hub relays both ways.
+    #[default]
+    Relay,
+    /// The user already writes in the desk's own messenger: the desk transfers the
+    /// conversation to a human and the hub stays silent until the desk completes it.
+    Transfer,
 }
 
 /// Why an event changed nothing. Recorded as seen and logged, never acted on.
@@ -139,6 +156,7 @@ impl Session {
             timer: None,
             next_timer_generation: 1,
             summary: None,
+            reply: None,
             updated_at: Millis(0),
         }
     }
@@ -183,7 +201,8 @@ struct Machine<'a> {
 
 impl Machine<'_> {
     fn apply(&mut self, kind: &EventKind) -> Result<(), Ignored> {
-        if let EventKind::UserMessage { email, language, .. } = kind {
+        if let EventKind::UserMessage { email, language, reply, .. } = kind {
+            self.s.reply = reply.clone();
             if let Some(e) = email.as_deref().filter(|e| crate::email::is_valid(e)) {
                 self.s.email = Some(e.to_string());
             }
@@ -248,7 +267,7 @@ impl Machine<'_> {
                     BrainReply::Handoff { reason, text } => {
                         // Not added to the history: the desk gets the turns before the question.
                         if let Some(t) = text {
-                            self.fx.push(Effect::SendToUser { message: OutMessage::new(Role::Bot, t.clone()) });
+                            self.send(OutMessage::new(Role::Bot, t.clone()));
                         }
                         self.start_handoff(self.last_user_text(), reason.clone());
                     }
@@ -285,6 +304,33 @@ impl Machine<'_> {
                 Ok(())
             }
             (State::CollectingEmail { .. }, EventKind::HandoffRequested { .. }) => Err(Ignored::AlreadyHandedOff),
+
+            // ---- A transfer inside the desk's own messenger: the hub only watches ----
+            (State::WaitingForHuman { handoff, desk_conversation_id, .. }, ev)
+                if handoff.mode == HandoffMode::Transfer =>
+            {
+                self.transferred(handoff, desk_conversation_id, 0, ev)
+            }
+            (State::WithHuman { handoff, desk_conversation_id, human_messages }, ev)
+                if handoff.mode == HandoffMode::Transfer =>
+            {
+                self.transferred(handoff, Some(desk_conversation_id), human_messages, ev)
+            }
+            // An operator took over the desk's own conversation without a handoff.
+            (State::Bot, EventKind::HumanMessage { desk_conversation_id, text })
+                if self.agent.desk.hosts(self.s.key.channel) && *desk_conversation_id == self.s.key.user =>
+            {
+                let handoff = Handoff {
+                    id: self.handoff_id(),
+                    reason: "an operator joined the conversation".into(),
+                    requested_at: self.now,
+                    mode: HandoffMode::Transfer,
+                };
+                self.s.push_turn(Role::Human, text, self.now);
+                self.s.state =
+                    State::WithHuman { handoff, desk_conversation_id: desk_conversation_id.clone(), human_messages: 1 };
+                Ok(())
+            }
 
             // ---- WaitingForHuman ----
             (State::WaitingForHuman { handoff, desk_conversation_id, asked_to_keep_waiting }, ev) => {
@@ -361,24 +407,10 @@ impl Machine<'_> {
                 Ok(())
             }
             EventKind::DeskOpened { handoff_id, desk_conversation_id } => {
-                if *handoff_id != handoff.id || desk_id.is_some() {
-                    return Err(Ignored::StaleHandoff);
-                }
-                self.s.state = State::WaitingForHuman {
-                    handoff,
-                    desk_conversation_id: Some(desk_conversation_id.clone()),
-                    asked_to_keep_waiting: asked,
-                };
-                Ok(())
+                self.desk_opened(handoff, desk_id, asked, handoff_id, desk_conversation_id)
             }
             EventKind::DeskOpenFailed { handoff_id, .. } => {
-                if *handoff_id != handoff.id {
-                    return Err(Ignored::StaleHandoff);
-                }
-                self.back_to_bot(&handoff, "the desk could not be reached");
-                self.say(MessageKey::DeskFailed);
-                self.escalate(self.last_user_text(), handoff.reason.clone());
-                Ok(())
+                self.desk_open_failed(&handoff, handoff_id, "the desk could not be reached")
             }
             EventKind::HumanMessage { desk_conversation_id, text } => {
                 if !matches_desk(desk_conversation_id) {
@@ -388,9 +420,7 @@ impl Machine<'_> {
                     State::WithHuman { handoff, desk_conversation_id: desk_conversation_id.clone(), human_messages: 1 };
                 self.say(MessageKey::HumanJoined);
                 self.s.push_turn(Role::Human, text, self.now);
-                self.fx.push(Effect::SendToUser {
-                    message: self.with_end_button(OutMessage::new(Role::Human, text.clone())),
-                });
+                self.send(self.with_end_button(OutMessage::new(Role::Human, text.clone())));
                 self.arm(TimerKind::Session, self.agent.policy.session_timeout_secs);
                 Ok(())
             }
@@ -419,7 +449,7 @@ impl Machine<'_> {
                             Button { label: self.msg(MessageKey::EndRequest), value: END_VALUE.into() },
                         ],
                     };
-                    self.fx.push(Effect::SendToUser { message: question });
+                    self.send(question);
                     self.arm(TimerKind::WaitReply, self.agent.policy.wait_reply_timeout_secs);
                 }
                 Ok(())
@@ -463,9 +493,7 @@ impl Machine<'_> {
                 }
                 self.s.state = State::WithHuman { handoff, desk_conversation_id: desk_id, human_messages: count + 1 };
                 self.s.push_turn(Role::Human, text, self.now);
-                self.fx.push(Effect::SendToUser {
-                    message: self.with_end_button(OutMessage::new(Role::Human, text.clone())),
-                });
+                self.send(self.with_end_button(OutMessage::new(Role::Human, text.clone())));
                 self.arm(TimerKind::Session, self.agent.policy.session_timeout_secs);
                 Ok(())
             }
@@ -496,6 +524,94 @@ impl Machine<'_> {
         }
     }
 
+    /// A conversation transferred inside the desk's messenger: the user and the human talk
+    /// there directly, so nothing is relayed and no timer runs; the hub keeps the turns for
+    /// the bot's context and takes the conversation back when the desk completes it.
+    fn transferred(
+        &mut self,
+        handoff: Handoff,
+        desk_id: Option<String>,
+        count: u32,
+        ev: &EventKind,
+    ) -> Result<(), Ignored> {
+        let matches_desk = |d: &str| desk_id.as_deref().map_or(d == self.s.key.user, |own| own == d);
+        match ev {
+            EventKind::UserMessage { text, .. } => {
+                self.s.push_turn(Role::User, text, self.now);
+                Ok(())
+            }
+            EventKind::DeskOpened { handoff_id, desk_conversation_id } => {
+                self.desk_opened(handoff, desk_id, false, handoff_id, desk_conversation_id)
+            }
+            EventKind::DeskOpenFailed { handoff_id, .. } => {
+                self.desk_open_failed(&handoff, handoff_id, "the transfer failed")
+            }
+            EventKind::HumanMessage { desk_conversation_id, text } => {
+                if !matches_desk(desk_conversation_id) {
+                    return Err(Ignored::StaleHandoff);
+                }
+                self.s.push_turn(Role::Human, text, self.now);
+                self.s.state = State::WithHuman {
+                    handoff,
+                    desk_conversation_id: desk_conversation_id.clone(),
+                    human_messages: count + 1,
+                };
+                Ok(())
+            }
+            EventKind::HumanClosed { desk_conversation_id } => {
+                if !matches_desk(desk_conversation_id) {
+                    return Err(Ignored::StaleHandoff);
+                }
+                // The desk completed its conversation: nothing more can be said in it.
+                self.back_to_bot(&handoff, "the desk completed the conversation");
+                Ok(())
+            }
+            EventKind::UserEnded => {
+                self.back_to_bot(&handoff, "the user ended the session");
+                Ok(())
+            }
+            EventKind::TimerFired { .. } => Err(Ignored::StaleTimer),
+            EventKind::BrainReplied { .. } | EventKind::BrainFailed { .. } => Err(Ignored::LateBrainReply),
+            EventKind::HandoffRequested { .. } => Err(Ignored::AlreadyHandedOff),
+            EventKind::UserSetEmail { .. } | EventKind::Wake => Ok(()),
+            EventKind::FallbackDone { detail } => {
+                self.fallback_done(detail);
+                Ok(())
+            }
+        }
+    }
+
+    /// The desk named its conversation for the pending handoff (once).
+    fn desk_opened(
+        &mut self,
+        handoff: Handoff,
+        desk_id: Option<String>,
+        asked: bool,
+        handoff_id: &str,
+        desk_conversation_id: &str,
+    ) -> Result<(), Ignored> {
+        if handoff_id != handoff.id || desk_id.is_some() {
+            return Err(Ignored::StaleHandoff);
+        }
+        self.s.state = State::WaitingForHuman {
+            handoff,
+            desk_conversation_id: Some(desk_conversation_id.to_string()),
+            asked_to_keep_waiting: asked,
+        };
+        Ok(())
+    }
+
+    /// The desk refused the pending handoff for good: tell the user, try the fallback.
+    fn desk_open_failed(&mut self, handoff: &Handoff, handoff_id: &str, how: &str) -> Result<(), Ignored> {
+        if handoff_id != handoff.id {
+            return Err(Ignored::StaleHandoff);
+        }
+        self.back_to_bot(handoff, how);
+        self.say(MessageKey::DeskFailed);
+        self.escalate(self.last_user_text(), handoff.reason.clone());
+        Ok(())
+    }
+
     fn check_timer(&mut self, generation: u64) -> Result<(), Ignored> {
         match self.s.timer {
             Some(t) if t.generation == generation => {
@@ -521,7 +637,7 @@ impl Machine<'_> {
                     Some(next) => self.msg(MessageKey::OutOfHours).replace("{next_opening}", &schedule.describe(next)),
                     None => self.msg(MessageKey::OutOfHoursNoNext),
                 };
-                self.fx.push(Effect::SendToUser { message: OutMessage::new(Role::System, text) });
+                self.send(OutMessage::new(Role::System, text));
                 self.escalate(question, format!("{reason}; outside service hours"));
                 return;
             }
@@ -542,7 +658,8 @@ impl Machine<'_> {
     }
 
     fn open_desk(&mut self, question: String, reason: String) {
-        let handoff = Handoff { id: self.handoff_id(), reason: reason.clone(), requested_at: self.now };
+        let mode = if self.agent.desk.hosts(self.s.key.channel) { HandoffMode::Transfer } else { HandoffMode::Relay };
+        let handoff = Handoff { id: self.handoff_id(), reason: reason.clone(), requested_at: self.now, mode };
         let email = match (&self.s.email, self.s.key.channel.collects_email()) {
             (Some(e), _) => e.clone(),
             (None, _) => self.agent.policy.default_email.clone(),
@@ -555,19 +672,25 @@ impl Machine<'_> {
             reason,
         };
         self.s.state = State::WaitingForHuman { handoff, desk_conversation_id: None, asked_to_keep_waiting: false };
+        if mode == HandoffMode::Transfer {
+            // The desk queues the user itself: say it once, then leave the conversation to it.
+            self.say(MessageKey::Waiting);
+            self.fx.push(Effect::OpenDesk { request });
+            return;
+        }
         let waiting = OutMessage {
             from: Role::System,
             text: self.msg(MessageKey::Waiting),
             buttons: vec![Button { label: self.msg(MessageKey::EndRequest), value: END_VALUE.into() }],
         };
-        self.fx.push(Effect::SendToUser { message: waiting });
+        self.send(waiting);
         self.fx.push(Effect::OpenDesk { request });
         self.arm(TimerKind::Wait, self.agent.policy.wait_timeout_secs);
     }
 
     fn fallback_done(&mut self, detail: &str) {
         let text = self.msg(MessageKey::FallbackDone).replace("{detail}", detail);
-        self.fx.push(Effect::SendToUser { message: OutMessage::new(Role::System, text) });
+        self.send(OutMessage::new(Role::System, text));
     }
 
     /// Pass a request no human can take to the agent's fallback (ticket, e-mail, ...).
@@ -641,12 +764,27 @@ impl Machine<'_> {
             MessageKey::AskEmail | MessageKey::InvalidEmail | MessageKey::HandoffCancelled => Role::Bot,
             _ => Role::System,
         };
-        self.fx.push(Effect::SendToUser { message: OutMessage::new(from, text) });
+        self.send(OutMessage::new(from, text));
+    }
+
+    /// Queue a message for the user: split to the channel's length limit (buttons go with
+    /// the last piece), the first piece answering with the channel's reply token while fresh.
+    fn send(&mut self, message: OutMessage) {
+        let pieces = match self.s.key.channel.max_text_units() {
+            Some(max) if crate::model::utf16_len(&message.text) > max => crate::model::split_text(&message.text, max),
+            _ => vec![message.text.clone()],
+        };
+        let last = pieces.len() - 1;
+        for (i, text) in pieces.into_iter().enumerate() {
+            let buttons = if i == last { message.buttons.clone() } else { Vec::new() };
+            let reply_token = self.s.reply.take().filter(|r| r.valid_until > self.now).map(|r| r.token);
+            self.fx.push(Effect::SendToUser { message: OutMessage { from: message.from, text, buttons }, reply_token });
+        }
     }
 
     fn say_as(&mut self, role: Role, text: String) {
         self.s.push_turn(role, &text, self.now);
-        self.fx.push(Effect::SendToUser { message: OutMessage::new(role, text) });
+        self.send(OutMessage::new(role, text));
     }
 
     fn with_end_button(&self, mut m: OutMessage) -> OutMessage {

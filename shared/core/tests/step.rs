@@ -6,9 +6,10 @@
 //! both sides can end it.
 
 use baton_core::agent::{Agent, BrainConfig, DeskConfig, Policy, WidgetConfig};
+use baton_core::event::ReplyHandle;
 use baton_core::messages::{self, MessageKey};
 use baton_core::model::{Button, Channel, CloseReason, ConversationKey, Millis, OutMessage, Role, Turn};
-use baton_core::session::{Handoff, END_VALUE, HISTORY_CAP, KEEP_WAITING_VALUE};
+use baton_core::session::{Handoff, HandoffMode, END_VALUE, HISTORY_CAP, KEEP_WAITING_VALUE};
 use baton_core::{step, BrainReply, Effect, Event, EventKind, HandoffRequest, Ignored, Session, State, TimerKind};
 
 const T0: i64 = 1_700_000_000_000;
@@ -30,6 +31,8 @@ fn agent() -> Agent {
         messages: Default::default(),
         hours: None,
         fallback: Default::default(),
+        channels: Default::default(),
+        salesiq: None,
     }
 }
 
@@ -42,11 +45,11 @@ fn de(key: MessageKey) -> String {
 }
 
 fn system(text: String) -> Effect {
-    Effect::SendToUser { message: OutMessage::new(Role::System, text) }
+    Effect::SendToUser { message: OutMessage::new(Role::System, text), reply_token: None }
 }
 
 fn bot(text: String) -> Effect {
-    Effect::SendToUser { message: OutMessage::new(Role::Bot, text) }
+    Effect::SendToUser { message: OutMessage::new(Role::Bot, text), reply_token: None }
 }
 
 /// The "connecting you" notice, with its "End request" button.
@@ -60,6 +63,7 @@ fn waiting_with(text: String, lang: &str) -> Effect {
                 value: END_VALUE.into(),
             }],
         },
+        reply_token: None,
     }
 }
 
@@ -68,7 +72,7 @@ fn waiting(lang: &str) -> Effect {
 }
 
 fn user(text: &str) -> EventKind {
-    EventKind::UserMessage { text: text.into(), email: None, language: None }
+    EventKind::UserMessage { text: text.into(), email: None, language: None, reply: None }
 }
 
 fn answer(text: &str) -> EventKind {
@@ -198,7 +202,7 @@ fn schedules(fx: &[Effect]) -> Vec<(u64, Millis, TimerKind)> {
 fn sent(fx: &[Effect]) -> Vec<OutMessage> {
     fx.iter()
         .filter_map(|e| match e {
-            Effect::SendToUser { message } => Some(message.clone()),
+            Effect::SendToUser { message, .. } => Some(message.clone()),
             _ => None,
         })
         .collect()
@@ -262,7 +266,10 @@ fn brain_answer_is_sent_from_the_bot_and_resets_unanswered() {
     sim.apply(user("what is y?"));
     let len = sim.session.history.len();
     let fx = sim.apply(answer("Y is a letter."));
-    assert_eq!(fx, vec![Effect::SendToUser { message: OutMessage::new(Role::Bot, "Y is a letter.") }]);
+    assert_eq!(
+        fx,
+        vec![Effect::SendToUser { message: OutMessage::new(Role::Bot, "Y is a letter."), reply_token: None }]
+    );
     assert_eq!(sim.session.unanswered, 0);
     assert_eq!(sim.session.state, State::Bot);
     assert_eq!(sim.session.history.len(), len + 1);
@@ -275,7 +282,13 @@ fn unknown_below_the_limit_says_not_understood() {
     let mut sim = Sim::new(Channel::Widget);
     sim.apply(user("what is x?"));
     let fx = sim.apply(unknown());
-    assert_eq!(fx, vec![Effect::SendToUser { message: OutMessage::new(Role::Bot, en(MessageKey::NotUnderstood)) }]);
+    assert_eq!(
+        fx,
+        vec![Effect::SendToUser {
+            message: OutMessage::new(Role::Bot, en(MessageKey::NotUnderstood)),
+            reply_token: None
+        }]
+    );
     assert_eq!(sim.session.unanswered, 1);
     assert_eq!(sim.session.state, State::Bot);
 
@@ -540,6 +553,7 @@ fn an_email_known_to_the_widget_skips_collection() {
         text: "human".into(),
         email: Some("pre@example.com".into()),
         language: None,
+        reply: None,
     });
     assert_eq!(open_desk(&fx).email, "pre@example.com");
 
@@ -555,6 +569,7 @@ fn an_email_known_to_the_widget_skips_collection() {
         text: "human".into(),
         email: Some("not-an-address".into()),
         language: None,
+        reply: None,
     });
     assert_eq!(fx, vec![bot(en(MessageKey::AskEmail))]);
     assert_eq!(sim.session.email, None);
@@ -649,6 +664,7 @@ fn first_human_message_makes_the_session_official() {
                     text: "Hi, this is Anna.".into(),
                     buttons: vec![Button { label: en(MessageKey::EndChatButton), value: END_VALUE.into() }],
                 },
+                reply_token: None,
             },
             Effect::ScheduleTimer { generation, due: Millis(sim.now.0 + 180_000), kind: TimerKind::Session },
         ]
@@ -702,6 +718,7 @@ fn wait_timeout_asks_to_keep_waiting_or_end() {
                         Button { label: en(MessageKey::EndRequest), value: END_VALUE.into() },
                     ],
                 },
+                reply_token: None,
             },
             Effect::ScheduleTimer {
                 generation: reply_generation,
@@ -987,6 +1004,7 @@ fn messages_follow_the_session_language() {
         text: "Ich möchte mit einem Menschen sprechen".into(),
         email: None,
         language: Some("de".into()),
+        reply: None,
     });
     assert_eq!(sim.session.language.as_deref(), Some("de"));
     assert_eq!(fx[0], waiting("de"));
@@ -1011,7 +1029,12 @@ fn unsupported_languages_fall_back_to_the_agent_language() {
     let mut a = agent();
     a.language = "fr".into();
     let mut sim = Sim::with_agent(Channel::Widget, a);
-    let fx = sim.apply(EventKind::UserMessage { text: "humain".into(), email: None, language: Some("xx".into()) });
+    let fx = sim.apply(EventKind::UserMessage {
+        text: "humain".into(),
+        email: None,
+        language: Some("xx".into()),
+        reply: None,
+    });
     assert_eq!(sim.session.language, None);
     assert_eq!(fx, vec![bot(messages::default_text("fr", MessageKey::AskEmail).to_string())]);
 }
@@ -1059,6 +1082,7 @@ fn an_email_sent_along_with_a_message_while_collecting_opens_the_desk() {
         text: "here you go".into(),
         email: Some("ed@example.com".into()),
         language: None,
+        reply: None,
     });
     assert_eq!(open_desk(&fx).email, "ed@example.com");
     assert!(matches!(sim.session.state, State::WaitingForHuman { .. }));
@@ -1151,4 +1175,156 @@ fn without_a_fallback_nothing_is_escalated() {
     let id = sim.handoff().id;
     let fx = sim.apply(EventKind::DeskOpenFailed { handoff_id: id, error: "503".into() });
     assert!(escalations(&fx).is_empty());
+}
+
+// ---- Desk -> same desk: the user is in SalesIQ and SalesIQ is the desk ----
+
+fn salesiq_agent() -> Agent {
+    let mut a = agent();
+    a.desk = DeskConfig::Salesiq { department_id: "dep-1".into(), operator_id: None };
+    a
+}
+
+/// A SalesIQ visitor conversation (`user-1` is its SalesIQ id) handed off by a transfer.
+fn transferred() -> Sim {
+    let mut sim = Sim::with_agent(Channel::Salesiq, salesiq_agent());
+    let fx = sim.apply(user("human"));
+    assert!(
+        matches!(&sim.session.state, State::WaitingForHuman { handoff, .. } if handoff.mode == HandoffMode::Transfer)
+    );
+    // One notice without buttons, the transfer, and no wait timer: the desk queues the user.
+    assert_eq!(fx.len(), 2, "{fx:?}");
+    assert_eq!(fx[0], system(en(MessageKey::Waiting)));
+    assert_eq!(open_desk(&fx).question, "human");
+    assert!(sim.session.timer.is_none());
+    let id = sim.handoff().id;
+    assert_eq!(sim.apply(desk_opened(&id, "user-1")), vec![]);
+    sim
+}
+
+#[test]
+fn a_transfer_inside_the_desk_keeps_the_hub_silent_until_the_desk_completes() {
+    let mut sim = transferred();
+    // The visitor and the operator talk in SalesIQ itself: nothing is relayed either way.
+    assert_eq!(sim.apply(user("are you there?")), vec![]);
+    assert_eq!(sim.apply(human("user-1", "Hi, Anna here.")), vec![]);
+    assert!(matches!(sim.session.state, State::WithHuman { human_messages: 1, .. }));
+    assert_eq!(sim.apply(user("my order is late")), vec![]);
+    assert_eq!(sim.apply(human("user-1", "Let me check.")), vec![]);
+    assert!(matches!(sim.session.state, State::WithHuman { human_messages: 2, .. }));
+    // Stale or foreign desk events change nothing.
+    assert_eq!(sim.ignored(human("other-conv", "hi")), Ignored::StaleHandoff);
+    assert_eq!(sim.ignored(timer(1)), Ignored::StaleTimer);
+    // The transcript is kept for the bot's context.
+    let texts: Vec<_> = sim.session.history.iter().map(|t| t.text.as_str()).collect();
+    assert_eq!(texts, ["human", "are you there?", "Hi, Anna here.", "my order is late", "Let me check."]);
+    // Completed: back to the bot without a word (the conversation is closed in SalesIQ).
+    assert_eq!(sim.apply(EventKind::HumanClosed { desk_conversation_id: "user-1".into() }), vec![]);
+    assert_eq!(sim.session.state, State::Bot);
+    assert!(sim.session.summary.as_deref().unwrap_or_default().contains("completed"));
+}
+
+#[test]
+fn a_failed_transfer_tells_the_user_and_returns_to_the_bot() {
+    let mut sim = transferred();
+    // A fresh handoff whose transfer fails for good.
+    let mut sim2 = Sim::with_agent(Channel::Salesiq, salesiq_agent());
+    sim2.apply(user("human"));
+    let id = sim2.handoff().id;
+    let fx = sim2.apply(EventKind::DeskOpenFailed { handoff_id: id, error: "403".into() });
+    assert_eq!(fx, vec![system(en(MessageKey::DeskFailed))]);
+    assert_eq!(sim2.session.state, State::Bot);
+    // A transfer already done ignores a late failure of another handoff.
+    assert_eq!(
+        sim.ignored(EventKind::DeskOpenFailed { handoff_id: "ho_other".into(), error: "x".into() }),
+        Ignored::StaleHandoff
+    );
+}
+
+#[test]
+fn an_operator_joining_the_desks_own_conversation_silences_the_bot() {
+    let mut sim = Sim::with_agent(Channel::Salesiq, salesiq_agent());
+    sim.apply(user("hello"));
+    sim.apply(answer("Hi! How can I help?"));
+    assert_eq!(sim.apply(human("user-1", "Operator here, I'll take it.")), vec![]);
+    assert!(matches!(&sim.session.state, State::WithHuman { handoff, .. } if handoff.mode == HandoffMode::Transfer));
+    // The bot stays out of it: user messages are not sent to the brain.
+    assert_eq!(sim.apply(user("thanks")), vec![]);
+    // An operator message in some other conversation does not count.
+    let mut other = Sim::with_agent(Channel::Salesiq, salesiq_agent());
+    assert_eq!(other.ignored(human("another-conv", "hi")), Ignored::NoActiveHandoff);
+    // On other channels a human message without a handoff stays stale.
+    let mut tg = Sim::with_agent(Channel::Telegram, salesiq_agent());
+    assert_eq!(tg.ignored(human("user-1", "hi")), Ignored::NoActiveHandoff);
+}
+
+#[test]
+fn users_of_other_channels_are_relayed_to_a_salesiq_desk() {
+    let mut sim = Sim::with_agent(Channel::Telegram, salesiq_agent());
+    sim.session.email = Some("jo@example.org".into());
+    let fx = sim.apply(user("human"));
+    assert_eq!(sim.handoff().mode, HandoffMode::Relay);
+    assert_eq!(fx[0], waiting("en"));
+    assert_eq!(schedules(&fx).len(), 1, "relay mode runs the wait timer");
+}
+
+// ---- Channel limits and reply tokens ----
+
+#[test]
+fn long_answers_are_split_to_the_channels_limit_with_buttons_on_the_last_piece() {
+    let long = "word ".repeat(2000); // 10,000 characters
+    let mut sim = Sim::new(Channel::Telegram);
+    sim.apply(user("tell me everything"));
+    let fx = sim.apply(answer(&long));
+    let pieces: Vec<&OutMessage> = fx
+        .iter()
+        .map(|e| match e {
+            Effect::SendToUser { message, .. } => message,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(pieces.len(), 3);
+    assert!(pieces.iter().all(|m| m.text.chars().count() <= 4096));
+    assert_eq!(pieces.iter().map(|m| m.text.as_str()).collect::<String>(), long);
+    // The history keeps the answer whole.
+    assert_eq!(sim.session.history.last().unwrap().text, long);
+
+    // The wait-timeout question's buttons ride on the last piece only.
+    let mut sim = Sim::waiting(Channel::Telegram, "conv-1");
+    let mut overrides = messages::MessageOverrides::new();
+    overrides.entry("en".into()).or_default().insert(MessageKey::WaitTimeoutQuestion, "Still there? ".repeat(400));
+    sim.agent.messages = overrides;
+    sim.advance(61);
+    let fx = sim.apply(timer(sim.generation()));
+    let sends: Vec<&OutMessage> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::SendToUser { message, .. } => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sends.len(), 2);
+    assert!(sends[0].buttons.is_empty());
+    assert_eq!(sends[1].buttons.len(), 2);
+}
+
+#[test]
+fn a_fresh_reply_token_answers_the_first_message_only() {
+    let mut sim = Sim::new(Channel::Line);
+    let reply = Some(ReplyHandle { token: "rt-1".into(), valid_until: Millis(T0 + 50_000) });
+    sim.apply(EventKind::UserMessage { text: "hello".into(), email: None, language: None, reply });
+    sim.advance(2);
+    let fx = sim.apply(answer("Hi!"));
+    assert_eq!(
+        fx,
+        vec![Effect::SendToUser { message: OutMessage::new(Role::Bot, "Hi!"), reply_token: Some("rt-1".into()) }]
+    );
+    assert_eq!(sim.session.reply, None, "a reply token is single-use");
+
+    // Expired by the time the answer comes: sent without it (the channel pushes).
+    let reply = Some(ReplyHandle { token: "rt-2".into(), valid_until: Millis(sim.now.0 + 1_000) });
+    sim.apply(EventKind::UserMessage { text: "and?".into(), email: None, language: None, reply });
+    sim.advance(5);
+    let fx = sim.apply(answer("Later."));
+    assert_eq!(fx, vec![bot("Later.".into())]);
 }

@@ -193,6 +193,8 @@ fn agent(case: &Case) -> Agent {
             DeskConfig::None
         },
         policy: case.policy.clone(),
+        channels: Default::default(),
+        salesiq: None,
         widget: WidgetConfig::default(),
         messages: Default::default(),
         hours: None,
@@ -289,6 +291,7 @@ fn event_kind(op: &Op, s: &Session, m: &Model) -> EventKind {
             text: TEXTS[*text].into(),
             email: email.map(|i| EMAILS[i].to_string()),
             language: language.map(|i| LANGS[i].to_string()),
+            reply: None,
         },
         Op::SetEmail(i) => EventKind::UserSetEmail { email: EMAILS[*i].into() },
         Op::UserEnded => EventKind::UserEnded,
@@ -486,7 +489,7 @@ fn check_applied(prev: &Session, event: &Event, now: Millis, agent: &Agent, out:
     // ---- messages to the user
     let lang = s.language.clone().unwrap_or_else(|| agent.language.clone());
     for e in fx {
-        let Effect::SendToUser { message } = e else { continue };
+        let Effect::SendToUser { message, .. } = e else { continue };
         match message.from {
             Role::Human => {
                 m.human_relays += 1;

@@ -9,6 +9,7 @@
 //! small pool of reader connections (WAL readers do not block the writer).
 
 mod console;
+mod kv;
 mod messages;
 mod queue;
 mod settings;
@@ -40,7 +41,8 @@ const MAX_IDLE_READERS: usize = 4;
 
 /// Schema migrations; migration `i` moves `PRAGMA user_version` from `i` to `i + 1`.
 /// Append new steps, never edit old ones: databases in the field are at some version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE agents (
     id   TEXT PRIMARY KEY,
     json TEXT NOT NULL
@@ -142,7 +144,15 @@ CREATE TABLE console_credentials (
     agent TEXT PRIMARY KEY,
     token TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE kv (
+    name       TEXT PRIMARY KEY,
+    value      TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+"#,
+];
 
 /// The embedded database. Cheap to share: `Db::open` hands out an `Arc<Db>`, and the
 /// queue, timers and console store each keep a clone.

@@ -234,7 +234,12 @@ mod tests {
     use baton_core::model::Millis;
 
     fn msg(id: &str, k: &ConversationKey, text: &str) -> Event {
-        Event::new(id, k.clone(), Millis(1), EventKind::UserMessage { text: text.into(), email: None, language: None })
+        Event::new(
+            id,
+            k.clone(),
+            Millis(1),
+            EventKind::UserMessage { text: text.into(), email: None, language: None, reply: None },
+        )
     }
 
     async fn drain(q: &EmbeddedQueue, k: &ConversationKey) -> Vec<String> {

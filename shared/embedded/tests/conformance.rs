@@ -53,3 +53,9 @@ async fn due_timer_fires_once() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn key_value_expires_and_leases() {
+    let (_dir, db) = open();
+    conformance::key_value_expires_and_leases(db).await;
+}

@@ -16,9 +16,9 @@ use baton_core::ports::{Clock, EventQueue, Store};
 use baton_core::{Event, EventKind};
 pub use baton_runtime::http::Routes;
 use baton_runtime::http::{AppState, Limits, SourceIp};
-use baton_runtime::widget::{ChannelRouter, TokenSigner};
+use baton_runtime::widget::TokenSigner;
 use baton_runtime::worker::{apply_event, drain_outbox};
-use baton_runtime::Ports;
+use baton_runtime::{Connectors, Ports};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +58,7 @@ impl Config {
 #[derive(Clone)]
 pub struct Aws {
     pub ports: Ports,
+    pub salesiq: baton_connectors::salesiq::api::SalesiqClient,
     pub store: Arc<DynamoStore>,
     pub events: Arc<SqsEventQueue>,
     pub timers: Arc<SqsTimers>,
@@ -77,22 +78,21 @@ pub fn wire(
     let timers = Arc::new(SqsTimers::new(sqs, config.timers_queue_url.clone(), clock.clone()));
     // Lambda cannot stream: widget replies are read by polling; the live channel has no readers.
     let (live, _) = tokio::sync::broadcast::channel(16);
-    // One HTTP client (pool, TLS configuration) for every outbound connector.
-    let http = baton_connectors::outbound::http_client(OUTBOUND_TIMEOUT);
-    let channels = ChannelRouter { log: store.clone(), live, clock: clock.clone() };
+    let connectors = Connectors::new(OUTBOUND_TIMEOUT, store.clone(), clock.clone(), store.clone(), live);
     let ports = Ports {
         store: store.clone(),
         queue: events.clone(),
         timers: timers.clone(),
         clock,
         brain: Arc::new(baton_brains::FaqBrain::new()),
-        channels: Arc::new(channels),
-        desk: Arc::new(baton_connectors::webhook_desk::WebhookDesk::from_client(http.clone(), OUTBOUND_TIMEOUT)),
-        fallback: Arc::new(baton_connectors::ticket::TicketFallback::from_client(http, OUTBOUND_TIMEOUT)),
+        channels: connectors.channels.clone(),
+        desk: connectors.desk.clone(),
+        fallback: connectors.fallback.clone(),
         secrets,
+        kv: store.clone(),
         alerts: Default::default(),
     };
-    Aws { ports, store, events, timers, config }
+    Aws { ports, salesiq: connectors.salesiq.clone(), store, events, timers, config }
 }
 
 /// Build from the environment: SDK clients from the Lambda role, settings from env vars.
@@ -106,7 +106,7 @@ pub async fn from_env() -> Result<Aws, Error> {
     Ok(wire(config, Arc::new(baton_runtime::clock::SystemClock), dynamo, sqs, secrets))
 }
 
-/// HTTP routes over the AWS adapters: the widget API or the desk webhooks.
+/// HTTP routes over the AWS adapters: the widget API, the desk webhooks or the channel webhooks.
 pub fn http_router(aws: &Aws, routes: Routes) -> axum::Router {
     let state = AppState {
         ports: aws.ports.clone(),
@@ -115,6 +115,7 @@ pub fn http_router(aws: &Aws, routes: Routes) -> axum::Router {
         signer: TokenSigner::new(aws.config.widget_secret.as_bytes()),
         limits: Arc::new(Limits::default()),
         body_limit: aws.config.body_limit,
+        salesiq: aws.salesiq.clone(),
     };
     baton_runtime::http::router_for(state, routes).layer(axum::middleware::map_request(source_ip))
 }

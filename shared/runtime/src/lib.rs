@@ -5,13 +5,15 @@
 
 pub mod alerts;
 pub mod auth;
+pub mod channels;
 pub mod clock;
+pub mod desks;
 pub mod http;
 pub mod ratelimit;
 pub mod widget;
 pub mod worker;
 
-use baton_core::ports::{Brain, ChannelSender, Clock, Desk, EventQueue, Fallback, Secrets, Store, Timers};
+use baton_core::ports::{Brain, ChannelSender, Clock, Desk, EventQueue, Fallback, KeyValue, Secrets, Store, Timers};
 use std::sync::Arc;
 
 /// Every port the worker and the ingress routes need, wired once per process.
@@ -26,7 +28,52 @@ pub struct Ports {
     pub desk: Arc<dyn Desk>,
     pub fallback: Arc<dyn Fallback>,
     pub secrets: Arc<dyn Secrets>,
+    /// The connectors' shared records (OAuth tokens, own message ids, offsets).
+    pub kv: Arc<dyn KeyValue>,
     pub alerts: alerts::Alerts,
+}
+
+/// The outbound connectors every deployment wires the same way: one HTTP client (one
+/// connection pool and TLS configuration) for all of them.
+pub struct Connectors {
+    pub channels: Arc<channels::ChannelRouter>,
+    /// Also used by ingress (to recognise the hub's own posts) and by Telegram polling.
+    pub salesiq: baton_connectors::salesiq::api::SalesiqClient,
+    pub telegram: baton_connectors::telegram::TelegramClient,
+    pub desk: Arc<desks::DeskRouter>,
+    pub fallback: Arc<baton_connectors::ticket::TicketFallback>,
+}
+
+impl Connectors {
+    pub fn new(
+        timeout: std::time::Duration,
+        kv: Arc<dyn KeyValue>,
+        clock: Arc<dyn Clock>,
+        log: Arc<dyn widget::MessageLog>,
+        live: tokio::sync::broadcast::Sender<widget::Posted>,
+    ) -> Connectors {
+        use baton_connectors::{line, salesiq, telegram, ticket, webhook_desk};
+        let http = baton_connectors::outbound::http_client(timeout);
+        let salesiq = salesiq::api::SalesiqClient::new(http.clone(), timeout, kv, clock.clone());
+        let telegram = telegram::TelegramClient::from_client(http.clone(), timeout);
+        Connectors {
+            salesiq: salesiq.clone(),
+            telegram: telegram.clone(),
+            channels: Arc::new(channels::ChannelRouter {
+                log,
+                live,
+                clock,
+                telegram,
+                line: line::LineClient::from_client(http.clone(), timeout),
+                salesiq: salesiq.clone(),
+            }),
+            desk: Arc::new(desks::DeskRouter {
+                webhook: webhook_desk::WebhookDesk::from_client(http.clone(), timeout),
+                salesiq: salesiq::api::SalesiqDesk::new(salesiq),
+            }),
+            fallback: Arc::new(ticket::TicketFallback::from_client(http, timeout)),
+        }
+    }
 }
 
 /// Secrets written in the configuration itself (the embedded form). A reference to a secret

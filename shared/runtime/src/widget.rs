@@ -1,16 +1,12 @@
-//! The web widget channel: signed conversation tokens, the message log the widget reads
-//! (cursor polling or a live stream), and the sender that appends to it.
+//! The web widget channel: signed conversation tokens and the message log the widget reads
+//! (cursor polling or a live stream). The sender that appends to it is in [`crate::channels`].
 
-use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use baton_core::ports::{ChannelSender, DeliveryError};
-use baton_core::{Agent, Channel, ConversationKey, OutMessage};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 use std::sync::Arc;
-use tokio::sync::broadcast;
 
 pub use baton_core::ports::{LoggedMessage, MessageLog};
 
@@ -67,47 +63,6 @@ impl TokenSigner {
 pub struct Posted {
     pub conversation: String,
     pub message: LoggedMessage,
-}
-
-/// Sends to the user's channel. The widget's messages go to the log and to live streams;
-/// other channels come with their connectors.
-pub struct ChannelRouter {
-    pub log: Arc<dyn MessageLog>,
-    pub live: broadcast::Sender<Posted>,
-    pub clock: Arc<dyn baton_core::ports::Clock>,
-}
-
-#[async_trait]
-impl ChannelSender for ChannelRouter {
-    async fn send(
-        &self,
-        _agent: &Agent,
-        key: &ConversationKey,
-        message: &OutMessage,
-        idempotency_key: &str,
-    ) -> Result<(), DeliveryError> {
-        match key.channel {
-            Channel::Widget | Channel::Api => {
-                let at = self.clock.now();
-                let seq = self
-                    .log
-                    .append(key, idempotency_key, message, at)
-                    .await
-                    .map_err(|e| DeliveryError::retryable(e.to_string()))?;
-                if let Some(seq) = seq {
-                    // No live subscriber is fine: the message waits in the log.
-                    let _ = self.live.send(Posted {
-                        conversation: key.to_string(),
-                        message: LoggedMessage { seq, at, message: message.clone() },
-                    });
-                }
-                Ok(())
-            }
-            other => {
-                Err(DeliveryError::permanent(format!("channel {} is not connected in this build", other.as_str())))
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -217,8 +217,8 @@ async fn run_effect(
             enqueue(ports, result_event_id, key, EventKind::BrainReplied { reply }).await?;
             Ok("answered".into())
         }
-        Effect::SendToUser { message } => {
-            ports.channels.send(agent, key, message, &idem).await?;
+        Effect::SendToUser { message, reply_token } => {
+            ports.channels.send(agent, key, message, &idem, reply_token.as_deref()).await?;
             Ok("delivered".into())
         }
         Effect::OpenDesk { request } => {

@@ -101,6 +101,8 @@ mod tests {
             messages: Default::default(),
             hours: None,
             fallback: Default::default(),
+            channels: Default::default(),
+            salesiq: None,
         }
     }
 

@@ -54,6 +54,8 @@ pub fn shop_agent(desk_url: &str) -> Agent {
         messages: Default::default(),
         hours: None,
         fallback: Default::default(),
+        channels: Default::default(),
+        salesiq: None,
     }
 }
 
@@ -75,6 +77,7 @@ pub struct Hub {
     pub token: String,
     pub widget_api: axum::Router,
     pub desk_api: axum::Router,
+    pub channel_api: axum::Router,
 }
 
 pub async fn clients() -> (baton_aws::aws_sdk_dynamodb::Client, SqsClient) {
@@ -139,6 +142,7 @@ pub async fn hub_with(clock: Arc<dyn Clock>, queues: Option<Queues>, edit: impl 
     Hub {
         widget_api: http_router(&aws, Routes::Widget),
         desk_api: http_router(&aws, Routes::Desk),
+        channel_api: http_router(&aws, Routes::Channels),
         aws,
         sqs,
         dynamo,

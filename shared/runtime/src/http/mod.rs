@@ -1,7 +1,9 @@
 //! HTTP ingress shared by `baton serve` and the Lambda functions: verify, parse, enqueue,
 //! answer. No route calls a brain or a desk; the worker does that after the queue.
 
+pub mod channels;
 pub mod desk;
+pub mod salesiq;
 pub mod widget;
 
 use crate::ratelimit::RateLimiter;
@@ -31,6 +33,8 @@ pub struct AppState {
     pub signer: TokenSigner,
     pub limits: Arc<Limits>,
     pub body_limit: usize,
+    /// Recognises the hub's own SalesIQ posts when they come back as webhooks.
+    pub salesiq: baton_connectors::salesiq::api::SalesiqClient,
 }
 
 /// Request rate limits of the public routes.
@@ -82,7 +86,10 @@ impl Default for Limits {
 pub enum Routes {
     All,
     Widget,
+    /// Desk webhooks: the webhook-desk contract and Zoho SalesIQ.
     Desk,
+    /// Channel webhooks: Telegram and LINE.
+    Channels,
 }
 
 /// Every route of the hub that is not a local-only page.
@@ -96,7 +103,10 @@ pub fn router_for(state: AppState, routes: Routes) -> Router {
         r = r.merge(widget::routes());
     }
     if matches!(routes, Routes::All | Routes::Desk) {
-        r = r.merge(desk::routes());
+        r = r.merge(desk::routes()).merge(salesiq::routes());
+    }
+    if matches!(routes, Routes::All | Routes::Channels) {
+        r = r.merge(channels::routes());
     }
     r.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") }).with_state(state)
 }

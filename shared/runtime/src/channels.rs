@@ -1,0 +1,104 @@
+//! The user's side: one [`ChannelRouter`] sends every `SendToUser` effect to the channel of
+//! its conversation, and the inbound conversions turn each channel's parsed webhook (or
+//! polled update) into canonical events with the provider's own id for deduplication.
+
+use crate::widget::{LoggedMessage, MessageLog, Posted};
+use async_trait::async_trait;
+use baton_connectors::line::{self, LineClient};
+use baton_connectors::salesiq::api::SalesiqClient;
+use baton_connectors::telegram::{self, TelegramClient};
+use baton_core::event::ReplyHandle;
+use baton_core::ports::{ChannelSender, Clock, DeliveryError};
+use baton_core::{Agent, Channel, ConversationKey, Event, EventKind, Millis, OutMessage};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// How long after a LINE event its reply token is used; LINE only says "a certain period"
+/// (about a minute in practice), so the hub stays well inside it and pushes afterwards.
+pub const LINE_REPLY_WINDOW_MS: i64 = 50_000;
+
+/// Sends to the user's channel: the widget's messages go to the log and to live streams,
+/// the others to their provider's API.
+pub struct ChannelRouter {
+    pub log: Arc<dyn MessageLog>,
+    pub live: broadcast::Sender<Posted>,
+    pub clock: Arc<dyn Clock>,
+    pub telegram: TelegramClient,
+    pub line: LineClient,
+    pub salesiq: SalesiqClient,
+}
+
+fn not_configured(agent: &Agent, channel: &str) -> DeliveryError {
+    DeliveryError::permanent(format!("agent {} has no {channel} channel configured", agent.id))
+}
+
+#[async_trait]
+impl ChannelSender for ChannelRouter {
+    async fn send(
+        &self,
+        agent: &Agent,
+        key: &ConversationKey,
+        message: &OutMessage,
+        idempotency_key: &str,
+        reply_token: Option<&str>,
+    ) -> Result<(), DeliveryError> {
+        match key.channel {
+            Channel::Widget | Channel::Api => {
+                let at = self.clock.now();
+                let seq = self
+                    .log
+                    .append(key, idempotency_key, message, at)
+                    .await
+                    .map_err(|e| DeliveryError::retryable(e.to_string()))?;
+                if let Some(seq) = seq {
+                    // No live subscriber is fine: the message waits in the log.
+                    let _ = self.live.send(Posted {
+                        conversation: key.to_string(),
+                        message: LoggedMessage { seq, at, message: message.clone() },
+                    });
+                }
+                Ok(())
+            }
+            Channel::Telegram => {
+                let cfg = agent.channels.telegram.as_ref().ok_or_else(|| not_configured(agent, "telegram"))?;
+                self.telegram.send(cfg, &key.user, message).await
+            }
+            Channel::Line => {
+                let cfg = agent.channels.line.as_ref().ok_or_else(|| not_configured(agent, "LINE"))?;
+                self.line.send(cfg, &key.user, message, reply_token, idempotency_key).await
+            }
+            Channel::Salesiq => self.salesiq.post_as_operator(agent, &key.user, message, idempotency_key).await,
+            Channel::Whatsapp => Err(DeliveryError::permanent("the WhatsApp channel is not connected in this build")),
+        }
+    }
+}
+
+/// The canonical event of one Telegram update (webhook or `getUpdates`), deduplicated on
+/// `update_id`. Buttons come back as their value; other message kinds as a placeholder
+/// naming what was sent, so the human sees that something arrived.
+pub fn telegram_event(agent: &str, update: &telegram::Inbound, now: Millis) -> Option<Event> {
+    let key = ConversationKey::new(agent, Channel::Telegram, &update.chat_id).ok()?;
+    let text = match &update.kind {
+        telegram::InboundKind::Text(t) | telegram::InboundKind::Button(t) => t.clone(),
+        telegram::InboundKind::Unsupported(kind) => format!("[{kind}]"),
+    };
+    let kind = EventKind::UserMessage { text, email: None, language: update.language.clone(), reply: None };
+    Some(Event::new(format!("tg:{agent}:{}", update.update_id), key, now, kind))
+}
+
+/// The canonical event of one LINE webhook event, deduplicated on `webhookEventId`. The
+/// reply token is kept while fresh, counted from the event's own time (a redelivered event
+/// arrives with its original time and so is answered by push).
+pub fn line_event(agent: &str, ev: &line::Inbound, now: Millis) -> Option<Event> {
+    let key = ConversationKey::new(agent, Channel::Line, &ev.user_id).ok()?;
+    let text = match &ev.kind {
+        line::InboundKind::Text(t) | line::InboundKind::Button(t) => t.clone(),
+        line::InboundKind::Unsupported(kind) => format!("[{kind}]"),
+    };
+    let reply = ev.reply_token.as_ref().map(|token| ReplyHandle {
+        token: token.clone(),
+        valid_until: Millis(ev.timestamp.saturating_add(LINE_REPLY_WINDOW_MS)),
+    });
+    let kind = EventKind::UserMessage { text, email: None, language: None, reply };
+    Some(Event::new(format!("line:{agent}:{}", ev.webhook_event_id), key, now, kind))
+}

@@ -1,0 +1,66 @@
+//! The human side: one [`DeskRouter`] implements the `Desk` port for every desk kind, by
+//! the agent's `desk` configuration.
+
+use async_trait::async_trait;
+use baton_connectors::salesiq::api::SalesiqDesk;
+use baton_connectors::webhook_desk::WebhookDesk;
+use baton_core::agent::DeskConfig;
+use baton_core::effect::HandoffRequest;
+use baton_core::model::{CloseReason, ServiceStatus};
+use baton_core::ports::{DeliveryError, Desk};
+use baton_core::{Agent, ConversationKey};
+
+pub struct DeskRouter {
+    pub webhook: WebhookDesk,
+    pub salesiq: SalesiqDesk,
+}
+
+impl DeskRouter {
+    fn desk_of(&self, agent: &Agent) -> Result<&dyn Desk, DeliveryError> {
+        match agent.desk {
+            DeskConfig::None => Err(DeliveryError::permanent(format!("agent {} has no desk configured", agent.id))),
+            DeskConfig::Webhook { .. } => Ok(&self.webhook),
+            DeskConfig::Salesiq { .. } => Ok(&self.salesiq),
+        }
+    }
+}
+
+#[async_trait]
+impl Desk for DeskRouter {
+    async fn open(
+        &self,
+        agent: &Agent,
+        key: &ConversationKey,
+        request: &HandoffRequest,
+        idempotency_key: &str,
+    ) -> Result<String, DeliveryError> {
+        self.desk_of(agent)?.open(agent, key, request, idempotency_key).await
+    }
+
+    async fn post(
+        &self,
+        agent: &Agent,
+        desk_conversation_id: &str,
+        text: &str,
+        idempotency_key: &str,
+    ) -> Result<(), DeliveryError> {
+        self.desk_of(agent)?.post(agent, desk_conversation_id, text, idempotency_key).await
+    }
+
+    async fn close(
+        &self,
+        agent: &Agent,
+        desk_conversation_id: &str,
+        reason: CloseReason,
+        idempotency_key: &str,
+    ) -> Result<(), DeliveryError> {
+        self.desk_of(agent)?.close(agent, desk_conversation_id, reason, idempotency_key).await
+    }
+
+    async fn probe(&self, agent: &Agent) -> (ServiceStatus, String) {
+        match self.desk_of(agent) {
+            Ok(desk) => desk.probe(agent).await,
+            Err(_) => (ServiceStatus::NotConfigured, "no desk configured".into()),
+        }
+    }
+}
