@@ -71,6 +71,12 @@ pub async fn list(db: &dyn Store, out: &mut dyn Write) -> anyhow::Result<()> {
             baton_core::agent::DeskConfig::Salesiq { department_id, .. } => {
                 format!("salesiq department {department_id}")
             }
+            baton_core::agent::DeskConfig::Intercom { team_id, admin_id } => match (team_id, admin_id) {
+                (_, Some(admin)) => format!("intercom admin {admin}"),
+                (Some(team), None) => format!("intercom team {team}"),
+                (None, None) => "intercom (unassigned)".into(),
+            },
+            baton_core::agent::DeskConfig::Livechat { group_id } => format!("livechat group {group_id}"),
         };
         writeln!(out, "{}\t{}\tdesk: {desk} ({status})\ttokens: {tokens}", a.id, a.name)?;
     }

@@ -58,6 +58,8 @@ pub fn example_agent(hub_base: &str, signing_secret: &str) -> Agent {
         fallback: Default::default(),
         channels: Default::default(),
         salesiq: None,
+        intercom: None,
+        livechat: None,
     }
 }
 

@@ -5,5 +5,6 @@ pub mod assets;
 pub mod config;
 pub mod console;
 pub mod demo;
+pub mod livechat_authorize;
 pub mod serve;
 pub mod telegram_poll;

@@ -62,6 +62,19 @@ enum Command {
         #[arg(long, global = true)]
         agents: Option<PathBuf>,
     },
+    /// Desk setup with the providers.
+    Desks {
+        #[command(subcommand)]
+        command: DesksCommand,
+        #[arg(long, env = "BATON_DATA", default_value = ".baton/baton.sqlite", global = true)]
+        data: PathBuf,
+        /// `dynamodb://TABLE`: the agent in the AWS deployment's table (secrets go to SSM).
+        #[arg(long, env = "BATON_STORE", global = true)]
+        store: Option<String>,
+        /// Read the agent from this agents file instead of a store (the result is printed).
+        #[arg(long, global = true)]
+        agents: Option<PathBuf>,
+    },
     /// Print a conversation's events, state changes and effects (`agent#channel#user`).
     Trace {
         conversation: String,
@@ -127,6 +140,32 @@ enum ChannelsCommand {
 }
 
 #[derive(Subcommand)]
+enum DesksCommand {
+    /// LiveChat.
+    Livechat {
+        #[command(subcommand)]
+        command: LivechatCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LivechatCommand {
+    /// Run the OAuth authorization-code flow once and keep the agent's refresh token: in the
+    /// SQLite store's agent, in SSM Parameter Store (with --store dynamodb://...), or printed
+    /// (with --agents FILE).
+    Authorize {
+        agent: String,
+        /// Loopback port of the redirect URI (http://127.0.0.1:PORT/callback), as registered
+        /// in the LiveChat app.
+        #[arg(long, default_value_t = 8788)]
+        port: u16,
+        /// SSM parameter for the refresh token (required with --store dynamodb://...).
+        #[arg(long)]
+        ssm_parameter: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum TelegramCommand {
     /// Register the hub's webhook (with the agent's secret_token) via setWebhook.
     SetWebhook {
@@ -163,6 +202,54 @@ async fn load_agent_for_setup(
         }
     };
     Ok(resolved?)
+}
+
+/// Keep a fresh LiveChat refresh token where the agent's configuration will find it.
+async fn keep_livechat_token(
+    agent: &str,
+    token: baton_core::model::Secret,
+    from_file: bool,
+    store: Option<&str>,
+    data: &std::path::Path,
+    ssm_parameter: Option<String>,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    if from_file {
+        writeln!(out, "refresh token (shown once): {}", token.expose())?;
+        writeln!(out, "put it in [agent.livechat] refresh_token (for example as env:NAME), then apply the file")?;
+        return Ok(());
+    }
+    let (db, kind) = open_store(store, data).await?;
+    let mut stored = db.get_agent(agent).await?.ok_or_else(|| anyhow::anyhow!("no agent {agent:?}"))?;
+    let Some(cfg) = stored.livechat.as_mut() else { anyhow::bail!("agent {agent} has no [livechat] section") };
+    match kind {
+        baton::admin::StoreKind::Sqlite => {
+            cfg.refresh_token = token;
+            db.put_agent(&stored).await?;
+            writeln!(out, "refresh token stored in agent {agent}'s configuration in {}", data.display())?;
+        }
+        baton::admin::StoreKind::Dynamo => {
+            let Some(name) = ssm_parameter else {
+                anyhow::bail!("with --store dynamodb://... give --ssm-parameter /baton/{agent}/livechat-refresh-token");
+            };
+            let sdk = baton_aws::sdk_config().await;
+            baton_aws::aws_sdk_ssm::Client::new(&sdk)
+                .put_parameter()
+                .name(&name)
+                .value(token.expose())
+                .r#type(baton_aws::aws_sdk_ssm::types::ParameterType::SecureString)
+                .overwrite(true)
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot write SSM parameter {name}: {}", baton_aws::describe_sdk_error(&e))
+                })?;
+            cfg.refresh_token = baton_core::model::Secret(format!("ssm:{name}"));
+            db.put_agent(&stored).await?;
+            writeln!(out, "refresh token stored in SSM {name}; agent {agent} now refers to it")?;
+        }
+    }
+    Ok(())
 }
 
 fn init_logging() {
@@ -261,6 +348,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 let agent = load_agent_for_setup(id, agents.as_deref(), store.as_deref(), &data).await?;
                 baton::admin::telegram_webhook(&agent, url, &mut out).await?
+            }
+        },
+        Command::Desks { command, data, store, agents } => match command {
+            DesksCommand::Livechat { command: LivechatCommand::Authorize { agent, port, ssm_parameter } } => {
+                let resolved = load_agent_for_setup(&agent, agents.as_deref(), store.as_deref(), &data).await?;
+                let Some(cfg) = resolved.livechat.as_ref() else {
+                    anyhow::bail!("agent {agent} has no [livechat] section");
+                };
+                let http = baton_connectors::outbound::http_client(std::time::Duration::from_secs(15));
+                let token = baton::livechat_authorize::authorize(cfg, port, &mut out, &http).await?;
+                keep_livechat_token(&agent, token, agents.is_some(), store.as_deref(), &data, ssm_parameter, &mut out)
+                    .await?
             }
         },
         Command::Trace { conversation, data, store } => {

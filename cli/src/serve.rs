@@ -108,6 +108,8 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         limits: Arc::new(Limits::new(opts.rate_limits)),
         body_limit: opts.body_limit,
         salesiq: connectors.salesiq.clone(),
+        intercom: connectors.intercom.clone(),
+        livechat: connectors.livechat.clone(),
     };
     let console_state =
         console::ConsoleState::new(console_store, db.clone(), hub_base, ports.alerts.clone(), clock.clone());

@@ -78,7 +78,7 @@ fn trace(at: i64, id: &str) -> TraceEntry {
 }
 
 fn send(text: &str) -> Effect {
-    Effect::SendToUser { message: OutMessage::new(Role::Bot, text), reply_token: None }
+    Effect::SendToUser { message: OutMessage::new(Role::Bot, text), reply_token: None, outside_window: false }
 }
 
 fn commit_of(k: &ConversationKey, expected: u64, event: &str, texts: &[&str]) -> Commit {

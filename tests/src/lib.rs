@@ -4,10 +4,13 @@
 
 pub mod conformance;
 pub mod desk;
+pub mod intercom;
 pub mod line;
+pub mod livechat;
 pub mod moto;
 pub mod salesiq;
 pub mod telegram;
+pub mod whatsapp;
 pub mod widget;
 
 use std::future::Future;

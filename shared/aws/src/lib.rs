@@ -57,7 +57,7 @@ pub async fn clients_from_env() -> (aws_sdk_dynamodb::Client, aws_sdk_sqs::Clien
 /// Describe an SDK error for logs and `StoreError`/`QueueError` messages: the service's
 /// error code and message, or the transport failure. Request and response bodies (which
 /// may hold user text or agent secrets) are never included.
-pub(crate) fn describe_sdk_error<E, R>(err: &SdkError<E, R>) -> String
+pub fn describe_sdk_error<E, R>(err: &SdkError<E, R>) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,

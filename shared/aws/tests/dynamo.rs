@@ -141,13 +141,21 @@ async fn a_transaction_the_server_rejects_writes_nothing() {
         PendingEffect::for_event(
             "e1",
             0,
-            Effect::SendToUser { message: OutMessage::new(Role::Bot, "small"), reply_token: None },
+            Effect::SendToUser {
+                message: OutMessage::new(Role::Bot, "small"),
+                reply_token: None,
+                outside_window: false,
+            },
         ),
         // Over DynamoDB's 400 KB item limit: the whole transaction is refused.
         PendingEffect::for_event(
             "e1",
             1,
-            Effect::SendToUser { message: OutMessage::new(Role::Bot, "x".repeat(420 * 1024)), reply_token: None },
+            Effect::SendToUser {
+                message: OutMessage::new(Role::Bot, "x".repeat(420 * 1024)),
+                reply_token: None,
+                outside_window: false,
+            },
         ),
     ];
     match store.commit(c).await {

@@ -3,8 +3,12 @@
 //! (`Desk`, `ChannelSender`); everything wire-specific lives here so it can be tested over
 //! real HTTP without the runtime.
 
+/// Intercom: webhook signature and notifications, the REST API (bot replies, contacts, conversations) and the Intercom desk.
+pub mod intercom;
 /// LINE Messaging API: webhook signature and events, reply and push messages.
 pub mod line;
+/// LiveChat (Text platform v3.6): webhook secret and events, agent/customer/bot tokens, the Chat APIs and the LiveChat desk.
+pub mod livechat;
 /// Standard Webhooks signing and verification, shared by every signed webhook we send or accept.
 pub mod outbound;
 /// Zoho SalesIQ: webhook signature and events, Zoho OAuth tokens, the REST API and the SalesIQ desk.
@@ -13,8 +17,12 @@ pub mod standard_webhooks;
 /// Telegram Bot API: webhook secret token, updates, sendMessage and long polling.
 pub mod telegram;
 pub mod ticket;
+/// The transcript a desk gets when the hub opens a conversation for a user of another channel.
+pub mod transcript;
 /// The generic webhook desk (GPTBots-compatible establish / chat / close contract).
 pub mod webhook_desk;
+/// WhatsApp Cloud API: subscription handshake, webhook signature and events, sending messages and templates.
+pub mod whatsapp;
 
 pub use standard_webhooks::{generate_secret, SigningSecret, VerifyError, WebhookHeaders};
 pub use webhook_desk::{

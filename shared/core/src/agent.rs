@@ -40,6 +40,14 @@ pub struct Agent {
     /// with `desk.kind = "salesiq"`, the human desk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub salesiq: Option<SalesiqConfig>,
+    /// The agent's Intercom workspace: a channel (the AI answers in Messenger) and, with
+    /// `desk.kind = "intercom"`, the human desk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intercom: Option<IntercomConfig>,
+    /// The agent's LiveChat account: a channel (a bot agent answers chats) and, with
+    /// `desk.kind = "livechat"`, the human desk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub livechat: Option<LivechatConfig>,
 }
 
 /// Channels besides the widget, each optional.
@@ -50,6 +58,111 @@ pub struct ChannelsConfig {
     pub telegram: Option<TelegramConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub line: Option<LineConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub whatsapp: Option<WhatsappConfig>,
+}
+
+/// A WhatsApp Business phone number on the Cloud API (Meta Graph).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhatsappConfig {
+    /// The sending number's id (WhatsApp Manager > API setup).
+    pub phone_number_id: String,
+    /// A system user's permanent access token.
+    pub access_token: Secret,
+    /// The Meta app's secret: the key of `X-Hub-Signature-256`.
+    pub app_secret: Secret,
+    /// The token Meta echoes in the subscription handshake (`hub.verify_token`).
+    pub verify_token: Secret,
+    #[serde(default = "default_graph_api")]
+    pub api_base: String,
+    /// Graph API version in every path.
+    #[serde(default = "default_graph_version")]
+    pub api_version: String,
+    /// Approved template sent when a human replies after the 24-hour window closed; its
+    /// body's first parameter carries the reply. Without one, such replies are reported to
+    /// the desk as undeliverable.
+    #[serde(default)]
+    pub window_template: Option<WhatsappTemplate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhatsappTemplate {
+    pub name: String,
+    /// Template language code, e.g. `en_US`.
+    pub language: String,
+}
+
+pub fn default_graph_api() -> String {
+    "https://graph.facebook.com".into()
+}
+
+pub fn default_graph_version() -> String {
+    "v21.0".into()
+}
+
+/// An Intercom workspace and the app the hub acts through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntercomConfig {
+    /// REST host of the workspace's region: `https://api.intercom.io` (US),
+    /// `https://api.eu.intercom.io`, `https://api.au.intercom.io`.
+    #[serde(default = "default_intercom_api")]
+    pub api_base: String,
+    /// The app's access token.
+    pub access_token: Secret,
+    /// The app's client secret: the key of `X-Hub-Signature`.
+    pub client_secret: Secret,
+    /// `Intercom-Version` sent on every call (pinned, so payloads do not change under us).
+    #[serde(default = "default_intercom_version")]
+    pub api_version: String,
+    /// The teammate (admin) the hub writes as in Messenger conversations; its replies come
+    /// back as webhooks and are never taken for a human's.
+    pub bot_admin_id: String,
+    /// Answer users who write in Intercom Messenger (desk -> desk). Off: Intercom is only a desk.
+    #[serde(default = "default_true")]
+    pub answer_users: bool,
+}
+
+pub fn default_intercom_api() -> String {
+    "https://api.intercom.io".into()
+}
+
+pub fn default_intercom_version() -> String {
+    "2.11".into()
+}
+
+/// A LiveChat (Text platform) account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LivechatConfig {
+    #[serde(default = "default_livechat_api")]
+    pub api_base: String,
+    #[serde(default = "default_livechat_accounts")]
+    pub accounts_base: String,
+    pub organization_id: String,
+    /// OAuth client of the hub's LiveChat app.
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Refresh token of an agent, from `baton desks livechat authorize` (customer tokens
+    /// need an OAuth agent token; a personal access token is not accepted there).
+    pub refresh_token: Secret,
+    /// The `secret_key` registered with the webhooks; LiveChat sends it in every body.
+    pub webhook_secret: Secret,
+    /// The bot agent that answers LiveChat chats (desk -> desk), and its secret.
+    #[serde(default)]
+    pub bot_agent_id: Option<String>,
+    #[serde(default)]
+    pub bot_secret: Option<Secret>,
+}
+
+pub fn default_livechat_api() -> String {
+    "https://api.livechatinc.com".into()
+}
+
+pub fn default_livechat_accounts() -> String {
+    "https://accounts.livechat.com".into()
 }
 
 /// A Telegram bot (Bot API).
@@ -211,13 +324,32 @@ pub enum DeskConfig {
         #[serde(default)]
         operator_id: Option<String>,
     },
+    /// Intercom (credentials in the agent's `intercom` section): users of other channels get
+    /// a conversation as an Intercom contact; Messenger users are assigned inside theirs.
+    Intercom {
+        /// Team the conversation is assigned to on handoff.
+        #[serde(default)]
+        team_id: Option<String>,
+        /// Or a specific teammate.
+        #[serde(default)]
+        admin_id: Option<String>,
+    },
+    /// LiveChat (credentials in the agent's `livechat` section): users of other channels get
+    /// a chat started as a customer in the group; LiveChat chats are transferred to it.
+    Livechat { group_id: u64 },
 }
 
 impl DeskConfig {
     /// Whether users on `channel` already sit in this desk's own messenger, so a handoff
     /// is a transfer inside their conversation rather than a relay to a new one.
     pub fn hosts(&self, channel: crate::model::Channel) -> bool {
-        matches!((self, channel), (DeskConfig::Salesiq { .. }, crate::model::Channel::Salesiq))
+        use crate::model::Channel;
+        matches!(
+            (self, channel),
+            (DeskConfig::Salesiq { .. }, Channel::Salesiq)
+                | (DeskConfig::Intercom { .. }, Channel::Intercom)
+                | (DeskConfig::Livechat { .. }, Channel::Livechat)
+        )
     }
 }
 
@@ -310,6 +442,21 @@ impl Agent {
             out.push(("salesiq.client_secret", &mut z.client_secret));
             out.push(("salesiq.refresh_token", &mut z.refresh_token));
         }
+        if let Some(w) = &mut self.channels.whatsapp {
+            out.push(("channels.whatsapp.access_token", &mut w.access_token));
+            out.push(("channels.whatsapp.app_secret", &mut w.app_secret));
+            out.push(("channels.whatsapp.verify_token", &mut w.verify_token));
+        }
+        if let Some(i) = &mut self.intercom {
+            out.push(("intercom.access_token", &mut i.access_token));
+            out.push(("intercom.client_secret", &mut i.client_secret));
+        }
+        if let Some(l) = &mut self.livechat {
+            out.push(("livechat.client_secret", &mut l.client_secret));
+            out.push(("livechat.refresh_token", &mut l.refresh_token));
+            out.push(("livechat.webhook_secret", &mut l.webhook_secret));
+            out.extend(l.bot_secret.as_mut().map(|s| ("livechat.bot_secret", s)));
+        }
         out
     }
 
@@ -390,6 +537,31 @@ impl Agent {
                 bad("desk.department_id", "must not be empty".into());
             }
         }
+        if matches!(self.desk, DeskConfig::Intercom { .. }) && self.intercom.is_none() {
+            bad("desk", "kind = \"intercom\" needs an [intercom] section with the workspace".into());
+        }
+        if matches!(self.desk, DeskConfig::Livechat { .. }) && self.livechat.is_none() {
+            bad("desk", "kind = \"livechat\" needs a [livechat] section with the account".into());
+        }
+        if let Some(w) = &self.channels.whatsapp {
+            url_field(&mut bad, "channels.whatsapp.api_base", &w.api_base);
+            if w.phone_number_id.trim().is_empty() || !w.phone_number_id.bytes().all(|b| b.is_ascii_digit()) {
+                bad("channels.whatsapp.phone_number_id", "must be the numeric phone number id".into());
+            }
+        }
+        if let Some(i) = &self.intercom {
+            url_field(&mut bad, "intercom.api_base", &i.api_base);
+            if i.bot_admin_id.trim().is_empty() {
+                bad("intercom.bot_admin_id", "must not be empty".into());
+            }
+        }
+        if let Some(l) = &self.livechat {
+            url_field(&mut bad, "livechat.api_base", &l.api_base);
+            url_field(&mut bad, "livechat.accounts_base", &l.accounts_base);
+            if l.bot_agent_id.is_some() != l.bot_secret.is_some() {
+                bad("livechat.bot_secret", "bot_agent_id and bot_secret go together".into());
+            }
+        }
         if let Some(t) = &self.channels.telegram {
             let s = t.secret_token.expose();
             let ok = is_ssm_reference(&t.secret_token)
@@ -453,6 +625,8 @@ mod tests {
             fallback: FallbackConfig::None,
             channels: ChannelsConfig::default(),
             salesiq: None,
+            intercom: None,
+            livechat: None,
         }
     }
 

@@ -26,6 +26,9 @@ pub enum Effect {
         /// The channel's reply token for the user's last message, while it is fresh.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_token: Option<String>,
+        /// Sent after the channel's free-reply window closed (a template carries it).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        outside_window: bool,
     },
     /// Open a desk conversation; the result comes back as `DeskOpened`/`DeskOpenFailed`.
     OpenDesk {

@@ -25,6 +25,10 @@ pub enum Channel {
     Whatsapp,
     /// A visitor in Zoho SalesIQ's own chat; the user id is the SalesIQ conversation id.
     Salesiq,
+    /// A user in Intercom Messenger; the user id is the Intercom conversation id.
+    Intercom,
+    /// A customer in a LiveChat chat; the user id is the LiveChat chat id.
+    Livechat,
 }
 
 impl Channel {
@@ -36,6 +40,8 @@ impl Channel {
             Channel::Line => "line",
             Channel::Whatsapp => "whatsapp",
             Channel::Salesiq => "salesiq",
+            Channel::Intercom => "intercom",
+            Channel::Livechat => "livechat",
         }
     }
 
@@ -47,6 +53,8 @@ impl Channel {
             "line" => Channel::Line,
             "whatsapp" => Channel::Whatsapp,
             "salesiq" => Channel::Salesiq,
+            "intercom" => Channel::Intercom,
+            "livechat" => Channel::Livechat,
             _ => return None,
         })
     }
@@ -69,7 +77,16 @@ impl Channel {
             Channel::Telegram => Some(4096),
             Channel::Line => Some(5000),
             Channel::Whatsapp => Some(4096),
-            Channel::Widget | Channel::Api | Channel::Salesiq => None,
+            Channel::Widget | Channel::Api | Channel::Salesiq | Channel::Intercom | Channel::Livechat => None,
+        }
+    }
+
+    /// How long after the user's last message the channel lets us write freely (WhatsApp's
+    /// 24-hour customer-service window); later only approved templates may be sent.
+    pub fn reply_window_secs(self) -> Option<u64> {
+        match self {
+            Channel::Whatsapp => Some(24 * 60 * 60),
+            _ => None,
         }
     }
 }

@@ -184,17 +184,26 @@ impl DeliveryError {
     }
 }
 
+/// How one message reaches the user, beyond its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Delivery<'a> {
+    /// Stable across retries (`webhook-id`, `X-Line-Retry-Key`, ...).
+    pub idempotency_key: &'a str,
+    /// The channel's token for answering the user's last message, while fresh.
+    pub reply_token: Option<&'a str>,
+    /// The channel's free-reply window has closed: only an approved template may carry it.
+    pub outside_window: bool,
+}
+
 /// Sends a message to the end user on their channel.
 #[async_trait]
 pub trait ChannelSender: Send + Sync {
-    /// `reply_token`: the channel's token for answering the user's last message, while fresh.
     async fn send(
         &self,
         agent: &Agent,
         key: &ConversationKey,
         message: &OutMessage,
-        idempotency_key: &str,
-        reply_token: Option<&str>,
+        delivery: &Delivery<'_>,
     ) -> Result<(), DeliveryError>;
 }
 

@@ -52,6 +52,9 @@ pub struct Session {
     /// The channel's reply handle for the user's last message, until it is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<ReplyHandle>,
+    /// When the user last wrote (for channels with a reply window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_user_at: Option<Millis>,
     #[serde(default)]
     pub updated_at: Millis,
 }
@@ -157,6 +160,7 @@ impl Session {
             next_timer_generation: 1,
             summary: None,
             reply: None,
+            last_user_at: None,
             updated_at: Millis(0),
         }
     }
@@ -203,6 +207,7 @@ impl Machine<'_> {
     fn apply(&mut self, kind: &EventKind) -> Result<(), Ignored> {
         if let EventKind::UserMessage { email, language, reply, .. } = kind {
             self.s.reply = reply.clone();
+            self.s.last_user_at = Some(self.now);
             if let Some(e) = email.as_deref().filter(|e| crate::email::is_valid(e)) {
                 self.s.email = Some(e.to_string());
             }
@@ -416,11 +421,12 @@ impl Machine<'_> {
                 if !matches_desk(desk_conversation_id) {
                     return Err(Ignored::StaleHandoff);
                 }
+                let handoff_id = handoff.id.clone();
                 self.s.state =
                     State::WithHuman { handoff, desk_conversation_id: desk_conversation_id.clone(), human_messages: 1 };
                 self.say(MessageKey::HumanJoined);
                 self.s.push_turn(Role::Human, text, self.now);
-                self.send(self.with_end_button(OutMessage::new(Role::Human, text.clone())));
+                self.relay_human(&handoff_id, text);
                 self.arm(TimerKind::Session, self.agent.policy.session_timeout_secs);
                 Ok(())
             }
@@ -491,9 +497,10 @@ impl Machine<'_> {
                 if *desk_conversation_id != desk_id {
                     return Err(Ignored::StaleHandoff);
                 }
+                let handoff_id = handoff.id.clone();
                 self.s.state = State::WithHuman { handoff, desk_conversation_id: desk_id, human_messages: count + 1 };
                 self.s.push_turn(Role::Human, text, self.now);
-                self.send(self.with_end_button(OutMessage::new(Role::Human, text.clone())));
+                self.relay_human(&handoff_id, text);
                 self.arm(TimerKind::Session, self.agent.policy.session_timeout_secs);
                 Ok(())
             }
@@ -770,6 +777,12 @@ impl Machine<'_> {
     /// Queue a message for the user: split to the channel's length limit (buttons go with
     /// the last piece), the first piece answering with the channel's reply token while fresh.
     fn send(&mut self, message: OutMessage) {
+        let outside_window = self.outside_window();
+        if outside_window && !self.has_window_template() {
+            // Nothing but a template may reach the user now; human replies are reported to
+            // the desk instead (see `relay_human`), notices are not sent.
+            return;
+        }
         let pieces = match self.s.key.channel.max_text_units() {
             Some(max) if crate::model::utf16_len(&message.text) > max => crate::model::split_text(&message.text, max),
             _ => vec![message.text.clone()],
@@ -778,8 +791,37 @@ impl Machine<'_> {
         for (i, text) in pieces.into_iter().enumerate() {
             let buttons = if i == last { message.buttons.clone() } else { Vec::new() };
             let reply_token = self.s.reply.take().filter(|r| r.valid_until > self.now).map(|r| r.token);
-            self.fx.push(Effect::SendToUser { message: OutMessage { from: message.from, text, buttons }, reply_token });
+            self.fx.push(Effect::SendToUser {
+                message: OutMessage { from: message.from, text, buttons },
+                reply_token,
+                outside_window,
+            });
         }
+    }
+
+    /// Whether the channel's free-reply window has closed since the user's last message.
+    fn outside_window(&self) -> bool {
+        let Some(window) = self.s.key.channel.reply_window_secs() else { return false };
+        self.s.last_user_at.is_some_and(|t| self.now > t.plus_secs(window))
+    }
+
+    fn has_window_template(&self) -> bool {
+        self.agent.channels.whatsapp.as_ref().is_some_and(|w| w.window_template.is_some())
+    }
+
+    /// A human's reply for the user, or, when the channel can no longer carry it, a note to
+    /// the desk that it was not delivered (never dropped silently).
+    fn relay_human(&mut self, handoff_id: &str, text: &str) {
+        if self.outside_window() && !self.has_window_template() {
+            let note = format!(
+                "[Not delivered to the user: their {} reply window has closed. Reply text: {text}]",
+                self.s.key.channel.as_str()
+            );
+            self.fx.push(Effect::PostToDesk { handoff_id: handoff_id.to_string(), text: note });
+            return;
+        }
+        let message = self.with_end_button(OutMessage::new(Role::Human, text.to_string()));
+        self.send(message);
     }
 
     fn say_as(&mut self, role: Role, text: String) {

@@ -33,6 +33,8 @@ fn agent() -> Agent {
         fallback: Default::default(),
         channels: Default::default(),
         salesiq: None,
+        intercom: None,
+        livechat: None,
     }
 }
 
@@ -45,11 +47,11 @@ fn de(key: MessageKey) -> String {
 }
 
 fn system(text: String) -> Effect {
-    Effect::SendToUser { message: OutMessage::new(Role::System, text), reply_token: None }
+    Effect::SendToUser { message: OutMessage::new(Role::System, text), reply_token: None, outside_window: false }
 }
 
 fn bot(text: String) -> Effect {
-    Effect::SendToUser { message: OutMessage::new(Role::Bot, text), reply_token: None }
+    Effect::SendToUser { message: OutMessage::new(Role::Bot, text), reply_token: None, outside_window: false }
 }
 
 /// The "connecting you" notice, with its "End request" button.
@@ -64,6 +66,7 @@ fn waiting_with(text: String, lang: &str) -> Effect {
             }],
         },
         reply_token: None,
+        outside_window: false,
     }
 }
 
@@ -268,7 +271,11 @@ fn brain_answer_is_sent_from_the_bot_and_resets_unanswered() {
     let fx = sim.apply(answer("Y is a letter."));
     assert_eq!(
         fx,
-        vec![Effect::SendToUser { message: OutMessage::new(Role::Bot, "Y is a letter."), reply_token: None }]
+        vec![Effect::SendToUser {
+            message: OutMessage::new(Role::Bot, "Y is a letter."),
+            reply_token: None,
+            outside_window: false
+        }]
     );
     assert_eq!(sim.session.unanswered, 0);
     assert_eq!(sim.session.state, State::Bot);
@@ -286,7 +293,8 @@ fn unknown_below_the_limit_says_not_understood() {
         fx,
         vec![Effect::SendToUser {
             message: OutMessage::new(Role::Bot, en(MessageKey::NotUnderstood)),
-            reply_token: None
+            reply_token: None,
+            outside_window: false,
         }]
     );
     assert_eq!(sim.session.unanswered, 1);
@@ -665,6 +673,7 @@ fn first_human_message_makes_the_session_official() {
                     buttons: vec![Button { label: en(MessageKey::EndChatButton), value: END_VALUE.into() }],
                 },
                 reply_token: None,
+                outside_window: false,
             },
             Effect::ScheduleTimer { generation, due: Millis(sim.now.0 + 180_000), kind: TimerKind::Session },
         ]
@@ -719,6 +728,7 @@ fn wait_timeout_asks_to_keep_waiting_or_end() {
                     ],
                 },
                 reply_token: None,
+                outside_window: false,
             },
             Effect::ScheduleTimer {
                 generation: reply_generation,
@@ -1317,7 +1327,11 @@ fn a_fresh_reply_token_answers_the_first_message_only() {
     let fx = sim.apply(answer("Hi!"));
     assert_eq!(
         fx,
-        vec![Effect::SendToUser { message: OutMessage::new(Role::Bot, "Hi!"), reply_token: Some("rt-1".into()) }]
+        vec![Effect::SendToUser {
+            message: OutMessage::new(Role::Bot, "Hi!"),
+            reply_token: Some("rt-1".into()),
+            outside_window: false
+        }]
     );
     assert_eq!(sim.session.reply, None, "a reply token is single-use");
 
@@ -1327,4 +1341,50 @@ fn a_fresh_reply_token_answers_the_first_message_only() {
     sim.advance(5);
     let fx = sim.apply(answer("Later."));
     assert_eq!(fx, vec![bot("Later.".into())]);
+}
+
+// ---- WhatsApp's 24-hour window ----
+
+#[test]
+fn a_human_reply_after_the_whatsapp_window_is_reported_to_the_desk() {
+    let mut sim = Sim::waiting(Channel::Whatsapp, "conv-1");
+    let id = sim.handoff().id;
+    // Inside the window: relayed as usual.
+    sim.advance(3600);
+    let fx = sim.apply(human("conv-1", "Hi, Anna here."));
+    assert!(fx.iter().any(
+        |e| matches!(e, Effect::SendToUser { message, outside_window: false, .. } if message.text == "Hi, Anna here.")
+    ));
+    // 25 hours after the user's last message only a template could reach them: without one,
+    // the desk is told the reply was not delivered.
+    sim.advance(24 * 3600);
+    let fx = sim.apply(human("conv-1", "Are you still there?"));
+    assert!(!fx.iter().any(|e| matches!(e, Effect::SendToUser { .. })), "{fx:?}");
+    let notes: Vec<&str> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::PostToDesk { handoff_id, text } if *handoff_id == id => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(notes.len(), 1, "{fx:?}");
+    assert!(notes[0].contains("Not delivered") && notes[0].contains("Are you still there?"));
+
+    // With an approved template the reply goes out through it.
+    sim.agent.channels.whatsapp = Some(baton_core::agent::WhatsappConfig {
+        phone_number_id: "1065".into(),
+        access_token: Default::default(),
+        app_secret: Default::default(),
+        verify_token: Default::default(),
+        api_base: baton_core::agent::default_graph_api(),
+        api_version: baton_core::agent::default_graph_version(),
+        window_template: Some(baton_core::agent::WhatsappTemplate { name: "late_reply".into(), language: "en".into() }),
+    });
+    let fx = sim.apply(human("conv-1", "Your parcel left today."));
+    assert!(fx.iter().any(|e| matches!(e, Effect::SendToUser { message, outside_window: true, .. } if message.text == "Your parcel left today.")));
+
+    // The user writes again: the window is open again.
+    sim.apply(user("thanks"));
+    let fx = sim.apply(human("conv-1", "You're welcome"));
+    assert!(fx.iter().any(|e| matches!(e, Effect::SendToUser { outside_window: false, .. })));
 }

@@ -195,6 +195,8 @@ fn agent(case: &Case) -> Agent {
         policy: case.policy.clone(),
         channels: Default::default(),
         salesiq: None,
+        intercom: None,
+        livechat: None,
         widget: WidgetConfig::default(),
         messages: Default::default(),
         hours: None,

@@ -59,6 +59,8 @@ impl Config {
 pub struct Aws {
     pub ports: Ports,
     pub salesiq: baton_connectors::salesiq::api::SalesiqClient,
+    pub intercom: baton_connectors::intercom::IntercomClient,
+    pub livechat: baton_connectors::livechat::LivechatClient,
     pub store: Arc<DynamoStore>,
     pub events: Arc<SqsEventQueue>,
     pub timers: Arc<SqsTimers>,
@@ -92,7 +94,16 @@ pub fn wire(
         kv: store.clone(),
         alerts: Default::default(),
     };
-    Aws { ports, salesiq: connectors.salesiq.clone(), store, events, timers, config }
+    Aws {
+        ports,
+        salesiq: connectors.salesiq.clone(),
+        intercom: connectors.intercom.clone(),
+        livechat: connectors.livechat.clone(),
+        store,
+        events,
+        timers,
+        config,
+    }
 }
 
 /// Build from the environment: SDK clients from the Lambda role, settings from env vars.
@@ -116,6 +127,8 @@ pub fn http_router(aws: &Aws, routes: Routes) -> axum::Router {
         limits: Arc::new(Limits::default()),
         body_limit: aws.config.body_limit,
         salesiq: aws.salesiq.clone(),
+        intercom: aws.intercom.clone(),
+        livechat: aws.livechat.clone(),
     };
     baton_runtime::http::router_for(state, routes).layer(axum::middleware::map_request(source_ip))
 }

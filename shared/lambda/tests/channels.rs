@@ -1,11 +1,11 @@
-//! Telegram and Zoho SalesIQ through the real Lambda handlers on moto: the channel-webhook
-//! and desk-webhook functions resolve the agent's secrets from SSM Parameter Store, verify
-//! the provider's signature, and queue; the worker answers through the fake providers, with
-//! the SalesIQ access token cached in the DynamoDB table.
+//! Telegram, WhatsApp, Zoho SalesIQ and LiveChat through the real Lambda handlers on moto:
+//! the channel-webhook and desk-webhook functions resolve the agent's secrets from SSM
+//! Parameter Store, verify the provider's signature, and queue; the worker answers through
+//! the fake providers, with access tokens cached in the DynamoDB table.
 
 mod common;
 
-use baton_core::agent::{DeskConfig, TelegramConfig};
+use baton_core::agent::{DeskConfig, TelegramConfig, WhatsappConfig};
 use baton_core::model::Secret;
 use baton_tests::salesiq::{created, operator_replied, FakeZoho, Kind, WebhookSigner, DEPARTMENT_ID, OPERATOR_ID};
 use baton_tests::telegram::{text_update, FakeTelegram};
@@ -115,4 +115,93 @@ async fn a_salesiq_visitor_is_answered_with_a_token_cached_in_the_table() {
     run_worker(&hub).await;
     zoho.wait_for(Kind::OperatorMessage, 2, Duration::from_secs(10)).await;
     assert_eq!(zoho.token_requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whatsapp_message_is_verified_queued_and_answered() {
+    use baton_tests::whatsapp::{sign, text_message, webhook_body, FakeWhatsapp};
+    const PHONE: &str = "106540352242922";
+    const TOKEN: &str = "EAAG-lambda-whatsapp-token";
+    let fake = FakeWhatsapp::start(TOKEN, PHONE).await;
+    let prefix = format!("/baton/{}", baton_tests::moto::unique_name("wa"));
+    for (name, value) in [("token", TOKEN), ("app-secret", "lambda-app-secret"), ("verify", "lambda-verify")] {
+        put_parameter(&format!("{prefix}/{name}"), value).await;
+    }
+    let (api, p) = (fake.url(), prefix.clone());
+    let hub = hub(move |a| {
+        a.channels.whatsapp = Some(WhatsappConfig {
+            phone_number_id: PHONE.into(),
+            access_token: Secret(format!("ssm:{p}/token")),
+            app_secret: Secret(format!("ssm:{p}/app-secret")),
+            verify_token: Secret(format!("ssm:{p}/verify")),
+            api_base: api,
+            api_version: "v21.0".into(),
+            window_template: None,
+        });
+    })
+    .await;
+
+    let path = "/channels/whatsapp/shop?hub.mode=subscribe&hub.verify_token=lambda-verify&hub.challenge=ch-8431";
+    let r = ApiRequest::new("GET", path).send(&hub.channel_api).await;
+    assert_eq!((r.status, r.body.as_str()), (200, Some("ch-8431")), "{r:?}");
+    let path = "/channels/whatsapp/shop?hub.mode=subscribe&hub.verify_token=guess&hub.challenge=ch-8431";
+    assert_eq!(ApiRequest::new("GET", path).send(&hub.channel_api).await.status, 403);
+
+    let body = webhook_body(PHONE, &[text_message("wamid.L1", "16505550000", "How long does shipping take?")], &[]);
+    let send = |signature: String| {
+        let router = hub.channel_api.clone();
+        let body = body.clone();
+        async move {
+            let mut req = ApiRequest::new("POST", "/channels/whatsapp/shop").header("X-Hub-Signature-256", &signature);
+            req.body = Some(body);
+            req.header("content-type", "application/json").send(&router).await
+        }
+    };
+    assert_eq!(send(sign("not-the-app-secret", &body)).await.status, 401);
+    for _ in 0..2 {
+        let r = send(sign("lambda-app-secret", &body)).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    run_worker(&hub).await;
+    let sent = fake.wait_for_messages(1, Duration::from_secs(10)).await;
+    assert_eq!(sent[0]["text"]["body"], SHIPPING);
+    run_worker(&hub).await;
+    assert_eq!(fake.sent().len(), 1, "Meta's redelivery was applied once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_livechat_chat_is_answered_by_the_bot_with_its_token_cached_in_the_table() {
+    use baton_tests::livechat::{incoming_chat, incoming_event, with_secret, FakeLivechat, Kind as Lc, GROUP_ID};
+    let fake = FakeLivechat::start().await;
+    let prefix = format!("/baton/{}", baton_tests::moto::unique_name("lc"));
+    let mut cfg = fake.config();
+    put_parameter(&format!("{prefix}/webhook-secret"), cfg.webhook_secret.expose()).await;
+    put_parameter(&format!("{prefix}/bot-secret"), cfg.bot_secret.as_ref().unwrap().expose()).await;
+    cfg.webhook_secret = Secret(format!("ssm:{prefix}/webhook-secret"));
+    cfg.bot_secret = Some(Secret(format!("ssm:{prefix}/bot-secret")));
+    let hub = hub(move |a| {
+        a.livechat = Some(cfg);
+        a.desk = DeskConfig::Livechat { group_id: GROUP_ID };
+    })
+    .await;
+    fake.add_chat("LAMBDA1");
+    let send = |body: Vec<u8>| {
+        let router = hub.desk_api.clone();
+        async move {
+            let mut req = ApiRequest::new("POST", "/desks/livechat/shop");
+            req.body = Some(body);
+            req.header("content-type", "application/json").send(&router).await
+        }
+    };
+    let customer = "b7eff798-f8df-4364-8059-649c35c9ed0c";
+    let body = incoming_chat("LAMBDA1", customer, None, "How long does shipping take?");
+    assert_eq!(send(with_secret(&body, Some("guess"))).await.status, 401);
+    assert_eq!(send(body).await.status, 200);
+    run_worker(&hub).await;
+    let said = fake.wait_for(Lc::AgentEvent, 1, Duration::from_secs(10)).await;
+    assert_eq!(said[0].body["event"]["text"], SHIPPING);
+    send(incoming_event("LAMBDA1", "E-2", customer, "Do you ship abroad to other countries?", None)).await;
+    run_worker(&hub).await;
+    fake.wait_for(Lc::AgentEvent, 2, Duration::from_secs(10)).await;
+    assert_eq!(fake.requests_of(Lc::IssueBotToken).len(), 1, "the bot token was cached in the table");
 }

@@ -4,11 +4,14 @@
 
 use crate::widget::{LoggedMessage, MessageLog, Posted};
 use async_trait::async_trait;
+use baton_connectors::intercom::IntercomClient;
 use baton_connectors::line::{self, LineClient};
+use baton_connectors::livechat::LivechatClient;
 use baton_connectors::salesiq::api::SalesiqClient;
 use baton_connectors::telegram::{self, TelegramClient};
+use baton_connectors::whatsapp::{self, WhatsappClient};
 use baton_core::event::ReplyHandle;
-use baton_core::ports::{ChannelSender, Clock, DeliveryError};
+use baton_core::ports::{ChannelSender, Clock, Delivery, DeliveryError};
 use baton_core::{Agent, Channel, ConversationKey, Event, EventKind, Millis, OutMessage};
 use std::sync::Arc;
 use tokio::sync::broadcast;
@@ -26,6 +29,9 @@ pub struct ChannelRouter {
     pub telegram: TelegramClient,
     pub line: LineClient,
     pub salesiq: SalesiqClient,
+    pub intercom: IntercomClient,
+    pub livechat: LivechatClient,
+    pub whatsapp: WhatsappClient,
 }
 
 fn not_configured(agent: &Agent, channel: &str) -> DeliveryError {
@@ -39,9 +45,9 @@ impl ChannelSender for ChannelRouter {
         agent: &Agent,
         key: &ConversationKey,
         message: &OutMessage,
-        idempotency_key: &str,
-        reply_token: Option<&str>,
+        delivery: &Delivery<'_>,
     ) -> Result<(), DeliveryError> {
+        let idempotency_key = delivery.idempotency_key;
         match key.channel {
             Channel::Widget | Channel::Api => {
                 let at = self.clock.now();
@@ -65,10 +71,15 @@ impl ChannelSender for ChannelRouter {
             }
             Channel::Line => {
                 let cfg = agent.channels.line.as_ref().ok_or_else(|| not_configured(agent, "LINE"))?;
-                self.line.send(cfg, &key.user, message, reply_token, idempotency_key).await
+                self.line.send(cfg, &key.user, message, delivery.reply_token, idempotency_key).await
             }
             Channel::Salesiq => self.salesiq.post_as_operator(agent, &key.user, message, idempotency_key).await,
-            Channel::Whatsapp => Err(DeliveryError::permanent("the WhatsApp channel is not connected in this build")),
+            Channel::Whatsapp => {
+                let cfg = agent.channels.whatsapp.as_ref().ok_or_else(|| not_configured(agent, "WhatsApp"))?;
+                self.whatsapp.send(cfg, &key.user, message, delivery.outside_window).await
+            }
+            Channel::Intercom => self.intercom.reply_as_bot(agent, &key.user, message, idempotency_key).await,
+            Channel::Livechat => self.livechat.send_as_bot(agent, &key.user, message, idempotency_key).await,
         }
     }
 }
@@ -101,4 +112,17 @@ pub fn line_event(agent: &str, ev: &line::Inbound, now: Millis) -> Option<Event>
     });
     let kind = EventKind::UserMessage { text, email: None, language: None, reply };
     Some(Event::new(format!("line:{agent}:{}", ev.webhook_event_id), key, now, kind))
+}
+
+/// The canonical event of one WhatsApp message, deduplicated on its wamid (Meta redelivers
+/// for hours). A pressed button is its value; media, locations and other kinds become a
+/// placeholder that says what was sent and where the file is.
+pub fn whatsapp_event(agent: &str, msg: &whatsapp::Inbound, now: Millis) -> Option<Event> {
+    let key = ConversationKey::new(agent, Channel::Whatsapp, &msg.from).ok()?;
+    let text = match &msg.kind {
+        whatsapp::InboundKind::Text(t) | whatsapp::InboundKind::Button(t) => t.clone(),
+        other => whatsapp::describe(other),
+    };
+    let kind = EventKind::UserMessage { text, email: None, language: None, reply: None };
+    Some(Event::new(format!("wa:{agent}:{}", msg.message_id), key, now, kind))
 }

@@ -2,6 +2,8 @@
 //! the agent's `desk` configuration.
 
 use async_trait::async_trait;
+use baton_connectors::intercom::IntercomDesk;
+use baton_connectors::livechat::LivechatDesk;
 use baton_connectors::salesiq::api::SalesiqDesk;
 use baton_connectors::webhook_desk::WebhookDesk;
 use baton_core::agent::DeskConfig;
@@ -13,6 +15,8 @@ use baton_core::{Agent, ConversationKey};
 pub struct DeskRouter {
     pub webhook: WebhookDesk,
     pub salesiq: SalesiqDesk,
+    pub intercom: IntercomDesk,
+    pub livechat: LivechatDesk,
 }
 
 impl DeskRouter {
@@ -21,6 +25,8 @@ impl DeskRouter {
             DeskConfig::None => Err(DeliveryError::permanent(format!("agent {} has no desk configured", agent.id))),
             DeskConfig::Webhook { .. } => Ok(&self.webhook),
             DeskConfig::Salesiq { .. } => Ok(&self.salesiq),
+            DeskConfig::Intercom { .. } => Ok(&self.intercom),
+            DeskConfig::Livechat { .. } => Ok(&self.livechat),
         }
     }
 }

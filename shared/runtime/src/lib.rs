@@ -40,6 +40,8 @@ pub struct Connectors {
     /// Also used by ingress (to recognise the hub's own posts) and by Telegram polling.
     pub salesiq: baton_connectors::salesiq::api::SalesiqClient,
     pub telegram: baton_connectors::telegram::TelegramClient,
+    pub intercom: baton_connectors::intercom::IntercomClient,
+    pub livechat: baton_connectors::livechat::LivechatClient,
     pub desk: Arc<desks::DeskRouter>,
     pub fallback: Arc<baton_connectors::ticket::TicketFallback>,
 }
@@ -52,13 +54,17 @@ impl Connectors {
         log: Arc<dyn widget::MessageLog>,
         live: tokio::sync::broadcast::Sender<widget::Posted>,
     ) -> Connectors {
-        use baton_connectors::{line, salesiq, telegram, ticket, webhook_desk};
+        use baton_connectors::{intercom, line, livechat, salesiq, telegram, ticket, webhook_desk, whatsapp};
         let http = baton_connectors::outbound::http_client(timeout);
-        let salesiq = salesiq::api::SalesiqClient::new(http.clone(), timeout, kv, clock.clone());
+        let salesiq = salesiq::api::SalesiqClient::new(http.clone(), timeout, kv.clone(), clock.clone());
+        let intercom = intercom::IntercomClient::new(http.clone(), timeout, kv.clone(), clock.clone());
+        let livechat = livechat::LivechatClient::new(http.clone(), timeout, kv, clock.clone());
         let telegram = telegram::TelegramClient::from_client(http.clone(), timeout);
         Connectors {
             salesiq: salesiq.clone(),
             telegram: telegram.clone(),
+            intercom: intercom.clone(),
+            livechat: livechat.clone(),
             channels: Arc::new(channels::ChannelRouter {
                 log,
                 live,
@@ -66,10 +72,15 @@ impl Connectors {
                 telegram,
                 line: line::LineClient::from_client(http.clone(), timeout),
                 salesiq: salesiq.clone(),
+                intercom: intercom.clone(),
+                livechat: livechat.clone(),
+                whatsapp: whatsapp::WhatsappClient::from_client(http.clone(), timeout),
             }),
             desk: Arc::new(desks::DeskRouter {
                 webhook: webhook_desk::WebhookDesk::from_client(http.clone(), timeout),
                 salesiq: salesiq::api::SalesiqDesk::new(salesiq),
+                intercom: intercom::IntercomDesk::new(intercom),
+                livechat: livechat::LivechatDesk::new(livechat),
             }),
             fallback: Arc::new(ticket::TicketFallback::from_client(http, timeout)),
         }

@@ -3,7 +3,8 @@
 
 use crate::Ports;
 use baton_core::ports::{
-    BrainRequest, Commit, CommitOutcome, DeliveryError, DeskLink, DeskStatusRecord, OutboxItem, StoreError, TraceEntry,
+    BrainRequest, Commit, CommitOutcome, Delivery, DeliveryError, DeskLink, DeskStatusRecord, OutboxItem, StoreError,
+    TraceEntry,
 };
 use baton_core::{step_with, Agent, ConversationKey, Effect, Event, EventKind, Facts, Millis, PendingEffect, Session};
 use std::collections::HashSet;
@@ -217,8 +218,13 @@ async fn run_effect(
             enqueue(ports, result_event_id, key, EventKind::BrainReplied { reply }).await?;
             Ok("answered".into())
         }
-        Effect::SendToUser { message, reply_token } => {
-            ports.channels.send(agent, key, message, &idem, reply_token.as_deref()).await?;
+        Effect::SendToUser { message, reply_token, outside_window } => {
+            let delivery = Delivery {
+                idempotency_key: &idem,
+                reply_token: reply_token.as_deref(),
+                outside_window: *outside_window,
+            };
+            ports.channels.send(agent, key, message, &delivery).await?;
             Ok("delivered".into())
         }
         Effect::OpenDesk { request } => {

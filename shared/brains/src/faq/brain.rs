@@ -103,6 +103,8 @@ mod tests {
             fallback: Default::default(),
             channels: Default::default(),
             salesiq: None,
+            intercom: None,
+            livechat: None,
         }
     }
 

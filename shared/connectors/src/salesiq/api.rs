@@ -12,10 +12,11 @@
 use super::oauth::{Token, ZohoAuth};
 use super::{base_url, quote, read_limited, segment, transport_error};
 use crate::outbound::{redact_url, status_error, Reply};
+use crate::transcript::cut_chars;
 use async_trait::async_trait;
 use baton_core::agent::{Agent, DeskConfig, SalesiqConfig};
 use baton_core::effect::HandoffRequest;
-use baton_core::model::{Channel, CloseReason, ConversationKey, Millis, OutMessage, Role, ServiceStatus};
+use baton_core::model::{Channel, CloseReason, ConversationKey, Millis, OutMessage, ServiceStatus};
 use baton_core::ports::{Clock, DeliveryError, Desk, KeyValue};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -393,63 +394,23 @@ pub fn visitor_name(channel: Channel) -> &'static str {
         Channel::Line => "LINE user",
         Channel::Whatsapp => "WhatsApp user",
         Channel::Salesiq => "SalesIQ visitor",
+        Channel::Intercom => "Intercom user",
+        Channel::Livechat => "LiveChat customer",
     }
-}
-
-fn speaker(role: Role) -> Option<&'static str> {
-    match role {
-        Role::User => Some("User"),
-        Role::Bot => Some("Bot"),
-        Role::Human => Some("Agent"),
-        Role::System => None,
-    }
-}
-
-fn cut_chars(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
 }
 
 /// The first visitor message of a relayed handoff: reason, the earlier messages (as many of the
 /// most recent ones as fit in [`MAX_QUESTION_CHARS`]), the question and the e-mail address.
 pub fn transcript(key: &ConversationKey, request: &HandoffRequest) -> String {
-    let head = format!("Reason: {}", cut_chars(request.reason.trim(), 300));
-    let tail = format!(
-        "Question: {}\n\nE-mail: {}\nChannel: {}",
-        cut_chars(request.question.trim(), 1500),
-        cut_chars(request.email.trim(), 254),
-        key.channel.as_str()
-    );
-    let mut budget = MAX_QUESTION_CHARS.saturating_sub(head.chars().count() + tail.chars().count() + 40);
-    let mut lines: Vec<String> = Vec::new();
-    let mut dropped = false;
-    for turn in request.history.iter().rev() {
-        let Some(who) = speaker(turn.role) else { continue };
-        let line = format!("{who}: {}", cut_chars(turn.text.trim(), 500).replace('\n', " "));
-        let n = line.chars().count() + 1;
-        if n > budget {
-            dropped = true;
-            break;
-        }
-        budget -= n;
-        lines.push(line);
-    }
-    lines.reverse();
-    let mut out = head;
-    if !lines.is_empty() {
-        out.push_str("\n\nEarlier messages:\n");
-        if dropped {
-            out.push_str("…\n");
-        }
-        out.push_str(&lines.join("\n"));
-    }
-    out.push_str("\n\n");
-    out.push_str(&tail);
-    cut_chars(&out, MAX_QUESTION_CHARS)
+    let style = crate::transcript::Style {
+        intro: "",
+        bot: "Bot",
+        max_chars: MAX_QUESTION_CHARS,
+        question_chars: 1500,
+        line_chars: 500,
+        no_email: "",
+    };
+    crate::transcript::transcript(key, request, &style)
 }
 
 /// The body of "Open Conversation" (visitor API v1).
@@ -644,7 +605,7 @@ impl Desk for SalesiqDesk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_core::model::{Button, Turn};
+    use baton_core::model::{Button, Role, Turn};
 
     fn reply(status: u16, body: Value) -> Reply {
         Reply { status, retry_after: None, body: body.to_string().into_bytes(), what: "POST http://h/x".into() }

@@ -56,6 +56,8 @@ pub fn shop_agent(desk_url: &str) -> Agent {
         fallback: Default::default(),
         channels: Default::default(),
         salesiq: None,
+        intercom: None,
+        livechat: None,
     }
 }
 

@@ -3,6 +3,9 @@
 
 pub mod channels;
 pub mod desk;
+mod desk_events;
+pub mod intercom;
+pub mod livechat;
 pub mod salesiq;
 pub mod widget;
 
@@ -35,6 +38,10 @@ pub struct AppState {
     pub body_limit: usize,
     /// Recognises the hub's own SalesIQ posts when they come back as webhooks.
     pub salesiq: baton_connectors::salesiq::api::SalesiqClient,
+    /// Recognises the hub's own Intercom replies.
+    pub intercom: baton_connectors::intercom::IntercomClient,
+    /// Recognises the hub's own LiveChat messages and tells agents from customers.
+    pub livechat: baton_connectors::livechat::LivechatClient,
 }
 
 /// Request rate limits of the public routes.
@@ -86,9 +93,9 @@ impl Default for Limits {
 pub enum Routes {
     All,
     Widget,
-    /// Desk webhooks: the webhook-desk contract and Zoho SalesIQ.
+    /// Desk webhooks: the webhook-desk contract, Zoho SalesIQ, Intercom and LiveChat.
     Desk,
-    /// Channel webhooks: Telegram and LINE.
+    /// Channel webhooks: Telegram, LINE and WhatsApp.
     Channels,
 }
 
@@ -103,7 +110,7 @@ pub fn router_for(state: AppState, routes: Routes) -> Router {
         r = r.merge(widget::routes());
     }
     if matches!(routes, Routes::All | Routes::Desk) {
-        r = r.merge(desk::routes()).merge(salesiq::routes());
+        r = r.merge(desk::routes()).merge(salesiq::routes()).merge(intercom::routes()).merge(livechat::routes());
     }
     if matches!(routes, Routes::All | Routes::Channels) {
         r = r.merge(channels::routes());

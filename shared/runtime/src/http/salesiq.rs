@@ -11,14 +11,15 @@
 //!   are recognised and dropped, a human operator's reply marks the human's turn.
 
 use super::channels::{reject, resolved_agent};
+use super::desk_events::{deliver, ignored, Signal, Target};
 use super::{ApiError, AppState, ClientAddr, RawBody};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
-use baton_connectors::salesiq::{signature, webhook};
-use baton_core::{Channel, ConversationKey, Event, EventKind};
-use serde_json::json;
+use baton_connectors::salesiq::signature;
+use baton_connectors::salesiq::webhook::{self, WebhookEvent};
+use baton_core::Channel;
 use sha2::Digest;
 
 pub fn routes() -> Router<AppState> {
@@ -42,62 +43,32 @@ async fn notification(
     }
     let note = webhook::parse(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let id = format!("siq:{}:{}", agent.id, note.dedupe_key);
-    let now = st.ports.clock.now();
-    let ignored = |why: &str| {
-        tracing::debug!(agent = %agent.id, event = %id, why, "SalesIQ notification ignored");
-        Ok(Json(json!({"status": "ignored", "reason": why})))
-    };
     let Some(conversation_id) = note.event.conversation_id().map(str::to_string) else {
-        return ignored("no conversation");
+        return Ok(ignored(&id, "no conversation"));
     };
-    let link = st.ports.store.desk_link(&agent.id, &conversation_id).await?;
-    let relayed = link.as_ref().filter(|l| l.conversation.channel != Channel::Salesiq);
-    let (key, kind) = match (relayed, note.event) {
-        // A conversation the hub opened for a user of another channel.
-        (Some(link), webhook::WebhookEvent::OperatorReplied { sender_id, message_id, text, .. }) => {
+    let target = Target::of(&st, &agent, Channel::Salesiq, cfg.answer_visitors, &conversation_id).await?;
+    let own = matches!(target, Target::Own(_));
+    let signal = match note.event {
+        WebhookEvent::Created { question: Some(q), visitor, .. } if own && !q.trim().is_empty() => {
+            remember_question(&st, &agent.id, &conversation_id, &q).await?;
+            Signal::UserWrote { text: q, email: visitor.email }
+        }
+        WebhookEvent::VisitorReplied { text, visitor, .. } => {
+            if own && is_the_question_again(&st, &agent.id, &conversation_id, &text).await? {
+                return Ok(ignored(&id, "the question of conversation.created, sent again as a visitor reply"));
+            }
+            Signal::UserWrote { text, email: visitor.email }
+        }
+        WebhookEvent::OperatorReplied { sender_id, message_id, text, .. } => {
             if st.salesiq.is_own_message(&agent, sender_id.as_deref(), &message_id).await {
-                return ignored("the hub's own message");
+                return Ok(ignored(&id, "the hub's own message"));
             }
-            (link.conversation.clone(), EventKind::HumanMessage { desk_conversation_id: conversation_id, text })
+            Signal::HumanWrote { text }
         }
-        (Some(link), webhook::WebhookEvent::Completed { .. }) => {
-            (link.conversation.clone(), EventKind::HumanClosed { desk_conversation_id: conversation_id })
-        }
-        (Some(_), _) => return ignored("the hub's own visitor message or an event it does not use"),
-        // A visitor writing in SalesIQ itself.
-        (None, event) => {
-            if !cfg.answer_visitors {
-                return ignored("the agent does not answer SalesIQ visitors");
-            }
-            let key = ConversationKey::new(&agent.id, Channel::Salesiq, &conversation_id)
-                .map_err(|e| ApiError::bad_request(format!("entity_id: {e}")))?;
-            let kind = match event {
-                webhook::WebhookEvent::Created { question: Some(q), visitor, .. } if !q.trim().is_empty() => {
-                    remember_question(&st, &agent.id, &conversation_id, &q).await?;
-                    EventKind::UserMessage { text: q, email: visitor.email, language: None, reply: None }
-                }
-                webhook::WebhookEvent::VisitorReplied { text, visitor, .. } => {
-                    if is_the_question_again(&st, &agent.id, &conversation_id, &text).await? {
-                        return ignored("the question of conversation.created, sent again as a visitor reply");
-                    }
-                    EventKind::UserMessage { text, email: visitor.email, language: None, reply: None }
-                }
-                webhook::WebhookEvent::OperatorReplied { sender_id, message_id, text, .. } => {
-                    if st.salesiq.is_own_message(&agent, sender_id.as_deref(), &message_id).await {
-                        return ignored("the hub's own message");
-                    }
-                    EventKind::HumanMessage { desk_conversation_id: conversation_id, text }
-                }
-                webhook::WebhookEvent::Completed { .. } => {
-                    EventKind::HumanClosed { desk_conversation_id: conversation_id }
-                }
-                _ => return ignored("an event the hub does not use"),
-            };
-            (key, kind)
-        }
+        WebhookEvent::Completed { .. } => Signal::Completed,
+        _ => return Ok(ignored(&id, "an event the hub does not use")),
     };
-    st.ports.queue.enqueue(vec![Event::new(id, key, now, kind)]).await?;
-    Ok(Json(json!({"status": "accepted"})))
+    deliver(&st, id, target, &conversation_id, signal).await
 }
 
 /// How long the question of a new conversation is remembered against its echo.
