@@ -36,6 +36,10 @@ enum Command {
         /// Messages per second allowed in one widget conversation (burst: 10 s worth).
         #[arg(long, env = "BATON_RATE_PER_CONVERSATION", default_value_t = 2.0)]
         rate_per_conversation: f64,
+        /// The hub's public URL (e.g. a tunnel's), for links to files users send; by default
+        /// the host a webhook reached.
+        #[arg(long, env = "BATON_PUBLIC_URL")]
+        public_url: Option<String>,
     },
     /// Manage agents.
     Agents {
@@ -303,15 +307,31 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut out = std::io::stdout();
     match cli.command {
-        Command::Serve { addr, data, agents, body_limit, no_example, rate_per_ip, rate_per_conversation } => {
+        Command::Serve {
+            addr,
+            data,
+            agents,
+            body_limit,
+            no_example,
+            rate_per_ip,
+            rate_per_conversation,
+            public_url,
+        } => {
             let rate_limits = baton_runtime::http::RateLimitConfig {
                 per_ip_per_sec: rate_per_ip,
                 per_ip_burst: (rate_per_ip * 6.0).ceil() as u32,
                 per_conversation_per_sec: rate_per_conversation,
                 per_conversation_burst: (rate_per_conversation * 10.0).ceil() as u32,
             };
-            let opts =
-                ServeOptions { addr, data, agents_file: agents, body_limit, example_agent: !no_example, rate_limits };
+            let opts = ServeOptions {
+                addr,
+                data,
+                agents_file: agents,
+                body_limit,
+                example_agent: !no_example,
+                rate_limits,
+                public_url,
+            };
             let running = start(opts, Arc::new(baton_runtime::clock::SystemClock)).await?;
             let a = running.addr;
             println!("Baton is running on http://{a}");

@@ -28,6 +28,8 @@ pub struct ServeOptions {
     /// Create the example agent and the console desk when the store has no agents.
     pub example_agent: bool,
     pub rate_limits: RateLimitConfig,
+    /// The hub's public URL for media links; `None`: the host a webhook reached.
+    pub public_url: Option<String>,
 }
 
 /// A running server (tests start it in-process; `main` runs it until Ctrl-C).
@@ -100,6 +102,12 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         None
     };
 
+    // Polling has no request to take a host from: links point at the public URL or here.
+    let media_files = baton_runtime::media::MediaFiles {
+        links: baton_runtime::media::MediaLinks::new(secret.as_bytes(), opts.public_url.clone()),
+        fetcher: connectors.media.clone(),
+    };
+    let poll_link_base = media_files.links.public_base().map(str::to_string).unwrap_or_else(|| hub_base.clone());
     let state = AppState {
         ports: ports.clone(),
         log,
@@ -110,6 +118,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         salesiq: connectors.salesiq.clone(),
         intercom: connectors.intercom.clone(),
         livechat: connectors.livechat.clone(),
+        media: Arc::new(media_files.clone()),
     };
     let console_state =
         console::ConsoleState::new(console_store, db.clone(), hub_base, ports.alerts.clone(), clock.clone());
@@ -142,6 +151,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
     tasks.push(tokio::spawn(crate::telegram_poll::supervise(
         ports.clone(),
         connectors.telegram.clone(),
+        (media_files.links.clone(), poll_link_base),
         shutdown_rx.clone(),
     )));
 

@@ -7,6 +7,7 @@ use baton_connectors::telegram::TelegramClient;
 use baton_core::model::Millis;
 use baton_core::ports::DeliveryError;
 use baton_runtime::channels::telegram_event;
+use baton_runtime::media::{LinkBase, MediaLinks};
 use baton_runtime::Ports;
 use std::time::Duration;
 
@@ -22,14 +23,20 @@ const AGENTS_RESCAN: Duration = Duration::from_secs(10);
 
 /// Runs one [`Poller`] per agent whose Telegram channel has `poll = true`, picking up
 /// agents applied while the server runs; a poller stops when its agent stops polling.
-pub async fn supervise(ports: Ports, client: TelegramClient, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// `links`: how placeholders link to files, and the base URL of those links.
+pub async fn supervise(
+    ports: Ports,
+    client: TelegramClient,
+    links: (MediaLinks, String),
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let running: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Default::default();
     loop {
         if let Ok(agents) = ports.store.list_agents().await {
             for agent in agents.into_iter().filter(|a| a.channels.telegram.as_ref().is_some_and(|t| t.poll)) {
                 let mut set = running.lock().unwrap_or_else(|p| p.into_inner());
                 if set.insert(agent.id.clone()) {
-                    let poller = Poller::new(ports.clone(), client.clone(), agent.id.clone());
+                    let poller = Poller::new(ports.clone(), client.clone(), agent.id.clone(), links.clone());
                     let (running, stop) = (running.clone(), stop.clone());
                     tokio::spawn(async move {
                         poller.run(stop).await;
@@ -49,11 +56,12 @@ pub struct Poller {
     ports: Ports,
     client: TelegramClient,
     agent: String,
+    links: (MediaLinks, String),
 }
 
 impl Poller {
-    pub fn new(ports: Ports, client: TelegramClient, agent: String) -> Self {
-        Poller { ports, client, agent }
+    pub fn new(ports: Ports, client: TelegramClient, agent: String, links: (MediaLinks, String)) -> Self {
+        Poller { ports, client, agent, links }
     }
 
     fn offset_key(&self) -> String {
@@ -117,7 +125,9 @@ impl Poller {
             }
         };
         let now = self.ports.clock.now();
-        let events: Vec<_> = polled.updates.iter().filter_map(|u| telegram_event(&self.agent, u, now)).collect();
+        let links = LinkBase { links: &self.links.0, base: Some(self.links.1.clone()), now };
+        let events: Vec<_> =
+            polled.updates.iter().filter_map(|u| telegram_event(&self.agent, u, now, &links)).collect();
         if !events.is_empty() {
             // Queued before the offset moves: a crash in between repeats updates, which dedupe.
             if let Err(e) = self.ports.queue.enqueue(events).await {

@@ -6,8 +6,8 @@ mod common;
 
 use baton_core::agent::{LineConfig, TelegramConfig};
 use baton_core::model::Secret;
-use baton_tests::line::{postback_event, sign, text_event, webhook_body, DeliveredBy, FakeLine};
-use baton_tests::telegram::{callback_update, text_update, FakeTelegram};
+use baton_tests::line::{image_event, postback_event, sign, text_event, webhook_body, DeliveredBy, FakeLine};
+use baton_tests::telegram::{callback_update, photo_update, text_update, FakeTelegram};
 use common::{hub_with, Hub};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -265,4 +265,55 @@ async fn set_webhook_registers_the_agents_url_and_secret() {
 
     baton::admin::telegram_webhook(&agent, None, &mut Vec::new()).await.unwrap();
     assert!(tg.webhook_registration().is_none());
+}
+
+/// The desk's `/chat` bodies, waiting until there are `n`.
+async fn desk_chats(hub: &Hub, n: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let chats: Vec<String> =
+            hub.desk.requests_to("/chat").iter().map(|r| r.body["body"].as_str().unwrap_or("").to_string()).collect();
+        if chats.len() >= n {
+            return chats;
+        }
+        assert!(std::time::Instant::now() < deadline, "only {chats:?} reached the desk");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+/// Follow the link at the end of a placeholder: the file's bytes and content type.
+async fn open_link(placeholder: &str) -> (u16, String, Vec<u8>) {
+    let link = placeholder.rsplit_once(' ').expect("a link after the placeholder").1;
+    let r = reqwest::get(link).await.unwrap();
+    let status = r.status().as_u16();
+    let content_type = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    (status, content_type, r.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn photos_from_telegram_and_line_reach_the_human_as_links_through_the_hub() {
+    let tg = FakeTelegram::start(BOT_TOKEN).await;
+    tg.put_file("AgACAgIAAxkBAAIBZ", "photos/file_3.jpg", "image/jpeg", b"\xff\xd8parcel");
+    let hub = telegram_hub(&tg, false).await;
+    post_update(&hub, &text_update(1, 42, "I want to talk to a human"), Some(HOOK_SECRET)).await;
+    hub.desk.first_to("/conversation/establish").await;
+    post_update(&hub, &photo_update(2, 42, "AgACAgIAAxkBAAIBZ", "the damaged parcel"), Some(HOOK_SECRET)).await;
+    let chats = desk_chats(&hub, 1).await;
+    assert!(chats[0].starts_with("[photo: the damaged parcel] http://127.0.0.1:"), "{chats:?}");
+    assert!(chats[0].contains("/media/shop/telegram/AgACAgIAAxkBAAIBZ?exp="), "{chats:?}");
+    assert!(!chats[0].contains(BOT_TOKEN), "the bot token never reaches the desk");
+    assert_eq!(open_link(&chats[0]).await, (200, "image/jpeg".into(), b"\xff\xd8parcel".to_vec()));
+    assert_eq!(tg.downloads(), ["photos/file_3.jpg"], "the largest size was fetched");
+    hub.running.stop().await;
+
+    let line = FakeLine::start(LINE_TOKEN).await;
+    line.put_content("325708", "image/png", b"\x89PNG-receipt");
+    let hub = line_hub(&line).await;
+    post_line_signed(&hub, &[text_event("ev-1", "U4af49806", "I want to talk to a human", None)]).await;
+    hub.desk.first_to("/conversation/establish").await;
+    post_line_signed(&hub, &[image_event("ev-2", "U4af49806", "325708", None)]).await;
+    let chats = desk_chats(&hub, 1).await;
+    assert!(chats[0].starts_with("[image] http://127.0.0.1:"), "{chats:?}");
+    assert_eq!(open_link(&chats[0]).await, (200, "image/png".into(), b"\x89PNG-receipt".to_vec()));
+    hub.running.stop().await;
 }

@@ -61,6 +61,7 @@ pub async fn hub_with(clock: Arc<dyn Clock>, edit: impl FnOnce(&mut Agent)) -> H
         body_limit: 64 * 1024,
         example_agent: false,
         rate_limits: Default::default(),
+        public_url: None,
     };
     let running = start(opts, clock).await.unwrap();
     let mut agent = shop_agent(&desk.url());

@@ -472,6 +472,7 @@ async fn whatsapp_users_get_answers_buttons_and_a_human_who_sees_their_photos() 
     let conversation_id = establish.body["conversation_id"].as_str().unwrap().to_string();
 
     // The human sees what the user sent that is not text.
+    fake.put_media("1479537139650973", "image/jpeg", b"\xff\xd8broken-part.jpg");
     let photo = wa::image_message("wamid.3", WA_USER, "1479537139650973", Some("the broken part"));
     let place = wa::location_message("wamid.4", WA_USER, 45.8131, 15.9772, Some("Shop"), Some("Ilica 1, Zagreb"));
     assert_eq!(
@@ -485,8 +486,22 @@ async fn whatsapp_users_get_answers_buttons_and_a_human_who_sees_their_photos() 
     }
     let chats: Vec<String> =
         hub.desk.requests_to("/chat").iter().map(|r| r.body["body"].as_str().unwrap_or("").to_string()).collect();
-    assert_eq!(chats[0], "[image (media id 1479537139650973): the broken part]");
+    let (placeholder, link) = chats[0].rsplit_once(" ").unwrap();
+    assert_eq!(placeholder, "[image (media id 1479537139650973): the broken part]");
     assert_eq!(chats[1], "[location: 45.8131, 15.9772 Shop, Ilica 1, Zagreb]");
+
+    // The link in the placeholder opens the photo through the hub (Meta's needs the token).
+    assert!(link.starts_with(&format!("{}/media/shop/whatsapp/1479537139650973?", hub.base)), "{link}");
+    let r = reqwest::get(link).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/jpeg");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"\xff\xd8broken-part.jpg");
+    // A changed link opens nothing.
+    let forged = link.replace("1479537139650973?", "1479537139650974?");
+    assert_eq!(reqwest::get(&forged).await.unwrap().status(), 403);
+    let unsigned = link.split_once('?').unwrap().0;
+    assert_eq!(reqwest::get(unsigned).await.unwrap().status(), 403);
 
     // The human's reply reaches WhatsApp; a failed delivery Meta reports later raises an alert.
     assert_eq!(hub.desk_reply(&conversation_id, "Hi, Anna here.", None).await.status(), 200);

@@ -5,7 +5,9 @@
 //! (400), and checks the message limits (1-5 messages, text 1-5000 UTF-16 units, at most 13
 //! quick replies, labels ≤ 20 characters, postback data ≤ 300). It records every request and
 //! every delivered message in order, and can be told to fail. Also: webhook bodies and their
-//! `x-line-signature` for driving the hub's LINE webhook.
+//! `x-line-signature` for driving the hub's LINE webhook. Content put with
+//! [`FakeLine::put_content`] is served at `GET /v2/bot/message/{id}/content` (Bearer token; 404
+//! `{"message":"Not found"}` otherwise), as LINE's data host serves it.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -69,6 +71,8 @@ struct LineLog {
     fail_count: usize,
     fail_status: u16,
     fail_after_delivery: bool,
+    /// message id -> (content type, bytes)
+    content: HashMap<String, (String, Vec<u8>)>,
 }
 
 #[derive(Clone)]
@@ -93,7 +97,10 @@ impl FakeLine {
     pub async fn start(access_token: &str) -> FakeLine {
         let log = Arc::new(Mutex::new(LineLog::default()));
         let state = LineState { token: access_token.into(), log: log.clone() };
-        let app = Router::new().fallback(handle).with_state(state);
+        let app = Router::new()
+            .route("/v2/bot/message/{id}/content", axum::routing::get(content))
+            .fallback(handle)
+            .with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
@@ -105,6 +112,11 @@ impl FakeLine {
     /// The `api_base` to configure (`line.api_base`).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The content of message `message_id` (an image, video, audio or file a user sent).
+    pub fn put_content(&self, message_id: &str, content_type: &str, bytes: &[u8]) {
+        self.log.lock().unwrap().content.insert(message_id.into(), (content_type.into(), bytes.to_vec()));
     }
 
     /// A fresh reply token, valid for one reply.
@@ -391,6 +403,14 @@ pub fn text_event(webhook_event_id: &str, user_id: &str, text: &str, reply_token
     event
 }
 
+/// An image a user sent (kept by LINE under `message_id`), timestamped now.
+pub fn image_event(webhook_event_id: &str, user_id: &str, message_id: &str, reply_token: Option<&str>) -> Value {
+    let mut event = user_event("message", webhook_event_id, user_id, reply_token);
+    event["message"] =
+        json!({"id": message_id, "type": "image", "quoteToken": "q", "contentProvider": {"type": "line"}});
+    event
+}
+
 /// A quick-reply (postback) press from a user in a one-on-one chat, timestamped now.
 pub fn postback_event(webhook_event_id: &str, user_id: &str, data: &str, reply_token: Option<&str>) -> Value {
     let mut event = user_event("postback", webhook_event_id, user_id, reply_token);
@@ -402,4 +422,22 @@ pub fn postback_event(webhook_event_id: &str, user_id: &str, data: &str, reply_t
 pub fn webhook_body(events: &[Value]) -> Vec<u8> {
     let body = json!({"destination": "U00000000000000000000000000000000", "events": events});
     serde_json::to_vec(&body).expect("JSON")
+}
+
+/// `GET /v2/bot/message/{id}/content` with the access token.
+async fn content(
+    State(st): State<LineState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+    if authorization != Some(format!("Bearer {}", st.token).as_str()) {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"message": "Authentication failed"}))).into_response();
+    }
+    match st.log.lock().unwrap().content.get(&id) {
+        Some((content_type, bytes)) => {
+            ([(axum::http::header::CONTENT_TYPE, content_type.clone())], bytes.clone()).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, Json(json!({"message": "Not found"}))).into_response(),
+    }
 }

@@ -4,6 +4,8 @@
 //! Telegram checks on `sendMessage` (text 1-4096 characters, callback_data 1-64 bytes), keeps
 //! the webhook registration, refuses `getUpdates` while a webhook is set (409, as Telegram
 //! does), serves queued updates to `getUpdates` honouring `offset`, and can be told to fail.
+//! Files put with [`FakeTelegram::put_file`] are described by `getFile` (`file_path`,
+//! `file_size`) and downloaded from `GET /file/bot{token}/{file_path}`, as Telegram serves them.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -45,6 +47,10 @@ struct TelegramLog {
     /// The body of the last successful `setWebhook` with a non-empty url.
     webhook: Option<Value>,
     next_message_id: i64,
+    /// file_id -> (file_path, content type, bytes)
+    files: Vec<(String, String, String, Vec<u8>)>,
+    /// Downloads from `/file/...` with the right token, by path.
+    downloads: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -66,7 +72,7 @@ impl FakeTelegram {
         let log = Arc::new(Mutex::new(TelegramLog::default()));
         let queued = Arc::new(Notify::new());
         let state = TelegramState { token: bot_token.into(), log: log.clone(), queued: queued.clone() };
-        let app = Router::new().fallback(handle).with_state(state);
+        let app = Router::new().route("/file/{*rest}", axum::routing::get(file)).fallback(handle).with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
@@ -121,6 +127,18 @@ impl FakeTelegram {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A file users may have sent: `getFile` with `file_id` answers `file_path`, whose download
+    /// serves `bytes` as `content_type`.
+    pub fn put_file(&self, file_id: &str, file_path: &str, content_type: &str, bytes: &[u8]) {
+        let mut log = self.log.lock().unwrap();
+        log.files.push((file_id.into(), file_path.into(), content_type.into(), bytes.to_vec()));
+    }
+
+    /// The paths downloaded from `/file/bot{token}/...`, in order.
+    pub fn downloads(&self) -> Vec<String> {
+        self.log.lock().unwrap().downloads.clone()
     }
 
     /// Answer the next `n` calls (any method but `getUpdates`) with `status`: 429 comes with
@@ -199,6 +217,18 @@ fn answer(log: &mut TelegramLog, method: &str, body: &Value) -> (StatusCode, Jso
         return error(400, "Bad Request: the request body must be a JSON object");
     }
     match method {
+        "getFile" => {
+            let id = body["file_id"].as_str().unwrap_or_default();
+            match log.files.iter().find(|f| f.0 == id) {
+                Some((file_id, path, _, bytes)) => ok(json!({
+                    "file_id": file_id,
+                    "file_unique_id": format!("u-{file_id}"),
+                    "file_size": bytes.len(),
+                    "file_path": path,
+                })),
+                None => error(400, "Bad Request: invalid file_id"),
+            }
+        }
         "sendMessage" => {
             if let Err(problem) = check_send_message(body) {
                 return error(400, &format!("Bad Request: {problem}"));
@@ -316,6 +346,22 @@ fn unix_now() -> u64 {
 }
 
 /// A private-chat text message update, as Telegram sends it.
+/// A photo (in two sizes, the larger `file_id` last) with a caption, as Telegram sends it.
+pub fn photo_update(update_id: i64, chat_id: i64, file_id: &str, caption: &str) -> Value {
+    let mut update = text_update(update_id, chat_id, "");
+    let message = update["message"].as_object_mut().expect("a message");
+    message.remove("text");
+    message.insert(
+        "photo".into(),
+        json!([
+            {"file_id": format!("{file_id}-small"), "file_unique_id": "s", "file_size": 1200, "width": 90, "height": 67},
+            {"file_id": file_id, "file_unique_id": "l", "file_size": 48_000, "width": 1280, "height": 960},
+        ]),
+    );
+    message.insert("caption".into(), json!(caption));
+    update
+}
+
 pub fn text_update(update_id: i64, chat_id: i64, text: &str) -> Value {
     json!({
         "update_id": update_id,
@@ -347,4 +393,24 @@ pub fn callback_update(update_id: i64, chat_id: i64, data: &str) -> Value {
             "data": data,
         }
     })
+}
+
+/// `GET /file/bot{token}/{file_path}`: a file's bytes, for the right token only.
+async fn file(State(st): State<TelegramState>, uri: Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some((token, path)) = uri.path().strip_prefix("/file/bot").and_then(|rest| rest.split_once('/')) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if token != &*st.token {
+        st.log.lock().unwrap().wrong_token += 1;
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let mut log = st.log.lock().unwrap();
+    log.downloads.push(path.to_string());
+    match log.files.iter().find(|f| f.1 == path) {
+        Some((_, _, content_type, bytes)) => {
+            ([(axum::http::header::CONTENT_TYPE, content_type.clone())], bytes.clone()).into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }

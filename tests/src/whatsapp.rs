@@ -10,7 +10,10 @@
 //! templates still go through. Accepted messages are answered `{messaging_product, contacts:
 //! [{input, wa_id}], messages:[{id:"wamid.N"}]}`. Every request is recorded, and the fake can be
 //! told to fail. Also: webhook bodies in Meta's envelope and their `X-Hub-Signature-256`, for
-//! driving the hub's WhatsApp webhook.
+//! driving the hub's WhatsApp webhook. Media put with [`FakeWhatsapp::put_media`] are described
+//! by `GET /{version}/{media_id}` (`{messaging_product, url, mime_type, sha256, file_size, id}`)
+//! and downloaded from that url (`/whatsapp_business/attachments/?mid=..`, as Meta's lookaside
+//! host), both with the Bearer token only.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -20,7 +23,7 @@ use axum::{Json, Router};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,11 +58,17 @@ struct WhatsappLog {
     fail_count: usize,
     fail_with: u32,
     next_id: u64,
+    /// media id -> (mime type, bytes)
+    media: HashMap<String, (String, Vec<u8>)>,
+    /// Media ids downloaded, in order.
+    downloads: Vec<String>,
 }
 
 #[derive(Clone)]
 struct WhatsappState {
     token: Arc<str>,
+    /// This server's own URL (media download links point here).
+    base: Arc<str>,
     phone_number_id: Arc<str>,
     log: Arc<Mutex<WhatsappLog>>,
 }
@@ -73,11 +82,19 @@ impl FakeWhatsapp {
     /// Start on a free loopback port, accepting `access_token` for `phone_number_id` only.
     pub async fn start(access_token: &str, phone_number_id: &str) -> FakeWhatsapp {
         let log = Arc::new(Mutex::new(WhatsappLog::default()));
-        let state =
-            WhatsappState { token: access_token.into(), phone_number_id: phone_number_id.into(), log: log.clone() };
-        let app = Router::new().fallback(handle).with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let state = WhatsappState {
+            token: access_token.into(),
+            base: format!("http://{addr}").into(),
+            phone_number_id: phone_number_id.into(),
+            log: log.clone(),
+        };
+        let app = Router::new()
+            .route("/whatsapp_business/attachments/", axum::routing::get(media_download))
+            .route("/{version}/{media_id}", axum::routing::get(media_info))
+            .fallback(handle)
+            .with_state(state);
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -123,6 +140,16 @@ impl FakeWhatsapp {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A file a user sent, kept by Meta under `media_id`.
+    pub fn put_media(&self, media_id: &str, mime_type: &str, bytes: &[u8]) {
+        self.log.lock().unwrap().media.insert(media_id.into(), (mime_type.into(), bytes.to_vec()));
+    }
+
+    /// Media ids downloaded so far, in order.
+    pub fn downloads(&self) -> Vec<String> {
+        self.log.lock().unwrap().downloads.clone()
     }
 
     /// The user's 24-hour window closes: free-form messages to `wa_id` fail with 131047 (HTTP
@@ -576,4 +603,56 @@ pub fn webhook_body(phone_number_id: &str, messages: &[Value], statuses: &[Value
     }
     let body = json!({"object": "whatsapp_business_account", "entry": [{"id": WABA_ID, "changes": changes}]});
     serde_json::to_vec(&body).expect("JSON")
+}
+
+fn bearer_ok(st: &WhatsappState, headers: &HeaderMap) -> bool {
+    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(format!("Bearer {}", st.token).as_str())
+}
+
+/// `GET /{version}/{media_id}`: where to download a medium, valid for 5 minutes at Meta.
+async fn media_info(
+    State(st): State<WhatsappState>,
+    axum::extract::Path((_version, media_id)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if !bearer_ok(&st, &headers) {
+        let e = bad_token();
+        return (StatusCode::from_u16(e.status).unwrap_or(StatusCode::UNAUTHORIZED), Json(e.json())).into_response();
+    }
+    let log = st.log.lock().unwrap();
+    match log.media.get(&media_id) {
+        Some((mime, bytes)) => Json(json!({
+            "messaging_product": "whatsapp",
+            "url": format!("{}/whatsapp_business/attachments/?mid={media_id}&ext=1&hash=ATtest", st.base),
+            "mime_type": mime,
+            "sha256": "HASH",
+            "file_size": bytes.len(),
+            "id": media_id,
+        }))
+        .into_response(),
+        None => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"message": format!("Unsupported get request. Object with ID '{media_id}' does not exist"),
+                "type": "GraphMethodException", "code": 100, "error_subcode": 33, "fbtrace_id": "Afake"}})),
+        )
+            .into_response(),
+    }
+}
+
+/// The download url of a medium: its bytes, with the Bearer token only.
+async fn media_download(
+    State(st): State<WhatsappState>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if !bearer_ok(&st, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let id = q.get("mid").cloned().unwrap_or_default();
+    let mut log = st.log.lock().unwrap();
+    log.downloads.push(id.clone());
+    match log.media.get(&id) {
+        Some((mime, bytes)) => ([(axum::http::header::CONTENT_TYPE, mime.clone())], bytes.clone()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }

@@ -245,3 +245,38 @@ async fn line_webhook_helpers_round_trip() {
     assert_eq!(parsed[1].kind, line::InboundKind::Button("handoff".into()));
     assert!(!parsed[1].is_redelivery);
 }
+
+#[tokio::test]
+async fn files_users_sent_are_fetched_with_the_bot_credentials() {
+    let tg = FakeTelegram::start(BOT_TOKEN).await;
+    tg.put_file("AgACAgIAAxkBAAIB", "photos/file_7.jpg", "image/jpeg", b"\xff\xd8jpeg");
+    let c = telegram_config(&tg.url(), BOT_TOKEN);
+    let got = telegram_client().fetch_file(&c, "AgACAgIAAxkBAAIB").await.unwrap();
+    assert_eq!((got.content_type.as_deref(), got.bytes.as_slice()), (Some("image/jpeg"), &b"\xff\xd8jpeg"[..]));
+    assert_eq!(tg.downloads(), ["photos/file_7.jpg"]);
+    assert_eq!(tg.calls("getFile")[0].body, json!({"file_id": "AgACAgIAAxkBAAIB"}));
+    // An unknown file is permanent; a wrong token is a credential failure that never shows it.
+    let err = telegram_client().fetch_file(&c, "unknown").await.unwrap_err();
+    assert!(matches!(err, DeliveryError::Permanent { .. }), "{err:?}");
+    let wrong = telegram_config(&tg.url(), "1111:wrong-token");
+    let err = telegram_client().fetch_file(&wrong, "AgACAgIAAxkBAAIB").await.unwrap_err();
+    assert!(matches!(err, DeliveryError::Unauthorized { .. }), "{err:?}");
+    assert!(!err.to_string().contains("wrong-token"), "{err}");
+    // Ids that are not one path segment are refused before any call.
+    assert!(telegram_client().fetch_file(&c, "../x").await.is_err());
+    // Too large to pass on (the declared size is checked before downloading).
+    tg.put_file("big", "documents/big.bin", "application/octet-stream", &vec![0u8; 4 * 1024 * 1024 + 1]);
+    let err = telegram_client().fetch_file(&c, "big").await.unwrap_err();
+    assert!(err.to_string().contains("more than"), "{err}");
+    assert_eq!(tg.downloads().len(), 1);
+
+    let line = FakeLine::start(ACCESS_TOKEN).await;
+    line.put_content("325708", "image/png", b"\x89PNG");
+    let c = line_config(&line.url(), ACCESS_TOKEN);
+    let got = line_client().fetch_content(&c, "325708").await.unwrap();
+    assert_eq!((got.content_type.as_deref(), got.bytes.as_slice()), (Some("image/png"), &b"\x89PNG"[..]));
+    let err = line_client().fetch_content(&c, "999").await.unwrap_err();
+    assert!(matches!(err, DeliveryError::Permanent { .. }), "{err:?}");
+    let err = line_client().fetch_content(&line_config(&line.url(), "nope"), "325708").await.unwrap_err();
+    assert!(matches!(err, DeliveryError::Unauthorized { .. }), "{err:?}");
+}

@@ -444,3 +444,25 @@ async fn waiting_for_messages_that_never_arrive_panics_with_what_came() {
     let _ = client().send(&config(&fake.url(), ACCESS_TOKEN), USER, &OutMessage::new(Role::Bot, "x"), false).await;
     fake.wait_for_messages(1, Duration::from_millis(100)).await;
 }
+
+#[tokio::test]
+async fn media_users_sent_are_looked_up_then_downloaded_with_the_token() {
+    let fake = FakeWhatsapp::start(ACCESS_TOKEN, PHONE_ID).await;
+    fake.put_media("1479537139650973", "audio/ogg; codecs=opus", b"OggS-voice");
+    let c = config(&fake.url(), ACCESS_TOKEN);
+    let got = client().fetch_media(&c, "1479537139650973").await.unwrap();
+    assert_eq!(got.content_type.as_deref(), Some("audio/ogg; codecs=opus"));
+    assert_eq!(got.bytes, b"OggS-voice");
+    assert_eq!(fake.downloads(), ["1479537139650973"]);
+    // Meta's "object does not exist" is permanent; a wrong token never shows in the error.
+    let err = client().fetch_media(&c, "42").await.unwrap_err();
+    assert!(matches!(err, DeliveryError::Permanent { .. }), "{err:?}");
+    let err = client().fetch_media(&config(&fake.url(), "EAAWrongTokenValue"), "1479537139650973").await.unwrap_err();
+    assert!(matches!(err, DeliveryError::Unauthorized { .. }), "{err:?}");
+    assert!(!err.to_string().contains("EAAWrongTokenValue"), "{err}");
+    // Too large to pass on: refused from the declared size, nothing downloaded.
+    fake.put_media("7", "video/mp4", &vec![0u8; 4 * 1024 * 1024 + 1]);
+    let err = client().fetch_media(&c, "7").await.unwrap_err();
+    assert!(err.to_string().contains("more than"), "{err}");
+    assert_eq!(fake.downloads().len(), 1);
+}

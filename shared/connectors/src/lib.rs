@@ -9,6 +9,8 @@ pub mod intercom;
 pub mod line;
 /// LiveChat (Text platform v3.6): webhook secret and events, agent/customer/bot tokens, the Chat APIs and the LiveChat desk.
 pub mod livechat;
+/// Downloading files users sent, for the hub's media links.
+pub mod media;
 /// Standard Webhooks signing and verification, shared by every signed webhook we send or accept.
 pub mod outbound;
 /// Zoho SalesIQ: webhook signature and events, Zoho OAuth tokens, the REST API and the SalesIQ desk.

@@ -35,9 +35,15 @@
 //!   `You have reached your monthly limit.` (line-bot-sdk-java#426), which waiting minutes cannot
 //!   fix, so it is Permanent here.
 //!
+//! - [C] content of image/video/audio/file messages: `GET /v2/bot/message/{messageId}/content`
+//!   on the data host `https://api-data.line.me` with the Bearer token (line-bot-sdk's
+//!   `MessagingApiBlobClient`, whose base URL is that host); images the sender hosts carry
+//!   `contentProvider.type == "external"` and `originalContentUrl`.
+//!
 //! Not confirmed: the reply token's lifetime (third-party reports say about a minute or less),
 //! whether LINE ever sends `Retry-After`, the redelivery schedule and the webhook deadline.
 
+use crate::media::{download, valid_media_id, Fetched};
 use crate::outbound::{quote, read_limited, transport_error, MAX_RESPONSE_BYTES};
 use base64::prelude::{Engine as _, BASE64_STANDARD};
 use baton_core::agent::LineConfig;
@@ -107,8 +113,71 @@ pub enum InboundKind {
     Text(String),
     /// A pressed quick-reply button: its `postback.data`.
     Button(String),
-    /// A message we cannot relay, named by its type: `image`, `sticker`, `location`, ...
+    /// An image, video, audio or file message: its kind, the message id under which LINE keeps
+    /// the content, the file name (files) and, for content the sender hosts themselves
+    /// (`contentProvider.type == "external"`), its public URL.
+    Media {
+        kind: String,
+        message_id: String,
+        file_name: Option<String>,
+        external_url: Option<String>,
+    },
+    Location {
+        latitude: f64,
+        longitude: f64,
+        place: Option<String>,
+    },
+    /// A message we cannot relay, named by its type: `sticker`, ...
     Unsupported(String),
+}
+
+/// A placeholder for what is not text, so a human sees what arrived: `[image]`,
+/// `[file "report.pdf"]`, `[location: 35.68, 139.76 Tokyo Station]`, `[sticker]`. The caller
+/// appends a link to the content when it can offer one.
+pub fn describe(kind: &InboundKind) -> String {
+    match kind {
+        InboundKind::Text(text) | InboundKind::Button(text) => text.clone(),
+        InboundKind::Media { kind, file_name: Some(name), .. } => format!("[{kind} \"{name}\"]"),
+        InboundKind::Media { kind, .. } => format!("[{kind}]"),
+        InboundKind::Location { latitude, longitude, place: Some(place) } => {
+            format!("[location: {latitude}, {longitude} {place}]")
+        }
+        InboundKind::Location { latitude, longitude, place: None } => format!("[location: {latitude}, {longitude}]"),
+        InboundKind::Unsupported(kind) => format!("[{kind}]"),
+    }
+}
+
+/// The kind of a message that is not text.
+fn other_message(fields: &EventFields<'_>, kind: &str) -> InboundKind {
+    let text = |path: &str| {
+        fields.get(path).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
+    };
+    match kind {
+        "image" | "video" | "audio" | "file" => match text("message.id") {
+            Some(message_id) => InboundKind::Media {
+                kind: kind.to_string(),
+                message_id,
+                file_name: text("message.fileName"),
+                external_url: (text("message.contentProvider.type").as_deref() == Some("external"))
+                    .then(|| text("message.contentProvider.originalContentUrl"))
+                    .flatten()
+                    .filter(|u| u.starts_with("https://")),
+            },
+            None => InboundKind::Unsupported(kind.to_string()),
+        },
+        "location" => {
+            let number = |path: &str| fields.get(path).and_then(Value::as_f64);
+            match (number("message.latitude"), number("message.longitude")) {
+                (Some(latitude), Some(longitude)) => {
+                    let place: Vec<String> =
+                        ["message.title", "message.address"].iter().filter_map(|p| text(p)).collect();
+                    InboundKind::Location { latitude, longitude, place: (!place.is_empty()).then(|| place.join(", ")) }
+                }
+                _ => InboundKind::Unsupported("location".into()),
+            }
+        }
+        other => InboundKind::Unsupported(other.to_string()),
+    }
 }
 
 /// Why a webhook body is rejected; `Field` names the field (`events[0].source.userId: missing`).
@@ -228,7 +297,7 @@ fn parse_event(index: usize, event: &Value) -> Result<Option<Inbound>, ParseErro
     let kind = if event_type == "message" {
         match fields.non_empty_string("message.type")? {
             "text" => InboundKind::Text(fields.string("message.text")?.to_string()),
-            other => InboundKind::Unsupported(other.to_string()),
+            other => other_message(&fields, other),
         }
     } else {
         InboundKind::Button(fields.string("postback.data")?.to_string())
@@ -400,6 +469,29 @@ impl LineClient {
     }
 }
 
+impl LineClient {
+    /// The content of an image, video, audio or file message:
+    /// `GET {data host}/v2/bot/message/{message_id}/content` with the access token. LINE serves
+    /// content from `api-data.line.me`; with another `api_base` (a proxy, a test server) the
+    /// content is asked there too. Errors never show the token.
+    pub async fn fetch_content(&self, config: &LineConfig, message_id: &str) -> Result<Fetched, DeliveryError> {
+        if !valid_media_id(message_id) {
+            return Err(DeliveryError::permanent("LINE message id is not valid"));
+        }
+        let base = api_base(config)?;
+        let base = if base == DEFAULT_API_BASE { DATA_API_BASE } else { base };
+        let request = self
+            .client
+            .get(format!("{base}/v2/bot/message/{message_id}/content"))
+            .bearer_auth(config.access_token.expose());
+        download(request, "LINE content download", self.timeout).await
+    }
+}
+
+/// LINE's API host, and the host it serves message content from.
+const DEFAULT_API_BASE: &str = "https://api.line.me";
+const DATA_API_BASE: &str = "https://api-data.line.me";
+
 /// The API base without a trailing slash, checked to be an HTTP(S) URL.
 fn api_base(config: &LineConfig) -> Result<&str, DeliveryError> {
     let base = config.api_base.trim().trim_end_matches('/');
@@ -546,6 +638,45 @@ mod tests {
         assert_eq!(got[1].kind, InboundKind::Button("handoff".into()));
         assert!(got[1].is_redelivery);
         assert_eq!(got[2].kind, InboundKind::Unsupported("sticker".into()));
+    }
+
+    #[test]
+    fn images_files_and_locations_say_what_they_are() {
+        let image = event(
+            "message",
+            json!({"message": {"id": "325708", "type": "image",
+            "contentProvider": {"type": "line"}, "quoteToken": "q"}}),
+        );
+        let external = event(
+            "message",
+            json!({"message": {"id": "325709", "type": "image",
+            "contentProvider": {"type": "external", "originalContentUrl": "https://cdn.example.com/a.jpg"}}}),
+        );
+        let file = event(
+            "message",
+            json!({"message": {"id": "325710", "type": "file", "fileName": "report.pdf", "fileSize": 2138}}),
+        );
+        let place = event(
+            "message",
+            json!({"message": {"id": "325711", "type": "location", "title": "Tokyo Station",
+            "address": "1-9-1 Marunouchi", "latitude": 35.681236, "longitude": 139.767125}}),
+        );
+        let got = parse_events(vec![image, external, file, place]).unwrap();
+        assert_eq!(
+            got[0].kind,
+            InboundKind::Media {
+                kind: "image".into(),
+                message_id: "325708".into(),
+                file_name: None,
+                external_url: None
+            }
+        );
+        assert_eq!(describe(&got[0].kind), "[image]");
+        assert!(
+            matches!(&got[1].kind, InboundKind::Media { external_url: Some(u), .. } if u == "https://cdn.example.com/a.jpg")
+        );
+        assert_eq!(describe(&got[2].kind), "[file \"report.pdf\"]");
+        assert_eq!(describe(&got[3].kind), "[location: 35.681236, 139.767125 Tokyo Station, 1-9-1 Marunouchi]");
     }
 
     #[test]

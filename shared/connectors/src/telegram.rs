@@ -1,6 +1,7 @@
 //! Telegram Bot API: the webhook's secret-token check, parsing of updates (a webhook body or
 //! one entry of a `getUpdates` result, with the same parser), and the calls the hub makes:
-//! `sendMessage`, `answerCallbackQuery`, `setWebhook`, `deleteWebhook`, `getUpdates`.
+//! `sendMessage`, `answerCallbackQuery`, `setWebhook`, `deleteWebhook`, `getUpdates`, and
+//! `getFile` with the download of a file a user sent (for the hub's media links).
 //!
 //! The bot token is part of every URL (`{api_base}/bot<token>/<method>`), so a URL is never
 //! put into a message or a log line: errors name the method only, transport errors are
@@ -15,6 +16,10 @@
 //!   back in `X-Telegram-Bot-Api-Secret-Token` on every webhook request); `deleteWebhook` takes
 //!   only `drop_pending_updates`; `sendMessage` takes `chat_id` (integer or string), `text`
 //!   ("1-4096 characters after entities parsing") and `reply_markup` (an `InlineKeyboardMarkup`).
+//! - [C] files: `getFile(file_id)` answers a `File` with `file_path`, downloadable from
+//!   `https://api.telegram.org/file/bot<token>/<file_path>` for at least an hour; bots can
+//!   download files up to 20 MB; a photo arrives as an array of `PhotoSize`, smallest first
+//!   (Bot API "getFile" and "PhotoSize", as copied into Telegex).
 //! - [C] `InlineKeyboardButton.callback_data` is "1-64 bytes" (python-telegram-bot, grammY and
 //!   docs.rs telegram-typings all copy the Bot API sentence); clients show a progress bar until
 //!   `answerCallbackQuery(callback_query_id)` is called.
@@ -30,6 +35,7 @@
 //! - the set of message content fields is taken from the Bot API `Message` object as of 2025;
 //!   a message with none of them (a service message: pinned, joined, ...) is ignored.
 
+use crate::media::{download, valid_media_id, Fetched, MAX_MEDIA_BYTES};
 use crate::outbound::{quote, read_limited, transport_error};
 use baton_core::agent::TelegramConfig;
 use baton_core::model::OutMessage;
@@ -53,28 +59,8 @@ const LONG_POLL_GRACE: Duration = Duration::from_secs(10);
 /// Response bodies are read up to this size (up to 100 updates per `getUpdates`).
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
-/// Message fields that carry content we do not handle, in the order they are checked
-/// (`animation` first: such messages also carry `document` for old clients).
-const UNSUPPORTED_CONTENT: &[&str] = &[
-    "animation",
-    "audio",
-    "contact",
-    "dice",
-    "document",
-    "game",
-    "giveaway",
-    "invoice",
-    "location",
-    "paid_media",
-    "photo",
-    "poll",
-    "sticker",
-    "story",
-    "venue",
-    "video",
-    "video_note",
-    "voice",
-];
+/// Message fields that carry content we do not relay (files and locations are handled first).
+const UNSUPPORTED_CONTENT: &[&str] = &["contact", "dice", "game", "giveaway", "invoice", "paid_media", "poll", "story"];
 
 /// Constant-time check of the webhook's secret token header against `config.secret_token`.
 /// An empty configured secret accepts nothing, so a missing setting cannot open the webhook.
@@ -106,9 +92,90 @@ pub enum InboundKind {
     Text(String),
     /// A pressed inline button: its `callback_query.data`.
     Button(String),
-    /// A message we cannot relay, named by its content field (`photo`, `sticker`, `voice`, ...);
+    /// A file: its content field (`photo`, `voice`, `document`, ...), the `file_id` that
+    /// `getFile` turns into a download, the caption and, for documents, the file name.
+    Media {
+        kind: String,
+        file_id: String,
+        caption: Option<String>,
+        file_name: Option<String>,
+    },
+    /// A shared location, or a venue with its title and address.
+    Location {
+        latitude: f64,
+        longitude: f64,
+        place: Option<String>,
+    },
+    /// A message we cannot relay, named by its content field (`contact`, `poll`, `dice`, ...);
     /// `game` or `callback_query` for button presses without data.
     Unsupported(String),
+}
+
+/// A placeholder for what is not text, so a human sees what arrived:
+/// `[photo: caption]`, `[document "report.pdf"]`, `[location: 45.81, 15.98 Zagreb]`,
+/// `[poll]`. The caller appends a link to a file when it can offer one.
+pub fn describe(kind: &InboundKind) -> String {
+    match kind {
+        InboundKind::Text(text) | InboundKind::Button(text) => text.clone(),
+        InboundKind::Media { kind, caption, file_name, .. } => {
+            let mut out = format!("[{kind}");
+            if let Some(name) = file_name {
+                out.push_str(&format!(" \"{name}\""));
+            }
+            if let Some(caption) = caption {
+                out.push_str(&format!(": {caption}"));
+            }
+            out.push(']');
+            out
+        }
+        InboundKind::Location { latitude, longitude, place: Some(place) } => {
+            format!("[location: {latitude}, {longitude} {place}]")
+        }
+        InboundKind::Location { latitude, longitude, place: None } => format!("[location: {latitude}, {longitude}]"),
+        InboundKind::Unsupported(kind) => format!("[{kind}]"),
+    }
+}
+
+/// Message fields that carry a file, in the order they are checked (`animation` first: such
+/// messages also carry `document` for old clients).
+const MEDIA_CONTENT: &[&str] = &["animation", "photo", "video", "video_note", "voice", "audio", "document", "sticker"];
+
+/// The file of a message, if it carries one: a photo comes in several sizes, the largest last.
+/// A file without a usable id is still reported, as unsupported.
+fn media(message: &Map<String, Value>) -> Option<InboundKind> {
+    let kind = MEDIA_CONTENT.iter().find(|k| message.contains_key(**k))?;
+    let content = match message.get(*kind)? {
+        Value::Array(sizes) => sizes.last().unwrap_or(&Value::Null),
+        other => other,
+    };
+    let Some(file_id) = content.get("file_id").and_then(Value::as_str).filter(|id| !id.is_empty()) else {
+        return Some(InboundKind::Unsupported((*kind).to_string()));
+    };
+    let file_id = file_id.to_string();
+    let text =
+        |v: Option<&Value>| v.and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+    Some(InboundKind::Media {
+        kind: (*kind).to_string(),
+        file_id,
+        caption: text(message.get("caption")),
+        file_name: text(content.get("file_name")),
+    })
+}
+
+/// A location or venue message (unsupported when its coordinates are unreadable).
+fn location(message: &Map<String, Value>) -> Option<InboundKind> {
+    let venue = message.get("venue");
+    let at = venue.and_then(|v| v.get("location")).or_else(|| message.get("location"))?;
+    let coordinate = |k: &str| at.get(k).and_then(Value::as_f64);
+    let (Some(latitude), Some(longitude)) = (coordinate("latitude"), coordinate("longitude")) else {
+        return Some(InboundKind::Unsupported("location".into()));
+    };
+    let place: Vec<&str> = ["title", "address"]
+        .iter()
+        .filter_map(|k| venue.and_then(|v| v.get(*k)).and_then(Value::as_str))
+        .filter(|s| !s.trim().is_empty())
+        .collect();
+    Some(InboundKind::Location { latitude, longitude, place: (!place.is_empty()).then(|| place.join(", ")) })
 }
 
 /// Why an update is rejected; `Field` names the field (`message.chat.id: missing`).
@@ -160,9 +227,12 @@ fn parse_message(update_id: i64, message: &Value) -> Result<Option<Inbound>, Par
     let kind = match message.get("text") {
         Some(Value::String(text)) => InboundKind::Text(text.clone()),
         Some(_) => return Err(field_error("message.text", "must be a string")),
-        None => match UNSUPPORTED_CONTENT.iter().find(|k| message.contains_key(**k)) {
-            Some(kind) => InboundKind::Unsupported((*kind).to_string()),
-            None => return Ok(None),
+        None => match media(message).or_else(|| location(message)) {
+            Some(kind) => kind,
+            None => match UNSUPPORTED_CONTENT.iter().find(|k| message.contains_key(**k)) {
+                Some(kind) => InboundKind::Unsupported((*kind).to_string()),
+                None => return Ok(None),
+            },
         },
     };
     let from = message.get("from").and_then(Value::as_object);
@@ -310,6 +380,31 @@ impl TelegramClient {
             Value::Array(updates) => Ok(collect_updates(&updates)),
             _ => Err(DeliveryError::permanent("Telegram getUpdates answered a result that is not an array")),
         }
+    }
+
+    /// Download a file a user sent: `getFile` for its path, then
+    /// `{api_base}/file/bot{token}/{file_path}`. Telegram hands out files up to 20 MB; the hub
+    /// passes on at most [`crate::media::MAX_MEDIA_BYTES`]. Errors never show the token.
+    pub async fn fetch_file(&self, config: &TelegramConfig, file_id: &str) -> Result<Fetched, DeliveryError> {
+        let token = config.bot_token.expose();
+        if !valid_media_id(file_id) {
+            return Err(DeliveryError::permanent("Telegram file id is not valid"));
+        }
+        let file = self.call(config, "getFile", &json!({ "file_id": file_id }), self.timeout).await?;
+        if let Some(size) = file.get("file_size").and_then(Value::as_u64).filter(|n| *n > MAX_MEDIA_BYTES as u64) {
+            return Err(crate::media::too_large("Telegram file", size));
+        }
+        let Some(path) = file.get("file_path").and_then(Value::as_str).filter(|p| !p.is_empty() && !p.contains(".."))
+        else {
+            return Err(DeliveryError::permanent("Telegram getFile answered without a file_path"));
+        };
+        // Checked like every method URL; files live under `/file/bot{token}/`.
+        method_url(config, "getFile")?;
+        let base = config.api_base.trim().trim_end_matches('/');
+        let url = format!("{base}/file/bot{token}/{path}");
+        download(self.client.get(url), "Telegram file download", self.timeout)
+            .await
+            .map_err(|e| without_token(e, token))
     }
 
     /// POST `body` to `method` and return Telegram's `result`; every error is scrubbed of the token.
@@ -556,14 +651,42 @@ mod tests {
     fn other_content_is_unsupported_and_other_updates_are_ignored() {
         let photo = json!({"update_id": 5, "message": {"message_id": 1, "date": 1, "chat": {"id": 9, "type": "private"},
             "photo": [{"file_id": "a", "file_unique_id": "b", "width": 90, "height": 90}], "caption": "look"}});
-        assert_eq!(parse(photo).unwrap().unwrap().kind, InboundKind::Unsupported("photo".into()));
+        let photo = parse(photo).unwrap().unwrap().kind;
+        assert_eq!(
+            photo,
+            InboundKind::Media {
+                kind: "photo".into(),
+                file_id: "a".into(),
+                caption: Some("look".into()),
+                file_name: None
+            }
+        );
+        assert_eq!(describe(&photo), "[photo: look]");
+        // Several sizes: the largest (last) is the one linked.
+        let sizes = json!({"update_id": 5, "message": {"message_id": 1, "date": 1, "chat": {"id": 9},
+            "photo": [{"file_id": "small"}, {"file_id": "large"}]}});
+        assert!(
+            matches!(parse(sizes).unwrap().unwrap().kind, InboundKind::Media { ref file_id, .. } if file_id == "large")
+        );
         let gif = json!({"update_id": 5, "message": {"message_id": 1, "date": 1, "chat": {"id": 9},
             "animation": {"file_id": "a"}, "document": {"file_id": "a"}}});
-        assert_eq!(parse(gif).unwrap().unwrap().kind, InboundKind::Unsupported("animation".into()));
-        for kind in ["sticker", "voice", "location"] {
+        assert!(
+            matches!(parse(gif).unwrap().unwrap().kind, InboundKind::Media { ref kind, .. } if kind == "animation")
+        );
+        let doc = json!({"update_id": 5, "message": {"message_id": 1, "date": 1, "chat": {"id": 9},
+            "document": {"file_id": "d1", "file_name": "invoice.pdf", "mime_type": "application/pdf"}}});
+        assert_eq!(describe(&parse(doc).unwrap().unwrap().kind), "[document \"invoice.pdf\"]");
+        let venue = json!({"update_id": 5, "message": {"message_id": 1, "date": 1, "chat": {"id": 9},
+            "location": {"latitude": 45.8131, "longitude": 15.9772},
+            "venue": {"location": {"latitude": 45.8131, "longitude": 15.9772}, "title": "Shop", "address": "Ilica 1"}}});
+        assert_eq!(describe(&parse(venue).unwrap().unwrap().kind), "[location: 45.8131, 15.9772 Shop, Ilica 1]");
+        for kind in ["contact", "poll", "dice"] {
             let v = json!({"update_id": 5, "message": {"message_id": 1, "date": 1, "chat": {"id": 9}, kind: {}}});
             assert_eq!(parse(v).unwrap().unwrap().kind, InboundKind::Unsupported(kind.into()));
         }
+        // A file without its id cannot be linked: still not dropped.
+        let broken = json!({"update_id": 5, "message": {"message_id": 1, "date": 1, "chat": {"id": 9}, "voice": {}}});
+        assert_eq!(parse(broken).unwrap().unwrap().kind, InboundKind::Unsupported("voice".into()));
         let edited =
             json!({"update_id": 6, "edited_message": {"message_id": 1, "date": 1, "chat": {"id": 9}, "text": "x"}});
         assert_eq!(parse(edited), Ok(None));

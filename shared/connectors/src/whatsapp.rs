@@ -60,6 +60,11 @@
 //!   temporarily unavailable), 190 "Access token has expired" (HTTP 401), 0 AuthException, 10 and
 //!   200-299 permission errors (HTTP 403).
 //!
+//! - [C] media, from Meta's "Media" page (developers.facebook.com/documentation/business-messaging/
+//!   whatsapp/business-phone-numbers/media): `GET /{media-id}` answers the download URL, which is
+//!   fetched with the same Bearer token; "Media IDs in webhooks expire after 7 days". [S] the URL
+//!   expires after 5 minutes (docs.kapso.ai, a Meta proxy's reference).
+//!
 //! Not confirmed [U]:
 //! - whether a free-form send outside the window fails synchronously (HTTP 400 with 131047, as
 //!   dualhook.com and the "Triggering code" of metabusinessmcp.com show) or is accepted and
@@ -80,6 +85,7 @@
 //! - the Cloud API takes no idempotency key, so a retried send whose first answer was lost, or
 //!   a retried long text-then-buttons pair whose second call failed, can deliver text twice.
 
+use crate::media::{download, valid_media_id, Fetched, MAX_MEDIA_BYTES};
 use crate::outbound::{quote, read_limited, retry_after_ms, transport_error, MAX_RESPONSE_BYTES};
 use baton_core::agent::WhatsappConfig;
 use baton_core::model::{Button, OutMessage};
@@ -757,6 +763,58 @@ impl WhatsappClient {
     ) -> Result<(), DeliveryError> {
         let token = config.access_token.expose();
         self.send_unscrubbed(config, to, message, outside_window).await.map_err(|e| without_token(e, token))
+    }
+
+    /// Download a file a user sent: `GET {api_base}/{api_version}/{media_id}` (Bearer) answers
+    /// `{url, mime_type, file_size, ...}`; the URL (valid for 5 minutes) is fetched with the same
+    /// token. Media ids from webhooks expire after 7 days. Errors never show the token.
+    pub async fn fetch_media(&self, config: &WhatsappConfig, media_id: &str) -> Result<Fetched, DeliveryError> {
+        let token = config.access_token.expose();
+        self.fetch_media_unscrubbed(config, media_id).await.map_err(|e| without_token(e, token))
+    }
+
+    async fn fetch_media_unscrubbed(&self, config: &WhatsappConfig, media_id: &str) -> Result<Fetched, DeliveryError> {
+        if !valid_media_id(media_id) {
+            return Err(DeliveryError::permanent("WhatsApp media id is not valid"));
+        }
+        // Checks the base, the version and the phone number id.
+        messages_url(config)?;
+        let base = config.api_base.trim().trim_end_matches('/');
+        let url = format!("{base}/{}/{media_id}", config.api_version.trim());
+        let what = "WhatsApp media lookup";
+        let resp = self
+            .client
+            .get(&url)
+            .timeout(self.timeout)
+            .bearer_auth(config.access_token.expose())
+            .send()
+            .await
+            .map_err(|e| transport_error(what, self.timeout, e))?;
+        let status = resp.status().as_u16();
+        let answer = read_limited(resp, MAX_RESPONSE_BYTES).await;
+        let json: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+        if !(200..300).contains(&status) {
+            let message = json["error"]["message"].as_str().map(quote).unwrap_or_default();
+            let message = format!("{what} answered HTTP {status}: {message}");
+            return Err(match status {
+                401 | 403 => DeliveryError::Unauthorized { message },
+                429 | 500..=599 => DeliveryError::retryable(message),
+                _ => DeliveryError::permanent(message),
+            });
+        }
+        if let Some(size) = json["file_size"].as_u64().filter(|n| *n > MAX_MEDIA_BYTES as u64) {
+            return Err(crate::media::too_large("WhatsApp media", size));
+        }
+        let Some(file_url) = json["url"].as_str().filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+        else {
+            return Err(DeliveryError::permanent(format!("{what} answered without a download url")));
+        };
+        let request = self.client.get(file_url).bearer_auth(config.access_token.expose());
+        let mut fetched = download(request, "WhatsApp media download", self.timeout).await?;
+        if let Some(mime) = json["mime_type"].as_str().filter(|m| !m.trim().is_empty()) {
+            fetched.content_type = Some(mime.trim().to_string());
+        }
+        Ok(fetched)
     }
 
     async fn send_unscrubbed(

@@ -36,6 +36,9 @@ pub struct Config {
     pub timers_queue_url: String,
     pub widget_secret: String,
     pub body_limit: usize,
+    /// The API's public URL (a custom domain) for media links; `None`: the host API Gateway
+    /// was reached at.
+    pub public_url: Option<String>,
 }
 
 impl Config {
@@ -50,6 +53,7 @@ impl Config {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(baton_runtime::http::DEFAULT_BODY_LIMIT),
+            public_url: std::env::var("BATON_PUBLIC_URL").ok().filter(|v| !v.trim().is_empty()),
         })
     }
 }
@@ -61,6 +65,7 @@ pub struct Aws {
     pub salesiq: baton_connectors::salesiq::api::SalesiqClient,
     pub intercom: baton_connectors::intercom::IntercomClient,
     pub livechat: baton_connectors::livechat::LivechatClient,
+    pub media: baton_runtime::media::MediaFetcher,
     pub store: Arc<DynamoStore>,
     pub events: Arc<SqsEventQueue>,
     pub timers: Arc<SqsTimers>,
@@ -99,6 +104,7 @@ pub fn wire(
         salesiq: connectors.salesiq.clone(),
         intercom: connectors.intercom.clone(),
         livechat: connectors.livechat.clone(),
+        media: connectors.media.clone(),
         store,
         events,
         timers,
@@ -129,6 +135,13 @@ pub fn http_router(aws: &Aws, routes: Routes) -> axum::Router {
         salesiq: aws.salesiq.clone(),
         intercom: aws.intercom.clone(),
         livechat: aws.livechat.clone(),
+        media: Arc::new(baton_runtime::media::MediaFiles {
+            links: baton_runtime::media::MediaLinks::new(
+                aws.config.widget_secret.as_bytes(),
+                aws.config.public_url.clone(),
+            ),
+            fetcher: aws.media.clone(),
+        }),
     };
     baton_runtime::http::router_for(state, routes).layer(axum::middleware::map_request(source_ip))
 }

@@ -119,7 +119,8 @@ async fn a_salesiq_visitor_is_answered_with_a_token_cached_in_the_table() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whatsapp_message_is_verified_queued_and_answered() {
-    use baton_tests::whatsapp::{sign, text_message, webhook_body, FakeWhatsapp};
+    use baton_core::ports::Store;
+    use baton_tests::whatsapp::{image_message, sign, text_message, webhook_body, FakeWhatsapp};
     const PHONE: &str = "106540352242922";
     const TOKEN: &str = "EAAG-lambda-whatsapp-token";
     let fake = FakeWhatsapp::start(TOKEN, PHONE).await;
@@ -167,6 +168,28 @@ async fn a_whatsapp_message_is_verified_queued_and_answered() {
     assert_eq!(sent[0]["text"]["body"], SHIPPING);
     run_worker(&hub).await;
     assert_eq!(fake.sent().len(), 1, "Meta's redelivery was applied once");
+
+    // A photo: the placeholder links to the API's own host, and the link serves the file
+    // through the function (a binary body, base64 on the wire to API Gateway).
+    fake.put_media("7781", "image/gif", b"GIF89a-fake-photo");
+    let photo = webhook_body(PHONE, &[image_message("wamid.L2", "16505550000", "7781", None)], &[]);
+    let mut req = ApiRequest::new("POST", "/channels/whatsapp/shop")
+        .header("X-Hub-Signature-256", &sign("lambda-app-secret", &photo));
+    req.body = Some(photo);
+    assert_eq!(req.header("content-type", "application/json").send(&hub.channel_api).await.status, 200);
+    run_worker(&hub).await;
+    let key = baton_core::ConversationKey::new("shop", baton_core::Channel::Whatsapp, "16505550000").unwrap();
+    let session = hub.aws.store.load_session(&key).await.unwrap().expect("session").session;
+    let placeholder =
+        session.history.iter().map(|t| t.text.clone()).find(|t| t.starts_with("[image")).expect("the photo");
+    let link = placeholder.rsplit_once(' ').unwrap().1;
+    let path = link.strip_prefix("https://abc123.execute-api.us-east-1.amazonaws.com").expect("the API's host");
+    let r = ApiRequest::new("GET", path).send(&hub.channel_api).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.headers["content-type"], "image/gif");
+    assert_eq!(r.body, serde_json::json!("GIF89a-fake-photo"));
+    let r = ApiRequest::new("GET", &path.replace("7781?", "7782?")).send(&hub.channel_api).await;
+    assert_eq!(r.status, 403);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@
 //! its conversation, and the inbound conversions turn each channel's parsed webhook (or
 //! polled update) into canonical events with the provider's own id for deduplication.
 
+use crate::media::LinkBase;
 use crate::widget::{LoggedMessage, MessageLog, Posted};
 use async_trait::async_trait;
 use baton_connectors::intercom::IntercomClient;
@@ -84,14 +85,25 @@ impl ChannelSender for ChannelRouter {
     }
 }
 
+/// `placeholder` followed by the link to its file, when there is one.
+fn with_link(placeholder: String, link: Option<String>) -> String {
+    match link {
+        Some(link) => format!("{placeholder} {link}"),
+        None => placeholder,
+    }
+}
+
 /// The canonical event of one Telegram update (webhook or `getUpdates`), deduplicated on
-/// `update_id`. Buttons come back as their value; other message kinds as a placeholder
-/// naming what was sent, so the human sees that something arrived.
-pub fn telegram_event(agent: &str, update: &telegram::Inbound, now: Millis) -> Option<Event> {
+/// `update_id`. Buttons come back as their value; files as a placeholder naming what was sent
+/// with a link to it, other kinds as a placeholder, so the human sees that something arrived.
+pub fn telegram_event(agent: &str, update: &telegram::Inbound, now: Millis, links: &LinkBase<'_>) -> Option<Event> {
     let key = ConversationKey::new(agent, Channel::Telegram, &update.chat_id).ok()?;
     let text = match &update.kind {
         telegram::InboundKind::Text(t) | telegram::InboundKind::Button(t) => t.clone(),
-        telegram::InboundKind::Unsupported(kind) => format!("[{kind}]"),
+        telegram::InboundKind::Media { file_id, .. } => {
+            with_link(telegram::describe(&update.kind), links.to(agent, Channel::Telegram, file_id))
+        }
+        other => telegram::describe(other),
     };
     let kind = EventKind::UserMessage { text, email: None, language: update.language.clone(), reply: None };
     Some(Event::new(format!("tg:{agent}:{}", update.update_id), key, now, kind))
@@ -100,11 +112,18 @@ pub fn telegram_event(agent: &str, update: &telegram::Inbound, now: Millis) -> O
 /// The canonical event of one LINE webhook event, deduplicated on `webhookEventId`. The
 /// reply token is kept while fresh, counted from the event's own time (a redelivered event
 /// arrives with its original time and so is answered by push).
-pub fn line_event(agent: &str, ev: &line::Inbound, now: Millis) -> Option<Event> {
+pub fn line_event(agent: &str, ev: &line::Inbound, now: Millis, links: &LinkBase<'_>) -> Option<Event> {
     let key = ConversationKey::new(agent, Channel::Line, &ev.user_id).ok()?;
     let text = match &ev.kind {
         line::InboundKind::Text(t) | line::InboundKind::Button(t) => t.clone(),
-        line::InboundKind::Unsupported(kind) => format!("[{kind}]"),
+        // Content the sender hosts is linked as it is; LINE's own through the hub.
+        line::InboundKind::Media { external_url: Some(url), .. } => {
+            with_link(line::describe(&ev.kind), Some(url.clone()))
+        }
+        line::InboundKind::Media { message_id, .. } => {
+            with_link(line::describe(&ev.kind), links.to(agent, Channel::Line, message_id))
+        }
+        other => line::describe(other),
     };
     let reply = ev.reply_token.as_ref().map(|token| ReplyHandle {
         token: token.clone(),
@@ -115,12 +134,15 @@ pub fn line_event(agent: &str, ev: &line::Inbound, now: Millis) -> Option<Event>
 }
 
 /// The canonical event of one WhatsApp message, deduplicated on its wamid (Meta redelivers
-/// for hours). A pressed button is its value; media, locations and other kinds become a
-/// placeholder that says what was sent and where the file is.
-pub fn whatsapp_event(agent: &str, msg: &whatsapp::Inbound, now: Millis) -> Option<Event> {
+/// for hours). A pressed button is its value; media become a placeholder with a link to the
+/// file, locations and other kinds a placeholder that says what was sent.
+pub fn whatsapp_event(agent: &str, msg: &whatsapp::Inbound, now: Millis, links: &LinkBase<'_>) -> Option<Event> {
     let key = ConversationKey::new(agent, Channel::Whatsapp, &msg.from).ok()?;
     let text = match &msg.kind {
         whatsapp::InboundKind::Text(t) | whatsapp::InboundKind::Button(t) => t.clone(),
+        whatsapp::InboundKind::Media { id, .. } => {
+            with_link(whatsapp::describe(&msg.kind), links.to(agent, Channel::Whatsapp, id))
+        }
         other => whatsapp::describe(other),
     };
     let kind = EventKind::UserMessage { text, email: None, language: None, reply: None };

@@ -9,6 +9,7 @@ pub mod channels;
 pub mod clock;
 pub mod desks;
 pub mod http;
+pub mod media;
 pub mod ratelimit;
 pub mod widget;
 pub mod worker;
@@ -42,6 +43,8 @@ pub struct Connectors {
     pub telegram: baton_connectors::telegram::TelegramClient,
     pub intercom: baton_connectors::intercom::IntercomClient,
     pub livechat: baton_connectors::livechat::LivechatClient,
+    /// Fetches the files behind media links.
+    pub media: media::MediaFetcher,
     pub desk: Arc<desks::DeskRouter>,
     pub fallback: Arc<baton_connectors::ticket::TicketFallback>,
 }
@@ -60,7 +63,10 @@ impl Connectors {
         let intercom = intercom::IntercomClient::new(http.clone(), timeout, kv.clone(), clock.clone());
         let livechat = livechat::LivechatClient::new(http.clone(), timeout, kv, clock.clone());
         let telegram = telegram::TelegramClient::from_client(http.clone(), timeout);
+        let line = line::LineClient::from_client(http.clone(), timeout);
+        let whatsapp = whatsapp::WhatsappClient::from_client(http.clone(), timeout);
         Connectors {
+            media: media::MediaFetcher { telegram: telegram.clone(), line: line.clone(), whatsapp: whatsapp.clone() },
             salesiq: salesiq.clone(),
             telegram: telegram.clone(),
             intercom: intercom.clone(),
@@ -70,11 +76,11 @@ impl Connectors {
                 live,
                 clock,
                 telegram,
-                line: line::LineClient::from_client(http.clone(), timeout),
+                line,
                 salesiq: salesiq.clone(),
                 intercom: intercom.clone(),
                 livechat: livechat.clone(),
-                whatsapp: whatsapp::WhatsappClient::from_client(http.clone(), timeout),
+                whatsapp,
             }),
             desk: Arc::new(desks::DeskRouter {
                 webhook: webhook_desk::WebhookDesk::from_client(http.clone(), timeout),

@@ -104,6 +104,7 @@ pub fn config(table: &str, queues: &Queues) -> Config {
         timers_queue_url: queues.timers.clone(),
         widget_secret: "a-widget-token-secret-of-at-least-32-chars".into(),
         body_limit: 64 * 1024,
+        public_url: None,
     }
 }
 

@@ -6,6 +6,7 @@
 
 use super::{load_agent, ApiError, AppState, ClientAddr, RawBody};
 use crate::channels::{line_event, telegram_event, whatsapp_event};
+use crate::media::LinkBase;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
@@ -29,6 +30,11 @@ pub(super) async fn resolved_agent(st: &AppState, id: &str) -> Result<Agent, Api
         tracing::error!(agent = %agent.id, error = %e, "secrets of an agent could not be resolved");
         ApiError::unavailable("the agent's secrets cannot be read; retry later")
     })
+}
+
+/// Links in this request's placeholders point at the hub's public URL or the host reached.
+fn link_base<'a>(st: &'a AppState, headers: &HeaderMap) -> LinkBase<'a> {
+    LinkBase { links: &st.media.links, base: st.media.links.base_for(headers), now: st.ports.clock.now() }
 }
 
 fn not_configured(channel: &str) -> ApiError {
@@ -60,7 +66,8 @@ async fn telegram_webhook(
     let Some(update) = update else {
         return Ok(Json(json!({})));
     };
-    if let Some(event) = telegram_event(&agent.id, &update, st.ports.clock.now()) {
+    let links = link_base(&st, &headers);
+    if let Some(event) = telegram_event(&agent.id, &update, links.now, &links) {
         st.ports.queue.enqueue(vec![event]).await?;
     }
     // Telegram lets a webhook answer carry one Bot API call: stop the button's spinner.
@@ -84,8 +91,8 @@ async fn line_webhook(
         return Err(reject(&st, &agent, &client, "missing or wrong X-Line-Signature"));
     }
     let events = line::parse_webhook(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let now = st.ports.clock.now();
-    let events: Vec<_> = events.iter().filter_map(|e| line_event(&agent.id, e, now)).collect();
+    let links = link_base(&st, &headers);
+    let events: Vec<_> = events.iter().filter_map(|e| line_event(&agent.id, e, links.now, &links)).collect();
     if !events.is_empty() {
         st.ports.queue.enqueue(events).await?;
     }
@@ -159,8 +166,8 @@ async fn whatsapp_webhook(
             failed.error.as_deref().unwrap_or("no reason given")
         ));
     }
-    let now = st.ports.clock.now();
-    let events: Vec<_> = hook.messages.iter().filter_map(|m| whatsapp_event(&agent.id, m, now)).collect();
+    let links = link_base(&st, &headers);
+    let events: Vec<_> = hook.messages.iter().filter_map(|m| whatsapp_event(&agent.id, m, links.now, &links)).collect();
     if !events.is_empty() {
         st.ports.queue.enqueue(events).await?;
     }

@@ -6,6 +6,7 @@ pub mod desk;
 mod desk_events;
 pub mod intercom;
 pub mod livechat;
+pub mod media;
 pub mod salesiq;
 pub mod widget;
 
@@ -42,6 +43,8 @@ pub struct AppState {
     pub intercom: baton_connectors::intercom::IntercomClient,
     /// Recognises the hub's own LiveChat messages and tells agents from customers.
     pub livechat: baton_connectors::livechat::LivechatClient,
+    /// Signs the links in placeholders for files users send, and serves them.
+    pub media: Arc<crate::media::MediaFiles>,
 }
 
 /// Request rate limits of the public routes.
@@ -95,7 +98,7 @@ pub enum Routes {
     Widget,
     /// Desk webhooks: the webhook-desk contract, Zoho SalesIQ, Intercom and LiveChat.
     Desk,
-    /// Channel webhooks: Telegram, LINE and WhatsApp.
+    /// Channel webhooks: Telegram, LINE and WhatsApp, and the media links they hand out.
     Channels,
 }
 
@@ -113,7 +116,7 @@ pub fn router_for(state: AppState, routes: Routes) -> Router {
         r = r.merge(desk::routes()).merge(salesiq::routes()).merge(intercom::routes()).merge(livechat::routes());
     }
     if matches!(routes, Routes::All | Routes::Channels) {
-        r = r.merge(channels::routes());
+        r = r.merge(channels::routes()).merge(media::routes());
     }
     r.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") }).with_state(state)
 }
