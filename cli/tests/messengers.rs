@@ -597,3 +597,51 @@ async fn a_human_reply_after_the_whatsapp_window_is_sent_as_a_template_or_report
     assert!(matches!(state_of(&hub, &key).await, State::WithHuman { .. }));
     hub.running.stop().await;
 }
+
+/// A `Write` the test can read while the flow runs.
+#[derive(Clone, Default)]
+struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn livechat_authorize_turns_the_approved_code_into_a_refresh_token() {
+    let fake = lc::FakeLivechat::start().await;
+    let mut cfg = fake.config();
+    cfg.refresh_token = Secret(String::new());
+    let out = Shared::default();
+    let http = reqwest::Client::new();
+    let mut writer = out.clone();
+    let flow = baton::livechat_authorize::authorize(&cfg, 0, &mut writer, &http);
+    let browser = async {
+        // The person opens the printed URL; LiveChat redirects back with the code and state.
+        let url = loop {
+            let text = String::from_utf8_lossy(&out.0.lock().unwrap()).to_string();
+            if let Some(line) = text.lines().find(|l| l.trim_start().starts_with("http")) {
+                break reqwest::Url::parse(line.trim()).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let q: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
+        assert_eq!(q["response_type"], "code");
+        assert_eq!(q["client_id"], lc::CLIENT_ID);
+        let redirect = q["redirect_uri"].clone();
+        assert!(redirect.starts_with("http://127.0.0.1:") && redirect.ends_with("/callback"), "{redirect}");
+        // A redirect with another run's state is turned away; the right one completes the flow.
+        let other = reqwest::get(format!("{redirect}?code={}&state=forged", lc::AUTH_CODE)).await.unwrap();
+        assert!(other.text().await.unwrap().contains("not the authorization"));
+        let done = reqwest::get(format!("{redirect}?code={}&state={}", lc::AUTH_CODE, q["state"])).await.unwrap();
+        assert!(done.text().await.unwrap().contains("Done"));
+    };
+    let (token, ()) = tokio::join!(flow, browser);
+    assert_eq!(token.unwrap().expose(), lc::REFRESH_TOKEN);
+    assert_eq!(fake.requests_of(lc::Kind::CodeExchange).len(), 1);
+}
