@@ -2,7 +2,7 @@
 //! process on loopback, with state in one SQLite file.
 
 use crate::{assets, console, demo};
-use baton_brains::FaqBrain;
+use baton_brains::Brains;
 use baton_core::model::ServiceStatus;
 use baton_core::ports::{Clock, Store};
 use baton_core::ConversationKey;
@@ -79,7 +79,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         queue: queue.clone(),
         timers: timers.clone(),
         clock: clock.clone(),
-        brain: Arc::new(FaqBrain::new()),
+        brain: Arc::new(Brains::new(connectors.http.clone(), db.clone(), clock.clone())),
         channels: connectors.channels.clone(),
         desk: connectors.desk.clone(),
         fallback: connectors.fallback.clone(),

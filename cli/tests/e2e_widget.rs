@@ -128,3 +128,93 @@ async fn email_is_collected_in_chat_when_not_preset() {
     assert_eq!(last["text"], "I want to talk to a human", "the current question ends the history");
     hub.running.stop().await;
 }
+
+fn llm_brain(base_url: String) -> baton_core::agent::BrainConfig {
+    baton_core::agent::BrainConfig::Llm(baton_core::agent::LlmConfig {
+        base_url,
+        model: "gpt-4o-mini".into(),
+        api_key: baton_core::model::Secret("sk-e2e-openai-key".into()),
+        system_prompt: "You are the shop's assistant.".into(),
+        handoff_description: baton_core::agent::default_handoff_description(),
+        knowledge: vec![],
+        max_tokens: 200,
+        temperature: None,
+        conversation_token_budget: 10_000,
+        daily_token_budget: 100_000,
+        timeout_secs: 5,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_llm_agent_answers_survives_a_rate_limit_and_hands_over_with_its_reason() {
+    use baton_tests::openai::{FakeOpenai, Turn};
+    let llm = FakeOpenai::start("sk-e2e-openai-key").await;
+    let url = llm.url();
+    let hub =
+        common::hub_with(std::sync::Arc::new(baton_runtime::clock::SystemClock), move |a| a.brain = llm_brain(url))
+            .await;
+    let mut w = WidgetClient::start(&hub.base, "shop", Some("ana@example.com")).await;
+
+    // Rate limited once (Retry-After: 1): the answer comes after the retry, once.
+    llm.script([Turn::error(429, "rate_limit_error", "Rate limit reached"), Turn::text("We ship in 2-4 days.")]);
+    w.send("How long does shipping take?").await;
+    let a = w.wait_for("LLM answer", |m| m["from"] == "bot").await;
+    assert_eq!(a["text"], "We ship in 2-4 days.");
+    assert_eq!(llm.requests().len(), 2);
+
+    // The model calls its handoff tool: the desk gets the conversation with the model's reason.
+    llm.script([Turn::ToolCall {
+        name: "handoff".into(),
+        arguments: serde_json::json!({"reason": "the customer wants a refund for order 1234"}),
+        content: Some("Let me get a colleague for the refund.".into()),
+    }]);
+    w.send("I want my money back for order 1234").await;
+    w.wait_for("the model's words", |m| m["text"] == "Let me get a colleague for the refund.").await;
+    let est = eventually(WAIT, "establish at the desk", || async {
+        hub.desk.requests_to("/conversation/establish").into_iter().next()
+    })
+    .await;
+    assert_eq!(est.body["reason"], "the customer wants a refund for order 1234");
+    hub.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_refuses_hands_the_user_to_a_human_instead_of_going_quiet() {
+    use baton_tests::openai::{FakeOpenai, Turn};
+    let llm = FakeOpenai::start("sk-e2e-openai-key").await;
+    llm.always(Turn::error(404, "invalid_request_error", "The model `gpt-4o-mini` does not exist"));
+    let url = llm.url();
+    let hub =
+        common::hub_with(std::sync::Arc::new(baton_runtime::clock::SystemClock), move |a| a.brain = llm_brain(url))
+            .await;
+    let mut w = WidgetClient::start(&hub.base, "shop", Some("ana@example.com")).await;
+    w.send("How long does shipping take?").await;
+    w.wait_for("waiting notice", |m| m["from"] == "system" && m["text"].as_str().unwrap().contains("connecting")).await;
+    let est = eventually(WAIT, "establish at the desk", || async {
+        hub.desk.requests_to("/conversation/establish").into_iter().next()
+    })
+    .await;
+    assert!(est.body["reason"].as_str().unwrap().contains("does not exist"), "{}", est.body["reason"]);
+    hub.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_model_key_hands_the_user_over_and_alerts_without_showing_the_key() {
+    use baton_tests::openai::FakeOpenai;
+    let llm = FakeOpenai::start("sk-the-right-key").await;
+    let url = llm.url();
+    let hub =
+        common::hub_with(std::sync::Arc::new(baton_runtime::clock::SystemClock), move |a| a.brain = llm_brain(url))
+            .await;
+    let w = WidgetClient::start(&hub.base, "shop", Some("ana@example.com")).await;
+    w.send("How long does shipping take?").await;
+    let est = eventually(WAIT, "establish at the desk", || async {
+        hub.desk.requests_to("/conversation/establish").into_iter().next()
+    })
+    .await;
+    assert!(est.body["reason"].as_str().unwrap().contains("HTTP 401"), "{}", est.body["reason"]);
+    let alerts = hub.running.ports.alerts.recent();
+    assert!(alerts.iter().any(|a| a.contains("rejected the agent's credentials")), "{alerts:?}");
+    assert!(alerts.iter().chain([est.body.to_string()].iter()).all(|a| !a.contains("sk-e2e-openai-key")));
+    hub.running.stop().await;
+}

@@ -8,6 +8,7 @@ pub mod intercom;
 pub mod line;
 pub mod livechat;
 pub mod moto;
+pub mod openai;
 pub mod salesiq;
 pub mod telegram;
 pub mod whatsapp;

@@ -1,9 +1,43 @@
 //! Brains: what answers the end user before a human takes over. Each one implements
-//! [`baton_core::ports::Brain`], so the runtime does not care which one an agent uses.
+//! [`baton_core::ports::Brain`], so the runtime does not care which one an agent uses;
+//! [`Brains`] picks the one the agent's `brain.kind` names.
 //!
-//! Today there is the built-in [`FaqBrain`]: BM25 over the agent's FAQ entries, offline
-//! and deterministic, so a fresh install answers its common questions with no API key.
+//! - [`FaqBrain`] (`faq`): BM25 over the agent's FAQ entries, offline and deterministic, so a
+//!   fresh install answers its common questions with no API key.
+//! - [`LlmBrain`] (`llm`): any OpenAI-compatible chat-completions model, with the agent's
+//!   knowledge as context, a `handoff` tool and token budgets.
 
 pub mod faq;
+pub mod llm;
 
 pub use faq::{FaqBrain, FaqIndex};
+pub use llm::LlmBrain;
+
+use async_trait::async_trait;
+use baton_core::agent::{Agent, BrainConfig};
+use baton_core::event::BrainReply;
+use baton_core::ports::{Brain, BrainRequest, Clock, DeliveryError, KeyValue};
+use std::sync::Arc;
+
+/// Every brain kind behind one port.
+pub struct Brains {
+    pub faq: FaqBrain,
+    pub llm: LlmBrain,
+}
+
+impl Brains {
+    /// `http`: the shared outbound client; `kv`: where the LLM's token counters live.
+    pub fn new(http: reqwest::Client, kv: Arc<dyn KeyValue>, clock: Arc<dyn Clock>) -> Self {
+        Brains { faq: FaqBrain::new(), llm: LlmBrain::new(http, kv, clock) }
+    }
+}
+
+#[async_trait]
+impl Brain for Brains {
+    async fn answer(&self, agent: &Agent, request: &BrainRequest) -> Result<BrainReply, DeliveryError> {
+        match &agent.brain {
+            BrainConfig::Faq { .. } => self.faq.answer(agent, request).await,
+            BrainConfig::Llm(_) => self.llm.answer(agent, request).await,
+        }
+    }
+}

@@ -25,6 +25,9 @@ pub struct Poster {
     timeout: Duration,
 }
 
+/// The HTTP client type every connector (and brain) shares.
+pub type HttpClient = reqwest::Client;
+
 /// The HTTP client every connector shares (one connection pool, one TLS configuration per
 /// process): `timeout` per request, no redirects (a 3xx is a failure, as Standard Webhooks
 /// prescribes). Panics only if the TLS backend cannot be initialised, like `reqwest::Client::new`.

@@ -275,10 +275,69 @@ pub enum BrainConfig {
         #[serde(default = "default_min_score")]
         min_score: f64,
     },
+    /// A model behind any OpenAI-compatible chat-completions endpoint, with a `handoff` tool.
+    Llm(LlmConfig),
 }
 
 fn default_min_score() -> f64 {
     1.0
+}
+
+/// An OpenAI-compatible chat-completions model (OpenAI, Azure OpenAI, Mistral, a local
+/// server, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmConfig {
+    /// Up to and including the version, e.g. `https://api.openai.com/v1`; the hub POSTs to
+    /// `{base_url}/chat/completions`.
+    pub base_url: String,
+    pub model: String,
+    pub api_key: Secret,
+    /// What the model is told first: who it is, what it may do, its tone.
+    #[serde(default)]
+    pub system_prompt: String,
+    /// When the model should hand the user to a human: the description of its `handoff` tool.
+    #[serde(default = "default_handoff_description")]
+    pub handoff_description: String,
+    /// Entries the model gets as context, the most relevant ones for each question.
+    #[serde(default)]
+    pub knowledge: Vec<FaqEntry>,
+    /// Longest answer, in tokens.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Tokens one conversation may use; after that the user is handed to a human.
+    #[serde(default = "default_conversation_tokens")]
+    pub conversation_token_budget: u64,
+    /// Tokens the agent may use per UTC day; after that users are handed to a human.
+    #[serde(default = "default_daily_tokens")]
+    pub daily_token_budget: u64,
+    /// How long one call may take (1-50 s; the worker's own limit is 60 s).
+    #[serde(default = "default_llm_timeout")]
+    pub timeout_secs: u64,
+}
+
+pub fn default_handoff_description() -> String {
+    "Hand the conversation to a human colleague: when the user asks for a person, when you cannot \
+     help with the request, or when the user is upset."
+        .into()
+}
+
+fn default_max_tokens() -> u32 {
+    500
+}
+
+fn default_conversation_tokens() -> u64 {
+    50_000
+}
+
+fn default_daily_tokens() -> u64 {
+    2_000_000
+}
+
+fn default_llm_timeout() -> u64 {
+    30
 }
 
 impl Default for BrainConfig {
@@ -442,6 +501,9 @@ impl Agent {
             out.push(("salesiq.client_secret", &mut z.client_secret));
             out.push(("salesiq.refresh_token", &mut z.refresh_token));
         }
+        if let BrainConfig::Llm(l) = &mut self.brain {
+            out.push(("brain.api_key", &mut l.api_key));
+        }
         if let Some(w) = &mut self.channels.whatsapp {
             out.push(("channels.whatsapp.access_token", &mut w.access_token));
             out.push(("channels.whatsapp.app_secret", &mut w.app_secret));
@@ -502,16 +564,39 @@ impl Agent {
         if !crate::email::is_valid(&p.default_email) {
             bad("policy.default_email", format!("{:?} is not an e-mail address", p.default_email));
         }
-        let BrainConfig::Faq { faq, min_score } = &self.brain;
-        if !(min_score.is_finite() && *min_score >= 0.0) {
-            bad("brain.min_score", "must be a non-negative number".into());
-        }
-        for (i, e) in faq.iter().enumerate() {
+        let (entries_path, entries) = match &self.brain {
+            BrainConfig::Faq { faq, min_score } => {
+                if !(min_score.is_finite() && *min_score >= 0.0) {
+                    bad("brain.min_score", "must be a non-negative number".into());
+                }
+                ("brain.faq", faq)
+            }
+            BrainConfig::Llm(l) => {
+                url_field(&mut bad, "brain.base_url", &l.base_url);
+                if l.model.trim().is_empty() {
+                    bad("brain.model", "must not be empty".into());
+                }
+                if l.max_tokens == 0 || l.max_tokens > 32_000 {
+                    bad("brain.max_tokens", format!("must be between 1 and 32000, got {}", l.max_tokens));
+                }
+                if l.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+                    bad("brain.temperature", "must be between 0 and 2".into());
+                }
+                if l.timeout_secs == 0 || l.timeout_secs > 50 {
+                    bad("brain.timeout_secs", format!("must be between 1 and 50 seconds, got {}", l.timeout_secs));
+                }
+                if l.handoff_description.trim().is_empty() {
+                    bad("brain.handoff_description", "must not be empty".into());
+                }
+                ("brain.knowledge", &l.knowledge)
+            }
+        };
+        for (i, e) in entries.iter().enumerate() {
             if e.question.trim().is_empty() {
-                bad(&format!("brain.faq[{i}].question"), "must not be empty".into());
+                bad(&format!("{entries_path}[{i}].question"), "must not be empty".into());
             }
             if e.answer.trim().is_empty() {
-                bad(&format!("brain.faq[{i}].answer"), "must not be empty".into());
+                bad(&format!("{entries_path}[{i}].answer"), "must not be empty".into());
             }
         }
         if let Some(hours) = &self.hours {
@@ -633,6 +718,43 @@ mod tests {
     #[test]
     fn default_agent_is_valid() {
         assert_eq!(agent().validate(), vec![]);
+    }
+
+    #[test]
+    fn llm_brain_problems_name_the_field_and_its_key_is_a_secret() {
+        let mut a = agent();
+        a.brain = BrainConfig::Llm(LlmConfig {
+            base_url: "api.openai.com/v1".into(),
+            model: " ".into(),
+            api_key: Secret("sk-x".into()),
+            system_prompt: String::new(),
+            handoff_description: default_handoff_description(),
+            knowledge: vec![FaqEntry { question: "q".into(), answer: " ".into(), keywords: vec![] }],
+            max_tokens: 0,
+            temperature: Some(3.0),
+            conversation_token_budget: 1,
+            daily_token_budget: 1,
+            timeout_secs: 120,
+        });
+        let paths: Vec<_> = a.validate().into_iter().map(|p| p.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "brain.base_url",
+                "brain.model",
+                "brain.max_tokens",
+                "brain.temperature",
+                "brain.timeout_secs",
+                "brain.knowledge[0].answer"
+            ]
+        );
+        assert!(a.secrets_mut().iter().any(|(field, s)| *field == "brain.api_key" && s.expose() == "sk-x"));
+        // The TOML/JSON form: `kind = "llm"` with the fields beside it.
+        let parsed: BrainConfig = serde_json::from_value(serde_json::json!({
+            "kind": "llm", "base_url": "https://api.openai.com/v1", "model": "gpt-4o-mini", "api_key": "env:KEY"
+        }))
+        .unwrap();
+        assert!(matches!(parsed, BrainConfig::Llm(ref l) if l.max_tokens == 500 && l.timeout_secs == 30));
     }
 
     #[test]

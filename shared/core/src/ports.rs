@@ -153,6 +153,8 @@ pub trait Clock: Send + Sync {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BrainRequest {
+    /// Whose question (brains keep per-conversation budgets).
+    pub conversation: ConversationKey,
     pub question: String,
     pub history: Vec<Turn>,
     pub context: Option<String>,

@@ -37,6 +37,8 @@ pub struct Ports {
 /// The outbound connectors every deployment wires the same way: one HTTP client (one
 /// connection pool and TLS configuration) for all of them.
 pub struct Connectors {
+    /// The one client (pool, TLS) every outbound call shares, brains included.
+    pub http: baton_connectors::outbound::HttpClient,
     pub channels: Arc<channels::ChannelRouter>,
     /// Also used by ingress (to recognise the hub's own posts) and by Telegram polling.
     pub salesiq: baton_connectors::salesiq::api::SalesiqClient,
@@ -66,6 +68,7 @@ impl Connectors {
         let line = line::LineClient::from_client(http.clone(), timeout);
         let whatsapp = whatsapp::WhatsappClient::from_client(http.clone(), timeout);
         Connectors {
+            http: http.clone(),
             media: media::MediaFetcher { telegram: telegram.clone(), line: line.clone(), whatsapp: whatsapp.clone() },
             salesiq: salesiq.clone(),
             telegram: telegram.clone(),

@@ -209,6 +209,7 @@ async fn run_effect(
     match &pending.effect {
         Effect::AskBrain { question, history, context, language } => {
             let req = BrainRequest {
+                conversation: key.clone(),
                 question: question.clone(),
                 history: history.clone(),
                 context: context.clone(),
@@ -319,12 +320,17 @@ async fn give_up(
     if let Some(kind) = follow_up {
         ports.queue.enqueue(vec![Event::new(id, key.clone(), ports.clock.now(), kind)]).await?;
     }
-    if !matches!(item.effect.effect, Effect::AskBrain { .. }) {
-        ports.alerts.raise(format!(
+    match (&item.effect.effect, err) {
+        // The user is handed over; someone must fix the key before the next user.
+        (Effect::AskBrain { .. }, DeliveryError::Unauthorized { .. }) => ports
+            .alerts
+            .raise(format!("agent {}: the brain's endpoint rejected the agent's credentials: {err}", agent.id)),
+        (Effect::AskBrain { .. }, _) => {}
+        _ => ports.alerts.raise(format!(
             "agent {}: {} for conversation {key} was dead-lettered: {err}",
             agent.id,
             item.effect.effect.name()
-        ));
+        )),
     }
     Ok(())
 }

@@ -66,8 +66,12 @@ impl FaqBrain {
 #[async_trait]
 impl Brain for FaqBrain {
     async fn answer(&self, agent: &Agent, request: &BrainRequest) -> Result<BrainReply, DeliveryError> {
-        let BrainConfig::Faq { faq, min_score } = &agent.brain;
-        Ok(self.reply(&agent.id, faq, *min_score, &request.question))
+        match &agent.brain {
+            BrainConfig::Faq { faq, min_score } => Ok(self.reply(&agent.id, faq, *min_score, &request.question)),
+            BrainConfig::Llm(_) => {
+                Err(DeliveryError::permanent(format!("agent {} does not use the FAQ brain", agent.id)))
+            }
+        }
     }
 }
 
@@ -109,7 +113,13 @@ mod tests {
     }
 
     fn ask(question: &str) -> BrainRequest {
-        BrainRequest { question: question.into(), history: Vec::new(), context: None, language: "en".into() }
+        BrainRequest {
+            conversation: baton_core::ConversationKey::new("shop", baton_core::Channel::Widget, "u1").unwrap(),
+            question: question.into(),
+            history: Vec::new(),
+            context: None,
+            language: "en".into(),
+        }
     }
 
     fn answer(text: &str) -> BrainReply {

@@ -93,6 +93,26 @@ impl FaqIndex {
     /// term with it. Equal scores go to the earlier entry. Each distinct query term counts
     /// once, so repeating a word does not push a weak match over the threshold.
     pub fn search(&self, query: &str) -> Option<(usize, f64)> {
+        let scores = self.scores(query)?;
+        let mut best: Option<(usize, f64)> = None;
+        for (doc, &score) in scores.iter().enumerate() {
+            if score > 0.0 && best.is_none_or(|(_, b)| score > b) {
+                best = Some((doc, score));
+            }
+        }
+        best
+    }
+
+    /// Every entry sharing a term with `query`, best first (equal scores: earlier first).
+    pub fn ranked(&self, query: &str) -> Vec<(usize, f64)> {
+        let mut hits: Vec<(usize, f64)> =
+            self.scores(query).unwrap_or_default().into_iter().enumerate().filter(|(_, s)| *s > 0.0).collect();
+        hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        hits
+    }
+
+    /// The BM25 score of every entry (`None` for an empty index).
+    fn scores(&self, query: &str) -> Option<Vec<f64>> {
         if self.is_empty() {
             return None;
         }
@@ -110,13 +130,7 @@ impl FaqIndex {
                 scores[doc] += term.idf * tf * (K1 + 1.0) / (tf + norm);
             }
         }
-        let mut best: Option<(usize, f64)> = None;
-        for (doc, &score) in scores.iter().enumerate() {
-            if score > 0.0 && best.is_none_or(|(_, b)| score > b) {
-                best = Some((doc, score));
-            }
-        }
-        best
+        Some(scores)
     }
 }
 

@@ -1,0 +1,409 @@
+//! [`LlmBrain`]: the [`Brain`] behind `brain.kind = "llm"`, for any OpenAI-compatible
+//! chat-completions endpoint.
+//!
+//! One answer is one `POST {base_url}/chat/completions` (`stream: false`) with the agent's
+//! system prompt, the most relevant knowledge entries (BM25 over `brain.knowledge`), the
+//! recent turns and the question, and one tool: `handoff(reason)`, described by the agent's
+//! `handoff_description`. A `handoff` call becomes [`BrainReply::Handoff`] with the model's
+//! reason for the desk; a call of a tool the hub does not offer is answered as an error and
+//! the model asked again, at most [`MAX_TOOL_ROUNDS`] times.
+//!
+//! Wire format (OpenAI's Chat Completions reference, followed by the compatible servers):
+//! request `{model, messages:[{role: system|user|assistant|tool, content, tool_calls?,
+//! tool_call_id?}], tools:[{type:"function", function:{name, description, parameters}}],
+//! tool_choice:"auto", max_tokens, temperature?, stream:false}`; answer `{choices:[{message:
+//! {role:"assistant", content|null, tool_calls?:[{id, type:"function", function:{name,
+//! arguments (a JSON string)}}]}, finish_reason: stop|length|tool_calls|content_filter}],
+//! usage:{prompt_tokens, completion_tokens, total_tokens}}`; errors `{error:{message, type,
+//! param, code}}` with 401 (key), 429 (rate limit or quota; `Retry-After` when given), 5xx.
+//!
+//! Budgets: the tokens each answer reports (`usage.total_tokens`) are added to a counter per
+//! conversation and one per agent and UTC day in the `KeyValue` store. Once either budget is
+//! used up the brain hands the user to a human instead of calling the model. Events of one
+//! conversation are applied one at a time, so its counter is exact; the daily counter may be
+//! short by the answers of conversations that finish at the same moment.
+
+use crate::faq::FaqIndex;
+use async_trait::async_trait;
+use baton_core::agent::{Agent, BrainConfig, FaqEntry, LlmConfig};
+use baton_core::event::BrainReply;
+use baton_core::model::{Millis, Role};
+use baton_core::ports::{Brain, BrainRequest, Clock, DeliveryError, KeyValue};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Tool calls answered before the brain gives up on a turn.
+pub const MAX_TOOL_ROUNDS: usize = 3;
+/// Knowledge entries given with each question.
+pub const KNOWLEDGE_ENTRIES: usize = 3;
+/// Answers are read up to this size.
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+const DAY_MS: i64 = 86_400_000;
+/// How long a conversation's counter is kept after its last answer.
+const CONVERSATION_COUNTER_MS: i64 = 30 * DAY_MS;
+
+pub struct LlmBrain {
+    http: reqwest::Client,
+    kv: Arc<dyn KeyValue>,
+    clock: Arc<dyn Clock>,
+}
+
+fn conversation_counter(request: &BrainRequest) -> String {
+    format!("llm-tokens:{}", request.conversation)
+}
+
+fn daily_counter(agent: &str, now: Millis) -> String {
+    format!("llm-tokens-day:{agent}:{}", now.0.div_euclid(DAY_MS))
+}
+
+fn speaker(role: Role) -> Option<&'static str> {
+    match role {
+        Role::User => Some("user"),
+        Role::Bot => Some("assistant"),
+        // The model should know a human colleague said it, not itself.
+        Role::Human => Some("user"),
+        Role::System => None,
+    }
+}
+
+/// The `messages` of one request.
+pub fn messages(cfg: &LlmConfig, request: &BrainRequest, knowledge: &[&FaqEntry]) -> Vec<Value> {
+    let mut system = cfg.system_prompt.trim().to_string();
+    if !knowledge.is_empty() {
+        system.push_str("\n\nUse these entries of the company's knowledge base when they answer the question:");
+        for e in knowledge {
+            system.push_str(&format!("\n- Q: {}\n  A: {}", e.question.trim(), e.answer.trim()));
+        }
+    }
+    if let Some(summary) = request.context.as_deref().filter(|c| !c.trim().is_empty()) {
+        system.push_str(&format!("\n\nEarlier in this conversation: {summary}"));
+    }
+    system.push_str(&format!("\n\nAnswer in the user's language (their setting: {}).", request.language));
+    let mut out = vec![json!({"role": "system", "content": system.trim()})];
+    // The history ends with the question itself; it is sent once, last.
+    let history = match request.history.last() {
+        Some(t) if t.role == Role::User && t.text == request.question => &request.history[..request.history.len() - 1],
+        _ => &request.history[..],
+    };
+    for turn in history {
+        if let Some(role) = speaker(turn.role) {
+            let content = if turn.role == Role::Human {
+                format!("[a human colleague wrote] {}", turn.text)
+            } else {
+                turn.text.clone()
+            };
+            out.push(json!({"role": role, "content": content}));
+        }
+    }
+    out.push(json!({"role": "user", "content": request.question}));
+    out
+}
+
+fn tools(cfg: &LlmConfig) -> Value {
+    json!([{
+        "type": "function",
+        "function": {
+            "name": "handoff",
+            "description": cfg.handoff_description,
+            "parameters": {
+                "type": "object",
+                "properties": {"reason": {"type": "string", "description": "Why a human should take over, for the colleague who will."}},
+                "required": ["reason"],
+            },
+        },
+    }])
+}
+
+/// What one completion asks for.
+enum Step {
+    Say(String),
+    Handoff {
+        reason: String,
+        text: Option<String>,
+    },
+    /// Tool calls the hub does not offer: answered with an error, then the model is asked again.
+    Unknown {
+        assistant: Value,
+        calls: Vec<(String, String)>,
+    },
+    Nothing,
+}
+
+fn step(answer: &Value) -> Result<Step, DeliveryError> {
+    let Some(message) = answer.pointer("/choices/0/message") else {
+        return Err(DeliveryError::permanent("the model answered without choices[0].message"));
+    };
+    let content = message.get("content").and_then(Value::as_str).map(str::trim).filter(|c| !c.is_empty());
+    let calls = message.get("tool_calls").and_then(Value::as_array).cloned().unwrap_or_default();
+    if let Some(handoff) = calls.iter().find(|c| c.pointer("/function/name").and_then(Value::as_str) == Some("handoff"))
+    {
+        let arguments = handoff.pointer("/function/arguments").and_then(Value::as_str).unwrap_or("{}");
+        let reason = serde_json::from_str::<Value>(arguments)
+            .ok()
+            .and_then(|a| a.get("reason").and_then(Value::as_str).map(str::trim).map(str::to_string))
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "the assistant handed the conversation over".into());
+        return Ok(Step::Handoff { reason, text: content.map(str::to_string) });
+    }
+    if !calls.is_empty() {
+        let calls = calls
+            .iter()
+            .map(|c| {
+                let id = c.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+                let name = c.pointer("/function/name").and_then(Value::as_str).unwrap_or_default().to_string();
+                (id, name)
+            })
+            .collect();
+        return Ok(Step::Unknown { assistant: message.clone(), calls });
+    }
+    Ok(match content {
+        Some(text) => Step::Say(text.to_string()),
+        None => Step::Nothing,
+    })
+}
+
+/// Map a refusal to what retrying can do: 401/403 credentials, 408/409/429/5xx later, the
+/// rest never. The provider's message is quoted (bounded); the key is never in it.
+fn refusal(status: u16, retry_after: Option<&str>, body: &[u8], key: &str) -> DeliveryError {
+    let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let detail: String = json
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(300)
+        .collect();
+    let mut message = format!("the model endpoint answered HTTP {status}: {detail}");
+    if key.len() >= 6 {
+        message = message.replace(key, "***");
+    }
+    match status {
+        401 | 403 => DeliveryError::Unauthorized { message },
+        408 | 409 | 429 | 500..=599 => DeliveryError::Retryable {
+            message,
+            retry_after_ms: retry_after.and_then(|v| v.trim().parse::<u64>().ok()).map(|s| s.min(300) * 1000),
+        },
+        _ => DeliveryError::permanent(message),
+    }
+}
+
+impl LlmBrain {
+    pub fn new(http: reqwest::Client, kv: Arc<dyn KeyValue>, clock: Arc<dyn Clock>) -> Self {
+        LlmBrain { http, kv, clock }
+    }
+
+    async fn used(&self, name: &str, now: Millis) -> Result<u64, DeliveryError> {
+        let value = self.kv.get(name, now).await.map_err(|e| DeliveryError::retryable(e.to_string()))?;
+        Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
+    /// Add `tokens` to a counter (a failure to count is logged, not a failed answer).
+    async fn count(&self, name: &str, tokens: u64, now: Millis, keep_ms: i64) {
+        let total = self.used(name, now).await.unwrap_or(0).saturating_add(tokens);
+        if let Err(e) = self.kv.put(name, &total.to_string(), Millis(now.0 + keep_ms)).await {
+            tracing::warn!(counter = name, error = %e, "a token counter could not be updated");
+        }
+    }
+
+    /// Which budget is used up, if one is.
+    async fn over_budget(
+        &self,
+        agent: &Agent,
+        cfg: &LlmConfig,
+        request: &BrainRequest,
+    ) -> Result<Option<&'static str>, DeliveryError> {
+        let now = self.clock.now();
+        if self.used(&conversation_counter(request), now).await? >= cfg.conversation_token_budget {
+            return Ok(Some("the assistant's token budget for this conversation is used up"));
+        }
+        if self.used(&daily_counter(&agent.id, now), now).await? >= cfg.daily_token_budget {
+            return Ok(Some("the assistant's token budget for today is used up"));
+        }
+        Ok(None)
+    }
+
+    async fn complete(&self, cfg: &LlmConfig, messages: &[Value]) -> Result<(Value, u64), DeliveryError> {
+        let base = cfg.base_url.trim().trim_end_matches('/');
+        let mut body = json!({
+            "model": cfg.model,
+            "messages": messages,
+            "tools": tools(cfg),
+            "tool_choice": "auto",
+            "max_tokens": cfg.max_tokens,
+            "stream": false,
+        });
+        if let Some(t) = cfg.temperature {
+            body["temperature"] = json!(t);
+        }
+        let timeout = Duration::from_secs(cfg.timeout_secs.clamp(1, 50));
+        let key = cfg.api_key.expose();
+        let resp = self
+            .http
+            .post(format!("{base}/chat/completions"))
+            .timeout(timeout)
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    DeliveryError::retryable(format!("the model did not answer within {} s", timeout.as_secs()))
+                } else {
+                    DeliveryError::retryable(format!("the model endpoint cannot be reached: {}", e.without_url()))
+                }
+            })?;
+        let status = resp.status().as_u16();
+        let retry_after =
+            resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| DeliveryError::retryable(format!("reading the model's answer: {}", e.without_url())))?;
+        if bytes.len() > MAX_ANSWER_BYTES {
+            return Err(DeliveryError::permanent("the model's answer is larger than 1 MiB"));
+        }
+        if !(200..300).contains(&status) {
+            return Err(refusal(status, retry_after.as_deref(), &bytes, key));
+        }
+        let answer: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| DeliveryError::permanent(format!("the model's answer is not JSON: {e}")))?;
+        let tokens = answer.pointer("/usage/total_tokens").and_then(Value::as_u64).unwrap_or(0);
+        Ok((answer, tokens))
+    }
+
+    pub async fn reply(
+        &self,
+        agent: &Agent,
+        cfg: &LlmConfig,
+        request: &BrainRequest,
+    ) -> Result<BrainReply, DeliveryError> {
+        if let Some(why) = self.over_budget(agent, cfg, request).await? {
+            return Ok(BrainReply::Handoff { reason: why.into(), text: None });
+        }
+        let index = FaqIndex::build(&cfg.knowledge);
+        let knowledge: Vec<&FaqEntry> = index
+            .ranked(&request.question)
+            .into_iter()
+            .take(KNOWLEDGE_ENTRIES)
+            .filter_map(|(i, _)| cfg.knowledge.get(i))
+            .collect();
+        let mut messages = messages(cfg, request, &knowledge);
+        for _ in 0..=MAX_TOOL_ROUNDS {
+            let (answer, tokens) = self.complete(cfg, &messages).await?;
+            let now = self.clock.now();
+            self.count(&conversation_counter(request), tokens, now, CONVERSATION_COUNTER_MS).await;
+            self.count(&daily_counter(&agent.id, now), tokens, now, 2 * DAY_MS).await;
+            match step(&answer)? {
+                Step::Say(text) => return Ok(BrainReply::Answer { text }),
+                Step::Handoff { reason, text } => return Ok(BrainReply::Handoff { reason, text }),
+                Step::Nothing => return Ok(BrainReply::Unknown { text: None }),
+                Step::Unknown { assistant, calls } => {
+                    messages.push(assistant);
+                    for (id, name) in calls {
+                        let error = format!("There is no tool named {name:?}; answer the user or call handoff.");
+                        messages.push(json!({"role": "tool", "tool_call_id": id, "content": error}));
+                    }
+                }
+            }
+        }
+        Ok(BrainReply::Handoff {
+            reason: format!("the assistant kept calling tools it does not have ({MAX_TOOL_ROUNDS} rounds)"),
+            text: None,
+        })
+    }
+}
+
+#[async_trait]
+impl Brain for LlmBrain {
+    async fn answer(&self, agent: &Agent, request: &BrainRequest) -> Result<BrainReply, DeliveryError> {
+        match &agent.brain {
+            BrainConfig::Llm(cfg) => self.reply(agent, cfg, request).await,
+            BrainConfig::Faq { .. } => {
+                Err(DeliveryError::permanent(format!("agent {} does not use an LLM brain", agent.id)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_core::model::Turn;
+    use baton_core::{Channel, ConversationKey};
+
+    fn cfg() -> LlmConfig {
+        LlmConfig {
+            base_url: "https://llm.example.com/v1".into(),
+            model: "m".into(),
+            api_key: baton_core::model::Secret("sk-test-key-123".into()),
+            system_prompt: "You are the shop's assistant.".into(),
+            handoff_description: "Hand over when asked.".into(),
+            knowledge: vec![],
+            max_tokens: 100,
+            temperature: None,
+            conversation_token_budget: 1000,
+            daily_token_budget: 10_000,
+            timeout_secs: 5,
+        }
+    }
+
+    #[test]
+    fn the_question_is_sent_once_after_the_history_and_humans_are_marked() {
+        let key = ConversationKey::new("shop", Channel::Widget, "u1").unwrap();
+        let turn = |role, text: &str| Turn { role, text: text.into(), at: Millis(1) };
+        let request = BrainRequest {
+            conversation: key,
+            question: "where is it?".into(),
+            history: vec![
+                turn(Role::User, "hi"),
+                turn(Role::Bot, "Hello!"),
+                turn(Role::Human, "Anna here"),
+                turn(Role::System, "internal"),
+                turn(Role::User, "where is it?"),
+            ],
+            context: None,
+            language: "de".into(),
+        };
+        let entry = FaqEntry { question: "Shipping?".into(), answer: "2-4 days".into(), keywords: vec![] };
+        let m = messages(&cfg(), &request, &[&entry]);
+        let roles: Vec<&str> = m.iter().map(|x| x["role"].as_str().unwrap()).collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user", "user"]);
+        assert_eq!(m[3]["content"], "[a human colleague wrote] Anna here");
+        assert_eq!(m[4]["content"], "where is it?");
+        let system = m[0]["content"].as_str().unwrap();
+        assert!(system.starts_with("You are the shop's assistant."));
+        assert!(system.contains("Q: Shipping?\n  A: 2-4 days") && system.contains("(their setting: de)"), "{system}");
+    }
+
+    #[test]
+    fn refusals_map_to_what_retrying_can_do_and_never_show_the_key() {
+        let body =
+            br#"{"error":{"message":"Incorrect API key provided: sk-test-key-123","type":"invalid_request_error"}}"#;
+        let e = refusal(401, None, body, "sk-test-key-123");
+        assert!(matches!(e, DeliveryError::Unauthorized { .. }) && !e.to_string().contains("sk-test"), "{e}");
+        assert_eq!(
+            refusal(429, Some("7"), b"{}", "k"),
+            DeliveryError::Retryable {
+                message: "the model endpoint answered HTTP 429: ".into(),
+                retry_after_ms: Some(7000)
+            }
+        );
+        assert!(matches!(refusal(503, None, b"", "k"), DeliveryError::Retryable { .. }));
+        assert!(matches!(refusal(400, None, b"{}", "k"), DeliveryError::Permanent { .. }));
+    }
+
+    #[test]
+    fn a_handoff_call_carries_the_models_reason() {
+        let answer = json!({"choices": [{"message": {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "handoff", "arguments": "{\"reason\":\"wants a refund\"}"}}]},
+            "finish_reason": "tool_calls"}]});
+        assert!(
+            matches!(step(&answer).unwrap(), Step::Handoff { ref reason, text: None } if reason == "wants a refund")
+        );
+        let bad_args = json!({"choices": [{"message": {"tool_calls": [{"id": "c", "function": {"name": "handoff", "arguments": "not json"}}]}}]});
+        assert!(matches!(step(&bad_args).unwrap(), Step::Handoff { ref reason, .. } if !reason.is_empty()));
+        assert!(step(&json!({"choices": []})).is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! The LLM brain against the fake OpenAI-compatible server over loopback HTTP: what it sends
+//! (model, key, system prompt with knowledge, history, the handoff tool), how it reads
+//! answers and tool calls, how refusals map to retries, and the token budgets.
+
+use baton_brains::LlmBrain;
+use baton_core::agent::{Agent, BrainConfig, FaqEntry, LlmConfig};
+use baton_core::event::BrainReply;
+use baton_core::model::{Millis, Role, Secret, Turn};
+use baton_core::ports::{Brain, BrainRequest, Clock, DeliveryError, KeyValue};
+use baton_core::{Channel, ConversationKey};
+use baton_tests::openai::{FakeOpenai, Turn as Scripted};
+use serde_json::json;
+use std::sync::Arc;
+
+const KEY: &str = "sk-fake-openai-key-5fc1";
+
+struct Fixed(Millis);
+impl Clock for Fixed {
+    fn now(&self) -> Millis {
+        self.0
+    }
+}
+
+/// A real SQLite key-value store in a directory removed when the test ends.
+fn kv() -> (tempfile::TempDir, Arc<dyn KeyValue>) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = baton_embedded::Db::open(&dir.path().join("kv.sqlite")).unwrap();
+    (dir, db)
+}
+
+fn agent(base_url: &str) -> Agent {
+    let mut a: Agent = serde_json::from_value(json!({
+        "id": "shop", "name": "Shop",
+        "brain": {"kind": "faq"},
+        "desk": {"kind": "none"},
+    }))
+    .unwrap();
+    a.brain = BrainConfig::Llm(LlmConfig {
+        base_url: base_url.into(),
+        model: "gpt-4o-mini".into(),
+        api_key: Secret(KEY.into()),
+        system_prompt: "You are the shop's assistant.".into(),
+        handoff_description: "Hand over to a human when the user wants a refund.".into(),
+        knowledge: vec![
+            FaqEntry { question: "How long does shipping take?".into(), answer: "2-4 days.".into(), keywords: vec![] },
+            FaqEntry { question: "What are your opening hours?".into(), answer: "9-17.".into(), keywords: vec![] },
+        ],
+        max_tokens: 300,
+        temperature: Some(0.2),
+        conversation_token_budget: 250,
+        daily_token_budget: 1_000,
+        timeout_secs: 5,
+    });
+    a
+}
+
+fn ask(user: &str, question: &str) -> BrainRequest {
+    BrainRequest {
+        conversation: ConversationKey::new("shop", Channel::Widget, user).unwrap(),
+        question: question.into(),
+        history: vec![
+            Turn { role: Role::User, text: "hi".into(), at: Millis(1) },
+            Turn { role: Role::Bot, text: "Hello! How can I help?".into(), at: Millis(2) },
+            Turn { role: Role::User, text: question.into(), at: Millis(3) },
+        ],
+        context: None,
+        language: "en".into(),
+    }
+}
+
+#[tokio::test]
+async fn answers_hand_offs_and_what_is_sent() {
+    let fake = FakeOpenai::start(KEY).await;
+    let (_dir, store) = kv();
+    let brain = LlmBrain::new(reqwest::Client::new(), store, Arc::new(Fixed(Millis(1_795_082_400_000))));
+    let a = agent(&fake.url());
+    fake.script([
+        Scripted::text("Shipping takes 2-4 days."),
+        Scripted::tool("handoff", json!({"reason": "the user wants a refund"})),
+    ]);
+    let reply = brain.answer(&a, &ask("u1", "How long does shipping take?")).await.unwrap();
+    assert_eq!(reply, BrainReply::Answer { text: "Shipping takes 2-4 days.".into() });
+    let sent = &fake.requests()[0];
+    assert_eq!(sent.authorization.as_deref(), Some(format!("Bearer {KEY}").as_str()));
+    assert_eq!(sent.body["model"], "gpt-4o-mini");
+    assert_eq!(sent.body["stream"], false);
+    assert_eq!(sent.body["max_tokens"], 300);
+    assert_eq!(sent.body["tools"][0]["function"]["name"], "handoff");
+    assert_eq!(sent.body["tools"][0]["function"]["description"], "Hand over to a human when the user wants a refund.");
+    let messages = sent.body["messages"].as_array().unwrap();
+    let system = messages[0]["content"].as_str().unwrap();
+    assert!(system.contains("Q: How long does shipping take?"), "the relevant entry is given: {system}");
+    assert!(!system.contains("opening hours"), "an unrelated entry is not: {system}");
+    assert_eq!(messages.last().unwrap()["content"], "How long does shipping take?");
+    assert_eq!(messages.len(), 4, "system, two earlier turns, the question once");
+
+    let reply = brain.answer(&a, &ask("u2", "I want my money back")).await.unwrap();
+    assert_eq!(reply, BrainReply::Handoff { reason: "the user wants a refund".into(), text: None });
+}
+
+#[tokio::test]
+async fn tools_it_does_not_have_are_refused_then_it_gives_up() {
+    let fake = FakeOpenai::start(KEY).await;
+    let (_dir, store) = kv();
+    let brain = LlmBrain::new(reqwest::Client::new(), store, Arc::new(Fixed(Millis(1_795_082_400_000))));
+    let a = agent(&fake.url());
+    fake.script([
+        Scripted::tool("get_weather", json!({"city": "Zagreb"})),
+        Scripted::text("I can't check the weather."),
+    ]);
+    let reply = brain.answer(&a, &ask("u1", "weather?")).await.unwrap();
+    assert_eq!(reply, BrainReply::Answer { text: "I can't check the weather.".into() });
+    // The second request answered the call (the fake refuses a tool message without one).
+    let second = &fake.requests()[1];
+    assert_eq!(second.status, 200);
+    let last = second.body["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["role"], "tool");
+    // A model that keeps calling: handed to a human after the round limit, not a loop.
+    fake.always(Scripted::tool("get_weather", json!({})));
+    let before = fake.requests().len();
+    let reply = brain.answer(&a, &ask("u2", "weather?")).await.unwrap();
+    assert!(matches!(reply, BrainReply::Handoff { .. }), "{reply:?}");
+    assert_eq!(fake.requests().len() - before, baton_brains::llm::MAX_TOOL_ROUNDS + 1);
+}
+
+#[tokio::test]
+async fn refusals_become_retries_or_failures_and_never_show_the_key() {
+    let fake = FakeOpenai::start(KEY).await;
+    let (_dir, store) = kv();
+    let brain = LlmBrain::new(reqwest::Client::new(), store, Arc::new(Fixed(Millis(1_795_082_400_000))));
+    let a = agent(&fake.url());
+    fake.script([
+        Scripted::error(429, "rate_limit_error", "Rate limit reached"),
+        Scripted::error(500, "server_error", "oops"),
+    ]);
+    let e = brain.answer(&a, &ask("u1", "hi")).await.unwrap_err();
+    assert_eq!(
+        e,
+        DeliveryError::Retryable {
+            message: "the model endpoint answered HTTP 429: Rate limit reached".into(),
+            retry_after_ms: Some(1000)
+        }
+    );
+    assert!(matches!(brain.answer(&a, &ask("u1", "hi")).await, Err(DeliveryError::Retryable { .. })));
+    let mut wrong = agent(&fake.url());
+    if let BrainConfig::Llm(c) = &mut wrong.brain {
+        c.api_key = Secret("sk-wrong-key-000".into());
+    }
+    let e = brain.answer(&wrong, &ask("u1", "hi")).await.unwrap_err();
+    assert!(matches!(e, DeliveryError::Unauthorized { .. }) && !e.to_string().contains("sk-wrong"), "{e}");
+    let e = brain.answer(&agent("http://127.0.0.1:9/v1"), &ask("u1", "hi")).await.unwrap_err();
+    assert!(matches!(e, DeliveryError::Retryable { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn a_used_up_budget_hands_over_without_calling_the_model() {
+    let fake = FakeOpenai::start(KEY).await;
+    fake.tokens_per_answer(100);
+    let now = Millis(1_795_082_400_000);
+    let (_dir, store) = kv();
+    let brain = LlmBrain::new(reqwest::Client::new(), store.clone(), Arc::new(Fixed(now)));
+    let a = agent(&fake.url());
+    // 250 tokens per conversation: three answers of 100, then a handoff.
+    for _ in 0..3 {
+        assert!(matches!(brain.answer(&a, &ask("u1", "hi")).await.unwrap(), BrainReply::Answer { .. }));
+    }
+    let reply = brain.answer(&a, &ask("u1", "hi")).await.unwrap();
+    assert!(
+        matches!(reply, BrainReply::Handoff { ref reason, .. } if reason.contains("this conversation")),
+        "{reply:?}"
+    );
+    assert_eq!(fake.requests().len(), 3);
+    // 1000 per day across conversations: seven more answers, then every conversation is handed over.
+    for u in 0..7 {
+        assert!(matches!(brain.answer(&a, &ask(&format!("v{u}"), "hi")).await.unwrap(), BrainReply::Answer { .. }));
+    }
+    let reply = brain.answer(&a, &ask("w1", "hi")).await.unwrap();
+    assert!(matches!(reply, BrainReply::Handoff { ref reason, .. } if reason.contains("today")), "{reply:?}");
+    // The next UTC day starts afresh.
+    let tomorrow = LlmBrain::new(reqwest::Client::new(), store, Arc::new(Fixed(Millis(now.0 + 86_400_000))));
+    assert!(matches!(tomorrow.answer(&a, &ask("w1", "hi")).await.unwrap(), BrainReply::Answer { .. }));
+}
