@@ -241,6 +241,23 @@ async fn lagging_search_never_creates_a_second_contact() {
 }
 
 #[tokio::test]
+async fn users_without_their_own_email_are_not_merged_into_one_contact() {
+    let s = Setup::new().await;
+    let agent = s.agent(json!({}));
+    let default = agent.policy.default_email.clone();
+    let desk = s.desk();
+    let a = desk.open(&agent, &telegram("101"), &request(&default), &next_key()).await.unwrap();
+    let b = desk.open(&agent, &telegram("102"), &request(&default), &next_key()).await.unwrap();
+    let (ca, cb) = (s.fake.conversation(&a).unwrap().contact_id, s.fake.conversation(&b).unwrap().contact_id);
+    assert_ne!(ca, cb, "two Telegram users are two contacts");
+    let creates = s.fake.requests_of(Kind::CreateContact);
+    assert!(creates.iter().all(|c| c.body.get("email").is_none()), "the agent's default address is not theirs");
+    // The same user again is the same contact.
+    let again = desk.open(&agent, &telegram("101"), &request(&default), &next_key()).await.unwrap();
+    assert_eq!(s.fake.conversation(&again).unwrap().contact_id, ca);
+}
+
+#[tokio::test]
 async fn existing_contacts_are_found_and_archived_ones_restored() {
     let s = Setup::new().await;
     let agent = s.agent(json!({}));

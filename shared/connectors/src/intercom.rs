@@ -1058,9 +1058,10 @@ impl IntercomClient {
         request: &HandoffRequest,
     ) -> Result<String, DeliveryError> {
         let transcript = transcript(key, request);
+        let email = own_email(agent, request);
         let mut use_map = true;
         loop {
-            let (contact, from_map) = self.contact_for(agent, cfg, key, &request.email, use_map).await?;
+            let (contact, from_map) = self.contact_for(agent, cfg, key, email, use_map).await?;
             let body = json!({"from": {"type": contact.role, "id": contact.id}, "body": transcript});
             match self.call(agent, cfg, Method::POST, CONVERSATIONS_PATH, Some(&body)).await {
                 Ok(answer) => {
@@ -1075,7 +1076,6 @@ impl IntercomClient {
                 }
                 Err(DeliveryError::Permanent { message }) if from_map => {
                     tracing::info!(agent = %agent.id, %message, "a remembered Intercom contact was refused; looking it up again");
-                    let email = request.email.trim();
                     let name = contact_link_name(&agent.id, email, &contact_external_id(key, email));
                     if let Err(e) = self.kv.delete(&name).await {
                         tracing::warn!(agent = %agent.id, error = %e, "cannot forget an Intercom contact link");
@@ -1171,6 +1171,17 @@ fn desk_target(agent: &Agent) -> Result<AssignTarget<'_>, DeliveryError> {
     match &agent.desk {
         DeskConfig::Intercom { team_id, admin_id } => Ok(AssignTarget { admin: clean(admin_id), team: clean(team_id) }),
         _ => Err(DeliveryError::permanent(format!("agent {} does not use the Intercom desk (desk.kind)", agent.id))),
+    }
+}
+
+/// The user's own e-mail address, or "" when the request carries the agent's default address
+/// (channels without e-mail): every such user would otherwise become one Intercom contact.
+fn own_email<'a>(agent: &Agent, request: &'a HandoffRequest) -> &'a str {
+    let email = request.email.trim();
+    if email.eq_ignore_ascii_case(agent.policy.default_email.trim()) {
+        ""
+    } else {
+        email
     }
 }
 
