@@ -130,7 +130,7 @@ async fn email_is_collected_in_chat_when_not_preset() {
 }
 
 fn llm_brain(base_url: String) -> baton_core::agent::BrainConfig {
-    baton_core::agent::BrainConfig::Llm(baton_core::agent::LlmConfig {
+    baton_core::agent::BrainConfig::Llm(Box::new(baton_core::agent::LlmConfig {
         base_url,
         model: "gpt-4o-mini".into(),
         api_key: baton_core::model::Secret("sk-e2e-openai-key".into()),
@@ -142,7 +142,8 @@ fn llm_brain(base_url: String) -> baton_core::agent::BrainConfig {
         conversation_token_budget: 10_000,
         daily_token_budget: 100_000,
         timeout_secs: 5,
-    })
+        erp: None,
+    }))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

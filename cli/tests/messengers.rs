@@ -645,3 +645,119 @@ async fn livechat_authorize_turns_the_approved_code_into_a_refresh_token() {
     assert_eq!(token.unwrap().expose(), lc::REFRESH_TOKEN);
     assert_eq!(fake.requests_of(lc::Kind::CodeExchange).len(), 1);
 }
+
+#[tokio::test]
+async fn a_whatsapp_caller_orders_through_the_llm_and_the_erp_with_a_two_phase_commit() {
+    use baton_tests::erp::FakeErp;
+    use baton_tests::openai::{FakeOpenai, Turn};
+    let fake = wa::FakeWhatsapp::start(WA_TOKEN, WA_PHONE).await;
+    let llm = FakeOpenai::start("sk-order-e2e").await;
+    let erp = FakeErp::start("erp-order-e2e").await;
+    let (wa_api, llm_url, erp_url) = (fake.url(), llm.url(), erp.url());
+    let hub = hub_with(system_clock(), move |a| {
+        a.channels.whatsapp = Some(whatsapp_config(wa_api));
+        a.brain = baton_core::agent::BrainConfig::Llm(Box::new(baton_core::agent::LlmConfig {
+            base_url: llm_url,
+            model: "gpt-4o-mini".into(),
+            api_key: Secret("sk-order-e2e".into()),
+            system_prompt: "You take orders for Example Wholesale.".into(),
+            handoff_description: baton_core::agent::default_handoff_description(),
+            knowledge: vec![],
+            max_tokens: 300,
+            temperature: None,
+            conversation_token_budget: 100_000,
+            daily_token_budget: 1_000_000,
+            timeout_secs: 5,
+            erp: Some(baton_core::agent::ErpConfig { base_url: erp_url, api_key: Secret("erp-order-e2e".into()) }),
+        }));
+    })
+    .await;
+    let user = "385911234567";
+
+    // Identify by the WhatsApp number, search, prepare: the order is read back, nothing booked.
+    llm.script([
+        Turn::tool("identify_caller", serde_json::json!({})),
+        Turn::tool("search_products", serde_json::json!({"query": "flour T550"})),
+        Turn::tool(
+            "prepare_order",
+            serde_json::json!({"contact_id": "C-100", "lines": [{"sku": "FLR-T550", "quantity": 10}]}),
+        ),
+        Turn::text("Ana, that is 10 x Flour T550, 1 kg for 12.00 EUR. Shall I place the order?"),
+    ]);
+    whatsapp(&hub, &[wa::text_message("wamid.o1", user, "10 packs of flour T550 please")], &[]).await;
+    let sent = fake.wait_for_messages(1, WAIT).await;
+    assert_eq!(wa_text(&sent[0]), "Ana, that is 10 x Flour T550, 1 kg for 12.00 EUR. Shall I place the order?");
+    let asked = erp.requests();
+    assert_eq!(asked[0].query.as_deref(), Some("phone=%2B385911234567"), "the caller's own number");
+    assert!(erp.committed_orders().is_empty(), "prepared, not booked");
+    let prepared =
+        llm.requests()[3].body["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap().to_string();
+    assert!(
+        prepared.contains("TX-5002") && prepared.contains("12.00"),
+        "the model sees the prepared order: {prepared}"
+    );
+
+    // The user confirms; the commit's answer is lost, its status says booked: placed once.
+    erp.lose_commit_answers(1);
+    llm.script([
+        Turn::tool("commit_order", serde_json::json!({"transaction_id": "TX-5002"})),
+        Turn::text("Done: your order O-7001 is placed."),
+    ]);
+    whatsapp(&hub, &[wa::text_message("wamid.o2", user, "Yes, please place it")], &[]).await;
+    let sent = fake.wait_for_messages(2, WAIT).await;
+    assert_eq!(wa_text(&sent[1]), "Done: your order O-7001 is placed.");
+    assert_eq!(erp.committed_orders(), ["O-7001"]);
+    let commits = erp.requests().into_iter().filter(|r| r.path == "/transactions/commit").count();
+    assert_eq!(commits, 1, "booked once");
+    let result =
+        llm.requests()[5].body["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap().to_string();
+    assert!(result.contains("\"status\":\"committed\""), "{result}");
+    hub.running.stop().await;
+}
+
+#[tokio::test]
+async fn an_order_nobody_confirmed_is_handed_to_a_human_not_reported_as_placed() {
+    use baton_tests::erp::FakeErp;
+    use baton_tests::openai::{FakeOpenai, Turn};
+    let llm = FakeOpenai::start("sk-order-e2e").await;
+    let erp = FakeErp::start("erp-order-e2e").await;
+    let (llm_url, erp_url) = (llm.url(), erp.url());
+    let hub = hub_with(system_clock(), move |a| {
+        a.brain = baton_core::agent::BrainConfig::Llm(Box::new(baton_core::agent::LlmConfig {
+            base_url: llm_url,
+            model: "gpt-4o-mini".into(),
+            api_key: Secret("sk-order-e2e".into()),
+            system_prompt: String::new(),
+            handoff_description: baton_core::agent::default_handoff_description(),
+            knowledge: vec![],
+            max_tokens: 300,
+            temperature: None,
+            conversation_token_budget: 100_000,
+            daily_token_budget: 1_000_000,
+            timeout_secs: 5,
+            erp: Some(baton_core::agent::ErpConfig { base_url: erp_url, api_key: Secret("erp-order-e2e".into()) }),
+        }));
+    })
+    .await;
+    llm.script([
+        Turn::tool(
+            "prepare_order",
+            serde_json::json!({"contact_id": "C-100", "lines": [{"sku": "FLR-T850", "quantity": 1}]}),
+        ),
+        Turn::tool("commit_order", serde_json::json!({"transaction_id": "TX-5002"})),
+        Turn::text("Your order is placed!"),
+    ]);
+    erp.fail_commits(baton_connectors::erp::COMMIT_ATTEMPTS);
+    let w = baton_tests::widget::WidgetClient::start(&hub.base, "shop", Some("ana@horvat.example")).await;
+    w.send("one flour T850, and place it right away").await;
+    let est = hub.desk.first_to("/conversation/establish").await;
+    assert!(
+        est.body["reason"].as_str().unwrap().contains("did not confirm transaction TX-5002"),
+        "{}",
+        est.body["reason"]
+    );
+    settle().await;
+    assert!(w.all().await.iter().all(|m| m["text"] != "Your order is placed!"), "never told it succeeded");
+    assert!(erp.committed_orders().is_empty());
+    hub.running.stop().await;
+}

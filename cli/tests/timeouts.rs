@@ -206,3 +206,29 @@ async fn a_desk_outage_loses_nothing_and_keeps_the_order() {
     assert_eq!(got, want);
     hub.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_service_hours_the_team_gets_an_email_and_the_user_is_told() {
+    let clock = Arc::new(ManualClock::new(Millis(SATURDAY_10)));
+    let smtp = baton_tests::smtp::FakeSmtp::start("baton", "smtp-pass-e2e").await;
+    let url = smtp.url("baton", "smtp-pass-e2e");
+    let hub = common::hub_with(clock.clone(), move |a| {
+        a.hours = Some(weekdays_9_to_17());
+        a.fallback = FallbackConfig::Email {
+            smtp_url: Some(Secret(url)),
+            capture_dir: None,
+            from: "baton@shop.example".into(),
+            to: vec!["sales@shop.example".into()],
+        };
+    })
+    .await;
+    let mut w = WidgetClient::start(&hub.base, "shop", Some("sat@example.com")).await;
+    w.send("I want to talk to a human").await;
+    w.wait_for("fallback notice", |m| m["text"].as_str().unwrap().contains("by e-mail to our team")).await;
+    let mail = &smtp.wait_for(1, WAIT).await[0];
+    assert_eq!(mail.to, ["sales@shop.example"]);
+    assert_eq!(mail.header("Reply-To").as_deref(), Some("sat@example.com"));
+    assert!(mail.body().contains("I want to talk to a human"));
+    assert!(hub.desk.requests_to("/conversation/establish").is_empty(), "no desk conversation outside hours");
+    hub.running.stop().await;
+}

@@ -4,12 +4,14 @@
 
 pub mod conformance;
 pub mod desk;
+pub mod erp;
 pub mod intercom;
 pub mod line;
 pub mod livechat;
 pub mod moto;
 pub mod openai;
 pub mod salesiq;
+pub mod smtp;
 pub mod telegram;
 pub mod whatsapp;
 pub mod widget;

@@ -35,7 +35,7 @@ fn agent(base_url: &str) -> Agent {
         "desk": {"kind": "none"},
     }))
     .unwrap();
-    a.brain = BrainConfig::Llm(LlmConfig {
+    a.brain = BrainConfig::Llm(Box::new(LlmConfig {
         base_url: base_url.into(),
         model: "gpt-4o-mini".into(),
         api_key: Secret(KEY.into()),
@@ -50,7 +50,8 @@ fn agent(base_url: &str) -> Agent {
         conversation_token_budget: 250,
         daily_token_budget: 1_000,
         timeout_secs: 5,
-    });
+        erp: None,
+    }));
     a
 }
 

@@ -17,6 +17,12 @@
 //! usage:{prompt_tokens, completion_tokens, total_tokens}}`; errors `{error:{message, type,
 //! param, code}}` with 401 (key), 429 (rate limit or quota; `Retry-After` when given), 5xx.
 //!
+//! With `brain.erp` configured the model also gets the ERP tools of the order assistant
+//! (seeds 000/001): `identify_caller`, `search_products`, `prepare_order`, `change_order`,
+//! `cancel_order` and `commit_order`, run here against the middleware of
+//! `docs/erp-openapi.yaml`. A commit the ERP does not confirm is never passed to the model as
+//! a success: an unknown outcome hands the user to a human at once.
+//!
 //! Budgets: the tokens each answer reports (`usage.total_tokens`) are added to a counter per
 //! conversation and one per agent and UTC day in the `KeyValue` store. Once either budget is
 //! used up the brain hands the user to a human instead of calling the model. Events of one
@@ -25,6 +31,7 @@
 
 use crate::faq::FaqIndex;
 use async_trait::async_trait;
+use baton_connectors::erp::{CommitOutcome, ErpClient};
 use baton_core::agent::{Agent, BrainConfig, FaqEntry, LlmConfig};
 use baton_core::event::BrainReply;
 use baton_core::model::{Millis, Role};
@@ -33,18 +40,22 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Tool calls answered before the brain gives up on a turn.
-pub const MAX_TOOL_ROUNDS: usize = 3;
+/// Rounds of tool calls answered before the brain gives up on a turn (an order takes three:
+/// identify, search, prepare).
+pub const MAX_TOOL_ROUNDS: usize = 6;
 /// Knowledge entries given with each question.
 pub const KNOWLEDGE_ENTRIES: usize = 3;
 /// Answers are read up to this size.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 const DAY_MS: i64 = 86_400_000;
+/// Each ERP call; an order takes a few, all inside one worker invocation.
+const ERP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a conversation's counter is kept after its last answer.
 const CONVERSATION_COUNTER_MS: i64 = 30 * DAY_MS;
 
 pub struct LlmBrain {
     http: reqwest::Client,
+    erp: ErpClient,
     kv: Arc<dyn KeyValue>,
     clock: Arc<dyn Clock>,
 }
@@ -100,32 +111,51 @@ pub fn messages(cfg: &LlmConfig, request: &BrainRequest, knowledge: &[&FaqEntry]
     out
 }
 
+fn function(name: &str, description: &str, parameters: Value) -> Value {
+    json!({"type": "function", "function": {"name": name, "description": description, "parameters": parameters}})
+}
+
 fn tools(cfg: &LlmConfig) -> Value {
-    json!([{
-        "type": "function",
-        "function": {
-            "name": "handoff",
-            "description": cfg.handoff_description,
-            "parameters": {
-                "type": "object",
-                "properties": {"reason": {"type": "string", "description": "Why a human should take over, for the colleague who will."}},
-                "required": ["reason"],
-            },
-        },
-    }])
+    let reason = json!({"type": "object", "properties": {"reason": {"type": "string",
+        "description": "Why a human should take over, for the colleague who will."}}, "required": ["reason"]});
+    let mut tools = vec![function("handoff", &cfg.handoff_description, reason)];
+    if cfg.erp.is_some() {
+        let lines = json!({"type": "array", "minItems": 1, "items": {"type": "object",
+            "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer", "minimum": 1}},
+            "required": ["sku", "quantity"]}});
+        tools.extend([
+            function("identify_caller", "Find the customer by phone number. On WhatsApp and phone calls the number is known: call it without arguments.",
+                json!({"type": "object", "properties": {"phone": {"type": "string", "description": "E.164, e.g. +385911234567"}}})),
+            function("search_products", "Search the catalogue; answers products with SKU, price and stock.",
+                json!({"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]})),
+            function("prepare_order", "Prepare an order for an identified customer. Nothing is booked: read the prepared order and its total back to the user and ask them to confirm.",
+                json!({"type": "object", "properties": {"contact_id": {"type": "string"}, "lines": lines, "note": {"type": "string"}}, "required": ["contact_id", "lines"]})),
+            function("change_order", "Prepare new lines for an existing order; confirm with the user, then commit.",
+                json!({"type": "object", "properties": {"order_id": {"type": "string"}, "lines": lines}, "required": ["order_id", "lines"]})),
+            function("cancel_order", "Prepare the cancellation of an order; confirm with the user, then commit.",
+                json!({"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]})),
+            function("commit_order", "Book a prepared transaction. Only after the user has explicitly confirmed it. Tell the user it is placed only if this answers status committed.",
+                json!({"type": "object", "properties": {"transaction_id": {"type": "string"}}, "required": ["transaction_id"]})),
+        ]);
+    }
+    Value::Array(tools)
+}
+
+/// One tool call of a completion.
+struct Call {
+    id: String,
+    name: String,
+    arguments: Value,
 }
 
 /// What one completion asks for.
 enum Step {
     Say(String),
-    Handoff {
-        reason: String,
-        text: Option<String>,
-    },
-    /// Tool calls the hub does not offer: answered with an error, then the model is asked again.
-    Unknown {
+    /// Tool calls (with the assistant message to send back, and any text it also wrote).
+    Calls {
         assistant: Value,
-        calls: Vec<(String, String)>,
+        content: Option<String>,
+        calls: Vec<Call>,
     },
     Nothing,
 }
@@ -135,32 +165,46 @@ fn step(answer: &Value) -> Result<Step, DeliveryError> {
         return Err(DeliveryError::permanent("the model answered without choices[0].message"));
     };
     let content = message.get("content").and_then(Value::as_str).map(str::trim).filter(|c| !c.is_empty());
-    let calls = message.get("tool_calls").and_then(Value::as_array).cloned().unwrap_or_default();
-    if let Some(handoff) = calls.iter().find(|c| c.pointer("/function/name").and_then(Value::as_str) == Some("handoff"))
-    {
-        let arguments = handoff.pointer("/function/arguments").and_then(Value::as_str).unwrap_or("{}");
-        let reason = serde_json::from_str::<Value>(arguments)
-            .ok()
-            .and_then(|a| a.get("reason").and_then(Value::as_str).map(str::trim).map(str::to_string))
-            .filter(|r| !r.is_empty())
-            .unwrap_or_else(|| "the assistant handed the conversation over".into());
-        return Ok(Step::Handoff { reason, text: content.map(str::to_string) });
-    }
+    let calls: Vec<Call> = message
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|c| Call {
+            id: c.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
+            name: c.pointer("/function/name").and_then(Value::as_str).unwrap_or_default().to_string(),
+            // Arguments arrive as a JSON string; unreadable ones become an empty object.
+            arguments: c
+                .pointer("/function/arguments")
+                .and_then(Value::as_str)
+                .and_then(|a| serde_json::from_str(a).ok())
+                .unwrap_or_else(|| json!({})),
+        })
+        .collect();
     if !calls.is_empty() {
-        let calls = calls
-            .iter()
-            .map(|c| {
-                let id = c.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-                let name = c.pointer("/function/name").and_then(Value::as_str).unwrap_or_default().to_string();
-                (id, name)
-            })
-            .collect();
-        return Ok(Step::Unknown { assistant: message.clone(), calls });
+        return Ok(Step::Calls { assistant: message.clone(), content: content.map(str::to_string), calls });
     }
     Ok(match content {
         Some(text) => Step::Say(text.to_string()),
         None => Step::Nothing,
     })
+}
+
+/// What a tool call comes to.
+enum ToolResult {
+    /// Sent back to the model as the tool's answer.
+    Answer(Value),
+    /// Stop and hand the user over.
+    Handoff(String),
+}
+
+/// A short stable key for an ERP write: the conversation and the call's arguments.
+fn write_key(kind: &str, request: &BrainRequest, arguments: &Value) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    request.conversation.to_string().hash(&mut h);
+    arguments.to_string().hash(&mut h);
+    format!("{kind}-{:016x}", h.finish())
 }
 
 /// Map a refusal to what retrying can do: 401/403 credentials, 408/409/429/5xx later, the
@@ -191,7 +235,8 @@ fn refusal(status: u16, retry_after: Option<&str>, body: &[u8], key: &str) -> De
 
 impl LlmBrain {
     pub fn new(http: reqwest::Client, kv: Arc<dyn KeyValue>, clock: Arc<dyn Clock>) -> Self {
-        LlmBrain { http, kv, clock }
+        let erp = ErpClient::from_client(http.clone(), ERP_TIMEOUT);
+        LlmBrain { http, erp, kv, clock }
     }
 
     async fn used(&self, name: &str, now: Millis) -> Result<u64, DeliveryError> {
@@ -297,13 +342,26 @@ impl LlmBrain {
             self.count(&daily_counter(&agent.id, now), tokens, now, 2 * DAY_MS).await;
             match step(&answer)? {
                 Step::Say(text) => return Ok(BrainReply::Answer { text }),
-                Step::Handoff { reason, text } => return Ok(BrainReply::Handoff { reason, text }),
                 Step::Nothing => return Ok(BrainReply::Unknown { text: None }),
-                Step::Unknown { assistant, calls } => {
+                Step::Calls { assistant, content, calls } => {
+                    if let Some(handoff) = calls.iter().find(|c| c.name == "handoff") {
+                        let reason = handoff
+                            .arguments
+                            .get("reason")
+                            .and_then(Value::as_str)
+                            .map(str::trim)
+                            .filter(|r| !r.is_empty())
+                            .unwrap_or("the assistant handed the conversation over")
+                            .to_string();
+                        return Ok(BrainReply::Handoff { reason, text: content });
+                    }
                     messages.push(assistant);
-                    for (id, name) in calls {
-                        let error = format!("There is no tool named {name:?}; answer the user or call handoff.");
-                        messages.push(json!({"role": "tool", "tool_call_id": id, "content": error}));
+                    for call in calls {
+                        match self.run_tool(cfg, request, &call).await {
+                            ToolResult::Answer(answer) => messages
+                                .push(json!({"role": "tool", "tool_call_id": call.id, "content": answer.to_string()})),
+                            ToolResult::Handoff(reason) => return Ok(BrainReply::Handoff { reason, text: None }),
+                        }
                     }
                 }
             }
@@ -312,6 +370,77 @@ impl LlmBrain {
             reason: format!("the assistant kept calling tools it does not have ({MAX_TOOL_ROUNDS} rounds)"),
             text: None,
         })
+    }
+}
+
+impl LlmBrain {
+    /// Run one tool call. ERP refusals go back to the model (it tells the user); a commit
+    /// whose outcome nobody knows hands the user over.
+    async fn run_tool(&self, cfg: &LlmConfig, request: &BrainRequest, call: &Call) -> ToolResult {
+        let Some(erp) = cfg.erp.as_ref() else {
+            return ToolResult::Answer(
+                json!({"error": format!("There is no tool named {:?}; answer the user or call handoff.", call.name)}),
+            );
+        };
+        let args = &call.arguments;
+        let text = |k: &str| args.get(k).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty());
+        let result = match call.name.as_str() {
+            "identify_caller" => {
+                // The channel's own number when the user writes from one.
+                let known = matches!(request.conversation.channel, baton_core::Channel::Whatsapp)
+                    .then(|| format!("+{}", request.conversation.user.trim_start_matches('+')));
+                match text("phone").map(str::to_string).or(known) {
+                    Some(phone) => self.erp.contacts_by_phone(erp, &phone).await,
+                    None => {
+                        return ToolResult::Answer(json!({"error": "No phone number is known: ask the user for it."}))
+                    }
+                }
+            }
+            "search_products" => match text("query") {
+                Some(q) => self.erp.search_products(erp, q, 10).await,
+                None => return ToolResult::Answer(json!({"error": "query is required"})),
+            },
+            "prepare_order" => {
+                let order =
+                    json!({"contact_id": args.get("contact_id"), "lines": args.get("lines"), "note": args.get("note")});
+                self.erp.prepare_order(erp, &order, &write_key("prepare", request, args)).await
+            }
+            "change_order" | "cancel_order" => match text("order_id") {
+                Some(id) => {
+                    let change = if call.name == "cancel_order" {
+                        json!({"status": "cancelled"})
+                    } else {
+                        json!({"lines": args.get("lines")})
+                    };
+                    self.erp.change_order(erp, id, &change, &write_key(&call.name, request, args)).await
+                }
+                None => return ToolResult::Answer(json!({"error": "order_id is required"})),
+            },
+            "commit_order" => {
+                let Some(tx) = text("transaction_id") else {
+                    return ToolResult::Answer(json!({"error": "transaction_id is required"}));
+                };
+                return match self.erp.commit(erp, tx).await {
+                    CommitOutcome::Committed { order_id } => {
+                        ToolResult::Answer(json!({"status": "committed", "order_id": order_id}))
+                    }
+                    CommitOutcome::Failed { reason } => ToolResult::Answer(json!({"status": "not_committed",
+                        "reason": reason, "instruction": "Tell the user the order was NOT placed."})),
+                    CommitOutcome::Unknown { reason } => ToolResult::Handoff(format!(
+                        "the ERP did not confirm transaction {tx} ({reason}); the user was not told it is placed"
+                    )),
+                };
+            }
+            other => {
+                return ToolResult::Answer(
+                    json!({"error": format!("There is no tool named {other:?}; answer the user or call handoff.")}),
+                )
+            }
+        };
+        match result {
+            Ok(answer) => ToolResult::Answer(answer),
+            Err(e) => ToolResult::Answer(json!({"error": e.to_string()})),
+        }
     }
 }
 
@@ -346,6 +475,7 @@ mod tests {
             conversation_token_budget: 1000,
             daily_token_budget: 10_000,
             timeout_secs: 5,
+            erp: None,
         }
     }
 
@@ -395,15 +525,15 @@ mod tests {
     }
 
     #[test]
-    fn a_handoff_call_carries_the_models_reason() {
+    fn tool_calls_are_read_with_their_arguments() {
         let answer = json!({"choices": [{"message": {"role": "assistant", "content": null, "tool_calls": [
             {"id": "call_1", "type": "function", "function": {"name": "handoff", "arguments": "{\"reason\":\"wants a refund\"}"}}]},
             "finish_reason": "tool_calls"}]});
-        assert!(
-            matches!(step(&answer).unwrap(), Step::Handoff { ref reason, text: None } if reason == "wants a refund")
-        );
+        let Step::Calls { calls, content: None, .. } = step(&answer).unwrap() else { panic!("calls expected") };
+        assert_eq!((calls[0].id.as_str(), calls[0].name.as_str()), ("call_1", "handoff"));
+        assert_eq!(calls[0].arguments["reason"], "wants a refund");
         let bad_args = json!({"choices": [{"message": {"tool_calls": [{"id": "c", "function": {"name": "handoff", "arguments": "not json"}}]}}]});
-        assert!(matches!(step(&bad_args).unwrap(), Step::Handoff { ref reason, .. } if !reason.is_empty()));
+        assert!(matches!(step(&bad_args).unwrap(), Step::Calls { ref calls, .. } if calls[0].arguments == json!({})));
         assert!(step(&json!({"choices": []})).is_err());
     }
 }

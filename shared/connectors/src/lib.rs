@@ -3,6 +3,10 @@
 //! (`Desk`, `ChannelSender`); everything wire-specific lives here so it can be tested over
 //! real HTTP without the runtime.
 
+/// The e-mail fallback: SMTP, or `.eml` files for local use.
+pub mod email;
+/// The ERP preset: the REST middleware of docs/erp-openapi.yaml, with two-phase commits.
+pub mod erp;
 /// Intercom: webhook signature and notifications, the REST API (bot replies, contacts, conversations) and the Intercom desk.
 pub mod intercom;
 /// LINE Messaging API: webhook signature and events, reply and push messages.

@@ -87,7 +87,7 @@
 
 use crate::media::{download, valid_media_id, Fetched, MAX_MEDIA_BYTES};
 use crate::outbound::{quote, read_limited, retry_after_ms, transport_error, MAX_RESPONSE_BYTES};
-use baton_core::agent::WhatsappConfig;
+use baton_core::agent::{WhatsappConfig, WhatsappTemplate};
 use baton_core::model::{Button, OutMessage};
 use baton_core::ports::DeliveryError;
 use hmac::{Hmac, Mac};
@@ -679,6 +679,11 @@ fn template_body(config: &WhatsappConfig, to: &str, message: &OutMessage) -> Res
             "WhatsApp message: outside the 24-hour window and no window_template configured",
         ));
     };
+    named_template_body(template, to, message)
+}
+
+/// A `template` message of `template` whose body parameter carries the message's text.
+fn named_template_body(template: &WhatsappTemplate, to: &str, message: &OutMessage) -> Result<Value, DeliveryError> {
     if template.name.trim().is_empty() || template.language.trim().is_empty() {
         return Err(DeliveryError::permanent("whatsapp.window_template needs a name and a language"));
     }
@@ -763,6 +768,26 @@ impl WhatsappClient {
     ) -> Result<(), DeliveryError> {
         let token = config.access_token.expose();
         self.send_unscrubbed(config, to, message, outside_window).await.map_err(|e| without_token(e, token))
+    }
+
+    /// Send `template` to `to` (anyone, at any time: templates need no open window) with
+    /// `text` as its body parameter: the WhatsApp fallback to a sales representative.
+    pub async fn send_template(
+        &self,
+        config: &WhatsappConfig,
+        to: &str,
+        template: &WhatsappTemplate,
+        text: &str,
+    ) -> Result<(), DeliveryError> {
+        let token = config.access_token.expose();
+        let result = async {
+            let url = messages_url(config)?;
+            let to = to.trim().trim_start_matches('+');
+            let body = named_template_body(template, to, &OutMessage::new(baton_core::model::Role::System, text))?;
+            self.post(config, &url, &body).await
+        }
+        .await;
+        result.map_err(|e| without_token(e, token))
     }
 
     /// Download a file a user sent: `GET {api_base}/{api_version}/{media_id}` (Bearer) answers

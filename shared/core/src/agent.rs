@@ -258,6 +258,21 @@ pub enum FallbackConfig {
         #[serde(default)]
         signing_secret: Option<Secret>,
     },
+    /// E-mail the request (summary, reason, history) to the team over SMTP, or, for local use,
+    /// write it as an `.eml` file into `capture_dir` instead of sending it.
+    Email {
+        /// `smtps://user:password@smtp.example.com:465` or `smtp://...:587?tls=required`
+        /// (a secret: it holds the password).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        smtp_url: Option<Secret>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        capture_dir: Option<String>,
+        from: String,
+        to: Vec<String>,
+    },
+    /// Send an approved WhatsApp template to a sales representative's number, through the
+    /// agent's WhatsApp channel; its body parameter carries the request.
+    Whatsapp { to: String, template: WhatsappTemplate },
 }
 
 fn default_language() -> String {
@@ -276,7 +291,7 @@ pub enum BrainConfig {
         min_score: f64,
     },
     /// A model behind any OpenAI-compatible chat-completions endpoint, with a `handoff` tool.
-    Llm(LlmConfig),
+    Llm(Box<LlmConfig>),
 }
 
 fn default_min_score() -> f64 {
@@ -316,6 +331,18 @@ pub struct LlmConfig {
     /// How long one call may take (1-50 s; the worker's own limit is 60 s).
     #[serde(default = "default_llm_timeout")]
     pub timeout_secs: u64,
+    /// The customer's ERP middleware (`docs/erp-openapi.yaml`): the model gets tools to
+    /// identify the caller, search products and prepare, change, cancel and commit orders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erp: Option<ErpConfig>,
+}
+
+/// The REST middleware in front of an ERP, as `docs/erp-openapi.yaml` describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErpConfig {
+    pub base_url: String,
+    pub api_key: Secret,
 }
 
 pub fn default_handoff_description() -> String {
@@ -486,8 +513,12 @@ impl Agent {
             out.extend(password.as_mut().map(|s| ("desk.password", s)));
             out.extend(signing_secret.as_mut().map(|s| ("desk.signing_secret", s)));
         }
-        if let FallbackConfig::Ticket { signing_secret, .. } = &mut self.fallback {
-            out.extend(signing_secret.as_mut().map(|s| ("fallback.signing_secret", s)));
+        match &mut self.fallback {
+            FallbackConfig::Ticket { signing_secret, .. } => {
+                out.extend(signing_secret.as_mut().map(|s| ("fallback.signing_secret", s)))
+            }
+            FallbackConfig::Email { smtp_url, .. } => out.extend(smtp_url.as_mut().map(|s| ("fallback.smtp_url", s))),
+            FallbackConfig::None | FallbackConfig::Whatsapp { .. } => {}
         }
         if let Some(t) = &mut self.channels.telegram {
             out.push(("channels.telegram.bot_token", &mut t.bot_token));
@@ -503,6 +534,7 @@ impl Agent {
         }
         if let BrainConfig::Llm(l) = &mut self.brain {
             out.push(("brain.api_key", &mut l.api_key));
+            out.extend(l.erp.as_mut().map(|e| ("brain.erp.api_key", &mut e.api_key)));
         }
         if let Some(w) = &mut self.channels.whatsapp {
             out.push(("channels.whatsapp.access_token", &mut w.access_token));
@@ -588,6 +620,9 @@ impl Agent {
                 if l.handoff_description.trim().is_empty() {
                     bad("brain.handoff_description", "must not be empty".into());
                 }
+                if let Some(erp) = &l.erp {
+                    url_field(&mut bad, "brain.erp.base_url", &erp.base_url);
+                }
                 ("brain.knowledge", &l.knowledge)
             }
         };
@@ -612,6 +647,47 @@ impl Agent {
             }
             if signing_secret.as_ref().is_some_and(|s| !is_ssm_reference(s) && !s.expose().starts_with("whsec_")) {
                 bad("fallback.signing_secret", "must be a Standard Webhooks secret starting with whsec_".into());
+            }
+        }
+        if let FallbackConfig::Email { smtp_url, capture_dir, from, to } = &self.fallback {
+            match (smtp_url, capture_dir) {
+                (Some(_), Some(_)) | (None, None) => bad(
+                    "fallback.smtp_url",
+                    "give either smtp_url (to send) or capture_dir (to write .eml files)".into(),
+                ),
+                (Some(url), None) if !is_ssm_reference(url) => {
+                    let u = url.expose();
+                    if !(u.starts_with("smtp://") || u.starts_with("smtps://")) {
+                        bad("fallback.smtp_url", "must start with smtp:// or smtps://".into());
+                    }
+                }
+                _ => {}
+            }
+            if !crate::email::is_valid(from) {
+                bad("fallback.from", format!("{from:?} is not an e-mail address"));
+            }
+            if to.is_empty() {
+                bad("fallback.to", "needs at least one address".into());
+            }
+            for (i, t) in to.iter().enumerate() {
+                if !crate::email::is_valid(t) {
+                    bad(&format!("fallback.to[{i}]"), format!("{t:?} is not an e-mail address"));
+                }
+            }
+        }
+        if let FallbackConfig::Whatsapp { to, template } = &self.fallback {
+            if self.channels.whatsapp.is_none() {
+                bad(
+                    "fallback",
+                    "kind = \"whatsapp\" sends through the agent's [channels.whatsapp]; configure it".into(),
+                );
+            }
+            let digits = to.trim().trim_start_matches('+');
+            if digits.len() < 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                bad("fallback.to", format!("must be a phone number in international format, got {to:?}"));
+            }
+            if template.name.trim().is_empty() || template.language.trim().is_empty() {
+                bad("fallback.template", "needs a name and a language".into());
             }
         }
         if let DeskConfig::Salesiq { department_id, .. } = &self.desk {
@@ -723,7 +799,7 @@ mod tests {
     #[test]
     fn llm_brain_problems_name_the_field_and_its_key_is_a_secret() {
         let mut a = agent();
-        a.brain = BrainConfig::Llm(LlmConfig {
+        a.brain = BrainConfig::Llm(Box::new(LlmConfig {
             base_url: "api.openai.com/v1".into(),
             model: " ".into(),
             api_key: Secret("sk-x".into()),
@@ -735,7 +811,8 @@ mod tests {
             conversation_token_budget: 1,
             daily_token_budget: 1,
             timeout_secs: 120,
-        });
+            erp: None,
+        }));
         let paths: Vec<_> = a.validate().into_iter().map(|p| p.path).collect();
         assert_eq!(
             paths,
@@ -755,6 +832,29 @@ mod tests {
         }))
         .unwrap();
         assert!(matches!(parsed, BrainConfig::Llm(ref l) if l.max_tokens == 500 && l.timeout_secs == 30));
+    }
+
+    #[test]
+    fn email_and_whatsapp_fallback_problems_name_the_field() {
+        let mut a = agent();
+        a.fallback = FallbackConfig::Email {
+            smtp_url: Some(Secret("http://smtp.example.com".into())),
+            capture_dir: None,
+            from: "not-an-address".into(),
+            to: vec!["ok@example.com".into(), "nope".into()],
+        };
+        let paths: Vec<_> = a.validate().into_iter().map(|p| p.path).collect();
+        assert_eq!(paths, ["fallback.smtp_url", "fallback.from", "fallback.to[1]"]);
+        a.fallback =
+            FallbackConfig::Email { smtp_url: None, capture_dir: None, from: "b@example.com".into(), to: vec![] };
+        let paths: Vec<_> = a.validate().into_iter().map(|p| p.path).collect();
+        assert_eq!(paths, ["fallback.smtp_url", "fallback.to"]);
+        a.fallback = FallbackConfig::Whatsapp {
+            to: "12ab".into(),
+            template: WhatsappTemplate { name: "lead".into(), language: String::new() },
+        };
+        let paths: Vec<_> = a.validate().into_iter().map(|p| p.path).collect();
+        assert_eq!(paths, ["fallback", "fallback.to", "fallback.template"]);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod channels;
 pub mod clock;
 pub mod desks;
+pub mod fallbacks;
 pub mod http;
 pub mod media;
 pub mod ratelimit;
@@ -48,7 +49,7 @@ pub struct Connectors {
     /// Fetches the files behind media links.
     pub media: media::MediaFetcher,
     pub desk: Arc<desks::DeskRouter>,
-    pub fallback: Arc<baton_connectors::ticket::TicketFallback>,
+    pub fallback: Arc<fallbacks::FallbackRouter>,
 }
 
 impl Connectors {
@@ -67,6 +68,7 @@ impl Connectors {
         let telegram = telegram::TelegramClient::from_client(http.clone(), timeout);
         let line = line::LineClient::from_client(http.clone(), timeout);
         let whatsapp = whatsapp::WhatsappClient::from_client(http.clone(), timeout);
+        let whatsapp_for_fallback = whatsapp.clone();
         Connectors {
             http: http.clone(),
             media: media::MediaFetcher { telegram: telegram.clone(), line: line.clone(), whatsapp: whatsapp.clone() },
@@ -91,7 +93,11 @@ impl Connectors {
                 intercom: intercom::IntercomDesk::new(intercom),
                 livechat: livechat::LivechatDesk::new(livechat),
             }),
-            fallback: Arc::new(ticket::TicketFallback::from_client(http, timeout)),
+            fallback: Arc::new(fallbacks::FallbackRouter {
+                ticket: ticket::TicketFallback::from_client(http.clone(), timeout),
+                email: baton_connectors::email::EmailFallback::new(timeout),
+                whatsapp: whatsapp_for_fallback,
+            }),
         }
     }
 }
