@@ -646,6 +646,24 @@ async fn livechat_authorize_turns_the_approved_code_into_a_refresh_token() {
     assert_eq!(fake.requests_of(lc::Kind::CodeExchange).len(), 1);
 }
 
+/// An LLM brain with the ERP tools, pointed at the fakes.
+fn order_brain(llm_url: String, erp_url: String) -> baton_core::agent::BrainConfig {
+    baton_core::agent::BrainConfig::Llm(Box::new(baton_core::agent::LlmConfig {
+        base_url: llm_url,
+        model: "gpt-4o-mini".into(),
+        api_key: Secret("sk-order-e2e".into()),
+        system_prompt: "You take orders for Example Wholesale.".into(),
+        handoff_description: baton_core::agent::default_handoff_description(),
+        knowledge: vec![],
+        max_tokens: 300,
+        temperature: None,
+        conversation_token_budget: 100_000,
+        daily_token_budget: 1_000_000,
+        timeout_secs: 5,
+        erp: Some(baton_core::agent::ErpConfig { base_url: erp_url, api_key: Secret("erp-order-e2e".into()) }),
+    }))
+}
+
 #[tokio::test]
 async fn a_whatsapp_caller_orders_through_the_llm_and_the_erp_with_a_two_phase_commit() {
     use baton_tests::erp::FakeErp;
@@ -656,20 +674,7 @@ async fn a_whatsapp_caller_orders_through_the_llm_and_the_erp_with_a_two_phase_c
     let (wa_api, llm_url, erp_url) = (fake.url(), llm.url(), erp.url());
     let hub = hub_with(system_clock(), move |a| {
         a.channels.whatsapp = Some(whatsapp_config(wa_api));
-        a.brain = baton_core::agent::BrainConfig::Llm(Box::new(baton_core::agent::LlmConfig {
-            base_url: llm_url,
-            model: "gpt-4o-mini".into(),
-            api_key: Secret("sk-order-e2e".into()),
-            system_prompt: "You take orders for Example Wholesale.".into(),
-            handoff_description: baton_core::agent::default_handoff_description(),
-            knowledge: vec![],
-            max_tokens: 300,
-            temperature: None,
-            conversation_token_budget: 100_000,
-            daily_token_budget: 1_000_000,
-            timeout_secs: 5,
-            erp: Some(baton_core::agent::ErpConfig { base_url: erp_url, api_key: Secret("erp-order-e2e".into()) }),
-        }));
+        a.brain = order_brain(llm_url, erp_url);
     })
     .await;
     let user = "385911234567";
@@ -723,20 +728,7 @@ async fn an_order_nobody_confirmed_is_handed_to_a_human_not_reported_as_placed()
     let erp = FakeErp::start("erp-order-e2e").await;
     let (llm_url, erp_url) = (llm.url(), erp.url());
     let hub = hub_with(system_clock(), move |a| {
-        a.brain = baton_core::agent::BrainConfig::Llm(Box::new(baton_core::agent::LlmConfig {
-            base_url: llm_url,
-            model: "gpt-4o-mini".into(),
-            api_key: Secret("sk-order-e2e".into()),
-            system_prompt: String::new(),
-            handoff_description: baton_core::agent::default_handoff_description(),
-            knowledge: vec![],
-            max_tokens: 300,
-            temperature: None,
-            conversation_token_budget: 100_000,
-            daily_token_budget: 1_000_000,
-            timeout_secs: 5,
-            erp: Some(baton_core::agent::ErpConfig { base_url: erp_url, api_key: Secret("erp-order-e2e".into()) }),
-        }));
+        a.brain = order_brain(llm_url, erp_url);
     })
     .await;
     llm.script([
