@@ -103,3 +103,151 @@ async fn one_agents_token_does_not_open_anothers_desk_routes() {
     assert_eq!(r.status(), 401);
     hub.running.stop().await;
 }
+
+/// Method, path, a header, body, the status expected.
+type Case = (&'static str, String, Option<(&'static str, &'static str)>, String, u16);
+
+/// Every route that takes input refuses it without its verification (the table in
+/// SECURITY.md): 401 for a missing or wrong credential, 403 for a wrong WhatsApp verify token
+/// or media link, and nothing reaches a session or the desk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_that_takes_input_refuses_it_unverified() {
+    use baton_core::agent::{LineConfig, TelegramConfig, WhatsappConfig};
+    use baton_core::model::Secret;
+    let zoho = baton_tests::salesiq::FakeZoho::start().await;
+    let intercom = baton_tests::intercom::FakeIntercom::start("ic-token-sec").await;
+    let livechat = baton_tests::livechat::FakeLivechat::start().await;
+    let mut salesiq = zoho.config();
+    salesiq.webhook_public_keys = vec![baton_tests::salesiq::WebhookSigner::new().public_key_pem()];
+    let (ic, lc) = (intercom.config(), livechat.config());
+    let hub = common::hub_with(std::sync::Arc::new(baton_runtime::clock::SystemClock), move |a| {
+        a.salesiq = Some(salesiq);
+        a.intercom = Some(ic);
+        a.livechat = Some(lc);
+        a.channels.telegram = Some(TelegramConfig {
+            bot_token: Secret("1:sec-bot".into()),
+            secret_token: Secret("tg-secret".into()),
+            api_base: "http://127.0.0.1:9".into(),
+            poll: false,
+        });
+        a.channels.line = Some(LineConfig {
+            channel_secret: Secret("line-secret".into()),
+            access_token: Secret("line-token".into()),
+            api_base: "http://127.0.0.1:9".into(),
+        });
+        a.channels.whatsapp = Some(WhatsappConfig {
+            phone_number_id: "1065403".into(),
+            access_token: Secret("wa-token".into()),
+            app_secret: Secret("wa-app-secret".into()),
+            verify_token: Secret("wa-verify".into()),
+            api_base: "http://127.0.0.1:9".into(),
+            api_version: "v21.0".into(),
+            window_template: None,
+        });
+    })
+    .await;
+    let telegram = baton_tests::telegram::text_update(1, 42, "hi");
+    let line =
+        String::from_utf8(baton_tests::line::webhook_body(&[baton_tests::line::text_event("e1", "U1", "hi", None)]))
+            .unwrap();
+    let whatsapp = String::from_utf8(baton_tests::whatsapp::webhook_body(
+        "1065403",
+        &[baton_tests::whatsapp::text_message("wamid.s1", "16505550000", "hi")],
+        &[],
+    ))
+    .unwrap();
+    let cases: Vec<Case> = vec![
+        ("POST", "/api/widget/shop/messages".into(), None, json!({"text": "hi"}).to_string(), 401),
+        (
+            "GET",
+            "/api/widget/shop/messages?after=0".into(),
+            Some(("authorization", "Bearer forged")),
+            String::new(),
+            401,
+        ),
+        ("POST", "/api/widget/shop/email".into(), None, json!({"email": "a@example.com"}).to_string(), 401),
+        ("POST", "/api/widget/shop/end".into(), None, "{}".into(), 401),
+        ("GET", "/api/widget/shop/stream".into(), None, String::new(), 401),
+        (
+            "POST",
+            "/desks/webhook/shop/v1/human/message/receive".into(),
+            None,
+            json!({"conversation_id": "ho_1", "timestamp": 1, "body": "hi"}).to_string(),
+            401,
+        ),
+        (
+            "POST",
+            "/desks/webhook/shop/v1/human/close".into(),
+            Some(("authorization", "Bearer nope")),
+            json!({"conversation_id": "ho_1", "timestamp": 1}).to_string(),
+            401,
+        ),
+        ("GET", "/api/agents/shop/desk/status".into(), None, String::new(), 401),
+        (
+            "POST",
+            "/desks/salesiq/shop".into(),
+            Some(("x-siqsignature", "Zm9yZ2Vk")),
+            String::from_utf8(baton_tests::salesiq::created("c-1", "hi", None)).unwrap(),
+            401,
+        ),
+        (
+            "POST",
+            "/desks/intercom/shop".into(),
+            Some(("x-hub-signature", "sha1=0000")),
+            String::from_utf8(baton_tests::intercom::ping()).unwrap(),
+            401,
+        ),
+        (
+            "POST",
+            "/desks/livechat/shop".into(),
+            None,
+            String::from_utf8(baton_tests::livechat::with_secret(
+                &baton_tests::livechat::chat_deactivated("C1"),
+                Some("guess"),
+            ))
+            .unwrap(),
+            401,
+        ),
+        (
+            "POST",
+            "/channels/telegram/shop".into(),
+            Some(("x-telegram-bot-api-secret-token", "guess")),
+            telegram.to_string(),
+            401,
+        ),
+        ("POST", "/channels/line/shop".into(), Some(("x-line-signature", "Zm9yZ2Vk")), line, 401),
+        (
+            "GET",
+            "/channels/whatsapp/shop?hub.mode=subscribe&hub.verify_token=guess&hub.challenge=77".into(),
+            None,
+            String::new(),
+            403,
+        ),
+        ("POST", "/channels/whatsapp/shop".into(), Some(("x-hub-signature-256", "sha256=00")), whatsapp, 401),
+        ("GET", "/media/shop/whatsapp/1479537139650973?exp=9999999999&sig=00".into(), None, String::new(), 403),
+    ];
+    let http = reqwest::Client::new();
+    for (method, path, header, body, want) in cases {
+        let mut req = http.request(method.parse().unwrap(), format!("{}{path}", hub.base));
+        if let Some((k, v)) = header {
+            req = req.header(k, v);
+        }
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json").body(body);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), want, "{method} {path}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for (channel, user) in [
+        (baton_core::Channel::Telegram, "42"),
+        (baton_core::Channel::Line, "U1"),
+        (baton_core::Channel::Whatsapp, "16505550000"),
+        (baton_core::Channel::Salesiq, "c-1"),
+    ] {
+        let key = baton_core::ConversationKey::new("shop", channel, user).unwrap();
+        assert!(hub.running.ports.store.load_session(&key).await.unwrap().is_none(), "{key}");
+    }
+    assert!(hub.desk.requests().is_empty(), "nothing reached the desk");
+    hub.running.stop().await;
+}
