@@ -152,7 +152,9 @@ async fn without_a_public_url_serve_polls_telegram() {
     let tg = FakeTelegram::start(BOT_TOKEN).await;
     let hub = telegram_hub(&tg, true).await;
     tg.queue_update(text_update(100, 9, "How long does shipping take?"));
-    let sent = tg.wait_for_messages(1, WAIT).await;
+    // The agent was stored after serve started: its poller may only start at the next scan
+    // of the agents (every 10 s).
+    let sent = tg.wait_for_messages(1, Duration::from_secs(25)).await;
     assert_eq!(text_of(&sent[0]), "Shipping takes 2-4 days.");
     // The offset moves on: the update is confirmed and not fetched (or answered) again.
     tg.queue_update(text_update(101, 9, "human"));

@@ -660,7 +660,11 @@ fn order_brain(llm_url: String, erp_url: String) -> baton_core::agent::BrainConf
         conversation_token_budget: 100_000,
         daily_token_budget: 1_000_000,
         timeout_secs: 5,
-        erp: Some(baton_core::agent::ErpConfig { base_url: erp_url, api_key: Secret("erp-order-e2e".into()) }),
+        erp: Some(baton_core::agent::ErpConfig {
+            base_url: erp_url,
+            api_key: Secret("erp-order-e2e".into()),
+            extras: vec![],
+        }),
     }))
 }
 
@@ -717,6 +721,19 @@ async fn a_whatsapp_caller_orders_through_the_llm_and_the_erp_with_a_two_phase_c
     let result =
         llm.requests()[5].body["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap().to_string();
     assert!(result.contains("\"status\":\"committed\""), "{result}");
+    // What the tools learned stayed with the session: the model is told who it speaks to.
+    let system = llm.requests()[4].body["messages"][0]["content"].as_str().unwrap().to_string();
+    assert!(system.contains("- contact_id: C-100") && system.contains("- phone: +385911234567"), "{system}");
+
+    // A human takes over: the desk gets the number, the customer and the order just placed.
+    whatsapp(&hub, &[wa::text_message("wamid.o3", user, "I want to talk to a human")], &[]).await;
+    let establish = hub.desk.first_to("/conversation/establish").await;
+    let params = &establish.body["params"];
+    assert_eq!(params["phone"], "+385911234567");
+    assert_eq!(params["contact_id"], "C-100");
+    assert_eq!(params["customer_name"], "Ana Horvat");
+    assert_eq!(params["last_order_id"], "O-7001");
+    assert_eq!(establish.body["user_info"]["phone"], "+385911234567");
     hub.running.stop().await;
 }
 

@@ -208,6 +208,55 @@ fn answer(erp: &mut Erp, method: &Method, path: &str, query: &BTreeMap<String, S
                 Err(e) => e,
             }
         }
+        ("GET", ["contacts", id, "top-products"]) => {
+            if !erp.contacts.iter().any(|c| c["id"] == *id) {
+                return error(404, "not_found", "no such contact");
+            }
+            let mut top = erp.products[0].clone();
+            top["times_ordered"] = json!(12);
+            (200, json!({"products": [top]}))
+        }
+        ("GET", ["contacts", id, "complaints"]) => {
+            if !erp.contacts.iter().any(|c| c["id"] == *id) {
+                return error(404, "not_found", "no such contact");
+            }
+            (
+                200,
+                json!({"complaints": [{"id": "K-12", "subject": "Damaged package", "status": "in_progress",
+                "updated_at": "2026-11-30T10:00:00Z"}]}),
+            )
+        }
+        ("GET", ["promotions"]) => (
+            200,
+            json!({"promotions": [{"title": "Flour week", "description": "10% off all flour",
+            "valid_until": "2026-12-07", "skus": ["FLR-T550", "FLR-T850"]}]}),
+        ),
+        ("GET", ["orders", id]) => {
+            let Some(mut order) = erp.orders.get(*id).cloned() else { return error(404, "not_found", "no such order") };
+            if erp.transactions.values().any(|t| t.order_id == *id && t.status == "committed") {
+                order["status"] = json!("committed");
+                order["delivery_estimate"] = json!("2026-12-04");
+            }
+            (200, order)
+        }
+        ("POST", ["orders", id, "reorder"]) => {
+            let Some(order) = erp.orders.get(*id).cloned() else { return error(404, "not_found", "no such order") };
+            let contact = order["contact_id"].as_str().unwrap_or_default().to_string();
+            let lines: Vec<Value> = order["lines"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|l| json!({"sku": l["sku"], "quantity": l["quantity"]}))
+                .collect();
+            match priced(erp, &Value::Array(lines)) {
+                Ok((lines, total)) => {
+                    erp.next += 1;
+                    let new_id = format!("O-{}", 7000 + erp.next);
+                    (201, prepare(erp, new_id, &contact, lines, total, "prepared"))
+                }
+                Err(e) => e,
+            }
+        }
         ("POST", ["transactions", "commit"]) => {
             let tx = body["transaction_id"].as_str().unwrap_or_default();
             let Some(t) = erp.transactions.get_mut(tx) else { return error(404, "not_found", "no such transaction") };

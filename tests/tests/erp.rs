@@ -17,7 +17,7 @@ fn client() -> ErpClient {
 }
 
 fn cfg(fake: &FakeErp, key: &str) -> ErpConfig {
-    ErpConfig { base_url: format!("{}/", fake.url()), api_key: Secret(key.into()) }
+    ErpConfig { base_url: format!("{}/", fake.url()), api_key: Secret(key.into()), extras: vec![] }
 }
 
 #[tokio::test]
@@ -93,4 +93,28 @@ async fn an_unconfirmed_commit_is_unknown_and_an_aborted_one_failed() {
     let outcome = client().commit(&cfg(&fake, KEY), &tx).await;
     assert!(matches!(outcome, CommitOutcome::Failed { .. }), "{outcome:?}");
     assert!(fake.committed_orders().is_empty());
+}
+
+#[tokio::test]
+async fn the_optional_endpoints_answer_as_the_contract_says() {
+    let fake = FakeErp::start(KEY).await;
+    let c = cfg(&fake, KEY);
+    assert_eq!(client().top_products(&c, "C-100").await.unwrap()["products"][0]["times_ordered"], 12);
+    assert_eq!(client().complaints(&c, "C-100").await.unwrap()["complaints"][0]["status"], "in_progress");
+    assert_eq!(client().promotions(&c).await.unwrap()["promotions"][0]["title"], "Flour week");
+    let tx = prepared(&fake).await;
+    let order_id = fake.transactions()[0].order_id.clone();
+    assert_eq!(client().order(&c, &order_id).await.unwrap()["status"], "prepared");
+    assert!(matches!(client().commit(&c, &tx).await, CommitOutcome::Committed { .. }));
+    let booked = client().order(&c, &order_id).await.unwrap();
+    assert_eq!(
+        (booked["status"].as_str(), booked["delivery_estimate"].as_str()),
+        (Some("committed"), Some("2026-12-04"))
+    );
+    // A reorder is a new prepared order with the same lines; nothing is booked by it.
+    let again = client().reorder(&c, &order_id, "reorder-1").await.unwrap();
+    assert_ne!(again["order"]["id"], json!(order_id));
+    assert_eq!(again["order"]["lines"][0]["sku"], "FLR-T850");
+    assert_eq!(fake.committed_orders().len(), 1);
+    assert!(client().order(&c, "O-404").await.is_err());
 }

@@ -29,6 +29,7 @@ fn agent(fallback: FallbackConfig) -> Agent {
 
 fn request(email: &str) -> HandoffRequest {
     HandoffRequest {
+        params: Default::default(),
         handoff_id: "h-1".into(),
         email: email.into(),
         question: "Where is my order 1234?".into(),

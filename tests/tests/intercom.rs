@@ -126,6 +126,7 @@ fn telegram(user: &str) -> ConversationKey {
 
 fn request(email: &str) -> HandoffRequest {
     HandoffRequest {
+        params: Default::default(),
         handoff_id: "h-1".into(),
         email: email.into(),
         history: vec![

@@ -128,6 +128,7 @@ fn agent(fake: &FakeLivechat) -> Agent {
 
 fn request() -> HandoffRequest {
     HandoffRequest {
+        params: Default::default(),
         handoff_id: "h-1".into(),
         email: "ann@example.com".into(),
         history: vec![

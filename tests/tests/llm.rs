@@ -57,6 +57,7 @@ fn agent(base_url: &str) -> Agent {
 
 fn ask(user: &str, question: &str) -> BrainRequest {
     BrainRequest {
+        params: Default::default(),
         conversation: ConversationKey::new("shop", Channel::Widget, user).unwrap(),
         question: question.into(),
         history: vec![
@@ -180,4 +181,41 @@ async fn a_used_up_budget_hands_over_without_calling_the_model() {
     // The next UTC day starts afresh.
     let tomorrow = LlmBrain::new(reqwest::Client::new(), store, Arc::new(Fixed(Millis(now.0 + 86_400_000))));
     assert!(matches!(tomorrow.answer(&a, &ask("w1", "hi")).await.unwrap(), BrainReply::Answer { .. }));
+}
+
+#[tokio::test]
+async fn erp_extras_are_tools_only_where_the_erp_offers_them() {
+    use baton_core::agent::{ErpConfig, ErpExtra};
+    let fake = FakeOpenai::start(KEY).await;
+    let erp = baton_tests::erp::FakeErp::start("erp-key-x1").await;
+    let (_dir, store) = kv();
+    let brain = LlmBrain::new(reqwest::Client::new(), store, Arc::new(Fixed(Millis(1_795_082_400_000))));
+    let mut a = agent(&fake.url());
+    if let BrainConfig::Llm(c) = &mut a.brain {
+        c.conversation_token_budget = 100_000;
+        c.erp = Some(ErpConfig {
+            base_url: erp.url(),
+            api_key: Secret("erp-key-x1".into()),
+            extras: vec![ErpExtra::TopProducts, ErpExtra::Promotions],
+        });
+    }
+    let mut request = ask("u1", "what do I usually order?");
+    request.params.insert("contact_id".into(), "C-100".into());
+    fake.script([
+        Scripted::tool("top_products", json!({})),
+        Scripted::tool("order_status", json!({"order_id": "O-1"})),
+        Scripted::text("You usually order Flour T550."),
+    ]);
+    let answer = brain.answer(&a, &request).await.unwrap();
+    assert_eq!(answer, BrainReply::Answer { text: "You usually order Flour T550.".into() });
+    let sent = fake.requests();
+    let names: Vec<&str> =
+        sent[0].body["tools"].as_array().unwrap().iter().filter_map(|t| t["function"]["name"].as_str()).collect();
+    assert!(names.contains(&"top_products") && names.contains(&"current_promotions"), "{names:?}");
+    assert!(!names.contains(&"order_status") && !names.contains(&"reorder"), "{names:?}");
+    let tool_answer = |i: usize| {
+        sent[i].body["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap().to_string()
+    };
+    assert!(tool_answer(1).contains("times_ordered"), "the session's customer was used: {}", tool_answer(1));
+    assert!(tool_answer(2).contains("no tool named"), "an extra the ERP does not offer: {}", tool_answer(2));
 }

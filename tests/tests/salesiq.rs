@@ -74,6 +74,7 @@ fn agent(fake: &FakeZoho) -> Agent {
 
 fn request() -> HandoffRequest {
     HandoffRequest {
+        params: Default::default(),
         handoff_id: "h-1".into(),
         email: "ann@example.com".into(),
         history: vec![

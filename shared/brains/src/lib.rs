@@ -16,7 +16,7 @@ pub use llm::LlmBrain;
 use async_trait::async_trait;
 use baton_core::agent::{Agent, BrainConfig};
 use baton_core::event::BrainReply;
-use baton_core::ports::{Brain, BrainRequest, Clock, DeliveryError, KeyValue};
+use baton_core::ports::{Brain, BrainAnswer, BrainRequest, Clock, DeliveryError, KeyValue};
 use std::sync::Arc;
 
 /// Every brain kind behind one port.
@@ -38,6 +38,13 @@ impl Brain for Brains {
         match &agent.brain {
             BrainConfig::Faq { .. } => self.faq.answer(agent, request).await,
             BrainConfig::Llm(_) => self.llm.answer(agent, request).await,
+        }
+    }
+
+    async fn answer_with_params(&self, agent: &Agent, request: &BrainRequest) -> Result<BrainAnswer, DeliveryError> {
+        match &agent.brain {
+            BrainConfig::Faq { .. } => self.faq.answer_with_params(agent, request).await,
+            BrainConfig::Llm(_) => self.llm.answer_with_params(agent, request).await,
         }
     }
 }

@@ -32,11 +32,12 @@
 use crate::faq::FaqIndex;
 use async_trait::async_trait;
 use baton_connectors::erp::{CommitOutcome, ErpClient};
-use baton_core::agent::{Agent, BrainConfig, FaqEntry, LlmConfig};
+use baton_core::agent::{Agent, BrainConfig, ErpExtra, FaqEntry, LlmConfig};
 use baton_core::event::BrainReply;
 use baton_core::model::{Millis, Role};
-use baton_core::ports::{Brain, BrainRequest, Clock, DeliveryError, KeyValue};
+use baton_core::ports::{Brain, BrainAnswer, BrainRequest, Clock, DeliveryError, KeyValue};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,6 +86,12 @@ pub fn messages(cfg: &LlmConfig, request: &BrainRequest, knowledge: &[&FaqEntry]
         system.push_str("\n\nUse these entries of the company's knowledge base when they answer the question:");
         for e in knowledge {
             system.push_str(&format!("\n- Q: {}\n  A: {}", e.question.trim(), e.answer.trim()));
+        }
+    }
+    if !request.params.is_empty() {
+        system.push_str("\n\nKnown about the user:");
+        for (k, v) in &request.params {
+            system.push_str(&format!("\n- {k}: {v}"));
         }
     }
     if let Some(summary) = request.context.as_deref().filter(|c| !c.trim().is_empty()) {
@@ -137,6 +144,18 @@ fn tools(cfg: &LlmConfig) -> Value {
             function("commit_order", "Book a prepared transaction. Only after the user has explicitly confirmed it. Tell the user it is placed only if this answers status committed.",
                 json!({"type": "object", "properties": {"transaction_id": {"type": "string"}}, "required": ["transaction_id"]})),
         ]);
+    }
+    let object = |properties: Value, required: &[&str]| json!({"type": "object", "properties": properties, "required": required});
+    let order_id = json!({"order_id": {"type": "string"}});
+    let contact_id = json!({"contact_id": {"type": "string", "description": "the identified customer's id"}});
+    for extra in cfg.erp.iter().flat_map(|e| e.extras.iter()) {
+        tools.push(match extra {
+            ErpExtra::TopProducts => function("top_products", "The products this customer orders most, e.g. to suggest a reorder.", object(contact_id.clone(), &[])),
+            ErpExtra::Reorder => function("reorder", "Prepare a past order again. Nothing is booked: read it back, ask the user to confirm, then commit_order.", object(order_id.clone(), &["order_id"])),
+            ErpExtra::OrderStatus => function("order_status", "The status and delivery estimate of an order.", object(order_id.clone(), &["order_id"])),
+            ErpExtra::Complaints => function("complaint_status", "The customer's complaints and where each stands.", object(contact_id.clone(), &[])),
+            ErpExtra::Promotions => function("current_promotions", "The promotions running now.", object(json!({}), &[])),
+        });
     }
     Value::Array(tools)
 }
@@ -196,6 +215,19 @@ enum ToolResult {
     Answer(Value),
     /// Stop and hand the user over.
     Handoff(String),
+}
+
+/// Whether the ERP offers the extra behind tool `name`.
+fn offers(erp: &baton_core::agent::ErpConfig, name: &str) -> bool {
+    let extra = match name {
+        "top_products" => ErpExtra::TopProducts,
+        "reorder" => ErpExtra::Reorder,
+        "order_status" => ErpExtra::OrderStatus,
+        "complaint_status" => ErpExtra::Complaints,
+        "current_promotions" => ErpExtra::Promotions,
+        _ => return false,
+    };
+    erp.extras.contains(&extra)
 }
 
 /// A short stable key for an ERP write: the conversation and the call's arguments.
@@ -318,11 +350,24 @@ impl LlmBrain {
         Ok((answer, tokens))
     }
 
+    /// The reply to `request`, and the session parameters its tools learned.
     pub async fn reply(
         &self,
         agent: &Agent,
         cfg: &LlmConfig,
         request: &BrainRequest,
+    ) -> Result<BrainAnswer, DeliveryError> {
+        let mut learned = BTreeMap::new();
+        let reply = self.reply_learning(agent, cfg, request, &mut learned).await?;
+        Ok(BrainAnswer { reply, params: learned })
+    }
+
+    async fn reply_learning(
+        &self,
+        agent: &Agent,
+        cfg: &LlmConfig,
+        request: &BrainRequest,
+        learned: &mut BTreeMap<String, String>,
     ) -> Result<BrainReply, DeliveryError> {
         if let Some(why) = self.over_budget(agent, cfg, request).await? {
             return Ok(BrainReply::Handoff { reason: why.into(), text: None });
@@ -357,7 +402,7 @@ impl LlmBrain {
                     }
                     messages.push(assistant);
                     for call in calls {
-                        match self.run_tool(cfg, request, &call).await {
+                        match self.run_tool(cfg, request, &call, learned).await {
                             ToolResult::Answer(answer) => messages
                                 .push(json!({"role": "tool", "tool_call_id": call.id, "content": answer.to_string()})),
                             ToolResult::Handoff(reason) => return Ok(BrainReply::Handoff { reason, text: None }),
@@ -376,7 +421,13 @@ impl LlmBrain {
 impl LlmBrain {
     /// Run one tool call. ERP refusals go back to the model (it tells the user); a commit
     /// whose outcome nobody knows hands the user over.
-    async fn run_tool(&self, cfg: &LlmConfig, request: &BrainRequest, call: &Call) -> ToolResult {
+    async fn run_tool(
+        &self,
+        cfg: &LlmConfig,
+        request: &BrainRequest,
+        call: &Call,
+        learned: &mut BTreeMap<String, String>,
+    ) -> ToolResult {
         let Some(erp) = cfg.erp.as_ref() else {
             return ToolResult::Answer(
                 json!({"error": format!("There is no tool named {:?}; answer the user or call handoff.", call.name)}),
@@ -386,11 +437,25 @@ impl LlmBrain {
         let text = |k: &str| args.get(k).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty());
         let result = match call.name.as_str() {
             "identify_caller" => {
-                // The channel's own number when the user writes from one.
-                let known = matches!(request.conversation.channel, baton_core::Channel::Whatsapp)
-                    .then(|| format!("+{}", request.conversation.user.trim_start_matches('+')));
+                // The number the channel knows (WhatsApp, a voice call's session parameter).
+                let known = request.params.get("phone").cloned();
                 match text("phone").map(str::to_string).or(known) {
-                    Some(phone) => self.erp.contacts_by_phone(erp, &phone).await,
+                    Some(phone) => {
+                        let found = self.erp.contacts_by_phone(erp, &phone).await;
+                        if let Ok(contact) = found.as_ref().map(|f| &f["contacts"][0]) {
+                            let fields = [
+                                ("contact_id", "id"),
+                                ("customer_name", "name"),
+                                ("customer_number", "customer_number"),
+                            ];
+                            for (param, field) in fields {
+                                if let Some(v) = contact.get(field).and_then(Value::as_str) {
+                                    learned.insert(param.into(), v.into());
+                                }
+                            }
+                        }
+                        found
+                    }
                     None => {
                         return ToolResult::Answer(json!({"error": "No phone number is known: ask the user for it."}))
                     }
@@ -401,8 +466,11 @@ impl LlmBrain {
                 None => return ToolResult::Answer(json!({"error": "query is required"})),
             },
             "prepare_order" => {
-                let order =
-                    json!({"contact_id": args.get("contact_id"), "lines": args.get("lines"), "note": args.get("note")});
+                // The identified customer when the model leaves the id out.
+                let contact = text("contact_id")
+                    .map(str::to_string)
+                    .or_else(|| learned.get("contact_id").or(request.params.get("contact_id")).cloned());
+                let order = json!({"contact_id": contact, "lines": args.get("lines"), "note": args.get("note")});
                 self.erp.prepare_order(erp, &order, &write_key("prepare", request, args)).await
             }
             "change_order" | "cancel_order" => match text("order_id") {
@@ -422,6 +490,7 @@ impl LlmBrain {
                 };
                 return match self.erp.commit(erp, tx).await {
                     CommitOutcome::Committed { order_id } => {
+                        learned.insert("last_order_id".into(), order_id.clone());
                         ToolResult::Answer(json!({"status": "committed", "order_id": order_id}))
                     }
                     CommitOutcome::Failed { reason } => ToolResult::Answer(json!({"status": "not_committed",
@@ -430,6 +499,24 @@ impl LlmBrain {
                         "the ERP did not confirm transaction {tx} ({reason}); the user was not told it is placed"
                     )),
                 };
+            }
+            "top_products" | "complaint_status" | "reorder" | "order_status" | "current_promotions"
+                if offers(erp, &call.name) =>
+            {
+                let contact = text("contact_id")
+                    .map(str::to_string)
+                    .or_else(|| learned.get("contact_id").or(request.params.get("contact_id")).cloned());
+                match (call.name.as_str(), contact, text("order_id")) {
+                    ("current_promotions", _, _) => self.erp.promotions(erp).await,
+                    ("top_products", Some(c), _) => self.erp.top_products(erp, &c).await,
+                    ("complaint_status", Some(c), _) => self.erp.complaints(erp, &c).await,
+                    ("order_status", _, Some(id)) => self.erp.order(erp, id).await,
+                    ("reorder", _, Some(id)) => self.erp.reorder(erp, id, &write_key("reorder", request, args)).await,
+                    ("top_products" | "complaint_status", None, _) => {
+                        return ToolResult::Answer(json!({"error": "identify the customer first (identify_caller)"}))
+                    }
+                    _ => return ToolResult::Answer(json!({"error": "order_id is required"})),
+                }
             }
             other => {
                 return ToolResult::Answer(
@@ -447,6 +534,10 @@ impl LlmBrain {
 #[async_trait]
 impl Brain for LlmBrain {
     async fn answer(&self, agent: &Agent, request: &BrainRequest) -> Result<BrainReply, DeliveryError> {
+        Ok(self.answer_with_params(agent, request).await?.reply)
+    }
+
+    async fn answer_with_params(&self, agent: &Agent, request: &BrainRequest) -> Result<BrainAnswer, DeliveryError> {
         match &agent.brain {
             BrainConfig::Llm(cfg) => self.reply(agent, cfg, request).await,
             BrainConfig::Faq { .. } => {
@@ -484,6 +575,7 @@ mod tests {
         let key = ConversationKey::new("shop", Channel::Widget, "u1").unwrap();
         let turn = |role, text: &str| Turn { role, text: text.into(), at: Millis(1) };
         let request = BrainRequest {
+            params: Default::default(),
             conversation: key,
             question: "where is it?".into(),
             history: vec![

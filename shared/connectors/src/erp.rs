@@ -144,6 +144,40 @@ impl ErpClient {
         self.call(cfg, Method::PATCH, &path, &[], Some(change), Some(idempotency_key)).await
     }
 
+    /// `GET /contacts/{id}/top-products?limit=`: what the customer orders most.
+    pub async fn top_products(&self, cfg: &ErpConfig, contact_id: &str) -> Result<Value, DeliveryError> {
+        let path = format!("/contacts/{}/top-products", segment(contact_id)?);
+        self.call(cfg, Method::GET, &path, &[("limit", "5")], None, None).await
+    }
+
+    /// `POST /orders/{id}/reorder`: a past order prepared again (a new transaction).
+    pub async fn reorder(
+        &self,
+        cfg: &ErpConfig,
+        order_id: &str,
+        idempotency_key: &str,
+    ) -> Result<Value, DeliveryError> {
+        let path = format!("/orders/{}/reorder", segment(order_id)?);
+        self.call(cfg, Method::POST, &path, &[], Some(&json!({})), Some(idempotency_key)).await
+    }
+
+    /// `GET /orders/{id}`: the order with its status and delivery estimate.
+    pub async fn order(&self, cfg: &ErpConfig, order_id: &str) -> Result<Value, DeliveryError> {
+        let path = format!("/orders/{}", segment(order_id)?);
+        self.call(cfg, Method::GET, &path, &[], None, None).await
+    }
+
+    /// `GET /contacts/{id}/complaints`.
+    pub async fn complaints(&self, cfg: &ErpConfig, contact_id: &str) -> Result<Value, DeliveryError> {
+        let path = format!("/contacts/{}/complaints", segment(contact_id)?);
+        self.call(cfg, Method::GET, &path, &[], None, None).await
+    }
+
+    /// `GET /promotions`: current promotions.
+    pub async fn promotions(&self, cfg: &ErpConfig) -> Result<Value, DeliveryError> {
+        self.call(cfg, Method::GET, "/promotions", &[], None, None).await
+    }
+
     /// `GET /transactions/{id}`.
     pub async fn transaction(&self, cfg: &ErpConfig, transaction_id: &str) -> Result<Value, DeliveryError> {
         let path = format!("/transactions/{}", segment(transaction_id)?);

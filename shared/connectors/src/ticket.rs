@@ -45,6 +45,7 @@ pub fn ticket_body(agent: &Agent, key: &ConversationKey, request: &HandoffReques
             "reason": request.reason,
             "question": request.question,
             "history": request.history,
+            "params": request.params,
         }
     })
 }

@@ -45,12 +45,16 @@ pub fn transcript(key: &ConversationKey, request: &HandoffRequest, style: &Style
     let reason = format!("Reason: {}", cut_chars(request.reason.trim(), 300));
     let head = if style.intro.is_empty() { reason } else { format!("{}\n{reason}", style.intro) };
     let email = request.email.trim();
-    let tail = format!(
+    let mut tail = format!(
         "Question: {}\n\nE-mail: {}\nChannel: {}",
         cut_chars(request.question.trim(), style.question_chars),
         if email.is_empty() { style.no_email.to_string() } else { cut_chars(email, 254) },
         key.channel.as_str()
     );
+    // What the session learned (phone, customer id, ...), the e-mail shown above.
+    for (k, v) in request.params.iter().filter(|(k, _)| k.as_str() != "email").take(20) {
+        tail.push_str(&format!("\n{}: {}", cut_chars(k, 40), cut_chars(v, 200).replace(['\r', '\n'], " ")));
+    }
     let mut budget = style.max_chars.saturating_sub(head.chars().count() + tail.chars().count() + 40);
     let mut lines: Vec<String> = Vec::new();
     let mut dropped = false;

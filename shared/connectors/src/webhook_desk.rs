@@ -178,10 +178,11 @@ pub fn establish_body(agent: &Agent, key: &ConversationKey, request: &HandoffReq
             "email": request.email,
             "user_id": key.user,
             "anonymous_id": null,
-            "phone": null,
+            "phone": request.params.get("phone"),
         },
         "reason": request.reason,
         "channel": key.channel.as_str(),
+        "params": request.params,
     })
 }
 

@@ -142,6 +142,11 @@ fn turn(role: Role, text: &str) -> Turn {
 
 fn request() -> HandoffRequest {
     HandoffRequest {
+        params: [
+            ("phone".to_string(), "+385911234567".to_string()),
+            ("customer_number".to_string(), "10042".to_string()),
+        ]
+        .into(),
         handoff_id: "ho_123".into(),
         email: "ann@example.com".into(),
         history: vec![
@@ -223,10 +228,11 @@ async fn open_posts_the_establish_contract() {
                 "email": "ann@example.com",
                 "user_id": "user-42",
                 "anonymous_id": null,
-                "phone": null,
+                "phone": "+385911234567",
             },
             "reason": "user asked for a human",
             "channel": "telegram",
+            "params": {"phone": "+385911234567", "customer_number": "10042"},
         })
     );
 }

@@ -343,6 +343,25 @@ pub struct LlmConfig {
 pub struct ErpConfig {
     pub base_url: String,
     pub api_key: Secret,
+    /// The optional endpoints this ERP offers; each becomes a tool of the model.
+    #[serde(default)]
+    pub extras: Vec<ErpExtra>,
+}
+
+/// Optional parts of the ERP contract (`docs/erp-openapi.yaml`, tag `extras`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErpExtra {
+    /// `GET /contacts/{id}/top-products`: what the customer orders most.
+    TopProducts,
+    /// `POST /orders/{id}/reorder`: prepare a past order again.
+    Reorder,
+    /// `GET /orders/{id}`: status and delivery estimate.
+    OrderStatus,
+    /// `GET /contacts/{id}/complaints`.
+    Complaints,
+    /// `GET /promotions`.
+    Promotions,
 }
 
 pub fn default_handoff_description() -> String {

@@ -20,6 +20,9 @@ pub enum Effect {
         context: Option<String>,
         #[serde(default)]
         language: String,
+        /// What is known about the user (session parameters, e-mail included).
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        params: std::collections::BTreeMap<String, String>,
     },
     SendToUser {
         message: OutMessage,
@@ -84,6 +87,9 @@ pub struct HandoffRequest {
     pub question: String,
     /// Why the handoff happened (shown to the human).
     pub reason: String,
+    /// What is known about the user (session parameters), for the human.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -65,6 +65,9 @@ pub enum EventKind {
     TimerFired { generation: u64 },
     /// The fallback took the request; `detail` says how (e.g. "ticket T-17").
     FallbackDone { detail: String },
+    /// Session parameters learned outside the chat (the brain's tools, actions, an API call):
+    /// merged into the session; an empty value removes a parameter.
+    ParamsSet { params: std::collections::BTreeMap<String, String> },
     /// Changes nothing; the worker runs the conversation's pending effects after it. Used
     /// where effects wait for a retry and no other event would come (AWS: re-armed through
     /// the timer queue, and by the sweeper).
@@ -86,6 +89,7 @@ impl EventKind {
             EventKind::HumanClosed { .. } => "human_closed",
             EventKind::TimerFired { .. } => "timer_fired",
             EventKind::FallbackDone { .. } => "fallback_done",
+            EventKind::ParamsSet { .. } => "params_set",
             EventKind::Wake => "wake",
         }
     }

@@ -159,11 +159,25 @@ pub struct BrainRequest {
     pub history: Vec<Turn>,
     pub context: Option<String>,
     pub language: String,
+    /// What is known about the user (session parameters).
+    pub params: std::collections::BTreeMap<String, String>,
+}
+
+/// A reply and the session parameters the brain learned on the way (its tools' results).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrainAnswer {
+    pub reply: BrainReply,
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 #[async_trait]
 pub trait Brain: Send + Sync {
     async fn answer(&self, agent: &Agent, request: &BrainRequest) -> Result<BrainReply, DeliveryError>;
+
+    /// The reply with what the brain learned; brains without tools learn nothing.
+    async fn answer_with_params(&self, agent: &Agent, request: &BrainRequest) -> Result<BrainAnswer, DeliveryError> {
+        Ok(BrainAnswer { reply: self.answer(agent, request).await?, params: Default::default() })
+    }
 }
 
 /// Why an outbound call failed, and whether trying again can help.

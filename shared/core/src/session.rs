@@ -55,6 +55,10 @@ pub struct Session {
     /// When the user last wrote (for channels with a reply window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_user_at: Option<Millis>,
+    /// What is known about the user and their request (`email`, `phone`, a customer id, ...),
+    /// set by the channel and by the brain's tools; the brain sees them and the desk gets them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub updated_at: Millis,
 }
@@ -161,6 +165,7 @@ impl Session {
             summary: None,
             reply: None,
             last_user_at: None,
+            params: Default::default(),
             updated_at: Millis(0),
         }
     }
@@ -211,6 +216,11 @@ impl Machine<'_> {
             if let Some(e) = email.as_deref().filter(|e| crate::email::is_valid(e)) {
                 self.s.email = Some(e.to_string());
             }
+            if self.s.key.channel == crate::model::Channel::Whatsapp && !self.s.params.contains_key("phone") {
+                // A WhatsApp user's id is their number.
+                let phone = format!("+{}", self.s.key.user.trim_start_matches('+'));
+                self.s.params.insert("phone".into(), phone);
+            }
             if let Some(l) = language.as_deref().filter(|l| messages::LANGUAGES.contains(l)) {
                 self.s.language = Some(l.to_string());
             }
@@ -219,6 +229,16 @@ impl Machine<'_> {
         match (state, kind) {
             (_, EventKind::UserMessage { text, .. }) if text.trim().is_empty() => Err(Ignored::EmptyMessage),
             (_, EventKind::Wake) => Ok(()),
+            (_, EventKind::ParamsSet { params }) => {
+                for (k, v) in params {
+                    if v.is_empty() {
+                        self.s.params.remove(k);
+                    } else {
+                        self.s.params.insert(k.clone(), v.clone());
+                    }
+                }
+                Ok(())
+            }
             (_, EventKind::UserSetEmail { email }) => {
                 if !crate::email::is_valid(email) {
                     return Err(Ignored::InvalidEmail);
@@ -247,6 +267,7 @@ impl Machine<'_> {
                         history: self.recent_history(true),
                         context: self.s.summary.clone(),
                         language: self.lang().to_string(),
+                        params: self.params(),
                     });
                 }
                 Ok(())
@@ -467,7 +488,7 @@ impl Machine<'_> {
                 self.fallback_done(detail);
                 Ok(())
             }
-            EventKind::Wake => Ok(()),
+            EventKind::Wake | EventKind::ParamsSet { .. } => Ok(()),
         }
     }
 
@@ -527,7 +548,7 @@ impl Machine<'_> {
                 self.fallback_done(detail);
                 Ok(())
             }
-            EventKind::Wake => Ok(()),
+            EventKind::Wake | EventKind::ParamsSet { .. } => Ok(()),
         }
     }
 
@@ -580,7 +601,7 @@ impl Machine<'_> {
             EventKind::TimerFired { .. } => Err(Ignored::StaleTimer),
             EventKind::BrainReplied { .. } | EventKind::BrainFailed { .. } => Err(Ignored::LateBrainReply),
             EventKind::HandoffRequested { .. } => Err(Ignored::AlreadyHandedOff),
-            EventKind::UserSetEmail { .. } | EventKind::Wake => Ok(()),
+            EventKind::UserSetEmail { .. } | EventKind::Wake | EventKind::ParamsSet { .. } => Ok(()),
             EventKind::FallbackDone { detail } => {
                 self.fallback_done(detail);
                 Ok(())
@@ -677,6 +698,7 @@ impl Machine<'_> {
             history: self.history_before(&question),
             question,
             reason,
+            params: self.params(),
         };
         self.s.state = State::WaitingForHuman { handoff, desk_conversation_id: None, asked_to_keep_waiting: false };
         if mode == HandoffMode::Transfer {
@@ -711,6 +733,7 @@ impl Machine<'_> {
             history: self.history_before(&question),
             question,
             reason,
+            params: self.params(),
         };
         self.fx.push(Effect::Escalate { request });
     }
@@ -844,6 +867,15 @@ impl Machine<'_> {
         let n = self.agent.policy.history_messages;
         let turns: Vec<Turn> = self.s.history[..end].iter().filter(|t| t.role != Role::System).cloned().collect();
         turns[turns.len().saturating_sub(n)..].to_vec()
+    }
+
+    /// The session parameters with the e-mail address the user gave, if any.
+    fn params(&self) -> std::collections::BTreeMap<String, String> {
+        let mut p = self.s.params.clone();
+        if let Some(email) = &self.s.email {
+            p.entry("email".into()).or_insert_with(|| email.clone());
+        }
+        p
     }
 
     /// History for the desk: the last N turns before the current question.

@@ -223,7 +223,13 @@ fn bot_user_message_asks_the_brain_with_the_previous_history() {
     let fx = sim.apply(user("hi"));
     assert_eq!(
         fx,
-        vec![Effect::AskBrain { question: "hi".into(), history: vec![], context: None, language: "en".into() }]
+        vec![Effect::AskBrain {
+            params: Default::default(),
+            question: "hi".into(),
+            history: vec![],
+            context: None,
+            language: "en".into()
+        }]
     );
     sim.advance(1);
     sim.apply(answer("Hello! How can I help?"));
@@ -233,6 +239,7 @@ fn bot_user_message_asks_the_brain_with_the_previous_history() {
     assert_eq!(
         fx,
         vec![Effect::AskBrain {
+            params: Default::default(),
             question: "What are your opening hours?".into(),
             history: vec![turn(Role::User, "hi", T0), turn(Role::Bot, "Hello! How can I help?", T0 + 1000),],
             context: None,
@@ -506,6 +513,7 @@ fn valid_email_opens_the_desk_with_the_last_n_turns_and_the_question() {
             waiting("en"),
             Effect::OpenDesk {
                 request: HandoffRequest {
+                    params: [("email".to_string(), "jo@example.org".to_string())].into(),
                     handoff_id: handoff.id.clone(),
                     email: "jo@example.org".into(),
                     history: expected_history,
@@ -1387,4 +1395,26 @@ fn a_human_reply_after_the_whatsapp_window_is_reported_to_the_desk() {
     sim.apply(user("thanks"));
     let fx = sim.apply(human("conv-1", "You're welcome"));
     assert!(fx.iter().any(|e| matches!(e, Effect::SendToUser { outside_window: false, .. })));
+}
+
+#[test]
+fn session_parameters_reach_the_brain_and_the_desk() {
+    let mut sim = Sim::new(Channel::Whatsapp);
+    sim.agent.policy.require_email = false;
+    let fx = sim.apply(user("10 packs of flour"));
+    let Some(Effect::AskBrain { params, .. }) = fx.first() else { panic!("{fx:?}") };
+    let phone = format!("+{}", sim.session.key.user);
+    assert_eq!(params.get("phone"), Some(&phone), "a WhatsApp user's number is known");
+    // The brain's tools learned who it is; an empty value removes a parameter.
+    let learned = [("contact_id", "C-100"), ("customer_name", "Ana Horvat"), ("scratch", "x")];
+    sim.apply(EventKind::ParamsSet { params: learned.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() });
+    sim.apply(EventKind::ParamsSet { params: [("scratch".to_string(), String::new())].into() });
+    assert_eq!(sim.session.params.get("contact_id").map(String::as_str), Some("C-100"));
+    assert!(!sim.session.params.contains_key("scratch"));
+    sim.apply(answer("That is 12.00 EUR."));
+    let fx = sim.apply(user("I want to talk to a human"));
+    let request = open_desk(&fx);
+    assert_eq!(request.params.get("contact_id").map(String::as_str), Some("C-100"));
+    assert_eq!(request.params.get("customer_name").map(String::as_str), Some("Ana Horvat"));
+    assert_eq!(request.params.get("phone"), Some(&phone));
 }

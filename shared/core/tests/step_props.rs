@@ -520,7 +520,7 @@ fn check_applied(prev: &Session, event: &Event, now: Millis, agent: &Agent, out:
         }
     }
     for e in fx {
-        if let Effect::AskBrain { question, history, language, context } = e {
+        if let Effect::AskBrain { question, history, language, context, .. } = e {
             assert_eq!(*n, State::Bot, "{}", ctx());
             let EventKind::UserMessage { text, .. } = &event.kind else {
                 panic!("AskBrain for a non-user event\n{}", ctx())

@@ -207,16 +207,31 @@ async fn run_effect(
     let idem = pending.idempotency_key();
     let result_event_id = format!("fx:{}", pending.id);
     match &pending.effect {
-        Effect::AskBrain { question, history, context, language } => {
+        Effect::AskBrain { question, history, context, language, params } => {
             let req = BrainRequest {
                 conversation: key.clone(),
                 question: question.clone(),
                 history: history.clone(),
                 context: context.clone(),
                 language: language.clone(),
+                params: params.clone(),
             };
-            let reply = ports.brain.answer(agent, &req).await?;
-            enqueue(ports, result_event_id, key, EventKind::BrainReplied { reply }).await?;
+            let answer = ports.brain.answer_with_params(agent, &req).await?;
+            let reply = EventKind::BrainReplied { reply: answer.reply };
+            if answer.params.is_empty() {
+                enqueue(ports, result_event_id, key, reply).await?;
+            } else {
+                // What the brain's tools learned comes first, in the same durable write.
+                let now = ports.clock.now();
+                let learned = Event::new(
+                    format!("{result_event_id}:params"),
+                    key.clone(),
+                    now,
+                    EventKind::ParamsSet { params: answer.params },
+                );
+                let events = vec![learned, Event::new(result_event_id, key.clone(), now, reply)];
+                ports.queue.enqueue(events).await.map_err(|e| DeliveryError::retryable(e.to_string()))?;
+            }
             Ok("answered".into())
         }
         Effect::SendToUser { message, reply_token, outside_window } => {

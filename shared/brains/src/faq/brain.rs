@@ -114,6 +114,7 @@ mod tests {
 
     fn ask(question: &str) -> BrainRequest {
         BrainRequest {
+            params: Default::default(),
             conversation: baton_core::ConversationKey::new("shop", baton_core::Channel::Widget, "u1").unwrap(),
             question: question.into(),
             history: Vec::new(),

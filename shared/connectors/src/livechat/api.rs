@@ -576,6 +576,7 @@ mod tests {
 
     fn request(history: Vec<Turn>) -> HandoffRequest {
         HandoffRequest {
+            params: Default::default(),
             handoff_id: "h1".into(),
             email: "ann@example.com".into(),
             history,
