@@ -24,6 +24,7 @@ fn faq(q: &str, a: &str) -> FaqEntry {
 
 pub fn example_agent(hub_base: &str, signing_secret: &str) -> Agent {
     Agent {
+        actions: Default::default(),
         id: EXAMPLE_AGENT.into(),
         name: "Baton demo shop".into(),
         language: "en".into(),

@@ -23,6 +23,7 @@ pub struct Hub {
 pub fn shop_agent(desk_url: &str) -> Agent {
     let faq = |q: &str, a: &str| FaqEntry { question: q.into(), answer: a.into(), keywords: vec![] };
     Agent {
+        actions: Default::default(),
         id: "shop".into(),
         name: "Shop".into(),
         language: "en".into(),

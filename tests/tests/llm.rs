@@ -219,3 +219,108 @@ async fn erp_extras_are_tools_only_where_the_erp_offers_them() {
     assert!(tool_answer(1).contains("times_ordered"), "the session's customer was used: {}", tool_answer(1));
     assert!(tool_answer(2).contains("no tool named"), "an extra the ERP does not offer: {}", tool_answer(2));
 }
+
+/// The calls an action endpoint received: headers and body.
+type Calls = Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>;
+
+/// A customer endpoint for actions: records each call and answers 503 to the first
+/// `fail_first` calls.
+async fn action_server(fail_first: usize) -> (String, Calls) {
+    use axum::response::IntoResponse;
+    let seen: Calls = Default::default();
+    let log = seen.clone();
+    let app = axum::Router::new().route(
+        "/actions/customer",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let log = log.clone();
+            async move {
+                let mut calls = log.lock().unwrap();
+                calls.push((headers, body.to_vec()));
+                if calls.len() <= fail_first {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+                }
+                axum::Json(json!({"customer": {"id": "C-9", "tier": "gold", "open_invoices": 2}})).into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/actions/customer", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn configured_actions_are_tools_whose_answers_become_session_parameters() {
+    use baton_connectors::standard_webhooks::{SigningSecret, WebhookHeaders};
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let fake = FakeOpenai::start(KEY).await;
+    let (url, seen) = action_server(1).await;
+    let (_dir, store) = kv();
+    let brain = LlmBrain::new(reqwest::Client::new(), store, Arc::new(Fixed(Millis(1_795_082_400_000))));
+    let mut a = agent(&fake.url());
+    if let BrainConfig::Llm(c) = &mut a.brain {
+        c.conversation_token_budget = 100_000;
+    }
+    a.actions = vec![baton_core::agent::ActionConfig {
+        name: "lookup_customer".into(),
+        description: "Look the customer up by phone number.".into(),
+        inputs: vec!["phone".into()],
+        url,
+        signing_secret: Some(Secret(SECRET.into())),
+        outputs: [
+            ("customer_id".to_string(), "/customer/id".to_string()),
+            ("tier".to_string(), "/customer/tier".to_string()),
+        ]
+        .into(),
+        timeout_secs: 5,
+        retries: 2,
+    }];
+    let mut request = ask("u1", "do I have open invoices?");
+    request.params.insert("phone".into(), "+385911234567".into());
+    fake.script([Scripted::tool("lookup_customer", json!({})), Scripted::text("You have 2 open invoices.")]);
+    let answer = brain.answer_with_params(&a, &request).await.unwrap();
+    assert_eq!(answer.reply, BrainReply::Answer { text: "You have 2 open invoices.".into() });
+    assert_eq!(answer.params.get("customer_id").map(String::as_str), Some("C-9"));
+    assert_eq!(answer.params.get("tier").map(String::as_str), Some("gold"));
+    // The tool is offered with its inputs; the answer went back to the model.
+    let sent = fake.requests();
+    let tool = sent[0].body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["function"]["name"] == "lookup_customer")
+        .cloned()
+        .unwrap();
+    assert_eq!(tool["function"]["description"], "Look the customer up by phone number.");
+    assert!(tool["function"]["parameters"]["properties"].get("phone").is_some());
+    let back = sent[1].body["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap().to_string();
+    assert!(back.contains("open_invoices"), "{back}");
+    // Called twice (503, then answered) with the session's phone, the same webhook-id, signed.
+    let calls = seen.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2);
+    let body: serde_json::Value = serde_json::from_slice(&calls[1].1).unwrap();
+    assert_eq!(body["inputs"]["phone"], "+385911234567");
+    assert_eq!(body["action"], "lookup_customer");
+    let id = |i: usize| calls[i].0["webhook-id"].to_str().unwrap().to_string();
+    assert_eq!(id(0), id(1), "a retry is recognisable");
+    let h = &calls[1].0;
+    let headers = WebhookHeaders {
+        id: h["webhook-id"].to_str().unwrap(),
+        timestamp: h["webhook-timestamp"].to_str().unwrap(),
+        signature: h["webhook-signature"].to_str().unwrap(),
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    SigningSecret::parse(SECRET).unwrap().verify(&headers, &calls[1].1, now).expect("signed per Standard Webhooks");
+
+    // Without the input known, the model is told to ask; nothing is called.
+    fake.script([Scripted::tool("lookup_customer", json!({})), Scripted::text("What is your phone number?")]);
+    brain.answer(&a, &ask("u2", "do I have open invoices?")).await.unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    let back = fake.requests()[3].body["messages"].as_array().unwrap().last().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(back.contains("phone is not known"), "{back}");
+}

@@ -32,7 +32,9 @@
 use crate::faq::FaqIndex;
 use async_trait::async_trait;
 use baton_connectors::erp::{CommitOutcome, ErpClient};
-use baton_core::agent::{Agent, BrainConfig, ErpExtra, FaqEntry, LlmConfig};
+use baton_connectors::outbound::Poster;
+use baton_connectors::standard_webhooks::SigningSecret;
+use baton_core::agent::{ActionConfig, Agent, BrainConfig, ErpExtra, FaqEntry, LlmConfig};
 use baton_core::event::BrainReply;
 use baton_core::model::{Millis, Role};
 use baton_core::ports::{Brain, BrainAnswer, BrainRequest, Clock, DeliveryError, KeyValue};
@@ -44,6 +46,8 @@ use std::time::Duration;
 /// Rounds of tool calls answered before the brain gives up on a turn (an order takes three:
 /// identify, search, prepare).
 pub const MAX_TOOL_ROUNDS: usize = 6;
+/// An action's answer is passed to the model up to this many characters.
+const MAX_ACTION_ANSWER_CHARS: usize = 8000;
 /// Knowledge entries given with each question.
 pub const KNOWLEDGE_ENTRIES: usize = 3;
 /// Answers are read up to this size.
@@ -122,7 +126,7 @@ fn function(name: &str, description: &str, parameters: Value) -> Value {
     json!({"type": "function", "function": {"name": name, "description": description, "parameters": parameters}})
 }
 
-fn tools(cfg: &LlmConfig) -> Value {
+fn tools(cfg: &LlmConfig, actions: &[ActionConfig]) -> Value {
     let reason = json!({"type": "object", "properties": {"reason": {"type": "string",
         "description": "Why a human should take over, for the colleague who will."}}, "required": ["reason"]});
     let mut tools = vec![function("handoff", &cfg.handoff_description, reason)];
@@ -156,6 +160,14 @@ fn tools(cfg: &LlmConfig) -> Value {
             ErpExtra::Complaints => function("complaint_status", "The customer's complaints and where each stands.", object(contact_id.clone(), &[])),
             ErpExtra::Promotions => function("current_promotions", "The promotions running now.", object(json!({}), &[])),
         });
+    }
+    for a in actions {
+        let properties: serde_json::Map<String, Value> = a
+            .inputs
+            .iter()
+            .map(|i| (i.clone(), json!({"type": "string", "description": "taken from the session when known"})))
+            .collect();
+        tools.push(function(&a.name, &a.description, json!({"type": "object", "properties": properties})));
     }
     Value::Array(tools)
 }
@@ -301,12 +313,17 @@ impl LlmBrain {
         Ok(None)
     }
 
-    async fn complete(&self, cfg: &LlmConfig, messages: &[Value]) -> Result<(Value, u64), DeliveryError> {
+    async fn complete(
+        &self,
+        cfg: &LlmConfig,
+        actions: &[ActionConfig],
+        messages: &[Value],
+    ) -> Result<(Value, u64), DeliveryError> {
         let base = cfg.base_url.trim().trim_end_matches('/');
         let mut body = json!({
             "model": cfg.model,
             "messages": messages,
-            "tools": tools(cfg),
+            "tools": tools(cfg, actions),
             "tool_choice": "auto",
             "max_tokens": cfg.max_tokens,
             "stream": false,
@@ -381,7 +398,7 @@ impl LlmBrain {
             .collect();
         let mut messages = messages(cfg, request, &knowledge);
         for _ in 0..=MAX_TOOL_ROUNDS {
-            let (answer, tokens) = self.complete(cfg, &messages).await?;
+            let (answer, tokens) = self.complete(cfg, &agent.actions, &messages).await?;
             let now = self.clock.now();
             self.count(&conversation_counter(request), tokens, now, CONVERSATION_COUNTER_MS).await;
             self.count(&daily_counter(&agent.id, now), tokens, now, 2 * DAY_MS).await;
@@ -402,7 +419,7 @@ impl LlmBrain {
                     }
                     messages.push(assistant);
                     for call in calls {
-                        match self.run_tool(cfg, request, &call, learned).await {
+                        match self.run_tool(agent, cfg, request, &call, learned).await {
                             ToolResult::Answer(answer) => messages
                                 .push(json!({"role": "tool", "tool_call_id": call.id, "content": answer.to_string()})),
                             ToolResult::Handoff(reason) => return Ok(BrainReply::Handoff { reason, text: None }),
@@ -423,11 +440,15 @@ impl LlmBrain {
     /// whose outcome nobody knows hands the user over.
     async fn run_tool(
         &self,
+        agent: &Agent,
         cfg: &LlmConfig,
         request: &BrainRequest,
         call: &Call,
         learned: &mut BTreeMap<String, String>,
     ) -> ToolResult {
+        if let Some(action) = agent.actions.iter().find(|a| a.name == call.name) {
+            return ToolResult::Answer(self.run_action(action, request, &call.arguments, learned).await);
+        }
         let Some(erp) = cfg.erp.as_ref() else {
             return ToolResult::Answer(
                 json!({"error": format!("There is no tool named {:?}; answer the user or call handoff.", call.name)}),
@@ -528,6 +549,75 @@ impl LlmBrain {
             Ok(answer) => ToolResult::Answer(answer),
             Err(e) => ToolResult::Answer(json!({"error": e.to_string()})),
         }
+    }
+}
+
+impl LlmBrain {
+    /// POST `{"action", "conversation", "inputs"}` to the action's URL (signed when it has a
+    /// secret; `webhook-id` stable for the same inputs, so a retry is recognisable), retrying
+    /// 429/5xx/timeouts; the answer's `outputs` become session parameters. What the model gets
+    /// back is the answer, or the error.
+    async fn run_action(
+        &self,
+        action: &ActionConfig,
+        request: &BrainRequest,
+        arguments: &Value,
+        learned: &mut BTreeMap<String, String>,
+    ) -> Value {
+        let mut inputs = serde_json::Map::new();
+        for key in &action.inputs {
+            let given = arguments.get(key).and_then(Value::as_str).map(str::trim).filter(|v| !v.is_empty());
+            let known = learned.get(key).or(request.params.get(key)).map(String::as_str);
+            match given.or(known) {
+                Some(v) => inputs.insert(key.clone(), json!(v)),
+                None => return json!({"error": format!("{key} is not known yet: ask the user for it")}),
+            };
+        }
+        let secret = match action.signing_secret.as_ref().map(|s| SigningSecret::parse(s.expose())) {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => return json!({"error": format!("action {} is misconfigured: {e}", action.name)}),
+            None => None,
+        };
+        let inputs = Value::Object(inputs);
+        let body = json!({"action": action.name, "conversation": request.conversation.to_string(), "inputs": inputs});
+        let msg_id = format!("msg_{}", write_key(&action.name, request, &inputs));
+        let timeout = Duration::from_secs(action.timeout_secs.clamp(1, 20));
+        let poster = Poster::from_client(self.http.clone(), timeout);
+        let mut last = String::new();
+        for attempt in 0..=action.retries.min(3) {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+            let reply = match poster.post_json(&action.url, &body, &msg_id, secret.as_ref(), None).await {
+                Ok(r) => r,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            if reply.status == 429 || reply.status >= 500 {
+                last = format!("the action answered HTTP {}", reply.status);
+                continue;
+            }
+            if !(200..300).contains(&reply.status) {
+                return json!({"error": format!("the action answered HTTP {}", reply.status)});
+            }
+            let answer: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+            for (param, pointer) in &action.outputs {
+                match answer.pointer(pointer) {
+                    Some(Value::String(v)) => learned.insert(param.clone(), v.clone()),
+                    Some(Value::Null) | None => None,
+                    Some(other) => learned.insert(param.clone(), other.to_string()),
+                };
+            }
+            // The model gets the answer, bounded.
+            let text = answer.to_string();
+            if text.len() > MAX_ACTION_ANSWER_CHARS {
+                return json!({"answer_cut_to_fit": text.chars().take(MAX_ACTION_ANSWER_CHARS).collect::<String>()});
+            }
+            return answer;
+        }
+        json!({"error": format!("the action did not answer: {last}")})
     }
 }
 

@@ -48,7 +48,61 @@ pub struct Agent {
     /// `desk.kind = "livechat"`, the human desk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub livechat: Option<LivechatConfig>,
+    /// Calls into the customer's systems the brain may make (tools of an LLM brain).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<ActionConfig>,
 }
+
+/// One action: a POST to the customer's endpoint with inputs from the session (or the
+/// model), whose answer's values are saved as session parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionConfig {
+    /// The tool's name: 1-64 of `a-z 0-9 _`.
+    pub name: String,
+    /// When to use it, for the model.
+    pub description: String,
+    /// Session parameters sent as `inputs` (the model may supply them too).
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    pub url: String,
+    /// `whsec_...`: calls are signed per Standard Webhooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<Secret>,
+    /// Session parameter -> JSON pointer into the answer (`/customer/id`).
+    #[serde(default)]
+    pub outputs: std::collections::BTreeMap<String, String>,
+    /// Per attempt, 1-20 s.
+    #[serde(default = "default_action_timeout")]
+    pub timeout_secs: u64,
+    /// Further attempts on 429, 5xx and timeouts, 0-3.
+    #[serde(default = "default_action_retries")]
+    pub retries: u32,
+}
+
+fn default_action_timeout() -> u64 {
+    10
+}
+
+fn default_action_retries() -> u32 {
+    2
+}
+
+/// Tool names the LLM brain defines itself; actions may not take them.
+pub const BUILT_IN_TOOLS: &[&str] = &[
+    "handoff",
+    "identify_caller",
+    "search_products",
+    "prepare_order",
+    "change_order",
+    "cancel_order",
+    "commit_order",
+    "top_products",
+    "reorder",
+    "order_status",
+    "complaint_status",
+    "current_promotions",
+];
 
 /// Channels besides the widget, each optional.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -551,6 +605,9 @@ impl Agent {
             out.push(("salesiq.client_secret", &mut z.client_secret));
             out.push(("salesiq.refresh_token", &mut z.refresh_token));
         }
+        for a in &mut self.actions {
+            out.extend(a.signing_secret.as_mut().map(|s| ("actions[].signing_secret", s)));
+        }
         if let BrainConfig::Llm(l) = &mut self.brain {
             out.push(("brain.api_key", &mut l.api_key));
             out.extend(l.erp.as_mut().map(|e| ("brain.erp.api_key", &mut e.api_key)));
@@ -651,6 +708,39 @@ impl Agent {
             }
             if e.answer.trim().is_empty() {
                 bad(&format!("{entries_path}[{i}].answer"), "must not be empty".into());
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, a) in self.actions.iter().enumerate() {
+            let at = |f: &str| format!("actions[{i}].{f}");
+            let valid = !a.name.is_empty()
+                && a.name.len() <= 64
+                && a.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !valid {
+                bad(&at("name"), "must be 1-64 of a-z, 0-9 and _".into());
+            } else if BUILT_IN_TOOLS.contains(&a.name.as_str()) || !names.insert(a.name.as_str()) {
+                bad(&at("name"), format!("{:?} is taken by a built-in tool or another action", a.name));
+            }
+            if a.description.trim().is_empty() {
+                bad(&at("description"), "must say when to use it".into());
+            }
+            url_field(&mut bad, &at("url"), &a.url);
+            if a.signing_secret.as_ref().is_some_and(|s| !is_ssm_reference(s) && !s.expose().starts_with("whsec_")) {
+                bad(&at("signing_secret"), "must be a Standard Webhooks secret starting with whsec_".into());
+            }
+            for (param, pointer) in &a.outputs {
+                if !pointer.starts_with('/') {
+                    bad(
+                        &at(&format!("outputs.{param}")),
+                        format!("must be a JSON pointer like /customer/id, got {pointer:?}"),
+                    );
+                }
+            }
+            if a.timeout_secs == 0 || a.timeout_secs > 20 {
+                bad(&at("timeout_secs"), format!("must be between 1 and 20 seconds, got {}", a.timeout_secs));
+            }
+            if a.retries > 3 {
+                bad(&at("retries"), format!("must be at most 3, got {}", a.retries));
             }
         }
         if let Some(hours) = &self.hours {
@@ -793,6 +883,7 @@ mod tests {
 
     fn agent() -> Agent {
         Agent {
+            actions: Default::default(),
             id: "demo".into(),
             name: String::new(),
             language: "en".into(),
@@ -874,6 +965,44 @@ mod tests {
         };
         let paths: Vec<_> = a.validate().into_iter().map(|p| p.path).collect();
         assert_eq!(paths, ["fallback", "fallback.to", "fallback.template"]);
+    }
+
+    #[test]
+    fn action_problems_name_the_field() {
+        let mut a = agent();
+        let action = |name: &str| ActionConfig {
+            name: name.into(),
+            description: "Look the customer up.".into(),
+            inputs: vec!["phone".into()],
+            url: "https://erp.example.com/actions/customer".into(),
+            signing_secret: None,
+            outputs: [("customer_id".to_string(), "/customer/id".to_string())].into(),
+            timeout_secs: 10,
+            retries: 2,
+        };
+        a.actions = vec![action("lookup_customer")];
+        assert!(a.validate().is_empty(), "{:?}", a.validate());
+        let mut broken = action("Lookup Customer");
+        broken.url = "erp.example.com".into();
+        broken.outputs.insert("tier".into(), "customer.tier".into());
+        broken.timeout_secs = 60;
+        broken.retries = 9;
+        broken.signing_secret = Some(Secret("plain".into()));
+        a.actions = vec![action("handoff"), action("x"), action("x"), broken];
+        let paths: Vec<_> = a.validate().into_iter().map(|p| p.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "actions[0].name",
+                "actions[2].name",
+                "actions[3].name",
+                "actions[3].url",
+                "actions[3].signing_secret",
+                "actions[3].outputs.tier",
+                "actions[3].timeout_secs",
+                "actions[3].retries"
+            ]
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ const T0: i64 = 1_700_000_000_000;
 
 fn agent() -> Agent {
     Agent {
+        actions: Default::default(),
         id: "demo".into(),
         name: "Demo".into(),
         language: "en".into(),

@@ -178,6 +178,7 @@ fn case() -> impl Strategy<Value = Case> {
 
 fn agent(case: &Case) -> Agent {
     Agent {
+        actions: Default::default(),
         id: "demo".into(),
         name: String::new(),
         language: "en".into(),

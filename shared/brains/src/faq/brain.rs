@@ -95,6 +95,7 @@ mod tests {
 
     fn agent(id: &str, faq: Vec<FaqEntry>) -> Agent {
         Agent {
+            actions: Default::default(),
             id: id.into(),
             name: String::new(),
             language: "en".into(),

@@ -32,6 +32,7 @@ const SOURCE_IP: &str = "198.51.100.7";
 pub fn shop_agent(desk_url: &str) -> Agent {
     let faq = |q: &str, a: &str| FaqEntry { question: q.into(), answer: a.into(), keywords: vec![] };
     Agent {
+        actions: Default::default(),
         id: AGENT.into(),
         name: "Shop".into(),
         language: "en".into(),
