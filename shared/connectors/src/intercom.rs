@@ -119,6 +119,7 @@
 //!   days, so an effect retried after a crash or a 429 does not repeat what already happened.
 
 use crate::outbound::{quote, read_limited, redact_url, status_error, transport_error, Reply};
+use crate::records::CallRecords;
 use crate::salesiq::{base_url, segment};
 use crate::transcript::cut_chars;
 use crate::webhook_desk::{ParseError, MAX_INBOUND_BYTES};
@@ -180,8 +181,6 @@ pub const MAX_TEXT_BYTES: usize = 16 * 1024;
 pub const MAX_RATE_LIMIT_WAIT_MS: u64 = 5 * 60 * 1000;
 /// Answers are read up to this size (a reply answers the whole conversation).
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
-/// How long a completed call is remembered by its idempotency key.
-const DONE_TTL_MS: i64 = 2 * 24 * 3600 * 1000;
 /// How long e-mail -> contact and conversation -> contact links are kept.
 const LINK_TTL_MS: i64 = 30 * 24 * 3600 * 1000;
 /// Longest notification id accepted.
@@ -812,12 +811,7 @@ fn config(agent: &Agent) -> Result<&IntercomConfig, DeliveryError> {
 
 /// A short hash for record names (ids and e-mail addresses from outside).
 fn short_hash(parts: &[&str]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p.as_bytes());
-        h.update([0]);
-    }
-    hex::encode(h.finalize())[..32].to_string()
+    crate::records::hash(parts, 32)
 }
 
 /// One HTTP answer.
@@ -856,11 +850,13 @@ pub struct IntercomClient {
     timeout: Duration,
     kv: Arc<dyn KeyValue>,
     clock: Arc<dyn Clock>,
+    records: CallRecords,
 }
 
 impl IntercomClient {
     pub fn new(http: reqwest::Client, timeout: Duration, kv: Arc<dyn KeyValue>, clock: Arc<dyn Clock>) -> Self {
-        IntercomClient { http, timeout, kv, clock }
+        let records = CallRecords::new("intercom", "Intercom", kv.clone(), clock.clone());
+        IntercomClient { http, timeout, kv, clock, records }
     }
 
     /// The AI's answer in a Messenger conversation, as the bot teammate (`bot_admin_id`):
@@ -874,7 +870,7 @@ impl IntercomClient {
         idempotency_key: &str,
     ) -> Result<(), DeliveryError> {
         let cfg = config(agent)?;
-        if self.done(agent, "say", idempotency_key).await.is_some() {
+        if self.records.done(agent, "say", idempotency_key).await.is_some() {
             return Ok(());
         }
         let text = render(message);
@@ -883,7 +879,7 @@ impl IntercomClient {
         }
         let body = admin_comment_body(cfg, &text);
         self.call(agent, cfg, Method::POST, &reply_path(conversation_id), Some(&body)).await?;
-        self.mark_done(agent, "say", idempotency_key, "1").await;
+        self.records.mark_done(agent, "say", idempotency_key, "1").await;
         Ok(())
     }
 
@@ -949,28 +945,6 @@ impl IntercomClient {
         let body = read_limited(resp, MAX_ANSWER_BYTES).await;
         tracing::debug!(%what, status, "Intercom answered");
         Ok(Answer { status, retry_after, rate_reset, body, what })
-    }
-
-    fn record_name(agent: &Agent, kind: &str, idempotency_key: &str) -> String {
-        format!("intercom:done:{}:{}", agent.id, short_hash(&[kind, idempotency_key]))
-    }
-
-    /// The value recorded under `kind` + `idempotency_key` by an earlier successful call.
-    async fn done(&self, agent: &Agent, kind: &str, idempotency_key: &str) -> Option<String> {
-        match self.kv.get(&Self::record_name(agent, kind, idempotency_key), self.clock.now()).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(agent = %agent.id, error = %e, "cannot look up completed Intercom calls");
-                None
-            }
-        }
-    }
-
-    async fn mark_done(&self, agent: &Agent, kind: &str, idempotency_key: &str, value: &str) {
-        let name = Self::record_name(agent, kind, idempotency_key);
-        if let Err(e) = self.kv.put(&name, value, Millis(self.clock.now().0 + DONE_TTL_MS)).await {
-            tracing::warn!(agent = %agent.id, error = %e, "cannot record a completed Intercom call");
-        }
     }
 
     async fn remember(&self, agent: &Agent, name: &str, value: &str) {
@@ -1140,7 +1114,7 @@ impl IntercomClient {
         let mut release_bot = in_messenger && target.admin.is_none() && target.team.is_none();
         for (kind, id) in steps {
             let step = format!("assign:{kind}:{id}");
-            if self.done(agent, &step, idempotency_key).await.is_some() {
+            if self.records.done(agent, &step, idempotency_key).await.is_some() {
                 continue;
             }
             let answer = self.call(agent, cfg, Method::POST, &path, Some(&assignment_body(cfg, kind, id))).await?;
@@ -1148,11 +1122,11 @@ impl IntercomClient {
                 let holder = id_value(answer.get("admin_assignee_id"));
                 release_bot = holder.as_deref().is_some_and(|h| h == cfg.bot_admin_id.trim());
             }
-            self.mark_done(agent, &step, idempotency_key, "1").await;
+            self.records.mark_done(agent, &step, idempotency_key, "1").await;
         }
-        if release_bot && self.done(agent, "assign:admin:0", idempotency_key).await.is_none() {
+        if release_bot && self.records.done(agent, "assign:admin:0", idempotency_key).await.is_none() {
             self.call(agent, cfg, Method::POST, &path, Some(&assignment_body(cfg, "admin", "0"))).await?;
-            self.mark_done(agent, "assign:admin:0", idempotency_key, "1").await;
+            self.records.mark_done(agent, "assign:admin:0", idempotency_key, "1").await;
         }
         Ok(())
     }
@@ -1408,31 +1382,31 @@ impl Desk for IntercomDesk {
         let cfg = config(agent)?;
         let target = desk_target(agent)?;
         let c = &self.client;
-        if let Some(id) = c.done(agent, "open", idempotency_key).await {
+        if let Some(id) = c.records.done(agent, "open", idempotency_key).await {
             return Ok(id);
         }
         let id = if agent.desk.hosts(key.channel) {
             let id = key.user.clone();
-            if c.done(agent, "open-note", idempotency_key).await.is_none() {
+            if c.records.done(agent, "open-note", idempotency_key).await.is_none() {
                 let body = note_body(cfg, &handoff_note(request));
                 c.call(agent, cfg, Method::POST, &reply_path(&id), Some(&body)).await?;
-                c.mark_done(agent, "open-note", idempotency_key, "1").await;
+                c.records.mark_done(agent, "open-note", idempotency_key, "1").await;
             }
             c.assign(agent, cfg, &id, &target, true, idempotency_key).await?;
             id
         } else {
-            let id = match c.done(agent, "open-conversation", idempotency_key).await {
+            let id = match c.records.done(agent, "open-conversation", idempotency_key).await {
                 Some(id) => id,
                 None => {
                     let id = c.start_conversation(agent, cfg, key, request).await?;
-                    c.mark_done(agent, "open-conversation", idempotency_key, &id).await;
+                    c.records.mark_done(agent, "open-conversation", idempotency_key, &id).await;
                     id
                 }
             };
             c.assign(agent, cfg, &id, &target, false, idempotency_key).await?;
             id
         };
-        c.mark_done(agent, "open", idempotency_key, &id).await;
+        c.records.mark_done(agent, "open", idempotency_key, &id).await;
         Ok(id)
     }
 
@@ -1447,7 +1421,7 @@ impl Desk for IntercomDesk {
     ) -> Result<(), DeliveryError> {
         let cfg = config(agent)?;
         let c = &self.client;
-        if c.done(agent, "post", idempotency_key).await.is_some() {
+        if c.records.done(agent, "post", idempotency_key).await.is_some() {
             return Ok(());
         }
         if text.trim().is_empty() {
@@ -1456,7 +1430,7 @@ impl Desk for IntercomDesk {
         let contact = c.conversation_contact(agent, cfg, desk_conversation_id).await?;
         let body = contact_comment_body(&contact, text);
         c.call(agent, cfg, Method::POST, &reply_path(desk_conversation_id), Some(&body)).await?;
-        c.mark_done(agent, "post", idempotency_key, "1").await;
+        c.records.mark_done(agent, "post", idempotency_key, "1").await;
         Ok(())
     }
 
@@ -1471,12 +1445,12 @@ impl Desk for IntercomDesk {
     ) -> Result<(), DeliveryError> {
         let cfg = config(agent)?;
         let c = &self.client;
-        if c.done(agent, "close", idempotency_key).await.is_some() {
+        if c.records.done(agent, "close", idempotency_key).await.is_some() {
             return Ok(());
         }
         let body = close_body(cfg, reason);
         c.call(agent, cfg, Method::POST, &parts_path(desk_conversation_id), Some(&body)).await?;
-        c.mark_done(agent, "close", idempotency_key, "1").await;
+        c.records.mark_done(agent, "close", idempotency_key, "1").await;
         Ok(())
     }
 

@@ -17,6 +17,8 @@ pub mod livechat;
 pub mod media;
 /// Standard Webhooks signing and verification, shared by every signed webhook we send or accept.
 pub mod outbound;
+/// Records the connectors keep in the KeyValue store: hashed names, completed calls.
+pub(crate) mod records;
 /// Zoho SalesIQ: webhook signature and events, Zoho OAuth tokens, the REST API and the SalesIQ desk.
 pub mod salesiq;
 pub mod standard_webhooks;

@@ -13,6 +13,7 @@ use super::{
     MAX_TEXT_BYTES,
 };
 use crate::outbound::redact_url;
+use crate::records::CallRecords;
 use crate::transcript::cut_chars;
 use async_trait::async_trait;
 use baton_core::agent::{Agent, DeskConfig, LivechatConfig};
@@ -23,8 +24,6 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long a completed desk call is remembered by its idempotency key.
-const DONE_TTL_MS: i64 = 2 * 24 * 3600 * 1000;
 /// How long the hub remembers which end user a chat it started belongs to.
 pub const CHAT_RECORD_MS: i64 = 90 * 24 * 3600 * 1000;
 /// Longest transcript (first message of a relayed chat), in characters (≤ 16 KB in UTF-8).
@@ -74,12 +73,14 @@ pub struct LivechatClient {
     auth: Arc<LivechatAuth>,
     kv: Arc<dyn KeyValue>,
     clock: Arc<dyn Clock>,
+    records: CallRecords,
 }
 
 impl LivechatClient {
     pub fn new(http: reqwest::Client, timeout: Duration, kv: Arc<dyn KeyValue>, clock: Arc<dyn Clock>) -> Self {
         let auth = Arc::new(LivechatAuth::new(http.clone(), timeout, kv.clone(), clock.clone()));
-        LivechatClient { http, timeout, auth, kv, clock }
+        let records = CallRecords::new("livechat", "LiveChat", kv.clone(), clock.clone());
+        LivechatClient { http, timeout, auth, kv, clock, records }
     }
 
     /// The token cache this client uses.
@@ -104,7 +105,7 @@ impl LivechatClient {
                 agent.id
             )));
         }
-        if self.done(agent, "say", idempotency_key).await.is_some() {
+        if self.records.done(agent, "say", idempotency_key).await.is_some() {
             return Ok(());
         }
         let text = render(message);
@@ -121,7 +122,7 @@ impl LivechatClient {
             },
         });
         self.call(agent, Api::Agent, "send_event", Who::Bot, &body).await?;
-        self.mark_done(agent, "say", idempotency_key, "1").await;
+        self.records.mark_done(agent, "say", idempotency_key, "1").await;
         Ok(())
     }
 
@@ -240,28 +241,6 @@ impl LivechatClient {
                 (t, Some(e))
             }
         })
-    }
-
-    fn done_name(agent: &Agent, kind: &str, idempotency_key: &str) -> String {
-        format!("livechat:done:{}:{}", agent.id, hash(&[kind, idempotency_key], 32))
-    }
-
-    /// The value recorded under `kind` + `idempotency_key` by an earlier successful call.
-    async fn done(&self, agent: &Agent, kind: &str, idempotency_key: &str) -> Option<String> {
-        match self.kv.get(&Self::done_name(agent, kind, idempotency_key), self.clock.now()).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(agent = %agent.id, error = %e, "cannot look up completed LiveChat calls");
-                None
-            }
-        }
-    }
-
-    async fn mark_done(&self, agent: &Agent, kind: &str, idempotency_key: &str, value: &str) {
-        let name = Self::done_name(agent, kind, idempotency_key);
-        if let Err(e) = self.kv.put(&name, value, Millis(self.clock.now().0 + DONE_TTL_MS)).await {
-            tracing::warn!(agent = %agent.id, error = %e, "cannot record a completed LiveChat call");
-        }
     }
 
     fn chat_name(agent: &Agent, chat_id: &str) -> String {
@@ -393,12 +372,12 @@ impl Desk for LivechatDesk {
         let c = &self.client;
         config(agent)?;
         let group = group_id(agent)?;
-        if let Some(id) = c.done(agent, "open", idempotency_key).await {
+        if let Some(id) = c.records.done(agent, "open", idempotency_key).await {
             return Ok(id);
         }
         let chat_id = if agent.desk.hosts(key.channel) {
             let note_key = format!("{idempotency_key}:note");
-            if c.done(agent, "transfer-note", &note_key).await.is_none() {
+            if c.records.done(agent, "transfer-note", &note_key).await.is_none() {
                 let body = json!({
                     "chat_id": key.user,
                     "event": {
@@ -409,7 +388,7 @@ impl Desk for LivechatDesk {
                     },
                 });
                 match c.call(agent, Api::Agent, "send_event", Who::Bot, &body).await {
-                    Ok(_) => c.mark_done(agent, "transfer-note", &note_key, "1").await,
+                    Ok(_) => c.records.mark_done(agent, "transfer-note", &note_key, "1").await,
                     Err(e @ DeliveryError::Permanent { .. }) => {
                         tracing::warn!(agent = %agent.id, error = %e, "cannot leave the handoff note in the LiveChat chat");
                     }
@@ -441,7 +420,7 @@ impl Desk for LivechatDesk {
             }
             chat_id
         };
-        c.mark_done(agent, "open", idempotency_key, &chat_id).await;
+        c.records.mark_done(agent, "open", idempotency_key, &chat_id).await;
         Ok(chat_id)
     }
 
@@ -457,7 +436,7 @@ impl Desk for LivechatDesk {
     ) -> Result<(), DeliveryError> {
         let c = &self.client;
         config(agent)?;
-        if c.done(agent, "post", idempotency_key).await.is_some() {
+        if c.records.done(agent, "post", idempotency_key).await.is_some() {
             return Ok(());
         }
         let Some(customer_key) = c.chat_customer(agent, desk_conversation_id).await? else {
@@ -480,7 +459,7 @@ impl Desk for LivechatDesk {
             "attach_to_last_thread": true,
         });
         c.call(agent, Api::Customer, "send_event", Who::Customer(&customer_key), &body).await?;
-        c.mark_done(agent, "post", idempotency_key, "1").await;
+        c.records.mark_done(agent, "post", idempotency_key, "1").await;
         Ok(())
     }
 
@@ -497,13 +476,13 @@ impl Desk for LivechatDesk {
     ) -> Result<(), DeliveryError> {
         let c = &self.client;
         config(agent)?;
-        if c.done(agent, "close", idempotency_key).await.is_some() {
+        if c.records.done(agent, "close", idempotency_key).await.is_some() {
             return Ok(());
         }
         let result = match c.chat_customer(agent, desk_conversation_id).await? {
             Some(customer_key) => {
                 let note_key = format!("{idempotency_key}:note");
-                if c.done(agent, "close-note", &note_key).await.is_none() {
+                if c.records.done(agent, "close-note", &note_key).await.is_none() {
                     let body = json!({
                         "chat_id": desk_conversation_id,
                         "event": {
@@ -514,7 +493,7 @@ impl Desk for LivechatDesk {
                         },
                     });
                     match c.call(agent, Api::Customer, "send_event", Who::Customer(&customer_key), &body).await {
-                        Ok(_) => c.mark_done(agent, "close-note", &note_key, "1").await,
+                        Ok(_) => c.records.mark_done(agent, "close-note", &note_key, "1").await,
                         Err(e @ DeliveryError::Permanent { .. }) => {
                             tracing::info!(agent = %agent.id, error = %e, "no closing note in the LiveChat chat");
                         }
@@ -536,7 +515,7 @@ impl Desk for LivechatDesk {
             }
             Err(e) => return Err(e),
         }
-        c.mark_done(agent, "close", idempotency_key, "1").await;
+        c.records.mark_done(agent, "close", idempotency_key, "1").await;
         Ok(())
     }
 

@@ -126,7 +126,6 @@ use crate::outbound::{quote, read_limited, retry_after_ms, status_error, transpo
 use baton_core::model::Secret;
 use baton_core::ports::DeliveryError;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 /// The API version in every Chat and Configuration API path.
@@ -158,18 +157,7 @@ pub(crate) fn encode(s: &str) -> String {
     out
 }
 
-/// Hex SHA-256 over the parts (NUL-separated), cut to `len` digits: record names never hold
-/// ids or secrets as such.
-pub(crate) fn hash(parts: &[&str], len: usize) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p.as_bytes());
-        h.update([0]);
-    }
-    let mut out = hex::encode(h.finalize());
-    out.truncate(len);
-    out
-}
+pub(crate) use crate::records::hash;
 
 /// The `custom_id` for an event the hub sends under `idempotency_key`.
 pub fn custom_id(kind: &str, idempotency_key: &str) -> String {

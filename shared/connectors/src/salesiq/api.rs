@@ -12,6 +12,7 @@
 use super::oauth::{Token, ZohoAuth};
 use super::{base_url, quote, read_limited, segment, transport_error};
 use crate::outbound::{redact_url, status_error, Reply};
+use crate::records::CallRecords;
 use crate::transcript::cut_chars;
 use async_trait::async_trait;
 use baton_core::agent::{Agent, DeskConfig, SalesiqConfig};
@@ -79,12 +80,7 @@ fn config(agent: &Agent) -> Result<&SalesiqConfig, DeliveryError> {
 
 /// A short hash for record names (ids from outside may be long or contain separators).
 fn short_hash(parts: &[&str]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p.as_bytes());
-        h.update([0]);
-    }
-    hex::encode(h.finalize())[..32].to_string()
+    crate::records::hash(parts, 32)
 }
 
 /// The SalesIQ REST client. Cheap to clone; one per process.
@@ -95,6 +91,7 @@ pub struct SalesiqClient {
     auth: Arc<ZohoAuth>,
     kv: Arc<dyn KeyValue>,
     clock: Arc<dyn Clock>,
+    records: CallRecords,
 }
 
 /// How a SalesIQ answer failed.
@@ -107,7 +104,8 @@ enum Failure {
 impl SalesiqClient {
     pub fn new(http: reqwest::Client, timeout: Duration, kv: Arc<dyn KeyValue>, clock: Arc<dyn Clock>) -> Self {
         let auth = Arc::new(ZohoAuth::new(http.clone(), timeout, kv.clone(), clock.clone()));
-        SalesiqClient { http, timeout, auth, kv, clock }
+        let records = CallRecords::new("salesiq", "SalesIQ", kv.clone(), clock.clone());
+        SalesiqClient { http, timeout, auth, kv, clock, records }
     }
 
     /// The access-token cache this client uses.
@@ -128,7 +126,7 @@ impl SalesiqClient {
     ) -> Result<(), DeliveryError> {
         let cfg = config(agent)?;
         // A retry after a crash between the post and its completion must not post twice.
-        if self.done(agent, "say", idempotency_key).await.is_some() {
+        if self.records.done(agent, "say", idempotency_key).await.is_some() {
             return Ok(());
         }
         let text = render(message);
@@ -150,7 +148,7 @@ impl SalesiqClient {
                 "SalesIQ answered without a message id; own messages are recognised by salesiq.bot_operator_id"
             ),
         }
-        self.mark_done(agent, "say", idempotency_key, "1").await;
+        self.records.mark_done(agent, "say", idempotency_key, "1").await;
         Ok(())
     }
 
@@ -243,25 +241,6 @@ impl SalesiqClient {
         let body = read_limited(resp, super::MAX_RESPONSE_BYTES).await;
         tracing::debug!(%what, status, "SalesIQ answered");
         Ok(Reply { status, retry_after, body, what: what.to_string() })
-    }
-
-    /// The value recorded under `kind` + `idempotency_key` by an earlier successful call.
-    async fn done(&self, agent: &Agent, kind: &str, idempotency_key: &str) -> Option<String> {
-        let name = format!("salesiq:done:{}:{}", agent.id, short_hash(&[kind, idempotency_key]));
-        match self.kv.get(&name, self.clock.now()).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(agent = %agent.id, error = %e, "cannot look up completed SalesIQ calls");
-                None
-            }
-        }
-    }
-
-    async fn mark_done(&self, agent: &Agent, kind: &str, idempotency_key: &str, value: &str) {
-        let name = format!("salesiq:done:{}:{}", agent.id, short_hash(&[kind, idempotency_key]));
-        if let Err(e) = self.kv.put(&name, value, Millis(self.clock.now().0 + DONE_TTL_MS)).await {
-            tracing::warn!(agent = %agent.id, error = %e, "cannot record a completed SalesIQ call");
-        }
     }
 }
 
@@ -473,7 +452,7 @@ impl Desk for SalesiqDesk {
     ) -> Result<String, DeliveryError> {
         let cfg = config(agent)?;
         let (department_id, operator_id) = desk_settings(agent)?;
-        if let Some(id) = self.client.done(agent, "open", idempotency_key).await {
+        if let Some(id) = self.client.records.done(agent, "open", idempotency_key).await {
             return Ok(id);
         }
         let id = if agent.desk.hosts(key.channel) {
@@ -504,7 +483,7 @@ impl Desk for SalesiqDesk {
             }
             id
         };
-        self.client.mark_done(agent, "open", idempotency_key, &id).await;
+        self.client.records.mark_done(agent, "open", idempotency_key, &id).await;
         Ok(id)
     }
 
@@ -518,12 +497,12 @@ impl Desk for SalesiqDesk {
         idempotency_key: &str,
     ) -> Result<(), DeliveryError> {
         let cfg = config(agent)?;
-        if self.client.done(agent, "post", idempotency_key).await.is_some() {
+        if self.client.records.done(agent, "post", idempotency_key).await.is_some() {
             return Ok(());
         }
         let path = visitor_messages_path(&cfg.screen_name, desk_conversation_id);
         self.client.call(agent, Method::POST, &path, Some(&json!({ "text": text }))).await?;
-        self.client.mark_done(agent, "post", idempotency_key, "1").await;
+        self.client.records.mark_done(agent, "post", idempotency_key, "1").await;
         Ok(())
     }
 
@@ -539,7 +518,7 @@ impl Desk for SalesiqDesk {
         idempotency_key: &str,
     ) -> Result<(), DeliveryError> {
         let cfg = config(agent)?;
-        if self.client.done(agent, "close", idempotency_key).await.is_some() {
+        if self.client.records.done(agent, "close", idempotency_key).await.is_some() {
             return Ok(());
         }
         let opened_by_hub = matches!(
@@ -549,14 +528,14 @@ impl Desk for SalesiqDesk {
         let mut told = false;
         if opened_by_hub {
             let note_key = format!("{idempotency_key}:note");
-            if self.client.done(agent, "close-note", &note_key).await.is_some() {
+            if self.client.records.done(agent, "close-note", &note_key).await.is_some() {
                 told = true;
             } else {
                 let path = visitor_messages_path(&cfg.screen_name, desk_conversation_id);
                 match self.client.call(agent, Method::POST, &path, Some(&json!({ "text": close_note(reason) }))).await {
                     Ok(_) => {
                         told = true;
-                        self.client.mark_done(agent, "close-note", &note_key, "1").await;
+                        self.client.records.mark_done(agent, "close-note", &note_key, "1").await;
                     }
                     Err(e @ DeliveryError::Permanent { .. }) => {
                         tracing::warn!(agent = %agent.id, error = %e, "cannot post the closing note to SalesIQ");
@@ -573,7 +552,7 @@ impl Desk for SalesiqDesk {
             }
             Err(e) => return Err(e),
         }
-        self.client.mark_done(agent, "close", idempotency_key, "1").await;
+        self.client.records.mark_done(agent, "close", idempotency_key, "1").await;
         Ok(())
     }
 
