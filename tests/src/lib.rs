@@ -8,6 +8,7 @@ pub mod erp;
 pub mod intercom;
 pub mod line;
 pub mod livechat;
+pub mod memkv;
 pub mod moto;
 pub mod openai;
 pub mod salesiq;

@@ -5,60 +5,20 @@
 //! mapping, idempotent retries, webhook parsing and the secret check, the code exchange, and
 //! errors that never show a credential.
 
-use async_trait::async_trait;
 use baton_connectors::livechat::{self, LivechatAuth, LivechatClient, LivechatDesk, WebhookEvent};
 use baton_core::agent::Agent;
 use baton_core::effect::HandoffRequest;
 use baton_core::model::{Button, Channel, CloseReason, ConversationKey, Millis, OutMessage, Role, ServiceStatus, Turn};
-use baton_core::ports::{Clock, DeliveryError, Desk, KeyValue, StoreError};
+use baton_core::ports::{Clock, DeliveryError, Desk};
 use baton_tests::livechat::{self as fake, FakeLivechat, Kind};
+use baton_tests::memkv::MemKv;
 use serde_json::json;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(5);
 const HOUR_MS: i64 = 3_600_000;
-
-/// The smallest `KeyValue`: a map with expiries.
-#[derive(Default)]
-struct MemKv(Mutex<HashMap<String, (String, i64)>>);
-
-#[async_trait]
-impl KeyValue for MemKv {
-    async fn get(&self, name: &str, now: Millis) -> Result<Option<String>, StoreError> {
-        Ok(self.0.lock().unwrap().get(name).filter(|(_, exp)| *exp > now.0).map(|(v, _)| v.clone()))
-    }
-    async fn put(&self, name: &str, value: &str, expires_at: Millis) -> Result<(), StoreError> {
-        self.0.lock().unwrap().insert(name.into(), (value.into(), expires_at.0));
-        Ok(())
-    }
-    async fn put_if_absent(
-        &self,
-        name: &str,
-        value: &str,
-        now: Millis,
-        expires_at: Millis,
-    ) -> Result<bool, StoreError> {
-        let mut map = self.0.lock().unwrap();
-        if map.get(name).is_some_and(|(_, exp)| *exp > now.0) {
-            return Ok(false);
-        }
-        map.insert(name.into(), (value.into(), expires_at.0));
-        Ok(true)
-    }
-    async fn delete(&self, name: &str) -> Result<(), StoreError> {
-        self.0.lock().unwrap().remove(name);
-        Ok(())
-    }
-}
-
-impl MemKv {
-    fn dump(&self) -> String {
-        format!("{:?}", self.0.lock().unwrap())
-    }
-}
 
 /// A clock that stands still unless a test moves it.
 struct FixedClock(AtomicI64);

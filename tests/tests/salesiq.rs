@@ -3,52 +3,18 @@
 //! of its echo, the `Desk` port (visitor conversation, transfer, close, probe), status mapping,
 //! and errors that never show a credential.
 
-use async_trait::async_trait;
 use baton_connectors::salesiq::{self, SalesiqClient, SalesiqDesk, WebhookEvent};
 use baton_core::agent::Agent;
 use baton_core::effect::HandoffRequest;
 use baton_core::model::{Button, Channel, CloseReason, ConversationKey, Millis, OutMessage, Role, ServiceStatus, Turn};
-use baton_core::ports::{Clock, DeliveryError, Desk, KeyValue, StoreError};
+use baton_core::ports::{Clock, DeliveryError, Desk};
+use baton_tests::memkv::MemKv;
 use baton_tests::salesiq::{self as fake, FakeZoho, Kind, WebhookSigner};
 use serde_json::json;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(5);
-
-/// The smallest `KeyValue`: a map with expiries.
-#[derive(Default)]
-struct MemKv(Mutex<HashMap<String, (String, i64)>>);
-
-#[async_trait]
-impl KeyValue for MemKv {
-    async fn get(&self, name: &str, now: Millis) -> Result<Option<String>, StoreError> {
-        Ok(self.0.lock().unwrap().get(name).filter(|(_, exp)| *exp > now.0).map(|(v, _)| v.clone()))
-    }
-    async fn put(&self, name: &str, value: &str, expires_at: Millis) -> Result<(), StoreError> {
-        self.0.lock().unwrap().insert(name.into(), (value.into(), expires_at.0));
-        Ok(())
-    }
-    async fn put_if_absent(
-        &self,
-        name: &str,
-        value: &str,
-        now: Millis,
-        expires_at: Millis,
-    ) -> Result<bool, StoreError> {
-        let mut map = self.0.lock().unwrap();
-        if map.get(name).is_some_and(|(_, exp)| *exp > now.0) {
-            return Ok(false);
-        }
-        map.insert(name.into(), (value.into(), expires_at.0));
-        Ok(true)
-    }
-    async fn delete(&self, name: &str) -> Result<(), StoreError> {
-        self.0.lock().unwrap().remove(name);
-        Ok(())
-    }
-}
 
 struct SystemClock;
 
