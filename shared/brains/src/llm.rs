@@ -29,7 +29,7 @@
 //! conversation are applied one at a time, so its counter is exact; the daily counter may be
 //! short by the answers of conversations that finish at the same moment.
 
-use crate::faq::FaqIndex;
+use crate::faq::FaqBrain;
 use async_trait::async_trait;
 use baton_connectors::erp::{CommitOutcome, ErpClient};
 use baton_connectors::outbound::Poster;
@@ -61,6 +61,8 @@ const CONVERSATION_COUNTER_MS: i64 = 30 * DAY_MS;
 pub struct LlmBrain {
     http: reqwest::Client,
     erp: ErpClient,
+    /// The knowledge indexes, built once per agent and content (the FAQ brain's cache).
+    knowledge: FaqBrain,
     kv: Arc<dyn KeyValue>,
     clock: Arc<dyn Clock>,
 }
@@ -280,7 +282,7 @@ fn refusal(status: u16, retry_after: Option<&str>, body: &[u8], key: &str) -> De
 impl LlmBrain {
     pub fn new(http: reqwest::Client, kv: Arc<dyn KeyValue>, clock: Arc<dyn Clock>) -> Self {
         let erp = ErpClient::from_client(http.clone(), ERP_TIMEOUT);
-        LlmBrain { http, erp, kv, clock }
+        LlmBrain { http, erp, knowledge: FaqBrain::new(), kv, clock }
     }
 
     async fn used(&self, name: &str, now: Millis) -> Result<u64, DeliveryError> {
@@ -389,7 +391,7 @@ impl LlmBrain {
         if let Some(why) = self.over_budget(agent, cfg, request).await? {
             return Ok(BrainReply::Handoff { reason: why.into(), text: None });
         }
-        let index = FaqIndex::build(&cfg.knowledge);
+        let index = self.knowledge.index_for(&agent.id, &cfg.knowledge);
         let knowledge: Vec<&FaqEntry> = index
             .ranked(&request.question)
             .into_iter()
