@@ -43,10 +43,7 @@ fn not_configured(channel: &str) -> ApiError {
 
 /// Refuse a failed verification; repeated failures from one address are throttled.
 pub(super) fn reject(st: &AppState, agent: &Agent, client: &str, what: &str) -> ApiError {
-    if !st.limits.auth_failures.allow(&format!("{client}|{}", agent.id)) {
-        return ApiError::rate_limited();
-    }
-    ApiError::unauthorized(what.to_string())
+    super::refuse(st, agent, client, ApiError::unauthorized(what.to_string()))
 }
 
 async fn telegram_webhook(
@@ -125,15 +122,13 @@ async fn whatsapp_handshake(
     match whatsapp::verify_subscription(cfg, q.mode.as_deref(), q.verify_token.as_deref(), q.challenge.as_deref()) {
         Some(challenge) => Ok(([(axum::http::header::CONTENT_TYPE, "text/plain")], challenge).into_response()),
         None if q.verify_token.is_some() && q.challenge.as_deref().is_some_and(|c| !c.is_empty()) => {
-            if !st.limits.auth_failures.allow(&format!("{client}|{}", agent.id)) {
-                return Err(ApiError::rate_limited());
-            }
             // Meta's own example answers a wrong verify token with 403.
-            Err(ApiError::new(
+            let wrong = ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 "hub.verify_token is not the configured verify token",
-            ))
+            );
+            Err(super::refuse(&st, &agent, &client, wrong))
         }
         None => Err(ApiError::bad_request(
             "hub.verify_token and a hub.challenge of at most 1024 plain characters are required",

@@ -260,7 +260,6 @@ pub async fn require_agent_token(
     headers: &HeaderMap,
     client: &str,
 ) -> Result<(), ApiError> {
-    let limiter_key = format!("{client}|{}", agent.id);
     let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let Some(token) = crate::auth::bearer(header) else {
         return Err(ApiError::unauthorized("missing Authorization: Bearer <agent token>"));
@@ -268,8 +267,14 @@ pub async fn require_agent_token(
     if crate::auth::token_matches(state.ports.store.as_ref(), &agent.id, token).await? {
         return Ok(());
     }
-    if !state.limits.auth_failures.allow(&limiter_key) {
-        return Err(ApiError::rate_limited());
+    Err(refuse(state, agent, client, ApiError::unauthorized("the token is not valid for this agent")))
+}
+
+/// A failed verification answered with `error`; repeated failures from one client address
+/// for one agent are throttled (429) instead.
+pub fn refuse(state: &AppState, agent: &Agent, client: &str, error: ApiError) -> ApiError {
+    if !state.limits.auth_failures.allow(&format!("{client}|{}", agent.id)) {
+        return ApiError::rate_limited();
     }
-    Err(ApiError::unauthorized("the token is not valid for this agent"))
+    error
 }
