@@ -25,6 +25,7 @@ fn faq(q: &str, a: &str) -> FaqEntry {
 pub fn example_agent(hub_base: &str, signing_secret: &str) -> Agent {
     Agent {
         actions: Default::default(),
+        api: None,
         id: EXAMPLE_AGENT.into(),
         name: "Baton demo shop".into(),
         language: "en".into(),

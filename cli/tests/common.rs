@@ -24,6 +24,7 @@ pub fn shop_agent(desk_url: &str) -> Agent {
     let faq = |q: &str, a: &str| FaqEntry { question: q.into(), answer: a.into(), keywords: vec![] };
     Agent {
         actions: Default::default(),
+        api: None,
         id: "shop".into(),
         name: "Shop".into(),
         language: "en".into(),

@@ -5,6 +5,7 @@
 pub mod conformance;
 pub mod desk;
 pub mod erp;
+pub mod integration;
 pub mod intercom;
 pub mod line;
 pub mod livechat;

@@ -14,7 +14,7 @@ use crate::store::{
 use crate::table::{conv_pk, key_part, EXPIRES_AT};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use baton_core::model::{ConversationKey, Millis, OutMessage};
-use baton_core::ports::StoreError;
+use baton_core::ports::{LoggedMessage, StoreError};
 
 fn idem_pk(idempotency_key: &str) -> String {
     format!("IDEM#{}", key_part(idempotency_key))
@@ -74,6 +74,7 @@ impl DynamoStore {
         item.insert("seq".into(), n(seq));
         item.insert("at".into(), n(at.0));
         item.insert("doc".into(), s(encode(message)?));
+        item.insert("idem".into(), s(idempotency_key));
         item.insert("schema".into(), n(RECORD_SCHEMA));
         item.insert(EXPIRES_AT.into(), n(expires));
         match self.transact(vec![self.put_new(marker)?, self.put_new(item)?], "append message").await? {
@@ -93,6 +94,16 @@ impl DynamoStore {
         after_seq: i64,
         limit: usize,
     ) -> Result<Vec<(i64, Millis, OutMessage)>, StoreError> {
+        let rows = self.logged_after(key, after_seq, limit).await?;
+        Ok(rows.into_iter().map(|m| (m.seq, m.at, m.message)).collect())
+    }
+
+    async fn logged_after(
+        &self,
+        key: &ConversationKey,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<LoggedMessage>, StoreError> {
         if limit == 0 || after_seq == i64::MAX {
             return Ok(Vec::new());
         }
@@ -117,7 +128,12 @@ impl DynamoStore {
             .map(|item| {
                 let seq: i64 = get_n(item, "seq", &conv)?;
                 let what = format!("user message {seq}");
-                Ok((seq, Millis(get_n(item, "at", &what)?), decode_doc(item, &what, RECORD_SCHEMA)?))
+                let id = match item.get("idem") {
+                    Some(AttributeValue::S(v)) => v.clone(),
+                    _ => String::new(), // written before ids were kept
+                };
+                let at = Millis(get_n(item, "at", &what)?);
+                Ok(LoggedMessage { id, seq, at, message: decode_doc(item, &what, RECORD_SCHEMA)? })
             })
             .collect()
     }
@@ -141,7 +157,6 @@ impl baton_core::ports::MessageLog for DynamoStore {
         cursor: i64,
         limit: usize,
     ) -> Result<Vec<baton_core::ports::LoggedMessage>, StoreError> {
-        let rows = self.user_messages_after(key, cursor, limit).await?;
-        Ok(rows.into_iter().map(|(seq, at, message)| baton_core::ports::LoggedMessage { seq, at, message }).collect())
+        self.logged_after(key, cursor, limit).await
     }
 }

@@ -3,6 +3,8 @@
 //! (`Desk`, `ChannelSender`); everything wire-specific lives here so it can be tested over
 //! real HTTP without the runtime.
 
+/// The Agent API (seed 003): `/converse/chat` requests and the converse webhook we push.
+pub mod agent_api;
 /// The e-mail fallback: SMTP, or `.eml` files for local use.
 pub mod email;
 /// The ERP preset: the REST middleware of docs/erp-openapi.yaml, with two-phase commits.

@@ -178,7 +178,7 @@ pub fn establish_body(agent: &Agent, key: &ConversationKey, request: &HandoffReq
             "email": request.email,
             "user_id": key.user,
             "anonymous_id": null,
-            "phone": request.params.get("phone"),
+            "phone": request.params.get("phone").filter(|p| *p != baton_core::session::SANITIZED),
         },
         "reason": request.reason,
         "channel": key.channel.as_str(),

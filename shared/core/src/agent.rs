@@ -51,6 +51,68 @@ pub struct Agent {
     /// Calls into the customer's systems the brain may make (tools of an LLM brain).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<ActionConfig>,
+    /// The Agent API (`POST /converse/chat`): where its events go and how its sessions live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiConfig>,
+}
+
+/// The Agent API of seed 003: an integration (a custom front-end, a voice assistant, a
+/// platform connector) converses under its own conversation ids; the agent's messages and
+/// escalations are POSTed to `converse_url` as `sendMessage` / `escalate` events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// The integration's converse webhook; without one, replies are read with the
+    /// synchronous mode (`Prefer: wait=N`) only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub converse_url: Option<String>,
+    /// `whsec_...`: every delivery is signed per Standard Webhooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<Secret>,
+    /// A session ends this long after its last message sent or received (default 2 hours);
+    /// the next message starts a new one under the same conversation id.
+    #[serde(default = "default_api_session_expiry")]
+    pub session_expiry_secs: u64,
+    /// Sent when a session starts (`startSession`); empty sends nothing.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub welcome: String,
+    /// Who takes a handoff of an API conversation.
+    #[serde(default)]
+    pub escalation: ApiEscalation,
+}
+
+/// How long an Agent API session lives after its last message unless configured.
+pub const DEFAULT_API_SESSION_EXPIRY_SECS: u64 = 2 * 60 * 60;
+
+fn default_api_session_expiry() -> u64 {
+    DEFAULT_API_SESSION_EXPIRY_SECS
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            converse_url: None,
+            signing_secret: None,
+            session_expiry_secs: default_api_session_expiry(),
+            welcome: String::new(),
+            escalation: ApiEscalation::default(),
+        }
+    }
+}
+
+/// Where handoffs of Agent API conversations go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "to", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ApiEscalation {
+    /// The agent's desk, like any channel; the human's replies come back as `sendMessage`.
+    #[default]
+    Desk,
+    /// The integration's own humans: an `escalate` event, carrying `transfer_to` (a phone
+    /// number or queue a voice front-end forwards the call to) when set.
+    Caller {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transfer_to: Option<String>,
+    },
 }
 
 /// One action: a POST to the customer's endpoint with inputs from the session (or the
@@ -608,6 +670,9 @@ impl Agent {
         for a in &mut self.actions {
             out.extend(a.signing_secret.as_mut().map(|s| ("actions[].signing_secret", s)));
         }
+        if let Some(api) = &mut self.api {
+            out.extend(api.signing_secret.as_mut().map(|s| ("api.signing_secret", s)));
+        }
         if let BrainConfig::Llm(l) = &mut self.brain {
             out.push(("brain.api_key", &mut l.api_key));
             out.extend(l.erp.as_mut().map(|e| ("brain.erp.api_key", &mut e.api_key)));
@@ -741,6 +806,25 @@ impl Agent {
             }
             if a.retries > 3 {
                 bad(&at("retries"), format!("must be at most 3, got {}", a.retries));
+            }
+        }
+        if let Some(api) = &self.api {
+            if let Some(url) = &api.converse_url {
+                url_field(&mut bad, "api.converse_url", url);
+            }
+            if api.signing_secret.as_ref().is_some_and(|s| !is_ssm_reference(s) && !s.expose().starts_with("whsec_")) {
+                bad("api.signing_secret", "must be a Standard Webhooks secret starting with whsec_".into());
+            }
+            if !(60..=7 * 86_400).contains(&api.session_expiry_secs) {
+                bad(
+                    "api.session_expiry_secs",
+                    format!("must be between 60 and 604800 seconds, got {}", api.session_expiry_secs),
+                );
+            }
+            if let ApiEscalation::Caller { transfer_to: Some(t) } = &api.escalation {
+                if t.trim().is_empty() || t.len() > 200 {
+                    bad("api.escalation.transfer_to", "must be 1-200 characters (a phone number or queue)".into());
+                }
             }
         }
         if let Some(hours) = &self.hours {
@@ -884,6 +968,7 @@ mod tests {
     fn agent() -> Agent {
         Agent {
             actions: Default::default(),
+            api: None,
             id: "demo".into(),
             name: String::new(),
             language: "en".into(),

@@ -67,7 +67,18 @@ pub enum EventKind {
     FallbackDone { detail: String },
     /// Session parameters learned outside the chat (the brain's tools, actions, an API call):
     /// merged into the session; an empty value removes a parameter.
-    ParamsSet { params: std::collections::BTreeMap<String, String> },
+    ParamsSet {
+        params: std::collections::BTreeMap<String, String>,
+        /// Parameters whose values are personal data: masked wherever they are shown
+        /// (desk transcripts, tickets, the console); the brain and actions see them.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+        sanitize: std::collections::BTreeSet<String>,
+    },
+    /// An Agent API client starts (or resumes) the conversation (`startSession`).
+    SessionStarted,
+    /// An Agent API client ends the conversation (`endSession`): any human session is
+    /// closed and the next message starts a new session under the same id.
+    SessionEnded,
     /// Changes nothing; the worker runs the conversation's pending effects after it. Used
     /// where effects wait for a retry and no other event would come (AWS: re-armed through
     /// the timer queue, and by the sweeper).
@@ -90,6 +101,8 @@ impl EventKind {
             EventKind::TimerFired { .. } => "timer_fired",
             EventKind::FallbackDone { .. } => "fallback_done",
             EventKind::ParamsSet { .. } => "params_set",
+            EventKind::SessionStarted => "session_started",
+            EventKind::SessionEnded => "session_ended",
             EventKind::Wake => "wake",
         }
     }

@@ -212,12 +212,25 @@ pub struct OutMessage {
     pub text: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub buttons: Vec<Button>,
+    /// Set when the message hands the user to the caller's own humans (Agent API
+    /// conversations whose escalations go to the integration); `text` is what to tell the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<Escalation>,
 }
 
 impl OutMessage {
     pub fn new(from: Role, text: impl Into<String>) -> Self {
-        OutMessage { from, text: text.into(), buttons: Vec::new() }
+        OutMessage { from, text: text.into(), buttons: Vec::new(), escalation: None }
     }
+}
+
+/// A request for the caller to take the user to a human (the Agent API's `escalate` event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Escalation {
+    pub reason: String,
+    /// Where a voice front-end forwards the call (a phone number or queue), when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_to: Option<String>,
 }
 
 /// Why a desk conversation is closed from our side (the webhook-desk contract's `type`).

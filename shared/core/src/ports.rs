@@ -303,6 +303,9 @@ pub trait MessageLog: Send + Sync {
 /// A message of the log with its cursor position.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LoggedMessage {
+    /// The idempotency key it was appended with (the effect's): stable across re-runs.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub id: String,
     pub seq: i64,
     pub at: Millis,
     #[serde(flatten)]

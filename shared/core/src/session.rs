@@ -3,11 +3,13 @@
 //! apply in the current state (late, duplicated, out of order) are returned as `Ignored`
 //! with the reason, so the shell records them as seen and logs them instead of acting.
 
-use crate::agent::{Agent, DeskConfig, FallbackConfig};
+use crate::agent::{Agent, ApiEscalation, DeskConfig, FallbackConfig};
 use crate::effect::{Effect, HandoffRequest, TimerKind};
 use crate::event::{BrainReply, Event, EventKind, ReplyHandle};
 use crate::messages::{self, MessageKey};
-use crate::model::{Button, CloseReason, ConversationKey, Millis, OutMessage, Role, ServiceStatus, Turn};
+use crate::model::{
+    Button, Channel, CloseReason, ConversationKey, Escalation, Millis, OutMessage, Role, ServiceStatus, Turn,
+};
 use crate::phrases;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -21,6 +23,9 @@ pub const HISTORY_CAP: usize = 100;
 /// Button values: what comes back as the user's text when a button is pressed.
 pub const KEEP_WAITING_VALUE: &str = "/keep_waiting";
 pub const END_VALUE: &str = "/end";
+
+/// What a parameter marked as personal data shows instead of its value.
+pub const SANITIZED: &str = "[redacted]";
 
 fn session_schema() -> u32 {
     SESSION_SCHEMA
@@ -59,6 +64,13 @@ pub struct Session {
     /// set by the channel and by the brain's tools; the brain sees them and the desk gets them.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub params: std::collections::BTreeMap<String, String>,
+    /// Parameters marked as personal data: masked wherever they are shown.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub sanitized: std::collections::BTreeSet<String>,
+    /// When a message was last sent or received (Agent API sessions expire from here);
+    /// none while the session has not started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity_at: Option<Millis>,
     #[serde(default)]
     pub updated_at: Millis,
 }
@@ -166,8 +178,16 @@ impl Session {
             reply: None,
             last_user_at: None,
             params: Default::default(),
+            sanitized: Default::default(),
+            last_activity_at: None,
             updated_at: Millis(0),
         }
+    }
+
+    /// A new session under the same conversation id: everything but the timer generation
+    /// (so timers of the old session stay stale) starts over.
+    fn restarted(&self) -> Session {
+        Session { next_timer_generation: self.next_timer_generation, ..Session::new(self.key.clone()) }
     }
 
     fn push_turn(&mut self, role: Role, text: &str, at: Millis) {
@@ -210,7 +230,11 @@ struct Machine<'a> {
 
 impl Machine<'_> {
     fn apply(&mut self, kind: &EventKind) -> Result<(), Ignored> {
+        if self.api_session_expired(kind) {
+            self.s = Session { updated_at: self.now, ..self.s.restarted() };
+        }
         if let EventKind::UserMessage { email, language, reply, .. } = kind {
+            self.s.last_activity_at = Some(self.now);
             self.s.reply = reply.clone();
             self.s.last_user_at = Some(self.now);
             if let Some(e) = email.as_deref().filter(|e| crate::email::is_valid(e)) {
@@ -229,14 +253,53 @@ impl Machine<'_> {
         match (state, kind) {
             (_, EventKind::UserMessage { text, .. }) if text.trim().is_empty() => Err(Ignored::EmptyMessage),
             (_, EventKind::Wake) => Ok(()),
-            (_, EventKind::ParamsSet { params }) => {
+            (_, EventKind::ParamsSet { params, sanitize }) => {
                 for (k, v) in params {
                     if v.is_empty() {
                         self.s.params.remove(k);
+                        self.s.sanitized.remove(k);
                     } else {
                         self.s.params.insert(k.clone(), v.clone());
+                        if sanitize.contains(k) {
+                            self.s.sanitized.insert(k.clone());
+                        }
+                        // The well-known ones also drive the session: who to e-mail, which language.
+                        match k.as_str() {
+                            "email" if crate::email::is_valid(v) => self.s.email = Some(v.clone()),
+                            "language" if messages::LANGUAGES.contains(&v.as_str()) => {
+                                self.s.language = Some(v.clone())
+                            }
+                            _ => {}
+                        }
                     }
                 }
+                Ok(())
+            }
+            (_, EventKind::SessionStarted) => {
+                if self.s.last_activity_at.is_some() {
+                    return Ok(()); // an active session resumes as it is
+                }
+                self.s.last_activity_at = Some(self.now);
+                let welcome = self.agent.api.as_ref().map(|a| a.welcome.clone()).unwrap_or_default();
+                if !welcome.trim().is_empty() {
+                    self.say_as(Role::Bot, welcome);
+                }
+                Ok(())
+            }
+            (state, EventKind::SessionEnded) => {
+                if self.s.last_activity_at.is_none() && matches!(state, State::Bot) {
+                    return Err(Ignored::NothingToEnd);
+                }
+                if let State::WaitingForHuman { handoff, .. } | State::WithHuman { handoff, .. } = &state {
+                    if handoff.mode == HandoffMode::Relay {
+                        let handoff_id = handoff.id.clone();
+                        self.fx.push(Effect::CloseDesk { handoff_id, reason: CloseReason::UserClosed });
+                    }
+                }
+                if self.s.timer.is_some() {
+                    self.fx.push(Effect::CancelTimer);
+                }
+                self.s = Session { updated_at: self.now, ..self.s.restarted() };
                 Ok(())
             }
             (_, EventKind::UserSetEmail { email }) => {
@@ -475,6 +538,7 @@ impl Machine<'_> {
                             Button { label: self.msg(MessageKey::KeepWaiting), value: KEEP_WAITING_VALUE.into() },
                             Button { label: self.msg(MessageKey::EndRequest), value: END_VALUE.into() },
                         ],
+                        escalation: None,
                     };
                     self.send(question);
                     self.arm(TimerKind::WaitReply, self.agent.policy.wait_reply_timeout_secs);
@@ -488,7 +552,9 @@ impl Machine<'_> {
                 self.fallback_done(detail);
                 Ok(())
             }
-            EventKind::Wake | EventKind::ParamsSet { .. } => Ok(()),
+            EventKind::Wake | EventKind::ParamsSet { .. } | EventKind::SessionStarted | EventKind::SessionEnded => {
+                Ok(())
+            }
         }
     }
 
@@ -548,7 +614,9 @@ impl Machine<'_> {
                 self.fallback_done(detail);
                 Ok(())
             }
-            EventKind::Wake | EventKind::ParamsSet { .. } => Ok(()),
+            EventKind::Wake | EventKind::ParamsSet { .. } | EventKind::SessionStarted | EventKind::SessionEnded => {
+                Ok(())
+            }
         }
     }
 
@@ -601,7 +669,11 @@ impl Machine<'_> {
             EventKind::TimerFired { .. } => Err(Ignored::StaleTimer),
             EventKind::BrainReplied { .. } | EventKind::BrainFailed { .. } => Err(Ignored::LateBrainReply),
             EventKind::HandoffRequested { .. } => Err(Ignored::AlreadyHandedOff),
-            EventKind::UserSetEmail { .. } | EventKind::Wake | EventKind::ParamsSet { .. } => Ok(()),
+            EventKind::UserSetEmail { .. }
+            | EventKind::Wake
+            | EventKind::ParamsSet { .. }
+            | EventKind::SessionStarted
+            | EventKind::SessionEnded => Ok(()),
             EventKind::FallbackDone { detail } => {
                 self.fallback_done(detail);
                 Ok(())
@@ -654,7 +726,11 @@ impl Machine<'_> {
     /// and hand the request to the fallback; otherwise ask for an e-mail first where the
     /// channel needs one, then open the desk.
     fn start_handoff(&mut self, question: String, reason: String) {
-        if matches!(self.agent.desk, DeskConfig::None) {
+        let to_caller = match self.agent.api.as_ref().map(|a| &a.escalation) {
+            Some(ApiEscalation::Caller { transfer_to }) if self.s.key.channel == Channel::Api => Some(transfer_to),
+            _ => None,
+        };
+        if to_caller.is_none() && matches!(self.agent.desk, DeskConfig::None) {
             self.say(MessageKey::NoDesk);
             self.escalate(question, reason);
             return;
@@ -669,6 +745,15 @@ impl Machine<'_> {
                 self.escalate(question, format!("{reason}; outside service hours"));
                 return;
             }
+        }
+        if let Some(transfer_to) = to_caller {
+            // The integration's own humans take the user; the session stays with the bot.
+            let escalation = Escalation { reason, transfer_to: transfer_to.clone() };
+            self.send(OutMessage {
+                escalation: Some(escalation),
+                ..OutMessage::new(Role::System, self.msg(MessageKey::Waiting))
+            });
+            return;
         }
         if self.facts.desk_status == Some(ServiceStatus::Unavailable) {
             self.say(MessageKey::DeskUnavailable);
@@ -698,7 +783,7 @@ impl Machine<'_> {
             history: self.history_before(&question),
             question,
             reason,
-            params: self.params(),
+            params: self.shown_params(),
         };
         self.s.state = State::WaitingForHuman { handoff, desk_conversation_id: None, asked_to_keep_waiting: false };
         if mode == HandoffMode::Transfer {
@@ -711,6 +796,7 @@ impl Machine<'_> {
             from: Role::System,
             text: self.msg(MessageKey::Waiting),
             buttons: vec![Button { label: self.msg(MessageKey::EndRequest), value: END_VALUE.into() }],
+            escalation: None,
         };
         self.send(waiting);
         self.fx.push(Effect::OpenDesk { request });
@@ -733,7 +819,7 @@ impl Machine<'_> {
             history: self.history_before(&question),
             question,
             reason,
-            params: self.params(),
+            params: self.shown_params(),
         };
         self.fx.push(Effect::Escalate { request });
     }
@@ -812,10 +898,12 @@ impl Machine<'_> {
         };
         let last = pieces.len() - 1;
         for (i, text) in pieces.into_iter().enumerate() {
-            let buttons = if i == last { message.buttons.clone() } else { Vec::new() };
+            let (buttons, escalation) =
+                if i == last { (message.buttons.clone(), message.escalation.clone()) } else { (Vec::new(), None) };
             let reply_token = self.s.reply.take().filter(|r| r.valid_until > self.now).map(|r| r.token);
+            self.s.last_activity_at = Some(self.now);
             self.fx.push(Effect::SendToUser {
-                message: OutMessage { from: message.from, text, buttons },
+                message: OutMessage { from: message.from, text, buttons, escalation },
                 reply_token,
                 outside_window,
             });
@@ -876,6 +964,38 @@ impl Machine<'_> {
             p.entry("email".into()).or_insert_with(|| email.clone());
         }
         p
+    }
+
+    /// [`Self::params`] as humans may see them: personal data masked.
+    fn shown_params(&self) -> std::collections::BTreeMap<String, String> {
+        let mut p = self.params();
+        for k in &self.s.sanitized {
+            if let Some(v) = p.get_mut(k) {
+                *v = SANITIZED.to_string();
+            }
+        }
+        p
+    }
+
+    /// Whether an Agent API session lapsed before this new input: no message for the
+    /// agent's expiry period while the bot had the conversation (a human session runs on
+    /// its own timeouts).
+    fn api_session_expired(&self, kind: &EventKind) -> bool {
+        let inbound = matches!(
+            kind,
+            EventKind::UserMessage { .. }
+                | EventKind::SessionStarted
+                | EventKind::ParamsSet { .. }
+                | EventKind::HandoffRequested { .. }
+        );
+        if self.s.key.channel != Channel::Api {
+            return false;
+        }
+        let expiry =
+            self.agent.api.as_ref().map_or(crate::agent::DEFAULT_API_SESSION_EXPIRY_SECS, |a| a.session_expiry_secs);
+        inbound
+            && matches!(self.s.state, State::Bot)
+            && self.s.last_activity_at.is_some_and(|t| self.now >= t.plus_secs(expiry))
     }
 
     /// History for the desk: the last N turns before the current question.

@@ -17,6 +17,7 @@ const T0: i64 = 1_700_000_000_000;
 fn agent() -> Agent {
     Agent {
         actions: Default::default(),
+        api: None,
         id: "demo".into(),
         name: "Demo".into(),
         language: "en".into(),
@@ -65,6 +66,7 @@ fn waiting_with(text: String, lang: &str) -> Effect {
                 label: messages::default_text(lang, MessageKey::EndRequest).to_string(),
                 value: END_VALUE.into(),
             }],
+            escalation: None,
         },
         reply_token: None,
         outside_window: false,
@@ -680,6 +682,7 @@ fn first_human_message_makes_the_session_official() {
                     from: Role::Human,
                     text: "Hi, this is Anna.".into(),
                     buttons: vec![Button { label: en(MessageKey::EndChatButton), value: END_VALUE.into() }],
+                    escalation: None,
                 },
                 reply_token: None,
                 outside_window: false,
@@ -735,6 +738,7 @@ fn wait_timeout_asks_to_keep_waiting_or_end() {
                         Button { label: en(MessageKey::KeepWaiting), value: KEEP_WAITING_VALUE.into() },
                         Button { label: en(MessageKey::EndRequest), value: END_VALUE.into() },
                     ],
+                    escalation: None,
                 },
                 reply_token: None,
                 outside_window: false,
@@ -894,6 +898,7 @@ fn each_human_message_rearms_the_session_timer() {
             from: Role::Human,
             text: "Anything else?".into(),
             buttons: vec![Button { label: en(MessageKey::EndChatButton), value: END_VALUE.into() }],
+            escalation: None,
         }]
     );
     assert!(matches!(sim.session.state, State::WithHuman { human_messages: 2, .. }));
@@ -1408,8 +1413,14 @@ fn session_parameters_reach_the_brain_and_the_desk() {
     assert_eq!(params.get("phone"), Some(&phone), "a WhatsApp user's number is known");
     // The brain's tools learned who it is; an empty value removes a parameter.
     let learned = [("contact_id", "C-100"), ("customer_name", "Ana Horvat"), ("scratch", "x")];
-    sim.apply(EventKind::ParamsSet { params: learned.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() });
-    sim.apply(EventKind::ParamsSet { params: [("scratch".to_string(), String::new())].into() });
+    sim.apply(EventKind::ParamsSet {
+        params: learned.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        sanitize: Default::default(),
+    });
+    sim.apply(EventKind::ParamsSet {
+        params: [("scratch".to_string(), String::new())].into(),
+        sanitize: Default::default(),
+    });
     assert_eq!(sim.session.params.get("contact_id").map(String::as_str), Some("C-100"));
     assert!(!sim.session.params.contains_key("scratch"));
     sim.apply(answer("That is 12.00 EUR."));
@@ -1418,4 +1429,121 @@ fn session_parameters_reach_the_brain_and_the_desk() {
     assert_eq!(request.params.get("contact_id").map(String::as_str), Some("C-100"));
     assert_eq!(request.params.get("customer_name").map(String::as_str), Some("Ana Horvat"));
     assert_eq!(request.params.get("phone"), Some(&phone));
+}
+
+fn api_agent(escalation: baton_core::agent::ApiEscalation) -> Agent {
+    let mut a = agent();
+    a.api = Some(baton_core::agent::ApiConfig {
+        welcome: "Hello, how can I help?".into(),
+        session_expiry_secs: 7200,
+        escalation,
+        ..Default::default()
+    });
+    a
+}
+
+fn set_params(pairs: &[(&str, &str)], sanitize: &[&str]) -> EventKind {
+    EventKind::ParamsSet {
+        params: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        sanitize: sanitize.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+#[test]
+fn api_session_starts_once_resumes_while_active_and_expires_after_its_window() {
+    let mut sim = Sim::with_agent(Channel::Api, api_agent(Default::default()));
+    assert_eq!(sim.apply(EventKind::SessionStarted), vec![bot("Hello, how can I help?".into())]);
+    // A second start within the window resumes: no second welcome, history kept.
+    sim.apply(user("opening hours?"));
+    sim.apply(answer("9 to 5."));
+    sim.advance(7199);
+    assert_eq!(sim.apply(EventKind::SessionStarted), vec![]);
+    sim.apply(set_params(&[("customer", "C-1")], &[]));
+    assert_eq!(sim.session.history.len(), 3);
+
+    // Two hours after the last message the session has lapsed: the next input starts over.
+    sim.advance(7200);
+    let fx = sim.apply(user("new question"));
+    let Some(Effect::AskBrain { history, params, .. }) = fx.first() else { panic!("{fx:?}") };
+    assert!(history.is_empty(), "the old session's turns are gone: {history:?}");
+    assert!(params.is_empty(), "and so are its parameters: {params:?}");
+    assert_eq!(sim.session.history.len(), 1);
+}
+
+#[test]
+fn api_session_end_closes_the_human_session_and_the_next_message_starts_anew() {
+    let mut sim = Sim::with_agent(Channel::Api, api_agent(Default::default()));
+    sim.agent.policy.require_email = false;
+    sim.apply(EventKind::SessionStarted);
+    sim.apply(set_params(&[("phone", "+385911234567")], &["phone"]));
+    sim.apply(user("human"));
+    let handoff = sim.handoff().id;
+    sim.apply(EventKind::DeskOpened { handoff_id: handoff.clone(), desk_conversation_id: "conv-9".into() });
+    sim.apply(human("conv-9", "Hello, Anna here."));
+    let generation = sim.session.next_timer_generation;
+    let fx = sim.apply(EventKind::SessionEnded);
+    assert_eq!(
+        fx,
+        vec![Effect::CloseDesk { handoff_id: handoff, reason: CloseReason::UserClosed }, Effect::CancelTimer],
+        "the human session closes; nothing is said to a user who left"
+    );
+    assert_eq!(sim.session.state, State::Bot);
+    assert!(sim.session.history.is_empty() && sim.session.params.is_empty() && sim.session.sanitized.is_empty());
+    assert_eq!(sim.session.next_timer_generation, generation, "old timers stay stale");
+    assert_eq!(sim.ignored(EventKind::SessionEnded), Ignored::NothingToEnd);
+    // A late human message of the closed session changes nothing.
+    assert_eq!(sim.ignored(human("conv-9", "still there?")), Ignored::NoActiveHandoff);
+    // Same conversation id, new session: the welcome comes again.
+    assert_eq!(sim.apply(EventKind::SessionStarted), vec![bot("Hello, how can I help?".into())]);
+}
+
+#[test]
+fn sanitized_parameters_are_masked_for_humans_but_not_for_the_brain() {
+    let mut sim = Sim::with_agent(Channel::Api, api_agent(Default::default()));
+    sim.agent.policy.require_email = false;
+    sim.apply(set_params(&[("phone", "+385911234567"), ("plan", "gold")], &["phone"]));
+    let fx = sim.apply(user("what is my plan?"));
+    let Some(Effect::AskBrain { params, .. }) = fx.first() else { panic!("{fx:?}") };
+    assert_eq!(params.get("phone").map(String::as_str), Some("+385911234567"));
+    let fx = sim.apply(EventKind::HandoffRequested { reason: "the caller asked".into() });
+    let request = open_desk(&fx);
+    assert_eq!(request.params.get("phone").map(String::as_str), Some(baton_core::session::SANITIZED));
+    assert_eq!(request.params.get("plan").map(String::as_str), Some("gold"));
+    // Setting a value again without the mark keeps it marked; removing it drops the mark.
+    sim.apply(set_params(&[("phone", "")], &[]));
+    assert!(sim.session.sanitized.is_empty());
+}
+
+#[test]
+fn api_escalation_to_the_caller_carries_the_transfer_target_and_respects_hours() {
+    use baton_core::hours::{Period, ServiceHours};
+    let to_caller = baton_core::agent::ApiEscalation::Caller { transfer_to: Some("+4930123456".into()) };
+    let mut sim = Sim::with_agent(Channel::Api, api_agent(to_caller));
+    sim.agent.desk = DeskConfig::None;
+    sim.apply(user("I need a person"));
+    let fx = sim
+        .apply(EventKind::BrainReplied { reply: BrainReply::Handoff { reason: "billing dispute".into(), text: None } });
+    let [Effect::SendToUser { message, .. }] = fx.as_slice() else { panic!("{fx:?}") };
+    let escalation = message.escalation.as_ref().expect("an escalation");
+    assert_eq!(escalation.reason, "billing dispute");
+    assert_eq!(escalation.transfer_to.as_deref(), Some("+4930123456"));
+    assert_eq!(sim.session.state, State::Bot, "the integration's humans take it from here");
+
+    // Outside service hours nobody can take the call: the out-of-hours answer instead.
+    // Open only on one day long past.
+    sim.agent.hours = Some(ServiceHours {
+        time_zone: "UTC".into(),
+        periods: vec![Period { days: None, date: Some("2020-01-01".into()), from: "09:00".into(), to: "17:00".into() }],
+        holidays: vec![],
+    });
+    let fx = sim.apply(EventKind::HandoffRequested { reason: "again".into() });
+    assert!(
+        fx.iter().all(|e| !matches!(e, Effect::SendToUser { message, .. } if message.escalation.is_some())),
+        "{fx:?}"
+    );
+    // Other channels of the same agent ignore the API escalation setting.
+    let mut other = Sim::with_agent(Channel::Widget, sim.agent.clone());
+    other.agent.hours = None;
+    let fx = other.apply(EventKind::HandoffRequested { reason: "x".into() });
+    assert!(fx.iter().all(|e| !matches!(e, Effect::SendToUser { message, .. } if message.escalation.is_some())));
 }

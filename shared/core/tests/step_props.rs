@@ -179,6 +179,7 @@ fn case() -> impl Strategy<Value = Case> {
 fn agent(case: &Case) -> Agent {
     Agent {
         actions: Default::default(),
+        api: None,
         id: "demo".into(),
         name: String::new(),
         language: "en".into(),

@@ -4,6 +4,7 @@
 
 use crate::{decode, encode, limit_param, sql, Db};
 use baton_core::model::{ConversationKey, Millis, OutMessage};
+use baton_core::ports::LoggedMessage;
 use baton_core::ports::StoreError;
 use rusqlite::params;
 
@@ -41,24 +42,35 @@ impl Db {
         after_seq: i64,
         limit: usize,
     ) -> Result<Vec<(i64, Millis, OutMessage)>, StoreError> {
+        let rows = self.logged_after(key, after_seq, limit).await?;
+        Ok(rows.into_iter().map(|m| (m.seq, m.at, m.message)).collect())
+    }
+
+    async fn logged_after(
+        &self,
+        key: &ConversationKey,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<LoggedMessage>, StoreError> {
         let conv = key.to_string();
         let limit = limit_param(limit);
         self.read(move |c| {
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT seq, at, json FROM user_messages
+                    "SELECT seq, at, json, idempotency_key FROM user_messages
                      WHERE conversation = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
                 )
                 .map_err(sql)?;
             let rows = stmt
                 .query_map(params![conv, after_seq, limit], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
                 })
                 .map_err(sql)?;
             let mut out = Vec::new();
             for row in rows {
-                let (seq, at, json) = row.map_err(sql)?;
-                out.push((seq, Millis(at), decode(&format!("user message {seq}"), &json)?));
+                let (seq, at, json, id) = row.map_err(sql)?;
+                let message = decode(&format!("user message {seq}"), &json)?;
+                out.push(LoggedMessage { id, seq, at: Millis(at), message });
             }
             Ok(out)
         })
@@ -84,8 +96,7 @@ impl baton_core::ports::MessageLog for Db {
         cursor: i64,
         limit: usize,
     ) -> Result<Vec<baton_core::ports::LoggedMessage>, StoreError> {
-        let rows = self.user_messages_after(key, cursor, limit).await?;
-        Ok(rows.into_iter().map(|(seq, at, message)| baton_core::ports::LoggedMessage { seq, at, message }).collect())
+        self.logged_after(key, cursor, limit).await
     }
 }
 

@@ -271,7 +271,7 @@ pub async fn serve_http(routes: Routes) -> Result<(), Error> {
     init_logging();
     let aws = from_env().await?;
     // A short key would let anyone forge widget conversation tokens.
-    if routes != Routes::Desk && aws.config.widget_secret.len() < 32 {
+    if matches!(routes, Routes::Widget | Routes::Channels | Routes::All) && aws.config.widget_secret.len() < 32 {
         return Err("BATON_WIDGET_SECRET must be at least 32 characters".into());
     }
     lambda_http::run(http_router(&aws, routes)).await

@@ -5,6 +5,7 @@
 use crate::media::LinkBase;
 use crate::widget::{LoggedMessage, MessageLog, Posted};
 use async_trait::async_trait;
+use baton_connectors::agent_api::ConverseWebhook;
 use baton_connectors::intercom::IntercomClient;
 use baton_connectors::line::{self, LineClient};
 use baton_connectors::livechat::LivechatClient;
@@ -33,6 +34,8 @@ pub struct ChannelRouter {
     pub intercom: IntercomClient,
     pub livechat: LivechatClient,
     pub whatsapp: WhatsappClient,
+    /// The Agent API's converse webhook.
+    pub api: ConverseWebhook,
 }
 
 fn not_configured(agent: &Agent, channel: &str) -> DeliveryError {
@@ -51,6 +54,7 @@ impl ChannelSender for ChannelRouter {
         let idempotency_key = delivery.idempotency_key;
         match key.channel {
             Channel::Widget | Channel::Api => {
+                // API conversations are logged too: the synchronous mode and the console read them.
                 let at = self.clock.now();
                 let seq = self
                     .log
@@ -61,10 +65,15 @@ impl ChannelSender for ChannelRouter {
                     // No live subscriber is fine: the message waits in the log.
                     let _ = self.live.send(Posted {
                         conversation: key.to_string(),
-                        message: LoggedMessage { seq, at, message: message.clone() },
+                        message: LoggedMessage { id: idempotency_key.to_string(), seq, at, message: message.clone() },
                     });
                 }
-                Ok(())
+                match (key.channel, agent.api.as_ref().and_then(|a| a.converse_url.as_deref())) {
+                    (Channel::Api, Some(url)) => {
+                        self.api.deliver(agent, url, &key.user, message, idempotency_key).await
+                    }
+                    _ => Ok(()),
+                }
             }
             Channel::Telegram => {
                 let cfg = agent.channels.telegram.as_ref().ok_or_else(|| not_configured(agent, "telegram"))?;

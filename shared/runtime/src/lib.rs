@@ -86,6 +86,7 @@ impl Connectors {
                 intercom: intercom.clone(),
                 livechat: livechat.clone(),
                 whatsapp,
+                api: baton_connectors::agent_api::ConverseWebhook::from_client(http.clone(), timeout),
             }),
             desk: Arc::new(desks::DeskRouter {
                 webhook: webhook_desk::WebhookDesk::from_client(http.clone(), timeout),

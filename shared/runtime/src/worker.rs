@@ -227,7 +227,7 @@ async fn run_effect(
                     format!("{result_event_id}:params"),
                     key.clone(),
                     now,
-                    EventKind::ParamsSet { params: answer.params },
+                    EventKind::ParamsSet { params: answer.params, sanitize: Default::default() },
                 );
                 let events = vec![learned, Event::new(result_event_id, key.clone(), now, reply)];
                 ports.queue.enqueue(events).await.map_err(|e| DeliveryError::retryable(e.to_string()))?;

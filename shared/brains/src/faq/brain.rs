@@ -96,6 +96,7 @@ mod tests {
     fn agent(id: &str, faq: Vec<FaqEntry>) -> Agent {
         Agent {
             actions: Default::default(),
+            api: None,
             id: id.into(),
             name: String::new(),
             language: "en".into(),

@@ -33,6 +33,7 @@ pub fn shop_agent(desk_url: &str) -> Agent {
     let faq = |q: &str, a: &str| FaqEntry { question: q.into(), answer: a.into(), keywords: vec![] };
     Agent {
         actions: Default::default(),
+        api: None,
         id: AGENT.into(),
         name: "Shop".into(),
         language: "en".into(),

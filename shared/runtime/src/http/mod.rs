@@ -1,6 +1,7 @@
 //! HTTP ingress shared by `baton serve` and the Lambda functions: verify, parse, enqueue,
 //! answer. No route calls a brain or a desk; the worker does that after the queue.
 
+pub mod agent_api;
 pub mod channels;
 pub mod desk;
 mod desk_events;
@@ -100,6 +101,8 @@ pub enum Routes {
     Desk,
     /// Channel webhooks: Telegram, LINE and WhatsApp, and the media links they hand out.
     Channels,
+    /// The Agent API (`/converse/chat`).
+    AgentApi,
 }
 
 /// Every route of the hub that is not a local-only page.
@@ -114,6 +117,9 @@ pub fn router_for(state: AppState, routes: Routes) -> Router {
     }
     if matches!(routes, Routes::All | Routes::Desk) {
         r = r.merge(desk::routes()).merge(salesiq::routes()).merge(intercom::routes()).merge(livechat::routes());
+    }
+    if matches!(routes, Routes::All | Routes::AgentApi) {
+        r = r.merge(agent_api::routes());
     }
     if matches!(routes, Routes::All | Routes::Channels) {
         r = r.merge(channels::routes()).merge(media::routes());
