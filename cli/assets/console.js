@@ -217,6 +217,10 @@
       .filter(Boolean)
       .forEach(function (t) { meta.push(el("span", "meta-item", t)); });
     if (c.reason) meta.push(el("span", "meta-item meta-reason", "Reason: " + c.reason));
+    var params = (c.user_info && c.user_info.params) || {};
+    Object.keys(params).sort().forEach(function (k) {
+      meta.push(el("span", "meta-item meta-param", k + ": " + params[k]));
+    });
     ui.meta.replaceChildren.apply(ui.meta, meta);
 
     var closed = c.status === "closed";

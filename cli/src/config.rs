@@ -232,4 +232,35 @@ mod example_file {
         assert_eq!(agents[0].id, "shop");
         assert_eq!(agents[0].policy.history_messages, 10);
     }
+
+    /// The commented block that starts at `marker`, uncommented, up to the next blank line.
+    fn block(src: &str, marker: &str) -> String {
+        let start = src.find(marker).expect("marker in the example");
+        src[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| l.strip_prefix("# ").unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_commented_agent_api_and_hosted_agent_sections_are_valid() {
+        let src = include_str!("../../examples/agents.toml");
+        let env = |v: &str| match v {
+            "SHOP_API_SIGNING_SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string()),
+            "SHOP_HOSTED_AGENT_KEY" => Some("ua-key".to_string()),
+            "SHOP_HOSTED_WEBHOOK_SECRET" => Some("a-webhook-secret-of-24-chars".to_string()),
+            _ => None,
+        };
+        let toml = format!(
+            "[[agent]]\nid = \"shop\"\n{}\n{}\n",
+            block(src, "# [agent.brain]\n# kind = \"hosted\""),
+            block(src, "# [agent.api]")
+        );
+        let agents = super::parse("example.toml", &toml, &env).unwrap();
+        assert!(matches!(agents[0].brain, baton_core::agent::BrainConfig::Hosted(_)));
+        let api = agents[0].api.as_ref().unwrap();
+        assert!(matches!(api.escalation, baton_core::agent::ApiEscalation::Caller { transfer_to: Some(_) }));
+    }
 }

@@ -144,7 +144,13 @@ async fn establish(State(st): State<ConsoleState>, headers: HeaderMap, body: Byt
         .unwrap_or_default();
     let email = v.get("email").and_then(Value::as_str).unwrap_or("").to_string();
     let reason = v.get("reason").and_then(Value::as_str).unwrap_or("").to_string();
-    let user_info = v.get("user_info").cloned().unwrap_or(Value::Null).to_string();
+    // What the hub knows about the user travels with the user info, for the operator to see
+    // (personal data arrives masked).
+    let mut user_info = v.get("user_info").cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
+    if let (Some(info), Some(params)) = (user_info.as_object_mut(), v.get("params").filter(|p| p.is_object())) {
+        info.insert("params".into(), params.clone());
+    }
+    let user_info = user_info.to_string();
     let now = st.clock.now();
     match st.store.open_conversation(&id, &agent, &email, &user_info, &reason, history, now).await {
         Ok(_) => desk_reply(StatusCode::OK, "success"),

@@ -119,6 +119,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         intercom: connectors.intercom.clone(),
         livechat: connectors.livechat.clone(),
         media: Arc::new(media_files.clone()),
+        http: connectors.http.clone(),
     };
     let console_state =
         console::ConsoleState::new(console_store, db.clone(), hub_base, ports.alerts.clone(), clock.clone());

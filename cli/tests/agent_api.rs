@@ -345,3 +345,48 @@ async fn failed_deliveries_are_retried_under_the_same_id_and_final_refusals_aler
     assert!(alert.contains("shop#api#r-1"), "{alert}");
     assert!(!alert.contains(SECRET));
 }
+
+/// The local console (the example agent's desk) shows what the hub knows about the user,
+/// personal data masked.
+#[tokio::test]
+async fn the_console_shows_the_session_parameters_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = baton::serve::ServeOptions {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        data: dir.path().join("baton.sqlite"),
+        agents_file: None,
+        body_limit: 64 * 1024,
+        example_agent: true,
+        rate_limits: Default::default(),
+        public_url: None,
+    };
+    let running = baton::serve::start(opts, Arc::new(baton_runtime::clock::SystemClock)).await.unwrap();
+    let token = baton_runtime::auth::generate_token();
+    running.ports.store.add_token("demo", &baton_runtime::auth::hash_token(&token), Millis(0)).await.unwrap();
+    let base = format!("http://{}", running.addr);
+    let http = reqwest::Client::new();
+    let body = json!({"platformConversationId": "ivr-7", "eventType": "message", "text": "human",
+        "metaData": [{"key": "phone", "value": "+385911234567", "sanitize": true}, {"key": "plan", "value": "gold"}]});
+    let r = http
+        .post(format!("{base}/converse/chat"))
+        .header("botid", "demo")
+        .header("authorization", &token)
+        .header("prefer", "wait=10")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = baton_tests::eventually(Duration::from_secs(10), "the console conversation", || async {
+        let list: Value = http.get(format!("{base}/console/api/conversations")).send().await.ok()?.json().await.ok()?;
+        list["conversations"].as_array()?.first()?["id"].as_str().map(str::to_string)
+    })
+    .await;
+    let shown: Value =
+        http.get(format!("{base}/console/api/conversations/{id}")).send().await.unwrap().json().await.unwrap();
+    let params = &shown["conversation"]["user_info"]["params"];
+    assert_eq!(params["plan"], "gold", "{shown}");
+    assert_eq!(params["phone"], "[redacted]", "{shown}");
+    assert!(!shown.to_string().contains("+385911234567"));
+    running.stop().await;
+}

@@ -225,6 +225,23 @@ async fn every_route_that_takes_input_refuses_it_unverified() {
         ),
         ("POST", "/channels/whatsapp/shop".into(), Some(("x-hub-signature-256", "sha256=00")), whatsapp, 401),
         ("GET", "/media/shop/whatsapp/1479537139650973?exp=9999999999&sig=00".into(), None, String::new(), 403),
+        (
+            "POST",
+            "/converse/chat".into(),
+            Some(("botid", "shop")),
+            json!({"platformConversationId": "c-9", "eventType": "message", "text": "hi"}).to_string(),
+            401,
+        ),
+        // An agent whose brain is not a hosted agent has no such webhook at all.
+        (
+            "POST",
+            "/brains/hosted/shop/guessguessguessguessguess/converse".into(),
+            None,
+            json!({"botId": "b", "channel": "chat", "data": {"platformConversationId": "shop#api#c-9",
+                "eventType": "escalate"}})
+            .to_string(),
+            404,
+        ),
     ];
     let http = reqwest::Client::new();
     for (method, path, header, body, want) in cases {
@@ -244,6 +261,7 @@ async fn every_route_that_takes_input_refuses_it_unverified() {
         (baton_core::Channel::Line, "U1"),
         (baton_core::Channel::Whatsapp, "16505550000"),
         (baton_core::Channel::Salesiq, "c-1"),
+        (baton_core::Channel::Api, "c-9"),
     ] {
         let key = baton_core::ConversationKey::new("shop", channel, user).unwrap();
         assert!(hub.running.ports.store.load_session(&key).await.unwrap().is_none(), "{key}");

@@ -57,11 +57,7 @@ impl FakeDesk {
         let state = DeskState { log: log.clone(), secret };
         // Any path is accepted and recorded, so the same server also plays a ticket system.
         let app = Router::new().fallback(post(handle)).with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = crate::serve_on_loopback(app).await;
         FakeDesk { addr, log }
     }
 

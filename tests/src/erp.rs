@@ -74,11 +74,7 @@ impl FakeErp {
         };
         let erp = Arc::new(Mutex::new(erp));
         let app = Router::new().fallback(handle).with_state(St { key: api_key.into(), erp: erp.clone() });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = crate::serve_on_loopback(app).await;
         FakeErp { addr, erp }
     }
 

@@ -63,11 +63,7 @@ impl FakeIntegration {
         let app = Router::new()
             .fallback(post(handle))
             .with_state(St { log: log.clone(), secret: secret.map(str::to_string) });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = crate::serve_on_loopback(app).await;
         FakeIntegration { addr, log }
     }
 

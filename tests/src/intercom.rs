@@ -166,11 +166,7 @@ impl FakeIntercom {
         let state: Shared = Arc::new(Mutex::new(Intercom::default()));
         let token = access_token.to_string();
         let app = Router::new().fallback(handle).with_state((state.clone(), Arc::new(token.clone())));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = crate::serve_on_loopback(app).await;
         FakeIntercom { addr, token, state }
     }
 

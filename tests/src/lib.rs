@@ -5,6 +5,7 @@
 pub mod conformance;
 pub mod desk;
 pub mod erp;
+pub mod hosted;
 pub mod integration;
 pub mod intercom;
 pub mod line;
@@ -20,6 +21,16 @@ pub mod widget;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
+
+/// Serve `app` on a free loopback port for the rest of the test; its address.
+pub async fn serve_on_loopback(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+    let addr = listener.local_addr().expect("the bound address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
 
 /// Poll `f` until it returns `Some`, or panic with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T

@@ -101,11 +101,7 @@ impl FakeLine {
             .route("/v2/bot/message/{id}/content", axum::routing::get(content))
             .fallback(handle)
             .with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = crate::serve_on_loopback(app).await;
         FakeLine { addr, log }
     }
 

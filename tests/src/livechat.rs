@@ -136,11 +136,7 @@ impl FakeLivechat {
     pub async fn start() -> FakeLivechat {
         let state: Shared = Arc::new(Mutex::new(Lc { valid_from: 1, next_id: 1, ..Lc::default() }));
         let app = Router::new().fallback(handle).with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = crate::serve_on_loopback(app).await;
         FakeLivechat { addr, state }
     }
 

@@ -79,11 +79,7 @@ impl FakeOpenai {
     pub async fn start(api_key: &str) -> FakeOpenai {
         let log = Arc::new(Mutex::new(Log { tokens_per_answer: 100, ..Log::default() }));
         let app = Router::new().fallback(handle).with_state(St { key: api_key.into(), log: log.clone() });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = crate::serve_on_loopback(app).await;
         FakeOpenai { addr, log }
     }
 

@@ -107,11 +107,7 @@ impl FakeZoho {
     pub async fn start() -> FakeZoho {
         let state: Shared = Arc::new(Mutex::new(Zoho { valid_from: 1, next_id: 1, ..Zoho::default() }));
         let app = Router::new().fallback(handle).with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = crate::serve_on_loopback(app).await;
         FakeZoho { addr, state }
     }
 

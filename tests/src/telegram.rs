@@ -73,11 +73,7 @@ impl FakeTelegram {
         let queued = Arc::new(Notify::new());
         let state = TelegramState { token: bot_token.into(), log: log.clone(), queued: queued.clone() };
         let app = Router::new().route("/file/{*rest}", axum::routing::get(file)).fallback(handle).with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = crate::serve_on_loopback(app).await;
         FakeTelegram { addr, log, queued }
     }
 

@@ -81,7 +81,7 @@ async fn answers_hand_offs_and_what_is_sent() {
         Scripted::tool("handoff", json!({"reason": "the user wants a refund"})),
     ]);
     let reply = brain.answer(&a, &ask("u1", "How long does shipping take?")).await.unwrap();
-    assert_eq!(reply, BrainReply::Answer { text: "Shipping takes 2-4 days.".into() });
+    assert_eq!(reply, BrainReply::Answer { text: "Shipping takes 2-4 days.".into(), buttons: Vec::new() });
     let sent = &fake.requests()[0];
     assert_eq!(sent.authorization.as_deref(), Some(format!("Bearer {KEY}").as_str()));
     assert_eq!(sent.body["model"], "gpt-4o-mini");
@@ -111,7 +111,7 @@ async fn tools_it_does_not_have_are_refused_then_it_gives_up() {
         Scripted::text("I can't check the weather."),
     ]);
     let reply = brain.answer(&a, &ask("u1", "weather?")).await.unwrap();
-    assert_eq!(reply, BrainReply::Answer { text: "I can't check the weather.".into() });
+    assert_eq!(reply, BrainReply::Answer { text: "I can't check the weather.".into(), buttons: Vec::new() });
     // The second request answered the call (the fake refuses a tool message without one).
     let second = &fake.requests()[1];
     assert_eq!(second.status, 200);
@@ -207,7 +207,7 @@ async fn erp_extras_are_tools_only_where_the_erp_offers_them() {
         Scripted::text("You usually order Flour T550."),
     ]);
     let answer = brain.answer(&a, &request).await.unwrap();
-    assert_eq!(answer, BrainReply::Answer { text: "You usually order Flour T550.".into() });
+    assert_eq!(answer, BrainReply::Answer { text: "You usually order Flour T550.".into(), buttons: Vec::new() });
     let sent = fake.requests();
     let names: Vec<&str> =
         sent[0].body["tools"].as_array().unwrap().iter().filter_map(|t| t["function"]["name"].as_str()).collect();
@@ -276,12 +276,13 @@ async fn configured_actions_are_tools_whose_answers_become_session_parameters() 
         .into(),
         timeout_secs: 5,
         retries: 2,
+        sanitize: Vec::new(),
     }];
     let mut request = ask("u1", "do I have open invoices?");
     request.params.insert("phone".into(), "+385911234567".into());
     fake.script([Scripted::tool("lookup_customer", json!({})), Scripted::text("You have 2 open invoices.")]);
     let answer = brain.answer_with_params(&a, &request).await.unwrap();
-    assert_eq!(answer.reply, BrainReply::Answer { text: "You have 2 open invoices.".into() });
+    assert_eq!(answer.reply, BrainReply::Answer { text: "You have 2 open invoices.".into(), buttons: Vec::new() });
     assert_eq!(answer.params.get("customer_id").map(String::as_str), Some("C-9"));
     assert_eq!(answer.params.get("tier").map(String::as_str), Some("gold"));
     // The tool is offered with its inputs; the answer went back to the model.

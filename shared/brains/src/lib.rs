@@ -6,11 +6,15 @@
 //!   fresh install answers its common questions with no API key.
 //! - [`LlmBrain`] (`llm`): any OpenAI-compatible chat-completions model, with the agent's
 //!   knowledge as context, a `handoff` tool and token budgets.
+//! - [`HostedBrain`] (`hosted`): a hosted AI agent speaking seed 003's contract (Zendesk AI
+//!   agents - Advanced); its answers come back through the hub's webhooks.
 
 pub mod faq;
+pub mod hosted;
 pub mod llm;
 
 pub use faq::{FaqBrain, FaqIndex};
+pub use hosted::HostedBrain;
 pub use llm::LlmBrain;
 
 use async_trait::async_trait;
@@ -23,12 +27,13 @@ use std::sync::Arc;
 pub struct Brains {
     pub faq: FaqBrain,
     pub llm: LlmBrain,
+    pub hosted: HostedBrain,
 }
 
 impl Brains {
     /// `http`: the shared outbound client; `kv`: where the LLM's token counters live.
     pub fn new(http: reqwest::Client, kv: Arc<dyn KeyValue>, clock: Arc<dyn Clock>) -> Self {
-        Brains { faq: FaqBrain::new(), llm: LlmBrain::new(http, kv, clock) }
+        Brains { faq: FaqBrain::new(), llm: LlmBrain::new(http.clone(), kv, clock), hosted: HostedBrain::new(http) }
     }
 }
 
@@ -38,6 +43,7 @@ impl Brain for Brains {
         match &agent.brain {
             BrainConfig::Faq { .. } => self.faq.answer(agent, request).await,
             BrainConfig::Llm(_) => self.llm.answer(agent, request).await,
+            BrainConfig::Hosted(_) => self.hosted.answer(agent, request).await,
         }
     }
 
@@ -45,6 +51,7 @@ impl Brain for Brains {
         match &agent.brain {
             BrainConfig::Faq { .. } => self.faq.answer_with_params(agent, request).await,
             BrainConfig::Llm(_) => self.llm.answer_with_params(agent, request).await,
+            BrainConfig::Hosted(_) => self.hosted.answer_with_params(agent, request).await,
         }
     }
 }

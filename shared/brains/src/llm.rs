@@ -32,8 +32,6 @@
 use crate::faq::FaqBrain;
 use async_trait::async_trait;
 use baton_connectors::erp::{CommitOutcome, ErpClient};
-use baton_connectors::outbound::Poster;
-use baton_connectors::standard_webhooks::SigningSecret;
 use baton_core::agent::{ActionConfig, Agent, BrainConfig, ErpExtra, FaqEntry, LlmConfig};
 use baton_core::event::BrainReply;
 use baton_core::model::{Millis, Role};
@@ -405,7 +403,7 @@ impl LlmBrain {
             self.count(&conversation_counter(request), tokens, now, CONVERSATION_COUNTER_MS).await;
             self.count(&daily_counter(&agent.id, now), tokens, now, 2 * DAY_MS).await;
             match step(&answer)? {
-                Step::Say(text) => return Ok(BrainReply::Answer { text }),
+                Step::Say(text) => return Ok(BrainReply::Answer { text, buttons: Vec::new() }),
                 Step::Nothing => return Ok(BrainReply::Unknown { text: None }),
                 Step::Calls { assistant, content, calls } => {
                     if let Some(handoff) = calls.iter().find(|c| c.name == "handoff") {
@@ -555,10 +553,8 @@ impl LlmBrain {
 }
 
 impl LlmBrain {
-    /// POST `{"action", "conversation", "inputs"}` to the action's URL (signed when it has a
-    /// secret; `webhook-id` stable for the same inputs, so a retry is recognisable), retrying
-    /// 429/5xx/timeouts; the answer's `outputs` become session parameters. What the model gets
-    /// back is the answer, or the error.
+    /// Run an action (see [`crate::actions`]) with inputs from the model or the session; its
+    /// outputs become session parameters. What the model gets back is the answer, or the error.
     async fn run_action(
         &self,
         action: &ActionConfig,
@@ -575,51 +571,18 @@ impl LlmBrain {
                 None => return json!({"error": format!("{key} is not known yet: ask the user for it")}),
             };
         }
-        let secret = match action.signing_secret.as_ref().map(|s| SigningSecret::parse(s.expose())) {
-            Some(Ok(s)) => Some(s),
-            Some(Err(e)) => return json!({"error": format!("action {} is misconfigured: {e}", action.name)}),
-            None => None,
-        };
-        let inputs = Value::Object(inputs);
-        let body = json!({"action": action.name, "conversation": request.conversation.to_string(), "inputs": inputs});
-        let msg_id = format!("msg_{}", write_key(&action.name, request, &inputs));
-        let timeout = Duration::from_secs(action.timeout_secs.clamp(1, 20));
-        let poster = Poster::from_client(self.http.clone(), timeout);
-        let mut last = String::new();
-        for attempt in 0..=action.retries.min(3) {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-            }
-            let reply = match poster.post_json(&action.url, &body, &msg_id, secret.as_ref(), None).await {
-                Ok(r) => r,
-                Err(e) => {
-                    last = e.to_string();
-                    continue;
+        match baton_connectors::actions::call(&self.http, action, &request.conversation, Value::Object(inputs)).await {
+            Ok(result) => {
+                learned.extend(result.outputs);
+                // The model gets the answer, bounded.
+                let text = result.answer.to_string();
+                if text.len() > MAX_ACTION_ANSWER_CHARS {
+                    return json!({"answer_cut_to_fit": text.chars().take(MAX_ACTION_ANSWER_CHARS).collect::<String>()});
                 }
-            };
-            if reply.status == 429 || reply.status >= 500 {
-                last = format!("the action answered HTTP {}", reply.status);
-                continue;
+                result.answer
             }
-            if !(200..300).contains(&reply.status) {
-                return json!({"error": format!("the action answered HTTP {}", reply.status)});
-            }
-            let answer: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
-            for (param, pointer) in &action.outputs {
-                match answer.pointer(pointer) {
-                    Some(Value::String(v)) => learned.insert(param.clone(), v.clone()),
-                    Some(Value::Null) | None => None,
-                    Some(other) => learned.insert(param.clone(), other.to_string()),
-                };
-            }
-            // The model gets the answer, bounded.
-            let text = answer.to_string();
-            if text.len() > MAX_ACTION_ANSWER_CHARS {
-                return json!({"answer_cut_to_fit": text.chars().take(MAX_ACTION_ANSWER_CHARS).collect::<String>()});
-            }
-            return answer;
+            Err(e) => json!({"error": e}),
         }
-        json!({"error": format!("the action did not answer: {last}")})
     }
 }
 
@@ -632,7 +595,7 @@ impl Brain for LlmBrain {
     async fn answer_with_params(&self, agent: &Agent, request: &BrainRequest) -> Result<BrainAnswer, DeliveryError> {
         match &agent.brain {
             BrainConfig::Llm(cfg) => self.reply(agent, cfg, request).await,
-            BrainConfig::Faq { .. } => {
+            BrainConfig::Faq { .. } | BrainConfig::Hosted(_) => {
                 Err(DeliveryError::permanent(format!("agent {} does not use an LLM brain", agent.id)))
             }
         }

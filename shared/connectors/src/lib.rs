@@ -3,12 +3,16 @@
 //! (`Desk`, `ChannelSender`); everything wire-specific lives here so it can be tested over
 //! real HTTP without the runtime.
 
+/// The action framework's HTTP call (LLM tools, hosted agents' action triggers).
+pub mod actions;
 /// The Agent API (seed 003): `/converse/chat` requests and the converse webhook we push.
 pub mod agent_api;
 /// The e-mail fallback: SMTP, or `.eml` files for local use.
 pub mod email;
 /// The ERP preset: the REST middleware of docs/erp-openapi.yaml, with two-phase commits.
 pub mod erp;
+/// A hosted AI agent (Zendesk AI agents - Advanced) as the brain: its converse endpoint and webhooks.
+pub mod hosted_agent;
 /// Intercom: webhook signature and notifications, the REST API (bot replies, contacts, conversations) and the Intercom desk.
 pub mod intercom;
 /// LINE Messaging API: webhook signature and events, reply and push messages.

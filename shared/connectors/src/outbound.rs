@@ -59,22 +59,49 @@ impl Poster {
         secret: Option<&SigningSecret>,
         basic: Option<(&str, Option<&str>)>,
     ) -> Result<Reply, DeliveryError> {
+        self.send(url, body, |req, bytes| {
+            let mut req = req.header(HEADER_ID, msg_id);
+            if let Some(secret) = secret {
+                let ts = now_ms() / 1000;
+                req = req
+                    .header(HEADER_TIMESTAMP, ts.to_string())
+                    .header(HEADER_SIGNATURE, secret.sign(msg_id, ts, bytes));
+            }
+            if let Some((user, password)) = basic {
+                req = req.basic_auth(user, password);
+            }
+            req
+        })
+        .await
+    }
+
+    /// POST `body` as JSON with the given extra headers (credentials of APIs that are not
+    /// Standard Webhooks receivers); only transport failures are errors here.
+    pub async fn post_json_with_headers(
+        &self,
+        url: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, DeliveryError> {
+        self.send(url, body, |mut req, _| {
+            for (name, value) in headers {
+                req = req.header(*name, *value);
+            }
+            req
+        })
+        .await
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        body: &Value,
+        decorate: impl FnOnce(reqwest::RequestBuilder, &[u8]) -> reqwest::RequestBuilder,
+    ) -> Result<Reply, DeliveryError> {
         let what = format!("POST {}", redact_url(url));
         let bytes = serde_json::to_vec(body).map_err(|e| DeliveryError::permanent(format!("{what}: {e}")))?;
-        let mut req = self
-            .client
-            .post(url)
-            .timeout(self.timeout)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(HEADER_ID, msg_id);
-        if let Some(secret) = secret {
-            let ts = now_ms() / 1000;
-            req =
-                req.header(HEADER_TIMESTAMP, ts.to_string()).header(HEADER_SIGNATURE, secret.sign(msg_id, ts, &bytes));
-        }
-        if let Some((user, password)) = basic {
-            req = req.basic_auth(user, password);
-        }
+        let req = self.client.post(url).timeout(self.timeout).header(reqwest::header::CONTENT_TYPE, "application/json");
+        let req = decorate(req, &bytes);
         let resp = req.body(bytes).send().await.map_err(|e| transport_error(&what, self.timeout, e))?;
         let status = resp.status().as_u16();
         let retry_after =

@@ -134,6 +134,9 @@ pub struct ActionConfig {
     /// Session parameter -> JSON pointer into the answer (`/customer/id`).
     #[serde(default)]
     pub outputs: std::collections::BTreeMap<String, String>,
+    /// Outputs that are personal data: masked wherever humans see the parameters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sanitize: Vec<String>,
     /// Per attempt, 1-20 s.
     #[serde(default = "default_action_timeout")]
     pub timeout_secs: u64,
@@ -408,6 +411,38 @@ pub enum BrainConfig {
     },
     /// A model behind any OpenAI-compatible chat-completions endpoint, with a `handoff` tool.
     Llm(Box<LlmConfig>),
+    /// A hosted AI agent speaking seed 003's contract (Zendesk AI agents - Advanced): each user
+    /// message goes to its converse endpoint; its answers, escalations, team-status questions
+    /// and action triggers come back to the hub's webhooks.
+    Hosted(HostedAgentConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostedAgentConfig {
+    /// The Chat API base (`https://api.ultimate.ai`); the hub POSTs `{base_url}/converse/chat`.
+    #[serde(default = "default_hosted_api")]
+    pub base_url: String,
+    /// The hosted agent's bot id (the `botid` header).
+    pub bot_id: String,
+    /// Its access token (the `Authorization` header).
+    pub api_key: Secret,
+    /// A random string of at least 24 characters, part of the webhook URLs given to the hosted
+    /// agent (`/brains/hosted/{agent}/{webhook_secret}/converse` and `.../actions`): the
+    /// contract documents no signature for its webhooks, so the URL is what proves them.
+    pub webhook_secret: Secret,
+    /// Per request to the converse endpoint, 1-20 s.
+    #[serde(default = "default_action_timeout")]
+    pub timeout_secs: u64,
+}
+
+pub fn default_hosted_api() -> String {
+    "https://api.ultimate.ai".into()
+}
+
+/// Whether `s` can be the path segment of a hosted agent's webhook URLs.
+pub fn valid_webhook_secret(s: &str) -> bool {
+    (24..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn default_min_score() -> f64 {
@@ -641,6 +676,25 @@ pub fn is_ssm_reference(s: &Secret) -> bool {
 }
 
 impl Agent {
+    /// Which of `params` the agent's actions mark as personal data.
+    pub fn sanitized_outputs<'a>(
+        &self,
+        params: impl IntoIterator<Item = &'a String>,
+    ) -> std::collections::BTreeSet<String> {
+        params.into_iter().filter(|p| self.actions.iter().any(|a| a.sanitize.contains(p))).cloned().collect()
+    }
+
+    /// Whether a human could take a handoff now: a desk is configured and not known to be
+    /// down, and the service hours are open.
+    pub fn humans_available(
+        &self,
+        now: crate::model::Millis,
+        desk_status: Option<crate::model::ServiceStatus>,
+    ) -> bool {
+        let open = self.hours.as_ref().and_then(|h| h.compile().ok()).is_none_or(|s| s.is_open(now));
+        !matches!(self.desk, DeskConfig::None) && desk_status != Some(crate::model::ServiceStatus::Unavailable) && open
+    }
+
     /// Every secret of the agent's configuration, with the field it sits in.
     pub fn secrets_mut(&mut self) -> Vec<(&'static str, &mut Secret)> {
         let mut out: Vec<(&'static str, &mut Secret)> = Vec::new();
@@ -673,9 +727,16 @@ impl Agent {
         if let Some(api) = &mut self.api {
             out.extend(api.signing_secret.as_mut().map(|s| ("api.signing_secret", s)));
         }
-        if let BrainConfig::Llm(l) = &mut self.brain {
-            out.push(("brain.api_key", &mut l.api_key));
-            out.extend(l.erp.as_mut().map(|e| ("brain.erp.api_key", &mut e.api_key)));
+        match &mut self.brain {
+            BrainConfig::Llm(l) => {
+                out.push(("brain.api_key", &mut l.api_key));
+                out.extend(l.erp.as_mut().map(|e| ("brain.erp.api_key", &mut e.api_key)));
+            }
+            BrainConfig::Hosted(h) => {
+                out.push(("brain.api_key", &mut h.api_key));
+                out.push(("brain.webhook_secret", &mut h.webhook_secret));
+            }
+            BrainConfig::Faq { .. } => {}
         }
         if let Some(w) = &mut self.channels.whatsapp {
             out.push(("channels.whatsapp.access_token", &mut w.access_token));
@@ -766,6 +827,22 @@ impl Agent {
                 }
                 ("brain.knowledge", &l.knowledge)
             }
+            BrainConfig::Hosted(h) => {
+                url_field(&mut bad, "brain.base_url", &h.base_url);
+                if h.bot_id.trim().is_empty() || h.bot_id.len() > 64 {
+                    bad("brain.bot_id", "must be 1-64 characters".into());
+                }
+                if !is_ssm_reference(&h.webhook_secret) && !valid_webhook_secret(h.webhook_secret.expose()) {
+                    bad(
+                        "brain.webhook_secret",
+                        "must be 24-128 characters of A-Z, a-z, 0-9, - or _ (it is part of a URL)".into(),
+                    );
+                }
+                if h.timeout_secs == 0 || h.timeout_secs > 20 {
+                    bad("brain.timeout_secs", format!("must be between 1 and 20 seconds, got {}", h.timeout_secs));
+                }
+                ("brain.faq", &Vec::new())
+            }
         };
         for (i, e) in entries.iter().enumerate() {
             if e.question.trim().is_empty() {
@@ -799,6 +876,11 @@ impl Agent {
                         &at(&format!("outputs.{param}")),
                         format!("must be a JSON pointer like /customer/id, got {pointer:?}"),
                     );
+                }
+            }
+            for (j, s) in a.sanitize.iter().enumerate() {
+                if !a.outputs.contains_key(s) {
+                    bad(&at(&format!("sanitize[{j}]")), format!("{s:?} is not one of the action's outputs"));
                 }
             }
             if a.timeout_secs == 0 || a.timeout_secs > 20 {
@@ -1064,6 +1146,7 @@ mod tests {
             outputs: [("customer_id".to_string(), "/customer/id".to_string())].into(),
             timeout_secs: 10,
             retries: 2,
+            sanitize: Vec::new(),
         };
         a.actions = vec![action("lookup_customer")];
         assert!(a.validate().is_empty(), "{:?}", a.validate());

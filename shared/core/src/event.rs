@@ -121,7 +121,12 @@ pub struct ReplyHandle {
 pub enum BrainReply {
     Answer {
         text: String,
+        /// Choices offered with the answer (a hosted agent's buttons).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        buttons: Vec<crate::model::Button>,
     },
+    /// The brain answers later, through its own webhooks (a hosted agent): nothing to say now.
+    Deferred,
     /// The brain does not know; `text` is its own way of saying so, if any.
     Unknown {
         #[serde(default, skip_serializing_if = "Option::is_none")]

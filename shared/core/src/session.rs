@@ -337,10 +337,12 @@ impl Machine<'_> {
             }
             (State::Bot, EventKind::BrainReplied { reply }) => {
                 match reply {
-                    BrainReply::Answer { text } => {
+                    BrainReply::Answer { text, buttons } => {
                         self.s.unanswered = 0;
-                        self.say_as(Role::Bot, text.clone());
+                        self.s.push_turn(Role::Bot, text, self.now);
+                        self.send(OutMessage { buttons: buttons.clone(), ..OutMessage::new(Role::Bot, text.clone()) });
                     }
+                    BrainReply::Deferred => {}
                     BrainReply::Unknown { text } => {
                         self.s.unanswered += 1;
                         let limit = self.agent.policy.max_unanswered;

@@ -82,7 +82,7 @@ fn user(text: &str) -> EventKind {
 }
 
 fn answer(text: &str) -> EventKind {
-    EventKind::BrainReplied { reply: BrainReply::Answer { text: text.into() } }
+    EventKind::BrainReplied { reply: BrainReply::Answer { text: text.into(), buttons: Vec::new() } }
 }
 
 fn unknown() -> EventKind {
@@ -1546,4 +1546,18 @@ fn api_escalation_to_the_caller_carries_the_transfer_target_and_respects_hours()
     other.agent.hours = None;
     let fx = other.apply(EventKind::HandoffRequested { reason: "x".into() });
     assert!(fx.iter().all(|e| !matches!(e, Effect::SendToUser { message, .. } if message.escalation.is_some())));
+}
+
+#[test]
+fn email_and_language_parameters_drive_the_session() {
+    let mut sim = Sim::with_agent(Channel::Api, api_agent(Default::default()));
+    sim.apply(set_params(&[("email", "ana@example.com"), ("language", "de")], &[]));
+    sim.apply(set_params(&[("email", "not an address"), ("language", "xx")], &[]));
+    assert_eq!(sim.session.email.as_deref(), Some("ana@example.com"), "an invalid value changes nothing");
+    assert_eq!(sim.session.language.as_deref(), Some("de"));
+    let fx = sim.apply(EventKind::HandoffRequested { reason: "asked".into() });
+    assert_eq!(open_desk(&fx).email, "ana@example.com");
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::SendToUser { message, .. } if message.text == de(MessageKey::Waiting))));
 }

@@ -66,7 +66,7 @@ const ALL_KEYS: [MessageKey; 18] = [
 
 fn brain_reply(i: usize) -> BrainReply {
     match i % 5 {
-        0 => BrainReply::Answer { text: "We open at 9.".into() },
+        0 => BrainReply::Answer { text: "We open at 9.".into(), buttons: Vec::new() },
         1 => BrainReply::Unknown { text: None },
         2 => BrainReply::Unknown { text: Some("Hmm, no idea.".into()) },
         3 => BrainReply::Handoff { reason: "the brain decided".into(), text: None },

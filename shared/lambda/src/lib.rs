@@ -66,6 +66,8 @@ pub struct Aws {
     pub intercom: baton_connectors::intercom::IntercomClient,
     pub livechat: baton_connectors::livechat::LivechatClient,
     pub media: baton_runtime::media::MediaFetcher,
+    /// The outbound client every connector shares.
+    pub http: baton_connectors::outbound::HttpClient,
     pub store: Arc<DynamoStore>,
     pub events: Arc<SqsEventQueue>,
     pub timers: Arc<SqsTimers>,
@@ -105,6 +107,7 @@ pub fn wire(
         intercom: connectors.intercom.clone(),
         livechat: connectors.livechat.clone(),
         media: connectors.media.clone(),
+        http: connectors.http.clone(),
         store,
         events,
         timers,
@@ -142,6 +145,7 @@ pub fn http_router(aws: &Aws, routes: Routes) -> axum::Router {
             ),
             fetcher: aws.media.clone(),
         }),
+        http: aws.http.clone(),
     };
     baton_runtime::http::router_for(state, routes).layer(axum::middleware::map_request(source_ip))
 }

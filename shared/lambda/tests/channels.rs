@@ -228,3 +228,57 @@ async fn a_livechat_chat_is_answered_by_the_bot_with_its_token_cached_in_the_tab
     fake.wait_for(Lc::AgentEvent, 2, Duration::from_secs(10)).await;
     assert_eq!(fake.requests_of(Lc::IssueBotToken).len(), 1, "the bot token was cached in the table");
 }
+
+/// The agent-api function: a converse call queued, the worker's answer pushed to the
+/// integration (signed with a secret from SSM), and the synchronous mode reading the answer
+/// from the DynamoDB message log under the same messageId.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_api_conversation_is_answered_by_webhook_and_synchronously() {
+    use baton_lambda::{http_router, Routes};
+    let integration = baton_tests::integration::FakeIntegration::start(Some(common::SECRET)).await;
+    let parameter = format!("/baton/{}/api-secret", baton_tests::moto::unique_name("api"));
+    put_parameter(&parameter, common::SECRET).await;
+    let url = integration.url();
+    let p = parameter.clone();
+    let hub = hub(move |a| {
+        a.api = Some(baton_core::agent::ApiConfig {
+            converse_url: Some(url),
+            signing_secret: Some(Secret(format!("ssm:{p}"))),
+            ..Default::default()
+        });
+    })
+    .await;
+    let api = http_router(&hub.aws, Routes::AgentApi);
+    let converse = |text: &str| {
+        ApiRequest::new("POST", "/converse/chat")
+            .header("botid", "shop")
+            .header("authorization", &hub.token)
+            .json(&serde_json::json!({"platformConversationId": "ivr-1", "eventType": "message", "text": text}))
+    };
+    let wrong = ApiRequest::new("POST", "/converse/chat").header("botid", "shop").header("authorization", "bat_x");
+    assert_eq!(wrong.json(&serde_json::json!({})).send(&api).await.status, 401);
+
+    let r = converse("How long does shipping take?").send(&api).await;
+    assert_eq!((r.status, &r.body), (200, &serde_json::Value::Null), "{r:?}");
+    run_worker(&hub).await;
+    let pushed = integration.wait_for("ivr-1", 1).await;
+    assert_eq!(pushed[0]["text"], SHIPPING);
+    assert_eq!(integration.bad_signatures(), 0);
+
+    // Synchronous: the function waits while the worker (another function) answers.
+    let request = converse("How long does shipping take?").header("prefer", "wait=20");
+    let worker = async {
+        loop {
+            run_worker(&hub).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let reply = tokio::select! {
+        reply = request.send(&api) => reply,
+        never = worker => never,
+    };
+    assert_eq!(reply.body["complete"], true, "{reply:?}");
+    assert_eq!(reply.body["messages"][0]["text"], SHIPPING);
+    let pushed = integration.wait_for("ivr-1", 2).await;
+    assert_eq!(reply.body["messages"][0]["messageId"], pushed[1]["messageId"]);
+}

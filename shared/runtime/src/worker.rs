@@ -227,7 +227,10 @@ async fn run_effect(
                     format!("{result_event_id}:params"),
                     key.clone(),
                     now,
-                    EventKind::ParamsSet { params: answer.params, sanitize: Default::default() },
+                    EventKind::ParamsSet {
+                        sanitize: agent.sanitized_outputs(answer.params.keys()),
+                        params: answer.params,
+                    },
                 );
                 let events = vec![learned, Event::new(result_event_id, key.clone(), now, reply)];
                 ports.queue.enqueue(events).await.map_err(|e| DeliveryError::retryable(e.to_string()))?;

@@ -55,7 +55,7 @@ impl FaqBrain {
         match index.search(question) {
             // `get`: a fingerprint collision must not become an out-of-bounds panic.
             Some((i, score)) if score >= min_score => match faq.get(i) {
-                Some(entry) => BrainReply::Answer { text: entry.answer.clone() },
+                Some(entry) => BrainReply::Answer { text: entry.answer.clone(), buttons: Vec::new() },
                 None => BrainReply::Unknown { text: None },
             },
             _ => BrainReply::Unknown { text: None },
@@ -68,7 +68,7 @@ impl Brain for FaqBrain {
     async fn answer(&self, agent: &Agent, request: &BrainRequest) -> Result<BrainReply, DeliveryError> {
         match &agent.brain {
             BrainConfig::Faq { faq, min_score } => Ok(self.reply(&agent.id, faq, *min_score, &request.question)),
-            BrainConfig::Llm(_) => {
+            BrainConfig::Llm(_) | BrainConfig::Hosted(_) => {
                 Err(DeliveryError::permanent(format!("agent {} does not use the FAQ brain", agent.id)))
             }
         }
@@ -126,7 +126,7 @@ mod tests {
     }
 
     fn answer(text: &str) -> BrainReply {
-        BrainReply::Answer { text: text.into() }
+        BrainReply::Answer { text: text.into(), buttons: Vec::new() }
     }
 
     const UNKNOWN: BrainReply = BrainReply::Unknown { text: None };

@@ -161,7 +161,8 @@ async fn last_seq(st: &AppState, key: &ConversationKey) -> Result<i64, ApiError>
 
 /// Wait until the request's event is applied and its answers are out, or the deadline.
 /// Answered means: the event is applied, nothing of the conversation is pending, and the
-/// bot is not still thinking about the user's last message (a question without an answer).
+/// bot is not still thinking about the user's last message (a question without an answer,
+/// whose reply event is on its way while the outbox is empty).
 async fn wait_for_answers(
     st: &AppState,
     key: &ConversationKey,
@@ -173,8 +174,9 @@ async fn wait_for_answers(
     let mut live = st.live.subscribe();
     let conversation = key.to_string();
     loop {
-        let messages = st.log.after(key, after, 100).await?;
-        if st.ports.store.is_seen(event_id).await? && st.ports.store.pending_effects(key).await?.is_empty() {
+        // In this order: the event applied, then the session (so it is the session after
+        // the event), then the outbox (so effects the session names are counted), then the log.
+        if st.ports.store.is_seen(event_id).await? {
             let thinking = match st.ports.store.load_session(key).await? {
                 Some(v) => {
                     matches!(v.session.state, SessionState::Bot)
@@ -182,13 +184,15 @@ async fn wait_for_answers(
                 }
                 None => false,
             };
-            if !(thinking && messages.is_empty()) {
-                // Answers logged between the checks above are read again.
-                return Ok((st.log.after(key, after, 100).await?, true));
+            if st.ports.store.pending_effects(key).await?.is_empty() {
+                let messages = st.log.after(key, after, 100).await?;
+                if !(thinking && messages.is_empty()) {
+                    return Ok((messages, true));
+                }
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            return Ok((messages, false));
+            return Ok((st.log.after(key, after, 100).await?, false));
         }
         let nap = WAIT_POLL.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
         // A message for this conversation ends the nap early (in `baton serve`).

@@ -5,6 +5,7 @@ pub mod agent_api;
 pub mod channels;
 pub mod desk;
 mod desk_events;
+pub mod hosted;
 pub mod intercom;
 pub mod livechat;
 pub mod media;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub livechat: baton_connectors::livechat::LivechatClient,
     /// Signs the links in placeholders for files users send, and serves them.
     pub media: Arc<crate::media::MediaFiles>,
+    /// The shared outbound client (action triggers of hosted agents are answered inline).
+    pub http: baton_connectors::outbound::HttpClient,
 }
 
 /// Request rate limits of the public routes.
@@ -101,7 +104,7 @@ pub enum Routes {
     Desk,
     /// Channel webhooks: Telegram, LINE and WhatsApp, and the media links they hand out.
     Channels,
-    /// The Agent API (`/converse/chat`).
+    /// The Agent API (`/converse/chat`) and the webhooks of hosted agents used as brains.
     AgentApi,
 }
 
@@ -119,7 +122,7 @@ pub fn router_for(state: AppState, routes: Routes) -> Router {
         r = r.merge(desk::routes()).merge(salesiq::routes()).merge(intercom::routes()).merge(livechat::routes());
     }
     if matches!(routes, Routes::All | Routes::AgentApi) {
-        r = r.merge(agent_api::routes());
+        r = r.merge(agent_api::routes()).merge(hosted::routes());
     }
     if matches!(routes, Routes::All | Routes::Channels) {
         r = r.merge(channels::routes()).merge(media::routes());
