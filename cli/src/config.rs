@@ -261,6 +261,6 @@ mod example_file {
         let agents = super::parse("example.toml", &toml, &env).unwrap();
         assert!(matches!(agents[0].brain, baton_core::agent::BrainConfig::Hosted(_)));
         let api = agents[0].api.as_ref().unwrap();
-        assert!(matches!(api.escalation, baton_core::agent::ApiEscalation::Caller { transfer_to: Some(_) }));
+        assert!(matches!(api.escalation, baton_core::agent::ApiEscalation::Caller { transfer_to: Some(_), .. }));
     }
 }

@@ -302,7 +302,10 @@ async fn a_handoff_goes_to_the_desk_with_masked_personal_data_and_the_human_answ
 
 #[tokio::test]
 async fn an_escalation_to_the_caller_carries_the_transfer_target() {
-    let api = api_hub(|c| c.escalation = ApiEscalation::Caller { transfer_to: Some("+4930123456".into()) }).await;
+    let api = api_hub(|c| {
+        c.escalation = ApiEscalation::Caller { transfer_to: Some("+4930123456".into()), ask_team_online: false }
+    })
+    .await;
     let body: Value = api
         .converse_with(message("call-1", "I want to talk to a human"), &[("prefer", "wait=10")])
         .await
@@ -389,4 +392,52 @@ async fn the_console_shows_the_session_parameters_masked() {
     assert_eq!(params["phone"], "[redacted]", "{shown}");
     assert!(!shown.to_string().contains("+385911234567"));
     running.stop().await;
+}
+
+#[tokio::test]
+async fn the_integration_is_asked_whether_its_team_is_online_before_an_escalation() {
+    let api = api_hub(|c| {
+        c.escalation = ApiEscalation::Caller { transfer_to: Some("queue:billing".into()), ask_team_online: true }
+    })
+    .await;
+    api.hub
+        .running
+        .ports
+        .store
+        .put_agent(&{
+            let mut a = api.hub.running.ports.store.get_agent("shop").await.unwrap().unwrap();
+            a.fallback = baton_core::agent::FallbackConfig::Ticket {
+                url: format!("{}/tickets", api.hub.desk.url()),
+                signing_secret: Some(Secret(SECRET.into())),
+            };
+            a
+        })
+        .await
+        .unwrap();
+
+    api.integration.set_team_online(true);
+    let body: Value = api
+        .converse_with(message("t-1", "I want to talk to a human"), &[("prefer", "wait=10")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let events = api.integration.events_for("t-1");
+    assert_eq!(events[0]["eventType"], "isTeamOnline", "{events:?}");
+    assert_eq!(body["messages"][0]["eventType"], "escalate", "{body}");
+    assert_eq!(body["messages"][0]["escalateTo"], "queue:billing");
+
+    // Nobody online: the unavailable answer, and the request goes to the fallback.
+    api.integration.set_team_online(false);
+    let body: Value = api
+        .converse_with(message("t-2", "I want to talk to a human"), &[("prefer", "wait=10")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let kinds: Vec<&str> =
+        body["messages"].as_array().unwrap().iter().map(|m| m["eventType"].as_str().unwrap()).collect();
+    assert!(!kinds.contains(&"escalate"), "{body}");
+    let ticket = api.hub.desk.first_to("/tickets").await;
+    assert!(ticket.body["data"]["reason"].as_str().unwrap().contains("nobody is online"), "{}", ticket.body);
 }

@@ -64,6 +64,7 @@ async fn setup(key: &str) -> (common::Hub, FakeHostedAgent, Arc<Mutex<Vec<Value>
             timeout_secs: 5,
             retries: 1,
             sanitize: vec!["customer_id".into()],
+            format: Default::default(),
         }];
     })
     .await;

@@ -42,6 +42,8 @@ struct Log {
     bad_signatures: usize,
     /// Answer these statuses, one per request, before accepting again.
     fail_with: Vec<u16>,
+    /// The answer to `isTeamOnline`.
+    team_online: bool,
 }
 
 #[derive(Clone)]
@@ -102,38 +104,54 @@ impl FakeIntegration {
         self.log.lock().unwrap().bad_signatures
     }
 
+    /// What `isTeamOnline` is answered.
+    pub fn set_team_online(&self, online: bool) {
+        self.log.lock().unwrap().team_online = online;
+    }
+
     /// Answer the next requests with these statuses.
     pub fn fail_with(&self, statuses: &[u16]) {
         self.log.lock().unwrap().fail_with = statuses.to_vec();
     }
 }
 
-async fn handle(State(st): State<St>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn handle(State(st): State<St>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (status, online) = accept(&st, &headers, &body);
+    match online {
+        Some(online) => (status, axum::Json(serde_json::json!({"isOnline": online}))).into_response(),
+        None => status.into_response(),
+    }
+}
+
+/// The status to answer, and for an accepted `isTeamOnline` the answer.
+fn accept(st: &St, headers: &HeaderMap, body: &Bytes) -> (StatusCode, Option<bool>) {
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let (id, ts, sigs) = (h("webhook-id"), h("webhook-timestamp"), h("webhook-signature"));
     if let Some(secret) = &st.secret {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
         let fresh = ts.parse::<i64>().is_ok_and(|t| (now - t).abs() <= 300);
-        let expected = spec_signature(secret, &id, &ts, &body);
+        let expected = spec_signature(secret, &id, &ts, body);
         if id.is_empty() || !fresh || !sigs.split(' ').any(|s| s == expected) {
             st.log.lock().unwrap().bad_signatures += 1;
-            return StatusCode::UNAUTHORIZED;
+            return (StatusCode::UNAUTHORIZED, None);
         }
     }
     let mut log = st.log.lock().unwrap();
     if !log.fail_with.is_empty() {
         let status = log.fail_with.remove(0);
-        return StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return (StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), None);
     }
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return StatusCode::BAD_REQUEST;
+    let Ok(body) = serde_json::from_slice::<Value>(body) else {
+        return (StatusCode::BAD_REQUEST, None);
     };
+    let online = (body["data"]["eventType"] == "isTeamOnline").then_some(log.team_online);
     if log.deliveries.iter().any(|d| d.webhook_id == id) {
         log.duplicates += 1;
-        return StatusCode::OK;
+        return (StatusCode::OK, online);
     }
     log.deliveries.push(Delivery { webhook_id: id, body });
-    StatusCode::OK
+    (StatusCode::OK, online)
 }
 
 #[cfg(test)]

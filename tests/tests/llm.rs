@@ -277,6 +277,7 @@ async fn configured_actions_are_tools_whose_answers_become_session_parameters() 
         timeout_secs: 5,
         retries: 2,
         sanitize: Vec::new(),
+        format: Default::default(),
     }];
     let mut request = ask("u1", "do I have open invoices?");
     request.params.insert("phone".into(), "+385911234567".into());

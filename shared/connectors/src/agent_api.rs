@@ -261,6 +261,35 @@ impl ConverseWebhook {
         message: &OutMessage,
         message_id: &str,
     ) -> Result<(), DeliveryError> {
+        let body = converse_body(&agent.id, conversation_id, message, message_id);
+        self.post(agent, url, &body, message_id).await.map(|_| ())
+    }
+
+    /// Ask `isTeamOnline`; the integration answers `{"isOnline": bool}` (anything else is
+    /// an error, retried like a delivery).
+    pub async fn team_online(
+        &self,
+        agent: &Agent,
+        url: &str,
+        conversation_id: &str,
+        message_id: &str,
+    ) -> Result<bool, DeliveryError> {
+        let data = json!({"platformConversationId": conversation_id, "eventType": "isTeamOnline"});
+        let body = json!({"botId": agent.id, "channel": "chat", "data": data});
+        let reply = self.post(agent, url, &body, message_id).await?;
+        serde_json::from_slice::<Value>(&reply)
+            .ok()
+            .and_then(|v| v.get("isOnline").and_then(Value::as_bool))
+            .ok_or_else(|| {
+                DeliveryError::retryable(format!(
+                    "POST {}: the answer has no isOnline",
+                    crate::outbound::redact_url(url)
+                ))
+            })
+    }
+
+    /// A signed POST; the body of a 2xx answer.
+    async fn post(&self, agent: &Agent, url: &str, body: &Value, message_id: &str) -> Result<Vec<u8>, DeliveryError> {
         let secret = match agent.api.as_ref().and_then(|a| a.signing_secret.as_ref()) {
             Some(s) => Some(
                 SigningSecret::parse(s.expose())
@@ -268,10 +297,9 @@ impl ConverseWebhook {
             ),
             None => None,
         };
-        let body = converse_body(&agent.id, conversation_id, message, message_id);
-        let reply = self.poster.post_json(url, &body, message_id, secret.as_ref(), None).await?;
+        let reply = self.poster.post_json(url, body, message_id, secret.as_ref(), None).await?;
         if (200..300).contains(&reply.status) {
-            Ok(())
+            Ok(reply.body)
         } else {
             Err(status_error(&reply, ""))
         }

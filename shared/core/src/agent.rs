@@ -112,6 +112,10 @@ pub enum ApiEscalation {
     Caller {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         transfer_to: Option<String>,
+        /// Ask the integration first (`isTeamOnline`, answered `{"isOnline": bool}`); when
+        /// nobody is online the user gets the unavailable answer and the fallback runs.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        ask_team_online: bool,
     },
 }
 
@@ -137,12 +141,35 @@ pub struct ActionConfig {
     /// Outputs that are personal data: masked wherever humans see the parameters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sanitize: Vec<String>,
+    /// The wire format of the call.
+    #[serde(default, skip_serializing_if = "ActionFormat::is_baton")]
+    pub format: ActionFormat,
     /// Per attempt, 1-20 s.
     #[serde(default = "default_action_timeout")]
     pub timeout_secs: u64,
     /// Further attempts on 429, 5xx and timeouts, 0-3.
     #[serde(default = "default_action_retries")]
     pub retries: u32,
+}
+
+/// How an action is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionFormat {
+    /// `{"action", "conversation", "inputs": {..}}`; `outputs` pick values from the answer.
+    #[default]
+    Baton,
+    /// The actions webhook of seed 003's contract (Zendesk AI agents - Advanced), so an
+    /// integration built for it serves the hub's actions: `{"botId", "platformConversationId",
+    /// "name", "data": [{"key", "value": [v]}]}` answered `{"results": [{"key", "value",
+    /// "sanitize"?}]}`; every result becomes a session parameter.
+    Contract,
+}
+
+impl ActionFormat {
+    fn is_baton(&self) -> bool {
+        *self == ActionFormat::Baton
+    }
 }
 
 fn default_action_timeout() -> u64 {
@@ -903,7 +930,7 @@ impl Agent {
                     format!("must be between 60 and 604800 seconds, got {}", api.session_expiry_secs),
                 );
             }
-            if let ApiEscalation::Caller { transfer_to: Some(t) } = &api.escalation {
+            if let ApiEscalation::Caller { transfer_to: Some(t), .. } = &api.escalation {
                 if t.trim().is_empty() || t.len() > 200 {
                     bad("api.escalation.transfer_to", "must be 1-200 characters (a phone number or queue)".into());
                 }
@@ -1147,6 +1174,7 @@ mod tests {
             timeout_secs: 10,
             retries: 2,
             sanitize: Vec::new(),
+            format: Default::default(),
         };
         a.actions = vec![action("lookup_customer")];
         assert!(a.validate().is_empty(), "{:?}", a.validate());

@@ -53,6 +53,12 @@ pub enum Effect {
         request: HandoffRequest,
     },
     /// Arm the conversation's single timer; an older generation is thereby stale.
+    /// Ask the caller of an Agent API conversation whether its humans are online; the
+    /// answer comes back as `TeamOnline` with the request.
+    AskTeamOnline {
+        question: String,
+        reason: String,
+    },
     ScheduleTimer {
         generation: u64,
         due: Millis,
@@ -70,6 +76,7 @@ impl Effect {
             Effect::PostToDesk { .. } => "post_to_desk",
             Effect::CloseDesk { .. } => "close_desk",
             Effect::Escalate { .. } => "escalate",
+            Effect::AskTeamOnline { .. } => "ask_team_online",
             Effect::ScheduleTimer { .. } => "schedule_timer",
             Effect::CancelTimer => "cancel_timer",
         }

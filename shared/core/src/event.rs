@@ -74,6 +74,8 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
         sanitize: std::collections::BTreeSet<String>,
     },
+    /// The caller answered `AskTeamOnline` (a failed question counts as nobody online).
+    TeamOnline { online: bool, question: String, reason: String },
     /// An Agent API client starts (or resumes) the conversation (`startSession`).
     SessionStarted,
     /// An Agent API client ends the conversation (`endSession`): any human session is
@@ -102,6 +104,7 @@ impl EventKind {
             EventKind::FallbackDone { .. } => "fallback_done",
             EventKind::ParamsSet { .. } => "params_set",
             EventKind::SessionStarted => "session_started",
+            EventKind::TeamOnline { .. } => "team_online",
             EventKind::SessionEnded => "session_ended",
             EventKind::Wake => "wake",
         }

@@ -221,6 +221,17 @@ pub trait ChannelSender: Send + Sync {
         message: &OutMessage,
         delivery: &Delivery<'_>,
     ) -> Result<(), DeliveryError>;
+
+    /// Whether the caller's humans are online (Agent API conversations); other channels
+    /// cannot be asked.
+    async fn team_online(
+        &self,
+        agent: &Agent,
+        key: &ConversationKey,
+        _idempotency_key: &str,
+    ) -> Result<bool, DeliveryError> {
+        Err(DeliveryError::permanent(format!("conversation {key} of agent {} cannot be asked", agent.id)))
+    }
 }
 
 /// Small records the connectors share across processes and invocations (OAuth access

@@ -374,6 +374,11 @@ impl Machine<'_> {
                 Ok(())
             }
             (State::Bot, EventKind::UserEnded) => Err(Ignored::NothingToEnd),
+            (State::Bot, EventKind::TeamOnline { online, question, reason }) => {
+                self.team_online(*online, question, reason);
+                Ok(())
+            }
+            (State::CollectingEmail { .. }, EventKind::TeamOnline { .. }) => Err(Ignored::StaleHandoff),
 
             // ---- CollectingEmail ----
             (State::CollectingEmail { question, reason }, EventKind::UserMessage { text, .. }) => {
@@ -549,6 +554,7 @@ impl Machine<'_> {
             }
             EventKind::BrainReplied { .. } | EventKind::BrainFailed { .. } => Err(Ignored::LateBrainReply),
             EventKind::HandoffRequested { .. } => Err(Ignored::AlreadyHandedOff),
+            EventKind::TeamOnline { .. } => Err(Ignored::StaleHandoff),
             EventKind::UserSetEmail { .. } => Ok(()),
             EventKind::FallbackDone { detail } => {
                 self.fallback_done(detail);
@@ -608,7 +614,9 @@ impl Machine<'_> {
                 self.say(MessageKey::SessionTimedOut);
                 Ok(())
             }
-            EventKind::DeskOpened { .. } | EventKind::DeskOpenFailed { .. } => Err(Ignored::StaleHandoff),
+            EventKind::DeskOpened { .. } | EventKind::DeskOpenFailed { .. } | EventKind::TeamOnline { .. } => {
+                Err(Ignored::StaleHandoff)
+            }
             EventKind::BrainReplied { .. } | EventKind::BrainFailed { .. } => Err(Ignored::LateBrainReply),
             EventKind::HandoffRequested { .. } => Err(Ignored::AlreadyHandedOff),
             EventKind::UserSetEmail { .. } => Ok(()),
@@ -671,6 +679,7 @@ impl Machine<'_> {
             EventKind::TimerFired { .. } => Err(Ignored::StaleTimer),
             EventKind::BrainReplied { .. } | EventKind::BrainFailed { .. } => Err(Ignored::LateBrainReply),
             EventKind::HandoffRequested { .. } => Err(Ignored::AlreadyHandedOff),
+            EventKind::TeamOnline { .. } => Err(Ignored::StaleHandoff),
             EventKind::UserSetEmail { .. }
             | EventKind::Wake
             | EventKind::ParamsSet { .. }
@@ -728,9 +737,11 @@ impl Machine<'_> {
     /// and hand the request to the fallback; otherwise ask for an e-mail first where the
     /// channel needs one, then open the desk.
     fn start_handoff(&mut self, question: String, reason: String) {
-        let to_caller = match self.agent.api.as_ref().map(|a| &a.escalation) {
-            Some(ApiEscalation::Caller { transfer_to }) if self.s.key.channel == Channel::Api => Some(transfer_to),
-            _ => None,
+        let (to_caller, ask_first) = match self.agent.api.as_ref().map(|a| &a.escalation) {
+            Some(ApiEscalation::Caller { transfer_to, ask_team_online }) if self.s.key.channel == Channel::Api => {
+                (Some(transfer_to), *ask_team_online)
+            }
+            _ => (None, false),
         };
         if to_caller.is_none() && matches!(self.agent.desk, DeskConfig::None) {
             self.say(MessageKey::NoDesk);
@@ -749,12 +760,11 @@ impl Machine<'_> {
             }
         }
         if let Some(transfer_to) = to_caller {
-            // The integration's own humans take the user; the session stays with the bot.
-            let escalation = Escalation { reason, transfer_to: transfer_to.clone() };
-            self.send(OutMessage {
-                escalation: Some(escalation),
-                ..OutMessage::new(Role::System, self.msg(MessageKey::Waiting))
-            });
+            if ask_first {
+                self.fx.push(Effect::AskTeamOnline { question, reason });
+            } else {
+                self.escalate_to_caller(transfer_to.clone(), reason);
+            }
             return;
         }
         if self.facts.desk_status == Some(ServiceStatus::Unavailable) {
@@ -769,6 +779,29 @@ impl Machine<'_> {
             self.say(MessageKey::AskEmail);
         } else {
             self.open_desk(question, reason);
+        }
+    }
+
+    /// The integration's own humans take the user; the session stays with the bot.
+    fn escalate_to_caller(&mut self, transfer_to: Option<String>, reason: String) {
+        let escalation = Escalation { reason, transfer_to };
+        self.send(OutMessage {
+            escalation: Some(escalation),
+            ..OutMessage::new(Role::System, self.msg(MessageKey::Waiting))
+        });
+    }
+
+    /// The caller said whether its humans are online.
+    fn team_online(&mut self, online: bool, question: &str, reason: &str) {
+        let transfer_to = match self.agent.api.as_ref().map(|a| &a.escalation) {
+            Some(ApiEscalation::Caller { transfer_to, .. }) => transfer_to.clone(),
+            _ => None,
+        };
+        if online {
+            self.escalate_to_caller(transfer_to, reason.to_string());
+        } else {
+            self.say(MessageKey::DeskUnavailable);
+            self.escalate(question.to_string(), format!("{reason}; nobody is online"));
         }
     }
 

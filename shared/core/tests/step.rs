@@ -1517,7 +1517,8 @@ fn sanitized_parameters_are_masked_for_humans_but_not_for_the_brain() {
 #[test]
 fn api_escalation_to_the_caller_carries_the_transfer_target_and_respects_hours() {
     use baton_core::hours::{Period, ServiceHours};
-    let to_caller = baton_core::agent::ApiEscalation::Caller { transfer_to: Some("+4930123456".into()) };
+    let to_caller =
+        baton_core::agent::ApiEscalation::Caller { transfer_to: Some("+4930123456".into()), ask_team_online: false };
     let mut sim = Sim::with_agent(Channel::Api, api_agent(to_caller));
     sim.agent.desk = DeskConfig::None;
     sim.apply(user("I need a person"));

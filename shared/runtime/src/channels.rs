@@ -92,6 +92,18 @@ impl ChannelSender for ChannelRouter {
             Channel::Livechat => self.livechat.send_as_bot(agent, &key.user, message, idempotency_key).await,
         }
     }
+
+    async fn team_online(
+        &self,
+        agent: &Agent,
+        key: &ConversationKey,
+        idempotency_key: &str,
+    ) -> Result<bool, DeliveryError> {
+        match (key.channel, agent.api.as_ref().and_then(|a| a.converse_url.as_deref())) {
+            (Channel::Api, Some(url)) => self.api.team_online(agent, url, &key.user, idempotency_key).await,
+            _ => Err(DeliveryError::permanent(format!("agent {} has no api.converse_url to ask", agent.id))),
+        }
+    }
 }
 
 /// `placeholder` followed by the link to its file, when there is one.

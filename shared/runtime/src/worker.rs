@@ -102,7 +102,7 @@ pub struct Drained {
 fn receiver(effect: &Effect) -> &'static str {
     match effect {
         Effect::AskBrain { .. } => "brain",
-        Effect::SendToUser { .. } => "user",
+        Effect::SendToUser { .. } | Effect::AskTeamOnline { .. } => "user",
         Effect::OpenDesk { .. } | Effect::PostToDesk { .. } | Effect::CloseDesk { .. } => "desk",
         Effect::Escalate { .. } => "fallback",
         Effect::ScheduleTimer { .. } | Effect::CancelTimer => "timer",
@@ -286,6 +286,12 @@ async fn run_effect(
             enqueue(ports, result_event_id, key, EventKind::FallbackDone { detail: detail.clone() }).await?;
             Ok(format!("fallback: {detail}"))
         }
+        Effect::AskTeamOnline { question, reason } => {
+            let online = ports.channels.team_online(agent, key, &idem).await?;
+            let kind = EventKind::TeamOnline { online, question: question.clone(), reason: reason.clone() };
+            enqueue(ports, result_event_id, key, kind).await?;
+            Ok(format!("team online: {online}"))
+        }
         Effect::ScheduleTimer { generation, due, kind } => {
             ports.timers.schedule(key, *generation, *due).await.map_err(|e| DeliveryError::retryable(e.to_string()))?;
             Ok(format!("{kind:?} timer {generation} due at {}", due.0))
@@ -332,6 +338,10 @@ async fn give_up(
         Effect::AskBrain { .. } => Some(EventKind::BrainFailed { error: err.to_string() }),
         Effect::OpenDesk { request } => {
             Some(EventKind::DeskOpenFailed { handoff_id: request.handoff_id.clone(), error: err.to_string() })
+        }
+        // A caller that cannot say has nobody online for the user.
+        Effect::AskTeamOnline { question, reason } => {
+            Some(EventKind::TeamOnline { online: false, question: question.clone(), reason: reason.clone() })
         }
         _ => None,
     };

@@ -128,14 +128,15 @@ async fn action(
     if !result.outputs.is_empty() {
         // The hub keeps what the action learned too (the desk gets it on handoff).
         let id = format!("hosted-action:{key}:{}", body_hash(&body));
-        let sanitize = agent.sanitized_outputs(result.outputs.keys());
+        let mut sanitize = agent.sanitized_outputs(result.outputs.keys());
+        sanitize.extend(result.sanitize.iter().cloned());
         let kind = EventKind::ParamsSet { params: result.outputs.clone(), sanitize };
         st.ports.queue.enqueue(vec![Event::new(id, key, st.ports.clock.now(), kind)]).await?;
     }
     let results: Vec<serde_json::Value> = result
         .outputs
         .iter()
-        .map(|(k, v)| json!({"key": k, "value": v, "sanitize": action.sanitize.contains(k)}))
+        .map(|(k, v)| json!({"key": k, "value": v, "sanitize": action.sanitize.contains(k) || result.sanitize.contains(k)}))
         .collect();
     Ok(Json(json!({"results": results})).into_response())
 }
