@@ -92,6 +92,7 @@ async fn hub(policy: Policy) -> (baton::serve::Running, FakeDesk, String, String
             per_conversation_burst: 1_000_000,
         },
         public_url: None,
+        desk_probe: true,
     };
     let clock: Arc<dyn Clock> = Arc::new(baton_runtime::clock::SystemClock);
     let running = start(opts, clock).await.expect("server starts");

@@ -331,6 +331,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 example_agent: !no_example,
                 rate_limits,
                 public_url,
+                desk_probe: true,
             };
             let running = start(opts, Arc::new(baton_runtime::clock::SystemClock)).await?;
             let a = running.addr;

@@ -30,6 +30,8 @@ pub struct ServeOptions {
     pub rate_limits: RateLimitConfig,
     /// The hub's public URL for media links; `None`: the host a webhook reached.
     pub public_url: Option<String>,
+    /// Check every agent's desk at start and every 10 minutes (the service status).
+    pub desk_probe: bool,
 }
 
 /// A running server (tests start it in-process; `main` runs it until Ctrl-C).
@@ -148,7 +150,9 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
     }));
     tasks.push(tokio::spawn(timer_loop(timers.clone(), clock.clone(), shutdown_rx.clone())));
     tasks.push(tokio::spawn(retry_loop(db.clone(), dispatcher.clone(), clock.clone(), shutdown_rx.clone())));
-    tasks.push(tokio::spawn(probe_loop(ports.clone(), shutdown_rx.clone())));
+    if opts.desk_probe {
+        tasks.push(tokio::spawn(probe_loop(ports.clone(), shutdown_rx.clone())));
+    }
     tasks.push(tokio::spawn(crate::telegram_poll::supervise(
         ports.clone(),
         connectors.telegram.clone(),

@@ -54,6 +54,12 @@ pub fn shop_agent(desk_url: &str) -> Agent {
 }
 
 pub async fn hub_with(clock: Arc<dyn Clock>, edit: impl FnOnce(&mut Agent)) -> Hub {
+    hub_with_probe(clock, true, edit).await
+}
+
+/// [`hub_with`], choosing whether the desk probe runs (a test that sets the desk status
+/// itself turns it off, so a probe finishing late cannot overwrite it).
+pub async fn hub_with_probe(clock: Arc<dyn Clock>, desk_probe: bool, edit: impl FnOnce(&mut Agent)) -> Hub {
     let desk = FakeDesk::start(Some(SECRET)).await;
     let dir = tempfile::tempdir().unwrap();
     let opts = ServeOptions {
@@ -64,6 +70,7 @@ pub async fn hub_with(clock: Arc<dyn Clock>, edit: impl FnOnce(&mut Agent)) -> H
         example_agent: false,
         rate_limits: Default::default(),
         public_url: None,
+        desk_probe,
     };
     let running = start(opts, clock).await.unwrap();
     let mut agent = shop_agent(&desk.url());

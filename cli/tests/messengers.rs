@@ -733,6 +733,7 @@ async fn a_whatsapp_caller_orders_through_the_llm_and_the_erp_with_a_two_phase_c
     assert_eq!(params["contact_id"], "C-100");
     assert_eq!(params["customer_name"], "Ana Horvat");
     assert_eq!(params["last_order_id"], "O-7001");
+    assert_eq!(params["name"], wa::profile_name(user), "the WhatsApp profile name");
     assert_eq!(establish.body["user_info"]["phone"], "+385911234567");
     hub.running.stop().await;
 }

@@ -166,7 +166,8 @@ async fn outside_service_hours_the_user_is_told_when_and_a_ticket_is_opened() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unavailable_desk_is_never_a_silent_wait() {
     let clock = Arc::new(ManualClock::new(Millis(THURSDAY_10)));
-    let hub = common::hub_with(clock.clone(), |_| {}).await;
+    // The status is set below; a start-up probe finishing later would overwrite it.
+    let hub = common::hub_with_probe(clock.clone(), false, |_| {}).await;
     let rec = DeskStatusRecord {
         status: ServiceStatus::Unavailable,
         detail: "credentials rejected".into(),

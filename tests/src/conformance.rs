@@ -425,7 +425,13 @@ where
             id,
             k.clone(),
             Millis(10),
-            EventKind::UserMessage { text: text.into(), email: None, language: Some("de".into()), reply: None },
+            EventKind::UserMessage {
+                text: text.into(),
+                email: None,
+                language: Some("de".into()),
+                reply: None,
+                name: None,
+            },
         )
     };
     let first = vec![ev("w:1", &a, "eins"), ev("w:2", &b, "zwei"), ev("w:3", &a, "drei")];

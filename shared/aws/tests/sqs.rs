@@ -20,7 +20,7 @@ fn ev(id: &str, k: &ConversationKey, text: &str) -> Event {
         id,
         k.clone(),
         Millis(1),
-        EventKind::UserMessage { text: text.into(), email: None, language: None, reply: None },
+        EventKind::UserMessage { text: text.into(), email: None, language: None, reply: None, name: None },
     )
 }
 

@@ -39,6 +39,9 @@ pub enum EventKind {
         email: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         language: Option<String>,
+        /// The user's display name as the channel knows it (Telegram, WhatsApp profile).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
         /// A single-use token to answer this message cheaply (LINE's reply token).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply: Option<ReplyHandle>,

@@ -233,7 +233,7 @@ impl Machine<'_> {
         if self.api_session_expired(kind) {
             self.s = Session { updated_at: self.now, ..self.s.restarted() };
         }
-        if let EventKind::UserMessage { email, language, reply, .. } = kind {
+        if let EventKind::UserMessage { email, language, reply, name, .. } = kind {
             self.s.last_activity_at = Some(self.now);
             self.s.reply = reply.clone();
             self.s.last_user_at = Some(self.now);
@@ -247,6 +247,11 @@ impl Machine<'_> {
             }
             if let Some(l) = language.as_deref().filter(|l| messages::LANGUAGES.contains(l)) {
                 self.s.language = Some(l.to_string());
+                self.s.params.entry("language".into()).or_insert_with(|| l.to_string());
+            }
+            // What the channel knows fills in; a value set explicitly (metaData, actions) stays.
+            if let Some(n) = name.as_deref().map(str::trim).filter(|n| !n.is_empty() && n.chars().count() <= 200) {
+                self.s.params.entry("name".into()).or_insert_with(|| n.to_string());
             }
         }
         let state = self.s.state.clone();

@@ -78,7 +78,7 @@ fn waiting(lang: &str) -> Effect {
 }
 
 fn user(text: &str) -> EventKind {
-    EventKind::UserMessage { text: text.into(), email: None, language: None, reply: None }
+    EventKind::UserMessage { text: text.into(), email: None, language: None, reply: None, name: None }
 }
 
 fn answer(text: &str) -> EventKind {
@@ -573,6 +573,7 @@ fn an_email_known_to_the_widget_skips_collection() {
         email: Some("pre@example.com".into()),
         language: None,
         reply: None,
+        name: None,
     });
     assert_eq!(open_desk(&fx).email, "pre@example.com");
 
@@ -589,6 +590,7 @@ fn an_email_known_to_the_widget_skips_collection() {
         email: Some("not-an-address".into()),
         language: None,
         reply: None,
+        name: None,
     });
     assert_eq!(fx, vec![bot(en(MessageKey::AskEmail))]);
     assert_eq!(sim.session.email, None);
@@ -1029,6 +1031,7 @@ fn messages_follow_the_session_language() {
         email: None,
         language: Some("de".into()),
         reply: None,
+        name: None,
     });
     assert_eq!(sim.session.language.as_deref(), Some("de"));
     assert_eq!(fx[0], waiting("de"));
@@ -1058,6 +1061,7 @@ fn unsupported_languages_fall_back_to_the_agent_language() {
         email: None,
         language: Some("xx".into()),
         reply: None,
+        name: None,
     });
     assert_eq!(sim.session.language, None);
     assert_eq!(fx, vec![bot(messages::default_text("fr", MessageKey::AskEmail).to_string())]);
@@ -1107,6 +1111,7 @@ fn an_email_sent_along_with_a_message_while_collecting_opens_the_desk() {
         email: Some("ed@example.com".into()),
         language: None,
         reply: None,
+        name: None,
     });
     assert_eq!(open_desk(&fx).email, "ed@example.com");
     assert!(matches!(sim.session.state, State::WaitingForHuman { .. }));
@@ -1336,7 +1341,7 @@ fn long_answers_are_split_to_the_channels_limit_with_buttons_on_the_last_piece()
 fn a_fresh_reply_token_answers_the_first_message_only() {
     let mut sim = Sim::new(Channel::Line);
     let reply = Some(ReplyHandle { token: "rt-1".into(), valid_until: Millis(T0 + 50_000) });
-    sim.apply(EventKind::UserMessage { text: "hello".into(), email: None, language: None, reply });
+    sim.apply(EventKind::UserMessage { text: "hello".into(), email: None, language: None, reply, name: None });
     sim.advance(2);
     let fx = sim.apply(answer("Hi!"));
     assert_eq!(
@@ -1351,7 +1356,7 @@ fn a_fresh_reply_token_answers_the_first_message_only() {
 
     // Expired by the time the answer comes: sent without it (the channel pushes).
     let reply = Some(ReplyHandle { token: "rt-2".into(), valid_until: Millis(sim.now.0 + 1_000) });
-    sim.apply(EventKind::UserMessage { text: "and?".into(), email: None, language: None, reply });
+    sim.apply(EventKind::UserMessage { text: "and?".into(), email: None, language: None, reply, name: None });
     sim.advance(5);
     let fx = sim.apply(answer("Later."));
     assert_eq!(fx, vec![bot("Later.".into())]);
@@ -1561,4 +1566,31 @@ fn email_and_language_parameters_drive_the_session() {
     assert!(fx
         .iter()
         .any(|e| matches!(e, Effect::SendToUser { message, .. } if message.text == de(MessageKey::Waiting))));
+}
+
+#[test]
+fn the_channel_fills_in_the_name_and_language_without_overriding_what_was_set() {
+    let mut sim = Sim::new(Channel::Telegram);
+    sim.agent.policy.require_email = false;
+    sim.apply(EventKind::UserMessage {
+        text: "hallo".into(),
+        email: None,
+        language: Some("de".into()),
+        name: Some("Ada Lovelace".into()),
+        reply: None,
+    });
+    assert_eq!(sim.session.params.get("name").map(String::as_str), Some("Ada Lovelace"));
+    assert_eq!(sim.session.params.get("language").map(String::as_str), Some("de"));
+    sim.apply(answer("Hallo!"));
+    sim.apply(set_params(&[("name", "Ada King")], &[]));
+    sim.apply(EventKind::UserMessage {
+        text: "noch da?".into(),
+        email: None,
+        language: None,
+        name: Some("Ada Lovelace".into()),
+        reply: None,
+    });
+    assert_eq!(sim.session.params.get("name").map(String::as_str), Some("Ada King"), "an explicit value stays");
+    let fx = sim.apply(EventKind::HandoffRequested { reason: "asked".into() });
+    assert_eq!(open_desk(&fx).params.get("name").map(String::as_str), Some("Ada King"));
 }

@@ -296,6 +296,7 @@ fn event_kind(op: &Op, s: &Session, m: &Model) -> EventKind {
             email: email.map(|i| EMAILS[i].to_string()),
             language: language.map(|i| LANGS[i].to_string()),
             reply: None,
+            name: None,
         },
         Op::SetEmail(i) => EventKind::UserSetEmail { email: EMAILS[*i].into() },
         Op::UserEnded => EventKind::UserEnded,

@@ -238,7 +238,7 @@ mod tests {
             id,
             k.clone(),
             Millis(1),
-            EventKind::UserMessage { text: text.into(), email: None, language: None, reply: None },
+            EventKind::UserMessage { text: text.into(), email: None, language: None, reply: None, name: None },
         )
     }
 

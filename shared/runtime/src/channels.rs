@@ -126,7 +126,13 @@ pub fn telegram_event(agent: &str, update: &telegram::Inbound, now: Millis, link
         }
         other => telegram::describe(other),
     };
-    let kind = EventKind::UserMessage { text, email: None, language: update.language.clone(), reply: None };
+    let kind = EventKind::UserMessage {
+        text,
+        email: None,
+        language: update.language.clone(),
+        name: update.user_name.clone(),
+        reply: None,
+    };
     Some(Event::new(format!("tg:{agent}:{}", update.update_id), key, now, kind))
 }
 
@@ -150,7 +156,7 @@ pub fn line_event(agent: &str, ev: &line::Inbound, now: Millis, links: &LinkBase
         token: token.clone(),
         valid_until: Millis(ev.timestamp.saturating_add(LINE_REPLY_WINDOW_MS)),
     });
-    let kind = EventKind::UserMessage { text, email: None, language: None, reply };
+    let kind = EventKind::UserMessage { text, email: None, language: None, reply, name: None };
     Some(Event::new(format!("line:{agent}:{}", ev.webhook_event_id), key, now, kind))
 }
 
@@ -166,6 +172,6 @@ pub fn whatsapp_event(agent: &str, msg: &whatsapp::Inbound, now: Millis, links: 
         }
         other => whatsapp::describe(other),
     };
-    let kind = EventKind::UserMessage { text, email: None, language: None, reply: None };
+    let kind = EventKind::UserMessage { text, email: None, language: None, name: msg.name.clone(), reply: None };
     Some(Event::new(format!("wa:{agent}:{}", msg.message_id), key, now, kind))
 }

@@ -133,7 +133,7 @@ fn events_for(
     let kind = match &req.event {
         ConverseEvent::Start => Some(EventKind::SessionStarted),
         ConverseEvent::Message { text, .. } => {
-            Some(EventKind::UserMessage { text: text.clone(), email: None, language: None, reply: None })
+            Some(EventKind::UserMessage { text: text.clone(), email: None, language: None, reply: None, name: None })
         }
         ConverseEvent::End => Some(EventKind::SessionEnded),
         ConverseEvent::Metadata => None,

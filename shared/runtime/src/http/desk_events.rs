@@ -69,7 +69,7 @@ pub(super) async fn deliver(
             (link.conversation, EventKind::HumanClosed { desk_conversation_id })
         }
         (Target::Own(key), Signal::UserWrote { text, email }) => {
-            (key, EventKind::UserMessage { text, email, language: None, reply: None })
+            (key, EventKind::UserMessage { text, email, language: None, reply: None, name: None })
         }
         (Target::Own(key), Signal::HumanWrote { text }) => {
             (key, EventKind::HumanMessage { desk_conversation_id, text })

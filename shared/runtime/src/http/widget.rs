@@ -197,7 +197,7 @@ async fn send(
     };
     let id = format!("widget:{}:{client_id}", call.key);
     let language = req.language.filter(|l| baton_core::messages::LANGUAGES.contains(&l.as_str()));
-    let kind = EventKind::UserMessage { text, email: None, language, reply: None };
+    let kind = EventKind::UserMessage { text, email: None, language, reply: None, name: None };
     enqueue(&st, Event::new(id.clone(), call.key, st.ports.clock.now(), kind)).await?;
     Ok(accepted(call.origin, &id))
 }
