@@ -61,6 +61,9 @@ evs = {
     # load_agent: DynamoDB GetItem (the agent does not exist: 404).
     "widget-api": http("POST", "/api/widget/demo/session", "POST /api/widget/{agent}/session", {"agent": "demo"}, {}),
     "desk-webhook": http("GET", "/api/agents/demo/desk/status", "GET /api/agents/{agent}/desk/status", {"agent": "demo"}),
+    "channel-webhook": http("POST", "/channels/telegram/demo", "POST /channels/telegram/{agent}", {"agent": "demo"},
+                            {"update_id": 1, "message": {"message_id": 1, "date": 0, "chat": {"id": 42, "type": "private"},
+                                                         "text": "hello"}}),
     # apply_event: reads/writes the conversation in DynamoDB.
     "conversation-worker": sqs_event({"schema": 1, "id": "bench:wake", "conversation": conv, "at": 0, "kind": {"type": "wake"}},
                                      "arn:aws:sqs:us-east-1:123456789012:baton-bench-events.fifo"),

@@ -38,9 +38,47 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErro
 
 /// The SDK configuration, loaded once from the environment: region, credentials (the
 /// Lambda role, or `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`) and `AWS_ENDPOINT_URL`
-/// (moto or LocalStack locally).
+/// (moto or LocalStack locally), with [`https_client`] for every call.
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest()).load().await
+    aws_config::defaults(BehaviorVersion::latest()).http_client(https_client()).load().await
+}
+
+/// The HTTPS client of every SDK client: rustls on ring, the TLS stack the rest of Baton
+/// uses, trusting the Mozilla root certificates compiled into the binary. The SDK's default
+/// client reads and parses the whole system certificate store when it is built, which was
+/// about half of a function's init time (BENCHMARKS.md, "Cold start").
+pub fn https_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+    let mut trust = TrustStore::empty().with_native_roots(false);
+    for der in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
+        trust.add_pem_certificate(pem_certificate(der));
+    }
+    let context = match TlsContext::builder().with_trust_store(trust).build() {
+        Ok(c) => c,
+        Err(e) => {
+            // Not expected with the compiled-in roots; the system store still works.
+            tracing::warn!(error = %e, "compiled-in root certificates refused; using the system store");
+            TlsContext::default()
+        }
+    };
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .tls_context(context)
+        .build_https()
+}
+
+/// One DER certificate as PEM, the form the SDK's trust store takes.
+fn pem_certificate(der: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::with_capacity(b64.len() + b64.len() / 64 + 64);
+    pem.push_str("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem.into_bytes()
 }
 
 /// The SSM client (agent secrets) from the environment.
@@ -73,5 +111,22 @@ where
         }
         SdkError::TimeoutError(_) => "request timed out".into(),
         other => DisplayErrorContext(other).to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    #[test]
+    fn compiled_in_roots_are_wrapped_as_pem_unchanged() {
+        let der: &[u8] = &webpki_root_certs::TLS_SERVER_ROOT_CERTS[0];
+        let pem = String::from_utf8(pem_certificate(der)).unwrap();
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n") && pem.ends_with("-----END CERTIFICATE-----\n"));
+        assert!(pem.lines().all(|l| l.len() <= 64));
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        assert_eq!(base64::engine::general_purpose::STANDARD.decode(body).unwrap(), der);
+        assert!(webpki_root_certs::TLS_SERVER_ROOT_CERTS.len() > 100);
     }
 }

@@ -1,0 +1,546 @@
+//! What a typical conversation costs on AWS, counted from a run of the real Lambda handlers
+//! on moto: every DynamoDB, SQS and SSM call the functions make goes through a metering
+//! proxy ([`baton_tests::aws_meter`]) that prices it as AWS bills it; every handler call is
+//! one Lambda invocation (timed) and, for HTTP functions, one API Gateway request; the log
+//! lines the functions write are counted in bytes. The event source mapping's own SQS calls
+//! (one receive and one batch delete per batch) are counted per batch the run delivers.
+//!
+//! The conversation (BENCHMARKS.md, "Cost model"): 10 user messages answered by the FAQ
+//! bot, a handoff, 10 human replies each answered by the user, the human ends; 32 inbound
+//! events. Once on Telegram (no polling: replies are pushed), once on the web widget, which
+//! polls on AWS (API Gateway cannot stream) on the schedule of `widget-page.js` over a stated
+//! timeline. Timers run too: the wait and session timers are delayed SQS messages that
+//! arrive after the conversation and are dropped as stale.
+//!
+//! The test fails when the Telegram conversation's billed units grow past ceilings set from
+//! the measured bill, so a change that adds calls shows here. Print the bill with
+//! `cargo test -p baton-lambda --test cost -- --nocapture` (BENCHMARKS.md runs it with the
+//! `perf` profile for the durations).
+
+mod common;
+
+use baton_core::agent::TelegramConfig;
+use baton_core::model::Secret;
+use baton_lambda::{handle_events, handle_timers, http_router, wire, Aws, Routes};
+use baton_tests::aws_meter::{summarize, writes_by_kind, AwsMeter, MeteredCall, SparseIndex};
+use baton_tests::telegram::{text_update, FakeTelegram};
+use common::{failed_ids, queue_arn, queue_depth, receive, record, settle, sqs_event, ApiRequest, Hub};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BOT_TOKEN: &str = "7654321:AAE_cost-bot";
+const HOOK_SECRET: &str = "cost-hook-secret";
+/// Lambda memory of every function (template.yaml, Globals).
+const MEMORY_GB: f64 = 128.0 / 1024.0;
+/// What the Lambda service itself logs per invocation: START, END and REPORT lines of
+/// the text format, about 250 bytes with request ids and figures.
+const PLATFORM_LOG_BYTES: usize = 250;
+/// CloudWatch Logs counts 26 bytes of overhead per log event (PutLogEvents).
+const LOG_EVENT_OVERHEAD: usize = 26;
+/// The target: all-in per 1,000 conversations, without LLM tokens (not met yet; see
+/// BENCHMARKS.md for the measured bill and what would bring it down).
+const TARGET_PER_1000: f64 = 0.15;
+
+/// Public on-demand prices, us-east-1, as of 2026-12 (BENCHMARKS.md names the sources).
+mod price {
+    /// API Gateway HTTP API, per request (first 300 million a month).
+    pub const API_REQUEST: f64 = 1.00e-6;
+    /// Lambda, per request.
+    pub const LAMBDA_REQUEST: f64 = 0.20e-6;
+    /// Lambda on arm64, per GB-second (first tier).
+    pub const LAMBDA_GB_SECOND: f64 = 0.0000133334;
+    /// SQS FIFO queue, per request (the events queue).
+    pub const SQS_FIFO_REQUEST: f64 = 0.50e-6;
+    /// SQS standard queue, per request (the timers queue).
+    pub const SQS_STANDARD_REQUEST: f64 = 0.40e-6;
+    /// DynamoDB on-demand, per write request unit.
+    pub const DYNAMO_WRITE_UNIT: f64 = 0.625e-6;
+    /// DynamoDB on-demand, per read request unit.
+    pub const DYNAMO_READ_UNIT: f64 = 0.125e-6;
+    /// CloudWatch Logs ingestion (standard class), per byte.
+    pub const LOG_BYTE: f64 = 0.50 / 1e9;
+}
+
+/// Everything billed, as measured.
+#[derive(Default)]
+struct Ledger {
+    /// Per function: the duration of each invocation.
+    invocations: BTreeMap<&'static str, Vec<Duration>>,
+    api_requests: usize,
+    /// Event source mapping calls: receives and batch deletes, per queue kind.
+    esm_fifo_requests: usize,
+    esm_standard_requests: usize,
+}
+
+impl Ledger {
+    fn invoked(&mut self, function: &'static str, took: Duration) {
+        self.invocations.entry(function).or_default().push(took);
+    }
+
+    fn invocation_count(&self) -> usize {
+        self.invocations.values().map(Vec::len).sum()
+    }
+
+    /// GB-seconds billed: each invocation rounded up to the millisecond.
+    fn gb_seconds(&self) -> f64 {
+        let ms: u128 = self.invocations.values().flatten().map(|d| d.as_micros().div_ceil(1000)).sum();
+        ms as f64 / 1000.0 * MEMORY_GB
+    }
+}
+
+/// Counts the bytes the functions log (the JSON format the functions use on Lambda).
+#[derive(Clone, Default)]
+struct LogMeter {
+    bytes: Arc<AtomicUsize>,
+    lines: Arc<AtomicUsize>,
+}
+
+impl std::io::Write for LogMeter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.bytes.fetch_add(buf.len(), Ordering::Relaxed);
+        self.lines.fetch_add(buf.iter().filter(|b| **b == b'\n').count(), Ordering::Relaxed);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One deployment whose functions talk to AWS through the meter.
+struct Metered {
+    hub: Hub,
+    meter: AwsMeter,
+    ledger: Ledger,
+    logs: LogMeter,
+    telegram: FakeTelegram,
+}
+
+impl Metered {
+    async fn start(logs: LogMeter) -> Metered {
+        let telegram = FakeTelegram::start(BOT_TOKEN).await;
+        let api = telegram.url();
+        let hub = common::hub(|a| {
+            a.channels.telegram = Some(TelegramConfig {
+                bot_token: Secret(BOT_TOKEN.into()),
+                secret_token: Secret(HOOK_SECRET.into()),
+                api_base: api,
+                poll: false,
+            });
+            // Short timers so the run sees them fire; any timeout up to 900 s is the same
+            // one delayed message.
+            a.policy.wait_timeout_secs = 2;
+            a.policy.session_timeout_secs = 4;
+        })
+        .await;
+        let meter = AwsMeter::start(
+            &baton_tests::moto::endpoint(),
+            vec![
+                SparseIndex { name: "due".into(), keys: ["due_shard".into(), "due_at".into()] },
+                SparseIndex { name: "outbox_due".into(), keys: ["obx_shard".into(), "obx_due".into()] },
+            ],
+        )
+        .await;
+        let sdk = baton_aws::sdk_config().await;
+        let dynamo = baton_aws::aws_sdk_dynamodb::Client::from_conf(
+            baton_aws::aws_sdk_dynamodb::config::Builder::from(&sdk).endpoint_url(meter.url()).build(),
+        );
+        let sqs = baton_aws::aws_sdk_sqs::Client::from_conf(
+            baton_aws::aws_sdk_sqs::config::Builder::from(&sdk).endpoint_url(meter.url()).build(),
+        );
+        let ssm = baton_aws::aws_sdk_ssm::Client::from_conf(
+            baton_aws::aws_sdk_ssm::config::Builder::from(&sdk).endpoint_url(meter.url()).build(),
+        );
+        let aws: Aws = wire(
+            common::config(&hub.aws.config.table, &hub.queues),
+            Arc::new(baton_runtime::clock::SystemClock),
+            dynamo,
+            sqs,
+            Arc::new(baton_aws::SsmSecrets::new(ssm)),
+        );
+        let hub = Hub {
+            widget_api: http_router(&aws, Routes::Widget),
+            desk_api: http_router(&aws, Routes::Desk),
+            channel_api: http_router(&aws, Routes::Channels),
+            aws,
+            ..hub
+        };
+        meter.reset();
+        logs.bytes.store(0, Ordering::Relaxed);
+        logs.lines.store(0, Ordering::Relaxed);
+        Metered { hub, meter, ledger: Ledger::default(), logs, telegram }
+    }
+
+    async fn api(&mut self, function: &'static str, req: ApiRequest<'_>) -> common::Reply {
+        let router = match function {
+            "widget-api" => &self.hub.widget_api,
+            "desk-webhook" => &self.hub.desk_api,
+            _ => &self.hub.channel_api,
+        };
+        let started = Instant::now();
+        let reply = req.send(router).await;
+        self.ledger.invoked(function, started.elapsed());
+        self.ledger.api_requests += 1;
+        reply
+    }
+
+    async fn telegram_says(&mut self, update_id: i64, text: &str) {
+        let r = self
+            .api(
+                "channel-webhook",
+                ApiRequest::new("POST", "/channels/telegram/shop")
+                    .header("X-Telegram-Bot-Api-Secret-Token", HOOK_SECRET)
+                    .json(&text_update(update_id, 42, text)),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+
+    async fn human_says(&mut self, conversation_id: &str, n: usize, text: &str) {
+        let body = json!({"conversation_id": conversation_id, "timestamp": 1700000000000i64 + n as i64, "body": text});
+        let req = ApiRequest::new("POST", "/desks/webhook/shop/v1/human/message/receive")
+            .bearer(&self.hub.token)
+            .header("webhook-id", &format!("msg_cost_{n}"))
+            .json(&body);
+        let r = self.api("desk-webhook", req).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+
+    async fn human_ends(&mut self, conversation_id: &str) {
+        let body = json!({"conversation_id": conversation_id, "timestamp": 1700000009999i64});
+        let req = ApiRequest::new("POST", "/desks/webhook/shop/v1/human/close").bearer(&self.hub.token).json(&body);
+        let r = self.api("desk-webhook", req).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+
+    /// The event source mapping: batches of up to 10 to conversation-worker until the
+    /// queue is empty.
+    async fn worker(&mut self) {
+        let url = self.hub.queues.events.clone();
+        let arn = queue_arn(&self.hub.sqs, &url).await;
+        loop {
+            let messages = receive(&self.hub.sqs, &url).await;
+            self.ledger.esm_fifo_requests += 1;
+            if messages.is_empty() {
+                return;
+            }
+            let event = sqs_event(messages.iter().map(|m| record(m, &arn)).collect());
+            let started = Instant::now();
+            let response = handle_events(&self.hub.aws, event).await;
+            self.ledger.invoked("conversation-worker", started.elapsed());
+            let failed = failed_ids(&response);
+            assert!(failed.is_empty(), "records failed: {failed:?}");
+            settle(&self.hub.sqs, &url, &messages, &failed).await;
+            self.ledger.esm_fifo_requests += 1;
+        }
+    }
+
+    /// Wait for every delayed timer message, run timeout-check on them and the worker on
+    /// what they queue.
+    async fn timers(&mut self) {
+        let url = self.hub.queues.timers.clone();
+        let arn = queue_arn(&self.hub.sqs, &url).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while queue_depth(&self.hub.sqs, &url).await > 0 {
+            assert!(Instant::now() < deadline, "timer messages never came due");
+            let messages = receive(&self.hub.sqs, &url).await;
+            if messages.is_empty() {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            self.ledger.esm_standard_requests += 1;
+            let event = sqs_event(messages.iter().map(|m| record(m, &arn)).collect());
+            let started = Instant::now();
+            let response = handle_timers(&self.hub.aws, event).await;
+            self.ledger.invoked("timeout-check", started.elapsed());
+            let failed = failed_ids(&response);
+            assert!(failed.is_empty(), "timer records failed: {failed:?}");
+            settle(&self.hub.sqs, &url, &messages, &failed).await;
+            self.ledger.esm_standard_requests += 1;
+            self.worker().await;
+        }
+    }
+
+    fn bill(&self, title: &str, polls: usize) -> Bill {
+        let calls = self.meter.calls();
+        let lines = self.logs.lines.load(Ordering::Relaxed);
+        let log_bytes = self.logs.bytes.load(Ordering::Relaxed)
+            + lines * LOG_EVENT_OVERHEAD
+            + self.ledger.invocation_count() * (PLATFORM_LOG_BYTES + 3 * LOG_EVENT_OVERHEAD);
+        print_bill(title, &calls, &self.ledger, log_bytes, polls)
+    }
+}
+
+/// One conversation's bill.
+struct Bill {
+    dollars: f64,
+    read_units: f64,
+    write_units: f64,
+    sqs_requests: usize,
+    api_requests: usize,
+}
+
+/// Print the bill of one conversation.
+fn print_bill(title: &str, calls: &[MeteredCall], ledger: &Ledger, log_bytes: usize, polls: usize) -> Bill {
+    let sums = summarize(calls);
+    let mut read_units = 0.0;
+    let mut write_units = 0.0;
+    let mut sqs_requests = 0.0;
+    println!("\n### {title}\n");
+    println!("| Service | Call | Calls | Entries | Read units | Write units (table + index) | SQS requests |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for ((service, action), (n, entries, b)) in &sums {
+        read_units += b.read_units;
+        write_units += b.write_units + b.index_write_units;
+        sqs_requests += b.sqs_requests;
+        println!(
+            "| {service} | {action} | {n} | {entries} | {} | {} + {} | {} |",
+            b.read_units, b.write_units, b.index_write_units, b.sqs_requests
+        );
+    }
+    // The events queue is FIFO; the functions' own SQS calls to the timers queue are the
+    // SendMessage calls with a delay, which the meter cannot tell apart by queue: price
+    // them all at the FIFO rate (the higher one).
+    let esm = ledger.esm_fifo_requests as f64 * price::SQS_FIFO_REQUEST
+        + ledger.esm_standard_requests as f64 * price::SQS_STANDARD_REQUEST;
+    println!(
+        "| sqs | event source mapping (receive + batch delete) | {} | | | | {} |",
+        ledger.esm_fifo_requests + ledger.esm_standard_requests,
+        ledger.esm_fifo_requests + ledger.esm_standard_requests
+    );
+    println!();
+    println!("| Item written | Writes | Table write units |");
+    println!("|---|---:|---:|");
+    for (kind, (n, units)) in writes_by_kind(calls) {
+        println!("| {kind} | {n} | {units} |");
+    }
+    println!();
+    println!("| Function | Invocations | Median duration | Billed ms |");
+    println!("|---|---:|---:|---:|");
+    for (f, ds) in &ledger.invocations {
+        let mut sorted = ds.clone();
+        sorted.sort();
+        let median = sorted[sorted.len() / 2];
+        let billed: u128 = ds.iter().map(|d| d.as_micros().div_ceil(1000)).sum();
+        println!("| {f} | {} | {:.1} ms | {billed} |", ds.len(), median.as_secs_f64() * 1000.0);
+    }
+    let items = [
+        ("API Gateway requests", ledger.api_requests as f64, price::API_REQUEST),
+        ("Lambda requests", ledger.invocation_count() as f64, price::LAMBDA_REQUEST),
+        ("Lambda GB-seconds (arm64, 128 MB)", ledger.gb_seconds(), price::LAMBDA_GB_SECOND),
+        ("SQS requests by the functions", sqs_requests, price::SQS_FIFO_REQUEST),
+        ("DynamoDB read units", read_units, price::DYNAMO_READ_UNIT),
+        ("DynamoDB write units", write_units, price::DYNAMO_WRITE_UNIT),
+        ("CloudWatch Logs bytes", log_bytes as f64, price::LOG_BYTE),
+    ];
+    let mut total = esm;
+    println!();
+    println!("| Item | Per conversation | Per 1,000 conversations |");
+    println!("|---|---:|---:|");
+    for (name, qty, unit) in items {
+        total += qty * unit;
+        println!("| {name} | {qty:.3} | ${:.4} |", qty * unit * 1000.0);
+    }
+    println!("| SQS requests by the event source mapping | | ${:.4} |", esm * 1000.0);
+    println!("| **Total** | | **${:.4}** |", total * 1000.0);
+    if polls > 0 {
+        println!("\n(widget polls in this run: {polls})");
+    }
+    Bill {
+        dollars: total,
+        read_units,
+        write_units,
+        sqs_requests: sqs_requests as usize + ledger.esm_fifo_requests + ledger.esm_standard_requests,
+        api_requests: ledger.api_requests,
+    }
+}
+
+/// How many polls `widget-page.js` makes in a quiet gap of `secs` seconds after a message:
+/// every second while "hot" (a human is or is about to be on), else starting at 1 s and
+/// growing by half each time up to 10 s.
+fn polls_in_gap(secs: f64, hot: bool) -> usize {
+    if hot {
+        return secs as usize;
+    }
+    let (mut t, mut delay, mut n) = (0.0, 1.0, 0);
+    loop {
+        t += delay;
+        if t > secs {
+            return n;
+        }
+        n += 1;
+        delay = f64::min(10.0, (delay * 1.5_f64 * 1000.0).round() / 1000.0);
+    }
+}
+
+/// The stated timeline of a typical conversation, in seconds: the user reads a bot answer
+/// and writes again after 20 s; a human takes the conversation after 60 s; human and user
+/// each answer after 30 s.
+const USER_THINKS: f64 = 20.0;
+const HUMAN_PICKS_UP: f64 = 60.0;
+const TURN: f64 = 30.0;
+
+/// Inbound events of the typical conversation: 10 questions, the handoff request, 10 human
+/// replies, 10 user replies, the human's close.
+const INBOUND_EVENTS: usize = 32;
+
+const QUESTIONS: [&str; 3] =
+    ["What are your opening hours?", "How long does shipping take?", "Do you ship abroad to other countries?"];
+
+static LOGS: std::sync::OnceLock<LogMeter> = std::sync::OnceLock::new();
+
+fn log_meter() -> LogMeter {
+    LOGS.get_or_init(|| {
+        let meter = LogMeter::default();
+        let writer = meter.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .json()
+            .without_time()
+            .with_writer(move || writer.clone())
+            .try_init();
+        meter
+    })
+    .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bill_of_a_typical_conversation_does_not_grow() {
+    // One test at a time through the log meter: the two runs are in one test.
+    let logs = log_meter();
+
+    // ---- Telegram: replies are pushed, nothing polls.
+    let mut m = Metered::start(logs.clone()).await;
+    let mut update = 0;
+    for i in 0..10 {
+        update += 1;
+        m.telegram_says(update, QUESTIONS[i % 3]).await;
+        m.worker().await;
+    }
+    update += 1;
+    m.telegram_says(update, "I want to talk to a human").await;
+    m.worker().await;
+    let establish = m.hub.desk.first_to("/conversation/establish").await;
+    let conv = establish.body["conversation_id"].as_str().expect("a desk conversation id").to_string();
+    for i in 0..10 {
+        m.human_says(&conv, i, &format!("Human reply {i}")).await;
+        m.worker().await;
+        update += 1;
+        m.telegram_says(update, &format!("User reply {i}")).await;
+        m.worker().await;
+    }
+    m.human_ends(&conv).await;
+    m.worker().await;
+    m.timers().await;
+
+    let sent = m.telegram.sent_messages();
+    let texts: Vec<&str> = sent.iter().filter_map(|s| s["text"].as_str()).collect();
+    let answers = [common::HOURS, common::SHIPPING, common::ABROAD];
+    assert_eq!(texts.iter().filter(|t| answers.contains(t)).count(), 10, "{texts:#?}");
+    assert_eq!(texts.iter().filter(|t| t.starts_with("Human reply")).count(), 10, "{texts:#?}");
+    assert_eq!(m.hub.desk.count_to("/chat"), 10);
+    assert_eq!(m.hub.desk.duplicates(), 0);
+    let telegram = m.bill("Telegram conversation (32 inbound events, no polling)", 0);
+
+    // ---- Widget: the same conversation, polling on the widget's schedule.
+    let mut m = Metered::start(logs).await;
+    let r = m
+        .api(
+            "widget-api",
+            ApiRequest::new("POST", "/api/widget/shop/session").json(&json!({"email": "ana@example.com"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let mut w = WidgetUser { token: r.body["token"].as_str().expect("a widget token").to_string(), cursor: 0 };
+    let mut polls = 0;
+    for i in 0..10 {
+        send_widget(&mut m, &w, i, QUESTIONS[i % 3]).await;
+        m.worker().await;
+        polls += do_polls(&mut m, &mut w, polls_in_gap(USER_THINKS, false)).await;
+    }
+    send_widget(&mut m, &w, 10, "I want to talk to a human").await;
+    m.worker().await;
+    polls += do_polls(&mut m, &mut w, polls_in_gap(HUMAN_PICKS_UP, true)).await;
+    let establish = m.hub.desk.first_to("/conversation/establish").await;
+    let conv = establish.body["conversation_id"].as_str().expect("a desk conversation id").to_string();
+    for i in 0..10 {
+        m.human_says(&conv, i, &format!("Human reply {i}")).await;
+        m.worker().await;
+        polls += do_polls(&mut m, &mut w, polls_in_gap(TURN, true)).await;
+        send_widget(&mut m, &w, 11 + i, &format!("User reply {i}")).await;
+        m.worker().await;
+        polls += do_polls(&mut m, &mut w, polls_in_gap(TURN, true)).await;
+    }
+    m.human_ends(&conv).await;
+    m.worker().await;
+    m.timers().await;
+    assert_eq!(m.hub.desk.count_to("/chat"), 10);
+    let widget = m.bill("Web widget conversation (32 inbound events, polling)", polls);
+
+    println!(
+        "\nTelegram: ${:.4} per 1,000 conversations; widget: ${:.4}; target ${TARGET_PER_1000}",
+        telegram.dollars * 1000.0,
+        widget.dollars * 1000.0
+    );
+    // The floor of this shape (queue-buffered, stateful, exactly once): per inbound event one
+    // API request, an ingress and a worker invocation, a send, a receive and a delete on the
+    // queue, one read and one write of the conversation's state; nothing else.
+    let floor_per_event = price::API_REQUEST
+        + 2.0 * price::LAMBDA_REQUEST
+        + 3.0 * price::SQS_FIFO_REQUEST
+        + price::DYNAMO_READ_UNIT
+        + price::DYNAMO_WRITE_UNIT;
+    let floor = INBOUND_EVENTS as f64 * floor_per_event;
+    println!(
+        "floor: ${:.4} per 1,000 conversations; Telegram / floor = {:.1}x",
+        floor * 1000.0,
+        telegram.dollars / floor
+    );
+    // Ceilings: the bill measured when this test was written, plus about 10%. A change
+    // that adds calls or bigger items per event fails here; one that saves lowers them.
+    assert_eq!(telegram.api_requests, INBOUND_EVENTS, "one API request per inbound event");
+    assert!(telegram.write_units <= 1150.0, "DynamoDB write units grew: {}", telegram.write_units);
+    assert!(telegram.read_units <= 470.0, "DynamoDB read units grew: {}", telegram.read_units);
+    assert!(telegram.sqs_requests <= 215, "SQS requests grew: {}", telegram.sqs_requests);
+}
+
+/// The widget's side: its conversation token and message cursor.
+struct WidgetUser {
+    token: String,
+    cursor: i64,
+}
+
+async fn send_widget(m: &mut Metered, w: &WidgetUser, n: usize, text: &str) {
+    let req = ApiRequest::new("POST", "/api/widget/shop/messages")
+        .bearer(&w.token)
+        .json(&json!({"text": text, "client_id": format!("c{n}")}));
+    let r = m.api("widget-api", req).await;
+    assert_eq!(r.status, 202, "{r:?}");
+}
+
+/// `n` polls of the message log, moving the cursor as the widget does. The widget polls at
+/// most once a second, so an instance's per-conversation rate limit never sees them all at
+/// once as it would here: each poll gets a fresh router (a fresh limiter), the rest of the
+/// function stays the same.
+async fn do_polls(m: &mut Metered, w: &mut WidgetUser, n: usize) -> usize {
+    for _ in 0..n {
+        m.hub.widget_api = http_router(&m.hub.aws, Routes::Widget);
+        let path = format!("/api/widget/shop/messages?after={}", w.cursor);
+        let r = m.api("widget-api", ApiRequest::new("GET", &path).bearer(&w.token)).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        if let Some(c) = r.body["cursor"].as_i64() {
+            w.cursor = c;
+        }
+    }
+    n
+}
+
+#[test]
+fn the_poll_schedule_matches_the_widget() {
+    // 1 + 1.5 + 2.25 + 3.375 + 5.063 = 13.2 s: five polls in a 20 s gap.
+    assert_eq!(polls_in_gap(20.0, false), 5);
+    assert_eq!(polls_in_gap(0.5, false), 0);
+    assert_eq!(polls_in_gap(30.0, true), 30);
+}
