@@ -155,11 +155,10 @@ async fn forward(
         "sqs" => bill_sqs(&action, &request, body.len()),
         _ => (1, Billed::default()),
     };
-    let factor = if action == "TransactWriteItems" { 2.0 } else { 1.0 };
     let writes_by_kind = writes
         .iter()
         .zip(before.iter().zip(&after))
-        .map(|((_, key), (old, new))| (item_kind(key), factor * write_units(item_size(old).max(item_size(new)))))
+        .map(|((_, key), (old, new))| (item_kind(key), item_write_units(&action, old, new)))
         .collect();
     let call = MeteredCall { service, action, entries, billed, writes_by_kind };
     st.calls.lock().unwrap_or_else(|p| p.into_inner()).push(call);
@@ -340,11 +339,9 @@ fn bill_dynamodb(
             }
         }
         "PutItem" | "UpdateItem" | "DeleteItem" | "BatchWriteItem" | "TransactWriteItems" => {
-            let factor = if action == "TransactWriteItems" { 2.0 } else { 1.0 };
             entries = before.len();
             for (old, new) in before.iter().zip(after) {
-                let size = item_size(old).max(item_size(new));
-                b.write_units += factor * write_units(size);
+                b.write_units += item_write_units(action, old, new);
                 for index in indexes {
                     b.index_write_units += index_writes(index, old, new);
                 }
@@ -353,6 +350,13 @@ fn bill_dynamodb(
         _ => entries = 1,
     }
     (entries, b)
+}
+
+/// Table write units of one item written by `action`, going from `old` to `new`: per 1 KB
+/// of the larger image, doubled in a transaction.
+fn item_write_units(action: &str, old: &Value, new: &Value) -> f64 {
+    let factor = if action == "TransactWriteItems" { 2.0 } else { 1.0 };
+    factor * write_units(item_size(old).max(item_size(new)))
 }
 
 /// Read units of `bytes` read: 4 KB each, at least one.

@@ -19,6 +19,7 @@
 
 mod common;
 
+use baton_aws::aws_sdk_sqs::types::Message;
 use baton_core::agent::TelegramConfig;
 use baton_core::model::Secret;
 use baton_lambda::{handle_events, handle_timers, http_router, wire, Aws, Routes};
@@ -107,6 +108,13 @@ impl std::io::Write for LogMeter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// The functions the event source mappings invoke.
+#[derive(Clone, Copy)]
+enum Consumer {
+    Worker,
+    TimeoutCheck,
 }
 
 /// One deployment whose functions talk to AWS through the meter.
@@ -226,15 +234,28 @@ impl Metered {
             if messages.is_empty() {
                 return;
             }
-            let event = sqs_event(messages.iter().map(|m| record(m, &arn)).collect());
-            let started = Instant::now();
-            let response = handle_events(&self.hub.aws, event).await;
-            self.ledger.invoked("conversation-worker", started.elapsed());
-            let failed = failed_ids(&response);
-            assert!(failed.is_empty(), "records failed: {failed:?}");
-            settle(&self.hub.sqs, &url, &messages, &failed).await;
+            self.invoke(Consumer::Worker, &url, &arn, &messages).await;
             self.ledger.esm_fifo_requests += 1;
         }
+    }
+
+    /// One invocation of `consumer` with `messages`, then what the event source does after
+    /// it (delete the messages, none may fail here).
+    async fn invoke(&mut self, consumer: Consumer, url: &str, arn: &str, messages: &[Message]) {
+        let event = sqs_event(messages.iter().map(|m| record(m, arn)).collect());
+        let started = Instant::now();
+        let response = match consumer {
+            Consumer::Worker => handle_events(&self.hub.aws, event).await,
+            Consumer::TimeoutCheck => handle_timers(&self.hub.aws, event).await,
+        };
+        let function = match consumer {
+            Consumer::Worker => "conversation-worker",
+            Consumer::TimeoutCheck => "timeout-check",
+        };
+        self.ledger.invoked(function, started.elapsed());
+        let failed = failed_ids(&response);
+        assert!(failed.is_empty(), "{function}: records failed: {failed:?}");
+        settle(&self.hub.sqs, url, messages, &failed).await;
     }
 
     /// Wait for every delayed timer message, run timeout-check on them and the worker on
@@ -251,13 +272,7 @@ impl Metered {
                 continue;
             }
             self.ledger.esm_standard_requests += 1;
-            let event = sqs_event(messages.iter().map(|m| record(m, &arn)).collect());
-            let started = Instant::now();
-            let response = handle_timers(&self.hub.aws, event).await;
-            self.ledger.invoked("timeout-check", started.elapsed());
-            let failed = failed_ids(&response);
-            assert!(failed.is_empty(), "timer records failed: {failed:?}");
-            settle(&self.hub.sqs, &url, &messages, &failed).await;
+            self.invoke(Consumer::TimeoutCheck, &url, &arn, &messages).await;
             self.ledger.esm_standard_requests += 1;
             self.worker().await;
         }
