@@ -284,7 +284,7 @@ async fn a_handoff_goes_to_the_desk_with_masked_personal_data_and_the_human_answ
     assert_eq!(est.body["params"]["plan"], "gold", "{text}");
     assert_eq!(est.body["params"]["phone"], "[redacted]", "{text}");
     let desk_conv = est.body["conversation_id"].as_str().unwrap().to_string();
-    api.hub.desk_reply(&desk_conv, "Hello, this is Anna.", None).await;
+    assert_eq!(api.hub.desk_reply(&desk_conv, "Hello, this is Anna.", None).await.status(), 200);
     let events = baton_tests::eventually(Duration::from_secs(10), "the human's reply", || async {
         let e = api.integration.events_for(conv);
         e.iter().any(|m| m["sender"] == "human").then_some(e)

@@ -111,6 +111,23 @@ async fn desk_reply_without_webhook_id_is_deduplicated_by_content() {
     hub.running.stop().await;
 }
 
+/// A desk may answer inside its establish call, before the hub has its response: the reply
+/// finds the conversation (the hub chose the id and linked it first) and reaches the user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desk_answering_during_establish_reaches_the_user() {
+    let hub = common::hub().await;
+    hub.desk.reply_during_establish(baton_tests::desk::InstantReply {
+        url: format!("{}/desks/webhook/shop/v1/human/message/receive", hub.base),
+        token: hub.token.clone(),
+        text: "Already here!".into(),
+    });
+    let mut w = WidgetClient::start(&hub.base, "shop", Some("fast@example.com")).await;
+    w.send("I want to talk to a human").await;
+    w.wait_for("the instant reply", |m| m["from"] == "human" && m["text"] == "Already here!").await;
+    assert_eq!(hub.desk.instant_reply_statuses(), vec![200]);
+    hub.running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_is_collected_in_chat_when_not_preset() {
     let hub = common::hub().await;

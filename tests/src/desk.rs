@@ -35,6 +35,19 @@ pub struct DeskLog {
     pub fail_next: usize,
     /// Expected `Authorization` header, if any.
     pub expect_auth: Option<String>,
+    /// A human reply sent back to the hub from inside each establish call.
+    pub reply_during_establish: Option<InstantReply>,
+    /// The hub's HTTP status for each of those replies.
+    pub instant_reply_statuses: Vec<u16>,
+}
+
+/// Where and what the fastest possible desk answers: the hub's human-message endpoint,
+/// the agent token, the text.
+#[derive(Clone)]
+pub struct InstantReply {
+    pub url: String,
+    pub token: String,
+    pub text: String,
 }
 
 #[derive(Clone)]
@@ -101,6 +114,15 @@ impl FakeDesk {
     pub fn expect_authorization(&self, value: &str) {
         self.log.lock().unwrap().expect_auth = Some(value.to_string());
     }
+
+    /// Answer every establish with a human message to the hub before responding to it.
+    pub fn reply_during_establish(&self, reply: InstantReply) {
+        self.log.lock().unwrap().reply_during_establish = Some(reply);
+    }
+
+    pub fn instant_reply_statuses(&self) -> Vec<u16> {
+        self.log.lock().unwrap().instant_reply_statuses.clone()
+    }
 }
 
 async fn handle(
@@ -109,7 +131,6 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, Json<Value>) {
-    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
     if let Some(secret) = &st.secret {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
         let ok = WebhookHeaders::from_header_map(&headers).and_then(|w| secret.verify(&w, &body, now));
@@ -118,27 +139,48 @@ async fn handle(
             return (StatusCode::UNAUTHORIZED, Json(json!({"code": 401, "message": "bad signature"})));
         }
     }
+    let (status, response, instant) = record(&st, &uri, &headers, &body);
+    if let Some((reply, conversation_id)) = instant {
+        let body = json!({"conversation_id": conversation_id, "timestamp": 1700000000000i64, "body": reply.text});
+        let sent = reqwest::Client::new().post(&reply.url).bearer_auth(&reply.token).json(&body).send().await;
+        let code = sent.map_or(0, |r| r.status().as_u16());
+        st.log.lock().unwrap().instant_reply_statuses.push(code);
+    }
+    (status, response)
+}
+
+type Recorded = (StatusCode, Json<Value>, Option<(InstantReply, String)>);
+
+/// Check and log one request; for an establish with an instant reply configured, also what
+/// to send back and for which conversation.
+fn record(st: &DeskState, uri: &axum::http::Uri, headers: &HeaderMap, body: &Bytes) -> Recorded {
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
     let mut log = st.log.lock().unwrap();
     if let Some(expected) = &log.expect_auth {
         if h("authorization").as_deref() != Some(expected.as_str()) {
-            return (StatusCode::UNAUTHORIZED, Json(json!({"code": 401, "message": "bad credentials"})));
+            return (StatusCode::UNAUTHORIZED, Json(json!({"code": 401, "message": "bad credentials"})), None);
         }
     }
     if log.fail_next > 0 {
         log.fail_next -= 1;
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"code": 503, "message": "down for maintenance"})));
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"code": 503, "message": "down for maintenance"})), None);
     }
-    let Ok(value) = serde_json::from_slice::<Value>(&body) else {
-        return (StatusCode::BAD_REQUEST, Json(json!({"code": 400, "message": "not JSON"})));
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return (StatusCode::BAD_REQUEST, Json(json!({"code": 400, "message": "not JSON"})), None);
     };
     let webhook_id = h("webhook-id");
     if let Some(id) = &webhook_id {
         if log.requests.iter().any(|r| r.webhook_id.as_deref() == Some(id)) {
             log.duplicates += 1;
-            return (StatusCode::OK, Json(json!({"code": 200, "message": "duplicate ignored"})));
+            return (StatusCode::OK, Json(json!({"code": 200, "message": "duplicate ignored"})), None);
         }
     }
+    let mut instant = None;
     if value.get("istest").and_then(Value::as_bool) != Some(true) {
+        if uri.path() == "/conversation/establish" {
+            let conversation = value["conversation_id"].as_str().unwrap_or_default().to_string();
+            instant = log.reply_during_establish.clone().map(|r| (r, conversation));
+        }
         log.requests.push(DeskRequest {
             at: std::time::Instant::now(),
             path: uri.path().to_string(),
@@ -148,5 +190,5 @@ async fn handle(
         });
     }
     let ticket = format!("T-{}", log.requests.len());
-    (StatusCode::OK, Json(json!({"code": 200, "message": "success", "ticket_id": ticket})))
+    (StatusCode::OK, Json(json!({"code": 200, "message": "success", "ticket_id": ticket})), instant)
 }

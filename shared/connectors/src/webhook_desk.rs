@@ -202,6 +202,10 @@ impl Desk for WebhookDesk {
         Ok(request.handoff_id.clone())
     }
 
+    fn id_chosen_by_hub(&self, _agent: &Agent, request: &HandoffRequest) -> Option<String> {
+        Some(request.handoff_id.clone())
+    }
+
     async fn post(
         &self,
         agent: &Agent,

@@ -275,6 +275,12 @@ pub trait Desk: Send + Sync {
     ) -> Result<(), DeliveryError>;
     /// Check the desk's credentials without creating anything.
     async fn probe(&self, agent: &Agent) -> (ServiceStatus, String);
+    /// The desk conversation id `open` will return, when the hub chooses it rather than the
+    /// desk. The link is then stored before the desk hears of the conversation, so a reply
+    /// that races the establish call's answer finds its conversation.
+    fn id_chosen_by_hub(&self, _agent: &Agent, _request: &HandoffRequest) -> Option<String> {
+        None
+    }
 }
 
 /// Where requests go that no human can take (outside service hours, desk down, no desk).

@@ -63,6 +63,10 @@ impl Desk for DeskRouter {
         self.desk_of(agent)?.close(agent, desk_conversation_id, reason, idempotency_key).await
     }
 
+    fn id_chosen_by_hub(&self, agent: &Agent, request: &HandoffRequest) -> Option<String> {
+        self.desk_of(agent).ok()?.id_chosen_by_hub(agent, request)
+    }
+
     async fn probe(&self, agent: &Agent) -> (ServiceStatus, String) {
         match self.desk_of(agent) {
             Ok(desk) => desk.probe(agent).await,

@@ -247,6 +247,20 @@ async fn run_effect(
             Ok("delivered".into())
         }
         Effect::OpenDesk { request } => {
+            let link = |desk_conversation_id: &str| DeskLink {
+                agent: agent.id.clone(),
+                desk_conversation_id: desk_conversation_id.to_string(),
+                handoff_id: request.handoff_id.clone(),
+                conversation: key.clone(),
+            };
+            let stored = |link: DeskLink| async move {
+                ports.store.put_desk_link(&link).await.map_err(|e| DeliveryError::retryable(e.to_string()))
+            };
+            // A desk may answer the moment it hears of the conversation: link first when we can.
+            let chosen = ports.desk.id_chosen_by_hub(agent, request);
+            if let Some(id) = &chosen {
+                stored(link(id)).await?;
+            }
             let desk_id = match ports.desk.open(agent, key, request, &idem).await {
                 Ok(id) => id,
                 Err(DeliveryError::Unauthorized { message }) => {
@@ -255,13 +269,9 @@ async fn run_effect(
                 }
                 Err(e) => return Err(e),
             };
-            let link = DeskLink {
-                agent: agent.id.clone(),
-                desk_conversation_id: desk_id.clone(),
-                handoff_id: request.handoff_id.clone(),
-                conversation: key.clone(),
-            };
-            ports.store.put_desk_link(&link).await.map_err(|e| DeliveryError::retryable(e.to_string()))?;
+            if chosen.as_deref() != Some(desk_id.as_str()) {
+                stored(link(&desk_id)).await?;
+            }
             let kind =
                 EventKind::DeskOpened { handoff_id: request.handoff_id.clone(), desk_conversation_id: desk_id.clone() };
             enqueue(ports, result_event_id, key, kind).await?;
