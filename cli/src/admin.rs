@@ -21,10 +21,21 @@ pub enum StoreKind {
     Dynamo,
 }
 
-/// Validate and store every agent of `file`. New agents get a token, printed once.
-pub async fn apply(db: &dyn Store, kind: StoreKind, file: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
+/// Validate and store every agent of `file`. New agents get a token, printed once. The
+/// DynamoDB store serves a cloud deployment: endpoints on private addresses are refused there
+/// unless `allow_private_targets`.
+pub async fn apply(
+    db: &dyn Store,
+    kind: StoreKind,
+    file: &Path,
+    allow_private_targets: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let mut agents = config::load_file(file)?;
     if let StoreKind::Dynamo = kind {
+        if !allow_private_targets {
+            config::refuse_private_targets(&agents)?;
+        }
         for agent in &mut agents {
             for (field, secret) in agent.secrets_mut() {
                 if !baton_core::agent::is_ssm_reference(secret) {
@@ -130,7 +141,7 @@ pub async fn telegram_webhook(agent: &baton_core::Agent, url: Option<&str>, out:
     };
     let timeout = std::time::Duration::from_secs(15);
     let client = baton_connectors::telegram::TelegramClient::from_client(
-        baton_connectors::outbound::http_client(timeout),
+        baton_connectors::outbound::http_client(timeout, baton_connectors::outbound::Targets::Any),
         timeout,
     );
     match url {

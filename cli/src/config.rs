@@ -51,6 +51,25 @@ pub fn load_file(path: &Path) -> Result<Vec<Agent>, ConfigError> {
     parse(&name, &src, &|var| std::env::var(var).ok())
 }
 
+/// Refuse agents whose endpoints name loopback, private or link-local addresses: a hub that
+/// serves beyond its own machine must not be pointed at its own network.
+pub fn refuse_private_targets(agents: &[Agent]) -> anyhow::Result<()> {
+    let found: Vec<String> = agents
+        .iter()
+        .flat_map(|a| {
+            a.non_public_targets().into_iter().map(move |p| format!("agent {}: {} {}", a.id, p.path, p.message))
+        })
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{}\nthis hub calls public addresses only; allow private ones (--allow-private-targets, \
+         BATON_ALLOW_PRIVATE_TARGETS=true) only when the desks live on the hub's own network",
+        found.join("\n")
+    )
+}
+
 /// Parse and validate `src`. `env` resolves `env:NAME` secret references.
 pub fn parse(file: &str, src: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Agent>, ConfigError> {
     let fail = |problems| ConfigError { file: file.to_string(), problems };

@@ -40,6 +40,11 @@ enum Command {
         /// the host a webhook reached.
         #[arg(long, env = "BATON_PUBLIC_URL")]
         public_url: Option<String>,
+        /// Let agents call loopback, private and link-local addresses although the hub listens
+        /// beyond loopback (its desks live on the same network). Always allowed when it
+        /// listens on loopback only, the local-use case.
+        #[arg(long, env = "BATON_ALLOW_PRIVATE_TARGETS")]
+        allow_private_targets: bool,
     },
     /// Manage agents.
     Agents {
@@ -119,6 +124,10 @@ enum AgentsCommand {
     /// Validate and store the agents of a TOML file; new agents get a token (shown once).
     Apply {
         file: PathBuf,
+        /// Accept endpoints on loopback, private or link-local addresses in the DynamoDB
+        /// store (its functions refuse to call them unless BATON_ALLOW_PRIVATE_TARGETS is set).
+        #[arg(long)]
+        allow_private_targets: bool,
     },
     /// Check a TOML file without storing anything.
     Validate {
@@ -316,6 +325,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             rate_per_ip,
             rate_per_conversation,
             public_url,
+            allow_private_targets,
         } => {
             let rate_limits = baton_runtime::http::RateLimitConfig {
                 per_ip_per_sec: rate_per_ip,
@@ -332,10 +342,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 rate_limits,
                 public_url,
                 desk_probe: true,
+                targets: if allow_private_targets || addr.ip().is_loopback() {
+                    baton::serve::Targets::Any
+                } else {
+                    baton::serve::Targets::PublicOnly
+                },
             };
+            let public_only = opts.targets == baton::serve::Targets::PublicOnly;
             let running = start(opts, Arc::new(baton_runtime::clock::SystemClock)).await?;
             let a = running.addr;
             println!("Baton is running on http://{a}");
+            if public_only {
+                println!(
+                    "  agents' endpoints must be public addresses (listening beyond loopback); \
+                     --allow-private-targets to allow private ones. No example agent."
+                );
+            }
             println!("  try the widget:      http://{a}/");
             println!("  operator console:    http://{a}/console");
             if let Some(token) = &running.example_token {
@@ -349,9 +371,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let agents = baton::config::load_file(&file)?;
                 println!("{}: {} agent(s) valid", file.display(), agents.len());
             }
-            AgentsCommand::Apply { file } => {
+            AgentsCommand::Apply { file, allow_private_targets } => {
                 let (db, kind) = open_store(store.as_deref(), &data).await?;
-                baton::admin::apply(db.as_ref(), kind, &file, &mut out).await?
+                baton::admin::apply(db.as_ref(), kind, &file, allow_private_targets, &mut out).await?
             }
             AgentsCommand::List => {
                 baton::admin::list(open_store(store.as_deref(), &data).await?.0.as_ref(), &mut out).await?
@@ -377,7 +399,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let Some(cfg) = resolved.livechat.as_ref() else {
                     anyhow::bail!("agent {agent} has no [livechat] section");
                 };
-                let http = baton_connectors::outbound::http_client(std::time::Duration::from_secs(15));
+                let http = baton_connectors::outbound::http_client(
+                    std::time::Duration::from_secs(15),
+                    baton_connectors::outbound::Targets::Any,
+                );
                 let token = baton::livechat_authorize::authorize(cfg, port, &mut out, &http).await?;
                 keep_livechat_token(&agent, token, agents.is_some(), store.as_deref(), &data, ssm_parameter, &mut out)
                     .await?

@@ -3,6 +3,7 @@
 
 use crate::{assets, console, demo};
 use baton_brains::Brains;
+pub use baton_connectors::outbound::Targets;
 use baton_core::model::ServiceStatus;
 use baton_core::ports::{Clock, Store};
 use baton_core::ConversationKey;
@@ -32,6 +33,9 @@ pub struct ServeOptions {
     pub public_url: Option<String>,
     /// Check every agent's desk at start and every 10 minutes (the service status).
     pub desk_probe: bool,
+    /// Which hosts the agents' endpoints may be; with `PublicOnly` agents that name a
+    /// private address are refused at start and no example agent (its desk is this hub).
+    pub targets: Targets,
 }
 
 /// A running server (tests start it in-process; `main` runs it until Ctrl-C).
@@ -75,7 +79,8 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
     let secret = db.get_or_insert_setting("widget_token_secret", baton_runtime::auth::generate_token).await?;
     let (live, _) = broadcast::channel(4096);
     let log: Arc<dyn MessageLog> = db.clone();
-    let connectors = Connectors::new(OUTBOUND_TIMEOUT, db.clone(), clock.clone(), log.clone(), live.clone());
+    let connectors =
+        Connectors::new(OUTBOUND_TIMEOUT, opts.targets, db.clone(), clock.clone(), log.clone(), live.clone());
     let ports = Ports {
         store: db.clone(),
         queue: queue.clone(),
@@ -88,17 +93,21 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         secrets: Arc::new(baton_runtime::PlainSecrets),
         kv: db.clone(),
         alerts: Default::default(),
+        targets: opts.targets,
     };
 
     if let Some(file) = &opts.agents_file {
         let agents = crate::config::load_file(file)?;
+        if opts.targets == Targets::PublicOnly {
+            crate::config::refuse_private_targets(&agents)?;
+        }
         for a in &agents {
             db.put_agent(a).await?;
         }
     }
     let console_store = ConsoleStore::new(db.clone());
     let hub_base = format!("http://{addr}");
-    let example_token = if opts.example_agent {
+    let example_token = if opts.example_agent && opts.targets == Targets::Any {
         demo::ensure_example_agent(&db, &console_store, &hub_base, clock.now()).await?
     } else {
         None
@@ -220,7 +229,11 @@ async fn probe_loop(ports: Ports, mut stop: tokio::sync::watch::Receiver<bool>) 
     loop {
         if let Ok(agents) = ports.store.list_agents().await {
             for agent in agents {
-                let (status, detail) = ports.desk.probe(&agent).await;
+                let (status, detail) =
+                    match baton_runtime::worker::refused_endpoint(&ports, &agent, baton_runtime::worker::DESK_FIELDS) {
+                        Some(why) => (ServiceStatus::Unavailable, why),
+                        None => ports.desk.probe(&agent).await,
+                    };
                 let before = ports.store.desk_status(&agent.id).await.ok().flatten().map(|r| r.status);
                 if status == ServiceStatus::Unavailable && before != Some(ServiceStatus::Unavailable) {
                     ports.alerts.raise(format!("agent {}: the desk is unavailable: {detail}", agent.id));

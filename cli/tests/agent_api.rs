@@ -363,6 +363,7 @@ async fn the_console_shows_the_session_parameters_masked() {
         rate_limits: Default::default(),
         public_url: None,
         desk_probe: true,
+        targets: baton::serve::Targets::Any,
     };
     let running = baton::serve::start(opts, Arc::new(baton_runtime::clock::SystemClock)).await.unwrap();
     let token = baton_runtime::auth::generate_token();

@@ -60,6 +60,16 @@ pub async fn hub_with(clock: Arc<dyn Clock>, edit: impl FnOnce(&mut Agent)) -> H
 /// [`hub_with`], choosing whether the desk probe runs (a test that sets the desk status
 /// itself turns it off, so a probe finishing late cannot overwrite it).
 pub async fn hub_with_probe(clock: Arc<dyn Clock>, desk_probe: bool, edit: impl FnOnce(&mut Agent)) -> Hub {
+    hub_on(clock, desk_probe, baton::serve::Targets::Any, edit).await
+}
+
+/// [`hub_with_probe`] on a hub whose outbound calls may reach `targets`.
+pub async fn hub_on(
+    clock: Arc<dyn Clock>,
+    desk_probe: bool,
+    targets: baton::serve::Targets,
+    edit: impl FnOnce(&mut Agent),
+) -> Hub {
     let desk = FakeDesk::start(Some(SECRET)).await;
     let dir = tempfile::tempdir().unwrap();
     let opts = ServeOptions {
@@ -71,6 +81,7 @@ pub async fn hub_with_probe(clock: Arc<dyn Clock>, desk_probe: bool, edit: impl 
         rate_limits: Default::default(),
         public_url: None,
         desk_probe,
+        targets,
     };
     let running = start(opts, clock).await.unwrap();
     let mut agent = shop_agent(&desk.url());

@@ -39,6 +39,20 @@ async fn agents_go_to_dynamodb_with_secret_references_only() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("created agent shop; its access token (shown once): bat_"));
 
+    // The deployment serves other people's agents: private endpoints need an explicit yes.
+    let private = dir.path().join("private.toml");
+    std::fs::write(
+        &private,
+        "[[agent]]\nid = \"lab\"\n[agent.desk]\nkind = \"webhook\"\nurl = \"http://10.1.2.3:8080\"\n",
+    )
+    .unwrap();
+    let out = baton(&["agents", "apply", private.to_str().unwrap(), "--store", &store]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("agent lab: desk.url points at 10.1.2.3"), "{err}");
+    let out = baton(&["agents", "apply", private.to_str().unwrap(), "--store", &store, "--allow-private-targets"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
     let out = baton(&["agents", "list", "--store", &store]);
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.contains("shop\tShop\tdesk: webhook https://desk.example.com"), "{listed}");

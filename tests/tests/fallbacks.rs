@@ -42,7 +42,7 @@ fn request(email: &str) -> HandoffRequest {
 }
 
 fn router() -> FallbackRouter {
-    let http = http_client(Duration::from_secs(5));
+    let http = http_client(Duration::from_secs(5), baton_connectors::outbound::Targets::Any);
     FallbackRouter {
         ticket: TicketFallback::from_client(http.clone(), Duration::from_secs(5)),
         email: EmailFallback::new(Duration::from_secs(5)),

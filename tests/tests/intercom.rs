@@ -78,7 +78,12 @@ impl Setup {
 
 fn client_with(kv: &Arc<MemKv>, clock: &Arc<FixedClock>) -> IntercomClient {
     let timeout = Duration::from_secs(5);
-    IntercomClient::new(baton_connectors::outbound::http_client(timeout), timeout, kv.clone(), clock.clone())
+    IntercomClient::new(
+        baton_connectors::outbound::http_client(timeout, baton_connectors::outbound::Targets::Any),
+        timeout,
+        kv.clone(),
+        clock.clone(),
+    )
 }
 
 fn next_key() -> String {

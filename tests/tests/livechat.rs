@@ -55,7 +55,7 @@ impl Setup {
     fn client(&self) -> LivechatClient {
         let timeout = Duration::from_secs(5);
         LivechatClient::new(
-            baton_connectors::outbound::http_client(timeout),
+            baton_connectors::outbound::http_client(timeout, baton_connectors::outbound::Targets::Any),
             timeout,
             self.kv.clone(),
             self.clock.clone(),
@@ -65,7 +65,7 @@ impl Setup {
     fn auth(&self) -> LivechatAuth {
         let timeout = Duration::from_secs(5);
         LivechatAuth::new(
-            baton_connectors::outbound::http_client(timeout),
+            baton_connectors::outbound::http_client(timeout, baton_connectors::outbound::Targets::Any),
             timeout,
             self.kv.clone(),
             self.clock.clone(),
@@ -608,7 +608,8 @@ async fn every_webhook_builder_parses_and_the_secret_is_checked() {
 #[tokio::test]
 async fn the_code_is_exchanged_for_the_refresh_token() {
     let fake = FakeLivechat::start().await;
-    let http = baton_connectors::outbound::http_client(Duration::from_secs(5));
+    let http =
+        baton_connectors::outbound::http_client(Duration::from_secs(5), baton_connectors::outbound::Targets::Any);
     let redirect = "http://127.0.0.1:8788/callback";
     let url = livechat::authorize_url(fake::CLIENT_ID, &format!("{}/", fake.url()), redirect, "st4te");
     assert_eq!(

@@ -26,7 +26,12 @@ impl Clock for SystemClock {
 
 fn client(kv: &Arc<MemKv>) -> SalesiqClient {
     let timeout = Duration::from_secs(5);
-    SalesiqClient::new(baton_connectors::outbound::http_client(timeout), timeout, kv.clone(), Arc::new(SystemClock))
+    SalesiqClient::new(
+        baton_connectors::outbound::http_client(timeout, baton_connectors::outbound::Targets::Any),
+        timeout,
+        kv.clone(),
+        Arc::new(SystemClock),
+    )
 }
 
 fn agent(fake: &FakeZoho) -> Agent {

@@ -36,11 +36,17 @@ fn line_config(api_base: &str, token: &str) -> LineConfig {
 }
 
 fn telegram_client() -> TelegramClient {
-    TelegramClient::from_client(http_client(Duration::from_secs(5)), Duration::from_secs(5))
+    TelegramClient::from_client(
+        http_client(Duration::from_secs(5), baton_connectors::outbound::Targets::Any),
+        Duration::from_secs(5),
+    )
 }
 
 fn line_client() -> LineClient {
-    LineClient::from_client(http_client(Duration::from_secs(5)), Duration::from_secs(5))
+    LineClient::from_client(
+        http_client(Duration::from_secs(5), baton_connectors::outbound::Targets::Any),
+        Duration::from_secs(5),
+    )
 }
 
 fn with_buttons(text: &str, buttons: &[(&str, &str)]) -> OutMessage {

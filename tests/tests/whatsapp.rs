@@ -41,7 +41,10 @@ fn with_template(mut c: WhatsappConfig) -> WhatsappConfig {
 }
 
 fn client() -> WhatsappClient {
-    WhatsappClient::from_client(http_client(Duration::from_secs(5)), Duration::from_secs(5))
+    WhatsappClient::from_client(
+        http_client(Duration::from_secs(5), baton_connectors::outbound::Targets::Any),
+        Duration::from_secs(5),
+    )
 }
 
 fn with_buttons(text: &str, buttons: &[(&str, &str)]) -> OutMessage {

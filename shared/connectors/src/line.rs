@@ -816,7 +816,10 @@ mod tests {
     use crate::testutil::scripted;
 
     fn client() -> LineClient {
-        LineClient::from_client(crate::outbound::http_client(Duration::from_secs(5)), Duration::from_secs(5))
+        LineClient::from_client(
+            crate::outbound::http_client(Duration::from_secs(5), crate::outbound::Targets::Any),
+            Duration::from_secs(5),
+        )
     }
 
     #[tokio::test]

@@ -28,21 +28,82 @@ pub struct Poster {
 /// The HTTP client type every connector (and brain) shares.
 pub type HttpClient = reqwest::Client;
 
+/// Which hosts outbound calls may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Targets {
+    /// Only public addresses: names that resolve to loopback, private or link-local
+    /// addresses are refused, so a configured URL cannot reach the hub's own network.
+    PublicOnly,
+    /// Any address, for a hub on one machine talking to desks and test servers beside it.
+    Any,
+}
+
 /// The HTTP client every connector shares (one connection pool, one TLS configuration per
 /// process): `timeout` per request, no redirects (a 3xx is a failure, as Standard Webhooks
 /// prescribes). Panics only if the TLS backend cannot be initialised, like `reqwest::Client::new`.
-pub fn http_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
+pub fn http_client(timeout: Duration, targets: Targets) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("HTTP client with rustls can be built")
+        .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")));
+    let builder = match targets {
+        Targets::PublicOnly => builder.dns_resolver(std::sync::Arc::new(PublicOnlyResolver)),
+        Targets::Any => builder,
+    };
+    builder.build().expect("HTTP client with rustls can be built")
+}
+
+/// Resolves with the system resolver and keeps only public addresses. Checking the addresses
+/// actually connected to (not the name) also stops a name that is re-pointed after a check.
+/// IP literals never reach a resolver: `Agent::non_public_targets` covers those.
+struct PublicOnlyResolver;
+
+impl reqwest::dns::Resolve for PublicOnlyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<_> = found.into_iter().filter(|a| baton_core::net::is_public(a.ip())).collect();
+            if public.is_empty() {
+                return Err(Box::new(NonPublicTarget { host }) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// A host that resolved only to addresses outbound calls may not reach.
+#[derive(Debug)]
+pub struct NonPublicTarget {
+    pub host: String,
+}
+
+impl std::fmt::Display for NonPublicTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} resolves only to loopback, private or link-local addresses, which this hub does not call",
+            self.host
+        )
+    }
+}
+
+impl std::error::Error for NonPublicTarget {}
+
+fn refused_target(err: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        if s.is::<NonPublicTarget>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 impl Poster {
     pub fn new(timeout: Duration) -> Self {
-        Poster { client: http_client(timeout), timeout }
+        Poster { client: http_client(timeout, Targets::Any), timeout }
     }
 
     pub fn from_client(client: reqwest::Client, timeout: Duration) -> Self {
@@ -160,6 +221,10 @@ pub(crate) fn transport_error(what: &str, timeout: Duration, err: reqwest::Error
     }
     if err.is_builder() {
         return DeliveryError::permanent(format!("{what}: request cannot be built: {}", error_chain(err)));
+    }
+    // Retrying cannot make the address public: the configuration must change.
+    if refused_target(&err) {
+        return DeliveryError::permanent(format!("{what}: refused: {}", error_chain(err)));
     }
     let kind = if err.is_connect() { "connection failed" } else { "request failed" };
     DeliveryError::retryable(format!("{what}: {kind}: {}", error_chain(err)))

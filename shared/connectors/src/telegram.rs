@@ -828,7 +828,10 @@ mod tests {
     use crate::testutil::scripted;
 
     fn client() -> TelegramClient {
-        TelegramClient::from_client(crate::outbound::http_client(Duration::from_secs(5)), Duration::from_secs(5))
+        TelegramClient::from_client(
+            crate::outbound::http_client(Duration::from_secs(5), crate::outbound::Targets::Any),
+            Duration::from_secs(5),
+        )
     }
 
     #[tokio::test]

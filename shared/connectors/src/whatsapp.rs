@@ -1441,7 +1441,10 @@ mod tests {
     use crate::testutil::scripted;
 
     fn client() -> WhatsappClient {
-        WhatsappClient::from_client(crate::outbound::http_client(Duration::from_secs(5)), Duration::from_secs(5))
+        WhatsappClient::from_client(
+            crate::outbound::http_client(Duration::from_secs(5), crate::outbound::Targets::Any),
+            Duration::from_secs(5),
+        )
     }
 
     #[tokio::test]

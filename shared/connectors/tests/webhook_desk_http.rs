@@ -426,3 +426,24 @@ async fn probe_reports_server_errors_and_unreachable_desks() {
     let (status, _) = desk().probe(&agent(json!({"kind": "none"}))).await;
     assert_eq!(status, ServiceStatus::NotConfigured);
 }
+
+/// A client for public targets only refuses a name that resolves to loopback, for good
+/// (retrying cannot make it public), and the desk hears nothing; the same call with a
+/// client for any target goes through.
+#[tokio::test]
+async fn a_client_for_public_targets_refuses_names_of_private_addresses() {
+    use baton_connectors::outbound::{http_client, Targets};
+    let server = serve_fixed(ok_reply()).await;
+    let by_name = server.base().replace("127.0.0.1", "localhost");
+    let a = signed_agent(&by_name);
+    let timeout = Duration::from_secs(5);
+    let public_only = WebhookDesk::from_client(http_client(timeout, Targets::PublicOnly), timeout);
+    let e = public_only.post(&a, "ho_1", "hello", "msg_p").await.unwrap_err();
+    assert!(matches!(e, DeliveryError::Permanent { .. }), "{e:?}");
+    assert!(message(&e).contains("localhost resolves only to loopback, private or link-local addresses"), "{e}");
+    assert!(server.seen().is_empty(), "nothing reached the server");
+
+    let any = WebhookDesk::from_client(http_client(timeout, Targets::Any), timeout);
+    any.post(&a, "ho_1", "hello", "msg_a").await.unwrap();
+    assert_eq!(server.seen().len(), 1);
+}

@@ -683,12 +683,6 @@ pub struct WidgetConfig {
     pub allowed_origins: Vec<String>,
 }
 
-fn url_field(bad: &mut impl FnMut(&str, String), path: &str, url: &str) {
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        bad(path, format!("must be an http:// or https:// URL, got {url:?}"));
-    }
-}
-
 /// One problem in an agent's configuration; `path` names the field (`desk.url`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
@@ -703,6 +697,76 @@ pub fn is_ssm_reference(s: &Secret) -> bool {
 }
 
 impl Agent {
+    /// Every HTTP endpoint the agent's configuration makes the hub call, with its field.
+    pub fn outbound_urls<'a>(&'a self) -> Vec<(String, &'a str)> {
+        let mut urls = Vec::new();
+        let mut add = |path: &str, url: &'a str| urls.push((path.to_string(), url));
+        if let DeskConfig::Webhook { url, .. } = &self.desk {
+            add("desk.url", url);
+        }
+        match &self.brain {
+            BrainConfig::Faq { .. } => {}
+            BrainConfig::Llm(l) => {
+                add("brain.base_url", &l.base_url);
+                if let Some(erp) = &l.erp {
+                    add("brain.erp.base_url", &erp.base_url);
+                }
+            }
+            BrainConfig::Hosted(h) => add("brain.base_url", &h.base_url),
+        }
+        if let Some(url) = self.api.as_ref().and_then(|a| a.converse_url.as_deref()) {
+            add("api.converse_url", url);
+        }
+        if let FallbackConfig::Ticket { url, .. } = &self.fallback {
+            add("fallback.url", url);
+        }
+        if let Some(w) = &self.channels.whatsapp {
+            add("channels.whatsapp.api_base", &w.api_base);
+        }
+        if let Some(t) = &self.channels.telegram {
+            add("channels.telegram.api_base", &t.api_base);
+        }
+        if let Some(l) = &self.channels.line {
+            add("channels.line.api_base", &l.api_base);
+        }
+        if let Some(i) = &self.intercom {
+            add("intercom.api_base", &i.api_base);
+        }
+        if let Some(l) = &self.livechat {
+            add("livechat.api_base", &l.api_base);
+            add("livechat.accounts_base", &l.accounts_base);
+        }
+        if let Some(z) = &self.salesiq {
+            add("salesiq.server", &z.server);
+            add("salesiq.accounts_server", &z.accounts_server);
+        }
+        for (i, a) in self.actions.iter().enumerate() {
+            add(&format!("actions[{i}].url"), &a.url);
+        }
+        urls
+    }
+
+    /// The configured endpoints that name a loopback, private or link-local host directly
+    /// (names are checked when resolved). A deployment serving other people's agents refuses
+    /// them, unless its operator allows private targets for local use.
+    pub fn non_public_targets(&self) -> Vec<ConfigProblem> {
+        let mut targets: Vec<(String, String)> =
+            self.outbound_urls().into_iter().map(|(path, url)| (path, url.to_string())).collect();
+        if let FallbackConfig::Email { smtp_url: Some(smtp), .. } = &self.fallback {
+            if !is_ssm_reference(smtp) {
+                targets.push(("fallback.smtp_url".into(), smtp.expose().to_string()));
+            }
+        }
+        targets
+            .into_iter()
+            .filter_map(|(path, url)| {
+                let host = crate::net::non_public_host(&url)?;
+                let message = format!("points at {host}, a loopback, private or link-local address");
+                Some(ConfigProblem { path, message })
+            })
+            .collect()
+    }
+
     /// Which of `params` the agent's actions mark as personal data.
     pub fn sanitized_outputs<'a>(
         &self,
@@ -796,10 +860,12 @@ impl Agent {
                 format!("unsupported language {:?}; use one of {:?}", self.language, crate::messages::LANGUAGES),
             );
         }
-        if let DeskConfig::Webhook { url, username, password, signing_secret } = &self.desk {
+        for (path, url) in self.outbound_urls() {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                bad("desk.url", format!("must be an http:// or https:// URL, got {url:?}"));
+                bad(&path, format!("must be an http:// or https:// URL, got {url:?}"));
             }
+        }
+        if let DeskConfig::Webhook { username, password, signing_secret, .. } = &self.desk {
             if password.is_some() && username.is_none() {
                 bad("desk.username", "is required when desk.password is set".into());
             }
@@ -833,7 +899,6 @@ impl Agent {
                 ("brain.faq", faq)
             }
             BrainConfig::Llm(l) => {
-                url_field(&mut bad, "brain.base_url", &l.base_url);
                 if l.model.trim().is_empty() {
                     bad("brain.model", "must not be empty".into());
                 }
@@ -849,13 +914,9 @@ impl Agent {
                 if l.handoff_description.trim().is_empty() {
                     bad("brain.handoff_description", "must not be empty".into());
                 }
-                if let Some(erp) = &l.erp {
-                    url_field(&mut bad, "brain.erp.base_url", &erp.base_url);
-                }
                 ("brain.knowledge", &l.knowledge)
             }
             BrainConfig::Hosted(h) => {
-                url_field(&mut bad, "brain.base_url", &h.base_url);
                 if h.bot_id.trim().is_empty() || h.bot_id.len() > 64 {
                     bad("brain.bot_id", "must be 1-64 characters".into());
                 }
@@ -893,7 +954,6 @@ impl Agent {
             if a.description.trim().is_empty() {
                 bad(&at("description"), "must say when to use it".into());
             }
-            url_field(&mut bad, &at("url"), &a.url);
             if a.signing_secret.as_ref().is_some_and(|s| !is_ssm_reference(s) && !s.expose().starts_with("whsec_")) {
                 bad(&at("signing_secret"), "must be a Standard Webhooks secret starting with whsec_".into());
             }
@@ -918,9 +978,6 @@ impl Agent {
             }
         }
         if let Some(api) = &self.api {
-            if let Some(url) = &api.converse_url {
-                url_field(&mut bad, "api.converse_url", url);
-            }
             if api.signing_secret.as_ref().is_some_and(|s| !is_ssm_reference(s) && !s.expose().starts_with("whsec_")) {
                 bad("api.signing_secret", "must be a Standard Webhooks secret starting with whsec_".into());
             }
@@ -943,10 +1000,7 @@ impl Agent {
                 }
             }
         }
-        if let FallbackConfig::Ticket { url, signing_secret } = &self.fallback {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                bad("fallback.url", format!("must be an http:// or https:// URL, got {url:?}"));
-            }
+        if let FallbackConfig::Ticket { signing_secret, .. } = &self.fallback {
             if signing_secret.as_ref().is_some_and(|s| !is_ssm_reference(s) && !s.expose().starts_with("whsec_")) {
                 bad("fallback.signing_secret", "must be a Standard Webhooks secret starting with whsec_".into());
             }
@@ -1007,20 +1061,16 @@ impl Agent {
             bad("desk", "kind = \"livechat\" needs a [livechat] section with the account".into());
         }
         if let Some(w) = &self.channels.whatsapp {
-            url_field(&mut bad, "channels.whatsapp.api_base", &w.api_base);
             if w.phone_number_id.trim().is_empty() || !w.phone_number_id.bytes().all(|b| b.is_ascii_digit()) {
                 bad("channels.whatsapp.phone_number_id", "must be the numeric phone number id".into());
             }
         }
         if let Some(i) = &self.intercom {
-            url_field(&mut bad, "intercom.api_base", &i.api_base);
             if i.bot_admin_id.trim().is_empty() {
                 bad("intercom.bot_admin_id", "must not be empty".into());
             }
         }
         if let Some(l) = &self.livechat {
-            url_field(&mut bad, "livechat.api_base", &l.api_base);
-            url_field(&mut bad, "livechat.accounts_base", &l.accounts_base);
             if l.bot_agent_id.is_some() != l.bot_secret.is_some() {
                 bad("livechat.bot_secret", "bot_agent_id and bot_secret go together".into());
             }
@@ -1034,14 +1084,8 @@ impl Agent {
             if !ok {
                 bad("channels.telegram.secret_token", "must be 1-256 characters of A-Z, a-z, 0-9, '_' or '-'".into());
             }
-            url_field(&mut bad, "channels.telegram.api_base", &t.api_base);
-        }
-        if let Some(l) = &self.channels.line {
-            url_field(&mut bad, "channels.line.api_base", &l.api_base);
         }
         if let Some(z) = &self.salesiq {
-            url_field(&mut bad, "salesiq.server", &z.server);
-            url_field(&mut bad, "salesiq.accounts_server", &z.accounts_server);
             for (path, v) in [
                 ("salesiq.screen_name", &z.screen_name),
                 ("salesiq.app_id", &z.app_id),
@@ -1161,10 +1205,8 @@ mod tests {
         assert_eq!(paths, ["fallback", "fallback.to", "fallback.template"]);
     }
 
-    #[test]
-    fn action_problems_name_the_field() {
-        let mut a = agent();
-        let action = |name: &str| ActionConfig {
+    fn action(name: &str) -> ActionConfig {
+        ActionConfig {
             name: name.into(),
             description: "Look the customer up.".into(),
             inputs: vec!["phone".into()],
@@ -1175,7 +1217,12 @@ mod tests {
             retries: 2,
             sanitize: Vec::new(),
             format: Default::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn action_problems_name_the_field() {
+        let mut a = agent();
         a.actions = vec![action("lookup_customer")];
         assert!(a.validate().is_empty(), "{:?}", a.validate());
         let mut broken = action("Lookup Customer");
@@ -1189,10 +1236,10 @@ mod tests {
         assert_eq!(
             paths,
             [
+                "actions[3].url",
                 "actions[0].name",
                 "actions[2].name",
                 "actions[3].name",
-                "actions[3].url",
                 "actions[3].signing_secret",
                 "actions[3].outputs.tier",
                 "actions[3].timeout_secs",
@@ -1214,5 +1261,31 @@ mod tests {
         };
         let paths: Vec<_> = a.validate().into_iter().map(|p| p.path).collect();
         assert_eq!(paths, ["id", "desk.url", "desk.username", "desk.signing_secret", "policy.wait_timeout_secs"]);
+    }
+    #[test]
+    fn endpoints_on_private_addresses_are_named_with_their_field() {
+        let mut a = agent();
+        assert!(a.non_public_targets().is_empty());
+        a.desk = DeskConfig::Webhook {
+            url: "http://169.254.169.254/latest".into(),
+            username: None,
+            password: None,
+            signing_secret: None,
+        };
+        a.fallback = FallbackConfig::Ticket { url: "https://tickets.example.com/new".into(), signing_secret: None };
+        let mut erp = action("lookup");
+        erp.url = "http://[::1]:9001/2018-06-01/runtime/invocation/next".into();
+        a.actions = vec![action("orders"), erp];
+        let found: Vec<_> = a.non_public_targets().into_iter().map(|p| (p.path, p.message)).collect();
+        assert_eq!(
+            found,
+            [
+                ("desk.url".to_string(), "points at 169.254.169.254, a loopback, private or link-local address".into()),
+                ("actions[1].url".to_string(), "points at ::1, a loopback, private or link-local address".into()),
+            ]
+        );
+        // The scheme check covers the same list of fields.
+        let urls: Vec<_> = a.outbound_urls().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(urls, ["desk.url", "fallback.url", "actions[0].url", "actions[1].url"]);
     }
 }

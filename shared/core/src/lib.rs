@@ -8,6 +8,7 @@ pub mod event;
 pub mod hours;
 pub mod messages;
 pub mod model;
+pub mod net;
 pub mod phrases;
 pub mod ports;
 pub mod session;

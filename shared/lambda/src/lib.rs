@@ -12,6 +12,7 @@
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use baton_aws::{DynamoStore, SqsEventQueue, SqsTimers};
+use baton_connectors::outbound::Targets;
 use baton_core::ports::{Clock, EventQueue, Store};
 use baton_core::{Event, EventKind};
 pub use baton_runtime::http::Routes;
@@ -39,6 +40,10 @@ pub struct Config {
     /// The API's public URL (a custom domain) for media links; `None`: the host API Gateway
     /// was reached at.
     pub public_url: Option<String>,
+    /// Let agents call loopback, private and link-local addresses (`BATON_ALLOW_PRIVATE_TARGETS=true`):
+    /// only for a deployment whose desks live inside its own network. Off by default, so
+    /// a configured URL cannot reach the function's runtime API or the VPC.
+    pub allow_private_targets: bool,
 }
 
 impl Config {
@@ -54,6 +59,13 @@ impl Config {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(baton_runtime::http::DEFAULT_BODY_LIMIT),
             public_url: std::env::var("BATON_PUBLIC_URL").ok().filter(|v| !v.trim().is_empty()),
+            allow_private_targets: match std::env::var("BATON_ALLOW_PRIVATE_TARGETS").as_deref() {
+                Ok("true" | "1") => true,
+                Ok("false" | "0" | "") | Err(_) => false,
+                Ok(other) => {
+                    return Err(format!("BATON_ALLOW_PRIVATE_TARGETS must be true or false, got {other:?}").into())
+                }
+            },
         })
     }
 }
@@ -87,7 +99,8 @@ pub fn wire(
     let timers = Arc::new(SqsTimers::new(sqs, config.timers_queue_url.clone(), clock.clone()));
     // Lambda cannot stream: widget replies are read by polling; the live channel has no readers.
     let (live, _) = tokio::sync::broadcast::channel(16);
-    let connectors = Connectors::new(OUTBOUND_TIMEOUT, store.clone(), clock.clone(), store.clone(), live);
+    let targets = if config.allow_private_targets { Targets::Any } else { Targets::PublicOnly };
+    let connectors = Connectors::new(OUTBOUND_TIMEOUT, targets, store.clone(), clock.clone(), store.clone(), live);
     let ports = Ports {
         store: store.clone(),
         queue: events.clone(),
@@ -100,6 +113,7 @@ pub fn wire(
         secrets,
         kv: store.clone(),
         alerts: Default::default(),
+        targets,
     };
     Aws {
         ports,

@@ -33,6 +33,8 @@ pub struct Ports {
     /// The connectors' shared records (OAuth tokens, own message ids, offsets).
     pub kv: Arc<dyn KeyValue>,
     pub alerts: alerts::Alerts,
+    /// Which hosts the agents' configured endpoints may be.
+    pub targets: baton_connectors::outbound::Targets,
 }
 
 /// The outbound connectors every deployment wires the same way: one HTTP client (one
@@ -55,13 +57,14 @@ pub struct Connectors {
 impl Connectors {
     pub fn new(
         timeout: std::time::Duration,
+        targets: baton_connectors::outbound::Targets,
         kv: Arc<dyn KeyValue>,
         clock: Arc<dyn Clock>,
         log: Arc<dyn widget::MessageLog>,
         live: tokio::sync::broadcast::Sender<widget::Posted>,
     ) -> Connectors {
         use baton_connectors::{intercom, line, livechat, salesiq, telegram, ticket, webhook_desk, whatsapp};
-        let http = baton_connectors::outbound::http_client(timeout);
+        let http = baton_connectors::outbound::http_client(timeout, targets);
         let salesiq = salesiq::api::SalesiqClient::new(http.clone(), timeout, kv.clone(), clock.clone());
         let intercom = intercom::IntercomClient::new(http.clone(), timeout, kv.clone(), clock.clone());
         let livechat = livechat::LivechatClient::new(http.clone(), timeout, kv, clock.clone());

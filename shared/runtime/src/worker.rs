@@ -2,6 +2,7 @@
 //! pending effects. Same code for the embedded runtime and the Lambda worker.
 
 use crate::Ports;
+use baton_connectors::outbound::Targets;
 use baton_core::ports::{
     BrainRequest, Commit, CommitOutcome, Delivery, DeliveryError, DeskLink, DeskStatusRecord, OutboxItem, StoreError,
     TraceEntry,
@@ -206,6 +207,9 @@ async fn run_effect(
     let pending = &item.effect;
     let idem = pending.idempotency_key();
     let result_event_id = format!("fx:{}", pending.id);
+    if let Some(why) = refused_endpoint(ports, agent, endpoint_fields(&pending.effect)) {
+        return Err(DeliveryError::permanent(why));
+    }
     match &pending.effect {
         Effect::AskBrain { question, history, context, language, params } => {
             let req = BrainRequest {
@@ -332,6 +336,34 @@ async fn mark_desk_unavailable(ports: &Ports, agent: &Agent, message: &str) {
         tracing::warn!(agent = %agent.id, error = %e, "could not record desk status");
     }
     ports.alerts.raise(format!("agent {}: the desk rejected our credentials: {message}", agent.id));
+}
+
+/// Why the agent's endpoints under `fields` (prefixes of configuration paths) may not be
+/// called here: one names a private address and this hub calls public addresses only.
+/// Names are checked when resolved; an address written into the configuration is checked
+/// here, whichever way the configuration reached the store.
+pub fn refused_endpoint(ports: &Ports, agent: &Agent, fields: &[&str]) -> Option<String> {
+    if ports.targets != Targets::PublicOnly {
+        return None;
+    }
+    let private = agent.non_public_targets().into_iter().find(|p| fields.iter().any(|f| p.path.starts_with(f)))?;
+    Some(format!("refused: {} {}; this hub calls public addresses only", private.path, private.message))
+}
+
+/// The configuration fields of the desk's endpoints.
+pub const DESK_FIELDS: &[&str] = &["desk.", "salesiq.", "intercom.", "livechat."];
+
+/// The configuration fields (by prefix) whose endpoints an effect may call.
+fn endpoint_fields(effect: &Effect) -> &'static [&'static str] {
+    match effect {
+        Effect::AskBrain { .. } => &["brain.", "actions["],
+        Effect::OpenDesk { .. } | Effect::PostToDesk { .. } | Effect::CloseDesk { .. } => DESK_FIELDS,
+        Effect::Escalate { .. } => &["fallback.", "channels.whatsapp."],
+        Effect::SendToUser { .. } | Effect::AskTeamOnline { .. } => {
+            &["channels.", "api.", "salesiq.", "intercom.", "livechat."]
+        }
+        Effect::ScheduleTimer { .. } | Effect::CancelTimer => &[],
+    }
 }
 
 /// An effect failed for good. Tell the conversation where the state machine must know
