@@ -94,6 +94,7 @@ async fn hub(policy: Policy) -> (baton::serve::Running, FakeDesk, String, String
         public_url: None,
         desk_probe: true,
         targets: baton::serve::Targets::Any,
+        console_key: None,
     };
     let clock: Arc<dyn Clock> = Arc::new(baton_runtime::clock::SystemClock);
     let running = start(opts, clock).await.expect("server starts");

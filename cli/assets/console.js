@@ -41,6 +41,11 @@
       netErr.network = true;
       throw netErr;
     }
+    if (res.status === 401) {
+      // The session ended (expired, or a new operator key): sign in again.
+      window.location.assign("/console/login");
+      throw new Error("Signed out");
+    }
     var data = null;
     try { data = await res.json(); } catch (e) { /* no JSON body */ }
     if (!res.ok) {

@@ -45,10 +45,26 @@ fn file(name: &str, csp: Option<&'static str>) -> Response {
     resp
 }
 
+/// The console's page (served behind the operator login).
+pub fn console_page() -> Response {
+    file("console.html", Some(CSP_PAGE))
+}
+
+/// A page made at run time, with the same headers as the files.
+pub fn html_page(status: StatusCode, html: String) -> Response {
+    let mut resp = (status, html).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP_PAGE));
+    resp
+}
+
 pub fn routes() -> Router {
     Router::new()
         .route("/", get(|| async { file("index.html", Some(CSP_LANDING)) }))
-        .route("/console", get(|| async { file("console.html", Some(CSP_PAGE)) }))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/widget/{agent}", get(|Path(_agent): Path<String>| async { file("widget.html", Some(CSP_WIDGET)) }))
         .route(

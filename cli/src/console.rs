@@ -4,6 +4,7 @@
 //! Standard Webhooks), and it answers only through the hub's `/v1/human/...` routes with
 //! the agent's token, over HTTP.
 
+use crate::console_login::{self, OperatorLogin};
 use crate::demo::ConsoleCredential;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -37,19 +38,31 @@ impl ConsoleState {
     }
 }
 
-pub fn routes(state: ConsoleState, body_limit: usize) -> Router {
-    Router::new()
-        .route("/console/desk/conversation/establish", post(establish))
-        .route("/console/desk/chat", post(chat))
-        .route("/console/desk/conversation/close", post(close))
+/// The desk side (signed by the hub), the login, and the operator's page and API (behind
+/// the login).
+pub fn routes(state: ConsoleState, login: OperatorLogin, body_limit: usize) -> Router {
+    let operator = Router::new()
+        .route("/console", get(|| async { crate::assets::console_page() }))
         .route("/console/api/conversations", get(list))
         .route("/console/api/conversations/{id}", get(show))
         .route("/console/api/conversations/{id}/take", post(take))
         .route("/console/api/conversations/{id}/reply", post(reply))
         .route("/console/api/conversations/{id}/end", post(end))
         .route("/console/api/status", get(status))
-        .layer(DefaultBodyLimit::max(body_limit))
+        .route_layer(axum::middleware::from_fn_with_state(login.clone(), console_login::require_operator))
+        .with_state(state.clone());
+    let sign_in = Router::new()
+        .route("/console/login", get(console_login::login_page).post(console_login::login))
+        .route("/console/logout", post(console_login::logout))
+        .with_state(login);
+    Router::new()
+        .route("/console/desk/conversation/establish", post(establish))
+        .route("/console/desk/chat", post(chat))
+        .route("/console/desk/conversation/close", post(close))
         .with_state(state)
+        .merge(operator)
+        .merge(sign_in)
+        .layer(DefaultBodyLimit::max(body_limit))
 }
 
 /// Replies of the desk side follow the contract's `{code, message}`.

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod assets;
 pub mod config;
 pub mod console;
+pub mod console_login;
 pub mod demo;
 pub mod livechat_authorize;
 pub mod serve;

@@ -45,6 +45,10 @@ enum Command {
         /// listens on loopback only, the local-use case.
         #[arg(long, env = "BATON_ALLOW_PRIVATE_TARGETS")]
         allow_private_targets: bool,
+        /// The operator key that signs in to the console (at least 16 characters); by
+        /// default one is created on first start and kept in the data file.
+        #[arg(long, env = "BATON_CONSOLE_KEY", hide_env_values = true)]
+        console_key: Option<String>,
     },
     /// Manage agents.
     Agents {
@@ -84,6 +88,13 @@ enum Command {
         #[arg(long, global = true)]
         agents: Option<PathBuf>,
     },
+    /// The operator console's sign-in.
+    Console {
+        #[command(subcommand)]
+        command: ConsoleCommand,
+        #[arg(long, env = "BATON_DATA", default_value = ".baton/baton.sqlite", global = true)]
+        data: PathBuf,
+    },
     /// Print a conversation's events, state changes and effects (`agent#channel#user`).
     Trace {
         conversation: String,
@@ -116,6 +127,16 @@ enum Command {
         /// Move at most this many messages (default: until the dead-letter queue is empty).
         #[arg(long)]
         max: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsoleCommand {
+    /// Print the operator key kept in the data file.
+    Key {
+        /// Replace it with a new one: every console session ends when `baton serve` restarts.
+        #[arg(long)]
+        new: bool,
     },
 }
 
@@ -326,6 +347,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             rate_per_conversation,
             public_url,
             allow_private_targets,
+            console_key,
         } => {
             let rate_limits = baton_runtime::http::RateLimitConfig {
                 per_ip_per_sec: rate_per_ip,
@@ -347,6 +369,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     baton::serve::Targets::PublicOnly
                 },
+                console_key,
             };
             let public_only = opts.targets == baton::serve::Targets::PublicOnly;
             let running = start(opts, Arc::new(baton_runtime::clock::SystemClock)).await?;
@@ -360,6 +383,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("  try the widget:      http://{a}/");
             println!("  operator console:    http://{a}/console");
+            match &running.console_key {
+                (key, true) => {
+                    println!("  console operator key (shown once; `baton console key` shows it again): {key}")
+                }
+                (_, false) => println!("  console sign-in: the operator key (`baton console key` shows it)"),
+            }
             if let Some(token) = &running.example_token {
                 println!("  example agent `demo` created; its access token (shown once): {token}");
             }
@@ -411,6 +440,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Trace { conversation, data, store } => {
             let (db, _) = open_store(store.as_deref(), &data).await?;
             baton::admin::trace(db.as_ref(), &conversation, &mut out).await?
+        }
+        Command::Console { command: ConsoleCommand::Key { new }, data } => {
+            let db = baton_embedded::Db::open(&data)?;
+            let key = if new {
+                Some(baton::console_login::replace_key(&db).await?)
+            } else {
+                baton::console_login::stored_key(&db).await?
+            };
+            match key {
+                Some(key) => println!("{key}"),
+                None => anyhow::bail!("no operator key in {} yet: `baton serve` creates one", data.display()),
+            }
         }
         Command::Redrive { from, to, max } => baton::admin::redrive(&from, &to, max, &mut out).await?,
     }

@@ -36,6 +36,8 @@ pub struct ServeOptions {
     /// Which hosts the agents' endpoints may be; with `PublicOnly` agents that name a
     /// private address are refused at start and no example agent (its desk is this hub).
     pub targets: Targets,
+    /// The console's operator key; `None`: the stored one, created on first start.
+    pub console_key: Option<String>,
 }
 
 /// A running server (tests start it in-process; `main` runs it until Ctrl-C).
@@ -45,6 +47,8 @@ pub struct Running {
     pub db: Arc<Db>,
     /// Token of the example agent when this start created it (shown once).
     pub example_token: Option<String>,
+    /// The console's operator key, and whether this start created it (then shown once).
+    pub console_key: (String, bool),
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -134,9 +138,13 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
     };
     let console_state =
         console::ConsoleState::new(console_store, db.clone(), hub_base, ports.alerts.clone(), clock.clone());
-    let app = baton_runtime::http::router(state)
-        .merge(assets::routes())
-        .merge(console::routes(console_state, opts.body_limit));
+    let console_key = crate::console_login::ensure_key(&db, opts.console_key.clone()).await?;
+    let login = crate::console_login::OperatorLogin::new(console_key.0.clone(), clock.clone());
+    let app = baton_runtime::http::router(state).merge(assets::routes()).merge(console::routes(
+        console_state,
+        login,
+        opts.body_limit,
+    ));
 
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let dispatcher = Dispatcher::new(ports.clone(), queue.clone());
@@ -181,7 +189,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         }
     }));
     tracing::info!(%addr, data = %opts.data.display(), "baton is serving");
-    Ok(Running { addr, ports, db, example_token, shutdown, tasks })
+    Ok(Running { addr, ports, db, example_token, console_key, shutdown, tasks })
 }
 
 /// Fires due timers into the queue. Sleeps until the next due timer, at most 200 ms, so a

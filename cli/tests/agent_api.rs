@@ -364,6 +364,7 @@ async fn the_console_shows_the_session_parameters_masked() {
         public_url: None,
         desk_probe: true,
         targets: baton::serve::Targets::Any,
+        console_key: None,
     };
     let running = baton::serve::start(opts, Arc::new(baton_runtime::clock::SystemClock)).await.unwrap();
     let token = baton_runtime::auth::generate_token();
@@ -382,13 +383,31 @@ async fn the_console_shows_the_session_parameters_masked() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let (key, created) = running.console_key.clone();
+    assert!(created, "the first start creates the operator key");
+    let cookie = baton_tests::console_cookie(&base, &key).await;
     let id = baton_tests::eventually(Duration::from_secs(10), "the console conversation", || async {
-        let list: Value = http.get(format!("{base}/console/api/conversations")).send().await.ok()?.json().await.ok()?;
+        let list: Value = http
+            .get(format!("{base}/console/api/conversations"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         list["conversations"].as_array()?.first()?["id"].as_str().map(str::to_string)
     })
     .await;
-    let shown: Value =
-        http.get(format!("{base}/console/api/conversations/{id}")).send().await.unwrap().json().await.unwrap();
+    let shown: Value = http
+        .get(format!("{base}/console/api/conversations/{id}"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let params = &shown["conversation"]["user_info"]["params"];
     assert_eq!(params["plan"], "gold", "{shown}");
     assert_eq!(params["phone"], "[redacted]", "{shown}");

@@ -11,6 +11,8 @@ use baton_tests::desk::FakeDesk;
 use std::sync::Arc;
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// The operator key of the test hubs' console.
+pub const CONSOLE_KEY: &str = "op_test-operator-key-0123456789";
 
 pub struct Hub {
     pub running: Running,
@@ -82,6 +84,7 @@ pub async fn hub_on(
         public_url: None,
         desk_probe,
         targets,
+        console_key: Some(CONSOLE_KEY.into()),
     };
     let running = start(opts, clock).await.unwrap();
     let mut agent = shop_agent(&desk.url());

@@ -242,6 +242,17 @@ async fn every_route_that_takes_input_refuses_it_unverified() {
             .to_string(),
             404,
         ),
+        // The console's operator API without a session, or with a forged one.
+        ("GET", "/console/api/conversations".into(), None, String::new(), 401),
+        (
+            "POST",
+            "/console/api/conversations/ho_1/reply".into(),
+            Some(("cookie", "baton_console=9999999999999.00")),
+            json!({"text": "hi"}).to_string(),
+            401,
+        ),
+        ("POST", "/console/api/conversations/ho_1/end".into(), None, "{}".into(), 401),
+        ("POST", "/console/login".into(), None, String::new(), 415),
     ];
     let http = reqwest::Client::new();
     for (method, path, header, body, want) in cases {

@@ -50,3 +50,13 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Sign in to a `baton serve` console with the operator `key`; returns the `Cookie` header
+/// value that carries the session.
+pub async fn console_cookie(base: &str, key: &str) -> String {
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let resp = client.post(format!("{base}/console/login")).form(&[("key", key)]).send().await.unwrap();
+    assert_eq!(resp.status(), 303, "sign-in refused");
+    let set = resp.headers().get("set-cookie").expect("a session cookie").to_str().unwrap();
+    set.split(';').next().unwrap().to_string()
+}
