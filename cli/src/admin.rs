@@ -121,6 +121,23 @@ pub async fn trace(db: &dyn Store, conversation: &str, out: &mut dyn Write) -> a
     Ok(())
 }
 
+/// `baton users export`: everything kept about one conversation, as JSON.
+pub async fn export_user(db: &dyn Store, conversation: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+    let key = ConversationKey::parse(conversation).map_err(|e| anyhow::anyhow!("{conversation:?}: {e}"))?;
+    let data = db.export_conversation(&key).await?;
+    serde_json::to_writer_pretty(&mut *out, &data)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// `baton users erase`: delete everything kept about one conversation.
+pub async fn erase_user(db: &dyn Store, conversation: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+    let key = ConversationKey::parse(conversation).map_err(|e| anyhow::anyhow!("{conversation:?}: {e}"))?;
+    let n = db.erase_conversation(&key).await?;
+    writeln!(out, "erased {key}: {n} record(s) deleted")?;
+    Ok(())
+}
+
 /// `baton redrive`: move up to `max` messages (all by default) from the dead-letter queue
 /// `from` to the queue `to`, with the SQS client of the environment (see
 /// [`baton_aws::redrive`]).

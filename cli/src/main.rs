@@ -88,6 +88,17 @@ enum Command {
         #[arg(long, global = true)]
         agents: Option<PathBuf>,
     },
+    /// One end user's data, for data-protection requests: a conversation
+    /// (`agent#channel#user`), on the SQLite file or the AWS deployment's table.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+        #[arg(long, env = "BATON_DATA", default_value = ".baton/baton.sqlite", global = true)]
+        data: PathBuf,
+        /// `dynamodb://TABLE` to work on the AWS deployment's table.
+        #[arg(long, env = "BATON_STORE", global = true)]
+        store: Option<String>,
+    },
     /// The operator console's sign-in.
     Console {
         #[command(subcommand)]
@@ -127,6 +138,20 @@ enum Command {
         /// Move at most this many messages (default: until the dead-letter queue is empty).
         #[arg(long)]
         max: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Print everything kept about the conversation as JSON: session, messages, trace, desk links.
+    Export { conversation: String },
+    /// Delete everything kept about the conversation. Events still queued on AWS are applied
+    /// afterwards: erase an idle conversation.
+    Erase {
+        conversation: String,
+        /// Confirm: the deletion cannot be undone.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -440,6 +465,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Trace { conversation, data, store } => {
             let (db, _) = open_store(store.as_deref(), &data).await?;
             baton::admin::trace(db.as_ref(), &conversation, &mut out).await?
+        }
+        Command::Users { command, data, store } => {
+            let (db, _) = open_store(store.as_deref(), &data).await?;
+            match command {
+                UsersCommand::Export { conversation } => {
+                    baton::admin::export_user(db.as_ref(), &conversation, &mut out).await?
+                }
+                UsersCommand::Erase { conversation, yes } => {
+                    anyhow::ensure!(yes, "erasing {conversation} cannot be undone: add --yes");
+                    baton::admin::erase_user(db.as_ref(), &conversation, &mut out).await?
+                }
+            }
         }
         Command::Console { command: ConsoleCommand::Key { new }, data } => {
             let db = baton_embedded::Db::open(&data)?;

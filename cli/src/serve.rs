@@ -167,6 +167,8 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
     }));
     tasks.push(tokio::spawn(timer_loop(timers.clone(), clock.clone(), shutdown_rx.clone())));
     tasks.push(tokio::spawn(retry_loop(db.clone(), dispatcher.clone(), clock.clone(), shutdown_rx.clone())));
+    housekeep(&db, clock.now()).await;
+    tasks.push(tokio::spawn(housekeeping_loop(db.clone(), clock.clone(), shutdown_rx.clone())));
     if opts.desk_probe {
         tasks.push(tokio::spawn(probe_loop(ports.clone(), shutdown_rx.clone())));
     }
@@ -228,6 +230,42 @@ async fn retry_loop(
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// Delete conversations past their agent's retention and seen event ids past their eight
+/// days. Runs before `start` returns, then every hour.
+async fn housekeep(db: &Db, now: baton_core::Millis) {
+    const BATCH: usize = 500;
+    // Batches keep each write transaction short; another one only when this one was full.
+    loop {
+        match db.purge_expired(now, BATCH).await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(conversations = n, "deleted conversations past their retention");
+                }
+                if n < BATCH {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "retention purge failed");
+                break;
+            }
+        }
+    }
+    if let Err(e) = db.prune_seen(now).await {
+        tracing::error!(error = %e, "pruning seen event ids failed");
+    }
+}
+
+async fn housekeeping_loop(db: Arc<Db>, clock: Arc<dyn Clock>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stop.changed() => return,
+        }
+        housekeep(&db, clock.now()).await;
     }
 }
 

@@ -62,6 +62,14 @@ async fn agents_go_to_dynamodb_with_secret_references_only() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing recorded"));
 
+    // A data-protection request against the table (the semantics are in the conformance suite).
+    let out = baton(&["users", "export", "shop#widget#nobody", "--store", &store]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let export: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(export["session"].is_null() && export["conversation"] == "shop#widget#nobody", "{export}");
+    let out = baton(&["users", "erase", "shop#widget#nobody", "--yes", "--store", &store]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 record(s) deleted"));
+
     let out = baton(&["agents", "list", "--store", "dynamo:/x"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("dynamodb://TABLE"));

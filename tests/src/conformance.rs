@@ -91,6 +91,7 @@ fn commit_of(k: &ConversationKey, expected: u64, event: &str, texts: &[&str]) ->
         event_id: event.into(),
         effects: texts.iter().enumerate().map(|(i, t)| PendingEffect::for_event(event, i, send(t))).collect(),
         trace: trace(1000, event),
+        keep_until: Millis(i64::MAX),
     }
 }
 
@@ -185,6 +186,7 @@ pub async fn session_round_trips(store: &dyn Store) {
             Effect::ScheduleTimer { generation: 4, due: Millis(60_000), kind: TimerKind::Wait },
         )],
         trace: trace(7, event_id),
+        keep_until: Millis(i64::MAX),
     };
     assert_eq!(store.commit(commit).await.unwrap(), CommitOutcome::Committed { version: 1 });
     let loaded = store.load_session(&k).await.unwrap().expect("stored");
@@ -204,6 +206,7 @@ pub async fn session_round_trips(store: &dyn Store) {
         event_id: "tg:update#43".into(),
         effects: vec![],
         trace: trace(8, "tg:update#43"),
+        keep_until: Millis(i64::MAX),
     };
     assert_eq!(store.commit(commit).await.unwrap(), CommitOutcome::Committed { version: 2 });
     assert_eq!(store.load_session(&k).await.unwrap().expect("stored").session, s2);
@@ -225,18 +228,18 @@ pub async fn outbox_order_complete_defer_and_due(store: &dyn Store) {
     assert_eq!(items[0].next_attempt_at, Millis(1000));
     assert_eq!(items[0].effect.id, "a/0");
 
-    store.complete_effect(&k1, "a/0", trace(2000, "a/0")).await.unwrap();
+    store.complete_effect(&k1, "a/0", trace(2000, "a/0"), Millis(i64::MAX)).await.unwrap();
     assert_eq!(texts(&store.pending_effects(&k1).await.unwrap()), ["2", "3", "4"]);
     // Completing again (or with the wrong conversation) writes nothing.
-    store.complete_effect(&k1, "a/0", trace(2001, "again")).await.unwrap();
-    store.complete_effect(&k2, "a/1", trace(2001, "wrong")).await.unwrap();
-    store.defer_effect(&k1, "gone", 1, Millis(1), trace(2001, "gone")).await.unwrap();
+    store.complete_effect(&k1, "a/0", trace(2001, "again"), Millis(i64::MAX)).await.unwrap();
+    store.complete_effect(&k2, "a/1", trace(2001, "wrong"), Millis(i64::MAX)).await.unwrap();
+    store.defer_effect(&k1, "gone", 1, Millis(1), trace(2001, "gone"), Millis(i64::MAX)).await.unwrap();
     assert_eq!(store.pending_effects(&k1).await.unwrap().len(), 3);
     assert_eq!(trace_ids(store, &k1).await, ["a", "c", "a/0"]);
     assert_eq!(trace_ids(store, &k2).await, ["b"]);
 
     // Defer k1's head to 5000: k1 is not due before then, k2 is.
-    store.defer_effect(&k1, "a/1", 1, Millis(5000), trace(2002, "a/1")).await.unwrap();
+    store.defer_effect(&k1, "a/1", 1, Millis(5000), trace(2002, "a/1"), Millis(i64::MAX)).await.unwrap();
     let items = store.pending_effects(&k1).await.unwrap();
     assert_eq!((items[0].attempts, items[0].next_attempt_at), (1, Millis(5000)));
     assert_eq!((items[1].attempts, items[1].next_attempt_at), (0, Millis(1000)));
@@ -245,7 +248,7 @@ pub async fn outbox_order_complete_defer_and_due(store: &dyn Store) {
     assert!(store.conversations_with_due_effects(Millis(999), 10).await.unwrap().is_empty());
     // Deferring a later effect of k2 does not matter: only the head counts.
     store.commit(commit_of(&k2, 1, "d", &["y"])).await.unwrap();
-    store.defer_effect(&k2, "d/0", 1, Millis(9000), trace(3000, "d/0")).await.unwrap();
+    store.defer_effect(&k2, "d/0", 1, Millis(9000), trace(3000, "d/0"), Millis(i64::MAX)).await.unwrap();
     assert_eq!(store.conversations_with_due_effects(Millis(3000), 10).await.unwrap(), vec![k2.clone()]);
     let mut due = store.conversations_with_due_effects(Millis(5000), 10).await.unwrap();
     due.sort();
@@ -255,11 +258,11 @@ pub async fn outbox_order_complete_defer_and_due(store: &dyn Store) {
     // A conversation with an empty outbox is never due; once k2's head is done, its
     // deferred second effect decides.
     assert!(!store.conversations_with_due_effects(Millis(i64::MAX), 10).await.unwrap().contains(&k3));
-    store.complete_effect(&k2, "b/0", trace(3001, "b/0")).await.unwrap();
+    store.complete_effect(&k2, "b/0", trace(3001, "b/0"), Millis(i64::MAX)).await.unwrap();
     assert_eq!(store.conversations_with_due_effects(Millis(5000), 10).await.unwrap(), vec![k1.clone()]);
     assert!(store.conversations_with_due_effects(Millis(9000), 10).await.unwrap().contains(&k2));
     for id in ["a/1", "a/2", "c/0"] {
-        store.complete_effect(&k1, id, trace(4000, id)).await.unwrap();
+        store.complete_effect(&k1, id, trace(4000, id), Millis(i64::MAX)).await.unwrap();
     }
     assert!(store.pending_effects(&k1).await.unwrap().is_empty());
     assert!(!store.conversations_with_due_effects(Millis(i64::MAX), 10).await.unwrap().contains(&k1));
@@ -319,25 +322,25 @@ pub async fn desk_links(store: &dyn Store) {
         handoff_id: "h-1".into(),
         conversation: k.clone(),
     };
-    store.put_desk_link(&link).await.unwrap();
+    store.put_desk_link(&link, Millis(i64::MAX)).await.unwrap();
     assert_eq!(store.desk_link("demo", "desk-1").await.unwrap(), Some(link.clone()));
     assert_eq!(store.desk_link("other", "desk-1").await.unwrap(), None);
     assert_eq!(store.desk_link_for_handoff("h-1").await.unwrap(), Some(link.clone()));
     assert_eq!(store.desk_link_for_handoff("h-2").await.unwrap(), None);
-    store.put_desk_link(&link).await.unwrap(); // idempotent
+    store.put_desk_link(&link, Millis(i64::MAX)).await.unwrap(); // idempotent
     assert_eq!(store.desk_link("demo", "desk-1").await.unwrap(), Some(link.clone()));
 
     // The same desk conversation for a new handoff: the old handoff no longer finds it.
     let k2 = ConversationKey::new("demo", Channel::Line, "U2").expect("key");
     let relinked = DeskLink { handoff_id: "h-2".into(), conversation: k2.clone(), ..link.clone() };
-    store.put_desk_link(&relinked).await.unwrap();
+    store.put_desk_link(&relinked, Millis(i64::MAX)).await.unwrap();
     assert_eq!(store.desk_link("demo", "desk-1").await.unwrap(), Some(relinked.clone()));
     assert_eq!(store.desk_link_for_handoff("h-2").await.unwrap(), Some(relinked.clone()));
     assert_eq!(store.desk_link_for_handoff("h-1").await.unwrap(), None);
 
     // The same handoff moved to a new desk conversation: the old one no longer finds it.
     let moved = DeskLink { desk_conversation_id: "desk/2#x".into(), ..relinked.clone() };
-    store.put_desk_link(&moved).await.unwrap();
+    store.put_desk_link(&moved, Millis(i64::MAX)).await.unwrap();
     assert_eq!(store.desk_link_for_handoff("h-2").await.unwrap(), Some(moved.clone()));
     assert_eq!(store.desk_link("demo", "desk/2#x").await.unwrap(), Some(moved.clone()));
     assert_eq!(store.desk_link("demo", "desk-1").await.unwrap(), None);
@@ -349,7 +352,7 @@ pub async fn desk_links(store: &dyn Store) {
         handoff_id: "h-3".into(),
         conversation: ConversationKey::new("alpha", Channel::Widget, "w").expect("key"),
     };
-    store.put_desk_link(&other).await.unwrap();
+    store.put_desk_link(&other, Millis(i64::MAX)).await.unwrap();
     assert_eq!(store.desk_link("alpha", "desk/2#x").await.unwrap(), Some(other));
     assert_eq!(store.desk_link("demo", "desk/2#x").await.unwrap(), Some(moved));
 }
@@ -396,7 +399,7 @@ pub async fn trace_order(store: &dyn Store) {
             id: format!("{id}/0"),
             detail: "send_to_user: delivered".into(),
         };
-        store.complete_effect(&k, &format!("{id}/0"), effect.clone()).await.unwrap();
+        store.complete_effect(&k, &format!("{id}/0"), effect.clone(), Millis(i64::MAX)).await.unwrap();
         expected.push(effect);
     }
     assert_eq!(store.trace(&k).await.unwrap(), expected);
@@ -500,4 +503,63 @@ pub async fn key_value_expires_and_leases(kv: Arc<dyn KeyValue>) {
     // Expired: the next taker gets it and its value.
     assert!(kv.put_if_absent("kv-lease", "next", Millis(now.0 + 30), Millis(now.0 + 60)).await.unwrap());
     assert_eq!(kv.get("kv-lease", Millis(now.0 + 31)).await.unwrap().as_deref(), Some("next"));
+}
+
+/// A data-subject export shows everything kept about one conversation; the erasure removes
+/// it (session, messages, trace, pending effects, desk links) and nothing of any other
+/// conversation, and running it again finds nothing. Seen event ids stay on purpose.
+pub async fn export_and_erase_one_conversation(store: &dyn Store, log: &dyn baton_core::ports::MessageLog) {
+    let keep = Millis(i64::MAX);
+    let (gone, kept) = (key("erase-me"), key("keep-me"));
+    for (k, event) in [(&gone, "e-gone"), (&kept, "e-kept")] {
+        let mut session = Session::new(k.clone());
+        session.history.push(Turn { role: Role::User, text: format!("my phone is +385 91 {event}"), at: Millis(5) });
+        let commit = Commit {
+            expected_version: 0,
+            session,
+            event_id: event.into(),
+            effects: vec![PendingEffect::for_event(event, 0, send("pending answer"))],
+            trace: trace(1000, event),
+            keep_until: keep,
+        };
+        assert!(matches!(store.commit(commit).await.unwrap(), CommitOutcome::Committed { .. }));
+        log.append(k, &format!("{event}/m"), &OutMessage::new(Role::Bot, "an answer"), Millis(1001), keep)
+            .await
+            .unwrap();
+        let link = DeskLink {
+            agent: "demo".into(),
+            desk_conversation_id: format!("desk-{event}"),
+            handoff_id: format!("h-{event}"),
+            conversation: k.clone(),
+        };
+        store.put_desk_link(&link, keep).await.unwrap();
+    }
+
+    let data = store.export_conversation(&gone).await.unwrap();
+    assert_eq!(data.conversation, gone.to_string());
+    assert_eq!(data.session.as_ref().map(|s| s.history.len()), Some(1));
+    assert_eq!(data.messages.len(), 1);
+    assert_eq!(data.messages[0].message.text, "an answer");
+    assert_eq!(data.trace.len(), 1);
+    assert_eq!(data.desk_links.len(), 1);
+    assert_eq!(data.desk_links[0].handoff_id, "h-e-gone");
+    let json = serde_json::to_string(&data).unwrap();
+    assert!(json.contains("+385 91 e-gone") && !json.contains("e-kept"), "{json}");
+
+    // Session, message, trace line, pending effect, desk link (DynamoDB counts its lookup items too).
+    assert!(store.erase_conversation(&gone).await.unwrap() >= 5);
+    let after = store.export_conversation(&gone).await.unwrap();
+    assert!(after.session.is_none(), "{after:?}");
+    assert!(after.messages.is_empty() && after.trace.is_empty() && after.desk_links.is_empty(), "{after:?}");
+    assert!(store.pending_effects(&gone).await.unwrap().is_empty());
+    assert_eq!(store.desk_link("demo", "desk-e-gone").await.unwrap(), None);
+    assert_eq!(store.desk_link_for_handoff("h-e-gone").await.unwrap(), None);
+    assert!(store.is_seen("e-gone").await.unwrap(), "a replayed event must not start it again");
+    assert_eq!(store.erase_conversation(&gone).await.unwrap(), 0);
+
+    let other = store.export_conversation(&kept).await.unwrap();
+    assert!(other.session.is_some());
+    assert_eq!((other.messages.len(), other.trace.len(), other.desk_links.len()), (1, 1, 1));
+    assert_eq!(store.pending_effects(&kept).await.unwrap().len(), 1);
+    assert!(store.desk_link_for_handoff("h-e-kept").await.unwrap().is_some());
 }

@@ -14,6 +14,7 @@
 
 mod kv;
 mod messages;
+mod privacy;
 mod queue;
 mod redrive;
 mod secrets;
@@ -29,7 +30,7 @@ pub use secrets::SsmSecrets;
 
 pub use queue::{create_event_queue, dedup_id, group_id, parse_event, MessageError, SqsEventQueue};
 pub use redrive::{redrive, RedriveError};
-pub use store::{DynamoStore, DEFAULT_MESSAGE_RETENTION, SEEN_RETENTION_SECS};
+pub use store::{DynamoStore, SEEN_RETENTION_SECS};
 pub use table::create_table;
 pub use timers::{create_timer_queue, delay_seconds, SqsTimers, TimerError, TimerMessage, TimerOutcome, TIMER_SCHEMA};
 

@@ -8,7 +8,7 @@
 //! outbox runs in order), so sequence numbers become visible in order.
 
 use crate::store::{
-    decode_doc, encode, expiry, failed_with, get_n, key_of, n, s, unavailable, DynamoStore, Tx, CONDITION_FAILED,
+    decode_doc, encode, failed_with, get_n, key_of, n, s, ttl, unavailable, DynamoStore, Tx, CONDITION_FAILED,
     RECORD_SCHEMA,
 };
 use crate::table::{conv_pk, key_part, EXPIRES_AT};
@@ -27,13 +27,14 @@ fn msg_sk(seq: i64) -> String {
 impl DynamoStore {
     /// Append `message` unless `idempotency_key` was appended before. Returns the new
     /// message's sequence number, or `None` for a duplicate. Messages and idempotency
-    /// markers expire after the store's message retention (TTL from `at`).
+    /// markers expire at `keep_until` (the agent's retention), the counter with the last one.
     pub async fn append_user_message(
         &self,
         key: &ConversationKey,
         idempotency_key: &str,
         message: &OutMessage,
         at: Millis,
+        keep_until: Millis,
     ) -> Result<Option<i64>, StoreError> {
         let conv = conv_pk(key);
         let idem = idem_pk(idempotency_key);
@@ -46,9 +47,11 @@ impl DynamoStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key_of(conv.as_str(), "MSGSEQ")))
-            .update_expression("ADD #seq :one")
+            .update_expression("ADD #seq :one SET #exp = :exp")
             .expression_attribute_names("#seq", "seq")
+            .expression_attribute_names("#exp", EXPIRES_AT)
             .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":exp", n(ttl(keep_until)))
             .return_values(ReturnValue::UpdatedNew)
             .send()
             .await
@@ -65,7 +68,7 @@ impl DynamoStore {
                 })
             }
         };
-        let expires = expiry(at, i64::try_from(self.message_retention.as_secs()).unwrap_or(i64::MAX));
+        let expires = ttl(keep_until);
         let mut marker = key_of(idem.as_str(), "-");
         marker.insert("conversation".into(), s(key.to_string()));
         marker.insert("seq".into(), n(seq));
@@ -147,8 +150,9 @@ impl baton_core::ports::MessageLog for DynamoStore {
         idempotency_key: &str,
         message: &OutMessage,
         at: Millis,
+        keep_until: Millis,
     ) -> Result<Option<i64>, StoreError> {
-        self.append_user_message(key, idempotency_key, message, at).await
+        self.append_user_message(key, idempotency_key, message, at, keep_until).await
     }
 
     async fn after(

@@ -16,7 +16,8 @@ use baton_core::agent::{Agent, AGENT_SCHEMA};
 use baton_core::effect::{PendingEffect, EFFECT_SCHEMA};
 use baton_core::model::{ConversationKey, Millis};
 use baton_core::ports::{
-    Commit, CommitOutcome, DeskLink, DeskStatusRecord, OutboxItem, Store, StoreError, TraceEntry, VersionedSession,
+    Commit, CommitOutcome, ConversationData, DeskLink, DeskStatusRecord, OutboxItem, Store, StoreError, TraceEntry,
+    VersionedSession,
 };
 use baton_core::session::SESSION_SCHEMA;
 use serde::de::DeserializeOwned;
@@ -25,15 +26,11 @@ use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 pub(crate) type Item = HashMap<String, AttributeValue>;
 
 /// How long seen event ids are kept at least: WhatsApp retries for up to 7 days.
 pub const SEEN_RETENTION_SECS: i64 = 8 * 24 * 60 * 60;
-
-/// Default retention of the widget's message log.
-pub const DEFAULT_MESSAGE_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// Schema of the small JSON records without a core constant (desk status, user messages).
 pub(crate) const RECORD_SCHEMA: u32 = 1;
@@ -53,7 +50,6 @@ const INDEX_PAGE: i32 = 100;
 pub struct DynamoStore {
     pub(crate) client: Client,
     pub(crate) table: String,
-    pub(crate) message_retention: Duration,
     /// Orders trace lines written by this process within the same millisecond.
     trace_seq: AtomicU64,
     /// Random per store, so trace keys of two processes never collide.
@@ -138,6 +134,11 @@ pub(crate) fn decode_doc<T: DeserializeOwned>(item: &Item, what: &str, known_sch
 }
 
 /// Unix seconds of `at` plus `secs`, for TTL attributes.
+/// The TTL attribute's value for data kept until `keep_until` (unix seconds).
+pub(crate) fn ttl(keep_until: Millis) -> i64 {
+    keep_until.0.max(0) / 1000
+}
+
 pub(crate) fn expiry(at: Millis, secs: i64) -> i64 {
     (at.0.max(0) / 1000).saturating_add(secs)
 }
@@ -160,16 +161,9 @@ impl DynamoStore {
         DynamoStore {
             client,
             table: table.into(),
-            message_retention: DEFAULT_MESSAGE_RETENTION,
             trace_seq: AtomicU64::new(0),
             instance: std::collections::hash_map::RandomState::new().hash_one(std::process::id()),
         }
-    }
-
-    /// Keep widget messages this long (TTL); 30 days by default.
-    pub fn with_message_retention(mut self, retention: Duration) -> DynamoStore {
-        self.message_retention = retention;
-        self
     }
 
     pub fn table_name(&self) -> &str {
@@ -245,7 +239,7 @@ impl DynamoStore {
 
     /// A trace line. Lines sort by `at`, then by write order within this process; lines of
     /// one conversation written by two processes in the same millisecond sort arbitrarily.
-    fn trace_put(&self, conv: &str, entry: &TraceEntry) -> Result<TransactWriteItem, StoreError> {
+    fn trace_put(&self, conv: &str, entry: &TraceEntry, keep_until: Millis) -> Result<TransactWriteItem, StoreError> {
         let seq = self.trace_seq.fetch_add(1, Ordering::Relaxed);
         let sk = format!("TRACE#{:020}#{seq:016x}{:016x}", entry.at.0.max(0), self.instance);
         let mut item = key_of(conv, sk);
@@ -253,6 +247,7 @@ impl DynamoStore {
         item.insert("what".into(), s(entry.what.as_str()));
         item.insert("id".into(), s(entry.id.as_str()));
         item.insert("detail".into(), s(entry.detail.as_str()));
+        item.insert(EXPIRES_AT.into(), n(ttl(keep_until)));
         self.put(item)
     }
 
@@ -424,7 +419,7 @@ fn link_item(pk: String, link: &DeskLink) -> Item {
     item
 }
 
-fn link_from_item(item: &Item, what: &str) -> Result<DeskLink, StoreError> {
+pub(crate) fn link_from_item(item: &Item, what: &str) -> Result<DeskLink, StoreError> {
     let conversation = get_s(item, "conversation", what)?;
     Ok(DeskLink {
         agent: get_s(item, "agent", what)?.to_string(),
@@ -435,11 +430,11 @@ fn link_from_item(item: &Item, what: &str) -> Result<DeskLink, StoreError> {
     })
 }
 
-fn desk_pk(agent: &str, desk_conversation_id: &str) -> String {
+pub(crate) fn desk_pk(agent: &str, desk_conversation_id: &str) -> String {
     format!("DESK#{agent}#{}", key_part(desk_conversation_id))
 }
 
-fn handoff_pk(handoff_id: &str) -> String {
+pub(crate) fn handoff_pk(handoff_id: &str) -> String {
     format!("HANDOFF#{}", key_part(handoff_id))
 }
 
@@ -613,6 +608,8 @@ impl Store for DynamoStore {
         session.insert("doc".into(), s(encode(&commit.session)?));
         session.insert("schema".into(), n(SESSION_SCHEMA));
         session.insert("updated_at".into(), n(commit.session.updated_at.0));
+        // The agent's retention, counted from this event (TTL deletes an idle conversation).
+        session.insert(EXPIRES_AT.into(), n(ttl(commit.keep_until)));
         // Sparse GSI: only sessions with an armed timer carry these; a Put replaces the
         // whole item, so disarming removes them.
         if let Some(timer) = &commit.session.timer {
@@ -651,7 +648,7 @@ impl Store for DynamoStore {
             item.insert(OBX_DUE.into(), n(at.0));
             items.push(self.put(item)?);
         }
-        items.push(self.trace_put(&conv, &commit.trace)?);
+        items.push(self.trace_put(&conv, &commit.trace, commit.keep_until)?);
 
         match self.transact(items, "commit").await? {
             Tx::Done => Ok(CommitOutcome::Committed { version }),
@@ -691,6 +688,7 @@ impl Store for DynamoStore {
         key: &ConversationKey,
         effect_id: &str,
         trace: TraceEntry,
+        keep_until: Millis,
     ) -> Result<(), StoreError> {
         let conv = conv_pk(key);
         let Some(sk) = self.outbox_sk(&conv, effect_id).await? else {
@@ -703,7 +701,8 @@ impl Store for DynamoStore {
             .set_expression_attribute_names(names(&[("#pk", PK)]))
             .build()
             .map_err(build_err)?;
-        let items = vec![TransactWriteItem::builder().delete(delete).build(), self.trace_put(&conv, &trace)?];
+        let items =
+            vec![TransactWriteItem::builder().delete(delete).build(), self.trace_put(&conv, &trace, keep_until)?];
         match self.transact(items, "complete effect").await? {
             Tx::Done => Ok(()),
             Tx::Cancelled(codes) if failed_with(&codes, 0, CONDITION_FAILED) => Ok(()),
@@ -722,6 +721,7 @@ impl Store for DynamoStore {
         attempts: u32,
         next_attempt_at: Millis,
         trace: TraceEntry,
+        keep_until: Millis,
     ) -> Result<(), StoreError> {
         let conv = conv_pk(key);
         let Some(sk) = self.outbox_sk(&conv, effect_id).await? else {
@@ -741,7 +741,8 @@ impl Store for DynamoStore {
             .set_expression_attribute_values(values(vec![(":a", n(attempts)), (":n", n(next_attempt_at.0))]))
             .build()
             .map_err(build_err)?;
-        let items = vec![TransactWriteItem::builder().update(update).build(), self.trace_put(&conv, &trace)?];
+        let items =
+            vec![TransactWriteItem::builder().update(update).build(), self.trace_put(&conv, &trace, keep_until)?];
         match self.transact(items, "defer effect").await? {
             Tx::Done => Ok(()),
             Tx::Cancelled(codes) if failed_with(&codes, 0, CONDITION_FAILED) => Ok(()),
@@ -800,11 +801,21 @@ impl Store for DynamoStore {
     /// Upsert both lookup items. Like the SQLite store's `INSERT OR REPLACE`, a link that
     /// reuses the desk conversation or the handoff id of another link replaces that link
     /// (its other lookup item is deleted in the same transaction).
-    async fn put_desk_link(&self, link: &DeskLink) -> Result<(), StoreError> {
+    async fn put_desk_link(&self, link: &DeskLink, keep_until: Millis) -> Result<(), StoreError> {
         let by_desk = desk_pk(&link.agent, &link.desk_conversation_id);
         let by_handoff = handoff_pk(&link.handoff_id);
-        let mut items =
-            vec![self.put(link_item(by_desk.clone(), link))?, self.put(link_item(by_handoff.clone(), link))?];
+        let with_ttl = |mut item: Item| {
+            item.insert(EXPIRES_AT.into(), n(ttl(keep_until)));
+            item
+        };
+        // A third copy in the conversation's partition finds the others for an erasure.
+        let mut own = link_item(conv_pk(&link.conversation), link);
+        own.insert(SK.into(), s(format!("LINK#{}", key_part(&link.handoff_id))));
+        let mut items = vec![
+            self.put(with_ttl(link_item(by_desk.clone(), link)))?,
+            self.put(with_ttl(link_item(by_handoff.clone(), link)))?,
+            self.put(with_ttl(own))?,
+        ];
         if let Some(old) = self.get(&by_desk, "MAP").await? {
             let old = link_from_item(&old, &by_desk)?;
             if old.handoff_id != link.handoff_id {
@@ -884,6 +895,14 @@ impl Store for DynamoStore {
                 })
             })
             .collect()
+    }
+
+    async fn export_conversation(&self, key: &ConversationKey) -> Result<ConversationData, StoreError> {
+        self.export(key).await
+    }
+
+    async fn erase_conversation(&self, key: &ConversationKey) -> Result<u64, StoreError> {
+        self.erase(key).await
     }
 }
 

@@ -7,12 +7,12 @@
 //! | access token | `AGENT#{id}` / `TOKEN#{sha256}` | `created_at`; never the token |
 //! | token owner | `TOKEN#{sha256}` / `OWNER` | `agent` (one hash belongs to one agent) |
 //! | desk status | `AGENT#{id}` / `DESKSTATUS` | `doc` |
-//! | session | `CONV#{key}` / `SESSION` | `version`, `doc`, `schema`; `due_at`, `due_shard`, `due_gen` while a timer is armed |
+//! | session | `CONV#{key}` / `SESSION` | `version`, `doc`, `schema`, `expires_at` (the agent's retention after the last event); `due_at`, `due_shard`, `due_gen` while a timer is armed |
 //! | outbox effect | `CONV#{key}` / `OUTBOX#{seq:020}#{effect id}` | `effect_id`, `doc`, `schema`, `attempts`, `next_attempt_at`, `obx_shard`, `obx_due` |
-//! | trace line | `CONV#{key}` / `TRACE#{at:020}#{n}` | `at`, `what`, `id`, `detail` |
+//! | trace line | `CONV#{key}` / `TRACE#{at:020}#{n}` | `at`, `what`, `id`, `detail`, `expires_at` |
 //! | seen event | `SEEN#{event id}` / `-` | `expires_at` (TTL, 8 days) |
-//! | desk link | `DESK#{agent}#{desk conversation}` / `MAP` and `HANDOFF#{id}` / `MAP` | the link's four fields |
-//! | message counter | `CONV#{key}` / `MSGSEQ` | `seq` |
+//! | desk link | `DESK#{agent}#{desk conversation}` / `MAP` and `HANDOFF#{id}` / `MAP`, a copy at `CONV#{key}` / `LINK#{handoff id}` (for erasure) | the link's four fields, `expires_at` |
+//! | message counter | `CONV#{key}` / `MSGSEQ` | `seq`, `expires_at` |
 //! | user message | `CONV#{key}` / `MSG#{seq:020}` | `seq`, `at`, `doc`, `expires_at` |
 //! | message idempotency | `IDEM#{key}` / `-` | `expires_at` |
 //! | connector record (OAuth token, own message id, lease) | `KV#{name}` / `-` | `value`, `valid_until` (ms), `expires_at` |

@@ -44,3 +44,9 @@ async fn due_timer_fires_once() {
 async fn key_value_expires_and_leases() {
     conformance::key_value_expires_and_leases(Arc::new(common::store().await)).await;
 }
+
+#[tokio::test]
+async fn export_and_erase_one_conversation() {
+    let store = common::store().await;
+    conformance::export_and_erase_one_conversation(&store, &store).await;
+}

@@ -10,7 +10,6 @@ use baton_core::model::{Button, Channel, ConversationKey, Millis, OutMessage, Ro
 use baton_core::ports::{Commit, CommitOutcome, DeskLink, Store, StoreError, TraceEntry};
 use baton_core::session::{ArmedTimer, Session};
 use std::collections::HashMap;
-use std::time::Duration;
 
 fn key(user: &str) -> ConversationKey {
     ConversationKey::new("demo", Channel::Widget, user).unwrap()
@@ -23,7 +22,14 @@ fn trace(at: i64, id: &str) -> TraceEntry {
 fn commit(k: &ConversationKey, expected: u64, event: &str, timer: Option<(u64, i64)>, at: i64) -> Commit {
     let mut session = Session::new(k.clone());
     session.timer = timer.map(|(generation, due)| ArmedTimer { generation, kind: TimerKind::Wait, due: Millis(due) });
-    Commit { expected_version: expected, session, event_id: event.into(), effects: vec![], trace: trace(at, event) }
+    Commit {
+        expected_version: expected,
+        session,
+        event_id: event.into(),
+        effects: vec![],
+        trace: trace(at, event),
+        keep_until: Millis(at + 86_400_000),
+    }
 }
 
 async fn raw_item(store: &DynamoStore, pk: &str, sk: &str) -> Option<HashMap<String, AttributeValue>> {
@@ -192,7 +198,7 @@ async fn ids_longer_than_a_key_allows_are_hashed() {
     assert!(!store.is_seen(&format!("{event}x")).await.unwrap());
     let pending = store.pending_effects(&k).await.unwrap();
     assert_eq!(pending[0].effect.id, format!("{event}/0"));
-    store.complete_effect(&k, &format!("{event}/0"), trace(2, "done")).await.unwrap();
+    store.complete_effect(&k, &format!("{event}/0"), trace(2, "done"), Millis(i64::MAX)).await.unwrap();
     assert!(store.pending_effects(&k).await.unwrap().is_empty());
 
     let link = DeskLink {
@@ -201,7 +207,7 @@ async fn ids_longer_than_a_key_allows_are_hashed() {
         handoff_id: "h".repeat(3000),
         conversation: k.clone(),
     };
-    store.put_desk_link(&link).await.unwrap();
+    store.put_desk_link(&link, Millis(i64::MAX)).await.unwrap();
     assert_eq!(store.desk_link("demo", &link.desk_conversation_id).await.unwrap(), Some(link.clone()));
     assert_eq!(store.desk_link_for_handoff(&link.handoff_id).await.unwrap(), Some(link));
 }
@@ -231,18 +237,20 @@ async fn corrupt_records_are_reported_without_their_content() {
 
 #[tokio::test]
 async fn message_log_dedupes_orders_and_tolerates_gaps() {
-    let store = common::store().await.with_message_retention(Duration::from_secs(3600));
+    let store = common::store().await;
     let (a, b) = (key("a"), key("b"));
     let mut hello = OutMessage::new(Role::Bot, "hello");
     hello.buttons.push(Button { label: "End".into(), value: "/end".into() });
     let at = 1_700_000_000_000;
-    let s1 = store.append_user_message(&a, "k1", &hello, Millis(at)).await.unwrap().unwrap();
+    // The agent's retention: an hour.
+    let keep = Millis(at + 3_600_000);
+    let s1 = store.append_user_message(&a, "k1", &hello, Millis(at), keep).await.unwrap().unwrap();
     let other = OutMessage::new(Role::Human, "for b");
-    assert_eq!(store.append_user_message(&b, "k2", &other, Millis(at + 1)).await.unwrap(), Some(1));
+    assert_eq!(store.append_user_message(&b, "k2", &other, Millis(at + 1), keep).await.unwrap(), Some(1));
     // The re-run effect with the same key: not shown twice.
-    assert_eq!(store.append_user_message(&a, "k1", &hello, Millis(at + 2)).await.unwrap(), None);
+    assert_eq!(store.append_user_message(&a, "k1", &hello, Millis(at + 2), keep).await.unwrap(), None);
     let second = OutMessage::new(Role::Human, "second");
-    let s2 = store.append_user_message(&a, "k3", &second, Millis(at + 3)).await.unwrap().unwrap();
+    let s2 = store.append_user_message(&a, "k3", &second, Millis(at + 3), keep).await.unwrap().unwrap();
     assert_eq!((s1, s2), (1, 2));
 
     // A crash between the counter and the transaction leaves a gap; cursors skip it.
@@ -259,7 +267,7 @@ async fn message_log_dedupes_orders_and_tolerates_gaps() {
         .await
         .unwrap();
     let third = OutMessage::new(Role::Bot, "third");
-    let s4 = store.append_user_message(&a, "k4", &third, Millis(at + 4)).await.unwrap().unwrap();
+    let s4 = store.append_user_message(&a, "k4", &third, Millis(at + 4), keep).await.unwrap().unwrap();
     assert_eq!(s4, 4);
 
     let all = store.user_messages_after(&a, 0, 10).await.unwrap();
@@ -281,11 +289,40 @@ async fn message_log_dedupes_orders_and_tolerates_gaps() {
     assert!(store.user_messages_after(&a, i64::MAX, 10).await.unwrap().is_empty());
     assert_eq!(store.user_messages_after(&b, 0, 10).await.unwrap().len(), 1);
 
-    // Messages and idempotency markers expire with the retention; the counter does not.
+    // Messages, idempotency markers and the counter expire with the retention.
     let item = raw_item(&store, &format!("CONV#{a}"), &format!("MSG#{s1:020}")).await.unwrap();
     assert_eq!(number(&item, "expires_at"), at / 1000 + 3600);
     let marker = raw_item(&store, "IDEM#k1", "-").await.unwrap();
     assert_eq!(number(&marker, "expires_at"), at / 1000 + 3600);
     let counter = raw_item(&store, &format!("CONV#{a}"), "MSGSEQ").await.unwrap();
-    assert!(!counter.contains_key("expires_at"));
+    assert_eq!(number(&counter, "expires_at"), at / 1000 + 3600);
+}
+
+/// The agent's retention reaches the table as TTL: the session and its trace lines expire
+/// `keep_until` after the event, and a later event moves the session's expiry on.
+#[tokio::test]
+async fn sessions_and_trace_lines_expire_with_the_agents_retention() {
+    let store = common::store().await;
+    let k = key("ttl");
+    let at = 1_700_000_000_000;
+    store.commit(commit(&k, 0, "t1", None, at)).await.unwrap();
+    let session = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
+    assert_eq!(number(&session, "expires_at"), at / 1000 + 86_400);
+    let traced = store
+        .client()
+        .query()
+        .table_name(store.table_name())
+        .key_condition_expression("pk = :pk AND begins_with(sk, :t)")
+        .expression_attribute_values(":pk", AttributeValue::S(format!("CONV#{k}")))
+        .expression_attribute_values(":t", AttributeValue::S("TRACE#".into()))
+        .send()
+        .await
+        .unwrap();
+    let lines = traced.items();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(number(&lines[0], "expires_at"), at / 1000 + 86_400);
+
+    store.commit(commit(&k, 1, "t2", None, at + 3_600_000)).await.unwrap();
+    let session = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
+    assert_eq!(number(&session, "expires_at"), at / 1000 + 3600 + 86_400);
 }

@@ -658,6 +658,16 @@ pub struct Policy {
     pub end_phrases: Vec<String>,
     /// Consecutive turns the brain could not answer before handing off; 0 disables.
     pub max_unanswered: u32,
+    /// Days a conversation's transcript and session data are kept after its last event;
+    /// then they are deleted (DynamoDB TTL; the embedded store's hourly purge).
+    pub retention_days: u32,
+}
+
+impl Policy {
+    /// When the data of a conversation whose last event was at `now` is deleted.
+    pub fn keep_until(&self, now: crate::Millis) -> crate::Millis {
+        crate::Millis(now.0.saturating_add(i64::from(self.retention_days) * 86_400_000))
+    }
 }
 
 impl Default for Policy {
@@ -672,6 +682,7 @@ impl Default for Policy {
             handoff_phrases: crate::phrases::DEFAULT_HANDOFF.iter().map(|s| s.to_string()).collect(),
             end_phrases: crate::phrases::DEFAULT_END.iter().map(|s| s.to_string()).collect(),
             max_unanswered: 3,
+            retention_days: 30,
         }
     }
 }
@@ -884,6 +895,9 @@ impl Agent {
             if v == 0 || v > 86_400 {
                 bad(name, format!("must be between 1 and 86400 seconds, got {v}"));
             }
+        }
+        if p.retention_days == 0 || p.retention_days > 3650 {
+            bad("policy.retention_days", format!("must be between 1 and 3650 days, got {}", p.retention_days));
         }
         if p.history_messages > 100 {
             bad("policy.history_messages", format!("must be at most 100, got {}", p.history_messages));
@@ -1287,5 +1301,16 @@ mod tests {
         // The scheme check covers the same list of fields.
         let urls: Vec<_> = a.outbound_urls().into_iter().map(|(p, _)| p).collect();
         assert_eq!(urls, ["desk.url", "fallback.url", "actions[0].url", "actions[1].url"]);
+    }
+    #[test]
+    fn retention_is_between_a_day_and_ten_years_and_counts_from_the_event() {
+        let mut a = agent();
+        assert_eq!(a.policy.retention_days, 30);
+        assert_eq!(a.policy.keep_until(crate::Millis(1_000)), crate::Millis(1_000 + 30 * 86_400_000));
+        for (days, ok) in [(0, false), (1, true), (3650, true), (3651, false)] {
+            a.policy.retention_days = days;
+            let paths: Vec<_> = a.validate().into_iter().map(|p| p.path).collect();
+            assert_eq!(paths.is_empty(), ok, "{days}: {paths:?}");
+        }
     }
 }

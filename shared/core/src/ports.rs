@@ -42,6 +42,9 @@ pub struct Commit {
     pub event_id: String,
     pub effects: Vec<PendingEffect>,
     pub trace: TraceEntry,
+    /// When the conversation's data may be deleted if nothing else happens (its agent's
+    /// retention after this event).
+    pub keep_until: Millis,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,11 +101,14 @@ pub trait Store: Send + Sync {
 
     /// Pending effects of one conversation, oldest first.
     async fn pending_effects(&self, key: &ConversationKey) -> Result<Vec<OutboxItem>, StoreError>;
+    /// Remove a finished effect and trace its result (kept until `keep_until`, the agent's
+    /// retention).
     async fn complete_effect(
         &self,
         key: &ConversationKey,
         effect_id: &str,
         trace: TraceEntry,
+        keep_until: Millis,
     ) -> Result<(), StoreError>;
     async fn defer_effect(
         &self,
@@ -111,6 +117,7 @@ pub trait Store: Send + Sync {
         attempts: u32,
         next_attempt_at: Millis,
         trace: TraceEntry,
+        keep_until: Millis,
     ) -> Result<(), StoreError>;
     /// Conversations whose outbox head is due at `now` (retries after a failure or a crash).
     async fn conversations_with_due_effects(
@@ -119,7 +126,7 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> Result<Vec<ConversationKey>, StoreError>;
 
-    async fn put_desk_link(&self, link: &DeskLink) -> Result<(), StoreError>;
+    async fn put_desk_link(&self, link: &DeskLink, keep_until: Millis) -> Result<(), StoreError>;
     async fn desk_link(&self, agent: &str, desk_conversation_id: &str) -> Result<Option<DeskLink>, StoreError>;
     async fn desk_link_for_handoff(&self, handoff_id: &str) -> Result<Option<DeskLink>, StoreError>;
 
@@ -127,6 +134,25 @@ pub trait Store: Send + Sync {
     async fn desk_status(&self, agent: &str) -> Result<Option<DeskStatusRecord>, StoreError>;
 
     async fn trace(&self, key: &ConversationKey) -> Result<Vec<TraceEntry>, StoreError>;
+
+    /// Everything kept about one conversation (one end user on one channel of an agent).
+    async fn export_conversation(&self, key: &ConversationKey) -> Result<ConversationData, StoreError>;
+    /// Delete everything kept about one conversation: session, transcript, trace, pending
+    /// effects and events, timer, desk links (and, in the embedded store, the local console's
+    /// copy). Seen event ids stay (they hold no personal data and keep a replayed webhook
+    /// from starting the conversation again). Returns how many records went.
+    async fn erase_conversation(&self, key: &ConversationKey) -> Result<u64, StoreError>;
+}
+
+/// A conversation's data, for an export to its end user.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConversationData {
+    pub conversation: String,
+    pub session: Option<crate::Session>,
+    /// The messages sent to the user (widget and Agent API conversations).
+    pub messages: Vec<LoggedMessage>,
+    pub trace: Vec<TraceEntry>,
+    pub desk_links: Vec<DeskLink>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -313,6 +339,7 @@ pub trait MessageLog: Send + Sync {
         idempotency_key: &str,
         message: &OutMessage,
         at: Millis,
+        keep_until: Millis,
     ) -> Result<Option<i64>, StoreError>;
     async fn after(&self, key: &ConversationKey, cursor: i64, limit: usize) -> Result<Vec<LoggedMessage>, StoreError>;
 }

@@ -152,6 +152,14 @@ CREATE TABLE kv (
     expires_at INTEGER NOT NULL
 );
 "#,
+    // Retention: a conversation is deleted after `keep_until` (its agent's retention after its
+    // last event); sessions from before get the default 30 days after their last update.
+    r#"
+ALTER TABLE sessions ADD COLUMN keep_until INTEGER NOT NULL DEFAULT 0;
+UPDATE sessions SET keep_until = updated_at + 2592000000;
+CREATE INDEX sessions_by_keep_until ON sessions(keep_until);
+CREATE INDEX desk_links_by_conversation ON desk_links(conversation);
+"#,
 ];
 
 /// The embedded database. Cheap to share: `Db::open` hands out an `Arc<Db>`, and the
@@ -477,6 +485,7 @@ mod tests {
                 event_id: "e0".into(),
                 effects: vec![PendingEffect::for_event("e0", 0, Effect::CancelTimer)],
                 trace: TraceEntry { at: Millis(5), what: "event".into(), id: "e0".into(), detail: String::new() },
+                keep_until: Millis(i64::MAX),
             };
             db.commit(commit).await.unwrap();
             db.set_setting("s", "v").await.unwrap();

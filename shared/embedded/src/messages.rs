@@ -46,7 +46,7 @@ impl Db {
         Ok(rows.into_iter().map(|m| (m.seq, m.at, m.message)).collect())
     }
 
-    async fn logged_after(
+    pub(crate) async fn logged_after(
         &self,
         key: &ConversationKey,
         after_seq: i64,
@@ -86,6 +86,8 @@ impl baton_core::ports::MessageLog for Db {
         idempotency_key: &str,
         message: &OutMessage,
         at: Millis,
+        // The embedded store purges whole conversations after their retention.
+        _keep_until: Millis,
     ) -> Result<Option<i64>, StoreError> {
         self.append_user_message(key, idempotency_key, message, at).await
     }

@@ -7,7 +7,8 @@ use baton_core::agent::Agent;
 use baton_core::effect::{PendingEffect, EFFECT_SCHEMA};
 use baton_core::model::{ConversationKey, Millis};
 use baton_core::ports::{
-    Commit, CommitOutcome, DeskLink, DeskStatusRecord, OutboxItem, Store, StoreError, TraceEntry, VersionedSession,
+    Commit, CommitOutcome, ConversationData, DeskLink, DeskStatusRecord, OutboxItem, Store, StoreError, TraceEntry,
+    VersionedSession,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
@@ -163,6 +164,7 @@ impl Store for Db {
             commit.effects.iter().map(|e| Ok((e.id.clone(), encode(e)?))).collect::<Result<Vec<_>, StoreError>>()?;
         let trace_json = encode(&commit.trace)?;
         let at = commit.trace.at;
+        let keep_until = commit.keep_until.0;
         let event_id = commit.event_id;
         let expected = commit.expected_version;
         let new_version =
@@ -188,12 +190,13 @@ impl Store for Db {
                 return Ok(CommitOutcome::VersionConflict);
             }
             tx.prepare_cached(
-                "INSERT INTO sessions(conversation, version, json, updated_at) VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO sessions(conversation, version, json, updated_at, keep_until) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(conversation) DO UPDATE SET
-                   version = excluded.version, json = excluded.json, updated_at = excluded.updated_at",
+                   version = excluded.version, json = excluded.json, updated_at = excluded.updated_at,
+                   keep_until = excluded.keep_until",
             )
             .map_err(sql)?
-            .execute(params![conv, new_version_i64, session_json, updated_at])
+            .execute(params![conv, new_version_i64, session_json, updated_at, keep_until])
             .map_err(sql)?;
             tx.prepare_cached("INSERT INTO seen(event_id, conversation, at) VALUES (?1, ?2, ?3)")
                 .map_err(sql)?
@@ -254,6 +257,8 @@ impl Store for Db {
         key: &ConversationKey,
         effect_id: &str,
         trace: TraceEntry,
+        // The embedded store purges whole conversations after their retention.
+        _keep_until: Millis,
     ) -> Result<(), StoreError> {
         let conv = key.to_string();
         let id = effect_id.to_string();
@@ -282,6 +287,7 @@ impl Store for Db {
         attempts: u32,
         next_attempt_at: Millis,
         trace: TraceEntry,
+        _keep_until: Millis,
     ) -> Result<(), StoreError> {
         let conv = key.to_string();
         let id = effect_id.to_string();
@@ -333,7 +339,7 @@ impl Store for Db {
     }
 
     /// Upsert; a link that reuses either the desk conversation or the handoff id replaces it.
-    async fn put_desk_link(&self, link: &DeskLink) -> Result<(), StoreError> {
+    async fn put_desk_link(&self, link: &DeskLink, _keep_until: Millis) -> Result<(), StoreError> {
         let link = link.clone();
         self.write(move |c| {
             c.prepare_cached(
@@ -425,6 +431,88 @@ impl Store for Db {
                 out.push(decode(&format!("trace {conv}/{seq}"), &json)?);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn export_conversation(&self, key: &ConversationKey) -> Result<ConversationData, StoreError> {
+        let session = self.load_session(key).await?.map(|v| v.session);
+        let messages = self.logged_after(key, 0, usize::MAX).await?;
+        let trace = self.trace(key).await?;
+        let conv = key.to_string();
+        let desk_links = self
+            .read(move |c| {
+                let mut stmt = c
+                    .prepare_cached(
+                        "SELECT agent, desk_conversation_id, handoff_id, conversation FROM desk_links
+                         WHERE conversation = ?1",
+                    )
+                    .map_err(sql)?;
+                let rows = stmt.query_map([&conv], link_row).map_err(sql)?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (a, d, h, k) = row.map_err(sql)?;
+                    out.push(link_from_row(a, d, h, k)?);
+                }
+                Ok(out)
+            })
+            .await?;
+        Ok(ConversationData { conversation: key.to_string(), session, messages, trace, desk_links })
+    }
+
+    async fn erase_conversation(&self, key: &ConversationKey) -> Result<u64, StoreError> {
+        let conv = key.to_string();
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+            let n = erase_in(&tx, &conv)?;
+            tx.commit().map_err(sql)?;
+            Ok(n)
+        })
+        .await
+    }
+}
+
+/// Delete one conversation's records inside `tx`; returns how many rows went.
+fn erase_in(tx: &Connection, conv: &str) -> Result<u64, StoreError> {
+    let mut n = 0;
+    // The local console is this hub's own desk: its copy of the handoffs goes too.
+    for statement in [
+        "DELETE FROM console_messages WHERE conversation_id IN
+           (SELECT desk_conversation_id FROM desk_links WHERE conversation = ?1)",
+        "DELETE FROM console_conversations WHERE id IN
+           (SELECT desk_conversation_id FROM desk_links WHERE conversation = ?1)",
+        "DELETE FROM sessions WHERE conversation = ?1",
+        "DELETE FROM user_messages WHERE conversation = ?1",
+        "DELETE FROM trace WHERE conversation = ?1",
+        "DELETE FROM outbox WHERE conversation = ?1",
+        "DELETE FROM queue WHERE conversation = ?1",
+        "DELETE FROM timers WHERE conversation = ?1",
+        "DELETE FROM desk_links WHERE conversation = ?1",
+    ] {
+        n += tx.prepare_cached(statement).map_err(sql)?.execute([conv]).map_err(sql)? as u64;
+    }
+    Ok(n)
+}
+
+impl Db {
+    /// Delete the conversations whose retention ended before `now`, at most `limit` of them;
+    /// returns how many went.
+    pub async fn purge_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
+        let limit = limit_param(limit);
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+            let expired: Vec<String> = {
+                let mut stmt = tx
+                    .prepare_cached("SELECT conversation FROM sessions WHERE keep_until < ?1 LIMIT ?2")
+                    .map_err(sql)?;
+                let rows = stmt.query_map(params![now.0, limit], |r| r.get(0)).map_err(sql)?;
+                rows.collect::<Result<_, _>>().map_err(sql)?
+            };
+            for conv in &expired {
+                erase_in(&tx, conv)?;
+            }
+            tx.commit().map_err(sql)?;
+            Ok(expired.len())
         })
         .await
     }

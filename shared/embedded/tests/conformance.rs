@@ -59,3 +59,35 @@ async fn key_value_expires_and_leases() {
     let (_dir, db) = open();
     conformance::key_value_expires_and_leases(db).await;
 }
+
+#[tokio::test]
+async fn export_and_erase_one_conversation() {
+    let (_dir, db) = open();
+    conformance::export_and_erase_one_conversation(db.as_ref(), db.as_ref()).await;
+}
+
+/// The hourly purge deletes conversations whose retention has ended, nothing else.
+#[tokio::test]
+async fn purge_deletes_conversations_past_their_retention() {
+    use baton_core::ports::{Commit, Store, TraceEntry};
+    use baton_core::session::Session;
+    let (_dir, db) = open();
+    for (user, keep_until) in [("old", 5_000), ("fresh", 50_000)] {
+        let k = conformance::key(user);
+        let commit = Commit {
+            expected_version: 0,
+            session: Session::new(k.clone()),
+            event_id: format!("e-{user}"),
+            effects: vec![],
+            trace: TraceEntry { at: Millis(1), what: "event".into(), id: user.into(), detail: String::new() },
+            keep_until: Millis(keep_until),
+        };
+        db.commit(commit).await.unwrap();
+    }
+    assert_eq!(db.purge_expired(Millis(4_999), 100).await.unwrap(), 0);
+    assert_eq!(db.purge_expired(Millis(10_000), 100).await.unwrap(), 1);
+    assert!(db.load_session(&conformance::key("old")).await.unwrap().is_none());
+    assert!(db.trace(&conformance::key("old")).await.unwrap().is_empty());
+    assert!(db.load_session(&conformance::key("fresh")).await.unwrap().is_some());
+    assert_eq!(db.purge_expired(Millis(10_000), 100).await.unwrap(), 0);
+}

@@ -58,7 +58,7 @@ impl ChannelSender for ChannelRouter {
                 let at = self.clock.now();
                 let seq = self
                     .log
-                    .append(key, idempotency_key, message, at)
+                    .append(key, idempotency_key, message, at, agent.policy.keep_until(at))
                     .await
                     .map_err(|e| DeliveryError::retryable(e.to_string()))?;
                 if let Some(seq) = seq {

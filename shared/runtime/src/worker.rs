@@ -3,6 +3,7 @@
 
 use crate::Ports;
 use baton_connectors::outbound::Targets;
+use baton_core::agent::Policy;
 use baton_core::ports::{
     BrainRequest, Commit, CommitOutcome, Delivery, DeliveryError, DeskLink, DeskStatusRecord, OutboxItem, StoreError,
     TraceEntry,
@@ -76,7 +77,9 @@ pub async fn apply_event(ports: &Ports, event: &Event) -> Result<Processed, Work
                 (session, Vec::new(), Processed::Ignored(why.to_string()), trace(now, "ignored", &event.id, detail))
             }
         };
-        let commit = Commit { expected_version: version, session: next, event_id: event.id.clone(), effects, trace };
+        let keep_until = agent.policy.keep_until(now);
+        let commit =
+            Commit { expected_version: version, session: next, event_id: event.id.clone(), effects, trace, keep_until };
         match ports.store.commit(commit).await? {
             CommitOutcome::Committed { .. } => return Ok(processed),
             CommitOutcome::AlreadySeen => return Ok(Processed::Duplicate),
@@ -134,6 +137,7 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
         None => None,
     };
     let now = ports.clock.now();
+    let keep_until = agent.as_ref().map_or_else(|| Policy::default().keep_until(now), |a| a.policy.keep_until(now));
     let mut blocked: HashSet<&'static str> = HashSet::new();
     let mut out = Drained::default();
     for item in items {
@@ -148,13 +152,13 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
         }
         let Some(agent) = agent.as_ref() else {
             let t = trace(now, "effect", &item.effect.id, "dropped: the agent no longer exists".into());
-            ports.store.complete_effect(key, &item.effect.id, t).await?;
+            ports.store.complete_effect(key, &item.effect.id, t, keep_until).await?;
             continue;
         };
         match run_effect(ports, agent, key, &item).await {
             Ok(detail) => {
                 let t = trace(now, "effect", &item.effect.id, format!("{}: {detail}", item.effect.effect.name()));
-                ports.store.complete_effect(key, &item.effect.id, t).await?;
+                ports.store.complete_effect(key, &item.effect.id, t, keep_until).await?;
                 out.done += 1;
             }
             Err(err) => {
@@ -170,7 +174,7 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
                     let due = Millis(now.0 + delay as i64);
                     tracing::warn!(conversation = %key, effect = %item.effect.id, attempts, error = %err, "effect failed; retrying later");
                     let t = trace(now, "effect", &item.effect.id, format!("{name}: attempt {attempts} failed: {err}"));
-                    ports.store.defer_effect(key, &item.effect.id, attempts, due, t).await?;
+                    ports.store.defer_effect(key, &item.effect.id, attempts, due, t, keep_until).await?;
                     blocked.insert(r);
                     out.next_due = Some(out.next_due.map_or(due, |d| d.min(due)));
                 } else {
@@ -181,7 +185,7 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
                         &item.effect.id,
                         format!("{name}: dead-lettered after {attempts} attempt(s): {err}"),
                     );
-                    ports.store.complete_effect(key, &item.effect.id, t).await?;
+                    ports.store.complete_effect(key, &item.effect.id, t, keep_until).await?;
                 }
             }
         }
@@ -258,7 +262,8 @@ async fn run_effect(
                 conversation: key.clone(),
             };
             let stored = |link: DeskLink| async move {
-                ports.store.put_desk_link(&link).await.map_err(|e| DeliveryError::retryable(e.to_string()))
+                let keep_until = agent.policy.keep_until(ports.clock.now());
+                ports.store.put_desk_link(&link, keep_until).await.map_err(|e| DeliveryError::retryable(e.to_string()))
             };
             // A desk may answer the moment it hears of the conversation: link first when we can.
             let chosen = ports.desk.id_chosen_by_hub(agent, request);

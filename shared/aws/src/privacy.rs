@@ -1,0 +1,109 @@
+//! One end user's data in the table: the export and the erasure behind `baton users`.
+//! Everything of a conversation lives in its `CONV#{key}` partition (session, outbox, trace,
+//! messages, message counter, and a `LINK#` copy of each desk link), so both are one query;
+//! the erasure also removes the desk links' lookup items and the messages' idempotency
+//! markers, which live in partitions of their own.
+
+use crate::store::{desk_pk, get_s, handoff_pk, key_of, link_from_item, s, unavailable, DynamoStore, Item};
+use crate::table::{conv_pk, key_part, PK, SK};
+use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
+use baton_core::model::ConversationKey;
+use baton_core::ports::{ConversationData, MessageLog, Store, StoreError};
+
+/// BatchWriteItem takes at most 25 requests.
+const BATCH: usize = 25;
+
+impl DynamoStore {
+    async fn query_partition(&self, pk: &str) -> Result<Vec<Item>, StoreError> {
+        self.client()
+            .query()
+            .table_name(self.table_name())
+            .key_condition_expression("#pk = :pk")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_values(":pk", s(pk))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| unavailable("query conversation", &e))
+    }
+
+    pub(crate) async fn export(&self, key: &ConversationKey) -> Result<ConversationData, StoreError> {
+        let conv = conv_pk(key);
+        let session = self.load_session(key).await?.map(|v| v.session);
+        let messages = self.after(key, 0, usize::MAX).await?;
+        let trace = self.trace(key).await?;
+        let desk_links = self
+            .query_prefix(&conv, "LINK#")
+            .await?
+            .iter()
+            .map(|item| link_from_item(item, &conv))
+            .collect::<Result<_, _>>()?;
+        Ok(ConversationData { conversation: key.to_string(), session, messages, trace, desk_links })
+    }
+
+    pub(crate) async fn erase(&self, key: &ConversationKey) -> Result<u64, StoreError> {
+        let conv = conv_pk(key);
+        let items = self.query_partition(&conv).await?;
+        let mut keys: Vec<Item> = Vec::new();
+        for item in &items {
+            let sk = get_s(item, SK, &conv)?;
+            if sk.starts_with("LINK#") {
+                let link = link_from_item(item, &conv)?;
+                // The lookups may have been taken over by a newer link of another conversation.
+                let ours = link.conversation.to_string();
+                for pk in [desk_pk(&link.agent, &link.desk_conversation_id), handoff_pk(&link.handoff_id)] {
+                    let points_here = self
+                        .get(&pk, "MAP")
+                        .await?
+                        .is_some_and(|i| get_s(&i, "conversation", &pk) == Ok(ours.as_str()));
+                    if points_here {
+                        keys.push(key_of(pk, "MAP"));
+                    }
+                }
+            }
+            if sk.starts_with("MSG#") {
+                if let Ok(idem) = get_s(item, "idem", &conv) {
+                    keys.push(key_of(format!("IDEM#{}", key_part(idem)), "-"));
+                }
+            }
+            keys.push(key_of(conv.as_str(), sk));
+        }
+        let count = keys.len() as u64;
+        for chunk in keys.chunks(BATCH) {
+            self.delete_all(chunk).await?;
+        }
+        Ok(count)
+    }
+
+    /// Delete `keys` (at most 25), retrying what DynamoDB leaves unprocessed.
+    async fn delete_all(&self, keys: &[Item]) -> Result<(), StoreError> {
+        let mut requests: Vec<WriteRequest> = keys
+            .iter()
+            .map(|k| {
+                let delete =
+                    DeleteRequest::builder().set_key(Some(k.clone())).build().map_err(crate::store::build_err)?;
+                Ok(WriteRequest::builder().delete_request(delete).build())
+            })
+            .collect::<Result<_, StoreError>>()?;
+        for attempt in 0..8u32 {
+            if requests.is_empty() {
+                return Ok(());
+            }
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+            }
+            let out = self
+                .client()
+                .batch_write_item()
+                .request_items(self.table_name(), requests)
+                .send()
+                .await
+                .map_err(|e| unavailable("erase conversation", &e))?;
+            requests = out.unprocessed_items.and_then(|mut m| m.remove(self.table_name())).unwrap_or_default();
+        }
+        Err(StoreError::Unavailable("erase conversation: DynamoDB kept refusing some deletes; run it again".into()))
+    }
+}
