@@ -9,7 +9,7 @@ if ! command -v moto_server >/dev/null || ! command -v cfn-lint >/dev/null; then
 fi
 log=$(mktemp)
 deny_log=$(mktemp)
-trap 'rm -f "$log" "$deny_log"' EXIT
+trap 'rm -f "$log" "$deny_log" "$deny_log.apt"' EXIT
 # cargo-deny checks licenses, bans and sources (deny.toml). It is not packaged anywhere we can
 # install from, so it is built from crates.io when missing, alongside the workspace's build.
 deny_pid=
@@ -17,8 +17,23 @@ if ! cargo deny --version >/dev/null 2>&1; then
   cargo install --locked --quiet --no-default-features cargo-deny@0.20.2 >"$deny_log" 2>&1 &
   deny_pid=$!
 fi
+# The browser tests (cli/tests/browser.rs) drive Debian's Chromium through ChromeDriver.
+apt_pid=
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "the browser tests need Chromium: sudo apt-get install chromium chromium-driver" >&2
+    exit 1
+  fi
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+    >"$deny_log.apt" 2>&1 &
+  apt_pid=$!
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+if [ -n "$apt_pid" ] && ! wait "$apt_pid"; then
+  cat "$deny_log.apt"
+  exit 1
+fi
 status=0
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
 if [ -n "$deny_pid" ] && ! wait "$deny_pid"; then

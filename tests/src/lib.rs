@@ -17,6 +17,7 @@ pub mod openai;
 pub mod salesiq;
 pub mod smtp;
 pub mod telegram;
+pub mod webdriver;
 pub mod whatsapp;
 pub mod widget;
 

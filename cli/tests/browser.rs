@@ -1,0 +1,132 @@
+//! The widget and the operator console in a real browser: headless Chromium from Debian's
+//! packages, driven over WebDriver by ChromeDriver. The widget is embedded in a shop page of
+//! another origin (bubble, `ChatBot.setEmail`, FAQ answer, handoff, the human's reply arriving
+//! live, its "End chat" button) and opened directly with `?email=`; the console is signed in
+//! to, and a conversation taken, answered and ended. Screenshots of each step are kept in
+//! `target/browser-artifacts/`.
+
+mod common;
+
+use axum::response::Html;
+use axum::routing::get;
+use baton_tests::webdriver::Browser;
+use baton_tests::widget::WidgetClient;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+fn artifacts() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/browser-artifacts")
+}
+
+/// A customer's page on its own origin that embeds the widget and sets the e-mail early.
+async fn shop_page(hub_base: &str) -> String {
+    let html = format!(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Shop</title></head>
+<body><h1>Our shop</h1>
+<script>window.ChatBot = window.ChatBot || {{ q: [] }}; window.ChatBot.q.push(["setEmail", "ana@example.com"]);</script>
+<script src="{hub_base}/widget.js" data-agent="shop" data-title="Support" async></script>
+</body></html>"#
+    );
+    let app = axum::Router::new().route("/", get(move || async move { Html(html) }));
+    format!("http://{}/", baton_tests::serve_on_loopback(app).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_widget_answers_hands_over_shows_the_human_live_and_ends() {
+    let hub = common::hub().await;
+    let page = shop_page(&hub.base).await;
+    let browser = Browser::start(&artifacts()).await;
+    browser.goto(&page).await;
+    let bubble = browser.find("button[data-baton=bubble]").await;
+    browser.click(&bubble).await;
+    let frame = browser.find("div[data-baton=panel] iframe").await;
+    browser.enter_frame(&frame).await;
+
+    let input = browser.find("#input").await;
+    browser.type_text(&input, "What are your opening hours?").await;
+    browser.click(&browser.find("#send").await).await;
+    browser.find_text(".msg-bot .bubble", "We are open 9-17 on weekdays.").await;
+    browser.top().await;
+    browser.screenshot("widget-1-faq-answer").await;
+    browser.enter_frame(&frame).await;
+
+    browser.type_text(&input, "I want to talk to a human").await;
+    browser.click(&browser.find("#send").await).await;
+    let est = hub.desk.first_to("/conversation/establish").await;
+    assert_eq!(est.body["email"], "ana@example.com", "ChatBot.setEmail reached the handoff");
+    let conversation = est.body["conversation_id"].as_str().unwrap().to_string();
+    assert_eq!(hub.desk_reply(&conversation, "Hello, this is Anna.", None).await.status(), 200);
+    browser.find_text(".msg-human .bubble", "Hello, this is Anna.").await;
+    browser.top().await;
+    browser.screenshot("widget-2-human-reply").await;
+    browser.enter_frame(&frame).await;
+
+    let end = browser.find_text(".msg-human .buttons button", "End chat").await;
+    browser.click(&end).await;
+    let close = hub.desk.first_to("/conversation/close").await;
+    assert_eq!(close.body["type"], "USER_CLOSED");
+    browser.top().await;
+    browser.screenshot("widget-3-ended").await;
+    hub.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_page_takes_the_email_from_its_address() {
+    let hub = common::hub().await;
+    let browser = Browser::start(&artifacts()).await;
+    browser.goto(&format!("{}/widget/shop?email=bo%40example.com", hub.base)).await;
+    let input = browser.find("#input").await;
+    browser.type_text(&input, "I want to talk to a human").await;
+    browser.click(&browser.find("#send").await).await;
+    let est = hub.desk.first_to("/conversation/establish").await;
+    assert_eq!(est.body["email"], "bo@example.com");
+    browser.screenshot("widget-4-email-from-address").await;
+    hub.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_signs_in_takes_replies_and_ends_in_the_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = baton::serve::ServeOptions {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        data: dir.path().join("baton.sqlite"),
+        agents_file: None,
+        body_limit: 64 * 1024,
+        example_agent: true,
+        rate_limits: Default::default(),
+        public_url: None,
+        desk_probe: true,
+        targets: baton::serve::Targets::Any,
+        console_key: Some(common::CONSOLE_KEY.into()),
+    };
+    let running = baton::serve::start(opts, Arc::new(baton_runtime::clock::SystemClock)).await.unwrap();
+    let base = format!("http://{}", running.addr);
+    let mut user = WidgetClient::start(&base, "demo", Some("cy@example.com")).await;
+    user.send("I want to talk to a human").await;
+
+    let browser = Browser::start(&artifacts()).await;
+    browser.goto(&format!("{base}/console")).await;
+    let key = browser.find("#key").await;
+    browser.screenshot("console-1-sign-in").await;
+    browser.type_text(&key, common::CONSOLE_KEY).await;
+    browser.click(&browser.find("button[type=submit]").await).await;
+    let conversation = browser.find_text(".conv", "cy@example.com").await;
+    browser.click(&conversation).await;
+    browser.wait_until("the Take button", "return !document.getElementById('take').hidden").await;
+    browser.click(&browser.find("#take").await).await;
+    browser.wait_until("the conversation taken", "return document.getElementById('take').hidden").await;
+    let reply = browser.find("#reply-input").await;
+    browser.type_text(&reply, "Hi Cy, this is the operator.").await;
+    browser.click(&browser.find("#reply-send").await).await;
+    user.wait_for("the operator's reply", |m| m["from"] == "human" && m["text"] == "Hi Cy, this is the operator.")
+        .await;
+    browser.find_text(".tmsg-text", "Hi Cy, this is the operator.").await;
+    browser.screenshot("console-2-replied").await;
+
+    browser.wait_until("the End button", "return !document.getElementById('end').hidden").await;
+    browser.click(&browser.find("#end").await).await;
+    user.wait_for("the end notice", |m| m["from"] == "system" && m["text"].as_str().unwrap_or("").contains("ended"))
+        .await;
+    browser.screenshot("console-3-ended").await;
+    running.stop().await;
+}
