@@ -8,10 +8,13 @@
 //! by the hub's clock, so the measurement adds no load of its own while timers fire.
 
 use baton::serve::{start, ServeOptions};
-use baton_core::agent::{Agent, DeskConfig, Policy};
+use baton_core::agent::{Agent, BrainConfig, DeskConfig, Policy, TelegramConfig};
+use baton_core::model::Secret;
 use baton_core::ports::Clock;
 use baton_core::{Channel, ConversationKey};
 use baton_tests::desk::FakeDesk;
+use baton_tests::scale::{self, Plan};
+use baton_tests::telegram::FakeTelegram;
 use baton_tests::widget::WidgetClient;
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
@@ -34,6 +37,21 @@ enum Command {
         messages: usize,
         /// Requests in flight at once.
         #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// Duplicates and reordering at scale: Telegram chats whose every update is delivered
+    /// `copies` times at once plus a late copy after the chat's next update. Prints what was
+    /// delivered and whether every chat got exactly its answers, once each, in order.
+    Duplicates {
+        #[arg(long, default_value_t = 1000)]
+        conversations: usize,
+        /// Updates per chat (at most 10).
+        #[arg(long, default_value_t = 10)]
+        events: usize,
+        #[arg(long, default_value_t = 3)]
+        copies: usize,
+        /// Chats delivering at the same time.
+        #[arg(long, default_value_t = 200)]
         concurrency: usize,
     },
     /// Firing delay of wait and session timeouts after their due time.
@@ -71,6 +89,57 @@ async fn main() {
     match Cli::parse().command {
         Command::Timers { conversations, timeout_secs } => timers(conversations, timeout_secs).await,
         Command::Load { users, messages, concurrency } => load(users, messages, concurrency).await,
+        Command::Duplicates { conversations, events, copies, concurrency } => {
+            duplicates(Plan { conversations, events, copies, concurrency }).await
+        }
+    }
+}
+
+async fn duplicates(plan: Plan) {
+    const BOT_TOKEN: &str = "4242:bench-bot-token";
+    const SECRET: &str = "bench-hook-secret";
+    let tg = FakeTelegram::start(BOT_TOKEN).await;
+    let (running, _desk, base, _token, _dir) = hub(Policy::default()).await;
+    let mut agent = running.ports.store.get_agent("bench").await.expect("store").expect("agent");
+    agent.channels.telegram = Some(TelegramConfig {
+        bot_token: Secret(BOT_TOKEN.into()),
+        secret_token: Secret(SECRET.into()),
+        api_base: tg.url(),
+        poll: false,
+    });
+    agent.brain = BrainConfig::Faq { faq: scale::faq(), min_score: 1.0 };
+    running.ports.store.put_agent(&agent).await.expect("agent stored");
+    println!(
+        "duplicates: {} chats x {} updates, each delivered {} times at once plus once late; {} chats at a time; \
+         embedded SQLite (synchronous=FULL)",
+        plan.conversations, plan.events, plan.copies, plan.concurrency
+    );
+    let delivered = scale::deliver(&format!("{base}/channels/telegram/bench"), SECRET, plan).await;
+    println!(
+        "delivered: {} requests in {:.1} s, {} acknowledged, {} refused",
+        delivered.requests,
+        delivered.elapsed.as_secs_f64(),
+        delivered.acknowledged,
+        delivered.refused
+    );
+    let expected = plan.conversations * plan.events;
+    let started = Instant::now();
+    while tg.sent_messages().len() < expected && started.elapsed() < Duration::from_secs(600) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Anything doubled would arrive shortly after the last expected answer.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let verdict = scale::verdict(&tg.sent_messages(), plan);
+    println!(
+        "answers: {} of {} expected; chats with exactly their answers in order: {} of {}",
+        verdict.answers, verdict.expected, verdict.chats_exact, plan.conversations
+    );
+    for w in &verdict.wrong {
+        println!("  wrong: {w}");
+    }
+    running.stop().await;
+    if !verdict.ok() {
+        std::process::exit(1);
     }
 }
 

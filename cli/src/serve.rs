@@ -98,6 +98,8 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         kv: db.clone(),
         alerts: Default::default(),
         targets: opts.targets,
+        // The dispatcher runs one task per conversation.
+        drain_lease: None,
     };
 
     if let Some(file) = &opts.agents_file {

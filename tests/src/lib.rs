@@ -15,6 +15,8 @@ pub mod memkv;
 pub mod moto;
 pub mod openai;
 pub mod salesiq;
+pub mod scale;
+pub mod serialized;
 pub mod smtp;
 pub mod telegram;
 pub mod webdriver;

@@ -28,6 +28,9 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Per-request timeout of calls to desks, tickets and other providers.
 const OUTBOUND_TIMEOUT: Duration = Duration::from_secs(15);
+/// A conversation's effects are run under a lease longer than the worker's 60 s timeout, so
+/// a worker that dies holding it frees it by the time SQS redelivers.
+const DRAIN_LEASE: Duration = Duration::from_secs(90);
 
 /// Deployment settings, from the function's environment (set by template.yaml).
 #[derive(Debug, Clone)]
@@ -114,6 +117,7 @@ pub fn wire(
         kv: store.clone(),
         alerts: Default::default(),
         targets,
+        drain_lease: Some(DRAIN_LEASE),
     };
     Aws {
         ports,

@@ -35,6 +35,9 @@ pub struct Ports {
     pub alerts: alerts::Alerts,
     /// Which hosts the agents' configured endpoints may be.
     pub targets: baton_connectors::outbound::Targets,
+    /// Take a lease (this long) before running a conversation's effects, where two processes
+    /// may try at once; `None` where one process owns each conversation.
+    pub drain_lease: Option<std::time::Duration>,
 }
 
 /// The outbound connectors every deployment wires the same way: one HTTP client (one

@@ -113,10 +113,40 @@ fn receiver(effect: &Effect) -> &'static str {
     }
 }
 
-/// Run the conversation's pending effects in order. Must not run concurrently for the same
-/// conversation (the embedded dispatcher and the FIFO message group guarantee that).
+/// How soon a conversation whose effects another process is running is looked at again.
+const BUSY_RETRY_MS: i64 = 2_000;
+
+/// Run the conversation's pending effects in order. Two processes must never run the same
+/// conversation's effects at once (both would send): the embedded dispatcher runs one task per
+/// conversation; where that cannot be promised (SQS redelivers a batch after its visibility
+/// timeout while the first worker still runs it), `Ports::drain_lease` makes the drain take a
+/// lease first, and a process that finds it taken comes back after [`BUSY_RETRY_MS`].
 pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Drained, WorkerError> {
     let items = ports.store.pending_effects(key).await?;
+    if items.is_empty() {
+        return Ok(Drained::default());
+    }
+    let Some(lease) = ports.drain_lease else {
+        return run_items(ports, key, items).await;
+    };
+    let name = format!("drain:{key}");
+    let now = ports.clock.now();
+    let until = Millis(now.0.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)));
+    if !ports.kv.put_if_absent(&name, "draining", now, until).await? {
+        return Ok(Drained { done: 0, next_due: Some(Millis(now.0 + BUSY_RETRY_MS)) });
+    }
+    // Read again under the lease: the previous holder may have run some of them meanwhile.
+    let result = match ports.store.pending_effects(key).await {
+        Ok(items) => run_items(ports, key, items).await,
+        Err(e) => Err(e.into()),
+    };
+    let released = ports.kv.delete(&name).await;
+    let drained = result?;
+    released?;
+    Ok(drained)
+}
+
+async fn run_items(ports: &Ports, key: &ConversationKey, items: Vec<OutboxItem>) -> Result<Drained, WorkerError> {
     if items.is_empty() {
         return Ok(Drained::default());
     }

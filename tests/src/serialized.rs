@@ -1,0 +1,60 @@
+//! A proxy in front of `moto_server` that forwards one request at a time. DynamoDB applies
+//! every conditional write and transaction atomically; moto_server serves requests on many
+//! threads without locking its tables, so two concurrent conditional writes can both pass
+//! there. Tests of concurrent writers (several workers on one conversation) go through this
+//! proxy, so what they check is the hub's logic and not moto's races.
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+#[derive(Clone)]
+struct State {
+    upstream: String,
+    http: reqwest::Client,
+    one_at_a_time: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Start the proxy in front of `upstream` (moto's endpoint URL); returns its URL.
+pub async fn start(upstream: &str) -> String {
+    let state = State {
+        upstream: upstream.trim_end_matches('/').to_string(),
+        http: reqwest::Client::new(),
+        one_at_a_time: Arc::new(tokio::sync::Mutex::new(())),
+    };
+    let app = axum::Router::new().fallback(forward).with_state(state);
+    format!("http://{}", crate::serve_on_loopback(app).await)
+}
+
+async fn forward(
+    axum::extract::State(st): axum::extract::State<State>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut req = st.http.request(method, format!("{}{path}", st.upstream)).body(body);
+    for (name, value) in headers.iter() {
+        if name != "host" && name != "content-length" {
+            req = req.header(name, value);
+        }
+    }
+    let _turn = st.one_at_a_time.lock().await;
+    let upstream = match req.send().await {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_GATEWAY, format!("serializing proxy: upstream failed: {e}")).into_response(),
+    };
+    let status = upstream.status();
+    let resp_headers = upstream.headers().clone();
+    let resp_body = upstream.bytes().await.unwrap_or_default();
+    drop(_turn);
+    let mut out = Response::builder().status(status.as_u16());
+    for (name, value) in resp_headers.iter() {
+        if name != "content-length" && name != "transfer-encoding" {
+            out = out.header(name, value);
+        }
+    }
+    out.body(axum::body::Body::from(resp_body)).unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
