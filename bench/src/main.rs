@@ -7,6 +7,8 @@
 //! delivered the resulting message to the user minus the timer's due time, both stamped
 //! by the hub's clock, so the measurement adds no load of its own while timers fire.
 
+mod soak;
+
 use baton::serve::{start, ServeOptions};
 use baton_core::agent::{Agent, BrainConfig, DeskConfig, Policy, TelegramConfig};
 use baton_core::model::Secret;
@@ -54,6 +56,20 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         concurrency: usize,
     },
+    /// Steady mixed traffic against a separate `baton serve` process, sampling its memory,
+    /// file descriptors, threads and ack latency (build it first: cargo build --release -p baton).
+    Soak {
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        #[arg(long, default_value_t = 60)]
+        conversations_per_minute: usize,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 60)]
+        interval: u64,
+        /// The `baton` binary to run.
+        #[arg(long, default_value = "target/release/baton")]
+        baton: std::path::PathBuf,
+    },
     /// Firing delay of wait and session timeouts after their due time.
     Timers {
         #[arg(long, default_value_t = 200)]
@@ -89,6 +105,9 @@ async fn main() {
     match Cli::parse().command {
         Command::Timers { conversations, timeout_secs } => timers(conversations, timeout_secs).await,
         Command::Load { users, messages, concurrency } => load(users, messages, concurrency).await,
+        Command::Soak { minutes, conversations_per_minute, interval, baton } => {
+            soak::soak(&baton, minutes, conversations_per_minute, interval).await
+        }
         Command::Duplicates { conversations, events, copies, concurrency } => {
             duplicates(Plan { conversations, events, copies, concurrency }).await
         }

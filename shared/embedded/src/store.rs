@@ -495,15 +495,19 @@ fn erase_in(tx: &Connection, conv: &str) -> Result<u64, StoreError> {
 }
 
 impl Db {
-    /// Delete the conversations whose retention ended before `now`, at most `limit` of them;
-    /// returns how many went.
+    /// Delete the conversations whose retention ended before `now` and that have no event
+    /// waiting, at most `limit` of them; returns how many went.
     pub async fn purge_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
         let limit = limit_param(limit);
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
             let expired: Vec<String> = {
                 let mut stmt = tx
-                    .prepare_cached("SELECT conversation FROM sessions WHERE keep_until < ?1 LIMIT ?2")
+                    // A conversation with an event waiting is not idle: its next step follows.
+                    .prepare_cached(
+                        "SELECT conversation FROM sessions WHERE keep_until < ?1
+                         AND conversation NOT IN (SELECT conversation FROM queue) LIMIT ?2",
+                    )
                     .map_err(sql)?;
                 let rows = stmt.query_map(params![now.0, limit], |r| r.get(0)).map_err(sql)?;
                 rows.collect::<Result<_, _>>().map_err(sql)?

@@ -69,7 +69,7 @@ async fn export_and_erase_one_conversation() {
 /// The hourly purge deletes conversations whose retention has ended, nothing else.
 #[tokio::test]
 async fn purge_deletes_conversations_past_their_retention() {
-    use baton_core::ports::{Commit, Store, TraceEntry};
+    use baton_core::ports::{Commit, EventQueue, Store, TraceEntry};
     use baton_core::session::Session;
     let (_dir, db) = open();
     for (user, keep_until) in [("old", 5_000), ("fresh", 50_000)] {
@@ -85,6 +85,12 @@ async fn purge_deletes_conversations_past_their_retention() {
         db.commit(commit).await.unwrap();
     }
     assert_eq!(db.purge_expired(Millis(4_999), 100).await.unwrap(), 0);
+    // An accepted event waiting for "old" keeps it until the event is applied.
+    let queue = EmbeddedQueue::new(db.clone()).expect("queue");
+    let waiting = Event::new("late", conformance::key("old"), Millis(9_000), baton_core::EventKind::UserEnded);
+    queue.enqueue(vec![waiting]).await.unwrap();
+    assert_eq!(db.purge_expired(Millis(10_000), 100).await.unwrap(), 0);
+    assert_eq!(drain(&queue).await.len(), 1);
     assert_eq!(db.purge_expired(Millis(10_000), 100).await.unwrap(), 1);
     assert!(db.load_session(&conformance::key("old")).await.unwrap().is_none());
     assert!(db.trace(&conformance::key("old")).await.unwrap().is_empty());
