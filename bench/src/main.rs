@@ -6,7 +6,10 @@
 //! half wait for nobody (the wait timeout). The delay of each timeout is the time the hub
 //! delivered the resulting message to the user minus the timer's due time, both stamped
 //! by the hub's clock, so the measurement adds no load of its own while timers fire.
+//!
+//! `baton-bench kill` and `baton-bench outage`: fault injection (see `faults`).
 
+mod faults;
 mod soak;
 
 use baton::serve::{start, ServeOptions};
@@ -70,6 +73,40 @@ enum Command {
         #[arg(long, default_value = "target/release/baton")]
         baton: std::path::PathBuf,
     },
+    /// Crash safety under load: widget users ask the FAQ bot, are handed to a fake desk and
+    /// write to it while a separate `baton serve` process is SIGKILLed and restarted `kills`
+    /// times. Prints restart times and whether every answer and every desk message arrived
+    /// exactly once, in order (build it first: cargo build -p baton).
+    Kill {
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+        /// Users running at the same time.
+        #[arg(long, default_value_t = 200)]
+        concurrency: usize,
+        /// Seed of the random kill points (printed when not given).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The `baton` binary to run.
+        #[arg(long, default_value = "target/release/baton")]
+        baton: std::path::PathBuf,
+    },
+    /// Desk outage: users handed to a fake desk keep writing while the desk answers 503 to
+    /// everything for `minutes`; prints how fast the backlog reaches the desk after it
+    /// recovers and whether every message arrived exactly once, in order.
+    Outage {
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+        /// Seconds between two messages of one user during the outage.
+        #[arg(long, default_value_t = 10)]
+        interval: u64,
+        /// The `baton` binary to run.
+        #[arg(long, default_value = "target/release/baton")]
+        baton: std::path::PathBuf,
+    },
     /// Firing delay of wait and session timeouts after their due time.
     Timers {
         #[arg(long, default_value_t = 200)]
@@ -111,6 +148,10 @@ async fn main() {
         Command::Duplicates { conversations, events, copies, concurrency } => {
             duplicates(Plan { conversations, events, copies, concurrency }).await
         }
+        Command::Kill { users, kills, concurrency, seed, baton } => {
+            faults::kill(&baton, faults::KillPlan { users, kills, concurrency, seed }).await
+        }
+        Command::Outage { users, minutes, interval, baton } => faults::outage(&baton, users, minutes, interval).await,
     }
 }
 
@@ -167,22 +208,15 @@ async fn hub(policy: Policy) -> (baton::serve::Running, FakeDesk, String, String
     let desk = FakeDesk::start(None).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let opts = ServeOptions {
-        addr: "127.0.0.1:0".parse().expect("addr"),
-        data: dir.path().join("bench.sqlite"),
-        agents_file: None,
-        body_limit: 64 * 1024,
-        example_agent: false,
         // Every simulated user comes from 127.0.0.1 and writes fast.
         rate_limits: baton_runtime::http::RateLimitConfig {
             per_ip_per_sec: 1e6,
             per_ip_burst: 1_000_000,
             per_conversation_per_sec: 1e6,
             per_conversation_burst: 1_000_000,
+            ..Default::default()
         },
-        public_url: None,
-        desk_probe: true,
-        targets: baton::serve::Targets::Any,
-        console_key: None,
+        ..ServeOptions::loopback(dir.path().join("bench.sqlite"))
     };
     let clock: Arc<dyn Clock> = Arc::new(baton_runtime::clock::SystemClock);
     let running = start(opts, clock).await.expect("server starts");

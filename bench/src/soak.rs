@@ -1,6 +1,7 @@
 //! `baton-bench soak`: steady mixed traffic against a separate `baton serve` process for a
 //! number of minutes, sampling the server's memory (RSS), open file descriptors and threads
-//! from /proc, and the acknowledgement latency of the widget route, once per interval. Each
+//! from /proc, its live tokio tasks (the console's status), and the acknowledgement latency
+//! of the widget route, once per interval. Each
 //! conversation of the traffic: an FAQ question and its answer, a handoff to a fake desk, a
 //! human reply, the user's reply relayed to the desk, the user ending the chat.
 
@@ -12,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// The operator key the server is started with, to read the console's status.
+const CONSOLE_KEY: &str = "soak-operator-key-0123456789";
 
 /// One sample of the server process.
 struct Sample {
@@ -19,6 +22,7 @@ struct Sample {
     rss_kb: u64,
     fds: usize,
     threads: u64,
+    tasks: u64,
     conversations: usize,
     p50_ms: f64,
     p99_ms: f64,
@@ -34,6 +38,24 @@ fn proc_status(pid: u32, field: &str) -> u64 {
 
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Sign in to the console; returns the session cookie.
+async fn console_session(http: &reqwest::Client, base: &str) -> String {
+    let resp =
+        http.post(format!("{base}/console/login")).form(&[("key", CONSOLE_KEY)]).send().await.expect("console sign-in");
+    let set = resp.headers().get("set-cookie").and_then(|v| v.to_str().ok()).expect("a session cookie");
+    set.split(';').next().unwrap_or_default().to_string()
+}
+
+/// Live tokio tasks of the server (0 when the status cannot be read).
+async fn live_tasks(http: &reqwest::Client, base: &str, cookie: &str) -> u64 {
+    let status: serde_json::Value =
+        match http.get(format!("{base}/console/api/status")).header("cookie", cookie).send().await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => return 0,
+        };
+    status["runtime"]["tasks"].as_u64().unwrap_or(0)
 }
 
 fn percentile_ms(sorted: &[u128], p: f64) -> f64 {
@@ -88,7 +110,7 @@ pub async fn soak(baton: &Path, minutes: f64, conversations_per_minute: usize, i
         .args(["serve", "--no-example", "--addr", &format!("127.0.0.1:{port}")])
         .arg("--data")
         .arg(&data)
-        .args(["--rate-per-ip", "100000", "--rate-per-conversation", "1000"])
+        .args(["--rate-per-ip", "100000", "--rate-per-conversation", "1000", "--console-key", CONSOLE_KEY])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -96,15 +118,18 @@ pub async fn soak(baton: &Path, minutes: f64, conversations_per_minute: usize, i
         .expect("baton serve");
     let pid = server.id().expect("pid");
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    // No redirects: the sign-in answers with a redirect that carries the cookie.
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let started = Instant::now();
     while http.get(format!("{base}/healthz")).send().await.is_err() {
         assert!(started.elapsed() < Duration::from_secs(30), "baton serve did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let cookie = console_session(&http, &base).await;
     println!(
         "soak: {minutes} min of {conversations_per_minute} conversations/min against `baton serve` (pid {pid}, \
-         release build, embedded SQLite); each: FAQ answer, handoff, human reply, user reply, end"
+         {}, embedded SQLite); each: FAQ answer, handoff, human reply, user reply, end",
+        baton.display()
     );
 
     let acks: Arc<Mutex<Vec<u128>>> = Arc::default();
@@ -147,14 +172,15 @@ pub async fn soak(baton: &Path, minutes: f64, conversations_per_minute: usize, i
             rss_kb: proc_status(pid, "VmRSS:"),
             fds: open_fds(pid),
             threads: proc_status(pid, "Threads:"),
+            tasks: live_tasks(&http, &base, &cookie).await,
             conversations: done.load(Ordering::Relaxed),
             p50_ms: percentile_ms(&lat, 0.5),
             p99_ms: percentile_ms(&lat, 0.99),
         });
         let s = samples.last().unwrap();
         println!(
-            "  {:>5.1} min  RSS {:>7} kB  fds {:>4}  threads {:>3}  conversations {:>6}  ack p50 {:>6.2} ms  p99 {:>6.2} ms",
-            s.minute, s.rss_kb, s.fds, s.threads, s.conversations, s.p50_ms, s.p99_ms
+            "  {:>5.1} min  RSS {:>7} kB  fds {:>4}  threads {:>3}  tasks {:>5}  conversations {:>6}  ack p50 {:>6.2} ms  p99 {:>6.2} ms",
+            s.minute, s.rss_kb, s.fds, s.threads, s.tasks, s.conversations, s.p50_ms, s.p99_ms
         );
         if Instant::now() >= run_until {
             break;
@@ -172,7 +198,7 @@ pub async fn soak(baton: &Path, minutes: f64, conversations_per_minute: usize, i
     let rss_growth = last.rss_kb as f64 / warm.rss_kb.max(1) as f64;
     println!(
         "conversations started: {}, completed: {}; from {:.1} min to the end: RSS x{:.2} ({} -> {} kB), \
-         fds {} -> {}, threads {} -> {}, ack p99 {:.2} -> {:.2} ms",
+         fds {} -> {}, threads {} -> {}, tasks {} -> {}, ack p99 {:.2} -> {:.2} ms",
         started_n.load(Ordering::Relaxed),
         done.load(Ordering::Relaxed),
         warm.minute,
@@ -183,6 +209,8 @@ pub async fn soak(baton: &Path, minutes: f64, conversations_per_minute: usize, i
         last.fds,
         warm.threads,
         last.threads,
+        warm.tasks,
+        last.tasks,
         warm.p99_ms,
         last.p99_ms
     );

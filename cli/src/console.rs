@@ -368,5 +368,7 @@ async fn status(State(st): State<ConsoleState>) -> Response {
         };
         out.push(json!({"id": a.id, "name": a.name, "desk_status": status, "detail": detail, "hours": hours}));
     }
-    Json(json!({"agents": out, "alerts": st.alerts.recent()})).into_response()
+    // Live tokio tasks: a count that keeps growing under steady traffic is a task leak.
+    let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    Json(json!({"agents": out, "alerts": st.alerts.recent(), "runtime": {"tasks": tasks}})).into_response()
 }

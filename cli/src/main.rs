@@ -379,6 +379,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 per_ip_burst: (rate_per_ip * 6.0).ceil() as u32,
                 per_conversation_per_sec: rate_per_conversation,
                 per_conversation_burst: (rate_per_conversation * 10.0).ceil() as u32,
+                ..Default::default()
             };
             let opts = ServeOptions {
                 addr,

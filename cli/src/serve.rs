@@ -40,6 +40,26 @@ pub struct ServeOptions {
     pub console_key: Option<String>,
 }
 
+impl ServeOptions {
+    /// On a free loopback port, default limits, no example agent, no agents file, the
+    /// desk probe on and any outbound target allowed (every local endpoint is loopback):
+    /// what tests and benchmarks start from, changing only what they are about.
+    pub fn loopback(data: PathBuf) -> Self {
+        ServeOptions {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data,
+            agents_file: None,
+            body_limit: 64 * 1024,
+            example_agent: false,
+            rate_limits: RateLimitConfig::default(),
+            public_url: None,
+            desk_probe: true,
+            targets: Targets::Any,
+            console_key: None,
+        }
+    }
+}
+
 /// A running server (tests start it in-process; `main` runs it until Ctrl-C).
 pub struct Running {
     pub addr: SocketAddr,

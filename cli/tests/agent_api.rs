@@ -355,16 +355,8 @@ async fn failed_deliveries_are_retried_under_the_same_id_and_final_refusals_aler
 async fn the_console_shows_the_session_parameters_masked() {
     let dir = tempfile::tempdir().unwrap();
     let opts = baton::serve::ServeOptions {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        data: dir.path().join("baton.sqlite"),
-        agents_file: None,
-        body_limit: 64 * 1024,
         example_agent: true,
-        rate_limits: Default::default(),
-        public_url: None,
-        desk_probe: true,
-        targets: baton::serve::Targets::Any,
-        console_key: None,
+        ..baton::serve::ServeOptions::loopback(dir.path().join("baton.sqlite"))
     };
     let running = baton::serve::start(opts, Arc::new(baton_runtime::clock::SystemClock)).await.unwrap();
     let token = baton_runtime::auth::generate_token();

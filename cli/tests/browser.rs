@@ -88,16 +88,9 @@ async fn the_chat_page_takes_the_email_from_its_address() {
 async fn an_operator_signs_in_takes_replies_and_ends_in_the_console() {
     let dir = tempfile::tempdir().unwrap();
     let opts = baton::serve::ServeOptions {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        data: dir.path().join("baton.sqlite"),
-        agents_file: None,
-        body_limit: 64 * 1024,
         example_agent: true,
-        rate_limits: Default::default(),
-        public_url: None,
-        desk_probe: true,
-        targets: baton::serve::Targets::Any,
         console_key: Some(common::CONSOLE_KEY.into()),
+        ..baton::serve::ServeOptions::loopback(dir.path().join("baton.sqlite"))
     };
     let running = baton::serve::start(opts, Arc::new(baton_runtime::clock::SystemClock)).await.unwrap();
     let base = format!("http://{}", running.addr);

@@ -75,16 +75,10 @@ pub async fn hub_on(
     let desk = FakeDesk::start(Some(SECRET)).await;
     let dir = tempfile::tempdir().unwrap();
     let opts = ServeOptions {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        data: dir.path().join("baton.sqlite"),
-        agents_file: None,
-        body_limit: 64 * 1024,
-        example_agent: false,
-        rate_limits: Default::default(),
-        public_url: None,
         desk_probe,
         targets,
         console_key: Some(CONSOLE_KEY.into()),
+        ..ServeOptions::loopback(dir.path().join("baton.sqlite"))
     };
     let running = start(opts, clock).await.unwrap();
     let mut agent = shop_agent(&desk.url());

@@ -60,6 +60,17 @@ async fn the_console_requires_the_operator_key() {
     assert_eq!(status_with(base, "/console", Some(&cookie)).await.0, 200);
     assert_eq!(status_with(base, "/console/api/conversations", Some(&cookie)).await.0, 200);
     assert_eq!(status_with(base, "/console/api/status", Some(&cookie)).await.0, 200);
+    let status: serde_json::Value = client()
+        .get(format!("{base}/console/api/status"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The hub's own tasks (worker, timers, listener) are alive at least.
+    assert!(status["runtime"]["tasks"].as_u64().is_some_and(|n| n > 0), "{status}");
 
     // A forged or stretched session is refused: the signature covers the expiry.
     let (name, value) = cookie.split_once('=').unwrap();

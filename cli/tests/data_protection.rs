@@ -15,16 +15,9 @@ const DAY: i64 = 86_400_000;
 
 async fn serve(data: &Path, clock: Arc<ManualClock>) -> baton::serve::Running {
     let opts = baton::serve::ServeOptions {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        data: data.to_path_buf(),
-        agents_file: None,
-        body_limit: 64 * 1024,
-        example_agent: false,
-        rate_limits: Default::default(),
-        public_url: None,
         desk_probe: false,
-        targets: baton::serve::Targets::Any,
         console_key: Some(common::CONSOLE_KEY.into()),
+        ..baton::serve::ServeOptions::loopback(data.to_path_buf())
     };
     baton::serve::start(opts, clock).await.unwrap()
 }

@@ -14,7 +14,7 @@
 //! [`AwsMeter::url`] and keeps its own harness calls on the plain endpoint.
 
 use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -130,20 +130,21 @@ async fn forward(
         before.push(get_item(&st, table, key).await);
     }
 
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut req = st.http.request(method, format!("{}{path}", st.upstream)).body(body.clone());
-    for (name, value) in headers.iter() {
-        if name != "host" && name != "content-length" {
-            req = req.header(name, value);
-        }
-    }
-    let upstream = match req.send().await {
-        Ok(r) => r,
-        Err(e) => return (StatusCode::BAD_GATEWAY, format!("metering proxy: upstream failed: {e}")).into_response(),
+    let answer = match crate::forward::send(
+        &st.http,
+        &st.upstream,
+        "metering proxy",
+        method,
+        &uri,
+        &headers,
+        body.clone(),
+    )
+    .await
+    {
+        Ok(answer) => answer,
+        Err(failed) => return failed,
     };
-    let status = upstream.status();
-    let resp_headers = upstream.headers().clone();
-    let resp_body = upstream.bytes().await.unwrap_or_default();
+    let resp_body = answer.body.clone();
     let response: Value = serde_json::from_slice(&resp_body).unwrap_or(Value::Null);
 
     let mut after = Vec::new();
@@ -163,13 +164,7 @@ async fn forward(
     let call = MeteredCall { service, action, entries, billed, writes_by_kind };
     st.calls.lock().unwrap_or_else(|p| p.into_inner()).push(call);
 
-    let mut out = Response::builder().status(status.as_u16());
-    for (name, value) in resp_headers.iter() {
-        if name != "content-length" && name != "transfer-encoding" {
-            out = out.header(name, value);
-        }
-    }
-    out.body(axum::body::Body::from(resp_body)).unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+    answer.into_response()
 }
 
 /// Service and action of a request: JSON protocols name them in `X-Amz-Target`

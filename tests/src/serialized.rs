@@ -5,7 +5,7 @@
 //! proxy, so what they check is the hub's logic and not moto's races.
 
 use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
@@ -34,27 +34,9 @@ async fn forward(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut req = st.http.request(method, format!("{}{path}", st.upstream)).body(body);
-    for (name, value) in headers.iter() {
-        if name != "host" && name != "content-length" {
-            req = req.header(name, value);
-        }
-    }
     let _turn = st.one_at_a_time.lock().await;
-    let upstream = match req.send().await {
-        Ok(r) => r,
-        Err(e) => return (StatusCode::BAD_GATEWAY, format!("serializing proxy: upstream failed: {e}")).into_response(),
-    };
-    let status = upstream.status();
-    let resp_headers = upstream.headers().clone();
-    let resp_body = upstream.bytes().await.unwrap_or_default();
-    drop(_turn);
-    let mut out = Response::builder().status(status.as_u16());
-    for (name, value) in resp_headers.iter() {
-        if name != "content-length" && name != "transfer-encoding" {
-            out = out.header(name, value);
-        }
+    match crate::forward::send(&st.http, &st.upstream, "serializing proxy", method, &uri, &headers, body).await {
+        Ok(answer) => answer.into_response(),
+        Err(failed) => failed,
     }
-    out.body(axum::body::Body::from(resp_body)).unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
 }

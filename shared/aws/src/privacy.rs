@@ -4,8 +4,8 @@
 //! the erasure also removes the desk links' lookup items and the messages' idempotency
 //! markers, which live in partitions of their own.
 
-use crate::store::{desk_pk, get_s, handoff_pk, key_of, link_from_item, s, unavailable, DynamoStore, Item};
-use crate::table::{conv_pk, key_part, PK, SK};
+use crate::store::{desk_pk, get_s, handoff_pk, key_of, link_from_item, unavailable, DynamoStore, Item};
+use crate::table::{conv_pk, key_part, SK};
 use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
 use baton_core::model::ConversationKey;
 use baton_core::ports::{ConversationData, MessageLog, Store, StoreError};
@@ -14,22 +14,6 @@ use baton_core::ports::{ConversationData, MessageLog, Store, StoreError};
 const BATCH: usize = 25;
 
 impl DynamoStore {
-    async fn query_partition(&self, pk: &str) -> Result<Vec<Item>, StoreError> {
-        self.client()
-            .query()
-            .table_name(self.table_name())
-            .key_condition_expression("#pk = :pk")
-            .expression_attribute_names("#pk", PK)
-            .expression_attribute_values(":pk", s(pk))
-            .consistent_read(true)
-            .into_paginator()
-            .items()
-            .send()
-            .try_collect()
-            .await
-            .map_err(|e| unavailable("query conversation", &e))
-    }
-
     pub(crate) async fn export(&self, key: &ConversationKey) -> Result<ConversationData, StoreError> {
         let conv = conv_pk(key);
         let session = self.load_session(key).await?.map(|v| v.session);
@@ -46,7 +30,7 @@ impl DynamoStore {
 
     pub(crate) async fn erase(&self, key: &ConversationKey) -> Result<u64, StoreError> {
         let conv = conv_pk(key);
-        let items = self.query_partition(&conv).await?;
+        let items = self.query_partition(&conv, None).await?;
         let mut keys: Vec<Item> = Vec::new();
         for item in &items {
             let sk = get_s(item, SK, &conv)?;

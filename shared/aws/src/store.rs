@@ -208,12 +208,26 @@ impl DynamoStore {
     /// Every item of partition `pk` whose sort key starts with `prefix`, ascending,
     /// strongly consistent, all pages.
     pub(crate) async fn query_prefix(&self, pk: &str, prefix: &str) -> Result<Vec<Item>, StoreError> {
+        self.query_partition(pk, Some(prefix)).await
+    }
+
+    /// Every item of partition `pk`, or those whose sort key starts with `prefix`.
+    pub(crate) async fn query_partition(&self, pk: &str, prefix: Option<&str>) -> Result<Vec<Item>, StoreError> {
+        let (condition, mut vals) = match prefix {
+            Some(p) => ("#pk = :pk AND begins_with(#sk, :prefix)", vec![(":prefix", s(p))]),
+            None => ("#pk = :pk", Vec::new()),
+        };
+        vals.push((":pk", s(pk)));
+        let mut attr_names = vec![("#pk", PK)];
+        if prefix.is_some() {
+            attr_names.push(("#sk", SK));
+        }
         self.client
             .query()
             .table_name(&self.table)
-            .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
-            .set_expression_attribute_names(names(&[("#pk", PK), ("#sk", SK)]))
-            .set_expression_attribute_values(values(vec![(":pk", s(pk)), (":prefix", s(prefix))]))
+            .key_condition_expression(condition)
+            .set_expression_attribute_names(names(&attr_names))
+            .set_expression_attribute_values(values(vals))
             .consistent_read(true)
             .into_paginator()
             .items()

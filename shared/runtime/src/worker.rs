@@ -13,10 +13,14 @@ use std::collections::HashSet;
 
 /// Optimistic-lock retries before giving the event back to the queue.
 const MAX_CONFLICT_RETRIES: usize = 8;
-/// Delivery attempts of one effect before it is dead-lettered (about 2.5 h with the backoff below).
-pub const MAX_ATTEMPTS: u32 = 20;
-/// Backoff ceiling between attempts.
-const MAX_BACKOFF_MS: u64 = 10 * 60 * 1000;
+/// Delivery attempts of one effect before it is dead-lettered: about 2 h with the backoff
+/// below (2, 4, ... 32 s, then a minute apart).
+pub const MAX_ATTEMPTS: u32 = 125;
+/// Backoff ceiling between attempts. Short, so that the backlog of a desk or channel that
+/// was down reaches it within about a minute of its return (with a 10-minute ceiling a
+/// 5-minute desk outage took 4 more minutes to drain); a blocked conversation costs one
+/// attempt a minute meanwhile.
+const MAX_BACKOFF_MS: u64 = 60 * 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -451,5 +455,16 @@ mod tests {
         assert!((1500..=2600).contains(&a), "{a}");
         assert!(b > a);
         assert!(backoff_ms(30, "x") <= MAX_BACKOFF_MS + MAX_BACKOFF_MS / 4);
+    }
+
+    /// The documented horizon: an effect is retried for about two hours before it is
+    /// dead-lettered, whatever its id's jitter.
+    #[test]
+    fn effects_are_retried_for_about_two_hours() {
+        for id in ["a", "effect-17", "fx:widget:u1:9"] {
+            let total: u64 = (1..MAX_ATTEMPTS).map(|n| backoff_ms(n, id)).sum();
+            let hours = total as f64 / 3_600_000.0;
+            assert!((1.75..=2.25).contains(&hours), "{id}: {hours:.2} h");
+        }
     }
 }

@@ -66,6 +66,9 @@ pub struct RateLimitConfig {
     pub per_ip_burst: u32,
     pub per_conversation_per_sec: f64,
     pub per_conversation_burst: u32,
+    /// Failed authentications allowed per client address and agent (refill rate and burst).
+    pub auth_failures_per_sec: f64,
+    pub auth_failures_burst: u32,
 }
 
 impl Default for RateLimitConfig {
@@ -75,6 +78,8 @@ impl Default for RateLimitConfig {
             per_ip_burst: 120,
             per_conversation_per_sec: 2.0,
             per_conversation_burst: 20,
+            auth_failures_per_sec: 0.2,
+            auth_failures_burst: 10,
         }
     }
 }
@@ -84,7 +89,7 @@ impl Limits {
         Limits {
             per_ip: RateLimiter::new(c.per_ip_burst, c.per_ip_per_sec),
             per_conversation: RateLimiter::new(c.per_conversation_burst, c.per_conversation_per_sec),
-            auth_failures: RateLimiter::new(10, 0.2),
+            auth_failures: RateLimiter::new(c.auth_failures_burst, c.auth_failures_per_sec),
         }
     }
 }
