@@ -13,16 +13,15 @@
 //! request with 503 for some minutes; then it recovers. Reports how fast the backlog reaches
 //! the desk and whether every message got there once, in order.
 
+use crate::server::Server;
 use baton_tests::desk::{DeskRequest, FakeDesk};
 use baton_tests::scale::{answer, WORDS};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::process::Child;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const AGENT: &str = "faults";
@@ -43,7 +42,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(15 * 60);
 
 /// The agents file: an FAQ that answers `Tell me about <word>`, the fake desk, no e-mail
 /// asked, timeouts far beyond a run.
-fn agents_file(dir: &Path, desk_url: &str) -> PathBuf {
+fn agents_toml(desk_url: &str) -> String {
     let faq: Vec<String> = WORDS
         .iter()
         .enumerate()
@@ -53,7 +52,7 @@ fn agents_file(dir: &Path, desk_url: &str) -> PathBuf {
             format!("{{ question = {}, answer = {}, keywords = [{}] }}", s(&question(i)), s(&answer(i)), s(w))
         })
         .collect();
-    let toml = format!(
+    format!(
         r#"[[agent]]
 id = "{AGENT}"
 name = "Faults"
@@ -71,123 +70,11 @@ wait_reply_timeout_secs = 86400
 session_timeout_secs = 86400
 "#,
         faq.join(", ")
-    );
-    let file = dir.join("agents.toml");
-    std::fs::write(&file, toml).expect("agents file");
-    file
+    )
 }
 
 fn question(i: usize) -> String {
     format!("Tell me about {}", WORDS[i])
-}
-
-/// A `baton serve` child process on a fixed port and data file; its stderr goes to a log
-/// file, appended across restarts.
-struct Server {
-    baton: PathBuf,
-    data: PathBuf,
-    log: PathBuf,
-    port: u16,
-    child: Child,
-    health: reqwest::Client,
-}
-
-impl Server {
-    /// Store the agents in a fresh data file in `dir`, then start serving on a free port.
-    async fn start(baton: &Path, dir: &Path, desk_url: &str) -> Server {
-        let data = dir.join("baton.sqlite");
-        let agents = agents_file(dir, desk_url);
-        let out = std::process::Command::new(baton)
-            .args(["agents", "apply"])
-            .arg(&agents)
-            .arg("--data")
-            .arg(&data)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", baton.display()));
-        assert!(out.status.success(), "baton agents apply: {}", String::from_utf8_lossy(&out.stderr));
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
-        let health = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().expect("client");
-        let log = dir.join("serve.log");
-        let child = spawn(baton, &data, &log, port).expect("baton serve");
-        let server = Server { baton: baton.to_path_buf(), data, log, port, child, health };
-        if !server.healthy_within(Duration::from_secs(30)).await {
-            server.fail("baton serve did not start");
-        }
-        server
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    async fn healthy_within(&self, limit: Duration) -> bool {
-        let url = format!("{}/healthz", self.base());
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if matches!(self.health.get(&url).send().await, Ok(r) if r.status() == 200) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        false
-    }
-
-    /// SIGKILL the server and start it again on the same port and data file; the time from
-    /// the kill until /healthz answers.
-    async fn kill_and_restart(&mut self) -> Duration {
-        let killed = Instant::now();
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
-        match spawn(&self.baton, &self.data, &self.log, self.port) {
-            Ok(c) => self.child = c,
-            Err(e) => self.fail(&format!("baton serve did not restart: {e}")),
-        }
-        if !self.healthy_within(Duration::from_secs(60)).await {
-            self.fail("baton serve did not become healthy after a restart");
-        }
-        killed.elapsed()
-    }
-
-    /// Give up the whole run: the process is killed first, since `exit` runs no destructors.
-    fn fail(&self, why: &str) -> ! {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
-        eprintln!("{why}; its log: {}", self.log.display());
-        eprintln!("{}", log_tail(&self.log, 20));
-        std::process::exit(2);
-    }
-
-    async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
-
-    /// Lines of the server's log mentioning dead-lettered effects, and panics.
-    fn log_findings(&self) -> (usize, usize) {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        (log.lines().filter(|l| l.contains("dead-lettered")).count(), log.matches("panicked").count())
-    }
-}
-
-fn spawn(baton: &Path, data: &Path, log: &Path, port: u16) -> std::io::Result<Child> {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
-    tokio::process::Command::new(baton)
-        .args(["serve", "--no-example", "--addr", &format!("127.0.0.1:{port}")])
-        .arg("--data")
-        .arg(data)
-        // Every simulated user comes from 127.0.0.1.
-        .args(["--rate-per-ip", "1000000", "--rate-per-conversation", "1000"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-}
-
-fn log_tail(log: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// One widget user: its conversation token and id (the desk sees the id as `user_id`).
@@ -561,7 +448,7 @@ fn desk_text(user: usize, k: usize) -> String {
 pub async fn kill(baton: &Path, plan: KillPlan) {
     let desk = Arc::new(FakeDesk::start(Some(SECRET)).await);
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(baton, dir.path(), &desk.url()).await;
+    let server = Server::start(baton, dir.path(), &agents_toml(&desk.url()), &[]).await;
     let hub = Hub::new(server.base());
     let per_user = FAQ_STEPS + 1 + DESK_MESSAGES;
     let total = plan.users * per_user;
@@ -738,7 +625,7 @@ pub async fn kill(baton: &Path, plan: KillPlan) {
 pub async fn outage(baton: &Path, users: usize, minutes: f64, interval_secs: u64) {
     let desk = Arc::new(FakeDesk::start(Some(SECRET)).await);
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(baton, dir.path(), &desk.url()).await;
+    let server = Server::start(baton, dir.path(), &agents_toml(&desk.url()), &[]).await;
     let hub = Hub::new(server.base());
     let outage = Duration::from_secs_f64(minutes * 60.0);
     let interval = Duration::from_secs(interval_secs.max(1));

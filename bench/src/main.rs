@@ -10,6 +10,7 @@
 //! `baton-bench kill` and `baton-bench outage`: fault injection (see `faults`).
 
 mod faults;
+mod server;
 mod soak;
 
 use baton::serve::{start, ServeOptions};

@@ -5,6 +5,7 @@
 //! conversation of the traffic: an FAQ question and its answer, a handoff to a fake desk, a
 //! human reply, the user's reply relayed to the desk, the user ending the chat.
 
+use crate::server::Server;
 use baton_tests::desk::FakeDesk;
 use baton_tests::widget::WidgetClient;
 use std::path::Path;
@@ -66,9 +67,8 @@ fn percentile_ms(sorted: &[u128], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
 }
 
-fn agents_file(dir: &Path, desk_url: &str) -> std::path::PathBuf {
-    let file = dir.join("agents.toml");
-    let toml = format!(
+fn agents_toml(desk_url: &str) -> String {
+    format!(
         r#"[[agent]]
 id = "soak"
 name = "Soak"
@@ -84,9 +84,7 @@ require_email = false
 wait_timeout_secs = 3600
 session_timeout_secs = 3600
 "#
-    );
-    std::fs::write(&file, toml).expect("agents file");
-    file
+    )
 }
 
 /// Run `conversations_per_minute` conversations a minute for `minutes`, sampling every
@@ -94,37 +92,11 @@ session_timeout_secs = 3600
 pub async fn soak(baton: &Path, minutes: f64, conversations_per_minute: usize, interval_secs: u64) {
     let desk = FakeDesk::start(Some(SECRET)).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("soak.sqlite");
-    let agents = agents_file(dir.path(), &desk.url());
-    let out = std::process::Command::new(baton)
-        .args(["agents", "apply"])
-        .arg(&agents)
-        .arg("--data")
-        .arg(&data)
-        .output()
-        .expect("baton agents apply");
-    let printed = String::from_utf8_lossy(&out.stdout).to_string();
-    let token = printed.split("(shown once): ").nth(1).map(|t| t.trim().to_string()).expect("a token");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut server = tokio::process::Command::new(baton)
-        .args(["serve", "--no-example", "--addr", &format!("127.0.0.1:{port}")])
-        .arg("--data")
-        .arg(&data)
-        .args(["--rate-per-ip", "100000", "--rate-per-conversation", "1000", "--console-key", CONSOLE_KEY])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("baton serve");
-    let pid = server.id().expect("pid");
-    let base = format!("http://127.0.0.1:{port}");
+    let server = Server::start(baton, dir.path(), &agents_toml(&desk.url()), &["--console-key", CONSOLE_KEY]).await;
+    let (token, base) = (server.token.clone(), server.base());
+    let pid = server.pid().expect("pid");
     // No redirects: the sign-in answers with a redirect that carries the cookie.
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-    let started = Instant::now();
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "baton serve did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let cookie = console_session(&http, &base).await;
     println!(
         "soak: {minutes} min of {conversations_per_minute} conversations/min against `baton serve` (pid {pid}, \
@@ -190,7 +162,7 @@ pub async fn soak(baton: &Path, minutes: f64, conversations_per_minute: usize, i
     let _ = traffic.await;
     // Let the last conversations finish.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let _ = server.kill().await;
+    server.stop().await;
 
     // Judge from the first sample after warm-up (a quarter of the run) to the last.
     let warm = &samples[samples.len() / 4];
