@@ -190,7 +190,7 @@ pub fn send(data: &[u8]) -> Option<u16> {
     match status {
         Ok(s) => Some(s),
         Err(e) if e.is_builder() => None,
-        Err(e) => panic!("{method_path}: no answer: {e}", method_path = path),
+        Err(e) => panic!("{path}: no answer: {e}"),
     }
 }
 
