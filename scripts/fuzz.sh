@@ -14,7 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-600}
 shift || true
-all=(telegram line whatsapp salesiq intercom livechat webhook_desk agent_api hosted_agent config http)
+# Every target has its binary in fuzz/libfuzzer/fuzz_targets (the test suite checks that).
+mapfile -t all < <(basename -s .rs fuzz/libfuzzer/fuzz_targets/*.rs)
 targets=("${@:-${all[@]}}")
 jobs=${FUZZ_JOBS:-1}
 

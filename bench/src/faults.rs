@@ -16,6 +16,8 @@
 use crate::server::Server;
 use baton_tests::desk::{DeskRequest, FakeDesk};
 use baton_tests::scale::{answer, WORDS};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -387,28 +389,9 @@ async fn killer(
 /// `kills` thresholds of acknowledged messages out of `total`: one drawn in each of
 /// `kills` equal slices of the run (after the first), so the kills spread over it.
 fn kill_points(total: usize, kills: usize, seed: u64) -> Vec<usize> {
-    let mut rng = SplitMix64(seed);
+    let mut rng = StdRng::seed_from_u64(seed);
     let slice = (total / (kills + 1)).max(1);
-    (1..=kills).map(|k| (slice * k + rng.below(slice)).min(total.saturating_sub(1)).max(1)).collect()
-}
-
-/// SplitMix64: a small seeded generator, enough to place kills reproducibly (no need for a
-/// new dependency of the bench).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (`n` > 0).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
+    (1..=kills).map(|k| (slice * k + rng.gen_range(0..slice)).min(total.saturating_sub(1)).max(1)).collect()
 }
 
 /// One user of `kill`: 5 FAQ questions (each answer awaited), a handoff, 4 desk messages.

@@ -41,14 +41,6 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
-/// Sign in to the console; returns the session cookie.
-async fn console_session(http: &reqwest::Client, base: &str) -> String {
-    let resp =
-        http.post(format!("{base}/console/login")).form(&[("key", CONSOLE_KEY)]).send().await.expect("console sign-in");
-    let set = resp.headers().get("set-cookie").and_then(|v| v.to_str().ok()).expect("a session cookie");
-    set.split(';').next().unwrap_or_default().to_string()
-}
-
 /// Live tokio tasks of the server (0 when the status cannot be read).
 async fn live_tasks(http: &reqwest::Client, base: &str, cookie: &str) -> u64 {
     let status: serde_json::Value =
@@ -95,9 +87,8 @@ pub async fn soak(baton: &Path, minutes: f64, conversations_per_minute: usize, i
     let server = Server::start(baton, dir.path(), &agents_toml(&desk.url()), &["--console-key", CONSOLE_KEY]).await;
     let (token, base) = (server.token.clone(), server.base());
     let pid = server.pid().expect("pid");
-    // No redirects: the sign-in answers with a redirect that carries the cookie.
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-    let cookie = console_session(&http, &base).await;
+    let http = reqwest::Client::new();
+    let cookie = baton_tests::console_cookie(&base, CONSOLE_KEY).await;
     println!(
         "soak: {minutes} min of {conversations_per_minute} conversations/min against `baton serve` (pid {pid}, \
          {}, embedded SQLite); each: FAQ answer, handoff, human reply, user reply, end",

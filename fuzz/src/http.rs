@@ -6,9 +6,8 @@
 //! Input: byte 0 picks the route, byte 1 the options (bit 0: authenticate as the route
 //! expects; bit 1: no JSON content type), then `query '\n' body` as in [`crate::split`].
 
-use crate::{agent, salesiq_sign, split, INTERCOM_SECRET, LINE_SECRET, TELEGRAM_SECRET, WHATSAPP_APP_SECRET};
-use base64::Engine;
-use hmac::Mac;
+use crate::{agent, salesiq_signer, split, INTERCOM_SECRET, LINE_SECRET, TELEGRAM_SECRET, WHATSAPP_APP_SECRET};
+use baton_tests::{intercom, line, whatsapp};
 use reqwest::Method;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -117,33 +116,11 @@ fn start() -> Hub {
         let hash = baton_runtime::auth::hash_token(&agent_token);
         running.ports.store.add_token("fz", &hash, baton_core::Millis(0)).await.expect("token");
         let base = format!("http://{}", running.addr);
-        let session: serde_json::Value = http
-            .post(format!("{base}/api/widget/fz/session"))
-            .json(&serde_json::json!({}))
-            .send()
-            .await
-            .expect("widget session")
-            .json()
-            .await
-            .expect("session JSON");
-        let widget_token = session["token"].as_str().expect("a widget token").to_string();
-        let login = http
-            .post(format!("{base}/console/login"))
-            .form(&[("key", CONSOLE_KEY)])
-            .send()
-            .await
-            .expect("console sign-in");
-        let cookie = login.headers().get("set-cookie").and_then(|v| v.to_str().ok()).expect("a session cookie");
-        let console_cookie = cookie.split(';').next().unwrap_or_default().to_string();
+        let widget_token = baton_tests::widget::WidgetClient::start(&base, "fz", None).await.token;
+        let console_cookie = baton_tests::console_cookie(&base, CONSOLE_KEY).await;
         (running, base, agent_token, widget_token, console_cookie)
     });
     Hub { rt, http, base, agent_token, widget_token, console_cookie, _running: running, _dir: dir }
-}
-
-fn hmac_sha256(key: &str, body: &[u8]) -> Vec<u8> {
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
-    mac.update(body);
-    mac.finalize().into_bytes().to_vec()
 }
 
 /// Send one fuzzed request; the status, or `None` when the request could not be built
@@ -170,20 +147,10 @@ pub fn send(data: &[u8]) -> Option<u16> {
             Auth::Widget => req.bearer_auth(&hub.widget_token),
             Auth::Console => req.header("cookie", &hub.console_cookie),
             Auth::Telegram => req.header("x-telegram-bot-api-secret-token", TELEGRAM_SECRET),
-            Auth::Line => {
-                let sig = base64::engine::general_purpose::STANDARD.encode(hmac_sha256(LINE_SECRET, body));
-                req.header("x-line-signature", sig)
-            }
-            Auth::Whatsapp => req.header(
-                "x-hub-signature-256",
-                format!("sha256={}", hex::encode(hmac_sha256(WHATSAPP_APP_SECRET, body))),
-            ),
-            Auth::Intercom => {
-                let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(INTERCOM_SECRET.as_bytes()).expect("key");
-                mac.update(body);
-                req.header("x-hub-signature", format!("sha1={}", hex::encode(mac.finalize().into_bytes())))
-            }
-            Auth::Salesiq => req.header("x-siqsignature", salesiq_sign(body)),
+            Auth::Line => req.header("x-line-signature", line::sign(LINE_SECRET, body)),
+            Auth::Whatsapp => req.header("x-hub-signature-256", whatsapp::sign(WHATSAPP_APP_SECRET, body)),
+            Auth::Intercom => req.header("x-hub-signature", intercom::sign(INTERCOM_SECRET, body)),
+            Auth::Salesiq => req.header("x-siqsignature", salesiq_signer().sign(body)),
         };
     }
     let status = hub.rt.block_on(async { req.send().await.map(|r| r.status().as_u16()) });

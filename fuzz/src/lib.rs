@@ -14,14 +14,10 @@
 
 pub mod http;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 use baton_connectors::standard_webhooks::{SigningSecret, WebhookHeaders};
 use baton_connectors::{agent_api, hosted_agent, intercom, line, livechat, salesiq, telegram, webhook_desk, whatsapp};
 use baton_core::agent::Agent;
-use hmac::{Hmac, Mac};
-use rsa::pkcs8::{EncodePublicKey, LineEnding};
-use rsa::RsaPrivateKey;
+use baton_tests::salesiq::WebhookSigner;
 use std::sync::OnceLock;
 
 /// The Standard Webhooks secret of the fuzz agent's desk and Agent API.
@@ -69,20 +65,16 @@ pub fn split(data: &[u8]) -> (Option<&str>, &[u8]) {
     }
 }
 
-/// The SalesIQ webhook key pair: generated once per process (1024 bits, fast to make).
-pub fn salesiq_key() -> &'static RsaPrivateKey {
-    static KEY: OnceLock<RsaPrivateKey> = OnceLock::new();
-    KEY.get_or_init(|| RsaPrivateKey::new(&mut rand::thread_rng(), 1024).expect("RSA key generation"))
-}
-
-pub fn salesiq_public_pem() -> String {
-    salesiq_key().to_public_key().to_public_key_pem(LineEnding::LF).expect("PEM of a fresh key")
+/// Signs like SalesIQ with the key pair of the fuzz agent, made once per process.
+pub fn salesiq_signer() -> &'static WebhookSigner {
+    static SIGNER: OnceLock<WebhookSigner> = OnceLock::new();
+    SIGNER.get_or_init(WebhookSigner::new)
 }
 
 /// The agents file of the fuzz agent `fz`: every channel and desk configured, every
 /// outbound address unreachable.
 pub fn agents_toml() -> String {
-    let pem = salesiq_public_pem().replace('\n', "\\n");
+    let pem = salesiq_signer().public_key_pem().replace('\n', "\\n");
     format!(
         r#"[[agent]]
 id = "fz"
@@ -148,18 +140,6 @@ pub fn agent() -> &'static Agent {
     })
 }
 
-fn hmac_sha256(key: &str, body: &[u8]) -> Vec<u8> {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
-    mac.update(body);
-    mac.finalize().into_bytes().to_vec()
-}
-
-fn hmac_sha1(key: &str, body: &[u8]) -> Vec<u8> {
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(key.as_bytes()).expect("any key length");
-    mac.update(body);
-    mac.finalize().into_bytes().to_vec()
-}
-
 /// Telegram: the update parser and the secret-token check (only the exact secret passes).
 pub fn telegram(data: &[u8]) {
     let (header, body) = split(data);
@@ -173,7 +153,7 @@ pub fn telegram(data: &[u8]) {
 pub fn line(data: &[u8]) {
     let (header, body) = split(data);
     let _ = line::parse_webhook(body);
-    let right = B64.encode(hmac_sha256(LINE_SECRET, body));
+    let right = baton_tests::line::sign(LINE_SECRET, body);
     let verified = line::verify_signature(LINE_SECRET, body, header);
     if verified {
         // Base64 decoding is strict (no trailing bits): only the right MAC's text passes.
@@ -188,12 +168,12 @@ pub fn line(data: &[u8]) {
 pub fn whatsapp(data: &[u8]) {
     let (header, body) = split(data);
     let _ = whatsapp::parse_webhook(body, WHATSAPP_PHONE_ID);
-    let right = hex::encode(hmac_sha256(WHATSAPP_APP_SECRET, body));
+    let right = baton_tests::whatsapp::sign(WHATSAPP_APP_SECRET, body);
     if whatsapp::verify_signature(WHATSAPP_APP_SECRET, body, header) {
-        let given = header.unwrap_or_default().trim().strip_prefix("sha256=").unwrap_or_default();
+        let given = header.unwrap_or_default().trim();
         assert!(given.eq_ignore_ascii_case(&right), "a wrong WhatsApp signature verified");
     }
-    assert!(whatsapp::verify_signature(WHATSAPP_APP_SECRET, body, Some(&format!("sha256={right}"))));
+    assert!(whatsapp::verify_signature(WHATSAPP_APP_SECRET, body, Some(&right)));
     let cfg = agent().channels.whatsapp.as_ref().expect("whatsapp configured");
     let mut parts = header.unwrap_or_default().splitn(3, '&');
     let (mode, token, challenge) = (parts.next(), parts.next(), parts.next());
@@ -213,13 +193,6 @@ pub fn salesiq(data: &[u8]) {
     let _ = salesiq::verify(&[String::from_utf8_lossy(body).into_owned()], b"body", header);
 }
 
-/// The `x-siqsignature` of `body` with the fuzz key (for seeds and the corpus test).
-pub fn salesiq_sign(body: &[u8]) -> String {
-    use rsa::pkcs1v15::SigningKey;
-    use rsa::signature::{SignatureEncoding, Signer};
-    B64.encode(SigningKey::<sha2::Sha256>::new(salesiq_key().clone()).sign(body).to_bytes())
-}
-
 /// Intercom: the notification parser, HTML to text, and `X-Hub-Signature` (HMAC-SHA1).
 pub fn intercom(data: &[u8]) {
     let (header, body) = split(data);
@@ -227,12 +200,12 @@ pub fn intercom(data: &[u8]) {
         let _ = n.event.conversation_id();
     }
     let _ = intercom::html_to_text(&String::from_utf8_lossy(body));
-    let right = hex::encode(hmac_sha1(INTERCOM_SECRET, body));
+    let right = baton_tests::intercom::sign(INTERCOM_SECRET, body);
     if intercom::verify_signature(INTERCOM_SECRET, body, header) {
-        let given = header.unwrap_or_default().trim().get(5..).unwrap_or_default();
+        let given = header.unwrap_or_default().trim();
         assert!(given.eq_ignore_ascii_case(&right), "a wrong Intercom signature verified");
     }
-    assert!(intercom::verify_signature(INTERCOM_SECRET, body, Some(&format!("sha1={right}"))));
+    assert!(intercom::verify_signature(INTERCOM_SECRET, body, Some(&right)));
 }
 
 /// LiveChat: the webhook parser and its `secret_key` check (only the exact secret passes).

@@ -4,7 +4,7 @@
 //! The seeds are real provider payloads made by the fake servers of `baton-tests`;
 //! `cargo test -p baton-fuzz --test corpus -- --ignored write_seeds` writes them again.
 
-use baton_fuzz::{agent, salesiq_sign, split, target, TARGETS};
+use baton_fuzz::{agent, salesiq_signer, split, target, TARGETS};
 use std::path::{Path, PathBuf};
 
 fn dir(kind: &str, name: &str) -> PathBuf {
@@ -135,7 +135,7 @@ fn the_salesiq_key_verifies_signed_seeds() {
     let keys = &agent().salesiq.as_ref().expect("salesiq").webhook_public_keys;
     for (file, data) in inputs("corpus", "salesiq") {
         let (_, body) = split(&data);
-        let sig = salesiq_sign(body);
+        let sig = salesiq_signer().sign(body);
         assert!(baton_connectors::salesiq::verify(keys, body, Some(&sig)).is_ok(), "{file}");
     }
 }
