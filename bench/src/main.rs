@@ -41,9 +41,14 @@ enum Command {
         users: usize,
         #[arg(long, default_value_t = 50)]
         messages: usize,
-        /// Requests in flight at once.
+        /// Requests in flight at once (with --rate: at most, a request waits for a slot).
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Open loop: start requests at this many per second, whatever the answers do, and
+        /// measure each latency from its scheduled start (no coordinated omission). Without
+        /// it, `concurrency` requests are kept in flight back to back (closed loop).
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// Duplicates and reordering at scale: Telegram chats whose every update is delivered
     /// `copies` times at once plus a late copy after the chat's next update. Prints what was
@@ -142,7 +147,7 @@ fn report(name: &str, mut delays: Vec<i64>) {
 async fn main() {
     match Cli::parse().command {
         Command::Timers { conversations, timeout_secs } => timers(conversations, timeout_secs).await,
-        Command::Load { users, messages, concurrency } => load(users, messages, concurrency).await,
+        Command::Load { users, messages, concurrency, rate } => load(users, messages, concurrency, rate).await,
         Command::Soak { minutes, conversations_per_minute, interval, baton } => {
             soak::soak(&baton, minutes, conversations_per_minute, interval).await
         }
@@ -270,7 +275,7 @@ async fn handed_off(
     clients
 }
 
-async fn load(users: usize, messages: usize, concurrency: usize) {
+async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f64>) {
     let policy = Policy { wait_timeout_secs: 3600, session_timeout_secs: 3600, ..Policy::default() };
     let (running, desk, base, token, _dir) = hub(policy).await;
     let clients = handed_off(&base, &desk, &token, users, |_| true).await;
@@ -278,52 +283,72 @@ async fn load(users: usize, messages: usize, concurrency: usize) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let chats_before = desk.count_to("/chat");
     let total = users * messages;
+    let mode = match rate {
+        Some(r) => format!("open loop at {r:.0} requests/s (at most {concurrency} in flight)"),
+        None => format!("closed loop, {concurrency} in flight"),
+    };
     println!(
         "load: {users} users x {messages} messages = {total} events through POST /api/widget/.../messages, \
-         {concurrency} in flight, relayed to a fake desk on loopback; embedded SQLite (synchronous=FULL)"
+         {mode}, relayed to a fake desk on loopback; embedded SQLite (synchronous=FULL)"
     );
     let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().expect("client");
+    // Message m of every user before message m + 1 of any: each conversation's messages are
+    // spread over the run.
     let jobs: Vec<(String, String, String)> = (0..messages)
         .flat_map(|m| {
             clients.iter().enumerate().map(move |(u, w)| (w.token.clone(), format!("u{u}-m{m}"), format!("c{u}x{m}")))
         })
         .collect();
-    let jobs = Arc::new(std::sync::Mutex::new(jobs.into_iter().rev().collect::<Vec<_>>()));
     let sent_at = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
-    let url = format!("{base}/api/widget/bench/messages");
+    let url = Arc::new(format!("{base}/api/widget/bench/messages"));
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (jobs, sent_at, http, url) = (jobs.clone(), sent_at.clone(), http.clone(), url.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut acks = Vec::new();
-            let mut refused = 0usize;
-            loop {
-                let Some((token, text, id)) = jobs.lock().expect("jobs").pop() else { break };
-                let t0 = Instant::now();
-                let r = http
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .json(&serde_json::json!({"text": text, "client_id": id}))
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status() == 202 => {
-                        acks.push(t0.elapsed().as_micros() as i64);
-                        sent_at.lock().expect("sent").insert(text, t0);
-                    }
-                    _ => refused += 1,
-                }
+    let mut tasks = Vec::with_capacity(total);
+    for (i, (token, text, id)) in jobs.into_iter().enumerate() {
+        // Closed loop: start when a slot frees. Open loop: start on schedule; the latency
+        // runs from the scheduled time, so waiting for a slot counts.
+        let scheduled = match rate {
+            Some(r) => {
+                let at = started + Duration::from_secs_f64(i as f64 / r);
+                tokio::time::sleep_until(at.into()).await;
+                Some(at)
             }
-            (acks, refused)
+            None => None,
+        };
+        let permit = match rate {
+            None => Some(slots.clone().acquire_owned().await.expect("slots")),
+            Some(_) => None,
+        };
+        let (sent_at, http, url, slots) = (sent_at.clone(), http.clone(), url.clone(), slots.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = match permit {
+                Some(p) => p,
+                None => slots.acquire_owned().await.expect("slots"),
+            };
+            let t0 = scheduled.unwrap_or_else(Instant::now);
+            let r = http
+                .post(url.as_str())
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"text": text, "client_id": id}))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status() == 202 => {
+                    sent_at.lock().expect("sent").insert(text, t0);
+                    Some(t0.elapsed().as_micros() as i64)
+                }
+                _ => None,
+            }
         }));
     }
+    let offered = started.elapsed();
     let mut acks = Vec::new();
     let mut refused = 0;
     for t in tasks {
-        let (a, r) = t.await.expect("task");
-        acks.extend(a);
-        refused += r;
+        match t.await.expect("task") {
+            Some(a) => acks.push(a),
+            None => refused += 1,
+        }
     }
     let ingest = started.elapsed();
     // Every accepted message must reach the desk exactly once.
@@ -348,13 +373,22 @@ async fn load(users: usize, messages: usize, concurrency: usize) {
     let lost = sent.keys().filter(|k| !seen.contains(*k)).count();
     let doubled = chats.len() - seen.len();
     println!("accepted {} of {total} (refused {refused}), lost {lost}, delivered twice {doubled}", acks.len());
+    if rate.is_some() {
+        println!(
+            "offered: {:.0} requests/s ({total} started in {:.2} s)",
+            total as f64 / offered.as_secs_f64(),
+            offered.as_secs_f64()
+        );
+    }
     println!(
-        "ingest: {:.0} events/s acknowledged ({} in {:.2} s); processed end to end: {:.0} events/s ({:.2} s)",
+        "ingest: {:.0} events/s acknowledged ({} in {:.2} s); processed end to end: {:.0} events/s ({:.2} s); \
+         last desk delivery {:.2} s after the last acknowledgement",
         acks.len() as f64 / ingest.as_secs_f64(),
         acks.len(),
         ingest.as_secs_f64(),
         chats.len() as f64 / done.as_secs_f64(),
-        done.as_secs_f64()
+        done.as_secs_f64(),
+        chats.last().map_or(0.0, |c| c.at.duration_since(started + ingest).as_secs_f64()),
     );
     report_us("ingress ack latency (202)", acks);
     report_us("user -> desk latency", e2e);

@@ -95,7 +95,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         }
     }
     let db = Db::open(&opts.data)?;
-    let queue = Arc::new(EmbeddedQueue::new(db.clone())?);
+    let queue = Arc::new(EmbeddedQueue::new(db.clone()));
     let timers = Arc::new(EmbeddedTimers::new(db.clone()));
     let listener = TcpListener::bind(opts.addr).await?;
     let addr = listener.local_addr()?;

@@ -6,7 +6,7 @@
 use crate::{limit_param, sql, Db};
 use baton_core::model::{Millis, Secret};
 use baton_core::ports::StoreError;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -119,7 +119,7 @@ impl ConsoleStore {
             (id.to_string(), agent.to_string(), email.to_string(), user_info_json.to_string(), reason.to_string());
         self.db
             .write(move |c| {
-                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+                let tx = c.savepoint().map_err(sql)?;
                 let created = tx
                     .prepare_cached(
                         "INSERT OR IGNORE INTO console_conversations
@@ -156,7 +156,7 @@ impl ConsoleStore {
             (conversation_id.to_string(), dedupe_key.to_string(), role.to_string(), text.to_string());
         self.db
             .write(move |c| {
-                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+                let tx = c.savepoint().map_err(sql)?;
                 let touched = tx
                     .prepare_cached("UPDATE console_conversations SET updated_at = MAX(updated_at, ?2) WHERE id = ?1")
                     .map_err(sql)?
@@ -243,7 +243,7 @@ impl ConsoleStore {
     pub async fn credential(&self, agent: &str) -> Result<Option<Secret>, StoreError> {
         let agent = agent.to_string();
         self.db
-            .read(move |c| {
+            .lookup(move |c| {
                 let token: Option<String> = c
                     .prepare_cached("SELECT token FROM console_credentials WHERE agent = ?1")
                     .map_err(sql)?

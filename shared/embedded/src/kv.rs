@@ -11,7 +11,7 @@ use rusqlite::{params, OptionalExtension};
 impl KeyValue for Db {
     async fn get(&self, name: &str, now: Millis) -> Result<Option<String>, StoreError> {
         let name = name.to_string();
-        self.read(move |c| {
+        self.lookup(move |c| {
             c.prepare_cached("SELECT value FROM kv WHERE name = ?1 AND expires_at > ?2")
                 .map_err(sql)?
                 .query_row(params![name, now.0], |r| r.get(0))

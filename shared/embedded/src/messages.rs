@@ -54,7 +54,7 @@ impl Db {
     ) -> Result<Vec<LoggedMessage>, StoreError> {
         let conv = key.to_string();
         let limit = limit_param(limit);
-        self.read(move |c| {
+        self.lookup(move |c| {
             let mut stmt = c
                 .prepare_cached(
                     "SELECT seq, at, json, idempotency_key FROM user_messages

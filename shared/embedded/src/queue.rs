@@ -1,9 +1,7 @@
-//! Durable event queue with per-conversation order, at-least-once delivery and group commit.
+//! Durable event queue with per-conversation order and at-least-once delivery.
 //!
-//! `enqueue` hands its rows to one committer thread and waits for the reply. The committer
-//! takes everything that is waiting (up to [`MAX_GROUP`] requests), writes it in ONE
-//! transaction, commits (one fsync for the whole group) and only then answers every
-//! waiter. Concurrent webhooks thus share fsyncs without any of them being acknowledged
+//! `enqueue` writes its rows through the database's group-commit writer and returns after
+//! the commit: concurrent webhooks share fsyncs without any of them being acknowledged
 //! before its event is on disk.
 //!
 //! Consumers: [`EmbeddedQueue::subscribe`] yields the conversation of every newly queued
@@ -17,16 +15,9 @@ use async_trait::async_trait;
 use baton_core::event::Event;
 use baton_core::model::ConversationKey;
 use baton_core::ports::{EventQueue, QueueError, StoreError};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use std::sync::atomic::{AtomicU64, Ordering};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
-
-/// Most enqueue requests written in one transaction.
-pub const MAX_GROUP: usize = 512;
-
-/// Requests waiting for the committer before `enqueue` itself waits (back-pressure).
-const CHANNEL_CAPACITY: usize = 4096;
+use tokio::sync::mpsc;
 
 /// One event, encoded by the caller so the committer thread only does SQL.
 pub(crate) struct EventRow {
@@ -59,45 +50,15 @@ pub(crate) fn insert_event(c: &Connection, row: &EventRow) -> Result<bool, Store
     Ok(n > 0)
 }
 
-struct Request {
-    rows: Vec<EventRow>,
-    reply: oneshot::Sender<Result<(), QueueError>>,
-}
-
-/// The durable queue. Clones share the committer thread, which stops when the last clone
-/// is dropped (after finishing the group in hand).
-#[derive(Clone)]
+/// The durable queue: a view of the database's `queue` table. Cheap to clone.
+#[derive(Clone, Debug)]
 pub struct EmbeddedQueue {
     db: Arc<Db>,
-    requests: mpsc::Sender<Request>,
-    commits: Arc<AtomicU64>,
-}
-
-impl std::fmt::Debug for EmbeddedQueue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedQueue").field("commits", &self.commits()).finish()
-    }
 }
 
 impl EmbeddedQueue {
-    /// Start the committer thread. Needs no runtime; `enqueue` and the readers do.
-    pub fn new(db: Arc<Db>) -> Result<EmbeddedQueue, StoreError> {
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let commits = Arc::new(AtomicU64::new(0));
-        std::thread::Builder::new()
-            .name("baton-queue-commit".into())
-            .spawn({
-                let db = db.clone();
-                let commits = commits.clone();
-                move || committer(db, rx, commits)
-            })
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the queue committer: {e}")))?;
-        Ok(EmbeddedQueue { db, requests: tx, commits })
-    }
-
-    /// Group commits done so far (one SQLite transaction each).
-    pub fn commits(&self) -> u64 {
-        self.commits.load(Ordering::Relaxed)
+    pub fn new(db: Arc<Db>) -> EmbeddedQueue {
+        EmbeddedQueue { db }
     }
 
     /// Conversation keys of newly queued events, sent after their commit (by `enqueue` and
@@ -114,7 +75,7 @@ impl EmbeddedQueue {
     pub async fn head(&self, key: &ConversationKey) -> Result<Option<Event>, StoreError> {
         let conv = key.to_string();
         self.db
-            .read(move |c| {
+            .lookup(move |c| {
                 let row: Option<(String, String)> = c
                     .prepare_cached("SELECT event_id, json FROM queue WHERE conversation = ?1 ORDER BY seq LIMIT 1")
                     .map_err(sql)?
@@ -176,53 +137,23 @@ impl EventQueue for EmbeddedQueue {
         }
         let rows =
             events.iter().map(EventRow::new).collect::<Result<Vec<_>, _>>().map_err(|e| QueueError(e.to_string()))?;
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request { rows, reply })
-            .await
-            .map_err(|_| QueueError("the queue committer has stopped".into()))?;
-        answer.await.map_err(|_| QueueError("the queue committer stopped before answering".into()))?
-    }
-}
-
-/// The committer thread: gather, write in one transaction, commit, then answer.
-fn committer(db: Arc<Db>, mut rx: mpsc::Receiver<Request>, commits: Arc<AtomicU64>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
-            }
-        }
-        let result = db.with_writer(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
-            let mut inserted: Vec<ConversationKey> = Vec::new();
-            for req in &group {
-                for row in &req.rows {
+        let inserted = self
+            .db
+            .write(move |c| {
+                let tx = c.savepoint().map_err(sql)?;
+                let mut inserted: Vec<ConversationKey> = Vec::new();
+                for row in &rows {
                     if insert_event(&tx, row)? && !inserted.contains(&row.key) {
                         inserted.push(row.key.clone());
                     }
                 }
-            }
-            tx.commit().map_err(sql)?;
-            Ok(inserted)
-        });
-        match result {
-            Ok(inserted) => {
-                commits.fetch_add(1, Ordering::Relaxed);
-                db.notify_enqueued(&inserted);
-                for req in group {
-                    let _ = req.reply.send(Ok(()));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, requests = group.len(), "queue group commit failed");
-                for req in group {
-                    let _ = req.reply.send(Err(QueueError(e.to_string())));
-                }
-            }
-        }
+                tx.commit().map_err(sql)?;
+                Ok(inserted)
+            })
+            .await
+            .map_err(|e| QueueError(e.to_string()))?;
+        self.db.notify_enqueued(&inserted);
+        Ok(())
     }
 }
 
@@ -254,7 +185,7 @@ mod tests {
     #[tokio::test]
     async fn per_conversation_order_and_dedupe() {
         let (_d, db) = open_temp();
-        let q = EmbeddedQueue::new(db).unwrap();
+        let q = EmbeddedQueue::new(db);
         let (a, b) = (key("a"), key("b"));
         q.enqueue(vec![msg("a1", &a, "x"), msg("b1", &b, "x"), msg("a2", &a, "y")]).await.unwrap();
         q.enqueue(vec![msg("a3", &a, "z"), msg("b2", &b, "z")]).await.unwrap();
@@ -280,7 +211,7 @@ mod tests {
     #[tokio::test]
     async fn subscribers_hear_only_new_events_after_commit() {
         let (_d, db) = open_temp();
-        let q = EmbeddedQueue::new(db).unwrap();
+        let q = EmbeddedQueue::new(db);
         let mut rx = q.subscribe();
         let (a, b) = (key("a"), key("b"));
         q.enqueue(vec![msg("a1", &a, "x"), msg("a2", &a, "y"), msg("b1", &b, "x")]).await.unwrap();
@@ -298,7 +229,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_enqueues_share_commits() {
         let (_d, db) = open_temp();
-        let q = EmbeddedQueue::new(db).unwrap();
+        let q = EmbeddedQueue::new(db.clone());
         let start = Arc::new(tokio::sync::Barrier::new(200));
         let mut tasks = Vec::new();
         for i in 0..200 {
@@ -313,6 +244,8 @@ mod tests {
         for t in tasks {
             assert_eq!(t.await.unwrap(), Ok(()));
         }
+        let commits = db.group_commits();
+        assert!((1..200).contains(&commits), "expected group commit, got {commits} commits");
         assert_eq!(q.depth().await.unwrap(), 200);
         let mut seen = std::collections::HashSet::new();
         for u in 0..7 {
@@ -321,7 +254,5 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 200);
-        let commits = q.commits();
-        assert!((1..200).contains(&commits), "expected group commit, got {commits} commits");
     }
 }

@@ -8,7 +8,7 @@ use rusqlite::{params, OptionalExtension};
 impl Db {
     pub async fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
         let name = name.to_string();
-        self.read(move |c| {
+        self.lookup(move |c| {
             c.prepare_cached("SELECT value FROM settings WHERE name = ?1")
                 .map_err(sql)?
                 .query_row([&name], |r| r.get(0))

@@ -1,7 +1,7 @@
 //! `Store` on SQLite. `commit` is the transactional outbox: session, seen id, effects and
 //! trace line are written in one transaction guarded by the session's version.
 
-use crate::{decode, encode, limit_param, parse_key, sql, to_i64, Db};
+use crate::{decode, encode, limit_param, lock, parse_key, sql, to_i64, Db};
 use async_trait::async_trait;
 use baton_core::agent::Agent;
 use baton_core::effect::{PendingEffect, EFFECT_SCHEMA};
@@ -10,7 +10,7 @@ use baton_core::ports::{
     Commit, CommitOutcome, ConversationData, DeskLink, DeskStatusRecord, OutboxItem, Store, StoreError, TraceEntry,
     VersionedSession,
 };
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 
 fn append_trace(c: &Connection, conversation: &str, entry_at: Millis, json: &str) -> Result<(), StoreError> {
     c.prepare_cached("INSERT INTO trace(conversation, at, json) VALUES (?1, ?2, ?3)")
@@ -33,17 +33,28 @@ fn link_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LinkRow> {
 #[async_trait]
 impl Store for Db {
     async fn get_agent(&self, id: &str) -> Result<Option<Agent>, StoreError> {
-        let id = id.to_string();
-        self.read(move |c| {
-            let json: Option<String> = c
-                .prepare_cached("SELECT json FROM agents WHERE id = ?1")
-                .map_err(sql)?
-                .query_row([&id], |r| r.get(0))
-                .optional()
-                .map_err(sql)?;
-            json.map(|j| decode(&format!("agent {id}"), &j)).transpose()
-        })
-        .await
+        let key = id.to_string();
+        let json: Option<String> = self
+            .lookup(move |c| {
+                c.prepare_cached("SELECT json FROM agents WHERE id = ?1")
+                    .map_err(sql)?
+                    .query_row([&key], |r| r.get(0))
+                    .optional()
+                    .map_err(sql)
+            })
+            .await?;
+        let Some(json) = json else { return Ok(None) };
+        // The worker reads the agent several times per event; decoding its JSON was a tenth of
+        // the CPU under load. The stored text is still read every time (another process may
+        // have applied a new config), and the decoded agent is reused while it is unchanged.
+        if let Some((cached_json, agent)) = lock(&self.inner.decoded_agents).get(id) {
+            if *cached_json == json {
+                return Ok(Some(agent.clone()));
+            }
+        }
+        let agent: Agent = decode(&format!("agent {id}"), &json)?;
+        lock(&self.inner.decoded_agents).insert(id.to_string(), (json, agent.clone()));
+        Ok(Some(agent))
     }
 
     async fn put_agent(&self, agent: &Agent) -> Result<(), StoreError> {
@@ -115,7 +126,7 @@ impl Store for Db {
 
     async fn token_hashes(&self, agent: &str) -> Result<Vec<String>, StoreError> {
         let agent = agent.to_string();
-        self.read(move |c| {
+        self.lookup(move |c| {
             let mut stmt =
                 c.prepare_cached("SELECT hash FROM tokens WHERE agent = ?1 ORDER BY created_at, rowid").map_err(sql)?;
             let rows = stmt.query_map([&agent], |r| r.get(0)).map_err(sql)?;
@@ -126,7 +137,7 @@ impl Store for Db {
 
     async fn load_session(&self, key: &ConversationKey) -> Result<Option<VersionedSession>, StoreError> {
         let conv = key.to_string();
-        self.read(move |c| {
+        self.lookup(move |c| {
             let row: Option<(i64, String)> = c
                 .prepare_cached("SELECT version, json FROM sessions WHERE conversation = ?1")
                 .map_err(sql)?
@@ -147,7 +158,7 @@ impl Store for Db {
 
     async fn is_seen(&self, event_id: &str) -> Result<bool, StoreError> {
         let id = event_id.to_string();
-        self.read(move |c| {
+        self.lookup(move |c| {
             c.prepare_cached("SELECT EXISTS(SELECT 1 FROM seen WHERE event_id = ?1)")
                 .map_err(sql)?
                 .query_row([&id], |r| r.get(0))
@@ -171,7 +182,7 @@ impl Store for Db {
             expected.checked_add(1).ok_or_else(|| StoreError::Unavailable("session version overflow".into()))?;
         let new_version_i64 = to_i64(new_version, "session version")?;
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+            let tx = c.savepoint().map_err(sql)?;
             let seen: bool = tx
                 .prepare_cached("SELECT EXISTS(SELECT 1 FROM seen WHERE event_id = ?1)")
                 .map_err(sql)?
@@ -223,7 +234,7 @@ impl Store for Db {
 
     async fn pending_effects(&self, key: &ConversationKey) -> Result<Vec<OutboxItem>, StoreError> {
         let conv = key.to_string();
-        self.read(move |c| {
+        self.lookup(move |c| {
             let mut stmt = c
                 .prepare_cached(
                     "SELECT effect_id, json, attempts, next_attempt_at FROM outbox
@@ -264,7 +275,7 @@ impl Store for Db {
         let id = effect_id.to_string();
         let trace_json = encode(&trace)?;
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+            let tx = c.savepoint().map_err(sql)?;
             let n = tx
                 .prepare_cached("DELETE FROM outbox WHERE conversation = ?1 AND effect_id = ?2")
                 .map_err(sql)?
@@ -293,7 +304,7 @@ impl Store for Db {
         let id = effect_id.to_string();
         let trace_json = encode(&trace)?;
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+            let tx = c.savepoint().map_err(sql)?;
             let n = tx
                 .prepare_cached(
                     "UPDATE outbox SET attempts = ?3, next_attempt_at = ?4
@@ -357,7 +368,7 @@ impl Store for Db {
     async fn desk_link(&self, agent: &str, desk_conversation_id: &str) -> Result<Option<DeskLink>, StoreError> {
         let agent = agent.to_string();
         let desk_id = desk_conversation_id.to_string();
-        self.read(move |c| {
+        self.lookup(move |c| {
             let row = c
                 .prepare_cached(
                     "SELECT agent, desk_conversation_id, handoff_id, conversation FROM desk_links
@@ -374,7 +385,7 @@ impl Store for Db {
 
     async fn desk_link_for_handoff(&self, handoff_id: &str) -> Result<Option<DeskLink>, StoreError> {
         let handoff = handoff_id.to_string();
-        self.read(move |c| {
+        self.lookup(move |c| {
             let row = c
                 .prepare_cached(
                     "SELECT agent, desk_conversation_id, handoff_id, conversation FROM desk_links
@@ -407,7 +418,7 @@ impl Store for Db {
 
     async fn desk_status(&self, agent: &str) -> Result<Option<DeskStatusRecord>, StoreError> {
         let agent = agent.to_string();
-        self.read(move |c| {
+        self.lookup(move |c| {
             let json: Option<String> = c
                 .prepare_cached("SELECT json FROM desk_status WHERE agent = ?1")
                 .map_err(sql)?
@@ -463,7 +474,7 @@ impl Store for Db {
     async fn erase_conversation(&self, key: &ConversationKey) -> Result<u64, StoreError> {
         let conv = key.to_string();
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+            let tx = c.savepoint().map_err(sql)?;
             let n = erase_in(&tx, &conv)?;
             tx.commit().map_err(sql)?;
             Ok(n)
@@ -500,7 +511,7 @@ impl Db {
     pub async fn purge_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
         let limit = limit_param(limit);
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+            let tx = c.savepoint().map_err(sql)?;
             let expired: Vec<String> = {
                 let mut stmt = tx
                     // A conversation with an event waiting is not idle: its next step follows.
@@ -546,5 +557,38 @@ mod tests {
             }
             other => panic!("expected Corrupt, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn an_agent_changed_by_another_connection_is_read_fresh() {
+        let (_d, db) = open_temp();
+        let agent = Agent {
+            actions: Default::default(),
+            api: None,
+            id: "demo".into(),
+            name: "first".into(),
+            language: "en".into(),
+            brain: Default::default(),
+            desk: baton_core::agent::DeskConfig::None,
+            policy: Default::default(),
+            widget: Default::default(),
+            messages: Default::default(),
+            hours: None,
+            fallback: baton_core::agent::FallbackConfig::None,
+            channels: Default::default(),
+            salesiq: None,
+            intercom: None,
+            livechat: None,
+        };
+        db.put_agent(&agent).await.unwrap();
+        assert_eq!(db.get_agent("demo").await.unwrap().unwrap().name, "first");
+        // `baton agents apply` from another process writes through a connection of its own.
+        let other = Connection::open(db.path()).unwrap();
+        let json = encode(&Agent { name: "second".into(), ..agent }).unwrap();
+        other.execute("UPDATE agents SET json = ?1 WHERE id = 'demo'", [json]).unwrap();
+        assert_eq!(db.get_agent("demo").await.unwrap().unwrap().name, "second");
+        assert_eq!(db.get_agent("demo").await.unwrap().unwrap().name, "second");
+        other.execute("DELETE FROM agents", []).unwrap();
+        assert_eq!(db.get_agent("demo").await.unwrap(), None);
     }
 }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use baton_core::event::{Event, EventKind};
 use baton_core::model::{ConversationKey, Millis};
 use baton_core::ports::{StoreError, Timers};
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::params;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -36,7 +36,7 @@ impl EmbeddedTimers {
         let (fired, inserted) = self
             .db
             .write(move |c| {
-                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+                let tx = c.savepoint().map_err(sql)?;
                 let due: Vec<(String, i64)> = {
                     let mut stmt = tx
                         .prepare_cached("SELECT conversation, generation FROM timers WHERE due <= ?1 ORDER BY due")
@@ -136,7 +136,7 @@ mod tests {
     #[tokio::test]
     async fn fire_due_moves_due_timers_into_the_queue_once() {
         let (_d, db) = open_temp();
-        let q = EmbeddedQueue::new(db.clone()).unwrap();
+        let q = EmbeddedQueue::new(db.clone());
         let t = EmbeddedTimers::new(db);
         let mut rx = q.subscribe();
         let (a, b, c) = (key("a"), key("b"), key("c"));

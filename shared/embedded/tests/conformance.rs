@@ -35,14 +35,14 @@ async fn drain(queue: &EmbeddedQueue) -> Vec<Event> {
 #[tokio::test]
 async fn queue_keeps_order_and_drops_duplicates() {
     let (_dir, db) = open();
-    let queue = EmbeddedQueue::new(db).expect("queue");
+    let queue = EmbeddedQueue::new(db);
     conformance::queue_keeps_order_and_drops_duplicates(&queue, || drain(&queue)).await;
 }
 
 #[tokio::test]
 async fn due_timer_fires_once() {
     let (_dir, db) = open();
-    let queue = EmbeddedQueue::new(db.clone()).expect("queue");
+    let queue = EmbeddedQueue::new(db.clone());
     let timers = EmbeddedTimers::new(db);
     conformance::due_timer_fires_once(&timers, Millis(50_000), |now| {
         let (timers, queue) = (&timers, &queue);
@@ -86,7 +86,7 @@ async fn purge_deletes_conversations_past_their_retention() {
     }
     assert_eq!(db.purge_expired(Millis(4_999), 100).await.unwrap(), 0);
     // An accepted event waiting for "old" keeps it until the event is applied.
-    let queue = EmbeddedQueue::new(db.clone()).expect("queue");
+    let queue = EmbeddedQueue::new(db.clone());
     let waiting = Event::new("late", conformance::key("old"), Millis(9_000), baton_core::EventKind::UserEnded);
     queue.enqueue(vec![waiting]).await.unwrap();
     assert_eq!(db.purge_expired(Millis(10_000), 100).await.unwrap(), 0);
