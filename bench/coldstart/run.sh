@@ -5,6 +5,7 @@
 #   bench/coldstart/run.sh            # RUNS=10 INVOKES=5 PROFILE=perf by default
 #   RUNS=20 PROFILE=release bench/coldstart/run.sh
 #   SKIP_BUILD=1 bench/coldstart/run.sh
+#   PROFILES="release release-z" bench/coldstart/run.sh   # several profiles side by side
 #
 # Each binary runs under /work/shared/tools/lambda_runtime_bench.py's fake Runtime API (HARNESS
 # to override), with DynamoDB and SQS served by a moto_server on loopback. Binaries are native
@@ -16,6 +17,10 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 RUNS="${RUNS:-10}"
 INVOKES="${INVOKES:-5}"
 PROFILE="${PROFILE:-perf}"
+# Several profiles side by side: each function once per profile; the hello-world is built
+# with the first one.
+read -r -a PROFILE_LIST <<<"${PROFILES:-$PROFILE}"
+PROFILE="${PROFILE_LIST[0]}"
 HARNESS="${HARNESS:-/work/shared/tools/lambda_runtime_bench.py}"
 EVENT="${EVENT:-$(dirname "$HARNESS")/httpapi_event.json}"
 FUNCTIONS=(widget-api desk-webhook channel-webhook conversation-worker timeout-check timeout-sweeper)
@@ -25,7 +30,9 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
     # One cargo build at a time; cargo waits for the target directory's lock if another build holds it.
     pkgs=()
     for f in "${FUNCTIONS[@]}"; do pkgs+=(-p "$f"); done
-    (cd "$ROOT" && nice -n 10 cargo build --profile "$PROFILE" "${pkgs[@]}")
+    for p in "${PROFILE_LIST[@]}"; do
+        (cd "$ROOT" && nice -n 10 cargo build --profile "$p" "${pkgs[@]}")
+    done
     nice -n 10 cargo build --profile "$PROFILE" --manifest-path "$HERE/hello-lambda/Cargo.toml" \
         --target-dir "$HELLO_TARGET"
     (cd "$HERE/node" && nice -n 10 npm ci --no-audit --no-fund --loglevel=error) >&2
@@ -53,12 +60,16 @@ BASE_EVENT="$EVENT" python3 "$HERE/setup_moto.py" "$WORK"
 } >>"$WORK/env"
 
 cases=()
-for f in "${FUNCTIONS[@]}"; do
-    cases+=(--case "$f" "$WORK/event-$f.json" "$ROOT/target/$PROFILE/$f")
+for p in "${PROFILE_LIST[@]}"; do
+    for f in "${FUNCTIONS[@]}"; do
+        label="$f"
+        if [[ ${#PROFILE_LIST[@]} -gt 1 ]]; then label="$f [$p]"; fi
+        cases+=(--case "$label" "$WORK/event-$f.json" "$ROOT/target/$p/$f")
+    done
 done
 cases+=(--case hello-lambda "$WORK/event-hello-lambda.json" "$HELLO_TARGET/$PROFILE/hello-lambda")
 cases+=(--case node "$WORK/event-node.json" "$HERE/node/bootstrap")
 
-echo "Command: RUNS=$RUNS INVOKES=$INVOKES PROFILE=$PROFILE bench/coldstart/run.sh" >&2
+echo "Command: RUNS=$RUNS INVOKES=$INVOKES PROFILES=\"${PROFILE_LIST[*]}\" bench/coldstart/run.sh" >&2
 python3 "$HERE/measure.py" --harness "$HARNESS" --runs "$RUNS" --invokes "$INVOKES" --env-file "$WORK/env" \
     ${JSON_OUT:+--json-out "$JSON_OUT"} "${cases[@]}"

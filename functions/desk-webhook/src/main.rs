@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), baton_lambda::Error> {
-    baton_lambda::serve_http(baton_lambda::Routes::Desk).await
+    baton_lambda::serve_http::<baton_lambda::DeskRoutes>().await
 }

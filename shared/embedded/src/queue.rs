@@ -19,7 +19,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// One event, encoded by the caller so the committer thread only does SQL.
+/// One event, encoded by the caller so the writer thread only does SQL.
 pub(crate) struct EventRow {
     pub id: String,
     pub key: ConversationKey,

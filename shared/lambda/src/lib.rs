@@ -288,15 +288,46 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).json().without_time().try_init();
 }
 
-/// `main` of an HTTP function serving `routes`.
-pub async fn serve_http(routes: Routes) -> Result<(), Error> {
+/// The routes of one HTTP function, as a type: the route set is then a constant in the
+/// function's `main`, and the linker drops the handlers of the other functions' routes
+/// (a run-time value kept every route group in every HTTP function).
+pub trait RouteSet {
+    const ROUTES: Routes;
+}
+
+/// `widget-api`.
+pub struct WidgetRoutes;
+impl RouteSet for WidgetRoutes {
+    const ROUTES: Routes = Routes::Widget;
+}
+
+/// `desk-webhook`.
+pub struct DeskRoutes;
+impl RouteSet for DeskRoutes {
+    const ROUTES: Routes = Routes::Desk;
+}
+
+/// `channel-webhook`.
+pub struct ChannelRoutes;
+impl RouteSet for ChannelRoutes {
+    const ROUTES: Routes = Routes::Channels;
+}
+
+/// `agent-api`.
+pub struct AgentApiRoutes;
+impl RouteSet for AgentApiRoutes {
+    const ROUTES: Routes = Routes::AgentApi;
+}
+
+/// `main` of an HTTP function serving the routes of `R`.
+pub async fn serve_http<R: RouteSet>() -> Result<(), Error> {
     init_logging();
     let aws = from_env().await?;
     // A short key would let anyone forge widget conversation tokens.
-    if matches!(routes, Routes::Widget | Routes::Channels | Routes::All) && aws.config.widget_secret.len() < 32 {
+    if matches!(R::ROUTES, Routes::Widget | Routes::Channels | Routes::All) && aws.config.widget_secret.len() < 32 {
         return Err("BATON_WIDGET_SECRET must be at least 32 characters".into());
     }
-    lambda_http::run(http_router(&aws, routes)).await
+    lambda_http::run(http_router(&aws, R::ROUTES)).await
 }
 
 /// `main` of `conversation-worker`.
