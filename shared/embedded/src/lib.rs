@@ -5,7 +5,7 @@
 //! Durability: every write is an fsync'd transaction (`synchronous=FULL`); callers are told
 //! "done" only after the commit. Throughput comes from group commit, not from weaker
 //! syncing: one writer thread owns the writer connection (SQLite has one writer anyway)
-//! and commits the writes that arrive together in one transaction ([`writer`]). Reads use a
+//! and commits the writes that arrive together in one transaction (`writer.rs`). Reads use a
 //! pool of reader connections (WAL readers do not block the writer): point reads run on the
 //! caller's thread when an idle connection is at hand (`Db::lookup`), scans on blocking
 //! threads (`Db::read`).
