@@ -453,27 +453,14 @@ pub async fn kill(baton: &Path, plan: KillPlan) {
     let done = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
     let killing = tokio::spawn(killer(server, points, hub.stats.clone(), done.clone(), t0));
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..plan.concurrency.max(1) {
-        let (hub, handoffs, next) = (hub.clone(), handoffs.clone(), next.clone());
-        let users = plan.users;
-        workers.push(tokio::spawn(async move {
-            let mut runs = Vec::new();
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= users {
-                    break runs;
-                }
-                runs.push((n, kill_user(&hub, &handoffs, n).await));
-            }
-        }));
-    }
-    let mut runs: Vec<(usize, KillUser)> = Vec::new();
-    for w in workers {
-        runs.extend(w.await.expect("user task"));
-    }
-    runs.sort_by_key(|(n, _)| *n);
+    let runs = each_user(plan.concurrency, plan.users, {
+        let (hub, handoffs) = (hub.clone(), handoffs.clone());
+        move |n| {
+            let (hub, handoffs) = (hub.clone(), handoffs.clone());
+            async move { Some(kill_user(&hub, &handoffs, n).await) }
+        }
+    })
+    .await;
     let elapsed = t0.elapsed();
     done.store(true, Ordering::Relaxed);
     let (server, kills) = killing.await.expect("killer task");
@@ -623,34 +610,22 @@ pub async fn outage(baton: &Path, users: usize, minutes: f64, interval_secs: u64
 
     // Hand everybody to the desk: a question to the bot, its answer, a handoff.
     let (handoffs, watcher) = Handoffs::watch(desk.clone());
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..users.clamp(1, 50) {
-        let (hub, handoffs, next) = (hub.clone(), handoffs.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut ready = Vec::new();
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= users {
-                    break ready;
-                }
-                let Some(user) = hub.session().await else { continue };
+    let ready = each_user(50, users, {
+        let (hub, handoffs) = (hub.clone(), handoffs.clone());
+        move |n| {
+            let (hub, handoffs) = (hub.clone(), handoffs.clone());
+            async move {
+                let user = hub.session().await?;
                 let mut cursor = 0;
                 let handed = hub.send(&user, &question(0), &format!("u{n}-q0")).await
                     && hub.wait_for_bot(&user, &mut cursor, &answer(0)).await
                     && hub.send(&user, "human", &format!("u{n}-h")).await
                     && handoffs.wait_for(&user).await;
-                if handed {
-                    ready.push((n, user));
-                }
+                handed.then_some(user)
             }
-        }));
-    }
-    let mut ready: Vec<(usize, User)> = Vec::new();
-    for t in tasks {
-        ready.extend(t.await.expect("user task"));
-    }
-    ready.sort_by_key(|(n, _)| *n);
+        }
+    })
+    .await;
     watcher.abort();
     println!("handed to the desk: {}/{users}", ready.len());
 
@@ -749,6 +724,40 @@ pub async fn outage(baton: &Path, users: usize, minutes: f64, interval_secs: u64
 
 fn outage_text(user: usize, k: usize) -> String {
     format!("Outage message {k} from user {user}")
+}
+
+/// Run `job(n)` for every user `n` in `0..users` on `workers` tasks, each taking the next
+/// user as it finishes one; returns the users whose job gave a result, in user order.
+async fn each_user<T, F, Fut>(workers: usize, users: usize, job: F) -> Vec<(usize, T)>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Option<T>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..workers.clamp(1, users.max(1)))
+        .map(|_| {
+            let (job, next) = (job.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= users {
+                        break out;
+                    }
+                    if let Some(r) = job(n).await {
+                        out.push((n, r));
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.extend(t.await.expect("user task"));
+    }
+    out.sort_by_key(|(n, _)| *n);
+    out
 }
 
 #[cfg(test)]

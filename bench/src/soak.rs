@@ -51,14 +51,6 @@ async fn live_tasks(http: &reqwest::Client, base: &str, cookie: &str) -> u64 {
     status["runtime"]["tasks"].as_u64().unwrap_or(0)
 }
 
-fn percentile_ms(sorted: &[u128], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
-}
-
 fn agents_toml(desk_url: &str) -> String {
     format!(
         r#"[[agent]]
@@ -95,7 +87,7 @@ pub async fn soak(baton: &Path, minutes: f64, conversations_per_minute: usize, i
         baton.display()
     );
 
-    let acks: Arc<Mutex<Vec<u128>>> = Arc::default();
+    let acks: Arc<Mutex<Vec<i64>>> = Arc::default();
     let done = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let started_n = Arc::new(AtomicUsize::new(0));
@@ -137,8 +129,8 @@ pub async fn soak(baton: &Path, minutes: f64, conversations_per_minute: usize, i
             threads: proc_status(pid, "Threads:"),
             tasks: live_tasks(&http, &base, &cookie).await,
             conversations: done.load(Ordering::Relaxed),
-            p50_ms: percentile_ms(&lat, 0.5),
-            p99_ms: percentile_ms(&lat, 0.99),
+            p50_ms: crate::percentile(&lat, 0.5) as f64 / 1000.0,
+            p99_ms: crate::percentile(&lat, 0.99) as f64 / 1000.0,
         });
         let s = samples.last().unwrap();
         println!(
@@ -180,9 +172,9 @@ pub async fn soak(baton: &Path, minutes: f64, conversations_per_minute: usize, i
 }
 
 /// One conversation; true when every step happened.
-async fn conversation(base: &str, token: &str, desk: &FakeDesk, n: usize, acks: &Mutex<Vec<u128>>) -> bool {
+async fn conversation(base: &str, token: &str, desk: &FakeDesk, n: usize, acks: &Mutex<Vec<i64>>) -> bool {
     let mut w = WidgetClient::start(base, "soak", Some(&format!("soak{n}@example.com"))).await;
-    let timed = |acks: &Mutex<Vec<u128>>, t: Instant| acks.lock().unwrap().push(t.elapsed().as_micros());
+    let timed = |acks: &Mutex<Vec<i64>>, t: Instant| acks.lock().unwrap().push(t.elapsed().as_micros() as i64);
     let t = Instant::now();
     w.send("What are your opening hours?").await;
     timed(acks, t);
