@@ -133,7 +133,6 @@ fn exec(c: &Connection, statement: &str) -> Result<(), StoreError> {
 fn run_group(conn: &mut Connection, group: Vec<Box<dyn Job>>) -> bool {
     // Jobs whose writes are in the open transaction, waiting for its commit.
     let mut done: Vec<Box<dyn Job>> = Vec::with_capacity(group.len());
-    let mut committed_any = false;
     for mut job in group {
         if conn.is_autocommit() {
             if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
@@ -175,17 +174,17 @@ fn run_group(conn: &mut Connection, group: Vec<Box<dyn Job>>) -> bool {
             }
         }
     }
-    if !conn.is_autocommit() {
-        let committed = exec(conn, "COMMIT");
-        if committed.is_err() && !conn.is_autocommit() {
-            let _ = exec(conn, "ROLLBACK");
-        }
-        committed_any = committed.is_ok();
-        for j in done {
-            j.finish(committed.as_ref().map(|_| ()));
-        }
+    if conn.is_autocommit() {
+        return false;
     }
-    committed_any
+    let committed = exec(conn, "COMMIT");
+    if committed.is_err() && !conn.is_autocommit() {
+        let _ = exec(conn, "ROLLBACK");
+    }
+    for j in done {
+        j.finish(committed.as_ref().map(|_| ()));
+    }
+    committed.is_ok()
 }
 
 #[cfg(test)]
