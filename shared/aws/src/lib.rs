@@ -47,7 +47,8 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
 /// The HTTPS client of every SDK client: rustls on ring, the TLS stack the rest of Baton
 /// uses, trusting the Mozilla root certificates compiled into the binary. The SDK's default
 /// client reads and parses the whole system certificate store when it is built, which was
-/// about half of a function's init time (BENCHMARKS.md, "Cold start").
+/// about half of a function's init time (BENCHMARKS.md, "Cold start"). The connector (and
+/// with it the parsed roots) is built once, on the first request: see [`NoEagerConnector`].
 pub fn https_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
     use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
     let mut trust = TrustStore::empty().with_native_roots(false);
@@ -62,10 +63,34 @@ pub fn https_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
             TlsContext::default()
         }
     };
-    aws_smithy_http_client::Builder::new()
+    let client = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
         .tls_context(context)
-        .build_https()
+        .build_https();
+    aws_sdk_dynamodb::config::SharedHttpClient::new(NoEagerConnector(client))
+}
+
+/// The SDK's hyper client, minus the connector it builds and throws away whenever an SDK
+/// client is constructed (`validate_base_client_config`, meant to load the system
+/// certificates early). Baton constructs four SDK clients in init (DynamoDB, SQS, SSM and the
+/// configuration loader's STS), so that was four parses of every root certificate, a quarter
+/// of a function's init, none of them kept: the first request builds and caches its own
+/// connector either way.
+#[derive(Debug)]
+struct NoEagerConnector(aws_sdk_dynamodb::config::SharedHttpClient);
+
+impl aws_smithy_runtime_api::client::http::HttpClient for NoEagerConnector {
+    fn http_connector(
+        &self,
+        settings: &aws_smithy_runtime_api::client::http::HttpConnectorSettings,
+        components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+    ) -> aws_smithy_runtime_api::client::http::SharedHttpConnector {
+        self.0.http_connector(settings, components)
+    }
+
+    fn connector_metadata(&self) -> Option<aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata> {
+        self.0.connector_metadata()
+    }
 }
 
 /// One DER certificate as PEM, the form the SDK's trust store takes.
