@@ -17,13 +17,14 @@ static ENDPOINT: OnceLock<String> = OnceLock::new();
 /// The watchdog shell; kept so its handle is not dropped while the server runs.
 static SERVER: Mutex<Option<Child>> = Mutex::new(None);
 
-/// Longest life of a server even if the watchdog never notices the test process leaving.
+/// Longest life of a server even if the watchdog never notices the test process leaving;
+/// `BATON_MOTO_HARD_LIMIT_SECS` raises it for long on-demand runs.
 const HARD_LIMIT_SECS: u32 = 3600;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The watchdog: `$1` = moto_server, `$2` = port, `$3` = pid of the test process.
+/// The watchdog: `$1` = the server script, `$2` = port, `$3` = pid of the test process.
 const WATCHDOG: &str = r#"
-timeout "$4" "$1" -H 127.0.0.1 -p "$2" &
+timeout "$4" python3 "$1" -H 127.0.0.1 -p "$2" &
 m=$!
 while kill -0 "$3" 2>/dev/null && kill -0 "$m" 2>/dev/null; do sleep 1; done
 kill "$m" 2>/dev/null
@@ -79,13 +80,18 @@ fn free_port() -> u16 {
         .expect("no free loopback port for moto_server")
 }
 
+/// moto_server, with transactions and partition queries that cost what they touch (see the
+/// script): stock moto copies the whole table per transaction, which makes long runs quadratic.
 fn start_moto() -> String {
-    let exe = find_on_path("moto_server").unwrap_or_else(|| {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("moto_server.py");
+    find_on_path("moto_server").unwrap_or_else(|| {
         panic!(
             "moto_server was not found on PATH. The AWS adapter tests need a DynamoDB/SQS-compatible \
              server: install moto (`pip install 'moto[server]'`) or set AWS_ENDPOINT_URL to a running one."
         )
     });
+    let hard_limit =
+        std::env::var("BATON_MOTO_HARD_LIMIT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(HARD_LIMIT_SECS);
     let log_path = std::env::temp_dir().join(format!("baton-moto-{}.log", std::process::id()));
     let mut last_error = String::new();
     // A free port can be taken between probing and binding: try a few.
@@ -97,15 +103,15 @@ fn start_moto() -> String {
             .arg("-c")
             .arg(WATCHDOG)
             .arg("baton-moto-watchdog")
-            .arg(&exe)
+            .arg(&script)
             .arg(port.to_string())
             .arg(std::process::id().to_string())
-            .arg(HARD_LIMIT_SECS.to_string())
+            .arg(hard_limit.to_string())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", script.display()));
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let started = Instant::now();
         loop {

@@ -4,7 +4,8 @@
 //! conversation-worker invocations (as after an expired visibility timeout). Exactly one
 //! answer per update, in each chat's order: the applying is guarded by the session version and
 //! the seen ids, the sending by the drain lease. `BATON_SCALE_CONVERSATIONS=N` runs N chats
-//! instead of 4 (on demand; moto with three workers per batch takes seconds per update).
+//! instead of 4 and `BATON_SCALE_EVENTS=M` M updates each instead of 5 (on demand: moto with
+//! three workers per batch takes a fraction of a second per update).
 
 mod common;
 
@@ -55,8 +56,14 @@ async fn every_update_is_answered_once_in_order_through_the_lambda_handlers() {
         ))),
     );
     let hub = common::Hub { channel_api: http_router(&aws, Routes::Channels), aws, ..hub };
-    let conversations = std::env::var("BATON_SCALE_CONVERSATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
-    let plan = Plan { conversations, events: 5, copies: 3, concurrency: 20 };
+    let from_env =
+        |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let plan = Plan {
+        conversations: from_env("BATON_SCALE_CONVERSATIONS", 4),
+        events: from_env("BATON_SCALE_EVENTS", 5),
+        copies: 3,
+        concurrency: 20,
+    };
 
     // lambda_http's adapter future is not Send: each invocation runs on a blocking thread.
     let (router, runtime) = (hub.channel_api.clone(), tokio::runtime::Handle::current());
@@ -87,7 +94,7 @@ async fn every_update_is_answered_once_in_order_through_the_lambda_handlers() {
     let mut quiet_since: Option<Instant> = None;
     loop {
         // moto with three workers per batch takes seconds per update: the limit grows with the plan.
-        let limit = Duration::from_secs(120 + 30 * plan.conversations as u64);
+        let limit = Duration::from_secs(120 + 6 * (plan.conversations * plan.events) as u64);
         assert!(started.elapsed() < limit, "the queues never drained");
         let messages = receive(&hub.sqs, &hub.queues.events).await;
         if !messages.is_empty() {
