@@ -10,7 +10,7 @@ use baton_core::ConversationKey;
 use baton_embedded::{ConsoleStore, Db, EmbeddedQueue, EmbeddedTimers};
 use baton_runtime::http::{AppState, Limits, RateLimitConfig};
 use baton_runtime::widget::{MessageLog, TokenSigner};
-use baton_runtime::worker::{apply_event, drain_outbox};
+use baton_runtime::worker::{apply_event, drain_outbox, Processed};
 use baton_runtime::{Connectors, Ports};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -384,9 +384,13 @@ impl Dispatcher {
             match apply_event(&self.ports, &event).await {
                 Ok(outcome) => {
                     tracing::debug!(conversation = %key, event = %event.id, ?outcome, "event processed");
-                    if let Err(e) = self.queue.ack(&event.id).await {
-                        tracing::error!(conversation = %key, error = %e, "acknowledging an event failed");
-                        return Some(Duration::from_secs(1));
+                    // A committed event left the queue in its commit; the others leave here.
+                    let committed = matches!(outcome, Processed::Applied { .. } | Processed::Ignored(_));
+                    if !committed {
+                        if let Err(e) = self.queue.ack(&event.id).await {
+                            tracing::error!(conversation = %key, error = %e, "acknowledging an event failed");
+                            return Some(Duration::from_secs(1));
+                        }
                     }
                 }
                 Err(e) => {

@@ -96,7 +96,8 @@ pub trait Store: Send + Sync {
 
     async fn load_session(&self, key: &ConversationKey) -> Result<Option<VersionedSession>, StoreError>;
     async fn is_seen(&self, event_id: &str) -> Result<bool, StoreError>;
-    /// Session + seen id + effects + trace in one conditional write.
+    /// Session + seen id + effects + trace in one conditional write. A store that also holds
+    /// the event queue (embedded) takes the event off it in the same write.
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError>;
 
     /// Pending effects of one conversation, oldest first.

@@ -163,6 +163,8 @@ mod tests {
     use crate::testutil::{key, open_temp};
     use baton_core::event::EventKind;
     use baton_core::model::Millis;
+    use baton_core::ports::{Commit, CommitOutcome, Store, TraceEntry};
+    use baton_core::session::Session;
 
     fn msg(id: &str, k: &ConversationKey, text: &str) -> Event {
         Event::new(
@@ -206,6 +208,35 @@ mod tests {
         // Once acked, the same id may be queued again (the worker's seen set drops it).
         q.enqueue(vec![msg("a1", &a, "late")]).await.unwrap();
         assert_eq!(q.depth().await.unwrap(), 1);
+    }
+
+    fn commit_of(event: &Event, expected_version: u64) -> Commit {
+        Commit {
+            expected_version,
+            session: Session::new(event.conversation.clone()),
+            event_id: event.id.clone(),
+            effects: Vec::new(),
+            trace: TraceEntry { at: Millis(1), what: "event".into(), id: event.id.clone(), detail: String::new() },
+            keep_until: Millis(i64::MAX),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_takes_its_event_off_the_queue_and_a_refused_one_does_not() {
+        let (_d, db) = open_temp();
+        let q = EmbeddedQueue::new(db.clone());
+        let a = key("a");
+        let (a1, a2) = (msg("a1", &a, "x"), msg("a2", &a, "y"));
+        q.enqueue(vec![a1.clone(), a2.clone()]).await.unwrap();
+        assert_eq!(db.commit(commit_of(&a1, 0)).await.unwrap(), CommitOutcome::Committed { version: 1 });
+        assert_eq!(q.head(&a).await.unwrap().map(|e| e.id).as_deref(), Some("a2"));
+        // A stale version and an event already seen are refused: the event stays queued.
+        assert_eq!(db.commit(commit_of(&a2, 0)).await.unwrap(), CommitOutcome::VersionConflict);
+        q.enqueue(vec![a1.clone()]).await.unwrap();
+        assert_eq!(db.commit(commit_of(&a1, 1)).await.unwrap(), CommitOutcome::AlreadySeen);
+        assert_eq!(q.depth().await.unwrap(), 2);
+        assert_eq!(db.commit(commit_of(&a2, 1)).await.unwrap(), CommitOutcome::Committed { version: 2 });
+        assert_eq!(drain(&q, &a).await, ["a1"]);
     }
 
     #[tokio::test]

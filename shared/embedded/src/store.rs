@@ -213,6 +213,12 @@ impl Store for Db {
                 .map_err(sql)?
                 .execute(params![event_id, conv, at.0])
                 .map_err(sql)?;
+            // The event leaves the queue with the commit that applies it: one write per event
+            // instead of two, and never applied while still queued.
+            tx.prepare_cached("DELETE FROM queue WHERE event_id = ?1")
+                .map_err(sql)?
+                .execute([&event_id])
+                .map_err(sql)?;
             {
                 // A new effect is due at once: its first attempt follows the commit.
                 let mut insert = tx
