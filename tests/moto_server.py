@@ -1,5 +1,5 @@
-"""moto_server for Baton's AWS tests, with two changes that keep DynamoDB's behaviour but make
-a call cost what it touches rather than what the table holds.
+"""moto_server for Baton's AWS tests, with changes that keep moto's behaviour but make a call
+cost what it touches rather than what the table or queue holds.
 
 Stock moto (5.x) deep-copies every table a TransactWriteItems call names, to roll back on
 failure, and answers a Query on a partition by sorting every item of the table. Baton keeps
@@ -13,8 +13,8 @@ visible, delayed and in-flight messages one by one through datetime arithmetic, 
 every send and once for every message received, only to read ContentBasedDeduplication or
 MessageRetentionPeriod from it: here the counts are left at 0 on those two paths (nothing there
 reads them; GetQueueAttributes still counts) and the clock is read with time.time() (the same
-value). The server lists moto's package directory
-on every request to route it: here the listing is read once.
+value). The server lists moto's package directory on every request to route it: here the
+listing is read once.
 
 If this moto lacks what the changes rely on, they are left out (with a note on stderr) and the
 server is stock moto: slower, never different. If this interpreter has no moto at all, the
