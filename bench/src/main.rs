@@ -307,17 +307,13 @@ async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f6
     for (i, (token, text, id)) in jobs.into_iter().enumerate() {
         // Closed loop: start when a slot frees. Open loop: start on schedule; the latency
         // runs from the scheduled time, so waiting for a slot counts.
-        let scheduled = match rate {
+        let (scheduled, permit) = match rate {
             Some(r) => {
                 let at = started + Duration::from_secs_f64(i as f64 / r);
                 tokio::time::sleep_until(at.into()).await;
-                Some(at)
+                (Some(at), None)
             }
-            None => None,
-        };
-        let permit = match rate {
-            None => Some(slots.clone().acquire_owned().await.expect("slots")),
-            Some(_) => None,
+            None => (None, Some(slots.clone().acquire_owned().await.expect("slots"))),
         };
         let (sent_at, http, url, slots) = (sent_at.clone(), http.clone(), url.clone(), slots.clone());
         tasks.push(tokio::spawn(async move {
