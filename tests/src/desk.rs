@@ -41,6 +41,8 @@ pub struct DeskLog {
     pub reply_during_establish: Option<InstantReply>,
     /// The hub's HTTP status for each of those replies.
     pub instant_reply_statuses: Vec<u16>,
+    /// How long each request takes before it is answered (a slow desk).
+    pub delay: std::time::Duration,
 }
 
 /// Where and what the fastest possible desk answers: the hub's human-message endpoint,
@@ -122,6 +124,11 @@ impl FakeDesk {
         self.log.lock().unwrap().reply_during_establish = Some(reply);
     }
 
+    /// Take `delay` to answer each request from now on.
+    pub fn answer_after(&self, delay: std::time::Duration) {
+        self.log.lock().unwrap().delay = delay;
+    }
+
     pub fn instant_reply_statuses(&self) -> Vec<u16> {
         self.log.lock().unwrap().instant_reply_statuses.clone()
     }
@@ -141,6 +148,8 @@ async fn handle(
             return (StatusCode::UNAUTHORIZED, Json(json!({"code": 401, "message": "bad signature"})));
         }
     }
+    let delay = st.log.lock().unwrap().delay;
+    tokio::time::sleep(delay).await;
     let (status, response, instant) = record(&st, &uri, &headers, &body);
     if let Some((reply, conversation_id)) = instant {
         let body = json!({"conversation_id": conversation_id, "timestamp": 1700000000000i64, "body": reply.text});

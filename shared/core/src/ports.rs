@@ -121,11 +121,20 @@ pub trait Store: Send + Sync {
         keep_until: Millis,
     ) -> Result<(), StoreError>;
     /// Conversations whose outbox head is due at `now` (retries after a failure or a crash).
+    /// A store may leave effects out of this until they are deferred or
+    /// [`Store::watch_pending`] is called: the worker that commits them runs them at once,
+    /// and a crash before that brings its event back.
     async fn conversations_with_due_effects(
         &self,
         now: Millis,
         limit: usize,
     ) -> Result<Vec<ConversationKey>, StoreError>;
+    /// Make every pending effect of the conversation visible to
+    /// [`Store::conversations_with_due_effects`]: called by a worker that leaves its effects
+    /// to another process running the conversation's outbox, in case that one dies.
+    async fn watch_pending(&self, _key: &ConversationKey) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     async fn put_desk_link(&self, link: &DeskLink, keep_until: Millis) -> Result<(), StoreError>;
     async fn desk_link(&self, agent: &str, desk_conversation_id: &str) -> Result<Option<DeskLink>, StoreError>;

@@ -5,7 +5,8 @@ mod common;
 
 use baton_aws::aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use baton_aws::{dedup_id, group_id, parse_event};
-use baton_core::EventKind;
+use baton_core::ports::{Clock, KeyValue, Store};
+use baton_core::{EventKind, Millis};
 use baton_lambda::{sweep, wire, Swept};
 use baton_runtime::clock::ManualClock;
 use baton_tests::moto;
@@ -369,4 +370,124 @@ async fn a_failed_desk_call_is_retried_by_wake_ups_not_by_redelivery() {
     delete(&hub.sqs, &hub.queues.events, &messages[0]).await;
     assert_eq!(hub.desk.requests_to("/conversation/establish").len(), 1);
     assert_eq!(hub.desk.duplicates(), 0);
+}
+
+/// Two workers run one conversation's effects at once (two events of it in flight, as when
+/// SQS hands a redelivered batch to a second worker): the one that finds the drain lease
+/// taken returns at once and queues no wake-up, and the holder, reading the outbox again
+/// after releasing the lease, runs the effects committed meanwhile, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_finds_the_drain_lease_taken_leaves_its_effects_to_the_holder() {
+    let hub = hub(|_| {}).await;
+    let arn = queue_arn(&hub.sqs, &hub.queues.events).await;
+    let mut w = Widget::start(&hub, Some("ana@example.com")).await;
+    w.send("I want to talk to a human").await;
+    run_worker(&hub).await;
+    hub.desk.first_to("/conversation/establish").await;
+    w.send("first").await;
+    w.send("second").await;
+    let messages = receive(&hub.sqs, &hub.queues.events).await;
+    assert_eq!(messages.len(), 2);
+    hub.desk.answer_after(Duration::from_millis(1500));
+
+    let lease = format!("drain:{}", w.key());
+    let holder = invoke_worker(&hub.aws, vec![record(&messages[0], &arn)]);
+    let latecomer = async {
+        let started = std::time::Instant::now();
+        while hub.aws.store.get(&lease, wall_now()).await.unwrap().is_none() {
+            assert!(started.elapsed() < Duration::from_secs(5), "the first worker never took the lease");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let failed = invoke_worker(&hub.aws, vec![record(&messages[1], &arn)]).await;
+        (failed, hub.desk.count_to("/chat"))
+    };
+    let (holder_failed, (latecomer_failed, chats_when_latecomer_returned)) = tokio::join!(holder, latecomer);
+    assert!(holder_failed.is_empty() && latecomer_failed.is_empty());
+    assert_eq!(chats_when_latecomer_returned, 0, "the latecomer returned without waiting for the desk");
+    for m in &messages {
+        delete(&hub.sqs, &hub.queues.events, m).await;
+    }
+
+    let chat: Vec<_> = hub.desk.requests_to("/chat").iter().map(|r| r.body["body"].clone()).collect();
+    assert_eq!(chat, vec!["first", "second"], "the holder ran both, in order");
+    assert!(hub.aws.store.pending_effects(&w.key()).await.unwrap().is_empty());
+    // A wake-up would have become visible on the timers queue after 2 s.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let wakes = receive(&hub.sqs, &hub.queues.timers)
+        .await
+        .iter()
+        .filter(|m| serde_json::from_str::<serde_json::Value>(m.body().unwrap_or("{}")).unwrap()["wake"] == true)
+        .count();
+    assert_eq!(wakes, 0, "no wake-up was queued");
+    assert_eq!(hub.desk.duplicates(), 0);
+}
+
+/// The holder of the drain lease dies before it runs what a latecomer committed: the lease
+/// expires and the sweeper's next wake-up runs the effects, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effects_left_under_a_dead_holders_lease_run_after_it_expires() {
+    let clock = Arc::new(ManualClock::new(wall_now()));
+    // No session timer falls due in the two minutes this test moves the clock.
+    let hub = hub_with(clock.clone(), None, |a| a.policy.wait_timeout_secs = 3600).await;
+    let mut w = Widget::start(&hub, Some("ana@example.com")).await;
+    w.send("I want to talk to a human").await;
+    run_worker(&hub).await;
+    hub.desk.first_to("/conversation/establish").await;
+
+    // A worker took the lease and died holding it.
+    let lease = format!("drain:{}", w.key());
+    let now = clock.now();
+    assert!(hub.aws.store.put_if_absent(&lease, "draining", now, Millis(now.0 + 90_000)).await.unwrap());
+    w.send("are you there?").await;
+    run_worker(&hub).await;
+    assert_eq!(hub.desk.count_to("/chat"), 0, "the lease is held");
+    assert_eq!(hub.aws.store.pending_effects(&w.key()).await.unwrap().len(), 1);
+
+    // The sweeper's wake-ups find the lease held until it expires.
+    clock.advance_secs(60);
+    assert_eq!(sweep(&hub.aws).await.unwrap(), Swept { timers: 0, wakes: 1 });
+    run_worker(&hub).await;
+    assert_eq!(hub.desk.count_to("/chat"), 0);
+    clock.advance_secs(31);
+    assert_eq!(sweep(&hub.aws).await.unwrap(), Swept { timers: 0, wakes: 1 });
+    run_worker(&hub).await;
+    let chat = hub.desk.requests_to("/chat");
+    assert_eq!(chat.len(), 1);
+    assert_eq!(chat[0].body["body"], "are you there?");
+    assert!(hub.aws.store.pending_effects(&w.key()).await.unwrap().is_empty());
+    assert_eq!(sweep(&hub.aws).await.unwrap(), Swept::default());
+}
+
+/// A worker dies after committing an event and before running its effects. New effects
+/// stay out of the sweeper's index (two writes saved per effect): the record, never deleted,
+/// comes back after its visibility timeout and the redelivery runs them, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effects_of_a_worker_that_died_after_its_commit_run_on_redelivery() {
+    let clock = Arc::new(ManualClock::new(wall_now()));
+    let hub = hub_with(clock.clone(), None, |a| a.policy.wait_timeout_secs = 3600).await;
+    let arn = queue_arn(&hub.sqs, &hub.queues.events).await;
+    let mut w = Widget::start(&hub, Some("ana@example.com")).await;
+    w.send("I want to talk to a human").await;
+    run_worker(&hub).await;
+    hub.desk.first_to("/conversation/establish").await;
+
+    w.send("still there?").await;
+    let messages = receive(&hub.sqs, &hub.queues.events).await;
+    assert_eq!(messages.len(), 1);
+    let event = parse_event(messages[0].body().unwrap()).unwrap();
+    baton_runtime::worker::apply_event(&hub.aws.ports, &event).await.unwrap();
+    // The worker is gone; the message stays on the queue.
+    assert_eq!(hub.aws.store.pending_effects(&w.key()).await.unwrap().len(), 1);
+    clock.advance_secs(120);
+    assert_eq!(sweep(&hub.aws).await.unwrap(), Swept::default(), "new effects are not swept");
+
+    release(&hub.sqs, &hub.queues.events, &messages[0]).await;
+    let again = receive(&hub.sqs, &hub.queues.events).await;
+    assert_eq!(again.len(), 1);
+    assert!(invoke_worker(&hub.aws, vec![record(&again[0], &arn)]).await.is_empty());
+    delete(&hub.sqs, &hub.queues.events, &again[0]).await;
+    let chat = hub.desk.requests_to("/chat");
+    assert_eq!(chat.len(), 1);
+    assert_eq!(chat[0].body["body"], "still there?");
+    assert!(hub.aws.store.pending_effects(&w.key()).await.unwrap().is_empty());
 }

@@ -117,16 +117,23 @@ fn receiver(effect: &Effect) -> &'static str {
     }
 }
 
-/// How soon a conversation whose effects another process is running is looked at again.
-const BUSY_RETRY_MS: i64 = 2_000;
+/// How many times one drain takes the lease again for effects committed while it held it,
+/// before it leaves the rest to a wake-up (a conversation busy enough to keep it going).
+const MAX_DRAIN_ROUNDS: usize = 8;
 
 /// Run the conversation's pending effects in order. Two processes must never run the same
 /// conversation's effects at once (both would send): the embedded dispatcher runs one task per
 /// conversation; where that cannot be promised (SQS redelivers a batch after its visibility
-/// timeout while the first worker still runs it), `Ports::drain_lease` makes the drain take a
-/// lease first, and a process that finds it taken comes back after [`BUSY_RETRY_MS`].
+/// timeout while the first worker still runs it, or concurrent workers handle copies of one
+/// event), `Ports::drain_lease` makes the drain take a lease first.
+///
+/// A process that finds the lease taken returns at once and queues nothing: the holder reads
+/// the outbox again after releasing it and runs what was committed meanwhile (the commit came
+/// before the failed take, which came before the release). Should the holder die instead, its
+/// lease expires and the sweeper, told by [`Store::watch_pending`], finds the due effects
+/// within a minute after.
 pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Drained, WorkerError> {
-    let items = ports.store.pending_effects(key).await?;
+    let mut items = ports.store.pending_effects(key).await?;
     if items.is_empty() {
         return Ok(Drained::default());
     }
@@ -134,20 +141,37 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
         return run_items(ports, key, items).await;
     };
     let name = format!("drain:{key}");
-    let now = ports.clock.now();
-    let until = Millis(now.0.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)));
-    if !ports.kv.put_if_absent(&name, "draining", now, until).await? {
-        return Ok(Drained { done: 0, next_due: Some(Millis(now.0 + BUSY_RETRY_MS)) });
+    let mut done = 0;
+    for _ in 0..MAX_DRAIN_ROUNDS {
+        let now = ports.clock.now();
+        let until = Millis(now.0.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)));
+        if !ports.kv.put_if_absent(&name, "draining", now, until).await? {
+            ports.store.watch_pending(key).await?;
+            return Ok(Drained { done, next_due: None });
+        }
+        // Read again under the lease: the previous holder may have run some of them meanwhile.
+        let result = match ports.store.pending_effects(key).await {
+            Ok(under_lease) => {
+                let seen: HashSet<String> = under_lease.iter().map(|i| i.effect.id.clone()).collect();
+                run_items(ports, key, under_lease).await.map(|d| (d, seen))
+            }
+            Err(e) => Err(e.into()),
+        };
+        let released = ports.kv.delete(&name).await;
+        let (round, seen) = result?;
+        released?;
+        done += round.done;
+        items = ports.store.pending_effects(key).await?;
+        // Only effects this round never saw are new; the others wait for `round.next_due`.
+        if items.iter().all(|i| seen.contains(&i.effect.id)) {
+            return Ok(Drained { done, next_due: round.next_due });
+        }
     }
-    // Read again under the lease: the previous holder may have run some of them meanwhile.
-    let result = match ports.store.pending_effects(key).await {
-        Ok(items) => run_items(ports, key, items).await,
-        Err(e) => Err(e.into()),
-    };
-    let released = ports.kv.delete(&name).await;
-    let drained = result?;
-    released?;
-    Ok(drained)
+    // Still more after all rounds: a wake-up comes back for them instead of holding this
+    // worker, and the sweeper knows of them should the wake-up be lost.
+    ports.store.watch_pending(key).await?;
+    let earliest = items.iter().map(|i| i.next_attempt_at).min();
+    Ok(Drained { done, next_due: earliest.map(|d| d.max(ports.clock.now())) })
 }
 
 async fn run_items(ports: &Ports, key: &ConversationKey, items: Vec<OutboxItem>) -> Result<Drained, WorkerError> {
