@@ -214,7 +214,7 @@ pub async fn session_round_trips(store: &dyn Store) {
 
 /// Effects stay in commit order; complete and defer touch only their own item and are
 /// no-ops (no trace line) once it is gone; only a conversation's outbox head decides
-/// whether it is due.
+/// whether it is due; deferred and watched effects are found when due.
 pub async fn outbox_order_complete_defer_and_due(store: &dyn Store) {
     let k1 = key("u1");
     let k2 = key("u2");
@@ -244,6 +244,10 @@ pub async fn outbox_order_complete_defer_and_due(store: &dyn Store) {
     assert_eq!((items[0].attempts, items[0].next_attempt_at), (1, Millis(5000)));
     assert_eq!((items[1].attempts, items[1].next_attempt_at), (0, Millis(1000)));
     assert_eq!(trace_ids(store, &k1).await.last().map(String::as_str), Some("a/1"));
+    // k2's effect is new: a store may leave it unlisted until someone asks to watch it
+    // (DynamoDB does); watching twice is the same as once.
+    store.watch_pending(&k2).await.unwrap();
+    store.watch_pending(&k2).await.unwrap();
     assert_eq!(store.conversations_with_due_effects(Millis(3000), 10).await.unwrap(), vec![k2.clone()]);
     assert!(store.conversations_with_due_effects(Millis(999), 10).await.unwrap().is_empty());
     // Deferring a later effect of k2 does not matter: only the head counts.

@@ -9,7 +9,10 @@ use crate::table::{
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, KeysAndAttributes, Put, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
 use baton_core::agent::{Agent, AGENT_SCHEMA};
@@ -126,11 +129,31 @@ pub(crate) fn decode_doc<T: DeserializeOwned>(item: &Item, what: &str, known_sch
             message: format!("written with schema {schema}; this build reads up to {known_schema}"),
         });
     }
-    let json = get_s(item, "doc", what)?;
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
-        key: what.to_string(),
-        message: format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()),
-    })
+    let corrupt = |message: String| StoreError::Corrupt { key: what.to_string(), message };
+    let inflated;
+    let json: &[u8] = match item.get("doc") {
+        Some(AttributeValue::S(json)) => json.as_bytes(),
+        Some(AttributeValue::B(deflated)) => {
+            inflated = miniz_oxide::inflate::decompress_to_vec_with_limit(deflated.as_ref(), MAX_INFLATED_DOC)
+                .map_err(|e| corrupt(format!("attribute doc does not inflate: {:?}", e.status)))?;
+            &inflated
+        }
+        _ => return Err(corrupt("attribute doc is missing or not a string or binary".into())),
+    };
+    serde_json::from_slice(json)
+        .map_err(|e| corrupt(format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column())))
+}
+
+/// The most a deflated document may inflate to: ten times DynamoDB's 400 KB item limit.
+const MAX_INFLATED_DOC: usize = 4 * 1024 * 1024;
+
+/// A document as raw deflate of its JSON, in a binary attribute. For the session, written
+/// on every event and billed per started KB: its JSON repeats the same keys turn after turn
+/// and shrinks to a third or less. `decode_doc` reads both forms.
+pub(crate) fn encode_deflated<T: Serialize>(value: &T) -> Result<AttributeValue, StoreError> {
+    let json =
+        serde_json::to_vec(value).map_err(|e| StoreError::Unavailable(format!("cannot encode a record: {e}")))?;
+    Ok(AttributeValue::B(Blob::new(miniz_oxide::deflate::compress_to_vec(&json, 6))))
 }
 
 /// Unix seconds of `at` plus `secs`, for TTL attributes.
@@ -253,7 +276,7 @@ impl DynamoStore {
 
     /// A trace line. Lines sort by `at`, then by write order within this process; lines of
     /// one conversation written by two processes in the same millisecond sort arbitrarily.
-    fn trace_put(&self, conv: &str, entry: &TraceEntry, keep_until: Millis) -> Result<TransactWriteItem, StoreError> {
+    fn trace_item(&self, conv: &str, entry: &TraceEntry, keep_until: Millis) -> Item {
         let seq = self.trace_seq.fetch_add(1, Ordering::Relaxed);
         let sk = format!("TRACE#{:020}#{seq:016x}{:016x}", entry.at.0.max(0), self.instance);
         let mut item = key_of(conv, sk);
@@ -262,7 +285,22 @@ impl DynamoStore {
         item.insert("id".into(), s(entry.id.as_str()));
         item.insert("detail".into(), s(entry.detail.as_str()));
         item.insert(EXPIRES_AT.into(), n(ttl(keep_until)));
-        self.put(item)
+        item
+    }
+
+    fn trace_put(&self, conv: &str, entry: &TraceEntry, keep_until: Millis) -> Result<TransactWriteItem, StoreError> {
+        self.put(self.trace_item(conv, entry, keep_until))
+    }
+
+    /// Write a trace line on its own, after the write it describes: a transaction would
+    /// bill both items twice. A line that fails is logged, not retried: the write it
+    /// describes is done, and redelivering the event for a diagnostic line would be worse.
+    async fn put_trace_after(&self, conv: &str, entry: &TraceEntry, keep_until: Millis) {
+        let item = self.trace_item(conv, entry, keep_until);
+        let put = self.client.put_item().table_name(&self.table).set_item(Some(item)).send().await;
+        if let Err(e) = put {
+            tracing::warn!(conversation = conv, line = %entry.id, error = %unavailable("put trace", &e), "a trace line was not written");
+        }
     }
 
     /// The sort key of an outbox item by its effect id (`None` when it is gone).
@@ -619,7 +657,7 @@ impl Store for DynamoStore {
 
         let mut session = key_of(conv.as_str(), "SESSION");
         session.insert("version".into(), n(version));
-        session.insert("doc".into(), s(encode(&commit.session)?));
+        session.insert("doc".into(), encode_deflated(&commit.session)?);
         session.insert("schema".into(), n(SESSION_SCHEMA));
         session.insert("updated_at".into(), n(commit.session.updated_at.0));
         // The agent's retention, counted from this event (TTL deletes an idle conversation).
@@ -656,10 +694,11 @@ impl Store for DynamoStore {
             item.insert("doc".into(), s(encode(effect)?));
             item.insert("schema".into(), n(EFFECT_SCHEMA));
             item.insert("attempts".into(), n(0));
-            // A new effect is due at once: its first attempt follows the commit.
+            // A new effect is due at once: its first attempt follows the commit. It stays out
+            // of the `outbox_due` index (entering and leaving it would bill two more writes):
+            // this worker runs it next, and if it dies first SQS brings the event back.
+            // `defer_effect` and `watch_pending` put it in.
             item.insert("next_attempt_at".into(), n(at.0));
-            item.insert(OBX_SHARD.into(), s(shard.as_str()));
-            item.insert(OBX_DUE.into(), n(at.0));
             items.push(self.put(item)?);
         }
         items.push(self.trace_put(&conv, &commit.trace, commit.keep_until)?);
@@ -695,8 +734,10 @@ impl Store for DynamoStore {
             .collect()
     }
 
-    /// Deletes the outbox item and appends `trace` in one transaction. When the item is
-    /// already gone (completed by a concurrent run), nothing is written.
+    /// Deletes the outbox item (a conditional `DeleteItem`), then appends `trace`. When the
+    /// item is already gone (completed by a concurrent run), nothing is written. Not one
+    /// transaction: it would bill both writes twice, and the line is only a record of the
+    /// delete (a crash between the two loses the line, never the effect's state).
     async fn complete_effect(
         &self,
         key: &ConversationKey,
@@ -708,26 +749,28 @@ impl Store for DynamoStore {
         let Some(sk) = self.outbox_sk(&conv, effect_id).await? else {
             return Ok(());
         };
-        let delete = Delete::builder()
+        let deleted = self
+            .client
+            .delete_item()
             .table_name(&self.table)
             .set_key(Some(key_of(conv.as_str(), sk)))
             .condition_expression("attribute_exists(#pk)")
             .set_expression_attribute_names(names(&[("#pk", PK)]))
-            .build()
-            .map_err(build_err)?;
-        let items =
-            vec![TransactWriteItem::builder().delete(delete).build(), self.trace_put(&conv, &trace, keep_until)?];
-        match self.transact(items, "complete effect").await? {
-            Tx::Done => Ok(()),
-            Tx::Cancelled(codes) if failed_with(&codes, 0, CONDITION_FAILED) => Ok(()),
-            Tx::Cancelled(codes) => {
-                Err(StoreError::Unavailable(format!("dynamodb complete effect cancelled: {codes:?}")))
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => {}
+            Err(e) if matches!(e.as_service_error(), Some(DeleteItemError::ConditionalCheckFailedException(_))) => {
+                return Ok(())
             }
+            Err(e) => return Err(unavailable("complete effect", &e)),
         }
+        self.put_trace_after(&conv, &trace, keep_until).await;
+        Ok(())
     }
 
-    /// Records a failed attempt and when to retry (also in the `outbox_due` GSI); like
-    /// `complete_effect`, a missing item writes nothing.
+    /// Records a failed attempt and when to retry (also in the `outbox_due` GSI), then
+    /// appends `trace`, as `complete_effect` does; a missing item writes nothing.
     async fn defer_effect(
         &self,
         key: &ConversationKey,
@@ -741,27 +784,68 @@ impl Store for DynamoStore {
         let Some(sk) = self.outbox_sk(&conv, effect_id).await? else {
             return Ok(());
         };
-        let update = Update::builder()
+        let updated = self
+            .client
+            .update_item()
             .table_name(&self.table)
             .set_key(Some(key_of(conv.as_str(), sk)))
-            .update_expression("SET #a = :a, #n = :n, #d = :n")
+            .update_expression("SET #a = :a, #n = :n, #d = :n, #s = :s")
             .condition_expression("attribute_exists(#pk)")
             .set_expression_attribute_names(names(&[
                 ("#pk", PK),
                 ("#a", "attempts"),
                 ("#n", "next_attempt_at"),
                 ("#d", OBX_DUE),
+                ("#s", OBX_SHARD),
             ]))
-            .set_expression_attribute_values(values(vec![(":a", n(attempts)), (":n", n(next_attempt_at.0))]))
-            .build()
-            .map_err(build_err)?;
-        let items =
-            vec![TransactWriteItem::builder().update(update).build(), self.trace_put(&conv, &trace, keep_until)?];
-        match self.transact(items, "defer effect").await? {
-            Tx::Done => Ok(()),
-            Tx::Cancelled(codes) if failed_with(&codes, 0, CONDITION_FAILED) => Ok(()),
-            Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!("dynamodb defer effect cancelled: {codes:?}"))),
+            .set_expression_attribute_values(values(vec![
+                (":a", n(attempts)),
+                (":n", n(next_attempt_at.0)),
+                (":s", s(shard_of(key).as_str())),
+            ]))
+            .send()
+            .await;
+        match updated {
+            Ok(_) => {}
+            Err(e) if matches!(e.as_service_error(), Some(UpdateItemError::ConditionalCheckFailedException(_))) => {
+                return Ok(())
+            }
+            Err(e) => return Err(unavailable("defer effect", &e)),
         }
+        self.put_trace_after(&conv, &trace, keep_until).await;
+        Ok(())
+    }
+
+    /// Puts each pending effect not yet in the `outbox_due` GSI into it, due when it was due.
+    async fn watch_pending(&self, key: &ConversationKey) -> Result<(), StoreError> {
+        let conv = conv_pk(key);
+        let shard = shard_of(key);
+        for item in self.query_prefix(&conv, "OUTBOX#").await? {
+            if item.contains_key(OBX_DUE) {
+                continue;
+            }
+            let sk = get_s(&item, SK, &conv)?;
+            let due = get_n::<i64>(&item, "next_attempt_at", sk)?;
+            let updated = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key_of(conv.as_str(), sk)))
+                .update_expression("SET #d = :d, #s = :s")
+                .condition_expression("attribute_exists(#pk) AND attribute_not_exists(#d)")
+                .set_expression_attribute_names(names(&[("#pk", PK), ("#d", OBX_DUE), ("#s", OBX_SHARD)]))
+                .set_expression_attribute_values(values(vec![(":d", n(due)), (":s", s(shard.as_str()))]))
+                .send()
+                .await;
+            match updated {
+                // Gone (completed meanwhile) or already in: either is fine.
+                Err(e) if matches!(e.as_service_error(), Some(UpdateItemError::ConditionalCheckFailedException(_))) => {
+                }
+                Err(e) => return Err(unavailable("watch pending effects", &e)),
+                Ok(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// Candidates come from the `outbox_due` GSI (any item due); only conversations whose
@@ -941,5 +1025,35 @@ mod tests {
         item.insert("doc".into(), s(r#"{"id": 5, "password": "hunter2"}"#));
         let err = decode_doc::<Agent>(&item, "agent demo", AGENT_SCHEMA).unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    /// Sessions are written deflated; one written as a JSON string by an earlier build
+    /// still reads, and a binary that does not inflate, or inflates past the limit, is corrupt.
+    #[test]
+    fn session_documents_are_deflated_and_both_forms_read() {
+        let key = ConversationKey::new("demo", baton_core::Channel::Widget, "u1").unwrap();
+        let mut session = baton_core::Session::new(key);
+        for i in 0..40 {
+            let text = format!("message number {i} about my order");
+            session.history.push(baton_core::Turn { role: baton_core::Role::User, text, at: Millis(i) });
+        }
+        let json = encode(&session).unwrap();
+        let mut item = key_of("CONV#demo", "SESSION");
+        item.insert("schema".into(), n(SESSION_SCHEMA));
+        item.insert("doc".into(), encode_deflated(&session).unwrap());
+        let AttributeValue::B(deflated) = &item["doc"] else { panic!("not binary") };
+        assert!(deflated.as_ref().len() * 3 < json.len(), "{} of {}", deflated.as_ref().len(), json.len());
+        assert_eq!(decode_doc::<baton_core::Session>(&item, "session", SESSION_SCHEMA).unwrap(), session);
+
+        item.insert("doc".into(), s(json));
+        assert_eq!(decode_doc::<baton_core::Session>(&item, "session", SESSION_SCHEMA).unwrap(), session);
+
+        item.insert("doc".into(), AttributeValue::B(Blob::new(b"not deflate".to_vec())));
+        let err = decode_doc::<baton_core::Session>(&item, "session", SESSION_SCHEMA).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        let bomb = miniz_oxide::deflate::compress_to_vec(&vec![b' '; MAX_INFLATED_DOC + 1], 6);
+        item.insert("doc".into(), AttributeValue::B(Blob::new(bomb)));
+        let err = decode_doc::<baton_core::Session>(&item, "session", SESSION_SCHEMA).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
     }
 }
