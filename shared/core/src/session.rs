@@ -17,7 +17,8 @@ use sha2::{Digest, Sha256};
 /// Payload schema version of stored sessions.
 pub const SESSION_SCHEMA: u32 = 1;
 
-/// Turns kept on the session (the brain's context and the desk's history come from here).
+/// Most turns kept on the session (the brain's context and the desk's history come from
+/// here); after each step only those `policy.history_messages` needs stay.
 pub const HISTORY_CAP: usize = 100;
 
 /// Button values: what comes back as the user's text when a button is pressed.
@@ -197,6 +198,34 @@ impl Session {
             self.history.drain(..excess);
         }
     }
+
+    /// Drop the turns no later step can use. A step reads the newest `n` user, bot and
+    /// human turns before the current question (the brain's context, the desk's history:
+    /// `policy.history_messages`) and the user's last turn (for a fallback), so the newest
+    /// `n + 1` of them are kept with the system turns among them, and the user's last turn
+    /// if it is older. The session is read and written on every event: keeping history it
+    /// never uses made each event cost more the longer the conversation ran.
+    fn keep_turns_for(&mut self, n: usize) {
+        let mut kept = 0;
+        let mut start = self.history.len();
+        for (i, turn) in self.history.iter().enumerate().rev() {
+            if kept > n {
+                break;
+            }
+            start = i;
+            kept += usize::from(turn.role != Role::System);
+        }
+        let last_user = self.history.iter().rposition(|t| t.role == Role::User);
+        match last_user {
+            Some(u) if u < start => {
+                self.history.drain(u + 1..start);
+                self.history.drain(..u);
+            }
+            _ => {
+                self.history.drain(..start);
+            }
+        }
+    }
 }
 
 /// What the shell knows about the world beyond the session when it applies an event.
@@ -216,6 +245,7 @@ pub fn step_with(session: &Session, event: &Event, now: Millis, agent: &Agent, f
     let mut m = Machine { s: session.clone(), fx: Vec::new(), now, agent, facts, event_id: &event.id };
     m.s.updated_at = now;
     m.apply(&event.kind)?;
+    m.s.keep_turns_for(agent.policy.history_messages);
     Ok(Step { session: m.s, effects: m.fx })
 }
 
@@ -475,7 +505,7 @@ impl Machine<'_> {
             EventKind::UserMessage { text, .. } => {
                 let t = text.trim();
                 if t == END_VALUE || phrases::matches(t, &self.agent.policy.end_phrases) {
-                    self.end_by_user(&handoff, MessageKey::RequestCancelled);
+                    self.end_by_user(&handoff, MessageKey::RequestCancelled, 0);
                 } else if t == KEEP_WAITING_VALUE
                     || (asked && phrases::normalise(t) == phrases::normalise(&self.msg(MessageKey::KeepWaiting)))
                 {
@@ -504,14 +534,14 @@ impl Machine<'_> {
                 Ok(())
             }
             EventKind::UserEnded => {
-                self.end_by_user(&handoff, MessageKey::RequestCancelled);
+                self.end_by_user(&handoff, MessageKey::RequestCancelled, 0);
                 Ok(())
             }
             EventKind::DeskOpened { handoff_id, desk_conversation_id } => {
                 self.desk_opened(handoff, desk_id, asked, handoff_id, desk_conversation_id)
             }
             EventKind::DeskOpenFailed { handoff_id, .. } => {
-                self.desk_open_failed(&handoff, handoff_id, "the desk could not be reached")
+                self.desk_open_failed(&handoff, handoff_id, "the desk could not be reached", 0)
             }
             EventKind::HumanMessage { desk_conversation_id, text } => {
                 if !matches_desk(desk_conversation_id) {
@@ -530,7 +560,7 @@ impl Machine<'_> {
                 if !matches_desk(desk_conversation_id) {
                     return Err(Ignored::StaleHandoff);
                 }
-                self.back_to_bot(&handoff, "the desk closed the request before anyone replied");
+                self.back_to_bot(&handoff, "the desk closed the request before anyone replied", 0);
                 self.say(MessageKey::HumanEnded);
                 Ok(())
             }
@@ -538,7 +568,7 @@ impl Machine<'_> {
                 self.check_timer(*generation)?;
                 if asked {
                     self.fx.push(Effect::CloseDesk { handoff_id: handoff.id.clone(), reason: CloseReason::Timeout });
-                    self.back_to_bot(&handoff, "nobody answered in time");
+                    self.back_to_bot(&handoff, "nobody answered in time", 0);
                     self.say(MessageKey::RequestTimedOut);
                 } else {
                     self.s.state =
@@ -578,7 +608,7 @@ impl Machine<'_> {
             EventKind::UserMessage { text, .. } => {
                 let t = text.trim();
                 if t == END_VALUE || phrases::matches(t, &self.agent.policy.end_phrases) {
-                    self.end_by_user(&handoff, MessageKey::UserEnded);
+                    self.end_by_user(&handoff, MessageKey::UserEnded, count);
                 } else {
                     self.s.push_turn(Role::User, text, self.now);
                     self.fx.push(Effect::PostToDesk { handoff_id: handoff.id.clone(), text: text.clone() });
@@ -590,7 +620,7 @@ impl Machine<'_> {
                 Ok(())
             }
             EventKind::UserEnded => {
-                self.end_by_user(&handoff, MessageKey::UserEnded);
+                self.end_by_user(&handoff, MessageKey::UserEnded, count);
                 Ok(())
             }
             EventKind::HumanMessage { desk_conversation_id, text } => {
@@ -608,14 +638,14 @@ impl Machine<'_> {
                 if *desk_conversation_id != desk_id {
                     return Err(Ignored::StaleHandoff);
                 }
-                self.back_to_bot(&handoff, "the human ended the session");
+                self.back_to_bot(&handoff, "the human ended the session", count);
                 self.say(MessageKey::HumanEnded);
                 Ok(())
             }
             EventKind::TimerFired { generation } => {
                 self.check_timer(*generation)?;
                 self.fx.push(Effect::CloseDesk { handoff_id: handoff.id.clone(), reason: CloseReason::Timeout });
-                self.back_to_bot(&handoff, "the user did not reply in time");
+                self.back_to_bot(&handoff, "the user did not reply in time", count);
                 self.say(MessageKey::SessionTimedOut);
                 Ok(())
             }
@@ -655,7 +685,7 @@ impl Machine<'_> {
                 self.desk_opened(handoff, desk_id, false, handoff_id, desk_conversation_id)
             }
             EventKind::DeskOpenFailed { handoff_id, .. } => {
-                self.desk_open_failed(&handoff, handoff_id, "the transfer failed")
+                self.desk_open_failed(&handoff, handoff_id, "the transfer failed", count)
             }
             EventKind::HumanMessage { desk_conversation_id, text } => {
                 if !matches_desk(desk_conversation_id) {
@@ -674,11 +704,11 @@ impl Machine<'_> {
                     return Err(Ignored::StaleHandoff);
                 }
                 // The desk completed its conversation: nothing more can be said in it.
-                self.back_to_bot(&handoff, "the desk completed the conversation");
+                self.back_to_bot(&handoff, "the desk completed the conversation", count);
                 Ok(())
             }
             EventKind::UserEnded => {
-                self.back_to_bot(&handoff, "the user ended the session");
+                self.back_to_bot(&handoff, "the user ended the session", count);
                 Ok(())
             }
             EventKind::TimerFired { .. } => Err(Ignored::StaleTimer),
@@ -718,11 +748,17 @@ impl Machine<'_> {
     }
 
     /// The desk refused the pending handoff for good: tell the user, try the fallback.
-    fn desk_open_failed(&mut self, handoff: &Handoff, handoff_id: &str, how: &str) -> Result<(), Ignored> {
+    fn desk_open_failed(
+        &mut self,
+        handoff: &Handoff,
+        handoff_id: &str,
+        how: &str,
+        human_turns: u32,
+    ) -> Result<(), Ignored> {
         if handoff_id != handoff.id {
             return Err(Ignored::StaleHandoff);
         }
-        self.back_to_bot(handoff, how);
+        self.back_to_bot(handoff, how, human_turns);
         self.say(MessageKey::DeskFailed);
         self.escalate(self.last_user_text(), handoff.reason.clone());
         Ok(())
@@ -866,15 +902,15 @@ impl Machine<'_> {
 
     /// The user ends: a request still waiting for a human (`RequestCancelled`) or a
     /// session with one (`UserEnded`).
-    fn end_by_user(&mut self, handoff: &Handoff, told: MessageKey) {
+    fn end_by_user(&mut self, handoff: &Handoff, told: MessageKey, human_turns: u32) {
         self.fx.push(Effect::CloseDesk { handoff_id: handoff.id.clone(), reason: CloseReason::UserClosed });
-        self.back_to_bot(handoff, "the user ended the session");
+        self.back_to_bot(handoff, "the user ended the session", human_turns);
         self.say(told);
     }
 
-    fn back_to_bot(&mut self, handoff: &Handoff, how: &str) {
-        let human_turns =
-            self.s.history.iter().filter(|t| t.role == Role::Human && t.at >= handoff.requested_at).count();
+    /// `human_turns`: what the human wrote in this handoff (the history keeps too few turns
+    /// to count them).
+    fn back_to_bot(&mut self, handoff: &Handoff, how: &str, human_turns: u32) {
         self.s.summary = Some(format!(
             "A human handoff ({}) ended: {how}; the human wrote {human_turns} message(s).",
             handoff.reason

@@ -412,6 +412,7 @@ fn empty_user_messages_are_ignored() {
 fn history_is_capped() {
     let mut a = agent();
     a.policy.max_unanswered = 0;
+    a.policy.history_messages = 100;
     let mut sim = Sim::with_agent(Channel::Widget, a);
     for i in 0..(HISTORY_CAP + 20) {
         sim.apply(user(&format!("q{i}")));
@@ -419,6 +420,39 @@ fn history_is_capped() {
     assert_eq!(sim.session.history.len(), HISTORY_CAP);
     assert_eq!(sim.session.history[0].text, "q20");
     assert_eq!(sim.session.history.last().unwrap().text, format!("q{}", HISTORY_CAP + 19));
+}
+
+/// The session keeps the turns a later step can use (the newest `history_messages` before a
+/// question, the question, the user's last turn), so a long conversation costs no more per
+/// event than a short one; what the desk and the bot are given does not change.
+#[test]
+fn only_the_turns_a_step_can_use_are_kept() {
+    let texts = |turns: &[Turn]| turns.iter().map(|t| t.text.clone()).collect::<Vec<_>>();
+    let mut a = agent();
+    a.policy.max_unanswered = 0;
+    assert_eq!(a.policy.history_messages, 10);
+    let mut sim = Sim::with_agent(Channel::Telegram, a);
+    for i in 0..30 {
+        sim.apply(user(&format!("q{i}")));
+    }
+    let expected: Vec<String> = (19..30).map(|i| format!("q{i}")).collect();
+    assert_eq!(texts(&sim.session.history), expected);
+
+    // The desk gets the 10 turns before the question, as with the whole history.
+    let request = open_desk(&sim.apply(user("human")));
+    assert_eq!(texts(&request.history), expected[1..]);
+    let id = sim.handoff().id;
+    sim.apply(desk_opened(&id, "conv-1"));
+    for i in 0..30 {
+        sim.apply(human("conv-1", &format!("h{i}")));
+    }
+    assert!(sim.session.history.len() <= 12, "{:?}", texts(&sim.session.history));
+    // The user's last turn stays, however many turns came after it.
+    assert!(sim.session.history.iter().any(|t| t.role == Role::User && t.text == "human"));
+    // The summary counts every human message, not just the kept turns.
+    sim.apply(EventKind::HumanClosed { desk_conversation_id: "conv-1".into() });
+    let summary = sim.session.summary.clone().unwrap();
+    assert!(summary.contains("the human wrote 30 message(s)"), "{summary}");
 }
 
 // ---------------------------------------------------------------- e-mail collection
