@@ -57,6 +57,38 @@ pub struct DynamoStore {
     trace_seq: AtomicU64,
     /// Random per store, so trace keys of two processes never collide.
     instance: u64,
+    /// Agent configs and desk statuses read in the last `ttl` (see [`DynamoStore::with_config_cache`]).
+    config_cache: ConfigCache,
+}
+
+/// Agent configs and desk statuses are read two or three times per event by every function
+/// instance, from one partition per agent: a few seconds of caching turns that into one read
+/// per instance and interval, which is what keeps a busy agent's partition under DynamoDB's
+/// per-partition read limit at scale. `ttl` zero: no caching.
+#[derive(Debug, Default)]
+struct ConfigCache {
+    ttl: std::time::Duration,
+    agents: std::sync::Mutex<HashMap<String, (std::time::Instant, Option<Agent>)>>,
+    desk_statuses: std::sync::Mutex<HashMap<String, (std::time::Instant, Option<DeskStatusRecord>)>>,
+}
+
+impl ConfigCache {
+    fn fresh<T: Clone>(&self, map: &std::sync::Mutex<HashMap<String, (std::time::Instant, T)>>, id: &str) -> Option<T> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let map = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(id).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, v)| v.clone())
+    }
+
+    fn keep<T>(&self, map: &std::sync::Mutex<HashMap<String, (std::time::Instant, T)>>, id: &str, value: T) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut map = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Entries are per agent, so this only grows with the number of agents.
+        map.insert(id.to_string(), (std::time::Instant::now(), value));
+    }
 }
 
 pub(crate) enum Tx {
@@ -186,7 +218,16 @@ impl DynamoStore {
             table: table.into(),
             trace_seq: AtomicU64::new(0),
             instance: std::collections::hash_map::RandomState::new().hash_one(std::process::id()),
+            config_cache: ConfigCache::default(),
         }
+    }
+
+    /// Serve agent configs and desk statuses read less than `ttl` ago from memory: a change
+    /// made by another process (`baton agents apply`, a desk probe) is seen within `ttl`;
+    /// this store's own writes at once.
+    pub fn with_config_cache(mut self, ttl: std::time::Duration) -> DynamoStore {
+        self.config_cache.ttl = ttl;
+        self
     }
 
     pub fn table_name(&self) -> &str {
@@ -498,10 +539,16 @@ fn token_key(hash: &str) -> String {
 #[async_trait]
 impl Store for DynamoStore {
     async fn get_agent(&self, id: &str) -> Result<Option<Agent>, StoreError> {
-        let Some(item) = self.get(&agent_pk(id), "CONFIG").await? else {
-            return Ok(None);
+        let cache = &self.config_cache;
+        if let Some(agent) = cache.fresh(&cache.agents, id) {
+            return Ok(agent);
+        }
+        let agent = match self.get(&agent_pk(id), "CONFIG").await? {
+            Some(item) => Some(decode_doc(&item, &format!("agent {id}"), AGENT_SCHEMA)?),
+            None => None,
         };
-        decode_doc(&item, &format!("agent {id}"), AGENT_SCHEMA).map(Some)
+        cache.keep(&cache.agents, id, agent.clone());
+        Ok(agent)
     }
 
     /// Writes the config and its entry in the `AGENTS` index in one transaction.
@@ -512,7 +559,10 @@ impl Store for DynamoStore {
         let mut index = key_of("AGENTS", agent_pk(&agent.id));
         index.insert("agent".into(), s(agent.id.as_str()));
         match self.transact(vec![self.put(config)?, self.put(index)?], "put agent").await? {
-            Tx::Done => Ok(()),
+            Tx::Done => {
+                self.config_cache.keep(&self.config_cache.agents, &agent.id, Some(agent.clone()));
+                Ok(())
+            }
             Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!("dynamodb put agent cancelled: {codes:?}"))),
         }
     }
@@ -967,14 +1017,22 @@ impl Store for DynamoStore {
             .send()
             .await
             .map_err(|e| unavailable("put desk status", &e))?;
+        self.config_cache.keep(&self.config_cache.desk_statuses, agent, Some(status.clone()));
         Ok(())
     }
 
     async fn desk_status(&self, agent: &str) -> Result<Option<DeskStatusRecord>, StoreError> {
-        self.get(&agent_pk(agent), "DESKSTATUS")
+        let cache = &self.config_cache;
+        if let Some(status) = cache.fresh(&cache.desk_statuses, agent) {
+            return Ok(status);
+        }
+        let status = self
+            .get(&agent_pk(agent), "DESKSTATUS")
             .await?
             .map(|item| decode_doc(&item, &format!("desk status {agent}"), RECORD_SCHEMA))
-            .transpose()
+            .transpose()?;
+        cache.keep(&cache.desk_statuses, agent, status.clone());
+        Ok(status)
     }
 
     /// Trace lines in `at` order (write order within one process for equal times).

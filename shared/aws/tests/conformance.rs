@@ -50,3 +50,16 @@ async fn export_and_erase_one_conversation() {
     let store = common::store().await;
     conformance::export_and_erase_one_conversation(&store, &store).await;
 }
+
+/// The same suite on a store that caches agent configs and desk statuses, as the Lambda
+/// functions run it: its own writes are read back at once.
+mod with_config_cache {
+    use super::*;
+
+    async fn fresh() -> Fixture {
+        let store = common::store().await.with_config_cache(std::time::Duration::from_secs(60));
+        Fixture::new(Arc::new(store), ())
+    }
+
+    baton_tests::store_conformance_tests!(fresh());
+}

@@ -326,3 +326,44 @@ async fn sessions_and_trace_lines_expire_with_the_agents_retention() {
     let session = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
     assert_eq!(number(&session, "expires_at"), at / 1000 + 3600 + 86_400);
 }
+
+/// A cached agent config or desk status is reused for the cache's time: another process's
+/// change shows once it is over (and at once on a store without the cache).
+#[tokio::test]
+async fn config_cache_reuses_reads_for_its_time() {
+    use baton_core::agent::Agent;
+    use baton_core::model::ServiceStatus;
+    use baton_core::ports::DeskStatusRecord;
+    let writer = common::store().await;
+    let (dynamo, _) = common::clients().await;
+    let ttl = std::time::Duration::from_millis(400);
+    let cached = DynamoStore::new(dynamo.clone(), writer.table_name()).with_config_cache(ttl);
+    let uncached = DynamoStore::new(dynamo, writer.table_name());
+
+    let mut agent: Agent = serde_json::from_str(r#"{"id":"demo","name":"Before"}"#).unwrap();
+    writer.put_agent(&agent).await.unwrap();
+    let status = |detail: &str| DeskStatusRecord {
+        status: ServiceStatus::Available,
+        detail: detail.into(),
+        checked_at: Millis(1),
+    };
+    writer.set_desk_status("demo", &status("before")).await.unwrap();
+    assert_eq!(cached.get_agent("demo").await.unwrap().unwrap().name, "Before");
+    assert_eq!(cached.desk_status("demo").await.unwrap().unwrap().detail, "before");
+    // An unknown agent is cached as unknown too.
+    assert_eq!(cached.get_agent("later").await.unwrap(), None);
+
+    agent.name = "After".into();
+    writer.put_agent(&agent).await.unwrap();
+    writer.set_desk_status("demo", &status("after")).await.unwrap();
+    writer.put_agent(&serde_json::from_str(r#"{"id":"later"}"#).unwrap()).await.unwrap();
+    assert_eq!(uncached.get_agent("demo").await.unwrap().unwrap().name, "After");
+    assert_eq!(cached.get_agent("demo").await.unwrap().unwrap().name, "Before");
+    assert_eq!(cached.desk_status("demo").await.unwrap().unwrap().detail, "before");
+    assert_eq!(cached.get_agent("later").await.unwrap(), None);
+
+    tokio::time::sleep(ttl).await;
+    assert_eq!(cached.get_agent("demo").await.unwrap().unwrap().name, "After");
+    assert_eq!(cached.desk_status("demo").await.unwrap().unwrap().detail, "after");
+    assert!(cached.get_agent("later").await.unwrap().is_some());
+}

@@ -32,6 +32,20 @@ const OUTBOUND_TIMEOUT: Duration = Duration::from_secs(15);
 /// a worker that dies holding it frees it by the time SQS redelivers.
 const DRAIN_LEASE: Duration = Duration::from_secs(90);
 
+/// Agent configs and desk statuses are reused this long by default (`Config::config_cache`).
+pub const DEFAULT_CONFIG_CACHE: Duration = Duration::from_secs(5);
+
+/// `BATON_CONFIG_CACHE_SECS`: unset or empty for the default, else 0 to 300 seconds.
+fn config_cache_secs(value: Option<&str>) -> Result<Duration, String> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(DEFAULT_CONFIG_CACHE),
+        Some(v) => match v.parse::<u64>() {
+            Ok(secs) if secs <= 300 => Ok(Duration::from_secs(secs)),
+            _ => Err(format!("BATON_CONFIG_CACHE_SECS must be 0 to 300 seconds, got {v:?}")),
+        },
+    }
+}
+
 /// Deployment settings, from the function's environment (set by template.yaml).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -43,6 +57,10 @@ pub struct Config {
     /// The API's public URL (a custom domain) for media links; `None`: the host API Gateway
     /// was reached at.
     pub public_url: Option<String>,
+    /// How long agent configs and desk statuses read from the table are reused
+    /// (`BATON_CONFIG_CACHE_SECS`, 5 by default, 0 for none): a change is seen by every
+    /// function instance within this time.
+    pub config_cache: Duration,
     /// Let agents call loopback, private and link-local addresses (`BATON_ALLOW_PRIVATE_TARGETS=true`):
     /// only for a deployment whose desks live inside its own network. Off by default, so
     /// a configured URL cannot reach the function's runtime API or the VPC.
@@ -62,6 +80,7 @@ impl Config {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(baton_runtime::http::DEFAULT_BODY_LIMIT),
             public_url: std::env::var("BATON_PUBLIC_URL").ok().filter(|v| !v.trim().is_empty()),
+            config_cache: config_cache_secs(std::env::var("BATON_CONFIG_CACHE_SECS").ok().as_deref())?,
             allow_private_targets: match std::env::var("BATON_ALLOW_PRIVATE_TARGETS").as_deref() {
                 Ok("true" | "1") => true,
                 Ok("false" | "0" | "") | Err(_) => false,
@@ -97,7 +116,7 @@ pub fn wire(
     sqs: baton_aws::aws_sdk_sqs::Client,
     secrets: Arc<dyn baton_core::ports::Secrets>,
 ) -> Aws {
-    let store = Arc::new(DynamoStore::new(dynamo, config.table.clone()));
+    let store = Arc::new(DynamoStore::new(dynamo, config.table.clone()).with_config_cache(config.config_cache));
     let events = Arc::new(SqsEventQueue::new(sqs.clone(), config.events_queue_url.clone()));
     let timers = Arc::new(SqsTimers::new(sqs, config.timers_queue_url.clone(), clock.clone()));
     // Lambda cannot stream: widget replies are read by polling; the live channel has no readers.
@@ -365,4 +384,21 @@ pub async fn serve_sweeper() -> Result<(), Error> {
         }
     }))
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_cache_setting_is_checked() {
+        assert_eq!(config_cache_secs(None), Ok(DEFAULT_CONFIG_CACHE));
+        assert_eq!(config_cache_secs(Some(" ")), Ok(DEFAULT_CONFIG_CACHE));
+        assert_eq!(config_cache_secs(Some("0")), Ok(Duration::ZERO));
+        assert_eq!(config_cache_secs(Some("30")), Ok(Duration::from_secs(30)));
+        for bad in ["301", "-1", "5s", "1.5"] {
+            let err = config_cache_secs(Some(bad)).unwrap_err();
+            assert!(err.contains("BATON_CONFIG_CACHE_SECS") && err.contains(bad), "{err}");
+        }
+    }
 }

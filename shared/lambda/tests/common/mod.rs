@@ -107,6 +107,7 @@ pub fn config(table: &str, queues: &Queues) -> Config {
         widget_secret: "a-widget-token-secret-of-at-least-32-chars".into(),
         body_limit: 64 * 1024,
         public_url: None,
+        config_cache: baton_lambda::DEFAULT_CONFIG_CACHE,
         // The fake providers listen on loopback.
         allow_private_targets: true,
     }
