@@ -1,10 +1,9 @@
 //! The connectors' small shared records (`KeyValue`) on the one table: item `KV#{name}` / `-`
 //! with `value` and `valid_until` (ms). `expires_at` (TTL) removes them a day after expiry.
 
-use crate::store::{get_n, get_s, key_of, n, s, unavailable, DynamoStore};
+use crate::store::{conditional, get_n, get_s, key_of, n, s, unavailable, DynamoStore};
 use crate::table::{key_part, EXPIRES_AT};
 use async_trait::async_trait;
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use baton_core::model::Millis;
 use baton_core::ports::{KeyValue, StoreError};
 
@@ -65,13 +64,7 @@ impl KeyValue for DynamoStore {
             .expression_attribute_values(":now", n(now.0))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if matches!(e.as_service_error(), Some(PutItemError::ConditionalCheckFailedException(_))) => {
-                Ok(false)
-            }
-            Err(e) => Err(unavailable("conditional put", &e)),
-        }
+        conditional("conditional put", result)
     }
 
     async fn delete(&self, name: &str) -> Result<(), StoreError> {

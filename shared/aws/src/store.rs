@@ -9,9 +9,7 @@ use crate::table::{
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, KeysAndAttributes, Put, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
@@ -118,6 +116,20 @@ where
     R: std::fmt::Debug,
 {
     StoreError::Unavailable(format!("dynamodb {what}: {}", describe_sdk_error(e)))
+}
+
+/// A conditional write's outcome: `Ok(true)` when written, `Ok(false)` when its condition
+/// failed, an error otherwise.
+pub(crate) fn conditional<O, E, R>(what: &str, result: Result<O, SdkError<E, R>>) -> Result<bool, StoreError>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("ConditionalCheckFailedException") => Ok(false),
+        Err(e) => Err(unavailable(what, &e)),
+    }
 }
 
 pub(crate) fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
@@ -808,14 +820,9 @@ impl Store for DynamoStore {
             .set_expression_attribute_names(names(&[("#pk", PK)]))
             .send()
             .await;
-        match deleted {
-            Ok(_) => {}
-            Err(e) if matches!(e.as_service_error(), Some(DeleteItemError::ConditionalCheckFailedException(_))) => {
-                return Ok(())
-            }
-            Err(e) => return Err(unavailable("complete effect", &e)),
+        if conditional("complete effect", deleted)? {
+            self.put_trace_after(&conv, &trace, keep_until).await;
         }
-        self.put_trace_after(&conv, &trace, keep_until).await;
         Ok(())
     }
 
@@ -855,14 +862,9 @@ impl Store for DynamoStore {
             ]))
             .send()
             .await;
-        match updated {
-            Ok(_) => {}
-            Err(e) if matches!(e.as_service_error(), Some(UpdateItemError::ConditionalCheckFailedException(_))) => {
-                return Ok(())
-            }
-            Err(e) => return Err(unavailable("defer effect", &e)),
+        if conditional("defer effect", updated)? {
+            self.put_trace_after(&conv, &trace, keep_until).await;
         }
-        self.put_trace_after(&conv, &trace, keep_until).await;
         Ok(())
     }
 
@@ -887,13 +889,8 @@ impl Store for DynamoStore {
                 .set_expression_attribute_values(values(vec![(":d", n(due)), (":s", s(shard.as_str()))]))
                 .send()
                 .await;
-            match updated {
-                // Gone (completed meanwhile) or already in: either is fine.
-                Err(e) if matches!(e.as_service_error(), Some(UpdateItemError::ConditionalCheckFailedException(_))) => {
-                }
-                Err(e) => return Err(unavailable("watch pending effects", &e)),
-                Ok(_) => {}
-            }
+            // A failed condition: gone (completed meanwhile) or already in; either is fine.
+            conditional("watch pending effects", updated)?;
         }
         Ok(())
     }

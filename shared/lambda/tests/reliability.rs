@@ -380,10 +380,7 @@ async fn a_failed_desk_call_is_retried_by_wake_ups_not_by_redelivery() {
 async fn a_worker_that_finds_the_drain_lease_taken_leaves_its_effects_to_the_holder() {
     let hub = hub(|_| {}).await;
     let arn = queue_arn(&hub.sqs, &hub.queues.events).await;
-    let mut w = Widget::start(&hub, Some("ana@example.com")).await;
-    w.send("I want to talk to a human").await;
-    run_worker(&hub).await;
-    hub.desk.first_to("/conversation/establish").await;
+    let mut w = handed_off(&hub).await;
     w.send("first").await;
     w.send("second").await;
     let messages = receive(&hub.sqs, &hub.queues.events).await;
@@ -429,10 +426,7 @@ async fn effects_left_under_a_dead_holders_lease_run_after_it_expires() {
     let clock = Arc::new(ManualClock::new(wall_now()));
     // No session timer falls due in the two minutes this test moves the clock.
     let hub = hub_with(clock.clone(), None, |a| a.policy.wait_timeout_secs = 3600).await;
-    let mut w = Widget::start(&hub, Some("ana@example.com")).await;
-    w.send("I want to talk to a human").await;
-    run_worker(&hub).await;
-    hub.desk.first_to("/conversation/establish").await;
+    let mut w = handed_off(&hub).await;
 
     // A worker took the lease and died holding it.
     let lease = format!("drain:{}", w.key());
@@ -466,10 +460,7 @@ async fn effects_of_a_worker_that_died_after_its_commit_run_on_redelivery() {
     let clock = Arc::new(ManualClock::new(wall_now()));
     let hub = hub_with(clock.clone(), None, |a| a.policy.wait_timeout_secs = 3600).await;
     let arn = queue_arn(&hub.sqs, &hub.queues.events).await;
-    let mut w = Widget::start(&hub, Some("ana@example.com")).await;
-    w.send("I want to talk to a human").await;
-    run_worker(&hub).await;
-    hub.desk.first_to("/conversation/establish").await;
+    let mut w = handed_off(&hub).await;
 
     w.send("still there?").await;
     let messages = receive(&hub.sqs, &hub.queues.events).await;
@@ -490,4 +481,14 @@ async fn effects_of_a_worker_that_died_after_its_commit_run_on_redelivery() {
     assert_eq!(chat.len(), 1);
     assert_eq!(chat[0].body["body"], "still there?");
     assert!(hub.aws.store.pending_effects(&w.key()).await.unwrap().is_empty());
+}
+
+/// A widget user handed to the desk (its establish received), whose next messages are
+/// relayed to the desk.
+async fn handed_off(hub: &Hub) -> Widget {
+    let mut w = Widget::start(hub, Some("ana@example.com")).await;
+    w.send("I want to talk to a human").await;
+    run_worker(hub).await;
+    hub.desk.first_to("/conversation/establish").await;
+    w
 }
