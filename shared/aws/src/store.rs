@@ -36,8 +36,9 @@ pub const SEEN_RETENTION_SECS: i64 = 8 * 24 * 60 * 60;
 /// Schema of the small JSON records without a core constant (desk status, user messages).
 pub(crate) const RECORD_SCHEMA: u32 = 1;
 
-/// A transaction holds at most 100 items; a commit adds session, seen id and trace line.
-const MAX_EFFECTS_PER_COMMIT: usize = 97;
+/// A transaction holds at most 100 items; a commit adds the session and the seen id (its trace
+/// line is written after it).
+const MAX_EFFECTS_PER_COMMIT: usize = 98;
 
 /// Outbox sequence numbers are `version * 1000 + index`: commits of one conversation have
 /// increasing versions, so the sort key keeps insertion order without a counter.
@@ -339,10 +340,6 @@ impl DynamoStore {
         item.insert("detail".into(), s(entry.detail.as_str()));
         item.insert(EXPIRES_AT.into(), n(ttl(keep_until)));
         item
-    }
-
-    fn trace_put(&self, conv: &str, entry: &TraceEntry, keep_until: Millis) -> Result<TransactWriteItem, StoreError> {
-        self.put(self.trace_item(conv, entry, keep_until))
     }
 
     /// Write a trace line on its own, after the write it describes: a transaction would
@@ -763,10 +760,12 @@ impl Store for DynamoStore {
             item.insert("next_attempt_at".into(), n(at.0));
             items.push(self.put(item)?);
         }
-        items.push(self.trace_put(&conv, &commit.trace, commit.keep_until)?);
-
         match self.transact(items, "commit").await? {
-            Tx::Done => Ok(CommitOutcome::Committed { version }),
+            Tx::Done => {
+                // After the transaction, not in it (which would bill it twice): see `put_trace_after`.
+                self.put_trace_after(&conv, &commit.trace, commit.keep_until).await;
+                Ok(CommitOutcome::Committed { version })
+            }
             // The seen check comes first, even when the version is wrong too.
             Tx::Cancelled(codes) if failed_with(&codes, 1, CONDITION_FAILED) => Ok(CommitOutcome::AlreadySeen),
             // A concurrent transaction on the session or the seen id: reload and step again.

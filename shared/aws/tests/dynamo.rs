@@ -176,14 +176,14 @@ async fn a_transaction_the_server_rejects_writes_nothing() {
 
     // Too many effects for one transaction is refused before anything is sent.
     let mut c = commit(&k, 0, "e2", None, 1);
-    c.effects = (0..98).map(|i| PendingEffect::for_event("e2", i, Effect::CancelTimer)).collect();
+    c.effects = (0..99).map(|i| PendingEffect::for_event("e2", i, Effect::CancelTimer)).collect();
     assert!(matches!(store.commit(c).await, Err(StoreError::Unavailable(_))));
     let mut c = commit(&k, 0, "e3", None, 1);
-    c.effects = (0..97).map(|i| PendingEffect::for_event("e3", i, Effect::CancelTimer)).collect();
+    c.effects = (0..98).map(|i| PendingEffect::for_event("e3", i, Effect::CancelTimer)).collect();
     assert_eq!(store.commit(c).await.unwrap(), CommitOutcome::Committed { version: 1 });
     let pending = store.pending_effects(&k).await.unwrap();
-    assert_eq!(pending.len(), 97);
-    assert_eq!(pending[96].effect.id, "e3/96");
+    assert_eq!(pending.len(), 98);
+    assert_eq!(pending[97].effect.id, "e3/97");
 }
 
 #[tokio::test]
