@@ -58,7 +58,13 @@ pub struct DynamoStore {
     instance: u64,
     /// Agent configs and desk statuses read in the last `ttl` (see [`DynamoStore::with_config_cache`]).
     config_cache: ConfigCache,
+    /// Sort keys of the outbox items `pending_effects` returned, by conversation and effect id:
+    /// completing or deferring one of them then needs no query to find its key.
+    outbox_keys: std::sync::Mutex<HashMap<(String, String), String>>,
 }
+
+/// Outbox keys remembered at most; past that the memory starts over (a miss costs one query).
+const MAX_OUTBOX_KEYS: usize = 10_000;
 
 /// Agent configs and desk statuses are read two or three times per event by every function
 /// instance, from one partition per agent: a few seconds of caching turns that into one read
@@ -232,6 +238,7 @@ impl DynamoStore {
             trace_seq: AtomicU64::new(0),
             instance: std::collections::hash_map::RandomState::new().hash_one(std::process::id()),
             config_cache: ConfigCache::default(),
+            outbox_keys: Default::default(),
         }
     }
 
@@ -353,14 +360,24 @@ impl DynamoStore {
         }
     }
 
-    /// The sort key of an outbox item by its effect id (`None` when it is gone).
+    /// The sort key of an outbox item by its effect id (`None` when it is gone): remembered
+    /// from `pending_effects`, else queried. A remembered key whose item is gone is harmless:
+    /// the conditional write that uses it fails and writes nothing.
     async fn outbox_sk(&self, conv: &str, effect_id: &str) -> Result<Option<String>, StoreError> {
+        let known = self.outbox_keys().get(&(conv.to_string(), effect_id.to_string())).cloned();
+        if known.is_some() {
+            return Ok(known);
+        }
         for item in self.query_prefix(conv, "OUTBOX#").await? {
             if matches!(item.get("effect_id"), Some(AttributeValue::S(id)) if id == effect_id) {
                 return Ok(Some(get_s(&item, SK, conv)?.to_string()));
             }
         }
         Ok(None)
+    }
+
+    fn outbox_keys(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
+        self.outbox_keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Sessions whose armed timer is due at `now`, with the timer's generation, earliest
@@ -780,19 +797,29 @@ impl Store for DynamoStore {
 
     async fn pending_effects(&self, key: &ConversationKey) -> Result<Vec<OutboxItem>, StoreError> {
         let conv = conv_pk(key);
-        self.query_prefix(&conv, "OUTBOX#")
+        let mut keys = Vec::new();
+        let items = self
+            .query_prefix(&conv, "OUTBOX#")
             .await?
             .iter()
             .map(|item| {
-                let what = format!("effect {}", get_s(item, SK, &conv)?);
+                let sk = get_s(item, SK, &conv)?;
+                let what = format!("effect {sk}");
                 let effect: PendingEffect = decode_doc(item, &what, EFFECT_SCHEMA)?;
+                keys.push(((conv.clone(), effect.id.clone()), sk.to_string()));
                 Ok(OutboxItem {
                     effect,
                     attempts: get_n::<u64>(item, "attempts", &what)?.try_into().unwrap_or(u32::MAX),
                     next_attempt_at: Millis(get_n(item, "next_attempt_at", &what)?),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut known = self.outbox_keys();
+        if known.len() + keys.len() > MAX_OUTBOX_KEYS {
+            known.clear();
+        }
+        known.extend(keys);
+        Ok(items)
     }
 
     /// Deletes the outbox item (a conditional `DeleteItem`), then appends `trace`. When the
@@ -819,6 +846,7 @@ impl Store for DynamoStore {
             .set_expression_attribute_names(names(&[("#pk", PK)]))
             .send()
             .await;
+        self.outbox_keys().remove(&(conv.clone(), effect_id.to_string()));
         if conditional("complete effect", deleted)? {
             self.put_trace_after(&conv, &trace, keep_until).await;
         }
