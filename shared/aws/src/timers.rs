@@ -176,6 +176,10 @@ impl Timers for SqsTimers {
     async fn cancel(&self, _key: &ConversationKey) -> Result<(), StoreError> {
         Ok(())
     }
+
+    fn cancel_takes_effect(&self) -> bool {
+        false
+    }
 }
 
 /// Create the standard timer queue and return its URL (tests and local use).

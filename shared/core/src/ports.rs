@@ -181,6 +181,12 @@ pub trait EventQueue: Send + Sync {
 pub trait Timers: Send + Sync {
     async fn schedule(&self, key: &ConversationKey, generation: u64, due: Millis) -> Result<(), StoreError>;
     async fn cancel(&self, key: &ConversationKey) -> Result<(), StoreError>;
+    /// Whether `cancel` does anything. Where it cannot (a delayed SQS message cannot be taken
+    /// back; the session's timer generation makes the late one stale), the worker does not
+    /// record `CancelTimer` effects at all: each would cost an outbox write and its delete.
+    fn cancel_takes_effect(&self) -> bool {
+        true
+    }
 }
 
 pub trait Clock: Send + Sync {

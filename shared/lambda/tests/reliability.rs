@@ -492,3 +492,27 @@ async fn handed_off(hub: &Hub) -> Widget {
     hub.desk.first_to("/conversation/establish").await;
     w
 }
+
+/// On AWS a timer cannot be taken back (the late one is stale by its generation), so the
+/// `CancelTimer` a user's reply to the human produces is not recorded in the outbox at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_timers_cost_no_outbox_writes_on_aws() {
+    let hub = hub(|_| {}).await;
+    let mut w = handed_off(&hub).await;
+    let conv = hub.desk.requests_to("/conversation/establish")[0].body["conversation_id"].as_str().unwrap().to_string();
+    assert_eq!(hub.desk_reply(&conv, "Hello, Ana here.", Some("msg_1")).await.status, 200);
+    run_worker(&hub).await;
+    assert!(hub.aws.store.load_session(&w.key()).await.unwrap().unwrap().session.timer.is_some());
+
+    w.send("thanks, one question").await;
+    let messages = receive(&hub.sqs, &hub.queues.events).await;
+    let event = parse_event(messages[0].body().unwrap()).unwrap();
+    baton_runtime::worker::apply_event(&hub.aws.ports, &event).await.unwrap();
+    let session = hub.aws.store.load_session(&w.key()).await.unwrap().unwrap().session;
+    assert!(session.timer.is_none(), "the step disarmed the session timer");
+    let pending: Vec<&str> =
+        hub.aws.store.pending_effects(&w.key()).await.unwrap().iter().map(|i| i.effect.effect.name()).collect();
+    assert_eq!(pending, ["post_to_desk"]);
+    // The effect keeps its place in the step in its id.
+    assert_eq!(hub.aws.store.pending_effects(&w.key()).await.unwrap()[0].effect.id, format!("{}/0", event.id));
+}

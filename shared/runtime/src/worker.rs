@@ -70,9 +70,16 @@ pub async fn apply_event(ports: &Ports, event: &Event) -> Result<Processed, Work
                     s.session.state.name(),
                     names.join(", ")
                 );
-                let n = s.effects.len();
-                let pending: Vec<PendingEffect> =
-                    s.effects.into_iter().enumerate().map(|(i, e)| PendingEffect::for_event(&event.id, i, e)).collect();
+                // Ids keep each effect's place in the step, whatever is left out.
+                let cancels = ports.timers.cancel_takes_effect();
+                let pending: Vec<PendingEffect> = s
+                    .effects
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, e)| cancels || !matches!(e, Effect::CancelTimer))
+                    .map(|(i, e)| PendingEffect::for_event(&event.id, i, e))
+                    .collect();
+                let n = pending.len();
                 (s.session, pending, Processed::Applied { effects: n }, trace(now, "event", &event.id, detail))
             }
             Err(why) => {
