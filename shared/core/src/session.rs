@@ -1080,3 +1080,39 @@ impl Machine<'_> {
         self.recent_history(newest_is_question)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn non_system(turns: &[Turn]) -> Vec<Turn> {
+        turns.iter().filter(|t| t.role != Role::System).cloned().collect()
+    }
+
+    proptest! {
+        /// Trimming keeps what a step reads: the newest `n + 1` user/bot/human turns (so the
+        /// newest `n` before a question), the user's last turn, and the order of what it keeps.
+        #[test]
+        fn trimming_keeps_what_a_step_reads(roles in prop::collection::vec(0u8..4, 0..60), n in 0usize..15) {
+            let role = |r: u8| match r { 0 => Role::User, 1 => Role::Bot, 2 => Role::Human, _ => Role::System };
+            let key = ConversationKey::new("demo", crate::model::Channel::Widget, "u").unwrap();
+            let mut s = Session::new(key);
+            s.history = roles.iter().enumerate()
+                .map(|(i, r)| Turn { role: role(*r), text: format!("t{i}"), at: Millis(i as i64) })
+                .collect();
+            let before = s.history.clone();
+            s.keep_turns_for(n);
+            let (all, kept) = (non_system(&before), non_system(&s.history));
+            let newest = &all[all.len().saturating_sub(n + 1)..];
+            prop_assert!(kept.ends_with(newest), "{kept:?} lost some of {newest:?}");
+            let last_user = |h: &[Turn]| h.iter().rev().find(|t| t.role == Role::User).cloned();
+            prop_assert_eq!(last_user(&s.history), last_user(&before));
+            // A subsequence of the original, in order.
+            let mut rest = before.iter();
+            prop_assert!(s.history.iter().all(|t| rest.any(|b| b == t)));
+            // Nothing kept beyond what is needed: at most n + 1 of them plus the user's turn.
+            prop_assert!(kept.len() <= n + 2);
+        }
+    }
+}
