@@ -56,8 +56,9 @@ pub struct DynamoStore {
     trace_seq: AtomicU64,
     /// Random per store, so trace keys of two processes never collide.
     instance: u64,
-    /// Agent configs and desk statuses read in the last `ttl` (see [`DynamoStore::with_config_cache`]).
-    config_cache: ConfigCache,
+    /// Agent configs and desk statuses read lately (see [`DynamoStore::with_config_cache`]).
+    agents: Recent<Option<Agent>>,
+    desk_statuses: Recent<Option<DeskStatusRecord>>,
     /// Sort keys of the outbox items `pending_effects` returned, by conversation and effect id:
     /// completing or deferring one of them then needs no query to find its key.
     outbox_keys: std::sync::Mutex<HashMap<(String, String), String>>,
@@ -66,33 +67,31 @@ pub struct DynamoStore {
 /// Outbox keys remembered at most; past that the memory starts over (a miss costs one query).
 const MAX_OUTBOX_KEYS: usize = 10_000;
 
-/// Agent configs and desk statuses are read two or three times per event by every function
-/// instance, from one partition per agent: a few seconds of caching turns that into one read
-/// per instance and interval, which is what keeps a busy agent's partition under DynamoDB's
-/// per-partition read limit at scale. `ttl` zero: no caching.
+/// Values read less than `ttl` ago, by id. Agent configs and desk statuses are read two or
+/// three times per event by every function instance, from one partition per agent: a few
+/// seconds of reuse turns that into one read per instance and interval, which keeps a busy
+/// agent's partition under DynamoDB's per-partition read limit at scale. `ttl` zero: nothing
+/// is kept. Entries are per agent, so the map only grows with the number of agents.
 #[derive(Debug, Default)]
-struct ConfigCache {
+struct Recent<T> {
     ttl: std::time::Duration,
-    agents: std::sync::Mutex<HashMap<String, (std::time::Instant, Option<Agent>)>>,
-    desk_statuses: std::sync::Mutex<HashMap<String, (std::time::Instant, Option<DeskStatusRecord>)>>,
+    entries: std::sync::Mutex<HashMap<String, (std::time::Instant, T)>>,
 }
 
-impl ConfigCache {
-    fn fresh<T: Clone>(&self, map: &std::sync::Mutex<HashMap<String, (std::time::Instant, T)>>, id: &str) -> Option<T> {
+impl<T: Clone> Recent<T> {
+    fn get(&self, id: &str) -> Option<T> {
         if self.ttl.is_zero() {
             return None;
         }
-        let map = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(id).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, v)| v.clone())
+        let entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries.get(id).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, v)| v.clone())
     }
 
-    fn keep<T>(&self, map: &std::sync::Mutex<HashMap<String, (std::time::Instant, T)>>, id: &str, value: T) {
-        if self.ttl.is_zero() {
-            return;
+    fn keep(&self, id: &str, value: T) {
+        if !self.ttl.is_zero() {
+            let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            entries.insert(id.to_string(), (std::time::Instant::now(), value));
         }
-        let mut map = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Entries are per agent, so this only grows with the number of agents.
-        map.insert(id.to_string(), (std::time::Instant::now(), value));
     }
 }
 
@@ -237,7 +236,8 @@ impl DynamoStore {
             table: table.into(),
             trace_seq: AtomicU64::new(0),
             instance: std::collections::hash_map::RandomState::new().hash_one(std::process::id()),
-            config_cache: ConfigCache::default(),
+            agents: Recent::default(),
+            desk_statuses: Recent::default(),
             outbox_keys: Default::default(),
         }
     }
@@ -246,7 +246,8 @@ impl DynamoStore {
     /// made by another process (`baton agents apply`, a desk probe) is seen within `ttl`;
     /// this store's own writes at once.
     pub fn with_config_cache(mut self, ttl: std::time::Duration) -> DynamoStore {
-        self.config_cache.ttl = ttl;
+        self.agents.ttl = ttl;
+        self.desk_statuses.ttl = ttl;
         self
     }
 
@@ -565,15 +566,14 @@ fn token_key(hash: &str) -> String {
 #[async_trait]
 impl Store for DynamoStore {
     async fn get_agent(&self, id: &str) -> Result<Option<Agent>, StoreError> {
-        let cache = &self.config_cache;
-        if let Some(agent) = cache.fresh(&cache.agents, id) {
+        if let Some(agent) = self.agents.get(id) {
             return Ok(agent);
         }
         let agent = match self.get(&agent_pk(id), "CONFIG").await? {
             Some(item) => Some(decode_doc(&item, &format!("agent {id}"), AGENT_SCHEMA)?),
             None => None,
         };
-        cache.keep(&cache.agents, id, agent.clone());
+        self.agents.keep(id, agent.clone());
         Ok(agent)
     }
 
@@ -586,7 +586,7 @@ impl Store for DynamoStore {
         index.insert("agent".into(), s(agent.id.as_str()));
         match self.transact(vec![self.put(config)?, self.put(index)?], "put agent").await? {
             Tx::Done => {
-                self.config_cache.keep(&self.config_cache.agents, &agent.id, Some(agent.clone()));
+                self.agents.keep(&agent.id, Some(agent.clone()));
                 Ok(())
             }
             Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!("dynamodb put agent cancelled: {codes:?}"))),
@@ -1041,13 +1041,12 @@ impl Store for DynamoStore {
             .send()
             .await
             .map_err(|e| unavailable("put desk status", &e))?;
-        self.config_cache.keep(&self.config_cache.desk_statuses, agent, Some(status.clone()));
+        self.desk_statuses.keep(agent, Some(status.clone()));
         Ok(())
     }
 
     async fn desk_status(&self, agent: &str) -> Result<Option<DeskStatusRecord>, StoreError> {
-        let cache = &self.config_cache;
-        if let Some(status) = cache.fresh(&cache.desk_statuses, agent) {
+        if let Some(status) = self.desk_statuses.get(agent) {
             return Ok(status);
         }
         let status = self
@@ -1055,7 +1054,7 @@ impl Store for DynamoStore {
             .await?
             .map(|item| decode_doc(&item, &format!("desk status {agent}"), RECORD_SCHEMA))
             .transpose()?;
-        cache.keep(&cache.desk_statuses, agent, status.clone());
+        self.desk_statuses.keep(agent, status.clone());
         Ok(status)
     }
 
