@@ -302,6 +302,7 @@ async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f6
     let sent_at = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     let url = Arc::new(format!("{base}/api/widget/bench/messages"));
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let (proc_before, commits_before) = (ProcCounters::read(), running.db.group_commits());
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(total);
     for (i, (token, text, id)) in jobs.into_iter().enumerate() {
@@ -355,6 +356,7 @@ async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f6
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let done = started.elapsed();
+    let (proc_after, commits_after) = (ProcCounters::read(), running.db.group_commits());
     let chats: Vec<_> = desk.requests_to("/chat").into_iter().skip(before).collect();
     let sent = sent_at.lock().expect("sent").clone();
     let mut e2e = Vec::new();
@@ -386,9 +388,45 @@ async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f6
         done.as_secs_f64(),
         chats.last().map_or(0.0, |c| c.at.duration_since(started + ingest).as_secs_f64()),
     );
+    let events = acks.len().max(1) as f64;
     report_us("ingress ack latency (202)", acks);
     report_us("user -> desk latency", e2e);
+    if let (Some(b), Some(a)) = (proc_before, proc_after) {
+        println!(
+            "per event, this process (hub, load generator and desk): {:.1} KB in {:.1} write calls \
+             (files and sockets, /proc/self/io), {:.0} us CPU; {:.1} events per group commit",
+            (a.wchar - b.wchar) as f64 / 1024.0 / events,
+            (a.syscw - b.syscw) as f64 / events,
+            (a.cpu_ticks - b.cpu_ticks) as f64 * 1e6 / ProcCounters::TICKS_PER_SEC / events,
+            events / (commits_after - commits_before).max(1) as f64,
+        );
+    }
     running.stop().await;
+}
+
+/// What the kernel counts for this process: bytes and calls of `write` (files and sockets
+/// alike) and CPU time (user + system).
+struct ProcCounters {
+    wchar: u64,
+    syscw: u64,
+    cpu_ticks: u64,
+}
+
+impl ProcCounters {
+    /// `/proc/self/stat` counts in clock ticks: 100 a second on Linux.
+    const TICKS_PER_SEC: f64 = 100.0;
+
+    fn read() -> Option<ProcCounters> {
+        let io = std::fs::read_to_string("/proc/self/io").ok()?;
+        let field =
+            |name: &str| io.lines().find_map(|l| l.split_once(':').filter(|(n, _)| *n == name)?.1.trim().parse().ok());
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name (which may hold spaces) start at the state, field 3;
+        // utime and stime are fields 14 and 15.
+        let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = |i: usize| rest.get(i - 3)?.parse::<u64>().ok();
+        Some(ProcCounters { wchar: field("wchar")?, syscw: field("syscw")?, cpu_ticks: ticks(14)? + ticks(15)? })
+    }
 }
 
 fn report_us(name: &str, mut v: Vec<i64>) {
