@@ -96,8 +96,9 @@ pub trait Store: Send + Sync {
 
     async fn load_session(&self, key: &ConversationKey) -> Result<Option<VersionedSession>, StoreError>;
     async fn is_seen(&self, event_id: &str) -> Result<bool, StoreError>;
-    /// Session + seen id + effects + trace in one conditional write. A store that also holds
-    /// the event queue (embedded) takes the event off it in the same write.
+    /// Session + seen id + effects in one conditional write; the trace line follows once it
+    /// succeeded (a crash in between can lose the line, never state). A store that also
+    /// holds the event queue (embedded) takes the event off it in the same write.
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError>;
 
     /// Pending effects of one conversation, oldest first.
@@ -143,6 +144,7 @@ pub trait Store: Send + Sync {
     async fn set_desk_status(&self, agent: &str, status: &DeskStatusRecord) -> Result<(), StoreError>;
     async fn desk_status(&self, agent: &str) -> Result<Option<DeskStatusRecord>, StoreError>;
 
+    /// The conversation's trace, including every line of this store's own writes so far.
     async fn trace(&self, key: &ConversationKey) -> Result<Vec<TraceEntry>, StoreError>;
 
     /// Everything kept about one conversation (one end user on one channel of an agent).

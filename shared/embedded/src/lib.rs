@@ -245,6 +245,32 @@ impl Db {
         self.inner.writer.write(f).await
     }
 
+    /// Like `write`, after writing every queued write-behind in the same job.
+    pub(crate) async fn write_after_behind<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.inner.writer.write_after_behind(f).await
+    }
+
+    /// Write every queued write-behind (trace lines) now.
+    pub(crate) async fn flush_behind(&self) -> Result<(), StoreError> {
+        self.write_after_behind(|_| Ok(())).await
+    }
+
+    /// Append a trace line in a later group, without waiting (`writer.rs`): call it once the
+    /// write the line describes is committed.
+    pub(crate) fn trace_behind(&self, conversation: String, at: baton_core::model::Millis, json: String) {
+        self.inner.writer.behind(Box::new(move |c| {
+            c.prepare_cached("INSERT INTO trace(conversation, at, json) VALUES (?1, ?2, ?3)")
+                .map_err(sql)?
+                .execute(rusqlite::params![conversation, at.0, json])
+                .map_err(sql)?;
+            Ok(())
+        }));
+    }
+
     /// Transactions the writer has committed so far (each holds a group of writes).
     pub fn group_commits(&self) -> u64 {
         self.inner.writer.commits()
@@ -518,6 +544,8 @@ mod tests {
         assert_eq!(pending[0].effect.id, "e0/0");
         assert_eq!(db.load_session(&k).await.unwrap().unwrap().version, 1);
         assert!(db.is_seen("e0").await.unwrap());
+        // Its trace line waited for a batch; closing the database wrote it.
+        assert_eq!(db.trace(&k).await.unwrap().len(), 1);
         assert_eq!(db.setting("s").await.unwrap().as_deref(), Some("v"));
     }
 }

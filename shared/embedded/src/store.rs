@@ -1,5 +1,7 @@
-//! `Store` on SQLite. `commit` is the transactional outbox: session, seen id, effects and
-//! trace line are written in one transaction guarded by the session's version.
+//! `Store` on SQLite. `commit` is the transactional outbox: session, seen id and effects are
+//! written in one transaction guarded by the session's version. Trace lines follow the write
+//! they describe as write-behinds (`writer.rs`): batched, at most 100 ms later; a crash loses
+//! at most that batch of lines, never state.
 
 use crate::{decode, encode, limit_param, lock, parse_key, sql, to_i64, Db};
 use async_trait::async_trait;
@@ -11,14 +13,6 @@ use baton_core::ports::{
     VersionedSession,
 };
 use rusqlite::{params, Connection, OptionalExtension};
-
-fn append_trace(c: &Connection, conversation: &str, entry_at: Millis, json: &str) -> Result<(), StoreError> {
-    c.prepare_cached("INSERT INTO trace(conversation, at, json) VALUES (?1, ?2, ?3)")
-        .map_err(sql)?
-        .execute(params![conversation, entry_at.0, json])
-        .map_err(sql)?;
-    Ok(())
-}
 
 fn link_from_row(agent: String, desk_id: String, handoff: String, conv: String) -> Result<DeskLink, StoreError> {
     Ok(DeskLink { agent, desk_conversation_id: desk_id, handoff_id: handoff, conversation: parse_key(&conv)? })
@@ -181,26 +175,28 @@ impl Store for Db {
         let new_version =
             expected.checked_add(1).ok_or_else(|| StoreError::Unavailable("session version overflow".into()))?;
         let new_version_i64 = to_i64(new_version, "session version")?;
-        self.write(move |c| {
-            let tx = c.savepoint().map_err(sql)?;
-            let seen: bool = tx
-                .prepare_cached("SELECT EXISTS(SELECT 1 FROM seen WHERE event_id = ?1)")
-                .map_err(sql)?
-                .query_row([&event_id], |r| r.get(0))
-                .map_err(sql)?;
-            if seen {
-                return Ok(CommitOutcome::AlreadySeen);
-            }
-            let current: Option<i64> = tx
-                .prepare_cached("SELECT version FROM sessions WHERE conversation = ?1")
-                .map_err(sql)?
-                .query_row([&conv], |r| r.get(0))
-                .optional()
-                .map_err(sql)?;
-            if u64::try_from(current.unwrap_or(0)).ok() != Some(expected) {
-                return Ok(CommitOutcome::VersionConflict);
-            }
-            tx.prepare_cached(
+        let trace_conv = conv.clone();
+        let outcome = self
+            .write(move |c| {
+                let tx = c.savepoint().map_err(sql)?;
+                let seen: bool = tx
+                    .prepare_cached("SELECT EXISTS(SELECT 1 FROM seen WHERE event_id = ?1)")
+                    .map_err(sql)?
+                    .query_row([&event_id], |r| r.get(0))
+                    .map_err(sql)?;
+                if seen {
+                    return Ok(CommitOutcome::AlreadySeen);
+                }
+                let current: Option<i64> = tx
+                    .prepare_cached("SELECT version FROM sessions WHERE conversation = ?1")
+                    .map_err(sql)?
+                    .query_row([&conv], |r| r.get(0))
+                    .optional()
+                    .map_err(sql)?;
+                if u64::try_from(current.unwrap_or(0)).ok() != Some(expected) {
+                    return Ok(CommitOutcome::VersionConflict);
+                }
+                tx.prepare_cached(
                 "INSERT INTO sessions(conversation, version, json, updated_at, keep_until) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(conversation) DO UPDATE SET
                    version = excluded.version, json = excluded.json, updated_at = excluded.updated_at,
@@ -209,33 +205,36 @@ impl Store for Db {
             .map_err(sql)?
             .execute(params![conv, new_version_i64, session_json, updated_at, keep_until])
             .map_err(sql)?;
-            tx.prepare_cached("INSERT INTO seen(event_id, conversation, at) VALUES (?1, ?2, ?3)")
-                .map_err(sql)?
-                .execute(params![event_id, conv, at.0])
-                .map_err(sql)?;
-            // The event leaves the queue with the commit that applies it: one write per event
-            // instead of two, and never applied while still queued.
-            tx.prepare_cached("DELETE FROM queue WHERE event_id = ?1")
-                .map_err(sql)?
-                .execute([&event_id])
-                .map_err(sql)?;
-            {
-                // A new effect is due at once: its first attempt follows the commit.
-                let mut insert = tx
-                    .prepare_cached(
-                        "INSERT INTO outbox(effect_id, conversation, schema, json, attempts, next_attempt_at)
-                         VALUES (?1, ?2, ?3, ?4, 0, ?5)",
-                    )
+                tx.prepare_cached("INSERT INTO seen(event_id, conversation, at) VALUES (?1, ?2, ?3)")
+                    .map_err(sql)?
+                    .execute(params![event_id, conv, at.0])
                     .map_err(sql)?;
-                for (id, json) in &effects {
-                    insert.execute(params![id, conv, EFFECT_SCHEMA, json, at.0]).map_err(sql)?;
+                // The event leaves the queue with the commit that applies it: one write per event
+                // instead of two, and never applied while still queued.
+                tx.prepare_cached("DELETE FROM queue WHERE event_id = ?1")
+                    .map_err(sql)?
+                    .execute([&event_id])
+                    .map_err(sql)?;
+                {
+                    // A new effect is due at once: its first attempt follows the commit.
+                    let mut insert = tx
+                        .prepare_cached(
+                            "INSERT INTO outbox(effect_id, conversation, schema, json, attempts, next_attempt_at)
+                         VALUES (?1, ?2, ?3, ?4, 0, ?5)",
+                        )
+                        .map_err(sql)?;
+                    for (id, json) in &effects {
+                        insert.execute(params![id, conv, EFFECT_SCHEMA, json, at.0]).map_err(sql)?;
+                    }
                 }
-            }
-            append_trace(&tx, &conv, at, &trace_json)?;
-            tx.commit().map_err(sql)?;
-            Ok(CommitOutcome::Committed { version: new_version })
-        })
-        .await
+                tx.commit().map_err(sql)?;
+                Ok(CommitOutcome::Committed { version: new_version })
+            })
+            .await?;
+        if matches!(outcome, CommitOutcome::Committed { .. }) {
+            self.trace_behind(trace_conv, at, trace_json);
+        }
+        Ok(outcome)
     }
 
     async fn pending_effects(&self, key: &ConversationKey) -> Result<Vec<OutboxItem>, StoreError> {
@@ -280,19 +279,18 @@ impl Store for Db {
         let conv = key.to_string();
         let id = effect_id.to_string();
         let trace_json = encode(&trace)?;
-        self.write(move |c| {
-            let tx = c.savepoint().map_err(sql)?;
-            let n = tx
-                .prepare_cached("DELETE FROM outbox WHERE conversation = ?1 AND effect_id = ?2")
-                .map_err(sql)?
-                .execute(params![conv, id])
-                .map_err(sql)?;
-            if n > 0 {
-                append_trace(&tx, &conv, trace.at, &trace_json)?;
-            }
-            tx.commit().map_err(sql)
-        })
-        .await
+        let deleted = self
+            .write(move |c| {
+                c.prepare_cached("DELETE FROM outbox WHERE conversation = ?1 AND effect_id = ?2")
+                    .map_err(sql)?
+                    .execute(params![conv, id])
+                    .map_err(sql)
+            })
+            .await?;
+        if deleted > 0 {
+            self.trace_behind(key.to_string(), trace.at, trace_json);
+        }
+        Ok(())
     }
 
     /// Records a failed attempt and when to retry; like `complete_effect`, a missing row
@@ -309,22 +307,21 @@ impl Store for Db {
         let conv = key.to_string();
         let id = effect_id.to_string();
         let trace_json = encode(&trace)?;
-        self.write(move |c| {
-            let tx = c.savepoint().map_err(sql)?;
-            let n = tx
-                .prepare_cached(
+        let updated = self
+            .write(move |c| {
+                c.prepare_cached(
                     "UPDATE outbox SET attempts = ?3, next_attempt_at = ?4
                      WHERE conversation = ?1 AND effect_id = ?2",
                 )
                 .map_err(sql)?
                 .execute(params![conv, id, attempts, next_attempt_at.0])
-                .map_err(sql)?;
-            if n > 0 {
-                append_trace(&tx, &conv, trace.at, &trace_json)?;
-            }
-            tx.commit().map_err(sql)
-        })
-        .await
+                .map_err(sql)
+            })
+            .await?;
+        if updated > 0 {
+            self.trace_behind(key.to_string(), trace.at, trace_json);
+        }
+        Ok(())
     }
 
     async fn conversations_with_due_effects(
@@ -438,6 +435,7 @@ impl Store for Db {
 
     async fn trace(&self, key: &ConversationKey) -> Result<Vec<TraceEntry>, StoreError> {
         let conv = key.to_string();
+        self.flush_behind().await?;
         self.read(move |c| {
             let mut stmt =
                 c.prepare_cached("SELECT seq, json FROM trace WHERE conversation = ?1 ORDER BY seq").map_err(sql)?;
@@ -479,7 +477,8 @@ impl Store for Db {
 
     async fn erase_conversation(&self, key: &ConversationKey) -> Result<u64, StoreError> {
         let conv = key.to_string();
-        self.write(move |c| {
+        // Lines still waiting to be written go first, so none outlives the erase.
+        self.write_after_behind(move |c| {
             let tx = c.savepoint().map_err(sql)?;
             let n = erase_in(&tx, &conv)?;
             tx.commit().map_err(sql)?;
@@ -516,7 +515,7 @@ impl Db {
     /// waiting, at most `limit` of them; returns how many went.
     pub async fn purge_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
         let limit = limit_param(limit);
-        self.write(move |c| {
+        self.write_after_behind(move |c| {
             let tx = c.savepoint().map_err(sql)?;
             let expired: Vec<String> = {
                 let mut stmt = tx
@@ -596,5 +595,48 @@ mod tests {
         assert_eq!(db.get_agent("demo").await.unwrap().unwrap().name, "second");
         other.execute("DELETE FROM agents", []).unwrap();
         assert_eq!(db.get_agent("demo").await.unwrap(), None);
+    }
+
+    fn first_commit(k: &ConversationKey, event: &str) -> Commit {
+        Commit {
+            expected_version: 0,
+            session: baton_core::session::Session::new(k.clone()),
+            event_id: event.into(),
+            effects: vec![PendingEffect::for_event(event, 0, baton_core::effect::Effect::CancelTimer)],
+            trace: TraceEntry { at: Millis(5), what: "event".into(), id: event.into(), detail: String::new() },
+            keep_until: Millis(i64::MAX),
+        }
+    }
+
+    fn line(what: &str) -> TraceEntry {
+        TraceEntry { at: Millis(6), what: what.into(), id: "x".into(), detail: String::new() }
+    }
+
+    /// Trace lines follow their write, so a write that did nothing leaves no line.
+    #[tokio::test]
+    async fn writes_that_change_nothing_leave_no_trace_line() {
+        let (_d, db) = open_temp();
+        let k = crate::testutil::key("u");
+        assert!(matches!(db.commit(first_commit(&k, "e0")).await.unwrap(), CommitOutcome::Committed { .. }));
+        assert_eq!(db.commit(first_commit(&k, "e0")).await.unwrap(), CommitOutcome::AlreadySeen);
+        assert_eq!(db.commit(first_commit(&k, "e1")).await.unwrap(), CommitOutcome::VersionConflict);
+        db.complete_effect(&k, "e0/0", line("done"), Millis(i64::MAX)).await.unwrap();
+        db.complete_effect(&k, "e0/0", line("done again"), Millis(i64::MAX)).await.unwrap();
+        db.defer_effect(&k, "e0/0", 1, Millis(9), line("deferred"), Millis(i64::MAX)).await.unwrap();
+        let whats: Vec<String> = db.trace(&k).await.unwrap().into_iter().map(|t| t.what).collect();
+        assert_eq!(whats, ["event", "done"]);
+    }
+
+    /// A line still waiting for its batch is written before the erase, not after it.
+    #[tokio::test]
+    async fn an_erase_leaves_no_waiting_line_behind() {
+        let (_d, db) = open_temp();
+        let k = crate::testutil::key("u");
+        db.commit(first_commit(&k, "e0")).await.unwrap();
+        assert!(db.erase_conversation(&k).await.unwrap() > 0);
+        tokio::time::sleep(crate::writer::BEHIND_DELAY * 3).await;
+        let left: i64 =
+            db.read(|c| c.query_row("SELECT count(*) FROM trace", [], |r| r.get(0)).map_err(sql)).await.unwrap();
+        assert_eq!(left, 0);
     }
 }

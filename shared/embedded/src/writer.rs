@@ -6,17 +6,84 @@
 //! completing effects) thus share fsyncs, and none of them hears "done" before its write
 //! is on disk. A write that fails rolls back to its savepoint and leaves the others in the
 //! group alone; a failed commit fails the whole group.
+//!
+//! Writes nobody waits for (trace lines, queued by [`Writer::behind`] after the write they
+//! describe was committed) join a group in batches: at most [`BEHIND_DELAY`] after the
+//! first of them was queued, or sooner when [`BEHIND_BATCH`] are waiting. Batched, the
+//! trace's index pages are written once per batch instead of once per commit, which was
+//! half of all WAL frames under load; a crash loses at most the last batch of lines, never
+//! state. [`Writer::write_after_behind`] writes them at once (before the trace is read).
 
 use crate::sql;
 use baton_core::ports::StoreError;
 use rusqlite::Connection;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Most writes in one transaction. Bounds how long one group holds the write lock.
 pub const MAX_GROUP: usize = 256;
+
+/// Longest a write-behind waits for its batch.
+pub const BEHIND_DELAY: Duration = Duration::from_millis(100);
+
+/// Write-behinds that make a batch without waiting for [`BEHIND_DELAY`].
+pub const BEHIND_BATCH: usize = 512;
+
+/// A write no caller waits for; it runs in a later group, and an error is only logged.
+pub(crate) type BehindWrite = Box<dyn FnOnce(&Connection) -> Result<(), StoreError> + Send>;
+
+/// Write-behinds waiting for their batch, and when the oldest was queued.
+#[derive(Default)]
+struct Behind {
+    writes: Vec<BehindWrite>,
+    since: Option<Instant>,
+}
+
+type SharedBehind = Arc<Mutex<Behind>>;
+
+fn take_behind(behind: &SharedBehind) -> Vec<BehindWrite> {
+    let mut b = behind.lock().unwrap_or_else(|p| p.into_inner());
+    b.since = None;
+    std::mem::take(&mut b.writes)
+}
+
+/// When the waiting batch must be written: `None` when nothing waits.
+fn behind_due(behind: &SharedBehind) -> Option<Instant> {
+    let b = behind.lock().unwrap_or_else(|p| p.into_inner());
+    match b.since {
+        Some(_) if b.writes.len() >= BEHIND_BATCH => Some(Instant::now()),
+        Some(since) => Some(since + BEHIND_DELAY),
+        None => None,
+    }
+}
+
+/// Run write-behinds in order; one that fails is logged and the rest still run.
+fn run_behind(c: &Connection, writes: Vec<BehindWrite>) {
+    for write in writes {
+        if let Err(e) = write(c) {
+            tracing::error!(error = %e, "a trace line could not be written");
+        }
+    }
+}
+
+/// A batch of write-behinds as one job of a group.
+struct BehindJob(Vec<BehindWrite>);
+
+impl Job for BehindJob {
+    fn run(&mut self, c: &mut Connection) -> bool {
+        run_behind(c, std::mem::take(&mut self.0));
+        true
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), &StoreError>) {
+        if let Err(e) = committed {
+            tracing::error!(error = %e, "a batch of trace lines was lost");
+        }
+    }
+}
 
 /// One caller's write, type-erased so writes of any result type share the queue.
 trait Job: Send {
@@ -24,6 +91,26 @@ trait Job: Send {
     fn run(&mut self, c: &mut Connection) -> bool;
     /// Answer the caller once the group's fate is known: `Ok` when it was committed.
     fn finish(self: Box<Self>, committed: Result<(), &StoreError>);
+    /// Only wakes the writer (to note when queued write-behinds are due); writes nothing.
+    fn wakes_only(&self) -> bool {
+        false
+    }
+}
+
+/// Sent when a batch of write-behinds starts: the writer may be waiting for a job with
+/// no deadline.
+struct Wake;
+
+impl Job for Wake {
+    fn run(&mut self, _: &mut Connection) -> bool {
+        true
+    }
+
+    fn finish(self: Box<Self>, _: Result<(), &StoreError>) {}
+
+    fn wakes_only(&self) -> bool {
+        true
+    }
 }
 
 struct Pending<T, F> {
@@ -64,20 +151,55 @@ pub(crate) struct Writer {
     jobs: Option<mpsc::Sender<Box<dyn Job>>>,
     thread: Option<std::thread::JoinHandle<()>>,
     commits: Arc<AtomicU64>,
+    behind: SharedBehind,
 }
 
 impl Writer {
     pub fn start(conn: Connection) -> Result<Writer, StoreError> {
         let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
         let commits = Arc::new(AtomicU64::new(0));
+        let behind = SharedBehind::default();
         let thread = std::thread::Builder::new()
             .name("baton-db-writer".into())
             .spawn({
                 let commits = commits.clone();
-                move || writer_loop(conn, rx, commits)
+                let behind = behind.clone();
+                move || writer_loop(conn, rx, commits, behind)
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the database writer: {e}")))?;
-        Ok(Writer { jobs: Some(tx), thread: Some(thread), commits })
+        Ok(Writer { jobs: Some(tx), thread: Some(thread), commits, behind })
+    }
+
+    /// Queue a write nobody waits for (see the module's comment). Call it after the write
+    /// it describes was committed, so a failed write leaves no trace of itself.
+    pub fn behind(&self, write: BehindWrite) {
+        let first = {
+            let mut b = self.behind.lock().unwrap_or_else(|p| p.into_inner());
+            b.writes.push(write);
+            let first = b.since.is_none();
+            b.since.get_or_insert_with(Instant::now);
+            first
+        };
+        if first {
+            if let Some(jobs) = &self.jobs {
+                let _ = jobs.send(Box::new(Wake));
+            }
+        }
+    }
+
+    /// Like [`Writer::write`], with every queued write-behind written first, in the same
+    /// job (so an erase cannot be followed by an older line of what it erased).
+    pub async fn write_after_behind<T, F>(&self, write: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let behind = self.behind.clone();
+        self.write(move |c| {
+            run_behind(c, take_behind(&behind));
+            write(c)
+        })
+        .await
     }
 
     /// Queue `write` for the next group and wait until its group is committed.
@@ -108,19 +230,43 @@ impl Drop for Writer {
     }
 }
 
-fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Box<dyn Job>>, commits: Arc<AtomicU64>) {
-    while let Ok(first) = jobs.recv() {
-        let mut group = Vec::with_capacity(16);
-        group.push(first);
+fn writer_loop(
+    mut conn: Connection,
+    jobs: mpsc::Receiver<Box<dyn Job>>,
+    commits: Arc<AtomicU64>,
+    behind: SharedBehind,
+) {
+    loop {
+        let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(16);
+        // Wait for a write, or until the waiting write-behinds are due.
+        let first = match behind_due(&behind) {
+            None => jobs.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(due) => jobs.recv_timeout(due.saturating_duration_since(Instant::now())),
+        };
+        match first {
+            Ok(job) if job.wakes_only() => {}
+            Ok(job) => group.push(job),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
         while group.len() < MAX_GROUP {
             match jobs.try_recv() {
+                Ok(j) if j.wakes_only() => {}
                 Ok(j) => group.push(j),
                 Err(_) => break,
             }
         }
-        if run_group(&mut conn, group) {
+        if behind_due(&behind).is_some_and(|due| due <= Instant::now()) {
+            group.push(Box::new(BehindJob(take_behind(&behind))));
+        }
+        if !group.is_empty() && run_group(&mut conn, group) {
             commits.fetch_add(1, Ordering::Relaxed);
         }
+    }
+    // Stopping: what is still waiting goes in a last group.
+    let rest = take_behind(&behind);
+    if !rest.is_empty() && run_group(&mut conn, vec![Box::new(BehindJob(rest))]) {
+        commits.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -274,5 +420,74 @@ mod tests {
             .await;
         assert!(matches!(r, Err(StoreError::Unavailable(ref m)) if m.contains("transaction")), "{r:?}");
         put(&db, "after", Ok(())).await.unwrap().unwrap();
+    }
+
+    /// Trace rows as (conversation, json), in the order they were written.
+    async fn trace_rows(db: &Arc<Db>) -> Vec<(String, String)> {
+        db.read(|c| {
+            let mut s = c.prepare("SELECT conversation, json FROM trace ORDER BY seq").map_err(sql)?;
+            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(sql)?;
+            rows.collect::<Result<_, _>>().map_err(sql)
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn write_behinds_are_written_in_one_batch_with_nobody_waiting() {
+        let (_dir, db) = open_temp();
+        // The writer is idle, waiting for a job with no deadline.
+        put(&db, "before", Ok(())).await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let before = db.group_commits();
+        let queued = std::time::Instant::now();
+        for n in 0..3 {
+            db.trace_behind("k".into(), baton_core::model::Millis(n), format!("line {n}"));
+        }
+        let early = trace_rows(&db).await;
+        if queued.elapsed() < super::BEHIND_DELAY {
+            assert!(early.is_empty(), "written before their batch was due");
+        }
+        let mut rows = Vec::new();
+        while rows.is_empty() && queued.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            rows = trace_rows(&db).await;
+        }
+        assert!(queued.elapsed() >= super::BEHIND_DELAY);
+        let lines: Vec<&str> = rows.iter().map(|(_, json)| json.as_str()).collect();
+        assert_eq!(lines, ["line 0", "line 1", "line 2"]);
+        assert_eq!(db.group_commits() - before, 1, "one batch");
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_does_not_wait() {
+        let (_dir, db) = open_temp();
+        for n in 0..super::BEHIND_BATCH {
+            db.trace_behind("k".into(), baton_core::model::Millis(n as i64), format!("line {n}"));
+        }
+        // Any write makes the writer look: the full batch joins its group.
+        put(&db, "nudge", Ok(())).await.unwrap().unwrap();
+        assert_eq!(trace_rows(&db).await.len(), super::BEHIND_BATCH);
+    }
+
+    #[tokio::test]
+    async fn write_after_behind_sees_the_waiting_lines_and_drop_writes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        {
+            let db = Db::open(&path).unwrap();
+            db.trace_behind("k".into(), baton_core::model::Millis(1), "first".into());
+            let seen = db
+                .write_after_behind(|c| {
+                    c.query_row("SELECT count(*) FROM trace", [], |r| r.get::<_, i64>(0)).map_err(sql)
+                })
+                .await
+                .unwrap();
+            assert_eq!(seen, 1, "written first, in the same job");
+            db.trace_behind("k".into(), baton_core::model::Millis(2), "last".into());
+        }
+        let db = Db::open(&path).unwrap();
+        let lines: Vec<String> = trace_rows(&db).await.into_iter().map(|(_, json)| json).collect();
+        assert_eq!(lines, ["first", "last"], "the last line was written when the database closed");
     }
 }
