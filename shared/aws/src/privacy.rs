@@ -29,6 +29,8 @@ impl DynamoStore {
     }
 
     pub(crate) async fn erase(&self, key: &ConversationKey) -> Result<u64, StoreError> {
+        // Kept trace lines are written first, so none outlives the erase.
+        self.flush_trace().await;
         let conv = conv_pk(key);
         let items = self.query_partition(&conv, None).await?;
         let mut keys: Vec<Item> = Vec::new();

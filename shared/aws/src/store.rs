@@ -62,7 +62,16 @@ pub struct DynamoStore {
     /// Sort keys of the outbox items `pending_effects` returned, by conversation and effect id:
     /// completing or deferring one of them then needs no query to find its key.
     outbox_keys: std::sync::Mutex<HashMap<(String, String), String>>,
+    /// Trace lines of writes already made, waiting for [`DynamoStore::flush_trace`]: one item
+    /// per conversation and flush instead of one per line.
+    trace_lines: std::sync::Mutex<Vec<(String, TraceEntry, Millis)>>,
 }
+
+/// Version of a trace item's `doc` (a list of lines); items without `doc` hold one line.
+const TRACE_SCHEMA: u32 = 1;
+
+/// Most lines in one trace item (a few hundred bytes each, deflated; DynamoDB items hold 400 KB).
+const MAX_LINES_PER_TRACE_ITEM: usize = 100;
 
 /// Outbox keys remembered at most; past that the memory starts over (a miss costs one query).
 const MAX_OUTBOX_KEYS: usize = 10_000;
@@ -239,6 +248,7 @@ impl DynamoStore {
             agents: Recent::default(),
             desk_statuses: Recent::default(),
             outbox_keys: Default::default(),
+            trace_lines: Default::default(),
         }
     }
 
@@ -336,28 +346,58 @@ impl DynamoStore {
         }
     }
 
-    /// A trace line. Lines sort by `at`, then by write order within this process; lines of
-    /// one conversation written by two processes in the same millisecond sort arbitrarily.
-    fn trace_item(&self, conv: &str, entry: &TraceEntry, keep_until: Millis) -> Item {
+    /// Trace lines of one conversation in one item (a deflated JSON list). Items sort by
+    /// the first line's `at`, then by write order within this process; items of one
+    /// conversation written by two processes in the same millisecond sort arbitrarily.
+    fn trace_item(&self, conv: &str, lines: &[TraceEntry], keep_until: Millis) -> Result<Item, StoreError> {
         let seq = self.trace_seq.fetch_add(1, Ordering::Relaxed);
-        let sk = format!("TRACE#{:020}#{seq:016x}{:016x}", entry.at.0.max(0), self.instance);
+        let first = lines.first().map_or(0, |l| l.at.0.max(0));
+        let sk = format!("TRACE#{first:020}#{seq:016x}{:016x}", self.instance);
         let mut item = key_of(conv, sk);
-        item.insert("at".into(), n(entry.at.0));
-        item.insert("what".into(), s(entry.what.as_str()));
-        item.insert("id".into(), s(entry.id.as_str()));
-        item.insert("detail".into(), s(entry.detail.as_str()));
+        item.insert("doc".into(), encode_deflated(&lines)?);
+        item.insert("schema".into(), n(TRACE_SCHEMA));
         item.insert(EXPIRES_AT.into(), n(ttl(keep_until)));
-        item
+        Ok(item)
     }
 
-    /// Write a trace line on its own, after the write it describes: a transaction would
-    /// bill both items twice. A line that fails is logged, not retried: the write it
-    /// describes is done, and redelivering the event for a diagnostic line would be worse.
-    async fn put_trace_after(&self, conv: &str, entry: &TraceEntry, keep_until: Millis) {
-        let item = self.trace_item(conv, entry, keep_until);
-        let put = self.client.put_item().table_name(&self.table).set_item(Some(item)).send().await;
-        if let Err(e) = put {
-            tracing::warn!(conversation = conv, line = %entry.id, error = %unavailable("put trace", &e), "a trace line was not written");
+    /// Keep a trace line of a write just made until [`DynamoStore::flush_trace`]. Not in the
+    /// write's transaction (which would bill both items twice) nor on its own (one item per
+    /// line): a crash before the flush loses the line, never the write's state.
+    fn keep_trace_line(&self, conv: &str, entry: &TraceEntry, keep_until: Millis) {
+        self.trace_lines.lock().unwrap_or_else(|p| p.into_inner()).push((conv.to_string(), entry.clone(), keep_until));
+    }
+
+    /// Write the trace lines kept since the last flush, one item per conversation (the Lambda
+    /// worker calls this after each event's step and effects). A line that fails is logged,
+    /// not retried: the write it describes is done, and redelivering the event for a
+    /// diagnostic line would be worse.
+    pub async fn flush_trace(&self) {
+        let lines = std::mem::take(&mut *self.trace_lines.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut by_conv: Vec<(String, Vec<TraceEntry>, Millis)> = Vec::new();
+        for (conv, entry, keep_until) in lines {
+            match by_conv.iter_mut().find(|(c, l, _)| *c == conv && l.len() < MAX_LINES_PER_TRACE_ITEM) {
+                Some((_, l, keep)) => {
+                    l.push(entry);
+                    *keep = (*keep).max(keep_until);
+                }
+                None => by_conv.push((conv, vec![entry], keep_until)),
+            }
+        }
+        for (conv, lines, keep_until) in by_conv {
+            let put = match self.trace_item(&conv, &lines, keep_until) {
+                Ok(item) => self
+                    .client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("put trace", &e)),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = put {
+                tracing::warn!(conversation = conv, lines = lines.len(), error = %e, "trace lines were not written");
+            }
         }
     }
 
@@ -779,8 +819,8 @@ impl Store for DynamoStore {
         }
         match self.transact(items, "commit").await? {
             Tx::Done => {
-                // After the transaction, not in it (which would bill it twice): see `put_trace_after`.
-                self.put_trace_after(&conv, &commit.trace, commit.keep_until).await;
+                // After the transaction, not in it (which would bill it twice): see `keep_trace_line`.
+                self.keep_trace_line(&conv, &commit.trace, commit.keep_until);
                 Ok(CommitOutcome::Committed { version })
             }
             // The seen check comes first, even when the version is wrong too.
@@ -848,7 +888,7 @@ impl Store for DynamoStore {
             .await;
         self.outbox_keys().remove(&(conv.clone(), effect_id.to_string()));
         if conditional("complete effect", deleted)? {
-            self.put_trace_after(&conv, &trace, keep_until).await;
+            self.keep_trace_line(&conv, &trace, keep_until);
         }
         Ok(())
     }
@@ -890,7 +930,7 @@ impl Store for DynamoStore {
             .send()
             .await;
         if conditional("defer effect", updated)? {
-            self.put_trace_after(&conv, &trace, keep_until).await;
+            self.keep_trace_line(&conv, &trace, keep_until);
         }
         Ok(())
     }
@@ -1058,22 +1098,28 @@ impl Store for DynamoStore {
         Ok(status)
     }
 
-    /// Trace lines in `at` order (write order within one process for equal times).
+    /// Trace lines in `at` order of their items (write order within one process for equal
+    /// times), with this store's kept lines written first. Items of earlier builds hold one
+    /// line each as plain attributes.
     async fn trace(&self, key: &ConversationKey) -> Result<Vec<TraceEntry>, StoreError> {
+        self.flush_trace().await;
         let conv = conv_pk(key);
-        self.query_prefix(&conv, "TRACE#")
-            .await?
-            .iter()
-            .map(|item| {
-                let what = format!("trace {}", get_s(item, SK, &conv)?);
-                Ok(TraceEntry {
-                    at: Millis(get_n(item, "at", &what)?),
-                    what: get_s(item, "what", &what)?.to_string(),
-                    id: get_s(item, "id", &what)?.to_string(),
-                    detail: get_s(item, "detail", &what)?.to_string(),
-                })
-            })
-            .collect()
+        let mut out = Vec::new();
+        for item in self.query_prefix(&conv, "TRACE#").await? {
+            let what = format!("trace {}", get_s(&item, SK, &conv)?);
+            if item.contains_key("doc") {
+                let lines: Vec<TraceEntry> = decode_doc(&item, &what, TRACE_SCHEMA)?;
+                out.extend(lines);
+            } else {
+                out.push(TraceEntry {
+                    at: Millis(get_n(&item, "at", &what)?),
+                    what: get_s(&item, "what", &what)?.to_string(),
+                    id: get_s(&item, "id", &what)?.to_string(),
+                    detail: get_s(&item, "detail", &what)?.to_string(),
+                });
+            }
+        }
+        Ok(out)
     }
 
     async fn export_conversation(&self, key: &ConversationKey) -> Result<ConversationData, StoreError> {

@@ -308,6 +308,17 @@ async fn sessions_and_trace_lines_expire_with_the_agents_retention() {
     store.commit(commit(&k, 0, "t1", None, at)).await.unwrap();
     let session = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
     assert_eq!(number(&session, "expires_at"), at / 1000 + 86_400);
+    store.flush_trace().await;
+    let lines = trace_items(&store, &k).await;
+    assert_eq!(lines.len(), 1);
+    assert_eq!(number(&lines[0], "expires_at"), at / 1000 + 86_400);
+
+    store.commit(commit(&k, 1, "t2", None, at + 3_600_000)).await.unwrap();
+    let session = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
+    assert_eq!(number(&session, "expires_at"), at / 1000 + 3600 + 86_400);
+}
+
+async fn trace_items(store: &DynamoStore, k: &ConversationKey) -> Vec<HashMap<String, AttributeValue>> {
     let traced = store
         .client()
         .query()
@@ -315,16 +326,50 @@ async fn sessions_and_trace_lines_expire_with_the_agents_retention() {
         .key_condition_expression("pk = :pk AND begins_with(sk, :t)")
         .expression_attribute_values(":pk", AttributeValue::S(format!("CONV#{k}")))
         .expression_attribute_values(":t", AttributeValue::S("TRACE#".into()))
+        .consistent_read(true)
         .send()
         .await
         .unwrap();
-    let lines = traced.items();
-    assert_eq!(lines.len(), 1);
-    assert_eq!(number(&lines[0], "expires_at"), at / 1000 + 86_400);
+    traced.items().to_vec()
+}
 
-    store.commit(commit(&k, 1, "t2", None, at + 3_600_000)).await.unwrap();
-    let session = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
-    assert_eq!(number(&session, "expires_at"), at / 1000 + 3600 + 86_400);
+/// Trace lines are kept until `flush_trace` and then written as one item per conversation
+/// (a step and its effects' results: one write instead of one per line); reading the trace
+/// flushes first, and items of earlier builds (one line in plain attributes) still read.
+#[tokio::test]
+async fn trace_lines_are_written_one_item_per_conversation_and_flush() {
+    let store = common::store().await;
+    let (a, b) = (key("lines-a"), key("lines-b"));
+    let at = 1_700_000_000_000;
+    let mut first = commit(&a, 0, "a1", None, at);
+    first.effects = vec![PendingEffect::for_event("a1", 0, Effect::CancelTimer)];
+    store.commit(first).await.unwrap();
+    store.commit(commit(&b, 0, "b1", None, at)).await.unwrap();
+    let done = TraceEntry { at: Millis(at + 5), what: "effect".into(), id: "a1/0".into(), detail: "done".into() };
+    store.complete_effect(&a, "a1/0", done, Millis(at + 86_400_000)).await.unwrap();
+    assert!(trace_items(&store, &a).await.is_empty(), "kept until the flush");
+    store.flush_trace().await;
+    assert_eq!(trace_items(&store, &a).await.len(), 1, "both lines of a in one item");
+    assert_eq!(trace_items(&store, &b).await.len(), 1);
+
+    // A line in the form of earlier builds, then one more kept line: read in order.
+    let mut old = HashMap::new();
+    old.insert("pk".to_string(), AttributeValue::S(format!("CONV#{a}")));
+    old.insert("sk".to_string(), AttributeValue::S(format!("TRACE#{:020}#old", at + 6)));
+    old.insert("at".to_string(), AttributeValue::N((at + 6).to_string()));
+    for (name, value) in [("what", "event"), ("id", "old"), ("detail", "")] {
+        old.insert(name.to_string(), AttributeValue::S(value.into()));
+    }
+    store.client().put_item().table_name(store.table_name()).set_item(Some(old)).send().await.unwrap();
+    store.commit(commit(&a, 1, "a2", None, at + 7)).await.unwrap();
+    let ids: Vec<String> = store.trace(&a).await.unwrap().into_iter().map(|t| t.id).collect();
+    assert_eq!(ids, ["a1", "a1/0", "old", "a2"]);
+
+    // A kept line does not outlive an erase.
+    store.commit(commit(&b, 1, "b2", None, at + 8)).await.unwrap();
+    store.erase_conversation(&b).await.unwrap();
+    store.flush_trace().await;
+    assert!(trace_items(&store, &b).await.is_empty());
 }
 
 /// A cached agent config or desk status is reused for the cache's time: another process's

@@ -228,9 +228,17 @@ pub async fn handle_events(aws: &Aws, batch: SqsEvent) -> SqsBatchResponse {
     response
 }
 
-/// Apply one event and run the conversation's effects; re-arm a wake-up through the timer
-/// queue when an effect waits for a retry, so no worker ever sleeps.
+/// Apply one event and run the conversation's effects, then write the trace lines of both
+/// (one item per conversation).
 async fn process(aws: &Aws, event: &Event) -> bool {
+    let ok = step_and_drain(aws, event).await;
+    aws.store.flush_trace().await;
+    ok
+}
+
+/// Re-arms a wake-up through the timer queue when an effect waits for a retry, so no worker
+/// ever sleeps.
+async fn step_and_drain(aws: &Aws, event: &Event) -> bool {
     let key = &event.conversation;
     if let Err(e) = apply_event(&aws.ports, event).await {
         tracing::error!(conversation = %key, event = %event.id, error = %e, "event failed");
