@@ -6,6 +6,7 @@ pub mod aws_meter;
 pub mod conformance;
 pub mod desk;
 pub mod erp;
+pub mod failing_store;
 pub mod forward;
 pub mod hosted;
 pub mod integration;

@@ -58,8 +58,8 @@ async fn a_record_delivered_three_times_has_one_effect() {
 }
 
 /// (b) In one batch, a record of conversation A fails: every later record of A is reported
-/// failed too, B's records go through, and once the bad record is gone A's records are
-/// applied in their order.
+/// failed too, A's earlier record and B's records go through, and once the bad record is
+/// gone A's records are applied in their order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_record_holds_back_only_its_own_conversation() {
     let hub = hub(|_| {}).await;
@@ -117,7 +117,9 @@ async fn a_failed_record_holds_back_only_its_own_conversation() {
     }
     run_worker(&hub).await;
     assert_eq!(b.texts_from("bot").await, vec![SHIPPING, HOURS]);
-    assert!(a.texts_from("bot").await.is_empty(), "A's answer waits behind its group");
+    // A's first record went through (its answer is applied in the drain that asked the
+    // brain, not queued behind the bad record); the later ones wait behind their group.
+    assert_eq!(a.texts_from("bot").await, vec![HOURS], "A's later answers wait behind its group");
 
     // The bad record goes (to the dead-letter queue); the others come back, in order.
     delete(&hub.sqs, &url, poison).await;
@@ -515,4 +517,40 @@ async fn cancelled_timers_cost_no_outbox_writes_on_aws() {
     assert_eq!(pending, ["post_to_desk"]);
     // The effect keeps its place in the step in its id.
     assert_eq!(hub.aws.store.pending_effects(&w.key()).await.unwrap()[0].effect.id, format!("{}/0", event.id));
+}
+
+/// A brain's answer is applied in the drain that asked the brain: one invocation answers
+/// the user and leaves nothing on the queue. When the store cannot take that step, the
+/// answer is queued as an event instead and reaches the user through the queue, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_is_stepped_on_in_its_drain_or_queued_when_the_store_cannot() {
+    let hub = hub(|_| {}).await;
+    let url = hub.queues.events.clone();
+    let arn = queue_arn(&hub.sqs, &url).await;
+    let mut w = Widget::start(&hub, None).await;
+
+    w.send("What are your opening hours?").await;
+    let question = receive(&hub.sqs, &url).await;
+    assert_eq!(question.len(), 1);
+    assert!(invoke_worker(&hub.aws, vec![record(&question[0], &arn)]).await.is_empty());
+    delete(&hub.sqs, &url, &question[0]).await;
+    assert_eq!(w.texts_from("bot").await, vec![HOURS], "answered by the one invocation");
+    assert!(receive(&hub.sqs, &url).await.is_empty(), "nothing queued for the answer");
+
+    let failing = Arc::new(baton_tests::failing_store::FailingCommits::new(hub.aws.ports.store.clone(), "fx:", 1));
+    let mut down = hub.aws.clone();
+    down.ports.store = failing.clone();
+    w.send("How long does shipping take?").await;
+    let question = receive(&hub.sqs, &url).await;
+    assert!(invoke_worker(&down, vec![record(&question[0], &arn)]).await.is_empty());
+    delete(&hub.sqs, &url, &question[0]).await;
+    assert_eq!(failing.left(), 0, "the answer's step was refused");
+    assert_eq!(w.texts_from("bot").await, vec![HOURS], "not answered yet");
+    let queued = receive(&hub.sqs, &url).await;
+    assert_eq!(queued.len(), 1);
+    let answer = parse_event(queued[0].body().unwrap()).unwrap();
+    assert!(answer.id.starts_with("fx:") && matches!(answer.kind, EventKind::BrainReplied { .. }), "{answer:?}");
+    release(&hub.sqs, &url, &queued[0]).await;
+    run_worker(&hub).await;
+    assert_eq!(w.texts_from("bot").await, vec![HOURS, SHIPPING]);
 }

@@ -110,6 +110,19 @@ pub struct Drained {
     pub done: usize,
     /// Earliest time a deferred effect is due again.
     pub next_due: Option<Millis>,
+    /// Whether an effect's result was applied as the conversation's next step (its effects
+    /// are then pending too).
+    stepped: bool,
+}
+
+impl Drained {
+    fn and(self, later: Drained) -> Drained {
+        let next_due = match (self.next_due, later.next_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Drained { done: self.done + later.done, next_due, stepped: later.stepped }
+    }
 }
 
 /// Which receiver an effect talks to. Effects to the same receiver run strictly in order:
@@ -145,7 +158,7 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
         return Ok(Drained::default());
     }
     let Some(lease) = ports.drain_lease else {
-        return run_items(ports, key, items).await;
+        return run_settled(ports, key, items).await.map(|(d, _)| d);
     };
     let name = format!("drain:{key}");
     let mut done = 0;
@@ -154,14 +167,11 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
         let until = Millis(now.0.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)));
         if !ports.kv.put_if_absent(&name, "draining", now, until).await? {
             ports.store.watch_pending(key).await?;
-            return Ok(Drained { done, next_due: None });
+            return Ok(Drained { done, ..Drained::default() });
         }
         // Read again under the lease: the previous holder may have run some of them meanwhile.
         let result = match ports.store.pending_effects(key).await {
-            Ok(under_lease) => {
-                let seen: HashSet<String> = under_lease.iter().map(|i| i.effect.id.clone()).collect();
-                run_items(ports, key, under_lease).await.map(|d| (d, seen))
-            }
+            Ok(under_lease) => run_settled(ports, key, under_lease).await,
             Err(e) => Err(e.into()),
         };
         let released = ports.kv.delete(&name).await;
@@ -171,14 +181,38 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
         items = ports.store.pending_effects(key).await?;
         // Only effects this round never saw are new; the others wait for `round.next_due`.
         if items.iter().all(|i| seen.contains(&i.effect.id)) {
-            return Ok(Drained { done, next_due: round.next_due });
+            return Ok(Drained { done, next_due: round.next_due, stepped: false });
         }
     }
     // Still more after all rounds: a wake-up comes back for them instead of holding this
     // worker, and the sweeper knows of them should the wake-up be lost.
     ports.store.watch_pending(key).await?;
     let earliest = items.iter().map(|i| i.next_attempt_at).min();
-    Ok(Drained { done, next_due: earliest.map(|d| d.max(ports.clock.now())) })
+    Ok(Drained { done, next_due: earliest.map(|d| d.max(ports.clock.now())), stepped: false })
+}
+
+/// Run `items`, then, while their results stepped the conversation on (a brain's answer, a
+/// desk opened), the effects those steps committed, in the same drain (and under the same
+/// lease). Returns what ran and the ids of every effect seen.
+async fn run_settled(
+    ports: &Ports,
+    key: &ConversationKey,
+    items: Vec<OutboxItem>,
+) -> Result<(Drained, HashSet<String>), WorkerError> {
+    let mut seen: HashSet<String> = items.iter().map(|i| i.effect.id.clone()).collect();
+    let mut drained = run_items(ports, key, items).await?;
+    for _ in 0..MAX_DRAIN_ROUNDS {
+        if !drained.stepped {
+            break;
+        }
+        let items = ports.store.pending_effects(key).await?;
+        if items.iter().all(|i| seen.contains(&i.effect.id)) {
+            break;
+        }
+        seen.extend(items.iter().map(|i| i.effect.id.clone()));
+        drained = drained.and(run_items(ports, key, items).await?);
+    }
+    Ok((drained, seen))
 }
 
 async fn run_items(ports: &Ports, key: &ConversationKey, items: Vec<OutboxItem>) -> Result<Drained, WorkerError> {
@@ -191,7 +225,7 @@ async fn run_items(ports: &Ports, key: &ConversationKey, items: Vec<OutboxItem>)
             Ok(resolved) => Some(resolved),
             Err(e @ DeliveryError::Retryable { .. }) => {
                 tracing::warn!(agent = %a.id, error = %e, "secrets could not be resolved; effects wait");
-                return Ok(Drained { done: 0, next_due: Some(Millis(ports.clock.now().0 + 30_000)) });
+                return Ok(Drained { next_due: Some(Millis(ports.clock.now().0 + 30_000)), ..Drained::default() });
             }
             Err(e) => {
                 // Effects that need no secret still run; the others fail with their own error.
@@ -225,6 +259,7 @@ async fn run_items(ports: &Ports, key: &ConversationKey, items: Vec<OutboxItem>)
                 let t = trace(now, "effect", &item.effect.id, format!("{}: {detail}", item.effect.effect.name()));
                 ports.store.complete_effect(key, &item.effect.id, t, keep_until).await?;
                 out.done += 1;
+                out.stepped |= steps_on(&item.effect.effect);
             }
             Err(err) => {
                 let attempts = item.attempts + 1;
@@ -292,9 +327,9 @@ async fn run_effect(
             let answer = ports.brain.answer_with_params(agent, &req).await?;
             let reply = EventKind::BrainReplied { reply: answer.reply };
             if answer.params.is_empty() {
-                enqueue(ports, result_event_id, key, reply).await?;
+                step_on(ports, result_event(ports, result_event_id, key, reply)).await?;
             } else {
-                // What the brain's tools learned comes first, in the same durable write.
+                // What the brain's tools learned is applied first, then the answer.
                 let now = ports.clock.now();
                 let learned = Event::new(
                     format!("{result_event_id}:params"),
@@ -305,8 +340,7 @@ async fn run_effect(
                         params: answer.params,
                     },
                 );
-                let events = vec![learned, Event::new(result_event_id, key.clone(), now, reply)];
-                ports.queue.enqueue(events).await.map_err(|e| DeliveryError::retryable(e.to_string()))?;
+                step_on(ports, vec![learned, Event::new(result_event_id, key.clone(), now, reply)]).await?;
             }
             Ok("answered".into())
         }
@@ -348,7 +382,7 @@ async fn run_effect(
             }
             let kind =
                 EventKind::DeskOpened { handoff_id: request.handoff_id.clone(), desk_conversation_id: desk_id.clone() };
-            enqueue(ports, result_event_id, key, kind).await?;
+            step_on(ports, result_event(ports, result_event_id, key, kind)).await?;
             Ok(format!("desk conversation {desk_id}"))
         }
         Effect::PostToDesk { handoff_id, text } => {
@@ -367,13 +401,14 @@ async fn run_effect(
         }
         Effect::Escalate { request } => {
             let detail = ports.fallback.escalate(agent, key, request, &idem).await?;
-            enqueue(ports, result_event_id, key, EventKind::FallbackDone { detail: detail.clone() }).await?;
+            let done = EventKind::FallbackDone { detail: detail.clone() };
+            step_on(ports, result_event(ports, result_event_id, key, done)).await?;
             Ok(format!("fallback: {detail}"))
         }
         Effect::AskTeamOnline { question, reason } => {
             let online = ports.channels.team_online(agent, key, &idem).await?;
             let kind = EventKind::TeamOnline { online, question: question.clone(), reason: reason.clone() };
-            enqueue(ports, result_event_id, key, kind).await?;
+            step_on(ports, result_event(ports, result_event_id, key, kind)).await?;
             Ok(format!("team online: {online}"))
         }
         Effect::ScheduleTimer { generation, due, kind } => {
@@ -391,9 +426,34 @@ async fn desk_link(ports: &Ports, handoff_id: &str) -> Result<Option<DeskLink>, 
     ports.store.desk_link_for_handoff(handoff_id).await.map_err(|e| DeliveryError::retryable(e.to_string()))
 }
 
-async fn enqueue(ports: &Ports, id: String, key: &ConversationKey, kind: EventKind) -> Result<(), DeliveryError> {
-    let event = Event::new(id, key.clone(), ports.clock.now(), kind);
-    ports.queue.enqueue(vec![event]).await.map_err(|e| DeliveryError::retryable(e.to_string()))
+/// Effects whose result is an event for the conversation (see [`step_on`]).
+fn steps_on(effect: &Effect) -> bool {
+    matches!(
+        effect,
+        Effect::AskBrain { .. } | Effect::OpenDesk { .. } | Effect::Escalate { .. } | Effect::AskTeamOnline { .. }
+    )
+}
+
+/// Apply an effect's result as the conversation's next step, here, in the drain that ran
+/// the effect: a brain's answer reaches the user without a trip through the queue (on AWS:
+/// a queue message, a receive and a delete, a worker invocation and its drain lease saved).
+/// The drain holds the conversation (one task per conversation, or the drain lease), and
+/// each event's id makes a second application a duplicate, so an effect run again after a
+/// crash steps nothing twice. When the store cannot take the step now, the events are
+/// queued instead, as one write, and the queue's worker applies them.
+async fn step_on(ports: &Ports, events: Vec<Event>) -> Result<(), DeliveryError> {
+    for (i, event) in events.iter().enumerate() {
+        if let Err(e) = apply_event(ports, event).await {
+            tracing::warn!(conversation = %event.conversation, event = %event.id, error = %e, "applying an effect's result failed; queueing it");
+            let rest = events[i..].to_vec();
+            return ports.queue.enqueue(rest).await.map_err(|e| DeliveryError::retryable(e.to_string()));
+        }
+    }
+    Ok(())
+}
+
+fn result_event(ports: &Ports, id: String, key: &ConversationKey, kind: EventKind) -> Vec<Event> {
+    vec![Event::new(id, key.clone(), ports.clock.now(), kind)]
 }
 
 async fn mark_desk_unavailable(ports: &Ports, agent: &Agent, message: &str) {
