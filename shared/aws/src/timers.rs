@@ -180,6 +180,12 @@ impl Timers for SqsTimers {
     fn cancel_takes_effect(&self) -> bool {
         false
     }
+
+    /// The session's `due_at` index is the durable record: the sweeper queues the timers of
+    /// sessions past due every minute; the delayed message makes them fire on time.
+    fn armed_with_the_session(&self) -> bool {
+        true
+    }
 }
 
 /// Create the standard timer queue and return its URL (tests and local use).

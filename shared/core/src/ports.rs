@@ -189,6 +189,14 @@ pub trait Timers: Send + Sync {
     fn cancel_takes_effect(&self) -> bool {
         true
     }
+    /// Whether a timer armed in the session is durable with the session's commit alone (a
+    /// sweeper fires the timers of overdue sessions), so that `schedule` only adds precision.
+    /// Then the worker schedules right after the commit instead of recording `ScheduleTimer`
+    /// effects in the outbox (each would cost an outbox write and its delete); a schedule
+    /// lost to a crash fires late, through the sweeper, never not at all.
+    fn armed_with_the_session(&self) -> bool {
+        false
+    }
 }
 
 pub trait Clock: Send + Sync {

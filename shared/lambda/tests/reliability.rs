@@ -495,16 +495,34 @@ async fn handed_off(hub: &Hub) -> Widget {
     w
 }
 
-/// On AWS a timer cannot be taken back (the late one is stale by its generation), so the
-/// `CancelTimer` a user's reply to the human produces is not recorded in the outbox at all.
+/// On AWS the session's commit is the timer's durable record (the sweeper fires overdue
+/// sessions) and a delayed message cannot be taken back (the late one is stale by its
+/// generation), so neither the `ScheduleTimer` a human's reply produces nor the `CancelTimer`
+/// of the user's answer is recorded in the outbox: the timer is scheduled right after the
+/// commit, and a cancel does nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelled_timers_cost_no_outbox_writes_on_aws() {
+async fn timers_cost_no_outbox_writes_on_aws() {
     let hub = hub(|_| {}).await;
     let mut w = handed_off(&hub).await;
     let conv = hub.desk.requests_to("/conversation/establish")[0].body["conversation_id"].as_str().unwrap().to_string();
+    let delayed = || async {
+        let n = queue_attribute(&hub.sqs, &hub.queues.timers, QueueAttributeName::ApproximateNumberOfMessagesDelayed);
+        n.await.parse::<usize>().unwrap()
+    };
+    let before = delayed().await;
     assert_eq!(hub.desk_reply(&conv, "Hello, Ana here.", Some("msg_1")).await.status, 200);
-    run_worker(&hub).await;
-    assert!(hub.aws.store.load_session(&w.key()).await.unwrap().unwrap().session.timer.is_some());
+    let messages = receive(&hub.sqs, &hub.queues.events).await;
+    let event = parse_event(messages[0].body().unwrap()).unwrap();
+    baton_runtime::worker::apply_event(&hub.aws.ports, &event).await.unwrap();
+    let session = hub.aws.store.load_session(&w.key()).await.unwrap().unwrap().session;
+    assert!(session.timer.is_some(), "the step armed the session timer");
+    let pending: Vec<&str> =
+        hub.aws.store.pending_effects(&w.key()).await.unwrap().iter().map(|i| i.effect.effect.name()).collect();
+    assert!(pending.contains(&"send_to_user") && !pending.contains(&"schedule_timer"), "{pending:?}");
+    assert_eq!(delayed().await, before + 1, "scheduled with the commit");
+    delete(&hub.sqs, &hub.queues.events, &messages[0]).await;
+    baton_runtime::worker::drain_outbox(&hub.aws.ports, &w.key()).await.unwrap();
+    w.next("the human's reply", |m| m["from"] == "human").await;
 
     w.send("thanks, one question").await;
     let messages = receive(&hub.sqs, &hub.queues.events).await;

@@ -60,6 +60,7 @@ pub async fn apply_event(ports: &Ports, event: &Event) -> Result<Processed, Work
         let now = ports.clock.now();
         let before = session.state.name();
         let facts = Facts { desk_status: ports.store.desk_status(&agent.id).await?.map(|r| r.status) };
+        let mut timers: Vec<(u64, Millis)> = Vec::new();
         let (next, effects, processed, trace) = match step_with(&session, event, now, &agent, &facts) {
             Ok(s) => {
                 let names: Vec<&str> = s.effects.iter().map(Effect::name).collect();
@@ -72,11 +73,19 @@ pub async fn apply_event(ports: &Ports, event: &Event) -> Result<Processed, Work
                 );
                 // Ids keep each effect's place in the step, whatever is left out.
                 let cancels = ports.timers.cancel_takes_effect();
+                let with_session = ports.timers.armed_with_the_session();
                 let pending: Vec<PendingEffect> = s
                     .effects
                     .into_iter()
                     .enumerate()
-                    .filter(|(_, e)| cancels || !matches!(e, Effect::CancelTimer))
+                    .filter(|(_, e)| match e {
+                        Effect::CancelTimer => cancels,
+                        Effect::ScheduleTimer { generation, due, .. } if with_session => {
+                            timers.push((*generation, *due));
+                            false
+                        }
+                        _ => true,
+                    })
                     .map(|(i, e)| PendingEffect::for_event(&event.id, i, e))
                     .collect();
                 let n = pending.len();
@@ -92,7 +101,16 @@ pub async fn apply_event(ports: &Ports, event: &Event) -> Result<Processed, Work
         let commit =
             Commit { expected_version: version, session: next, event_id: event.id.clone(), effects, trace, keep_until };
         match ports.store.commit(commit).await? {
-            CommitOutcome::Committed { .. } => return Ok(processed),
+            CommitOutcome::Committed { .. } => {
+                // Armed in the committed session; scheduled right after it (see
+                // `Timers::armed_with_the_session`).
+                for (generation, due) in timers {
+                    if let Err(e) = ports.timers.schedule(key, generation, due).await {
+                        tracing::warn!(conversation = %key, error = %e, "a timer was not scheduled; the sweeper fires it when due");
+                    }
+                }
+                return Ok(processed);
+            }
             CommitOutcome::AlreadySeen => return Ok(Processed::Duplicate),
             CommitOutcome::VersionConflict => continue,
         }
