@@ -47,12 +47,15 @@ const OUTBOX_SEQ_PER_VERSION: u64 = 1000;
 /// Page size of GSI queries.
 const INDEX_PAGE: i32 = 100;
 
-/// The DynamoDB store; share it in an `Arc` like the other ports.
+/// The DynamoDB store; share it in an `Arc` like the other ports. The trace lines of its
+/// commits and effect results are kept in memory until [`DynamoStore::flush_trace`] (the
+/// Lambda worker calls it after each event; reading, exporting or erasing a trace calls it
+/// first): call it before a process that commits ends.
 #[derive(Debug)]
 pub struct DynamoStore {
     pub(crate) client: Client,
     pub(crate) table: String,
-    /// Orders trace lines written by this process within the same millisecond.
+    /// Orders trace items written by this process within the same millisecond.
     trace_seq: AtomicU64,
     /// Random per store, so trace keys of two processes never collide.
     instance: u64,
