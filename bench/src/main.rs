@@ -165,7 +165,7 @@ async fn duplicates(plan: Plan) {
     const BOT_TOKEN: &str = "4242:bench-bot-token";
     const SECRET: &str = "bench-hook-secret";
     let tg = FakeTelegram::start(BOT_TOKEN).await;
-    let (running, _desk, base, _token, _dir) = hub(Policy::default()).await;
+    let (running, _desk, base, _token, _dir) = hub(Policy::default(), FakeDesk::start(None).await).await;
     let mut agent = running.ports.store.get_agent("bench").await.expect("store").expect("agent");
     agent.channels.telegram = Some(TelegramConfig {
         bot_token: Secret(BOT_TOKEN.into()),
@@ -210,8 +210,7 @@ async fn duplicates(plan: Plan) {
 }
 
 /// `baton serve` in-process on loopback with a fake desk and one agent; returns the pieces.
-async fn hub(policy: Policy) -> (baton::serve::Running, FakeDesk, String, String, tempfile::TempDir) {
-    let desk = FakeDesk::start(None).await;
+async fn hub(policy: Policy, desk: FakeDesk) -> (baton::serve::Running, FakeDesk, String, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let opts = ServeOptions {
         // Every simulated user comes from 127.0.0.1 and writes fast.
@@ -277,7 +276,16 @@ async fn handed_off(
 
 async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f64>) {
     let policy = Policy { wait_timeout_secs: 3600, session_timeout_secs: 3600, ..Policy::default() };
-    let (running, desk, base, token, _dir) = hub(policy).await;
+    // The load generator and the fake desk run on a runtime of their own (threads named
+    // `bench-load`), so the hub's own CPU per event can be told from theirs.
+    let load_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(LOAD_THREADS)
+        .enable_all()
+        .build()
+        .expect("load runtime");
+    let desk = load_rt.spawn(FakeDesk::start(None)).await.expect("desk");
+    let (running, desk, base, token, _dir) = hub(policy, desk).await;
     let clients = handed_off(&base, &desk, &token, users, |_| true).await;
     // Wait until every conversation is with a human.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -301,52 +309,59 @@ async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f6
         .collect();
     let sent_at = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     let url = Arc::new(format!("{base}/api/widget/bench/messages"));
-    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let (proc_before, commits_before) = (ProcCounters::read(), running.db.group_commits());
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(total);
-    for (i, (token, text, id)) in jobs.into_iter().enumerate() {
-        // Closed loop: start when a slot frees. Open loop: start on schedule; the latency
-        // runs from the scheduled time, so waiting for a slot counts.
-        let (scheduled, permit) = match rate {
-            Some(r) => {
-                let at = started + Duration::from_secs_f64(i as f64 / r);
-                tokio::time::sleep_until(at.into()).await;
-                (Some(at), None)
+    let generated = load_rt.spawn({
+        let sent_at = sent_at.clone();
+        async move {
+            let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
+            let mut tasks = Vec::with_capacity(total);
+            for (i, (token, text, id)) in jobs.into_iter().enumerate() {
+                // Closed loop: start when a slot frees. Open loop: start on schedule; the latency
+                // runs from the scheduled time, so waiting for a slot counts.
+                let (scheduled, permit) = match rate {
+                    Some(r) => {
+                        let at = started + Duration::from_secs_f64(i as f64 / r);
+                        tokio::time::sleep_until(at.into()).await;
+                        (Some(at), None)
+                    }
+                    None => (None, Some(slots.clone().acquire_owned().await.expect("slots"))),
+                };
+                let (sent_at, http, url, slots) = (sent_at.clone(), http.clone(), url.clone(), slots.clone());
+                tasks.push(tokio::spawn(async move {
+                    let _permit = match permit {
+                        Some(p) => p,
+                        None => slots.acquire_owned().await.expect("slots"),
+                    };
+                    let t0 = scheduled.unwrap_or_else(Instant::now);
+                    let r = http
+                        .post(url.as_str())
+                        .bearer_auth(&token)
+                        .json(&serde_json::json!({"text": text, "client_id": id}))
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status() == 202 => {
+                            sent_at.lock().expect("sent").insert(text, t0);
+                            Some(t0.elapsed().as_micros() as i64)
+                        }
+                        _ => None,
+                    }
+                }));
             }
-            None => (None, Some(slots.clone().acquire_owned().await.expect("slots"))),
-        };
-        let (sent_at, http, url, slots) = (sent_at.clone(), http.clone(), url.clone(), slots.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = match permit {
-                Some(p) => p,
-                None => slots.acquire_owned().await.expect("slots"),
-            };
-            let t0 = scheduled.unwrap_or_else(Instant::now);
-            let r = http
-                .post(url.as_str())
-                .bearer_auth(&token)
-                .json(&serde_json::json!({"text": text, "client_id": id}))
-                .send()
-                .await;
-            match r {
-                Ok(r) if r.status() == 202 => {
-                    sent_at.lock().expect("sent").insert(text, t0);
-                    Some(t0.elapsed().as_micros() as i64)
+            let offered = started.elapsed();
+            let mut acks = Vec::new();
+            let mut refused = 0;
+            for t in tasks {
+                match t.await.expect("task") {
+                    Some(a) => acks.push(a),
+                    None => refused += 1,
                 }
-                _ => None,
             }
-        }));
-    }
-    let offered = started.elapsed();
-    let mut acks = Vec::new();
-    let mut refused = 0;
-    for t in tasks {
-        match t.await.expect("task") {
-            Some(a) => acks.push(a),
-            None => refused += 1,
+            (acks, refused, offered)
         }
-    }
+    });
+    let (acks, refused, offered) = generated.await.expect("load generator");
     let ingest = started.elapsed();
     // Every accepted message must reach the desk exactly once.
     // Poll a count (copying the desk's log would steal CPU from the hub), then read once.
@@ -392,17 +407,29 @@ async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f6
     report_us("ingress ack latency (202)", acks);
     report_us("user -> desk latency", e2e);
     if let (Some(b), Some(a)) = (proc_before, proc_after) {
+        let us = |ticks: u64| ticks as f64 * 1e6 / ProcCounters::TICKS_PER_SEC / events;
+        let (all, load) = (a.cpu_ticks - b.cpu_ticks, a.load_ticks.saturating_sub(b.load_ticks));
+        let writer = a.writer_ticks.saturating_sub(b.writer_ticks);
         println!(
             "per event, this process (hub, load generator and desk): {:.1} KB in {:.1} write calls \
-             (files and sockets, /proc/self/io), {:.0} us CPU; {:.1} events per group commit",
+             (files and sockets, /proc/self/io); {:.0} us CPU, of which the hub {:.0} us (its database \
+             writer thread {:.0} us) and the load generator and desk {:.0} us (their own threads); \
+             {:.1} events per group commit",
             (a.wchar - b.wchar) as f64 / 1024.0 / events,
             (a.syscw - b.syscw) as f64 / events,
-            (a.cpu_ticks - b.cpu_ticks) as f64 * 1e6 / ProcCounters::TICKS_PER_SEC / events,
+            us(all),
+            us(all.saturating_sub(load)),
+            us(writer),
+            us(load),
             events / (commits_after - commits_before).max(1) as f64,
         );
     }
     running.stop().await;
+    load_rt.shutdown_background();
 }
+
+/// Name of the threads that run the load generator and the fake desk.
+const LOAD_THREADS: &str = "bench-load";
 
 /// What the kernel counts for this process: bytes and calls of `write` (files and sockets
 /// alike) and CPU time (user + system).
@@ -410,6 +437,10 @@ struct ProcCounters {
     wchar: u64,
     syscw: u64,
     cpu_ticks: u64,
+    /// CPU time of the live threads named [`LOAD_THREADS`].
+    load_ticks: u64,
+    /// CPU time of the embedded store's writer thread.
+    writer_ticks: u64,
 }
 
 impl ProcCounters {
@@ -420,12 +451,26 @@ impl ProcCounters {
         let io = std::fs::read_to_string("/proc/self/io").ok()?;
         let field =
             |name: &str| io.lines().find_map(|l| l.split_once(':').filter(|(n, _)| *n == name)?.1.trim().parse().ok());
-        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        // Fields after the command name (which may hold spaces) start at the state, field 3;
-        // utime and stime are fields 14 and 15.
+        let cpu_ticks = Self::stat_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+        let (mut load_ticks, mut writer_ticks) = (0, 0);
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let ticks = || Self::stat_ticks(&std::fs::read_to_string(task.path().join("stat")).unwrap_or_default());
+            if comm.trim_end().starts_with(LOAD_THREADS) {
+                load_ticks += ticks().unwrap_or(0);
+            } else if comm.trim_end() == "baton-db-writer" {
+                writer_ticks += ticks().unwrap_or(0);
+            }
+        }
+        Some(ProcCounters { wchar: field("wchar")?, syscw: field("syscw")?, cpu_ticks, load_ticks, writer_ticks })
+    }
+
+    /// utime + stime of a `stat` file (fields 14 and 15; those after the command name, which
+    /// may hold spaces, start at the state, field 3).
+    fn stat_ticks(stat: &str) -> Option<u64> {
         let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
         let ticks = |i: usize| rest.get(i - 3)?.parse::<u64>().ok();
-        Some(ProcCounters { wchar: field("wchar")?, syscw: field("syscw")?, cpu_ticks: ticks(14)? + ticks(15)? })
+        Some(ticks(14)? + ticks(15)?)
     }
 }
 
@@ -449,7 +494,7 @@ async fn timers(n: usize, timeout_secs: u64) {
         session_timeout_secs: timeout_secs,
         ..Policy::default()
     };
-    let (running, desk, base, token, _dir) = hub(policy).await;
+    let (running, desk, base, token, _dir) = hub(policy, FakeDesk::start(None).await).await;
     println!("timers: {n} conversations, timeouts of {timeout_secs} s, embedded SQLite (synchronous=FULL)");
 
     // Half of them get a human reply: their session timeout runs from that reply.
