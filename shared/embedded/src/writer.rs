@@ -444,6 +444,7 @@ mod tests {
         for n in 0..3 {
             db.trace_behind("k".into(), baton_core::model::Millis(n), format!("line {n}"));
         }
+        let all_queued_in_time = queued.elapsed() < super::BEHIND_DELAY / 2;
         let early = trace_rows(&db).await;
         if queued.elapsed() < super::BEHIND_DELAY {
             assert!(early.is_empty(), "written before their batch was due");
@@ -456,7 +457,9 @@ mod tests {
         assert!(queued.elapsed() >= super::BEHIND_DELAY);
         let lines: Vec<&str> = rows.iter().map(|(_, json)| json.as_str()).collect();
         assert_eq!(lines, ["line 0", "line 1", "line 2"]);
-        assert_eq!(db.group_commits() - before, 1, "one batch");
+        if all_queued_in_time {
+            assert_eq!(db.group_commits() - before, 1, "one batch");
+        }
     }
 
     #[tokio::test]
