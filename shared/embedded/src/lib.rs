@@ -167,6 +167,16 @@ UPDATE sessions SET keep_until = updated_at + 2592000000;
 CREATE INDEX sessions_by_keep_until ON sessions(keep_until);
 CREATE INDEX desk_links_by_conversation ON desk_links(conversation);
 "#,
+    // A revision per agent row, new whenever its JSON is written (by any connection, even by
+    // hand), so a reader can tell its decoded copy is current without reading the JSON.
+    r#"
+ALTER TABLE agents ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+UPDATE agents SET rev = random();
+CREATE TRIGGER agents_rev_on_insert AFTER INSERT ON agents
+BEGIN UPDATE agents SET rev = random() WHERE id = NEW.id; END;
+CREATE TRIGGER agents_rev_on_update AFTER UPDATE OF json ON agents
+BEGIN UPDATE agents SET rev = random() WHERE id = NEW.id; END;
+"#,
 ];
 
 /// The embedded database. Cheap to share: `Db::open` hands out an `Arc<Db>`, and the
@@ -183,8 +193,8 @@ struct Inner {
     subscribers: Mutex<Vec<mpsc::UnboundedSender<ConversationKey>>>,
     /// Woken when a timer is scheduled, so the timer loop re-reads the next due time.
     timers_changed: Arc<Notify>,
-    /// Agents as last decoded, with the stored JSON they were decoded from.
-    decoded_agents: Mutex<HashMap<String, (String, baton_core::agent::Agent)>>,
+    /// Agents as last decoded, with the revision of the row they were decoded from.
+    decoded_agents: Mutex<HashMap<String, (i64, baton_core::agent::Agent)>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -497,6 +507,40 @@ mod tests {
         use baton_core::ports::Store;
         assert!(!db.is_seen("old").await.unwrap());
         assert!(db.is_seen("recent").await.unwrap());
+    }
+
+    /// A data file from before the agents' revision column: its agents get one on upgrade,
+    /// and a later change by hand is still seen.
+    #[tokio::test]
+    async fn agents_of_an_older_schema_read_and_track_changes_after_the_upgrade() {
+        use baton_core::ports::Store;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let agent = {
+            let db = Db::open(&path).unwrap();
+            let agent = db.get_agent("nobody").await.unwrap();
+            assert!(agent.is_none());
+            let mut a: baton_core::agent::Agent =
+                serde_json::from_value(serde_json::json!({"id": "demo", "name": "first"})).unwrap();
+            db.put_agent(&a).await.unwrap();
+            a.name = "second".into();
+            a
+        };
+        {
+            // Back to the schema before the revision column, as an older build left it.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "DROP TRIGGER agents_rev_on_insert; DROP TRIGGER agents_rev_on_update;
+                 ALTER TABLE agents DROP COLUMN rev;",
+            )
+            .unwrap();
+            c.pragma_update(None, "user_version", Db::schema_version() - 1).unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.get_agent("demo").await.unwrap().unwrap().name, "first");
+        let other = Connection::open(&path).unwrap();
+        other.execute("UPDATE agents SET json = ?1 WHERE id = 'demo'", [encode(&agent).unwrap()]).unwrap();
+        assert_eq!(db.get_agent("demo").await.unwrap().unwrap().name, "second");
     }
 
     #[tokio::test]

@@ -27,27 +27,27 @@ fn link_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LinkRow> {
 #[async_trait]
 impl Store for Db {
     async fn get_agent(&self, id: &str) -> Result<Option<Agent>, StoreError> {
-        let key = id.to_string();
-        let json: Option<String> = self
-            .lookup(move |c| {
-                c.prepare_cached("SELECT json FROM agents WHERE id = ?1")
-                    .map_err(sql)?
-                    .query_row([&key], |r| r.get(0))
-                    .optional()
-                    .map_err(sql)
-            })
-            .await?;
-        let Some(json) = json else { return Ok(None) };
-        // The worker reads the agent several times per event; decoding its JSON was a tenth of
-        // the CPU under load. The stored text is still read every time (another process may
-        // have applied a new config), and the decoded agent is reused while it is unchanged.
-        if let Some((cached_json, agent)) = lock(&self.inner.decoded_agents).get(id) {
-            if *cached_json == json {
-                return Ok(Some(agent.clone()));
+        // The worker reads the agent several times per event: reading and decoding its JSON
+        // each time was a tenth of the CPU under load. The row's revision (new whenever the
+        // JSON is written, by any process) is still read every time, and the JSON only when
+        // it differs from the decoded copy's.
+        let cached = lock(&self.inner.decoded_agents).get(id).map(|(rev, _)| *rev);
+        let Some((rev, json)) = self.agent_row(id, cached).await? else { return Ok(None) };
+        let json = match json {
+            Some(json) => json,
+            None => {
+                if let Some((cached_rev, agent)) = lock(&self.inner.decoded_agents).get(id) {
+                    if *cached_rev == rev {
+                        return Ok(Some(agent.clone()));
+                    }
+                }
+                // Another reader replaced the decoded copy meanwhile: read the JSON.
+                let Some((_, Some(json))) = self.agent_row(id, None).await? else { return Ok(None) };
+                json
             }
-        }
+        };
         let agent: Agent = decode(&format!("agent {id}"), &json)?;
-        lock(&self.inner.decoded_agents).insert(id.to_string(), (json, agent.clone()));
+        lock(&self.inner.decoded_agents).insert(id.to_string(), (rev, agent.clone()));
         Ok(Some(agent))
     }
 
@@ -511,6 +511,19 @@ fn erase_in(tx: &Connection, conv: &str) -> Result<u64, StoreError> {
 }
 
 impl Db {
+    /// An agent's revision, and its JSON unless the revision is `known`.
+    async fn agent_row(&self, id: &str, known: Option<i64>) -> Result<Option<(i64, Option<String>)>, StoreError> {
+        let key = id.to_string();
+        self.lookup(move |c| {
+            c.prepare_cached("SELECT rev, CASE WHEN rev IS ?2 THEN NULL ELSE json END FROM agents WHERE id = ?1")
+                .map_err(sql)?
+                .query_row(params![key, known], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(sql)
+        })
+        .await
+    }
+
     /// Delete the conversations whose retention ended before `now` and that have no event
     /// waiting, at most `limit` of them; returns how many went.
     pub async fn purge_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
