@@ -652,4 +652,18 @@ mod tests {
             db.read(|c| c.query_row("SELECT count(*) FROM trace", [], |r| r.get(0)).map_err(sql)).await.unwrap();
         assert_eq!(left, 0);
     }
+
+    /// `put_agent` on another handle of the same file (as `baton agents apply` next to a
+    /// running server) gives the row a new revision: the decoded copy is not served stale.
+    #[tokio::test]
+    async fn an_agent_applied_by_another_process_is_read_fresh() {
+        let (dir, db) = open_temp();
+        let mut agent: Agent = serde_json::from_value(serde_json::json!({"id": "demo", "name": "first"})).unwrap();
+        db.put_agent(&agent).await.unwrap();
+        assert_eq!(db.get_agent("demo").await.unwrap().unwrap().name, "first");
+        let other = Db::open(&dir.path().join("baton.db")).unwrap();
+        agent.name = "second".into();
+        other.put_agent(&agent).await.unwrap();
+        assert_eq!(db.get_agent("demo").await.unwrap().unwrap().name, "second");
+    }
 }
