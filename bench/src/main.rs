@@ -458,7 +458,7 @@ impl ProcCounters {
             let ticks = || Self::stat_ticks(&std::fs::read_to_string(task.path().join("stat")).unwrap_or_default());
             if comm.trim_end().starts_with(LOAD_THREADS) {
                 load_ticks += ticks().unwrap_or(0);
-            } else if comm.trim_end() == "baton-db-writer" {
+            } else if comm.trim_end() == baton_embedded::WRITER_THREAD {
                 writer_ticks += ticks().unwrap_or(0);
             }
         }

@@ -22,7 +22,7 @@ mod writer;
 pub use console::{ConsoleConversation, ConsoleMessage, ConsoleStore};
 pub use queue::EmbeddedQueue;
 pub use timers::EmbeddedTimers;
-pub use writer::MAX_GROUP;
+pub use writer::{MAX_GROUP, WRITER_THREAD};
 
 use baton_core::model::ConversationKey;
 use baton_core::ports::StoreError;
@@ -264,8 +264,11 @@ impl Db {
         self.inner.writer.write_after_behind(f).await
     }
 
-    /// Write every queued write-behind (trace lines) now.
+    /// Write every queued write-behind (trace lines) now; with none queued, nothing to do.
     pub(crate) async fn flush_behind(&self) -> Result<(), StoreError> {
+        if self.inner.writer.nothing_behind() {
+            return Ok(());
+        }
         self.write_after_behind(|_| Ok(())).await
     }
 

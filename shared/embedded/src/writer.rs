@@ -14,7 +14,7 @@
 //! half of all WAL frames under load; a crash loses at most the last batch of lines, never
 //! state. [`Writer::write_after_behind`] writes them at once (before the trace is read).
 
-use crate::sql;
+use crate::{lock, sql};
 use baton_core::ports::StoreError;
 use rusqlite::Connection;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -25,6 +25,9 @@ use tokio::sync::oneshot;
 
 /// Most writes in one transaction. Bounds how long one group holds the write lock.
 pub const MAX_GROUP: usize = 256;
+
+/// Name of the writer thread (as `/proc` shows it: at most 15 bytes).
+pub const WRITER_THREAD: &str = "baton-db-writer";
 
 /// Longest a write-behind waits for its batch.
 pub const BEHIND_DELAY: Duration = Duration::from_millis(100);
@@ -45,14 +48,14 @@ struct Behind {
 type SharedBehind = Arc<Mutex<Behind>>;
 
 fn take_behind(behind: &SharedBehind) -> Vec<BehindWrite> {
-    let mut b = behind.lock().unwrap_or_else(|p| p.into_inner());
+    let mut b = lock(behind);
     b.since = None;
     std::mem::take(&mut b.writes)
 }
 
 /// When the waiting batch must be written: `None` when nothing waits.
 fn behind_due(behind: &SharedBehind) -> Option<Instant> {
-    let b = behind.lock().unwrap_or_else(|p| p.into_inner());
+    let b = lock(behind);
     match b.since {
         Some(_) if b.writes.len() >= BEHIND_BATCH => Some(Instant::now()),
         Some(since) => Some(since + BEHIND_DELAY),
@@ -91,26 +94,14 @@ trait Job: Send {
     fn run(&mut self, c: &mut Connection) -> bool;
     /// Answer the caller once the group's fate is known: `Ok` when it was committed.
     fn finish(self: Box<Self>, committed: Result<(), &StoreError>);
-    /// Only wakes the writer (to note when queued write-behinds are due); writes nothing.
-    fn wakes_only(&self) -> bool {
-        false
-    }
 }
 
-/// Sent when a batch of write-behinds starts: the writer may be waiting for a job with
-/// no deadline.
-struct Wake;
-
-impl Job for Wake {
-    fn run(&mut self, _: &mut Connection) -> bool {
-        true
-    }
-
-    fn finish(self: Box<Self>, _: Result<(), &StoreError>) {}
-
-    fn wakes_only(&self) -> bool {
-        true
-    }
+/// What reaches the writer thread.
+enum Msg {
+    Job(Box<dyn Job>),
+    /// A batch of write-behinds started: the writer may be waiting for a job with no
+    /// deadline, and must note when they are due.
+    Wake,
 }
 
 struct Pending<T, F> {
@@ -148,7 +139,7 @@ where
 /// handle is dropped (after finishing the writes already sent); dropping waits for that so
 /// the file can be reopened at once.
 pub(crate) struct Writer {
-    jobs: Option<mpsc::Sender<Box<dyn Job>>>,
+    jobs: Option<mpsc::Sender<Msg>>,
     thread: Option<std::thread::JoinHandle<()>>,
     commits: Arc<AtomicU64>,
     behind: SharedBehind,
@@ -156,11 +147,11 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub fn start(conn: Connection) -> Result<Writer, StoreError> {
-        let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
+        let (tx, rx) = mpsc::channel::<Msg>();
         let commits = Arc::new(AtomicU64::new(0));
         let behind = SharedBehind::default();
         let thread = std::thread::Builder::new()
-            .name("baton-db-writer".into())
+            .name(WRITER_THREAD.into())
             .spawn({
                 let commits = commits.clone();
                 let behind = behind.clone();
@@ -174,7 +165,7 @@ impl Writer {
     /// it describes was committed, so a failed write leaves no trace of itself.
     pub fn behind(&self, write: BehindWrite) {
         let first = {
-            let mut b = self.behind.lock().unwrap_or_else(|p| p.into_inner());
+            let mut b = lock(&self.behind);
             b.writes.push(write);
             let first = b.since.is_none();
             b.since.get_or_insert_with(Instant::now);
@@ -182,9 +173,14 @@ impl Writer {
         };
         if first {
             if let Some(jobs) = &self.jobs {
-                let _ = jobs.send(Box::new(Wake));
+                let _ = jobs.send(Msg::Wake);
             }
         }
+    }
+
+    /// Whether no write-behind is queued. One queued by a write that has returned is seen.
+    pub fn nothing_behind(&self) -> bool {
+        lock(&self.behind).writes.is_empty()
     }
 
     /// Like [`Writer::write`], with every queued write-behind written first, in the same
@@ -211,7 +207,7 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         let job: Box<dyn Job> = Box::new(Pending { write: Some(write), result: None, reply });
         let stopped = || StoreError::Unavailable("the database writer has stopped".into());
-        self.jobs.as_ref().ok_or_else(stopped)?.send(job).map_err(|_| stopped())?;
+        self.jobs.as_ref().ok_or_else(stopped)?.send(Msg::Job(job)).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -230,12 +226,7 @@ impl Drop for Writer {
     }
 }
 
-fn writer_loop(
-    mut conn: Connection,
-    jobs: mpsc::Receiver<Box<dyn Job>>,
-    commits: Arc<AtomicU64>,
-    behind: SharedBehind,
-) {
+fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Msg>, commits: Arc<AtomicU64>, behind: SharedBehind) {
     loop {
         let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(16);
         // Wait for a write, or until the waiting write-behinds are due.
@@ -244,15 +235,14 @@ fn writer_loop(
             Some(due) => jobs.recv_timeout(due.saturating_duration_since(Instant::now())),
         };
         match first {
-            Ok(job) if job.wakes_only() => {}
-            Ok(job) => group.push(job),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(Msg::Job(job)) => group.push(job),
+            Ok(Msg::Wake) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
         while group.len() < MAX_GROUP {
             match jobs.try_recv() {
-                Ok(j) if j.wakes_only() => {}
-                Ok(j) => group.push(j),
+                Ok(Msg::Job(job)) => group.push(job),
+                Ok(Msg::Wake) => {}
                 Err(_) => break,
             }
         }
