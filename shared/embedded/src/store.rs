@@ -176,27 +176,26 @@ impl Store for Db {
             expected.checked_add(1).ok_or_else(|| StoreError::Unavailable("session version overflow".into()))?;
         let new_version_i64 = to_i64(new_version, "session version")?;
         let trace_conv = conv.clone();
-        let outcome = self
-            .write(move |c| {
-                let tx = c.savepoint().map_err(sql)?;
-                let seen: bool = tx
-                    .prepare_cached("SELECT EXISTS(SELECT 1 FROM seen WHERE event_id = ?1)")
-                    .map_err(sql)?
-                    .query_row([&event_id], |r| r.get(0))
-                    .map_err(sql)?;
-                if seen {
-                    return Ok(CommitOutcome::AlreadySeen);
-                }
-                let current: Option<i64> = tx
-                    .prepare_cached("SELECT version FROM sessions WHERE conversation = ?1")
-                    .map_err(sql)?
-                    .query_row([&conv], |r| r.get(0))
-                    .optional()
-                    .map_err(sql)?;
-                if u64::try_from(current.unwrap_or(0)).ok() != Some(expected) {
-                    return Ok(CommitOutcome::VersionConflict);
-                }
-                tx.prepare_cached(
+        let write = self.write(move |c| {
+            let tx = c.savepoint().map_err(sql)?;
+            let seen: bool = tx
+                .prepare_cached("SELECT EXISTS(SELECT 1 FROM seen WHERE event_id = ?1)")
+                .map_err(sql)?
+                .query_row([&event_id], |r| r.get(0))
+                .map_err(sql)?;
+            if seen {
+                return Ok(CommitOutcome::AlreadySeen);
+            }
+            let current: Option<i64> = tx
+                .prepare_cached("SELECT version FROM sessions WHERE conversation = ?1")
+                .map_err(sql)?
+                .query_row([&conv], |r| r.get(0))
+                .optional()
+                .map_err(sql)?;
+            if u64::try_from(current.unwrap_or(0)).ok() != Some(expected) {
+                return Ok(CommitOutcome::VersionConflict);
+            }
+            tx.prepare_cached(
                 "INSERT INTO sessions(conversation, version, json, updated_at, keep_until) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(conversation) DO UPDATE SET
                    version = excluded.version, json = excluded.json, updated_at = excluded.updated_at,
@@ -205,32 +204,32 @@ impl Store for Db {
             .map_err(sql)?
             .execute(params![conv, new_version_i64, session_json, updated_at, keep_until])
             .map_err(sql)?;
-                tx.prepare_cached("INSERT INTO seen(event_id, conversation, at) VALUES (?1, ?2, ?3)")
-                    .map_err(sql)?
-                    .execute(params![event_id, conv, at.0])
-                    .map_err(sql)?;
-                // The event leaves the queue with the commit that applies it: one write per event
-                // instead of two, and never applied while still queued.
-                tx.prepare_cached("DELETE FROM queue WHERE event_id = ?1")
-                    .map_err(sql)?
-                    .execute([&event_id])
-                    .map_err(sql)?;
-                {
-                    // A new effect is due at once: its first attempt follows the commit.
-                    let mut insert = tx
-                        .prepare_cached(
-                            "INSERT INTO outbox(effect_id, conversation, schema, json, attempts, next_attempt_at)
+            tx.prepare_cached("INSERT INTO seen(event_id, conversation, at) VALUES (?1, ?2, ?3)")
+                .map_err(sql)?
+                .execute(params![event_id, conv, at.0])
+                .map_err(sql)?;
+            // The event leaves the queue with the commit that applies it: one write per event
+            // instead of two, and never applied while still queued.
+            tx.prepare_cached("DELETE FROM queue WHERE event_id = ?1")
+                .map_err(sql)?
+                .execute([&event_id])
+                .map_err(sql)?;
+            {
+                // A new effect is due at once: its first attempt follows the commit.
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO outbox(effect_id, conversation, schema, json, attempts, next_attempt_at)
                          VALUES (?1, ?2, ?3, ?4, 0, ?5)",
-                        )
-                        .map_err(sql)?;
-                    for (id, json) in &effects {
-                        insert.execute(params![id, conv, EFFECT_SCHEMA, json, at.0]).map_err(sql)?;
-                    }
+                    )
+                    .map_err(sql)?;
+                for (id, json) in &effects {
+                    insert.execute(params![id, conv, EFFECT_SCHEMA, json, at.0]).map_err(sql)?;
                 }
-                tx.commit().map_err(sql)?;
-                Ok(CommitOutcome::Committed { version: new_version })
-            })
-            .await?;
+            }
+            tx.commit().map_err(sql)?;
+            Ok(CommitOutcome::Committed { version: new_version })
+        });
+        let outcome = write.await?;
         if matches!(outcome, CommitOutcome::Committed { .. }) {
             self.trace_behind(trace_conv, at, trace_json);
         }
