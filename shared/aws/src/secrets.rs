@@ -3,6 +3,7 @@
 //! decrypted) right before use. Values are cached for five minutes, so a rotated secret is
 //! picked up without a deploy; keep the old value valid at the provider for that long.
 
+use crate::store::lock;
 use async_trait::async_trait;
 use aws_sdk_ssm::Client;
 use baton_core::agent::{is_ssm_reference, Agent};
@@ -24,7 +25,7 @@ impl SsmSecrets {
     }
 
     fn cached(&self, name: &str) -> Option<String> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = lock(&self.cache);
         cache.get(name).filter(|(_, at)| at.elapsed() < CACHE_FOR).map(|(v, _)| v.clone())
     }
 
@@ -45,7 +46,7 @@ impl SsmSecrets {
             .and_then(|p| p.value())
             .ok_or_else(|| DeliveryError::permanent(format!("SSM parameter {name} has no value")))?
             .to_string();
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), (value.clone(), Instant::now()));
+        lock(&self.cache).insert(name.to_string(), (value.clone(), Instant::now()));
         Ok(value)
     }
 }

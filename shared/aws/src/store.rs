@@ -95,13 +95,13 @@ impl<T: Clone> Recent<T> {
         if self.ttl.is_zero() {
             return None;
         }
-        let entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entries = lock(&self.entries);
         entries.get(id).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, v)| v.clone())
     }
 
     fn keep(&self, id: &str, value: T) {
         if !self.ttl.is_zero() {
-            let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut entries = lock(&self.entries);
             entries.insert(id.to_string(), (std::time::Instant::now(), value));
         }
     }
@@ -148,6 +148,11 @@ where
         Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("ConditionalCheckFailedException") => Ok(false),
         Err(e) => Err(unavailable(what, &e)),
     }
+}
+
+/// Lock a mutex over plain data; a panic elsewhere cannot leave that data half-written.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 pub(crate) fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
@@ -367,7 +372,7 @@ impl DynamoStore {
     /// write's transaction (which would bill both items twice) nor on its own (one item per
     /// line): a crash before the flush loses the line, never the write's state.
     fn keep_trace_line(&self, conv: &str, entry: &TraceEntry, keep_until: Millis) {
-        self.trace_lines.lock().unwrap_or_else(|p| p.into_inner()).push((conv.to_string(), entry.clone(), keep_until));
+        lock(&self.trace_lines).push((conv.to_string(), entry.clone(), keep_until));
     }
 
     /// Write the trace lines kept since the last flush, one item per conversation (the Lambda
@@ -375,7 +380,7 @@ impl DynamoStore {
     /// not retried: the write it describes is done, and redelivering the event for a
     /// diagnostic line would be worse.
     pub async fn flush_trace(&self) {
-        let lines = std::mem::take(&mut *self.trace_lines.lock().unwrap_or_else(|p| p.into_inner()));
+        let lines = std::mem::take(&mut *lock(&self.trace_lines));
         let mut by_conv: Vec<(String, Vec<TraceEntry>, Millis)> = Vec::new();
         for (conv, entry, keep_until) in lines {
             match by_conv.iter_mut().find(|(c, l, _)| *c == conv && l.len() < MAX_LINES_PER_TRACE_ITEM) {
@@ -421,7 +426,7 @@ impl DynamoStore {
     }
 
     fn outbox_keys(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
-        self.outbox_keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.outbox_keys)
     }
 
     /// Sessions whose armed timer is due at `now`, with the timer's generation, earliest
