@@ -74,20 +74,14 @@ pub async fn apply_event(ports: &Ports, event: &Event) -> Result<Processed, Work
                 // Ids keep each effect's place in the step, whatever is left out.
                 let cancels = ports.timers.cancel_takes_effect();
                 let with_session = ports.timers.armed_with_the_session();
-                let pending: Vec<PendingEffect> = s
-                    .effects
-                    .into_iter()
-                    .enumerate()
-                    .filter(|(_, e)| match e {
-                        Effect::CancelTimer => cancels,
-                        Effect::ScheduleTimer { generation, due, .. } if with_session => {
-                            timers.push((*generation, *due));
-                            false
-                        }
-                        _ => true,
-                    })
-                    .map(|(i, e)| PendingEffect::for_event(&event.id, i, e))
-                    .collect();
+                let mut pending = Vec::with_capacity(s.effects.len());
+                for (i, effect) in s.effects.into_iter().enumerate() {
+                    match effect {
+                        Effect::CancelTimer if !cancels => {}
+                        Effect::ScheduleTimer { generation, due, .. } if with_session => timers.push((generation, due)),
+                        effect => pending.push(PendingEffect::for_event(&event.id, i, effect)),
+                    }
+                }
                 let n = pending.len();
                 (s.session, pending, Processed::Applied { effects: n }, trace(now, "event", &event.id, detail))
             }
