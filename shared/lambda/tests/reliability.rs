@@ -509,32 +509,35 @@ async fn timers_cost_no_outbox_writes_on_aws() {
         let n = queue_attribute(&hub.sqs, &hub.queues.timers, QueueAttributeName::ApproximateNumberOfMessagesDelayed);
         n.await.parse::<usize>().unwrap()
     };
+    // Apply the one queued event (without running its effects): the event, whether the
+    // session has a timer armed, and the pending effects as (name, id).
+    let key = w.key();
+    let step = || async {
+        let messages = receive(&hub.sqs, &hub.queues.events).await;
+        let event = parse_event(messages[0].body().unwrap()).unwrap();
+        baton_runtime::worker::apply_event(&hub.aws.ports, &event).await.unwrap();
+        delete(&hub.sqs, &hub.queues.events, &messages[0]).await;
+        let armed = hub.aws.store.load_session(&key).await.unwrap().unwrap().session.timer.is_some();
+        let pending = hub.aws.store.pending_effects(&key).await.unwrap();
+        let pending: Vec<(&str, String)> =
+            pending.iter().map(|i| (i.effect.effect.name(), i.effect.id.clone())).collect();
+        (event, armed, pending)
+    };
     let before = delayed().await;
     assert_eq!(hub.desk_reply(&conv, "Hello, Ana here.", Some("msg_1")).await.status, 200);
-    let messages = receive(&hub.sqs, &hub.queues.events).await;
-    let event = parse_event(messages[0].body().unwrap()).unwrap();
-    baton_runtime::worker::apply_event(&hub.aws.ports, &event).await.unwrap();
-    let session = hub.aws.store.load_session(&w.key()).await.unwrap().unwrap().session;
-    assert!(session.timer.is_some(), "the step armed the session timer");
-    let pending: Vec<&str> =
-        hub.aws.store.pending_effects(&w.key()).await.unwrap().iter().map(|i| i.effect.effect.name()).collect();
-    assert!(pending.contains(&"send_to_user") && !pending.contains(&"schedule_timer"), "{pending:?}");
+    let (_, armed, pending) = step().await;
+    assert!(armed, "the step armed the session timer");
+    let names: Vec<&str> = pending.iter().map(|(name, _)| *name).collect();
+    assert!(names.contains(&"send_to_user") && !names.contains(&"schedule_timer"), "{names:?}");
     assert_eq!(delayed().await, before + 1, "scheduled with the commit");
-    delete(&hub.sqs, &hub.queues.events, &messages[0]).await;
-    baton_runtime::worker::drain_outbox(&hub.aws.ports, &w.key()).await.unwrap();
+    baton_runtime::worker::drain_outbox(&hub.aws.ports, &key).await.unwrap();
     w.next("the human's reply", |m| m["from"] == "human").await;
 
     w.send("thanks, one question").await;
-    let messages = receive(&hub.sqs, &hub.queues.events).await;
-    let event = parse_event(messages[0].body().unwrap()).unwrap();
-    baton_runtime::worker::apply_event(&hub.aws.ports, &event).await.unwrap();
-    let session = hub.aws.store.load_session(&w.key()).await.unwrap().unwrap().session;
-    assert!(session.timer.is_none(), "the step disarmed the session timer");
-    let pending: Vec<&str> =
-        hub.aws.store.pending_effects(&w.key()).await.unwrap().iter().map(|i| i.effect.effect.name()).collect();
-    assert_eq!(pending, ["post_to_desk"]);
+    let (event, armed, pending) = step().await;
+    assert!(!armed, "the step disarmed the session timer");
     // The effect keeps its place in the step in its id.
-    assert_eq!(hub.aws.store.pending_effects(&w.key()).await.unwrap()[0].effect.id, format!("{}/0", event.id));
+    assert_eq!(pending, [("post_to_desk", format!("{}/0", event.id))]);
 }
 
 /// A brain's answer is applied in the drain that asked the brain: one invocation answers
