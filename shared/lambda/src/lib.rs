@@ -363,7 +363,9 @@ pub async fn serve_events() -> Result<(), Error> {
     let aws = Arc::new(from_env().await?);
     lambda_runtime::run(lambda_runtime::service_fn(move |e: lambda_runtime::LambdaEvent<SqsEvent>| {
         let aws = aws.clone();
-        async move { Ok::<_, Error>(handle_events(&aws, e.payload).await) }
+        // Boxed: the batch's future (a step, its drain, the steps that drain applies) is too
+        // deep to be laid out inside `main`'s future within the compiler's query depth.
+        async move { Ok::<_, Error>(Box::pin(handle_events(&aws, e.payload)).await) }
     }))
     .await
 }

@@ -455,7 +455,9 @@ fn steps_on(effect: &Effect) -> bool {
 /// queued instead, as one write, and the queue's worker applies them.
 async fn step_on(ports: &Ports, events: Vec<Event>) -> Result<(), DeliveryError> {
     for (i, event) in events.iter().enumerate() {
-        if let Err(e) = apply_event(ports, event).await {
+        // Boxed: a step inside a drain inside a step would otherwise nest both futures in one
+        // layout, past the compiler's query depth for the Lambda worker's main future.
+        if let Err(e) = Box::pin(apply_event(ports, event)).await {
             tracing::warn!(conversation = %event.conversation, event = %event.id, error = %e, "applying an effect's result failed; queueing it");
             let rest = events[i..].to_vec();
             return ports.queue.enqueue(rest).await.map_err(|e| DeliveryError::retryable(e.to_string()));
