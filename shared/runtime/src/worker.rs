@@ -455,8 +455,8 @@ fn steps_on(effect: &Effect) -> bool {
 /// queued instead, as one write, and the queue's worker applies them.
 async fn step_on(ports: &Ports, events: Vec<Event>) -> Result<(), DeliveryError> {
     for (i, event) in events.iter().enumerate() {
-        // Boxed: a step inside a drain inside a step would otherwise nest both futures in one
-        // layout, past the compiler's query depth for the Lambda worker's main future.
+        // Boxed: a step inside a drain inside a step would otherwise nest both futures in the
+        // caller's layout (the Lambda worker's, already near the compiler's query depth).
         if let Err(e) = Box::pin(apply_event(ports, event)).await {
             tracing::warn!(conversation = %event.conversation, event = %event.id, error = %e, "applying an effect's result failed; queueing it");
             let rest = events[i..].to_vec();
