@@ -36,9 +36,10 @@ const BOT_TOKEN: &str = "7654321:AAE_cost-bot";
 const HOOK_SECRET: &str = "cost-hook-secret";
 /// Lambda memory of every function (template.yaml, Globals).
 const MEMORY_GB: f64 = 128.0 / 1024.0;
-/// What the Lambda service itself logs per invocation: START, END and REPORT lines of
-/// the text format, about 250 bytes with request ids and figures.
-const PLATFORM_LOG_BYTES: usize = 250;
+/// What the Lambda service itself logs per invocation at its default level (INFO): the
+/// `platform.start` and `platform.report` records of the JSON format, about 360 bytes with
+/// request ids and figures. At WARN it logs neither (template.yaml, `PlatformLogLevel`).
+const PLATFORM_LOG_BYTES_AT_INFO: usize = 360;
 /// CloudWatch Logs counts 26 bytes of overhead per log event (PutLogEvents).
 const LOG_EVENT_OVERHEAD: usize = 26;
 /// The target: all-in per 1,000 conversations, without LLM tokens (not met yet; see
@@ -74,6 +75,8 @@ struct Ledger {
     /// Event source mapping calls: receives and batch deletes, per queue kind.
     esm_fifo_requests: usize,
     esm_standard_requests: usize,
+    /// API Gateway's access log: one line per request, in the template's format.
+    access_log_bytes: usize,
 }
 
 impl Ledger {
@@ -187,10 +190,15 @@ impl Metered {
             "desk-webhook" => &self.hub.desk_api,
             _ => &self.hub.channel_api,
         };
+        let method = req.method;
+        let route = format!("{method} {}", req.path.split('?').next().unwrap_or_default());
         let started = Instant::now();
         let reply = req.send(router).await;
         self.ledger.invoked(function, started.elapsed());
         self.ledger.api_requests += 1;
+        let response_bytes = if reply.body.is_null() { 0 } else { reply.body.to_string().len() };
+        self.ledger.access_log_bytes +=
+            access_log_line(method, &route, reply.status, response_bytes).len() + 1 + LOG_EVENT_OVERHEAD;
         reply
     }
 
@@ -281,11 +289,64 @@ impl Metered {
     fn bill(&self, title: &str, polls: usize) -> Bill {
         let calls = self.meter.calls();
         let lines = self.logs.lines.load(Ordering::Relaxed);
+        let platform = match template_default("PlatformLogLevel").as_str() {
+            "WARN" => 0,
+            _ => PLATFORM_LOG_BYTES_AT_INFO + 2 * LOG_EVENT_OVERHEAD,
+        };
         let log_bytes = self.logs.bytes.load(Ordering::Relaxed)
             + lines * LOG_EVENT_OVERHEAD
-            + self.ledger.invocation_count() * (PLATFORM_LOG_BYTES + 3 * LOG_EVENT_OVERHEAD);
+            + self.ledger.invocation_count() * platform
+            + self.ledger.access_log_bytes;
         print_bill(title, &calls, &self.ledger, log_bytes, polls)
     }
+}
+
+/// The deployed template: the cost follows its logging settings.
+const TEMPLATE: &str = include_str!("../../../template.yaml");
+
+/// The default of one of the template's parameters.
+fn template_default(parameter: &str) -> String {
+    let header = format!("  {parameter}:");
+    let mut lines = TEMPLATE.lines().skip_while(|l| *l != header).skip(1);
+    lines
+        .by_ref()
+        .take_while(|l| l.starts_with("    "))
+        .find_map(|l| l.trim().strip_prefix("Default:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("template.yaml has no default for {parameter}"))
+}
+
+/// The access log line API Gateway writes for one request: the template's format (a folded
+/// YAML scalar: its lines joined by spaces) with typical values for what a run cannot know.
+fn access_log_line(method: &str, route: &str, status: u16, response_bytes: usize) -> String {
+    let mut lines = TEMPLATE.lines().skip_while(|l| l.trim() != "Format: >-").skip(1);
+    let format: Vec<&str> = lines.by_ref().take_while(|l| l.starts_with("          ")).map(str::trim).collect();
+    assert!(!format.is_empty(), "template.yaml has no access log format");
+    let format = format.join(" ");
+    let mut line = String::new();
+    let mut rest = format.as_str();
+    while let Some(at) = rest.find("$context.") {
+        line.push_str(&rest[..at]);
+        let name_len =
+            rest[at + 9..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '.')).unwrap_or(rest.len() - at - 9);
+        let name = &rest[at + 9..at + 9 + name_len];
+        line.push_str(&match name {
+            "requestId" => "Jk3vHhcHoAMEb6Q=".to_string(),
+            "identity.sourceIp" => "203.0.113.195".to_string(),
+            "requestTime" => "06/Dec/2026:13:45:12 +0000".to_string(),
+            "httpMethod" => method.to_string(),
+            "routeKey" => route.to_string(),
+            "status" => status.to_string(),
+            "responseLength" => response_bytes.to_string(),
+            "responseLatency" => "14".to_string(),
+            // API Gateway writes "-" for a value that is not there.
+            "integrationErrorMessage" => "-".to_string(),
+            other => panic!("no typical value for $context.{other} in the access log format"),
+        });
+        rest = &rest[at + 9 + name_len..];
+    }
+    line.push_str(rest);
+    line
 }
 
 /// One conversation's bill.
@@ -360,8 +421,14 @@ fn print_bill(title: &str, calls: &[MeteredCall], ledger: &Ledger, log_bytes: us
     }
     println!("| SQS requests by the event source mapping | | ${:.4} |", esm * 1000.0);
     println!("| **Total** | | **${:.4}** |", total * 1000.0);
+    println!(
+        "\n(CloudWatch Logs: {log_bytes} bytes, of which API Gateway's access log {}; Lambda's own lines at \
+         PlatformLogLevel {})",
+        ledger.access_log_bytes,
+        template_default("PlatformLogLevel")
+    );
     if polls > 0 {
-        println!("\n(widget polls in this run: {polls})");
+        println!("(widget polls in this run: {polls})");
     }
     Bill {
         dollars: total,
@@ -563,4 +630,14 @@ fn the_poll_schedule_matches_the_widget() {
     assert_eq!(polls_in_gap(20.0, false), 5);
     assert_eq!(polls_in_gap(0.5, false), 0);
     assert_eq!(polls_in_gap(30.0, true), 30);
+}
+
+#[test]
+fn access_log_lines_follow_the_template_and_are_json() {
+    let line = access_log_line("POST", "POST /channels/telegram/shop", 200, 2);
+    let parsed: serde_json::Value = serde_json::from_str(&line).expect("an access log line is JSON");
+    assert_eq!(parsed["status"], "200");
+    assert_eq!(parsed["route"], "POST /channels/telegram/shop");
+    assert!(line.len() > 200 && line.len() < 400, "{} bytes: {line}", line.len());
+    assert!(["WARN", "INFO", "DEBUG"].contains(&template_default("PlatformLogLevel").as_str()));
 }
