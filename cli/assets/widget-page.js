@@ -15,6 +15,7 @@
   var POLL_ONLY = params.get("poll") === "1";
   var HOT_SYSTEM = /connect|verbind|povezuj|转接|en relation|wait|warte|ček|等待|attend|joined|beigetreten|pridruž|加入|rejoint/i;
   var HISTORY_MAX = 200;
+  var HIDDEN_POLL_MS = 30000;
   var EMPTY_HINT = "Ask us anything. Write “human” to talk to a person.";
   var LANGUAGE = (navigator.language || "en").slice(0, 2).toLowerCase();
 
@@ -429,7 +430,9 @@
     }
     if (!state.polling) return;
     state.pollDelay = got || isHot() ? 1000 : Math.min(10000, Math.round(state.pollDelay * 1.5));
-    schedulePoll(state.pollDelay);
+    // Nobody sees a hidden tab: poll it seldom (each poll is a billed request on AWS); it
+    // polls at once when shown again.
+    schedulePoll(document.hidden ? Math.max(state.pollDelay, HIDDEN_POLL_MS) : state.pollDelay);
   }
 
   function activity() {

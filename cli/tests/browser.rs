@@ -1,8 +1,9 @@
 //! The widget and the operator console in a real browser: headless Chromium from Debian's
 //! packages, driven over WebDriver by ChromeDriver. The widget is embedded in a shop page of
 //! another origin (bubble, `ChatBot.setEmail`, FAQ answer, handoff, the human's reply arriving
-//! live, its "End chat" button) and opened directly with `?email=`; the console is signed in
-//! to, and a conversation taken, answered and ended. Screenshots of each step are kept in
+//! live, its "End chat" button), opened directly with `?email=`, and polling as on AWS
+//! (`?poll=1`, seldom while its tab is hidden); the console is signed in to, and a
+//! conversation taken, answered and ended. Screenshots of each step are kept in
 //! `target/browser-artifacts/`.
 
 mod common;
@@ -81,6 +82,62 @@ async fn the_chat_page_takes_the_email_from_its_address() {
     let est = hub.desk.first_to("/conversation/establish").await;
     assert_eq!(est.body["email"], "bo@example.com");
     browser.screenshot("widget-4-email-from-address").await;
+    hub.running.stop().await;
+}
+
+/// Counts the page's polls of the message log (its requests go through `window.fetch`).
+const COUNT_POLLS: &str = r#"
+window.__polls = 0;
+var fetch0 = window.fetch;
+window.fetch = function (url) {
+  if (String(url).indexOf("/messages?after=") >= 0) window.__polls++;
+  return fetch0.apply(this, arguments);
+};
+return true;"#;
+
+/// Tells the page it is hidden or shown, as the browser does when its tab is switched.
+fn set_hidden(hidden: bool) -> String {
+    format!(
+        "Object.defineProperty(document, 'hidden', {{ configurable: true, get: function () {{ return {hidden}; }} }});
+         document.dispatchEvent(new Event('visibilitychange')); window.__polls = 0; return true;"
+    )
+}
+
+/// The widget as it runs on AWS (`?poll=1`: no stream): the human's replies arrive by polling,
+/// every second while a human is on; a hidden tab polls seldom, and at once when shown again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_polling_widget_shows_the_human_and_polls_seldom_while_hidden() {
+    let hub = common::hub().await;
+    let browser = Browser::start(&artifacts()).await;
+    browser.goto(&format!("{}/widget/shop?poll=1&email=di%40example.com", hub.base)).await;
+    browser.execute(COUNT_POLLS, serde_json::json!([])).await;
+    let input = browser.find("#input").await;
+    browser.type_text(&input, "I want to talk to a human").await;
+    browser.click(&browser.find("#send").await).await;
+    let est = hub.desk.first_to("/conversation/establish").await;
+    let conversation = est.body["conversation_id"].as_str().unwrap().to_string();
+    assert_eq!(hub.desk_reply(&conversation, "Hello, this is Anna.", None).await.status(), 200);
+    browser.find_text(".msg-human .bubble", "Hello, this is Anna.").await;
+    let polls = browser.execute("return window.__polls;", serde_json::json!([])).await;
+    assert!(polls.as_u64().unwrap_or(0) >= 1, "the reply came by polling: {polls}");
+
+    // Shown, with a human on, it polls every second.
+    browser.execute(&set_hidden(false), serde_json::json!([])).await;
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let shown = browser.execute("return window.__polls;", serde_json::json!([])).await.as_u64().unwrap_or(0);
+    assert!(shown >= 3, "{shown} polls in 4 s while shown");
+
+    // Hidden: the poll already scheduled, then none for 30 s.
+    browser.execute(&set_hidden(true), serde_json::json!([])).await;
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let hidden = browser.execute("return window.__polls;", serde_json::json!([])).await.as_u64().unwrap_or(0);
+    assert!(hidden <= 1, "{hidden} polls in 4 s while hidden");
+    assert_eq!(hub.desk_reply(&conversation, "Are you still there?", None).await.status(), 200);
+
+    // Shown again: it polls at once (find_text waits 10 s; the hidden schedule, 30 s).
+    browser.execute(&set_hidden(false), serde_json::json!([])).await;
+    browser.find_text(".msg-human .bubble", "Are you still there?").await;
+    browser.screenshot("widget-5-polled").await;
     hub.running.stop().await;
 }
 
