@@ -13,9 +13,14 @@
   var BASE = api + "/api/widget/" + encodeURIComponent(agent);
   // API Gateway cannot stream: ?poll=1 skips the live stream and polls the cursor endpoint.
   var POLL_ONLY = params.get("poll") === "1";
+  // ?socket=wss://... (API Gateway's WebSocket API): replies are pushed there; polling stays
+  // behind it, seldom, and takes over while the socket is down.
+  var SOCKET = params.get("socket") || "";
+  if (!/^wss?:\/\//.test(SOCKET) || !window.WebSocket) SOCKET = "";
   var HOT_SYSTEM = /connect|verbind|povezuj|转接|en relation|wait|warte|ček|等待|attend|joined|beigetreten|pridruž|加入|rejoint/i;
   var HISTORY_MAX = 200;
   var HIDDEN_POLL_MS = 30000;
+  var SOCKET_POLL_MS = 60000;
   var EMPTY_HINT = "Ask us anything. Write “human” to talk to a person.";
   var LANGUAGE = (navigator.language || "en").slice(0, 2).toLowerCase();
 
@@ -55,6 +60,11 @@
     polling: false,
     pollTimer: null,
     pollDelay: 1000,
+    socket: null,
+    socketOpen: false,
+    socketOpenedAt: 0,
+    socketFailures: 0,
+    socketTimer: null,
     lastIncoming: null,
     lastIncomingAt: 0
   };
@@ -354,6 +364,7 @@
   function stopTransport() {
     if (state.es) state.es.close();
     state.es = null;
+    closeSocket();
     clearTimeout(state.sseTimer);
     clearTimeout(state.sseOpenTimer);
     clearTimeout(state.pollTimer);
@@ -363,7 +374,72 @@
   function startTransport() {
     stopTransport();
     if (window.EventSource && !POLL_ONLY && state.sseFailures < 3) openStream();
-    else startPolling();
+    else {
+      startPolling();
+      if (SOCKET) openSocket();
+    }
+  }
+
+  // ---- pushes over a WebSocket, polling behind them ----
+  function openSocket() {
+    clearTimeout(state.socketTimer);
+    if (state.socket || !state.token) return;
+    var ws;
+    try {
+      ws = new WebSocket(SOCKET + (SOCKET.indexOf("?") < 0 ? "?" : "&") + "agent=" + encodeURIComponent(agent) +
+        "&token=" + encodeURIComponent(state.token));
+    } catch (e) {
+      socketClosed(null);
+      return;
+    }
+    state.socket = ws;
+    ws.onopen = function () {
+      state.socketOpen = true;
+      state.socketOpenedAt = Date.now();
+      state.socketFailures = 0;
+      // What came before the socket opened is read once; pushes bring the rest.
+      if (state.polling) schedulePoll(0);
+    };
+    ws.onmessage = function (ev) {
+      var m = null;
+      try { m = JSON.parse(ev.data); } catch (e) { return; }
+      if (!m || typeof m.seq !== "number") return;
+      // The next one is shown; after a gap (a push lost, or a number never used) the log is
+      // read from the cursor instead, so nothing is skipped.
+      if (m.seq === state.cursor + 1) handleIncoming(m);
+      else if (m.seq > state.cursor && state.polling) schedulePoll(0);
+    };
+    ws.onclose = function () { socketClosed(ws); };
+  }
+
+  function closeSocket() {
+    clearTimeout(state.socketTimer);
+    var ws = state.socket;
+    state.socket = null;
+    state.socketOpen = false;
+    if (ws) {
+      ws.onclose = null;
+      ws.close();
+    }
+  }
+
+  // Closed by API Gateway (10 minutes idle, 2 hours at most) or never opened: polling takes
+  // over at once, and the socket is opened again (at once after a long-lived one, else after
+  // a growing pause).
+  function socketClosed(ws) {
+    if (ws && state.socket !== ws) return;
+    var lasted = state.socketOpen && Date.now() - state.socketOpenedAt > 60000;
+    state.socket = null;
+    state.socketOpen = false;
+    if (!lasted) state.socketFailures++;
+    if (state.polling) {
+      state.pollDelay = 1000;
+      schedulePoll(0);
+    }
+    // A socket that keeps failing (a wrong URL, a refused origin) is left alone: polling works.
+    if (state.socketFailures >= 5) return;
+    var wait = lasted ? 0 : Math.min(60000, 1000 * Math.pow(2, state.socketFailures - 1));
+    state.socketTimer = setTimeout(openSocket, wait);
   }
 
   function openStream() {
@@ -431,13 +507,17 @@
     if (!state.polling) return;
     state.pollDelay = got || isHot() ? 1000 : Math.min(10000, Math.round(state.pollDelay * 1.5));
     // Nobody sees a hidden tab: poll it seldom (each poll is a billed request on AWS); it
-    // polls at once when shown again.
-    schedulePoll(document.hidden ? Math.max(state.pollDelay, HIDDEN_POLL_MS) : state.pollDelay);
+    // polls at once when shown again. With the socket open, polling only stands behind it.
+    var delay = state.pollDelay;
+    if (document.hidden) delay = Math.max(delay, HIDDEN_POLL_MS);
+    if (state.socketOpen) delay = Math.max(delay, SOCKET_POLL_MS);
+    schedulePoll(delay);
   }
 
   function activity() {
     state.pollDelay = 1000;
-    if (state.polling) schedulePoll(1000);
+    // With the socket open the answer is pushed.
+    if (state.polling && !state.socketOpen) schedulePoll(1000);
   }
 
   // ---- sending ----

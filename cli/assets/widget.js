@@ -7,7 +7,8 @@
  * Where the chat page is not served by the hub itself (the AWS form, whose HTTP API cannot
  * serve pages or stream): data-page="https://cdn.example.com/widget.html" (the page's copy)
  * and data-api="https://API-ID.execute-api.REGION.amazonaws.com" (the hub's API); replies
- * are then polled.
+ * are then polled, or pushed with data-socket="wss://SOCKET-API-ID.execute-api.REGION.amazonaws.com/live"
+ * (the stack's WidgetSocketUrl output), polling standing behind.
  * API: window.ChatBot.setEmail(email), .open(), .close(), .toggle().
  * Calls made before this script loads can be queued:
  *   window.ChatBot = window.ChatBot || { q: [] };
@@ -137,6 +138,8 @@
       ? page + "?agent=" + encodeURIComponent(agent) + "&"
       : HOST + "/widget/" + encodeURIComponent(agent) + "?";
     if (apiBase) url += "api=" + encodeURIComponent(apiBase) + "&poll=1&";
+    var socket = script.getAttribute("data-socket");
+    if (socket) url += "socket=" + encodeURIComponent(socket) + "&";
     if (email) url += "email=" + encodeURIComponent(email) + "&";
     url += "embed=1";
     if (customTitle) url += "&title=" + encodeURIComponent(customTitle);

@@ -139,8 +139,14 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
     let secret = db.get_or_insert_setting("widget_token_secret", baton_runtime::auth::generate_token).await?;
     let (live, _) = broadcast::channel(4096);
     let log: Arc<dyn MessageLog> = db.clone();
-    let connectors =
-        Connectors::new(OUTBOUND_TIMEOUT, opts.targets, db.clone(), clock.clone(), log.clone(), live.clone());
+    let connectors = Connectors::new(
+        OUTBOUND_TIMEOUT,
+        opts.targets,
+        db.clone(),
+        clock.clone(),
+        log.clone(),
+        Arc::new(baton_runtime::widget::LiveStreams(live.clone())),
+    );
     let ports = Ports {
         store: db.clone(),
         queue: queue.clone(),

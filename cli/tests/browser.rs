@@ -141,6 +141,129 @@ async fn the_polling_widget_shows_the_human_and_polls_seldom_while_hidden() {
     hub.running.stop().await;
 }
 
+/// Plays conversation-worker's part on AWS for the widget's conversation: every message
+/// logged for it is pushed, in order, to the newest connection through the management API
+/// (signed, as the worker signs); `skip` leaves the next one out, as a lost push would.
+fn forward_pushes(
+    base: String,
+    token: String,
+    sockets: baton_tests::apigw_socket::FakeSocketApi,
+    skip: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    use baton_aws::aws_sdk_dynamodb::config::{Credentials, SharedCredentialsProvider};
+    let client = baton_aws::SocketClient::new(baton_aws::SocketEndpoint {
+        url: sockets.url(),
+        region: "us-east-1".into(),
+        credentials: SharedCredentialsProvider::new(Credentials::new("test", "test", None, None, "test")),
+    });
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut cursor = 0;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let url = format!("{base}/api/widget/shop/messages?after={cursor}");
+            let Ok(r) = http.get(&url).bearer_auth(&token).send().await else { continue };
+            let Ok(page) = r.json::<serde_json::Value>().await else { continue };
+            for m in page["messages"].as_array().cloned().unwrap_or_default() {
+                cursor = m["seq"].as_i64().unwrap_or(cursor);
+                if skip.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let Some(connection) = sockets.connections().last().map(|c| c.id.clone()) else { continue };
+                let _ = client.post(&connection, m.to_string().as_bytes()).await;
+            }
+        }
+    })
+}
+
+/// The widget page hosted apart from the hub, as on AWS (S3 and CloudFront, say): the hub's
+/// own copies of the page and its assets, served without the hub's Content-Security-Policy
+/// (which lets the page talk to its own origin only).
+async fn hosted_page(hub_base: &str) -> String {
+    let http = reqwest::Client::new();
+    let mut files = Vec::new();
+    for (path, from, kind) in [
+        ("/widget.html", "/widget/shop", "text/html; charset=utf-8"),
+        ("/widget.css", "/widget.css", "text/css"),
+        ("/widget-page.js", "/widget-page.js", "text/javascript"),
+    ] {
+        let body = http.get(format!("{hub_base}{from}")).send().await.unwrap().text().await.unwrap();
+        files.push((path, kind, body));
+    }
+    let mut app = axum::Router::new();
+    for (path, kind, body) in files {
+        app = app.route(path, get(move || async move { ([(axum::http::header::CONTENT_TYPE, kind)], body) }));
+    }
+    format!("http://{}/widget.html", baton_tests::serve_on_loopback(app).await)
+}
+
+/// The widget as on AWS with the WebSocket API (`?poll=1&socket=`): what the worker pushes
+/// shows without a poll; after a lost push it reads the log; when API Gateway hangs up, it
+/// polls at once and connects again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_widget_shows_pushed_replies_and_polls_only_behind_its_socket() {
+    let hub = common::hub().await;
+    let sockets = baton_tests::apigw_socket::FakeSocketApi::start("test", "test", "us-east-1").await;
+    let browser = Browser::start(&artifacts()).await;
+    let socket = sockets.socket_url().replace(':', "%3A").replace('/', "%2F");
+    let page = hosted_page(&hub.base).await;
+    let api = hub.base.replace(':', "%3A").replace('/', "%2F");
+    browser.goto(&format!("{page}?agent=shop&api={api}&poll=1&socket={socket}&email=ed%40example.com")).await;
+    let first = baton_tests::eventually(std::time::Duration::from_secs(10), "the widget's socket", || async {
+        sockets.connections().first().cloned()
+    })
+    .await;
+    let param = |name: &str| {
+        first.query.split('&').find_map(|p| p.strip_prefix(&format!("{name}="))).unwrap_or_default().to_string()
+    };
+    assert_eq!(param("agent"), "shop");
+    let skip = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forwarder = forward_pushes(hub.base.clone(), param("token"), sockets.clone(), skip.clone());
+    // After the one poll that reads what came before the socket, polling stands behind it.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    browser.execute(COUNT_POLLS, serde_json::json!([])).await;
+    let polls =
+        || async { browser.execute("return window.__polls;", serde_json::json!([])).await.as_u64().unwrap_or(0) };
+
+    let input = browser.find("#input").await;
+    browser.type_text(&input, "I want to talk to a human").await;
+    browser.click(&browser.find("#send").await).await;
+    let est = hub.desk.first_to("/conversation/establish").await;
+    let conversation = est.body["conversation_id"].as_str().unwrap().to_string();
+    assert_eq!(hub.desk_reply(&conversation, "Hello, this is Anna.", None).await.status(), 200);
+    browser.find_text(".msg-human .bubble", "Hello, this is Anna.").await;
+    assert_eq!(polls().await, 0, "pushed, not polled");
+
+    // A push lost: the next one shows the gap, and the widget reads both from the log.
+    skip.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(hub.desk_reply(&conversation, "Let me check.", None).await.status(), 200);
+    baton_tests::eventually(std::time::Duration::from_secs(10), "the push left out", || async {
+        (!skip.load(std::sync::atomic::Ordering::SeqCst)).then_some(())
+    })
+    .await;
+    assert_eq!(hub.desk_reply(&conversation, "Found it.", None).await.status(), 200);
+    browser.find_text(".msg-human .bubble", "Found it.").await;
+    browser.find_text(".msg-human .bubble", "Let me check.").await;
+    assert_eq!(polls().await, 1, "one poll filled the gap");
+
+    // API Gateway hangs up: a poll at once, and a new connection.
+    sockets.hang_up(&first.id);
+    baton_tests::eventually(std::time::Duration::from_secs(10), "a second connection", || async {
+        (sockets.connections().len() == 2).then_some(())
+    })
+    .await;
+    assert!(polls().await >= 2, "polled when the socket closed");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let before = polls().await;
+    assert_eq!(hub.desk_reply(&conversation, "Anything else?", None).await.status(), 200);
+    browser.find_text(".msg-human .bubble", "Anything else?").await;
+    assert_eq!(polls().await, before, "pushed over the new connection");
+    assert!(sockets.bad_signatures().is_empty());
+    browser.screenshot("widget-6-pushed").await;
+    forwarder.abort();
+    hub.running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_signs_in_takes_replies_and_ends_in_the_console() {
     let dir = tempfile::tempdir().unwrap();

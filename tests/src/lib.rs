@@ -2,6 +2,7 @@
 //! webhook-desk contract and checks what it receives, a widget client, polling helpers,
 //! a moto server for the AWS adapters and the ports' conformance suite.
 
+pub mod apigw_socket;
 pub mod aws_meter;
 pub mod conformance;
 pub mod desk;

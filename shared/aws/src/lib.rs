@@ -18,6 +18,7 @@ mod privacy;
 mod queue;
 mod redrive;
 mod secrets;
+mod sockets;
 mod store;
 pub mod table;
 mod timers;
@@ -27,6 +28,7 @@ pub use aws_sdk_dynamodb;
 pub use aws_sdk_sqs;
 pub use aws_sdk_ssm;
 pub use secrets::SsmSecrets;
+pub use sockets::{Pushed, SocketClient, SocketEndpoint, SocketPush};
 
 pub use queue::{create_event_queue, dedup_id, group_id, parse_event, MessageError, SqsEventQueue};
 pub use redrive::{redrive, RedriveError};

@@ -370,6 +370,14 @@ pub trait MessageLog: Send + Sync {
     async fn after(&self, key: &ConversationKey, cursor: i64, limit: usize) -> Result<Vec<LoggedMessage>, StoreError>;
 }
 
+/// Where a message goes once it is in the [`MessageLog`]: to the widgets reading the
+/// conversation live (streams in `baton serve`, WebSocket connections on AWS). Best effort:
+/// the log is the record, and a widget that missed a push reads it from there.
+#[async_trait]
+pub trait LivePush: Send + Sync {
+    async fn push(&self, key: &ConversationKey, message: &LoggedMessage);
+}
+
 /// A message of the log with its cursor position.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LoggedMessage {

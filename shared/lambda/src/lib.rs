@@ -10,9 +10,11 @@
 //! - `timeout-sweeper`: every minute, queue what the timer queue missed (overdue sessions,
 //!   effects due for a retry).
 
+use aws_lambda_events::event::apigw::{ApiGatewayProxyResponse, ApiGatewayWebsocketProxyRequest};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use baton_aws::{DynamoStore, SqsEventQueue, SqsTimers};
+use baton_aws::{DynamoStore, SocketEndpoint, SocketPush, SqsEventQueue, SqsTimers};
 use baton_connectors::outbound::Targets;
+use baton_core::ports::LivePush;
 use baton_core::ports::{Clock, EventQueue, Store};
 use baton_core::{Event, EventKind};
 pub use baton_runtime::http::Routes;
@@ -65,6 +67,10 @@ pub struct Config {
     /// only for a deployment whose desks live inside its own network. Off by default, so
     /// a configured URL cannot reach the function's runtime API or the VPC.
     pub allow_private_targets: bool,
+    /// API Gateway's management endpoint of the widget's WebSocket API
+    /// (`BATON_WIDGET_SOCKET_URL`, `https://{api-id}.execute-api.{region}.amazonaws.com/{stage}`):
+    /// messages for the widget are pushed to its connections. `None`: the widget polls.
+    pub widget_socket_url: Option<String>,
 }
 
 impl Config {
@@ -81,6 +87,7 @@ impl Config {
                 .unwrap_or(baton_runtime::http::DEFAULT_BODY_LIMIT),
             public_url: std::env::var("BATON_PUBLIC_URL").ok().filter(|v| !v.trim().is_empty()),
             config_cache: config_cache_secs(std::env::var("BATON_CONFIG_CACHE_SECS").ok().as_deref())?,
+            widget_socket_url: std::env::var("BATON_WIDGET_SOCKET_URL").ok().filter(|v| !v.trim().is_empty()),
             allow_private_targets: match std::env::var("BATON_ALLOW_PRIVATE_TARGETS").as_deref() {
                 Ok("true" | "1") => true,
                 Ok("false" | "0" | "") | Err(_) => false,
@@ -116,11 +123,19 @@ pub fn wire(
     sqs: baton_aws::aws_sdk_sqs::Client,
     secrets: Arc<dyn baton_core::ports::Secrets>,
 ) -> Aws {
+    // Pushes to the widget's WebSockets are signed with the function's role, whose
+    // credentials Lambda puts in the environment, for the table's region.
+    let region = dynamo.config().region().map(|r| r.to_string());
     let store = Arc::new(DynamoStore::new(dynamo, config.table.clone()).with_config_cache(config.config_cache));
     let events = Arc::new(SqsEventQueue::new(sqs.clone(), config.events_queue_url.clone()));
     let timers = Arc::new(SqsTimers::new(sqs, config.timers_queue_url.clone(), clock.clone()));
-    // Lambda cannot stream: widget replies are read by polling; the live channel has no readers.
-    let (live, _) = tokio::sync::broadcast::channel(16);
+    let live: Arc<dyn LivePush> = match (&config.widget_socket_url, region) {
+        (Some(url), Some(region)) => {
+            Arc::new(SocketPush::new(store.clone(), SocketEndpoint::with_environment_credentials(url, region)))
+        }
+        // Without a WebSocket API the widget polls; nothing reads live.
+        _ => Arc::new(baton_runtime::widget::LiveStreams(tokio::sync::broadcast::channel(1).0)),
+    };
     let targets = if config.allow_private_targets { Targets::Any } else { Targets::PublicOnly };
     let connectors = Connectors::new(OUTBOUND_TIMEOUT, targets, store.clone(), clock.clone(), store.clone(), live);
     let ports = Ports {
@@ -165,7 +180,12 @@ pub async fn from_env() -> Result<Aws, Error> {
 
 /// HTTP routes over the AWS adapters: the widget API, the desk webhooks or the channel webhooks.
 pub fn http_router(aws: &Aws, routes: Routes) -> axum::Router {
-    let state = AppState {
+    baton_runtime::http::router_for(app_state(aws), routes).layer(axum::middleware::map_request(source_ip))
+}
+
+/// What the HTTP handlers (and the widget's `$connect`) work with.
+fn app_state(aws: &Aws) -> AppState {
+    AppState {
         ports: aws.ports.clone(),
         log: aws.store.clone(),
         live: tokio::sync::broadcast::channel(16).0,
@@ -183,8 +203,69 @@ pub fn http_router(aws: &Aws, routes: Routes) -> axum::Router {
             fetcher: aws.media.clone(),
         }),
         http: aws.http.clone(),
+    }
+}
+
+/// The widget's WebSocket API (`widget-socket`): `$connect` checks the widget the way its
+/// HTTP calls are checked (agent, origin, rate, the conversation token from `?token=`) and
+/// records the connection for the worker's pushes; any other status than 200 refuses the
+/// connection. No other route reaches the function. Built once per cold start, like a
+/// router, so its rate limits span invocations.
+pub struct SocketHandler {
+    aws: Aws,
+    state: AppState,
+}
+
+impl SocketHandler {
+    pub fn new(aws: &Aws) -> SocketHandler {
+        SocketHandler { aws: aws.clone(), state: app_state(aws) }
+    }
+
+    pub async fn handle(&self, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+        connect(&self.aws, &self.state, event).await
+    }
+}
+
+async fn connect(aws: &Aws, state: &AppState, event: ApiGatewayWebsocketProxyRequest) -> ApiGatewayProxyResponse {
+    let ctx = &event.request_context;
+    let (Some(route), Some(connection)) = (ctx.route_key.as_deref(), ctx.connection_id.as_deref()) else {
+        return socket_reply(400, "not an API Gateway WebSocket event");
     };
-    baton_runtime::http::router_for(state, routes).layer(axum::middleware::map_request(source_ip))
+    if route != "$connect" {
+        return socket_reply(200, "");
+    }
+    let query = |name: &str| event.query_string_parameters.first(name).map(str::to_string);
+    let Some(agent) = query("agent") else {
+        return socket_reply(400, "missing ?agent=");
+    };
+    let client = ctx.identity.source_ip.clone().unwrap_or_default();
+    let key = match baton_runtime::http::widget::authorize_socket(
+        state,
+        &agent,
+        &event.headers,
+        query("token").as_deref(),
+        &client,
+    )
+    .await
+    {
+        Ok(key) => key,
+        Err(e) => return socket_reply(e.status.as_u16(), &e.message),
+    };
+    let connected_at = if ctx.connected_at > 0 { baton_core::Millis(ctx.connected_at) } else { aws.ports.clock.now() };
+    match aws.store.add_socket(&key, connection, connected_at).await {
+        Ok(()) => socket_reply(200, ""),
+        Err(e) => {
+            tracing::error!(conversation = %key, error = %e, "widget connection not recorded");
+            socket_reply(503, "storage is unavailable; retry later")
+        }
+    }
+}
+
+fn socket_reply(status: u16, message: &str) -> ApiGatewayProxyResponse {
+    let mut reply = ApiGatewayProxyResponse::default();
+    reply.status_code = i64::from(status);
+    reply.body = (!message.is_empty()).then(|| aws_lambda_events::encodings::Body::Text(message.to_string()));
+    reply
 }
 
 /// Put API Gateway's view of the caller's IP where the routes look for it.
@@ -378,6 +459,19 @@ pub async fn serve_timers() -> Result<(), Error> {
         let aws = aws.clone();
         async move { Ok::<_, Error>(handle_timers(&aws, e.payload).await) }
     }))
+    .await
+}
+
+/// `main` of `widget-socket` (the widget's WebSocket API, `$connect`).
+pub async fn serve_socket() -> Result<(), Error> {
+    init_logging();
+    let handler = Arc::new(SocketHandler::new(&from_env().await?));
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |e: lambda_runtime::LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
+            let handler = handler.clone();
+            async move { Ok::<_, Error>(handler.handle(e.payload).await) }
+        },
+    ))
     .await
 }
 

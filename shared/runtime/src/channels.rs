@@ -3,7 +3,7 @@
 //! polled update) into canonical events with the provider's own id for deduplication.
 
 use crate::media::LinkBase;
-use crate::widget::{LoggedMessage, MessageLog, Posted};
+use crate::widget::{LivePush, LoggedMessage, MessageLog};
 use async_trait::async_trait;
 use baton_connectors::agent_api::ConverseWebhook;
 use baton_connectors::intercom::IntercomClient;
@@ -16,17 +16,16 @@ use baton_core::event::ReplyHandle;
 use baton_core::ports::{ChannelSender, Clock, Delivery, DeliveryError};
 use baton_core::{Agent, Channel, ConversationKey, Event, EventKind, Millis, OutMessage};
 use std::sync::Arc;
-use tokio::sync::broadcast;
 
 /// How long after a LINE event its reply token is used; LINE only says "a certain period"
 /// (about a minute in practice), so the hub stays well inside it and pushes afterwards.
 pub const LINE_REPLY_WINDOW_MS: i64 = 50_000;
 
-/// Sends to the user's channel: the widget's messages go to the log and to live streams,
-/// the others to their provider's API.
+/// Sends to the user's channel: the widget's messages go to the log and to the widgets
+/// reading live, the others to their provider's API.
 pub struct ChannelRouter {
     pub log: Arc<dyn MessageLog>,
-    pub live: broadcast::Sender<Posted>,
+    pub live: Arc<dyn LivePush>,
     pub clock: Arc<dyn Clock>,
     pub telegram: TelegramClient,
     pub line: LineClient,
@@ -62,11 +61,8 @@ impl ChannelSender for ChannelRouter {
                     .await
                     .map_err(|e| DeliveryError::retryable(e.to_string()))?;
                 if let Some(seq) = seq {
-                    // No live subscriber is fine: the message waits in the log.
-                    let _ = self.live.send(Posted {
-                        conversation: key.to_string(),
-                        message: LoggedMessage { id: idempotency_key.to_string(), seq, at, message: message.clone() },
-                    });
+                    let logged = LoggedMessage { id: idempotency_key.to_string(), seq, at, message: message.clone() };
+                    self.live.push(key, &logged).await;
                 }
                 match (key.channel, agent.api.as_ref().and_then(|a| a.converse_url.as_deref())) {
                     (Channel::Api, Some(url)) => {

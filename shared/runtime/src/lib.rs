@@ -64,7 +64,7 @@ impl Connectors {
         kv: Arc<dyn KeyValue>,
         clock: Arc<dyn Clock>,
         log: Arc<dyn widget::MessageLog>,
-        live: tokio::sync::broadcast::Sender<widget::Posted>,
+        live: Arc<dyn widget::LivePush>,
     ) -> Connectors {
         use baton_connectors::{intercom, line, livechat, salesiq, telegram, ticket, webhook_desk, whatsapp};
         let http = baton_connectors::outbound::http_client(timeout, targets);

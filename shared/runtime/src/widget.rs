@@ -8,7 +8,10 @@ use rand::RngCore;
 use sha2::Sha256;
 use std::sync::Arc;
 
-pub use baton_core::ports::{LoggedMessage, MessageLog};
+use async_trait::async_trait;
+pub use baton_core::ports::{LivePush, LoggedMessage, MessageLog};
+use baton_core::ConversationKey;
+use tokio::sync::broadcast;
 
 /// Signs widget conversation tokens: `{user id}.{HMAC-SHA256(secret, agent|user)}`.
 /// Knowing a conversation id is not enough to read it; the token is.
@@ -63,6 +66,17 @@ impl TokenSigner {
 pub struct Posted {
     pub conversation: String,
     pub message: LoggedMessage,
+}
+
+/// In one process the live streams subscribe to a broadcast channel.
+pub struct LiveStreams(pub broadcast::Sender<Posted>);
+
+#[async_trait]
+impl LivePush for LiveStreams {
+    async fn push(&self, key: &ConversationKey, message: &LoggedMessage) {
+        // No live subscriber is fine: the message waits in the log.
+        let _ = self.0.send(Posted { conversation: key.to_string(), message: message.clone() });
+    }
 }
 
 #[cfg(test)]

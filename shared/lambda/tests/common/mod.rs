@@ -110,6 +110,7 @@ pub fn config(table: &str, queues: &Queues) -> Config {
         config_cache: baton_lambda::DEFAULT_CONFIG_CACHE,
         // The fake providers listen on loopback.
         allow_private_targets: true,
+        widget_socket_url: None,
     }
 }
 

@@ -98,6 +98,20 @@ async fn authorize(
     Ok(WidgetCall { key, origin })
 }
 
+/// A widget opening a WebSocket to API Gateway (its `$connect`): the same checks as every
+/// widget call (agent, allowed origin, rate limit, conversation token, here from the query
+/// string: browsers send no headers of their own on a WebSocket). Returns its conversation.
+pub async fn authorize_socket(
+    st: &AppState,
+    agent_id: &str,
+    headers: &HeaderMap,
+    token: Option<&str>,
+    client: &str,
+) -> Result<ConversationKey, ApiError> {
+    let token = token.ok_or_else(|| ApiError::unauthorized("missing conversation token (?token= from /session)"))?;
+    Ok(authorize(st, agent_id, headers, Some(token), client).await?.key)
+}
+
 async fn enqueue(st: &AppState, event: Event) -> Result<(), ApiError> {
     st.ports.queue.enqueue(vec![event]).await?;
     Ok(())
