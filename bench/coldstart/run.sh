@@ -23,7 +23,7 @@ read -r -a PROFILE_LIST <<<"${PROFILES:-$PROFILE}"
 PROFILE="${PROFILE_LIST[0]}"
 HARNESS="${HARNESS:-/work/shared/tools/lambda_runtime_bench.py}"
 EVENT="${EVENT:-$(dirname "$HARNESS")/httpapi_event.json}"
-FUNCTIONS=(widget-api desk-webhook channel-webhook conversation-worker timeout-check timeout-sweeper)
+FUNCTIONS=(widget-api agent-api desk-webhook channel-webhook conversation-worker timeout-check timeout-sweeper widget-socket)
 HELLO_TARGET="$HERE/hello-lambda/target"
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then

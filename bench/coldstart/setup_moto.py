@@ -64,6 +64,23 @@ evs = {
     "channel-webhook": http("POST", "/channels/telegram/demo", "POST /channels/telegram/{agent}", {"agent": "demo"},
                             {"update_id": 1, "message": {"message_id": 1, "date": 0, "chat": {"id": 42, "type": "private"},
                                                          "text": "hello"}}),
+    # The agent lookup: a DynamoDB GetItem (no agent: 404).
+    "agent-api": http("POST", "/converse/chat", "POST /converse/chat", {},
+                      {"sessionId": "s1", "message": {"type": "text", "text": "hello"}}),
+    # $connect of the widget's WebSocket: load_agent, a DynamoDB GetItem (no agent: refused, 404).
+    "widget-socket": {"headers": {"Host": "abc123.execute-api.us-east-1.amazonaws.com",
+                                  "Origin": "https://shop.example", "Sec-WebSocket-Version": "13"},
+                      "multiValueHeaders": {},
+                      "queryStringParameters": {"agent": "demo", "token": "u1.c2lnbmF0dXJl"},
+                      "multiValueQueryStringParameters": {"agent": ["demo"], "token": ["u1.c2lnbmF0dXJl"]},
+                      "requestContext": {"routeKey": "$connect", "eventType": "CONNECT", "stage": "live",
+                                         "connectedAt": 1796564712000, "requestTimeEpoch": 1796564712000,
+                                         "identity": {"sourceIp": "203.0.113.9"}, "requestId": "r1",
+                                         "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
+                                         "connectionId": "L0SM9cOFvHcCIhw=", "apiId": "abc123",
+                                         "messageDirection": "IN", "extendedRequestId": "r1",
+                                         "requestTime": "06/Dec/2026:13:45:12 +0000"},
+                      "isBase64Encoded": False},
     # apply_event: reads/writes the conversation in DynamoDB.
     "conversation-worker": sqs_event({"schema": 1, "id": "bench:wake", "conversation": conv, "at": 0, "kind": {"type": "wake"}},
                                      "arn:aws:sqs:us-east-1:123456789012:baton-bench-events.fifo"),
@@ -78,6 +95,7 @@ evs = {
     "node": http("POST", "/api/widget/demo/messages", "POST /api/widget/{agent}/messages", {"agent": "demo"}, {"text": "hello"}),
     "hello-lambda": base,
 }
+evs["agent-api"]["headers"].update(botid="demo", authorization="Bearer bench-token")
 for name, e in evs.items():
     with open(os.path.join(out, f"event-{name}.json"), "w") as f:
         json.dump(e, f)

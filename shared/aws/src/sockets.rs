@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::config::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
-use baton_core::model::{ConversationKey, Millis};
+use baton_core::model::{Channel, ConversationKey, Millis};
 use baton_core::ports::{LivePush, LoggedMessage, StoreError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -167,6 +167,10 @@ impl SocketPush {
 #[async_trait]
 impl LivePush for SocketPush {
     async fn push(&self, key: &ConversationKey, message: &LoggedMessage) {
+        // Only the widget opens sockets (Agent API conversations are logged too).
+        if key.channel != Channel::Widget {
+            return;
+        }
         let body = match serde_json::to_vec(message) {
             Ok(b) if b.len() <= MAX_PUSH_BYTES => b,
             // The widget reads it from the log when it sees the gap in sequence numbers.

@@ -22,7 +22,9 @@ mod common;
 use baton_aws::aws_sdk_sqs::types::Message;
 use baton_core::agent::TelegramConfig;
 use baton_core::model::Secret;
-use baton_lambda::{handle_events, handle_timers, http_router, wire, Aws, Routes};
+use baton_core::ports::MessageLog;
+use baton_lambda::{handle_events, handle_timers, http_router, wire, Aws, Routes, SocketHandler};
+use baton_tests::apigw_socket::FakeSocketApi;
 use baton_tests::aws_meter::{summarize, writes_by_kind, AwsMeter, MeteredCall, SparseIndex};
 use baton_tests::telegram::{text_update, FakeTelegram};
 use common::{failed_ids, queue_arn, queue_depth, receive, record, settle, sqs_event, ApiRequest, Hub};
@@ -64,6 +66,10 @@ mod price {
     pub const DYNAMO_READ_UNIT: f64 = 0.125e-6;
     /// CloudWatch Logs ingestion (standard class), per byte.
     pub const LOG_BYTE: f64 = 0.50 / 1e9;
+    /// API Gateway WebSocket API, per message (each 32 KB; first billion a month).
+    pub const WS_MESSAGE: f64 = 1.00e-6;
+    /// API Gateway WebSocket API, per connection minute.
+    pub const WS_CONNECTION_MINUTE: f64 = 0.25e-6;
 }
 
 /// Everything billed, as measured.
@@ -77,6 +83,10 @@ struct Ledger {
     esm_standard_requests: usize,
     /// API Gateway's access log: one line per request, in the template's format.
     access_log_bytes: usize,
+    /// WebSocket API: messages (each `$connect` counted as one, and every push) and the
+    /// minutes connections stay open.
+    socket_messages: usize,
+    socket_minutes: f64,
 }
 
 impl Ledger {
@@ -130,7 +140,8 @@ struct Metered {
 }
 
 impl Metered {
-    async fn start(logs: LogMeter) -> Metered {
+    /// `socket`: the management endpoint the worker pushes the widget's messages to.
+    async fn start(logs: LogMeter, socket: Option<String>) -> Metered {
         let telegram = FakeTelegram::start(BOT_TOKEN).await;
         let api = telegram.url();
         let hub = common::hub(|a| {
@@ -164,8 +175,10 @@ impl Metered {
         let ssm = baton_aws::aws_sdk_ssm::Client::from_conf(
             baton_aws::aws_sdk_ssm::config::Builder::from(&sdk).endpoint_url(meter.url()).build(),
         );
+        let mut config = common::config(&hub.aws.config.table, &hub.queues);
+        config.widget_socket_url = socket;
         let aws: Aws = wire(
-            common::config(&hub.aws.config.table, &hub.queues),
+            config,
             Arc::new(baton_runtime::clock::SystemClock),
             dynamo,
             sqs,
@@ -200,6 +213,16 @@ impl Metered {
         self.ledger.access_log_bytes +=
             access_log_line(method, &route, reply.status, response_bytes).len() + 1 + LOG_EVENT_OVERHEAD;
         reply
+    }
+
+    /// The widget opens its WebSocket: API Gateway invokes widget-socket with `$connect`.
+    async fn connect(&mut self, connection: &str, token: &str) {
+        let event = common::connect_event(connection, "shop", Some(token), "https://shop.example");
+        let started = Instant::now();
+        let reply = SocketHandler::new(&self.hub.aws).handle(event).await;
+        self.ledger.invoked("widget-socket", started.elapsed());
+        self.ledger.socket_messages += 1;
+        assert_eq!(reply.status_code, 200, "{reply:?}");
     }
 
     async fn telegram_says(&mut self, update_id: i64, text: &str) {
@@ -410,6 +433,8 @@ fn print_bill(title: &str, calls: &[MeteredCall], ledger: &Ledger, log_bytes: us
         ("DynamoDB read units", read_units, price::DYNAMO_READ_UNIT),
         ("DynamoDB write units", write_units, price::DYNAMO_WRITE_UNIT),
         ("CloudWatch Logs bytes", log_bytes as f64, price::LOG_BYTE),
+        ("WebSocket messages", ledger.socket_messages as f64, price::WS_MESSAGE),
+        ("WebSocket connection minutes", ledger.socket_minutes, price::WS_CONNECTION_MINUTE),
     ];
     let mut total = esm;
     println!();
@@ -463,6 +488,8 @@ fn polls_in_gap(secs: f64, hot: bool) -> usize {
 const USER_THINKS: f64 = 20.0;
 const HUMAN_PICKS_UP: f64 = 60.0;
 const TURN: f64 = 30.0;
+/// The whole timeline: 10 bot answers read, the human picking up, 10 turns each way.
+const TIMELINE_SECS: f64 = 10.0 * USER_THINKS + HUMAN_PICKS_UP + 20.0 * TURN;
 
 /// Inbound events of the typical conversation: 10 questions, the handoff request, 10 human
 /// replies, 10 user replies, the human's close.
@@ -494,7 +521,7 @@ async fn the_bill_of_a_typical_conversation_does_not_grow() {
     let logs = log_meter();
 
     // ---- Telegram: replies are pushed, nothing polls.
-    let mut m = Metered::start(logs.clone()).await;
+    let mut m = Metered::start(logs.clone(), None).await;
     let mut update = 0;
     for i in 0..10 {
         update += 1;
@@ -527,7 +554,7 @@ async fn the_bill_of_a_typical_conversation_does_not_grow() {
     let telegram = m.bill("Telegram conversation (32 inbound events, no polling)", 0);
 
     // ---- Widget: the same conversation, polling on the widget's schedule.
-    let mut m = Metered::start(logs).await;
+    let mut m = Metered::start(logs.clone(), None).await;
     let r = m
         .api(
             "widget-api",
@@ -561,10 +588,56 @@ async fn the_bill_of_a_typical_conversation_does_not_grow() {
     assert_eq!(m.hub.desk.count_to("/chat"), 10);
     let widget = m.bill("Web widget conversation (32 inbound events, polling)", polls);
 
+    // ---- Widget with the WebSocket API: every message pushed, polling behind the socket
+    // (once when it opens, then every 60 s over the timeline; no reconnect: the conversation
+    // is shorter than API Gateway's 10 idle minutes between messages and its 2-hour limit).
+    let sockets = FakeSocketApi::start("test", "test", "us-east-1").await;
+    let mut m = Metered::start(logs, Some(sockets.url())).await;
+    let r = m
+        .api(
+            "widget-api",
+            ApiRequest::new("POST", "/api/widget/shop/session").json(&json!({"email": "ana@example.com"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let mut w = WidgetUser { token: r.body["token"].as_str().expect("a widget token").to_string(), cursor: 0 };
+    let connection = "L0SM9cOFvHcCIhw=";
+    m.connect(connection, &w.token.clone()).await;
+    sockets.open(connection);
+    let mut polls = do_polls(&mut m, &mut w, 1).await;
+    for i in 0..10 {
+        send_widget(&mut m, &w, i, QUESTIONS[i % 3]).await;
+        m.worker().await;
+    }
+    send_widget(&mut m, &w, 10, "I want to talk to a human").await;
+    m.worker().await;
+    let establish = m.hub.desk.first_to("/conversation/establish").await;
+    let conv = establish.body["conversation_id"].as_str().expect("a desk conversation id").to_string();
+    for i in 0..10 {
+        m.human_says(&conv, i, &format!("Human reply {i}")).await;
+        m.worker().await;
+        send_widget(&mut m, &w, 11 + i, &format!("User reply {i}")).await;
+        m.worker().await;
+    }
+    m.human_ends(&conv).await;
+    m.worker().await;
+    m.timers().await;
+    polls += do_polls(&mut m, &mut w, (TIMELINE_SECS / 60.0) as usize).await;
+    assert_eq!(m.hub.desk.count_to("/chat"), 10);
+    // Every message logged for the widget was pushed, once.
+    let logged = m.hub.aws.store.after(&widget_key(&w.token), 0, 1000).await.expect("the widget's log");
+    assert_eq!(sockets.pushes().len(), logged.len(), "one push per logged message");
+    assert!(sockets.bad_signatures().is_empty(), "{:?}", sockets.bad_signatures());
+    m.ledger.socket_messages += sockets.pushes().len();
+    m.ledger.socket_minutes = (TIMELINE_SECS / 60.0).ceil();
+    let pushed = m.bill("Web widget conversation (32 inbound events, WebSocket pushes)", polls);
+
     println!(
-        "\nTelegram: ${:.4} per 1,000 conversations; widget: ${:.4}; target ${TARGET_PER_1000}",
+        "\nTelegram: ${:.4} per 1,000 conversations; widget polling: ${:.4}; widget with WebSocket \
+         pushes: ${:.4}; target ${TARGET_PER_1000}",
         telegram.dollars * 1000.0,
-        widget.dollars * 1000.0
+        widget.dollars * 1000.0,
+        pushed.dollars * 1000.0
     );
     // The floor of this shape (queue-buffered, stateful, exactly once): per inbound event one
     // API request, an ingress and a worker invocation, a send, a receive and a delete on the
@@ -591,6 +664,12 @@ async fn the_bill_of_a_typical_conversation_does_not_grow() {
     assert!(telegram.write_units <= 505.0, "DynamoDB write units grew: {}", telegram.write_units);
     assert!(telegram.read_units <= 265.0, "DynamoDB read units grew: {}", telegram.read_units);
     assert!(telegram.sqs_requests <= 165, "SQS requests grew: {}", telegram.sqs_requests);
+}
+
+/// The widget conversation a token opens (`{user}.{signature}`).
+fn widget_key(token: &str) -> baton_core::ConversationKey {
+    let user = token.rsplit_once('.').map_or(token, |(u, _)| u);
+    baton_core::ConversationKey::new("shop", baton_core::Channel::Widget, user).expect("a widget key")
 }
 
 /// The widget's side: its conversation token and message cursor.

@@ -6,53 +6,11 @@
 
 mod common;
 
-use aws_lambda_events::event::apigw::ApiGatewayWebsocketProxyRequest;
 use baton_lambda::{wire, Aws, SocketHandler};
 use baton_tests::apigw_socket::FakeSocketApi;
-use common::{hub, run_worker, Hub, Widget, HOURS, SHIPPING};
-use serde_json::{json, Value};
+use common::{connect_event, hub, run_worker, Hub, Widget, HOURS, SHIPPING};
+use serde_json::Value;
 use std::sync::Arc;
-
-/// A `$connect` event as API Gateway sends it to the integration.
-fn connect_event(connection: &str, agent: &str, token: Option<&str>, origin: &str) -> ApiGatewayWebsocketProxyRequest {
-    let mut query = json!({"agent": agent});
-    if let Some(t) = token {
-        query["token"] = json!(t);
-    }
-    let multi: serde_json::Map<String, Value> =
-        query.as_object().unwrap().iter().map(|(k, v)| (k.clone(), json!([v]))).collect();
-    let event = json!({
-        "headers": {
-            "Host": "abc123.execute-api.us-east-1.amazonaws.com",
-            "Origin": origin,
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-            "Sec-WebSocket-Version": "13",
-            "X-Forwarded-For": "203.0.113.9",
-            "X-Forwarded-Port": "443",
-            "X-Forwarded-Proto": "https"
-        },
-        "multiValueHeaders": {"Origin": [origin]},
-        "queryStringParameters": query,
-        "multiValueQueryStringParameters": multi,
-        "requestContext": {
-            "routeKey": "$connect",
-            "eventType": "CONNECT",
-            "extendedRequestId": "Jk3vHhcHoAMFpXg=",
-            "requestTime": "06/Dec/2026:13:45:12 +0000",
-            "messageDirection": "IN",
-            "stage": "live",
-            "connectedAt": 1796564712000i64,
-            "requestTimeEpoch": 1796564712000i64,
-            "identity": {"sourceIp": "203.0.113.9", "userAgent": "Mozilla/5.0"},
-            "requestId": "Jk3vHhcHoAMFpXg=",
-            "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
-            "connectionId": connection,
-            "apiId": "abc123"
-        },
-        "isBase64Encoded": false
-    });
-    serde_json::from_value(event).expect("a $connect event")
-}
 
 /// The hub's functions, with the worker pushing to `sockets`.
 async fn pushing(hub: &Hub, sockets: &FakeSocketApi) -> Aws {
