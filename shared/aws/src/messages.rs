@@ -1,21 +1,26 @@
 //! The user-facing message log on DynamoDB, for channels whose users fetch their messages
-//! (the web widget short-polls it on AWS). Same API as the embedded store's.
+//! (the web widget, pushed to or polling on AWS). Same API as the embedded store's.
 //!
-//! Appending takes two writes: the conversation's `MSGSEQ` counter is incremented
-//! (UpdateItem ADD), then one transaction writes the `IDEM#{key}` marker (must be new) and
-//! the `MSG#{seq}` item. A crash or a duplicate between the two only leaves a gap in the
-//! sequence numbers, which cursors tolerate. Appends of one conversation are serial (its
-//! outbox runs in order), so sequence numbers become visible in order.
+//! Appending takes two plain writes: the conversation's `MSGSEQ` counter is incremented and
+//! records the idempotency key of the append (an `UpdateItem` that fails when that key was
+//! the last one), then the `MSG#{seq}` item is put. Appends of one conversation are serial
+//! (its outbox runs in order, one drain at a time), and an effect is only ever run again
+//! before the conversation's next one, so the last key is the only one a re-run can repeat:
+//! the re-run finds its message, or writes it under the number it took if the run before
+//! died between the two writes. Sequence numbers become visible in order; a number can be
+//! left unused (cursors skip gaps).
+//!
+//! Earlier builds kept an `IDEM#{key}` marker per message, written with it in a transaction
+//! (five write units a message instead of two); the first append after an upgrade checks the
+//! marker of its key, so a re-run across the upgrade is still caught.
 
-use crate::store::{
-    decode_doc, encode, failed_with, get_n, key_of, n, s, ttl, unavailable, DynamoStore, Tx, CONDITION_FAILED,
-    RECORD_SCHEMA,
-};
+use crate::store::{decode_doc, encode, get_n, key_of, n, s, ttl, unavailable, DynamoStore, RECORD_SCHEMA};
 use crate::table::{conv_pk, key_part, EXPIRES_AT};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use baton_core::model::{ConversationKey, Millis, OutMessage};
 use baton_core::ports::{LoggedMessage, StoreError};
 
+/// The marker earlier builds wrote for each appended message.
 fn idem_pk(idempotency_key: &str) -> String {
     format!("IDEM#{}", key_part(idempotency_key))
 }
@@ -24,10 +29,13 @@ fn msg_sk(seq: i64) -> String {
     format!("MSG#{seq:020}")
 }
 
+/// The counter's attribute holding the key of the last append.
+const LAST_KEY: &str = "last_idem";
+
 impl DynamoStore {
     /// Append `message` unless `idempotency_key` was appended before. Returns the new
-    /// message's sequence number, or `None` for a duplicate. Messages and idempotency
-    /// markers expire at `keep_until` (the agent's retention), the counter with the last one.
+    /// message's sequence number, or `None` for a duplicate. Messages expire at `keep_until`
+    /// (the agent's retention), the counter with the last one.
     pub async fn append_user_message(
         &self,
         key: &ConversationKey,
@@ -37,42 +45,54 @@ impl DynamoStore {
         keep_until: Millis,
     ) -> Result<Option<i64>, StoreError> {
         let conv = conv_pk(key);
-        let idem = idem_pk(idempotency_key);
-        // The usual duplicate (a re-run effect) is caught without burning a number.
-        if self.get(&idem, "-").await?.is_some() {
-            return Ok(None);
-        }
-        let counter = self
+        let counter_key = format!("{conv}/MSGSEQ");
+        let expires = ttl(keep_until);
+        let taken = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key_of(conv.as_str(), "MSGSEQ")))
-            .update_expression("ADD #seq :one SET #exp = :exp")
+            .update_expression("ADD #seq :one SET #exp = :exp, #last = :key")
+            .condition_expression("attribute_not_exists(#last) OR #last <> :key")
             .expression_attribute_names("#seq", "seq")
             .expression_attribute_names("#exp", EXPIRES_AT)
+            .expression_attribute_names("#last", LAST_KEY)
             .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":exp", n(ttl(keep_until)))
-            .return_values(ReturnValue::UpdatedNew)
+            .expression_attribute_values(":exp", n(expires))
+            .expression_attribute_values(":key", s(idempotency_key))
+            .return_values(ReturnValue::AllOld)
             .send()
-            .await
-            .map_err(|e| unavailable("next message number", &e))?;
-        let seq: i64 = match counter.attributes.as_ref().and_then(|a| a.get("seq")) {
-            Some(AttributeValue::N(v)) => v.parse().map_err(|_| StoreError::Corrupt {
-                key: format!("{conv}/MSGSEQ"),
-                message: "counter is out of range".into(),
-            })?,
-            _ => {
-                return Err(StoreError::Corrupt {
-                    key: format!("{conv}/MSGSEQ"),
-                    message: "counter update returned no number".into(),
-                })
+            .await;
+        let seq = match taken {
+            Ok(out) => {
+                let old = out.attributes.unwrap_or_default();
+                let before: i64 = if old.contains_key("seq") { get_n(&old, "seq", &counter_key)? } else { 0 };
+                // A counter of an earlier build: its appends left markers instead.
+                if before > 0
+                    && !old.contains_key(LAST_KEY)
+                    && self.get(&idem_pk(idempotency_key), "-").await?.is_some()
+                {
+                    return Ok(None);
+                }
+                before.checked_add(1).ok_or_else(|| StoreError::Corrupt {
+                    key: counter_key.clone(),
+                    message: "counter is out of range".into(),
+                })?
             }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
+                // The last append had this key: this is a re-run of it.
+                let counter = self.get(&conv, "MSGSEQ").await?.ok_or_else(|| StoreError::Corrupt {
+                    key: counter_key.clone(),
+                    message: "the counter vanished during an append".into(),
+                })?;
+                let seq: i64 = get_n(&counter, "seq", &counter_key)?;
+                if self.get(&conv, &msg_sk(seq)).await?.is_some() {
+                    return Ok(None);
+                }
+                seq
+            }
+            Err(e) => return Err(unavailable("next message number", &e)),
         };
-        let expires = ttl(keep_until);
-        let mut marker = key_of(idem.as_str(), "-");
-        marker.insert("conversation".into(), s(key.to_string()));
-        marker.insert("seq".into(), n(seq));
-        marker.insert(EXPIRES_AT.into(), n(expires));
         let mut item = key_of(conv.as_str(), msg_sk(seq));
         item.insert("seq".into(), n(seq));
         item.insert("at".into(), n(at.0));
@@ -80,13 +100,14 @@ impl DynamoStore {
         item.insert("idem".into(), s(idempotency_key));
         item.insert("schema".into(), n(RECORD_SCHEMA));
         item.insert(EXPIRES_AT.into(), n(expires));
-        match self.transact(vec![self.put_new(marker)?, self.put_new(item)?], "append message").await? {
-            Tx::Done => Ok(Some(seq)),
-            Tx::Cancelled(codes) if failed_with(&codes, 0, CONDITION_FAILED) => Ok(None),
-            Tx::Cancelled(codes) => {
-                Err(StoreError::Unavailable(format!("dynamodb append message cancelled: {codes:?}")))
-            }
-        }
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| unavailable("append message", &e))?;
+        Ok(Some(seq))
     }
 
     /// Messages of `key` with a sequence number above `after_seq`, oldest first

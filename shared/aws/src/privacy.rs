@@ -50,6 +50,7 @@ impl DynamoStore {
                     }
                 }
             }
+            // The idempotency markers earlier builds wrote beside each message.
             if sk.starts_with("MSG#") {
                 if let Ok(idem) = get_s(item, "idem", &conv) {
                     keys.push(key_of(format!("IDEM#{}", key_part(idem)), "-"));

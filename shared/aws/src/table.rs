@@ -12,9 +12,10 @@
 //! | trace line | `CONV#{key}` / `TRACE#{at:020}#{n}` | `at`, `what`, `id`, `detail`, `expires_at` |
 //! | seen event | `SEEN#{event id}` / `-` | `expires_at` (TTL, 8 days) |
 //! | desk link | `DESK#{agent}#{desk conversation}` / `MAP` and `HANDOFF#{id}` / `MAP`, a copy at `CONV#{key}` / `LINK#{handoff id}` (for erasure) | the link's four fields, `expires_at` |
-//! | message counter | `CONV#{key}` / `MSGSEQ` | `seq`, `expires_at` |
-//! | user message | `CONV#{key}` / `MSG#{seq:020}` | `seq`, `at`, `doc`, `expires_at` |
-//! | message idempotency | `IDEM#{key}` / `-` | `expires_at` |
+//! | message counter | `CONV#{key}` / `MSGSEQ` | `seq`, `last_idem` (the last append's key), `expires_at` |
+//! | user message | `CONV#{key}` / `MSG#{seq:020}` | `seq`, `at`, `doc`, `idem`, `expires_at` |
+//! | message idempotency (earlier builds; read, no longer written) | `IDEM#{key}` / `-` | `expires_at` |
+//! | widget WebSocket | `CONV#{key}` / `WS#{connection id}` | `connection`, `expires_at` (API Gateway's two hours) |
 //! | connector record (OAuth token, own message id, lease) | `KV#{name}` / `-` | `value`, `valid_until` (ms), `expires_at` |
 //!
 //! Two sparse GSIs, both KEYS_ONLY and sharded so no single partition takes every write:

@@ -253,22 +253,31 @@ async fn message_log_dedupes_orders_and_tolerates_gaps() {
     let s2 = store.append_user_message(&a, "k3", &second, Millis(at + 3), keep).await.unwrap().unwrap();
     assert_eq!((s1, s2), (1, 2));
 
-    // A crash between the counter and the transaction leaves a gap; cursors skip it.
-    store
-        .client()
-        .update_item()
-        .table_name(store.table_name())
-        .key("pk", AttributeValue::S(format!("CONV#{a}")))
-        .key("sk", AttributeValue::S("MSGSEQ".into()))
-        .update_expression("ADD #s :one")
-        .expression_attribute_names("#s", "seq")
-        .expression_attribute_values(":one", AttributeValue::N("1".into()))
-        .send()
-        .await
-        .unwrap();
+    // An append that died between the counter and its message: the effect's re-run writes
+    // the message under the number it took.
+    let take_number = |key: &'static str| {
+        store
+            .client()
+            .update_item()
+            .table_name(store.table_name())
+            .key("pk", AttributeValue::S(format!("CONV#{a}")))
+            .key("sk", AttributeValue::S("MSGSEQ".into()))
+            .update_expression("ADD #s :one SET #l = :k")
+            .expression_attribute_names("#s", "seq")
+            .expression_attribute_names("#l", "last_idem")
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .expression_attribute_values(":k", AttributeValue::S(key.into()))
+            .send()
+    };
+    take_number("k-died").await.unwrap();
+    let died = OutMessage::new(Role::Bot, "written by the re-run");
+    assert_eq!(store.append_user_message(&a, "k-died", &died, Millis(at + 4), keep).await.unwrap(), Some(3));
+    assert_eq!(store.append_user_message(&a, "k-died", &died, Millis(at + 4), keep).await.unwrap(), None);
+    // One whose effect never ran again leaves its number unused; cursors skip it.
+    take_number("k-gone").await.unwrap();
     let third = OutMessage::new(Role::Bot, "third");
-    let s4 = store.append_user_message(&a, "k4", &third, Millis(at + 4), keep).await.unwrap().unwrap();
-    assert_eq!(s4, 4);
+    let s4 = store.append_user_message(&a, "k4", &third, Millis(at + 5), keep).await.unwrap().unwrap();
+    assert_eq!(s4, 5);
 
     let all = store.user_messages_after(&a, 0, 10).await.unwrap();
     assert_eq!(
@@ -276,24 +285,24 @@ async fn message_log_dedupes_orders_and_tolerates_gaps() {
         vec![
             (s1, Millis(at), hello.clone()),
             (s2, Millis(at + 3), second.clone()),
-            (s4, Millis(at + 4), third.clone())
+            (3, Millis(at + 4), died.clone()),
+            (s4, Millis(at + 5), third.clone())
         ]
     );
     assert_eq!(
         store.user_messages_after(&a, s1, 10).await.unwrap(),
-        vec![(s2, Millis(at + 3), second), (s4, Millis(at + 4), third.clone())]
+        vec![(s2, Millis(at + 3), second), (3, Millis(at + 4), died), (s4, Millis(at + 5), third.clone())]
     );
-    assert_eq!(store.user_messages_after(&a, 3, 10).await.unwrap(), vec![(s4, Millis(at + 4), third)]);
+    assert_eq!(store.user_messages_after(&a, 4, 10).await.unwrap(), vec![(s4, Millis(at + 5), third)]);
     assert_eq!(store.user_messages_after(&a, -5, 1).await.unwrap().len(), 1);
     assert!(store.user_messages_after(&a, s4, 10).await.unwrap().is_empty());
     assert!(store.user_messages_after(&a, i64::MAX, 10).await.unwrap().is_empty());
     assert_eq!(store.user_messages_after(&b, 0, 10).await.unwrap().len(), 1);
 
-    // Messages, idempotency markers and the counter expire with the retention.
+    // Messages and the counter expire with the retention.
     let item = raw_item(&store, &format!("CONV#{a}"), &format!("MSG#{s1:020}")).await.unwrap();
     assert_eq!(number(&item, "expires_at"), at / 1000 + 3600);
-    let marker = raw_item(&store, "IDEM#k1", "-").await.unwrap();
-    assert_eq!(number(&marker, "expires_at"), at / 1000 + 3600);
+    assert!(raw_item(&store, "IDEM#k1", "-").await.is_none(), "no marker items any more");
     let counter = raw_item(&store, &format!("CONV#{a}"), "MSGSEQ").await.unwrap();
     assert_eq!(number(&counter, "expires_at"), at / 1000 + 3600);
 }
@@ -411,4 +420,32 @@ async fn config_cache_reuses_reads_for_its_time() {
     assert_eq!(cached.get_agent("demo").await.unwrap().unwrap().name, "After");
     assert_eq!(cached.desk_status("demo").await.unwrap().unwrap().detail, "after");
     assert!(cached.get_agent("later").await.unwrap().is_some());
+}
+
+/// A log written by an earlier build (an `IDEM#{key}` marker per message, a counter without
+/// the last key): an effect run again across the upgrade is still caught.
+#[tokio::test]
+async fn message_log_of_an_earlier_build_still_catches_a_re_run() {
+    let store = common::store().await;
+    let a = key("old");
+    let at = 1_700_000_000_000i64;
+    let put = |pk: String, sk: &str, extra: Vec<(&str, AttributeValue)>| {
+        let mut req = store
+            .client()
+            .put_item()
+            .table_name(store.table_name())
+            .item("pk", AttributeValue::S(pk))
+            .item("sk", AttributeValue::S(sk.into()));
+        for (k, v) in extra {
+            req = req.item(k, v);
+        }
+        req.send()
+    };
+    put(format!("CONV#{a}"), "MSGSEQ", vec![("seq", AttributeValue::N("1".into()))]).await.unwrap();
+    put("IDEM#k1".into(), "-", vec![("seq", AttributeValue::N("1".into()))]).await.unwrap();
+    let hello = OutMessage::new(Role::Bot, "hello");
+    assert_eq!(store.append_user_message(&a, "k1", &hello, Millis(at), Millis(at + 3_600_000)).await.unwrap(), None);
+    let next = OutMessage::new(Role::Bot, "next");
+    let s = store.append_user_message(&a, "k2", &next, Millis(at + 1), Millis(at + 3_600_000)).await.unwrap();
+    assert_eq!(s, Some(3), "the re-run's number is left unused");
 }
