@@ -47,6 +47,11 @@ impl Brain for Brains {
         }
     }
 
+    /// The FAQ brain is a lookup in the agent's own entries.
+    fn answers_locally(&self, agent: &Agent) -> bool {
+        matches!(agent.brain, BrainConfig::Faq { .. })
+    }
+
     async fn answer_with_params(&self, agent: &Agent, request: &BrainRequest) -> Result<BrainAnswer, DeliveryError> {
         match &agent.brain {
             BrainConfig::Faq { .. } => self.faq.answer_with_params(agent, request).await,

@@ -120,7 +120,12 @@ pub struct PendingEffect {
 
 impl PendingEffect {
     pub fn for_event(event_id: &str, index: usize, effect: Effect) -> Self {
-        PendingEffect { id: format!("{event_id}/{index}"), effect }
+        PendingEffect { id: Self::id_for(event_id, index), effect }
+    }
+
+    /// The id of the effect at `index` of the step that applied `event_id`.
+    pub fn id_for(event_id: &str, index: usize) -> String {
+        format!("{event_id}/{index}")
     }
 
     /// The idempotency key sent to receivers (`webhook-id`, `X-Line-Retry-Key`, ...).

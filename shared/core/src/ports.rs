@@ -230,6 +230,12 @@ pub trait Brain: Send + Sync {
     async fn answer_with_params(&self, agent: &Agent, request: &BrainRequest) -> Result<BrainAnswer, DeliveryError> {
         Ok(BrainAnswer { reply: self.answer(agent, request).await?, params: Default::default() })
     }
+
+    /// Whether this agent's brain answers without I/O, in microseconds: the worker then asks
+    /// it within the step instead of through an effect.
+    fn answers_locally(&self, _agent: &Agent) -> bool {
+        false
+    }
 }
 
 /// Why an outbound call failed, and whether trying again can help.

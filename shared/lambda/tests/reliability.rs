@@ -540,12 +540,34 @@ async fn timers_cost_no_outbox_writes_on_aws() {
     assert_eq!(pending, [("post_to_desk", format!("{}/0", event.id))]);
 }
 
+/// An agent whose brain is an LLM (a fake of OpenAI's API): asked through an effect.
+fn llm_brain(base_url: String) -> baton_core::agent::BrainConfig {
+    baton_core::agent::BrainConfig::Llm(Box::new(baton_core::agent::LlmConfig {
+        base_url,
+        model: "gpt-4o-mini".into(),
+        api_key: baton_core::model::Secret("sk-reliability-key".into()),
+        system_prompt: "You are the shop's assistant.".into(),
+        handoff_description: baton_core::agent::default_handoff_description(),
+        knowledge: vec![],
+        max_tokens: 200,
+        temperature: None,
+        conversation_token_budget: 10_000,
+        daily_token_budget: 100_000,
+        timeout_secs: 5,
+        erp: None,
+    }))
+}
+
 /// A brain's answer is applied in the drain that asked the brain: one invocation answers
 /// the user and leaves nothing on the queue. When the store cannot take that step, the
 /// answer is queued as an event instead and reaches the user through the queue, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_is_stepped_on_in_its_drain_or_queued_when_the_store_cannot() {
-    let hub = hub(|_| {}).await;
+    use baton_tests::openai::{FakeOpenai, Turn};
+    let llm = FakeOpenai::start("sk-reliability-key").await;
+    llm.script([Turn::text(HOURS), Turn::text(SHIPPING)]);
+    let url = llm.url();
+    let hub = hub(move |a| a.brain = llm_brain(url)).await;
     let url = hub.queues.events.clone();
     let arn = queue_arn(&hub.sqs, &url).await;
     let mut w = Widget::start(&hub, None).await;
@@ -574,4 +596,36 @@ async fn an_answer_is_stepped_on_in_its_drain_or_queued_when_the_store_cannot() 
     release(&hub.sqs, &url, &queued[0]).await;
     run_worker(&hub).await;
     assert_eq!(w.texts_from("bot").await, vec![HOURS, SHIPPING]);
+    assert_eq!(llm.requests().len(), 2, "each question asked once");
+}
+
+/// The FAQ brain answers without I/O, so it is asked within the step: the question and its
+/// answer are one commit, and no `AskBrain` effect is stored or run. What the user sees is
+/// the same; a re-delivered question is still a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faq_answer_is_committed_with_its_question() {
+    let hub = hub(|_| {}).await;
+    let url = hub.queues.events.clone();
+    let arn = queue_arn(&hub.sqs, &url).await;
+    let mut w = Widget::start(&hub, None).await;
+    w.send("What are your opening hours?").await;
+    let question = receive(&hub.sqs, &url).await;
+    let event = parse_event(question[0].body().unwrap()).unwrap();
+    // Applied, not drained: the answer is already pending with the question's commit.
+    assert_eq!(
+        baton_runtime::worker::apply_event(&hub.aws.ports, &event).await.unwrap(),
+        baton_runtime::worker::Processed::Applied { effects: 1 }
+    );
+    let pending = hub.aws.store.pending_effects(&w.key()).await.unwrap();
+    let names: Vec<&str> = pending.iter().map(|i| i.effect.effect.name()).collect();
+    assert_eq!(names, ["send_to_user"], "no ask_brain stored");
+    assert_eq!(pending[0].effect.id, format!("fx:{}/0/0", event.id), "the id it has as the answer's effect");
+    let trace = hub.aws.store.trace(&w.key()).await.unwrap();
+    assert_eq!(trace.len(), 1, "one step: {trace:#?}");
+    assert!(trace[0].detail.contains("answered in the step"), "{trace:#?}");
+
+    assert!(invoke_worker(&hub.aws, vec![record(&question[0], &arn)]).await.is_empty());
+    delete(&hub.sqs, &url, &question[0]).await;
+    assert_eq!(w.texts_from("bot").await, vec![HOURS], "answered once");
+    assert!(receive(&hub.sqs, &url).await.is_empty(), "nothing queued for the answer");
 }

@@ -8,7 +8,9 @@ use baton_core::ports::{
     BrainRequest, Commit, CommitOutcome, Delivery, DeliveryError, DeskLink, DeskStatusRecord, OutboxItem, StoreError,
     TraceEntry,
 };
-use baton_core::{step_with, Agent, ConversationKey, Effect, Event, EventKind, Facts, Millis, PendingEffect, Session};
+use baton_core::{
+    step_with, Agent, ConversationKey, Effect, Event, EventKind, Facts, Millis, PendingEffect, Session, Step,
+};
 use std::collections::HashSet;
 
 /// Optimistic-lock retries before giving the event back to the queue.
@@ -64,26 +66,44 @@ pub async fn apply_event(ports: &Ports, event: &Event) -> Result<Processed, Work
         let (next, effects, processed, trace) = match step_with(&session, event, now, &agent, &facts) {
             Ok(s) => {
                 let names: Vec<&str> = s.effects.iter().map(Effect::name).collect();
-                let detail = format!(
+                let mut detail = format!(
                     "{}: {} -> {}; effects: [{}]",
                     event.kind.name(),
                     before,
                     s.session.state.name(),
                     names.join(", ")
                 );
-                // Ids keep each effect's place in the step, whatever is left out.
+                // Ids keep each effect's place in its step, whatever is left out.
                 let cancels = ports.timers.cancel_takes_effect();
                 let with_session = ports.timers.armed_with_the_session();
                 let mut pending = Vec::with_capacity(s.effects.len());
-                for (i, effect) in s.effects.into_iter().enumerate() {
-                    match effect {
-                        Effect::CancelTimer if !cancels => {}
-                        Effect::ScheduleTimer { generation, due, .. } if with_session => timers.push((generation, due)),
-                        effect => pending.push(PendingEffect::for_event(&event.id, i, effect)),
+                let mut keep = |base: &str, i: usize, effect: Effect| match effect {
+                    Effect::CancelTimer if !cancels => {}
+                    Effect::ScheduleTimer { generation, due, .. } if with_session => timers.push((generation, due)),
+                    effect => pending.push(PendingEffect::for_event(base, i, effect)),
+                };
+                let session = match answer_in_step(ports, &agent, &facts, event, now, &s).await {
+                    Some(answered) => {
+                        detail.push_str(&answered.detail);
+                        for (i, effect) in s.effects.into_iter().enumerate() {
+                            if i != answered.asked {
+                                keep(&event.id, i, effect);
+                            }
+                        }
+                        for (i, effect) in answered.step.effects.into_iter().enumerate() {
+                            keep(&answered.event_id, i, effect);
+                        }
+                        answered.step.session
                     }
-                }
+                    None => {
+                        for (i, effect) in s.effects.into_iter().enumerate() {
+                            keep(&event.id, i, effect);
+                        }
+                        s.session
+                    }
+                };
                 let n = pending.len();
-                (s.session, pending, Processed::Applied { effects: n }, trace(now, "event", &event.id, detail))
+                (session, pending, Processed::Applied { effects: n }, trace(now, "event", &event.id, detail))
             }
             Err(why) => {
                 tracing::info!(conversation = %key, event = %event.id, kind = event.kind.name(), state = before, reason = %why, "event ignored");
@@ -110,6 +130,64 @@ pub async fn apply_event(ports: &Ports, event: &Event) -> Result<Processed, Work
         }
     }
     Err(WorkerError::Contended(key.to_string()))
+}
+
+/// A brain's answer given within the step that asked it.
+struct AnsweredInStep {
+    /// The index of the `AskBrain` effect it replaces.
+    asked: usize,
+    /// The id the answer's event has (the one it would have had as the effect's result).
+    event_id: String,
+    step: Step,
+    detail: String,
+}
+
+/// A brain that answers without I/O (the FAQ brain: a lookup in the agent's own entries) is
+/// asked within the step: its answer is applied as the next step before the commit, so a
+/// question and its answer are one write, and no `AskBrain` effect is stored and run. Brains
+/// that call out (an LLM, a hosted agent) stay effects: a network call never sits between a
+/// step and its commit. `None` when the step asked no such brain, or the answer needs the
+/// path of an effect's result (what the brain learned is applied first, or the answer was
+/// ignored): the effect is then kept.
+async fn answer_in_step(
+    ports: &Ports,
+    agent: &Agent,
+    facts: &Facts,
+    event: &Event,
+    now: Millis,
+    stepped: &Step,
+) -> Option<AnsweredInStep> {
+    let asked = stepped.effects.iter().position(|e| matches!(e, Effect::AskBrain { .. }))?;
+    if !ports.brain.answers_locally(agent) {
+        return None;
+    }
+    let Effect::AskBrain { question, history, context, language, params } = &stepped.effects[asked] else {
+        return None;
+    };
+    let request = BrainRequest {
+        conversation: event.conversation.clone(),
+        question: question.clone(),
+        history: history.clone(),
+        context: context.clone(),
+        language: language.clone(),
+        params: params.clone(),
+    };
+    let answer = ports.brain.answer_with_params(agent, &request).await.ok()?;
+    if !answer.params.is_empty() {
+        return None;
+    }
+    let event_id = format!("fx:{}", PendingEffect::id_for(&event.id, asked));
+    let reply =
+        Event::new(event_id.clone(), event.conversation.clone(), now, EventKind::BrainReplied { reply: answer.reply });
+    let step = step_with(&stepped.session, &reply, now, agent, facts).ok()?;
+    let names: Vec<&str> = step.effects.iter().map(Effect::name).collect();
+    let detail = format!(
+        "; answered in the step: {} -> {}; effects: [{}]",
+        stepped.session.state.name(),
+        step.session.state.name(),
+        names.join(", ")
+    );
+    Some(AnsweredInStep { asked, event_id, step, detail })
 }
 
 fn trace(at: Millis, what: &str, id: &str, detail: String) -> TraceEntry {
