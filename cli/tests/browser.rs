@@ -95,6 +95,20 @@ window.fetch = function (url) {
 };
 return true;"#;
 
+/// The polls counted since [`COUNT_POLLS`] ran or the page was last hidden or shown.
+async fn polls(browser: &Browser) -> u64 {
+    browser.execute("return window.__polls;", serde_json::json!([])).await.as_u64().unwrap_or(0)
+}
+
+/// The user asks the widget for a human; returns the desk's conversation id.
+async fn ask_for_a_human(browser: &Browser, hub: &common::Hub) -> String {
+    let input = browser.find("#input").await;
+    browser.type_text(&input, "I want to talk to a human").await;
+    browser.click(&browser.find("#send").await).await;
+    let est = hub.desk.first_to("/conversation/establish").await;
+    est.body["conversation_id"].as_str().unwrap().to_string()
+}
+
 /// Tells the page it is hidden or shown, as the browser does when its tab is switched.
 fn set_hidden(hidden: bool) -> String {
     format!(
@@ -111,26 +125,21 @@ async fn the_polling_widget_shows_the_human_and_polls_seldom_while_hidden() {
     let browser = Browser::start(&artifacts()).await;
     browser.goto(&format!("{}/widget/shop?poll=1&email=di%40example.com", hub.base)).await;
     browser.execute(COUNT_POLLS, serde_json::json!([])).await;
-    let input = browser.find("#input").await;
-    browser.type_text(&input, "I want to talk to a human").await;
-    browser.click(&browser.find("#send").await).await;
-    let est = hub.desk.first_to("/conversation/establish").await;
-    let conversation = est.body["conversation_id"].as_str().unwrap().to_string();
+    let conversation = ask_for_a_human(&browser, &hub).await;
     assert_eq!(hub.desk_reply(&conversation, "Hello, this is Anna.", None).await.status(), 200);
     browser.find_text(".msg-human .bubble", "Hello, this is Anna.").await;
-    let polls = browser.execute("return window.__polls;", serde_json::json!([])).await;
-    assert!(polls.as_u64().unwrap_or(0) >= 1, "the reply came by polling: {polls}");
+    assert!(polls(&browser).await >= 1, "the reply came by polling");
 
     // Shown, with a human on, it polls every second.
     browser.execute(&set_hidden(false), serde_json::json!([])).await;
     tokio::time::sleep(std::time::Duration::from_secs(4)).await;
-    let shown = browser.execute("return window.__polls;", serde_json::json!([])).await.as_u64().unwrap_or(0);
+    let shown = polls(&browser).await;
     assert!(shown >= 3, "{shown} polls in 4 s while shown");
 
     // Hidden: the poll already scheduled, then none for 30 s.
     browser.execute(&set_hidden(true), serde_json::json!([])).await;
     tokio::time::sleep(std::time::Duration::from_secs(4)).await;
-    let hidden = browser.execute("return window.__polls;", serde_json::json!([])).await.as_u64().unwrap_or(0);
+    let hidden = polls(&browser).await;
     assert!(hidden <= 1, "{hidden} polls in 4 s while hidden");
     assert_eq!(hub.desk_reply(&conversation, "Are you still there?", None).await.status(), 200);
 
@@ -222,14 +231,9 @@ async fn the_widget_shows_pushed_replies_and_polls_only_behind_its_socket() {
     // After the one poll that reads what came before the socket, polling stands behind it.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     browser.execute(COUNT_POLLS, serde_json::json!([])).await;
-    let polls =
-        || async { browser.execute("return window.__polls;", serde_json::json!([])).await.as_u64().unwrap_or(0) };
+    let polls = || polls(&browser);
 
-    let input = browser.find("#input").await;
-    browser.type_text(&input, "I want to talk to a human").await;
-    browser.click(&browser.find("#send").await).await;
-    let est = hub.desk.first_to("/conversation/establish").await;
-    let conversation = est.body["conversation_id"].as_str().unwrap().to_string();
+    let conversation = ask_for_a_human(&browser, &hub).await;
     assert_eq!(hub.desk_reply(&conversation, "Hello, this is Anna.", None).await.status(), 200);
     browser.find_text(".msg-human .bubble", "Hello, this is Anna.").await;
     assert_eq!(polls().await, 0, "pushed, not polled");

@@ -146,31 +146,15 @@ async fn email_is_collected_in_chat_when_not_preset() {
     hub.running.stop().await;
 }
 
-fn llm_brain(base_url: String) -> baton_core::agent::BrainConfig {
-    baton_core::agent::BrainConfig::Llm(Box::new(baton_core::agent::LlmConfig {
-        base_url,
-        model: "gpt-4o-mini".into(),
-        api_key: baton_core::model::Secret("sk-e2e-openai-key".into()),
-        system_prompt: "You are the shop's assistant.".into(),
-        handoff_description: baton_core::agent::default_handoff_description(),
-        knowledge: vec![],
-        max_tokens: 200,
-        temperature: None,
-        conversation_token_budget: 10_000,
-        daily_token_budget: 100_000,
-        timeout_secs: 5,
-        erp: None,
-    }))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_llm_agent_answers_survives_a_rate_limit_and_hands_over_with_its_reason() {
     use baton_tests::openai::{FakeOpenai, Turn};
     let llm = FakeOpenai::start("sk-e2e-openai-key").await;
     let url = llm.url();
-    let hub =
-        common::hub_with(std::sync::Arc::new(baton_runtime::clock::SystemClock), move |a| a.brain = llm_brain(url))
-            .await;
+    let hub = common::hub_with(std::sync::Arc::new(baton_runtime::clock::SystemClock), move |a| {
+        a.brain = baton_tests::openai::brain(url, "sk-e2e-openai-key")
+    })
+    .await;
     let mut w = WidgetClient::start(&hub.base, "shop", Some("ana@example.com")).await;
 
     // Rate limited once (Retry-After: 1): the answer comes after the retry, once.
@@ -202,9 +186,10 @@ async fn a_model_that_refuses_hands_the_user_to_a_human_instead_of_going_quiet()
     let llm = FakeOpenai::start("sk-e2e-openai-key").await;
     llm.always(Turn::error(404, "invalid_request_error", "The model `gpt-4o-mini` does not exist"));
     let url = llm.url();
-    let hub =
-        common::hub_with(std::sync::Arc::new(baton_runtime::clock::SystemClock), move |a| a.brain = llm_brain(url))
-            .await;
+    let hub = common::hub_with(std::sync::Arc::new(baton_runtime::clock::SystemClock), move |a| {
+        a.brain = baton_tests::openai::brain(url, "sk-e2e-openai-key")
+    })
+    .await;
     let mut w = WidgetClient::start(&hub.base, "shop", Some("ana@example.com")).await;
     w.send("How long does shipping take?").await;
     w.wait_for("waiting notice", |m| m["from"] == "system" && m["text"].as_str().unwrap().contains("connecting")).await;
@@ -221,9 +206,10 @@ async fn a_rejected_model_key_hands_the_user_over_and_alerts_without_showing_the
     use baton_tests::openai::FakeOpenai;
     let llm = FakeOpenai::start("sk-the-right-key").await;
     let url = llm.url();
-    let hub =
-        common::hub_with(std::sync::Arc::new(baton_runtime::clock::SystemClock), move |a| a.brain = llm_brain(url))
-            .await;
+    let hub = common::hub_with(std::sync::Arc::new(baton_runtime::clock::SystemClock), move |a| {
+        a.brain = baton_tests::openai::brain(url, "sk-e2e-openai-key")
+    })
+    .await;
     let w = WidgetClient::start(&hub.base, "shop", Some("ana@example.com")).await;
     w.send("How long does shipping take?").await;
     let est = eventually(WAIT, "establish at the desk", || async {

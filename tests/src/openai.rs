@@ -220,3 +220,22 @@ async fn handle(State(st): State<St>, uri: Uri, headers: HeaderMap, body: Bytes)
     }
     response
 }
+
+/// An agent brain on the fake at `base_url` (`gpt-4o-mini`, `api_key` the key the fake was
+/// started with, no knowledge, no ERP tools).
+pub fn brain(base_url: String, api_key: &str) -> baton_core::agent::BrainConfig {
+    baton_core::agent::BrainConfig::Llm(Box::new(baton_core::agent::LlmConfig {
+        base_url,
+        model: "gpt-4o-mini".into(),
+        api_key: baton_core::model::Secret(api_key.into()),
+        system_prompt: "You are the shop's assistant.".into(),
+        handoff_description: baton_core::agent::default_handoff_description(),
+        knowledge: vec![],
+        max_tokens: 200,
+        temperature: None,
+        conversation_token_budget: 10_000,
+        daily_token_budget: 100_000,
+        timeout_secs: 5,
+        erp: None,
+    }))
+}

@@ -37,14 +37,7 @@ impl KeyValue for DynamoStore {
     }
 
     async fn put(&self, name: &str, value: &str, expires_at: Millis) -> Result<(), StoreError> {
-        self.client()
-            .put_item()
-            .table_name(self.table_name())
-            .set_item(Some(self.kv_item(name, value, expires_at)))
-            .send()
-            .await
-            .map_err(|e| unavailable("put", &e))?;
-        Ok(())
+        self.put_plain(self.kv_item(name, value, expires_at), "put").await
     }
 
     async fn put_if_absent(

@@ -100,13 +100,7 @@ impl DynamoStore {
         item.insert("idem".into(), s(idempotency_key));
         item.insert("schema".into(), n(RECORD_SCHEMA));
         item.insert(EXPIRES_AT.into(), n(expires));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| unavailable("append message", &e))?;
+        self.put_plain(item, "append message").await?;
         Ok(Some(seq))
     }
 

@@ -14,6 +14,7 @@ use aws_sdk_dynamodb::config::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
 use baton_core::model::{Channel, ConversationKey, Millis};
+use baton_core::net::encode_unreserved;
 use baton_core::ports::{LivePush, LoggedMessage, StoreError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -40,14 +41,7 @@ impl DynamoStore {
         let mut item = key_of(conv_pk(key), socket_sk(connection_id));
         item.insert("connection".into(), s(connection_id));
         item.insert(EXPIRES_AT.into(), n(connected_at.0.div_euclid(1000) + CONNECTION_LIFETIME_SECS));
-        self.client()
-            .put_item()
-            .table_name(self.table_name())
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| crate::store::unavailable("record a widget connection", &e))?;
-        Ok(())
+        self.put_plain(item, "record a widget connection").await
     }
 
     /// The conversation's recorded connections.
@@ -114,7 +108,8 @@ impl SocketClient {
 
     /// `POST @connections/{id}` with `body`, signed.
     pub async fn post(&self, connection_id: &str, body: &[u8]) -> Result<Pushed, String> {
-        let url = format!("{}/@connections/{}", self.endpoint.url, encode_segment(connection_id));
+        // The id as one path segment: it ends in `=`.
+        let url = format!("{}/@connections/{}", self.endpoint.url, encode_unreserved(connection_id));
         let credentials = self
             .endpoint
             .credentials
@@ -194,30 +189,5 @@ impl LivePush for SocketPush {
                 Err(e) => tracing::warn!(conversation = %key, error = %e, "push to a widget connection failed"),
             }
         }
-    }
-}
-
-/// Percent-encodes one path segment: everything but RFC 3986's unreserved characters (a
-/// connection id ends in `=`).
-fn encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len() + 8);
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connection_ids_are_encoded_as_one_segment() {
-        assert_eq!(encode_segment("L0SM9cOFvHcCIhw="), "L0SM9cOFvHcCIhw%3D");
-        assert_eq!(encode_segment("a/b c"), "a%2Fb%20c");
     }
 }

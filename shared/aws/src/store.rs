@@ -294,6 +294,18 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
+    /// A plain (unconditional) PutItem; `what` names it in the error.
+    pub(crate) async fn put_plain(&self, item: Item, what: &str) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| unavailable(what, &e))?;
+        Ok(())
+    }
+
     /// Strongly consistent GetItem.
     pub(crate) async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
         let out = self
@@ -393,14 +405,7 @@ impl DynamoStore {
         }
         for (conv, lines, keep_until) in by_conv {
             let put = match self.trace_item(&conv, &lines, keep_until) {
-                Ok(item) => self
-                    .client
-                    .put_item()
-                    .table_name(&self.table)
-                    .set_item(Some(item))
-                    .send()
-                    .await
-                    .map_err(|e| unavailable("put trace", &e)),
+                Ok(item) => self.put_plain(item, "put trace").await,
                 Err(e) => Err(e),
             };
             if let Err(e) = put {
@@ -1082,13 +1087,7 @@ impl Store for DynamoStore {
         let mut item = key_of(agent_pk(agent), "DESKSTATUS");
         item.insert("doc".into(), s(encode(status)?));
         item.insert("schema".into(), n(RECORD_SCHEMA));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| unavailable("put desk status", &e))?;
+        self.put_plain(item, "put desk status").await?;
         self.desk_statuses.keep(agent, Some(status.clone()));
         Ok(())
     }

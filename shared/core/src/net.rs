@@ -1,8 +1,19 @@
 //! Which network addresses count as public, for the guard against server-side request
 //! forgery: URLs that tenants configure must not reach the hub's own network (loopback, the
-//! VPC, link-local metadata endpoints) unless the operator allows it for local use.
+//! VPC, link-local metadata endpoints) unless the operator allows it for local use. And the
+//! one way outbound URLs escape a value put into a path segment or a query string.
 
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Everything but RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`).
+const RESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// `s` percent-encoded except for unreserved characters: safe as one path segment (a `/`
+/// or `?` in it cannot change the path) and as a query value.
+pub fn encode_unreserved(s: &str) -> String {
+    utf8_percent_encode(s, RESERVED).to_string()
+}
 
 /// Whether `ip` is a globally routable unicast address.
 pub fn is_public(ip: IpAddr) -> bool {
@@ -78,6 +89,15 @@ pub fn non_public_host(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_are_encoded_as_one_segment() {
+        // API Gateway's connection ids end in `=`.
+        assert_eq!(encode_unreserved("L0SM9cOFvHcCIhw="), "L0SM9cOFvHcCIhw%3D");
+        assert_eq!(encode_unreserved("zylker-inc_1.0~"), "zylker-inc_1.0~");
+        assert_eq!(encode_unreserved("a/b?c d"), "a%2Fb%3Fc%20d");
+        assert_eq!(encode_unreserved("ü"), "%C3%BC");
+    }
 
     #[test]
     fn private_loopback_link_local_and_special_ranges_are_not_public() {

@@ -555,37 +555,8 @@ async fn the_bill_of_a_typical_conversation_does_not_grow() {
 
     // ---- Widget: the same conversation, polling on the widget's schedule.
     let mut m = Metered::start(logs.clone(), None).await;
-    let r = m
-        .api(
-            "widget-api",
-            ApiRequest::new("POST", "/api/widget/shop/session").json(&json!({"email": "ana@example.com"})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
-    let mut w = WidgetUser { token: r.body["token"].as_str().expect("a widget token").to_string(), cursor: 0 };
-    let mut polls = 0;
-    for i in 0..10 {
-        send_widget(&mut m, &w, i, QUESTIONS[i % 3]).await;
-        m.worker().await;
-        polls += do_polls(&mut m, &mut w, polls_in_gap(USER_THINKS, false)).await;
-    }
-    send_widget(&mut m, &w, 10, "I want to talk to a human").await;
-    m.worker().await;
-    polls += do_polls(&mut m, &mut w, polls_in_gap(HUMAN_PICKS_UP, true)).await;
-    let establish = m.hub.desk.first_to("/conversation/establish").await;
-    let conv = establish.body["conversation_id"].as_str().expect("a desk conversation id").to_string();
-    for i in 0..10 {
-        m.human_says(&conv, i, &format!("Human reply {i}")).await;
-        m.worker().await;
-        polls += do_polls(&mut m, &mut w, polls_in_gap(TURN, true)).await;
-        send_widget(&mut m, &w, 11 + i, &format!("User reply {i}")).await;
-        m.worker().await;
-        polls += do_polls(&mut m, &mut w, polls_in_gap(TURN, true)).await;
-    }
-    m.human_ends(&conv).await;
-    m.worker().await;
-    m.timers().await;
-    assert_eq!(m.hub.desk.count_to("/chat"), 10);
+    let mut w = start_widget(&mut m).await;
+    let polls = widget_conversation(&mut m, &mut w, polls_in_gap).await;
     let widget = m.bill("Web widget conversation (32 inbound events, polling)", polls);
 
     // ---- Widget with the WebSocket API: every message pushed, polling behind the socket
@@ -593,37 +564,13 @@ async fn the_bill_of_a_typical_conversation_does_not_grow() {
     // is shorter than API Gateway's 10 idle minutes between messages and its 2-hour limit).
     let sockets = FakeSocketApi::start("test", "test", "us-east-1").await;
     let mut m = Metered::start(logs, Some(sockets.url())).await;
-    let r = m
-        .api(
-            "widget-api",
-            ApiRequest::new("POST", "/api/widget/shop/session").json(&json!({"email": "ana@example.com"})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
-    let mut w = WidgetUser { token: r.body["token"].as_str().expect("a widget token").to_string(), cursor: 0 };
+    let mut w = start_widget(&mut m).await;
     let connection = "L0SM9cOFvHcCIhw=";
     m.connect(connection, &w.token.clone()).await;
     sockets.open(connection);
     let mut polls = do_polls(&mut m, &mut w, 1).await;
-    for i in 0..10 {
-        send_widget(&mut m, &w, i, QUESTIONS[i % 3]).await;
-        m.worker().await;
-    }
-    send_widget(&mut m, &w, 10, "I want to talk to a human").await;
-    m.worker().await;
-    let establish = m.hub.desk.first_to("/conversation/establish").await;
-    let conv = establish.body["conversation_id"].as_str().expect("a desk conversation id").to_string();
-    for i in 0..10 {
-        m.human_says(&conv, i, &format!("Human reply {i}")).await;
-        m.worker().await;
-        send_widget(&mut m, &w, 11 + i, &format!("User reply {i}")).await;
-        m.worker().await;
-    }
-    m.human_ends(&conv).await;
-    m.worker().await;
-    m.timers().await;
+    polls += widget_conversation(&mut m, &mut w, |_, _| 0).await;
     polls += do_polls(&mut m, &mut w, (TIMELINE_SECS / 60.0) as usize).await;
-    assert_eq!(m.hub.desk.count_to("/chat"), 10);
     // Every message logged for the widget was pushed, once.
     let logged = m.hub.aws.store.after(&widget_key(&w.token), 0, 1000).await.expect("the widget's log");
     assert_eq!(sockets.pushes().len(), logged.len(), "one push per logged message");
@@ -664,6 +611,44 @@ async fn the_bill_of_a_typical_conversation_does_not_grow() {
     assert!(telegram.write_units <= 405.0, "DynamoDB write units grew: {}", telegram.write_units);
     assert!(telegram.read_units <= 225.0, "DynamoDB read units grew: {}", telegram.read_units);
     assert!(telegram.sqs_requests <= 165, "SQS requests grew: {}", telegram.sqs_requests);
+}
+
+/// A widget session (`POST /session`, the e-mail given by the page).
+async fn start_widget(m: &mut Metered) -> WidgetUser {
+    let session = ApiRequest::new("POST", "/api/widget/shop/session").json(&json!({"email": "ana@example.com"}));
+    let r = m.api("widget-api", session).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    WidgetUser { token: r.body["token"].as_str().expect("a widget token").to_string(), cursor: 0 }
+}
+
+/// The typical conversation on the widget, the timers firing after it. After each message
+/// the widget polls `polls_in(gap, hot)` times before the next one (`hot`: a human is on or
+/// about to be). Returns how many polls it made.
+async fn widget_conversation(m: &mut Metered, w: &mut WidgetUser, polls_in: fn(f64, bool) -> usize) -> usize {
+    let mut polls = 0;
+    for i in 0..10 {
+        send_widget(m, w, i, QUESTIONS[i % 3]).await;
+        m.worker().await;
+        polls += do_polls(m, w, polls_in(USER_THINKS, false)).await;
+    }
+    send_widget(m, w, 10, "I want to talk to a human").await;
+    m.worker().await;
+    polls += do_polls(m, w, polls_in(HUMAN_PICKS_UP, true)).await;
+    let establish = m.hub.desk.first_to("/conversation/establish").await;
+    let conv = establish.body["conversation_id"].as_str().expect("a desk conversation id").to_string();
+    for i in 0..10 {
+        m.human_says(&conv, i, &format!("Human reply {i}")).await;
+        m.worker().await;
+        polls += do_polls(m, w, polls_in(TURN, true)).await;
+        send_widget(m, w, 11 + i, &format!("User reply {i}")).await;
+        m.worker().await;
+        polls += do_polls(m, w, polls_in(TURN, true)).await;
+    }
+    m.human_ends(&conv).await;
+    m.worker().await;
+    m.timers().await;
+    assert_eq!(m.hub.desk.count_to("/chat"), 10);
+    polls
 }
 
 /// The widget conversation a token opens (`{user}.{signature}`).

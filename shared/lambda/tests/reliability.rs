@@ -540,24 +540,6 @@ async fn timers_cost_no_outbox_writes_on_aws() {
     assert_eq!(pending, [("post_to_desk", format!("{}/0", event.id))]);
 }
 
-/// An agent whose brain is an LLM (a fake of OpenAI's API): asked through an effect.
-fn llm_brain(base_url: String) -> baton_core::agent::BrainConfig {
-    baton_core::agent::BrainConfig::Llm(Box::new(baton_core::agent::LlmConfig {
-        base_url,
-        model: "gpt-4o-mini".into(),
-        api_key: baton_core::model::Secret("sk-reliability-key".into()),
-        system_prompt: "You are the shop's assistant.".into(),
-        handoff_description: baton_core::agent::default_handoff_description(),
-        knowledge: vec![],
-        max_tokens: 200,
-        temperature: None,
-        conversation_token_budget: 10_000,
-        daily_token_budget: 100_000,
-        timeout_secs: 5,
-        erp: None,
-    }))
-}
-
 /// A brain's answer is applied in the drain that asked the brain: one invocation answers
 /// the user and leaves nothing on the queue. When the store cannot take that step, the
 /// answer is queued as an event instead and reaches the user through the queue, once.
@@ -567,7 +549,7 @@ async fn an_answer_is_stepped_on_in_its_drain_or_queued_when_the_store_cannot() 
     let llm = FakeOpenai::start("sk-reliability-key").await;
     llm.script([Turn::text(HOURS), Turn::text(SHIPPING)]);
     let url = llm.url();
-    let hub = hub(move |a| a.brain = llm_brain(url)).await;
+    let hub = hub(move |a| a.brain = baton_tests::openai::brain(url, "sk-reliability-key")).await;
     let url = hub.queues.events.clone();
     let arn = queue_arn(&hub.sqs, &url).await;
     let mut w = Widget::start(&hub, None).await;

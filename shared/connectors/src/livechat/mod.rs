@@ -145,17 +145,7 @@ pub(crate) fn base_url<'a>(value: &'a str, field: &str, agent: &str) -> Result<&
 }
 
 /// `s` percent-encoded for a query string (unreserved characters stay).
-pub(crate) fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub(crate) use baton_core::net::encode_unreserved as encode;
 
 pub(crate) use crate::records::hash;
 

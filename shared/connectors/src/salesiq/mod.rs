@@ -138,17 +138,7 @@ pub(crate) fn base_url<'a>(value: &'a str, field: &str, agent: &str) -> Result<&
 
 /// One URL path segment, percent-encoded (ids and screen names come from configuration and
 /// webhooks; a `/` or `?` in them must not change the path).
-pub(crate) fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub(crate) use baton_core::net::encode_unreserved as segment;
 
 #[cfg(test)]
 mod tests {
