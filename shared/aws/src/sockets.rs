@@ -21,8 +21,9 @@ use std::time::{Duration, SystemTime};
 
 /// API Gateway closes a WebSocket after two hours; a record outlives it a little.
 const CONNECTION_LIFETIME_SECS: i64 = 2 * 60 * 60 + 5 * 60;
-/// One push waits this long for API Gateway.
-const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// One push waits this long for API Gateway (tens of milliseconds when well): a push is best
+/// effort, and the effects after it wait meanwhile.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// API Gateway splits messages over 32 KB into frames; a widget message is far below.
 const MAX_PUSH_BYTES: usize = 32 * 1024;
 
