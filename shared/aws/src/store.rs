@@ -1,6 +1,7 @@
-//! `Store` on one DynamoDB table. `commit` is the transactional outbox: session, seen id,
-//! effects and trace line go into ONE `TransactWriteItems`, guarded by the session's
-//! version, so it has the same outcomes as the SQLite store.
+//! `Store` on one DynamoDB table. `commit` is the transactional outbox: the session and its
+//! effects go into ONE `TransactWriteItems` (or one conditional `PutItem` without effects),
+//! guarded by the session's version and by the id of the event it last applied; the seen id
+//! and the trace line follow. It has the same outcomes as the SQLite store.
 
 use crate::describe_sdk_error;
 use crate::table::{
@@ -36,6 +37,9 @@ pub const SEEN_RETENTION_SECS: i64 = 8 * 24 * 60 * 60;
 /// Schema of the small JSON records without a core constant (desk status, user messages).
 pub(crate) const RECORD_SCHEMA: u32 = 1;
 
+/// The session item's attribute naming the event it last applied.
+const LAST_EVENT: &str = "last_event";
+
 /// A transaction holds at most 100 items; a commit adds the session and the seen id (its trace
 /// line is written after it).
 const MAX_EFFECTS_PER_COMMIT: usize = 98;
@@ -68,7 +72,13 @@ pub struct DynamoStore {
     /// Trace lines of writes already made, waiting for [`DynamoStore::flush_trace`]: one item
     /// per conversation and flush instead of one per line.
     trace_lines: std::sync::Mutex<Vec<(String, TraceEntry, Millis)>>,
+    /// Event ids `is_seen` lately found unseen: the worker asks right before it commits, so
+    /// the commit need not read the mark again (the session's last event id guards the rest).
+    unseen: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
+
+/// Unseen event ids remembered (one per event a worker is applying at once).
+const MAX_UNSEEN: usize = 64;
 
 /// Version of a trace item's `doc` (a list of lines); items without `doc` hold one line.
 const TRACE_SCHEMA: u32 = 1;
@@ -257,6 +267,7 @@ impl DynamoStore {
             desk_statuses: Recent::default(),
             outbox_keys: Default::default(),
             trace_lines: Default::default(),
+            unseen: Default::default(),
         }
     }
 
@@ -282,16 +293,13 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
-    /// A put that only succeeds when no item has this key.
-    pub(crate) fn put_new(&self, item: Item) -> Result<TransactWriteItem, StoreError> {
-        let put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(#pk)")
-            .set_expression_attribute_names(names(&[("#pk", PK)]))
-            .build()
-            .map_err(build_err)?;
-        Ok(TransactWriteItem::builder().put(put).build())
+    /// Records that `event_id` was applied (kept 8 days). Written after the commit: a failure
+    /// here fails the event, whose retry finds it as the session's last and writes the mark.
+    async fn mark_seen(&self, key: &ConversationKey, event_id: &str, at: Millis) -> Result<(), StoreError> {
+        let mut seen = key_of(format!("SEEN#{}", key_part(event_id)), "-");
+        seen.insert("conversation".into(), s(key.to_string()));
+        seen.insert(EXPIRES_AT.into(), n(expiry(at, SEEN_RETENTION_SECS)));
+        self.put_plain(seen, "mark an event seen").await
     }
 
     /// A plain (unconditional) PutItem; `what` names it in the error.
@@ -758,11 +766,23 @@ impl Store for DynamoStore {
     }
 
     async fn is_seen(&self, event_id: &str) -> Result<bool, StoreError> {
-        Ok(self.get(&format!("SEEN#{}", key_part(event_id)), "-").await?.is_some())
+        let seen = self.get(&format!("SEEN#{}", key_part(event_id)), "-").await?.is_some();
+        if !seen {
+            let mut unseen = lock(&self.unseen);
+            if unseen.len() >= MAX_UNSEEN {
+                unseen.pop_front();
+            }
+            unseen.push_back(event_id.to_string());
+        }
+        Ok(seen)
     }
 
-    /// One `TransactWriteItems`: [session (version condition), seen id (must be new),
-    /// effects..., trace line]. A cancelled transaction wrote nothing; its reasons say why.
+    /// The session (version condition) and the effects in one `TransactWriteItems`, or one
+    /// conditional `PutItem` when there are no effects (a transaction bills every item twice).
+    /// The seen id is checked before and recorded right after: the session item keeps the id
+    /// of the event it last applied, which covers the moment in between (a worker that dies
+    /// there leaves its event to come back as the session's last, and the mark is written
+    /// then). A refused write wrote nothing.
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
         let key = &commit.session.key;
         let conv = conv_pk(key);
@@ -775,6 +795,16 @@ impl Store for DynamoStore {
         let mut ids = HashSet::new();
         if !commit.effects.iter().all(|e| ids.insert(e.id.as_str())) {
             return Err(StoreError::Unavailable("duplicate effect id in one commit".into()));
+        }
+        // A seen id is global: the same event for another conversation is a duplicate too.
+        // The worker asked just before; a commit nobody asked about reads the mark here.
+        let just_checked = {
+            let mut unseen = lock(&self.unseen);
+            let at = unseen.iter().position(|id| *id == commit.event_id);
+            at.and_then(|i| unseen.remove(i)).is_some()
+        };
+        if !just_checked && self.is_seen(&commit.event_id).await? {
+            return Ok(CommitOutcome::AlreadySeen);
         }
         let expected = commit.expected_version;
         let version = expected
@@ -789,6 +819,7 @@ impl Store for DynamoStore {
         session.insert("doc".into(), encode_deflated(&commit.session)?);
         session.insert("schema".into(), n(SESSION_SCHEMA));
         session.insert("updated_at".into(), n(commit.session.updated_at.0));
+        session.insert(LAST_EVENT.into(), s(commit.event_id.as_str()));
         // The agent's retention, counted from this event (TTL deletes an idle conversation).
         session.insert(EXPIRES_AT.into(), n(ttl(commit.keep_until)));
         // Sparse GSI: only sessions with an armed timer carry these; a Put replaces the
@@ -798,51 +829,77 @@ impl Store for DynamoStore {
             session.insert(DUE_SHARD.into(), s(shard.as_str()));
             session.insert(DUE_GEN.into(), n(timer.generation));
         }
-        let mut session_put = Put::builder().table_name(&self.table).set_item(Some(session));
-        session_put = if expected == 0 {
-            session_put
-                .condition_expression("attribute_not_exists(#pk)")
-                .set_expression_attribute_names(names(&[("#pk", PK)]))
+        let (condition, attr_names, attr_values) = if expected == 0 {
+            ("attribute_not_exists(#pk)", names(&[("#pk", PK)]), None)
         } else {
-            session_put
-                .condition_expression("#v = :v")
-                .set_expression_attribute_names(names(&[("#v", "version")]))
-                .set_expression_attribute_values(values(vec![(":v", n(expected))]))
+            (
+                "#v = :v AND (attribute_not_exists(#last) OR #last <> :id)",
+                names(&[("#v", "version"), ("#last", LAST_EVENT)]),
+                values(vec![(":v", n(expected)), (":id", s(commit.event_id.as_str()))]),
+            )
         };
-        let mut items = vec![TransactWriteItem::builder().put(session_put.build().map_err(build_err)?).build()];
-
-        let mut seen = key_of(format!("SEEN#{}", key_part(&commit.event_id)), "-");
-        seen.insert("conversation".into(), s(key.to_string()));
-        seen.insert(EXPIRES_AT.into(), n(expiry(at, SEEN_RETENTION_SECS)));
-        items.push(self.put_new(seen)?);
-
-        for (i, effect) in commit.effects.iter().enumerate() {
-            let seq = version * OUTBOX_SEQ_PER_VERSION + i as u64;
-            let mut item = key_of(conv.as_str(), format!("OUTBOX#{seq:020}#{}", key_part(&effect.id)));
-            item.insert("effect_id".into(), s(effect.id.as_str()));
-            item.insert("doc".into(), s(encode(effect)?));
-            item.insert("schema".into(), n(EFFECT_SCHEMA));
-            item.insert("attempts".into(), n(0));
-            // A new effect is due at once: its first attempt follows the commit. It stays out
-            // of the `outbox_due` index (entering and leaving it would bill two more writes):
-            // this worker runs it next, and if it dies first SQS brings the event back.
-            // `defer_effect` and `watch_pending` put it in.
-            item.insert("next_attempt_at".into(), n(at.0));
-            items.push(self.put(item)?);
-        }
-        match self.transact(items, "commit").await? {
+        let written = if commit.effects.is_empty() {
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(session))
+                .condition_expression(condition)
+                .set_expression_attribute_names(attr_names)
+                .set_expression_attribute_values(attr_values)
+                .send()
+                .await;
+            if conditional("commit", put)? {
+                Tx::Done
+            } else {
+                Tx::Cancelled(vec![CONDITION_FAILED.to_string()])
+            }
+        } else {
+            let session_put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(session))
+                .condition_expression(condition)
+                .set_expression_attribute_names(attr_names)
+                .set_expression_attribute_values(attr_values);
+            let mut items = vec![TransactWriteItem::builder().put(session_put.build().map_err(build_err)?).build()];
+            for (i, effect) in commit.effects.iter().enumerate() {
+                let seq = version * OUTBOX_SEQ_PER_VERSION + i as u64;
+                let mut item = key_of(conv.as_str(), format!("OUTBOX#{seq:020}#{}", key_part(&effect.id)));
+                item.insert("effect_id".into(), s(effect.id.as_str()));
+                item.insert("doc".into(), s(encode(effect)?));
+                item.insert("schema".into(), n(EFFECT_SCHEMA));
+                item.insert("attempts".into(), n(0));
+                // A new effect is due at once: its first attempt follows the commit. It stays
+                // out of the `outbox_due` index (entering and leaving it would bill two more
+                // writes): this worker runs it next, and if it dies first SQS brings the event
+                // back. `defer_effect` and `watch_pending` put it in.
+                item.insert("next_attempt_at".into(), n(at.0));
+                items.push(self.put(item)?);
+            }
+            self.transact(items, "commit").await?
+        };
+        match written {
             Tx::Done => {
-                // After the transaction, not in it (which would bill it twice): see `keep_trace_line`.
+                self.mark_seen(key, &commit.event_id, at).await?;
+                // After the write, not in it (which would bill it twice): see `keep_trace_line`.
                 self.keep_trace_line(&conv, &commit.trace, commit.keep_until);
                 Ok(CommitOutcome::Committed { version })
             }
-            // The seen check comes first, even when the version is wrong too.
-            Tx::Cancelled(codes) if failed_with(&codes, 1, CONDITION_FAILED) => Ok(CommitOutcome::AlreadySeen),
-            // A concurrent transaction on the session or the seen id: reload and step again.
+            // The session changed, or this event is the one it last applied.
             Tx::Cancelled(codes)
                 if failed_with(&codes, 0, CONDITION_FAILED) || codes.iter().any(|c| c == TRANSACTION_CONFLICT) =>
             {
-                Ok(CommitOutcome::VersionConflict)
+                let applied = match self.get(&conv, "SESSION").await? {
+                    Some(item) => item.get(LAST_EVENT) == Some(&s(commit.event_id.as_str())),
+                    None => false,
+                };
+                if applied {
+                    // Its mark may be missing if the worker that applied it died first.
+                    self.mark_seen(key, &commit.event_id, at).await?;
+                    Ok(CommitOutcome::AlreadySeen)
+                } else {
+                    Ok(CommitOutcome::VersionConflict)
+                }
             }
             Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!("dynamodb commit cancelled: {codes:?}"))),
         }

@@ -7,7 +7,7 @@
 //! | access token | `AGENT#{id}` / `TOKEN#{sha256}` | `created_at`; never the token |
 //! | token owner | `TOKEN#{sha256}` / `OWNER` | `agent` (one hash belongs to one agent) |
 //! | desk status | `AGENT#{id}` / `DESKSTATUS` | `doc` |
-//! | session | `CONV#{key}` / `SESSION` | `version`, `doc`, `schema`, `expires_at` (the agent's retention after the last event); `due_at`, `due_shard`, `due_gen` while a timer is armed |
+//! | session | `CONV#{key}` / `SESSION` | `version`, `doc`, `schema`, `last_event` (the id of the event it last applied), `expires_at` (the agent's retention after the last event); `due_at`, `due_shard`, `due_gen` while a timer is armed |
 //! | outbox effect | `CONV#{key}` / `OUTBOX#{seq:020}#{effect id}` | `effect_id`, `doc`, `schema`, `attempts`, `next_attempt_at`, `obx_shard`, `obx_due` |
 //! | trace line | `CONV#{key}` / `TRACE#{at:020}#{n}` | `at`, `what`, `id`, `detail`, `expires_at` |
 //! | seen event | `SEEN#{event id}` / `-` | `expires_at` (TTL, 8 days) |

@@ -449,3 +449,33 @@ async fn message_log_of_an_earlier_build_still_catches_a_re_run() {
     let s = store.append_user_message(&a, "k2", &next, Millis(at + 1), Millis(at + 3_600_000)).await.unwrap();
     assert_eq!(s, Some(3), "the re-run's number is left unused");
 }
+
+/// The seen id is written right after the commit, not in it (a transaction bills twice): a
+/// worker that dies in between leaves its event to come back, and the session, which keeps
+/// the id of the event it last applied, turns the copy away and writes the missing mark.
+#[tokio::test]
+async fn an_event_applied_without_its_seen_mark_is_still_a_duplicate() {
+    let store = common::store().await;
+    let k = key("mark");
+    let at = 1_700_000_000_000;
+    assert_eq!(store.commit(commit(&k, 0, "e1", None, at)).await.unwrap(), CommitOutcome::Committed { version: 1 });
+    assert!(store.is_seen("e1").await.unwrap());
+    // The worker died before the mark.
+    store
+        .client()
+        .delete_item()
+        .table_name(store.table_name())
+        .key("pk", AttributeValue::S("SEEN#e1".into()))
+        .key("sk", AttributeValue::S("-".into()))
+        .send()
+        .await
+        .unwrap();
+    assert!(!store.is_seen("e1").await.unwrap());
+    // Its event comes back: applied on the session it left, it is turned away.
+    assert_eq!(store.commit(commit(&k, 1, "e1", None, at + 1)).await.unwrap(), CommitOutcome::AlreadySeen);
+    assert!(store.is_seen("e1").await.unwrap(), "the mark is written now");
+    assert_eq!(store.load_session(&k).await.unwrap().unwrap().version, 1);
+    // The next event commits as usual.
+    assert_eq!(store.commit(commit(&k, 1, "e2", None, at + 2)).await.unwrap(), CommitOutcome::Committed { version: 2 });
+    assert_eq!(store.commit(commit(&k, 1, "e3", None, at + 3)).await.unwrap(), CommitOutcome::VersionConflict);
+}
