@@ -7,7 +7,7 @@
 //! connects and after any gap in sequence numbers. A connection API Gateway reports gone
 //! (410) is forgotten; the others expire with API Gateway's two-hour limit (TTL).
 
-use crate::store::{get_s, key_of, n, s, DynamoStore};
+use crate::store::{get_s, key_of, n, DynamoStore};
 use crate::table::{conv_pk, EXPIRES_AT, SK};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::config::{ProvideCredentials, SharedCredentialsProvider};
@@ -40,7 +40,6 @@ impl DynamoStore {
         connected_at: Millis,
     ) -> Result<(), StoreError> {
         let mut item = key_of(conv_pk(key), socket_sk(connection_id));
-        item.insert("connection".into(), s(connection_id));
         item.insert(EXPIRES_AT.into(), n(connected_at.0.div_euclid(1000) + CONNECTION_LIFETIME_SECS));
         self.put_plain(item, "record a widget connection").await
     }

@@ -293,10 +293,15 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
+    /// Whether `event_id` carries the mark of an applied event.
+    async fn has_seen_mark(&self, event_id: &str) -> Result<bool, StoreError> {
+        Ok(self.get(&seen_pk(event_id), "-").await?.is_some())
+    }
+
     /// Records that `event_id` was applied (kept 8 days). Written after the commit: a failure
     /// here fails the event, whose retry finds it as the session's last and writes the mark.
     async fn mark_seen(&self, key: &ConversationKey, event_id: &str, at: Millis) -> Result<(), StoreError> {
-        let mut seen = key_of(format!("SEEN#{}", key_part(event_id)), "-");
+        let mut seen = key_of(seen_pk(event_id), "-");
         seen.insert("conversation".into(), s(key.to_string()));
         seen.insert(EXPIRES_AT.into(), n(expiry(at, SEEN_RETENTION_SECS)));
         self.put_plain(seen, "mark an event seen").await
@@ -611,6 +616,10 @@ pub(crate) fn link_from_item(item: &Item, what: &str) -> Result<DeskLink, StoreE
     })
 }
 
+fn seen_pk(event_id: &str) -> String {
+    format!("SEEN#{}", key_part(event_id))
+}
+
 pub(crate) fn desk_pk(agent: &str, desk_conversation_id: &str) -> String {
     format!("DESK#{agent}#{}", key_part(desk_conversation_id))
 }
@@ -766,7 +775,7 @@ impl Store for DynamoStore {
     }
 
     async fn is_seen(&self, event_id: &str) -> Result<bool, StoreError> {
-        let seen = self.get(&format!("SEEN#{}", key_part(event_id)), "-").await?.is_some();
+        let seen = self.has_seen_mark(event_id).await?;
         if !seen {
             let mut unseen = lock(&self.unseen);
             if unseen.len() >= MAX_UNSEEN {
@@ -803,7 +812,7 @@ impl Store for DynamoStore {
             let at = unseen.iter().position(|id| *id == commit.event_id);
             at.and_then(|i| unseen.remove(i)).is_some()
         };
-        if !just_checked && self.is_seen(&commit.event_id).await? {
+        if !just_checked && self.has_seen_mark(&commit.event_id).await? {
             return Ok(CommitOutcome::AlreadySeen);
         }
         let expected = commit.expected_version;

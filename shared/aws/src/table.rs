@@ -15,7 +15,7 @@
 //! | message counter | `CONV#{key}` / `MSGSEQ` | `seq`, `last_idem` (the last append's key), `expires_at` |
 //! | user message | `CONV#{key}` / `MSG#{seq:020}` | `seq`, `at`, `doc`, `idem`, `expires_at` |
 //! | message idempotency (earlier builds; read, no longer written) | `IDEM#{key}` / `-` | `expires_at` |
-//! | widget WebSocket | `CONV#{key}` / `WS#{connection id}` | `connection`, `expires_at` (API Gateway's two hours) |
+//! | widget WebSocket | `CONV#{key}` / `WS#{connection id}` | `expires_at` (API Gateway's two hours) |
 //! | connector record (OAuth token, own message id, lease) | `KV#{name}` / `-` | `value`, `valid_until` (ms), `expires_at` |
 //!
 //! Two sparse GSIs, both KEYS_ONLY and sharded so no single partition takes every write:
