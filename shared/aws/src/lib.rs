@@ -14,6 +14,7 @@
 
 mod kv;
 mod messages;
+mod outbox;
 mod privacy;
 mod queue;
 mod redrive;

@@ -1,9 +1,15 @@
 //! `Store` on one DynamoDB table. `commit` is the transactional outbox: the session and its
-//! effects go into ONE `TransactWriteItems` (or one conditional `PutItem` without effects),
-//! guarded by the session's version and by the id of the event it last applied; the seen id
-//! and the trace line follow. It has the same outcomes as the SQLite store.
+//! effects are written by ONE conditional `UpdateItem` of the session item, which holds the
+//! effects until they are done (see [`crate::outbox`]; effects too large for it go to items
+//! of their own in one `TransactWriteItems` with the session), guarded by the session's
+//! version and by the id of the event it last applied; the seen id and the trace line follow.
+//! It has the same outcomes as the SQLite store.
 
 use crate::describe_sdk_error;
+use crate::outbox::{
+    effect_attrs, entry_size, fits_inline, inline_load, inline_name, is_inline, item_sk, InlineLoads, INLINE_ONLY,
+    SPILLED,
+};
 use crate::table::{
     agent_pk, conv_pk, key_part, parse_conv_pk, shard_of, DUE_AT, DUE_GEN, DUE_INDEX, DUE_SHARD, EXPIRES_AT, OBX_DUE,
     OBX_SHARD, OUTBOX_INDEX, PK, SHARDS, SK,
@@ -15,7 +21,6 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, KeysAndAttributes, Put, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
 use baton_core::agent::{Agent, AGENT_SCHEMA};
-use baton_core::effect::{PendingEffect, EFFECT_SCHEMA};
 use baton_core::model::{ConversationKey, Millis};
 use baton_core::ports::{
     Commit, CommitOutcome, ConversationData, DeskLink, DeskStatusRecord, OutboxItem, Store, StoreError, TraceEntry,
@@ -40,8 +45,8 @@ pub(crate) const RECORD_SCHEMA: u32 = 1;
 /// The session item's attribute naming the event it last applied.
 const LAST_EVENT: &str = "last_event";
 
-/// A transaction holds at most 100 items; a commit adds the session and the seen id (its trace
-/// line is written after it).
+/// A transaction holds at most 100 items: the session and the effects when they go to items
+/// of their own (kept at 98, as when the seen id was in it too).
 const MAX_EFFECTS_PER_COMMIT: usize = 98;
 
 /// Outbox sequence numbers are `version * 1000 + index`: commits of one conversation have
@@ -75,6 +80,9 @@ pub struct DynamoStore {
     /// Event ids `is_seen` lately found unseen: the worker asks right before it commits, so
     /// the commit need not read the mark again (the session's last event id guards the rest).
     unseen: std::sync::Mutex<std::collections::VecDeque<String>>,
+    /// How many inline effects, in how many bytes, each session had when last loaded: the
+    /// commit that follows keeps the session item small with it.
+    pub(crate) inline_loads: InlineLoads,
 }
 
 /// Unseen event ids remembered (one per event a worker is applying at once).
@@ -199,7 +207,16 @@ pub(crate) fn get_n<T: FromStr>(item: &Item, name: &str, what: &str) -> Result<T
 /// Decode the `doc` attribute after checking its `schema`. The message keeps only the
 /// error's class and position: serde's full message can quote the value (maybe a secret).
 pub(crate) fn decode_doc<T: DeserializeOwned>(item: &Item, what: &str, known_schema: u32) -> Result<T, StoreError> {
-    let schema: u32 = get_n(item, "schema", what)?;
+    decode_doc_as(item, what, get_n(item, "schema", what)?, known_schema)
+}
+
+/// `decode_doc` with the document's schema given.
+fn decode_doc_as<T: DeserializeOwned>(
+    item: &Item,
+    what: &str,
+    schema: u32,
+    known_schema: u32,
+) -> Result<T, StoreError> {
     if schema > known_schema {
         return Err(StoreError::Corrupt {
             key: what.to_string(),
@@ -219,6 +236,28 @@ pub(crate) fn decode_doc<T: DeserializeOwned>(item: &Item, what: &str, known_sch
     };
     serde_json::from_slice(json)
         .map_err(|e| corrupt(format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column())))
+}
+
+/// Layout of the session items this build writes: the document's schema is in `doc_schema`,
+/// and the item may hold inline effects. Earlier builds read `schema` as the document's and
+/// replace the whole item when they commit, so they refuse this one rather than drop its
+/// effects (a worker of the previous build still running during a deploy fails the event,
+/// which comes back to the new build).
+const SESSION_ITEM_SCHEMA: u32 = 2;
+const DOC_SCHEMA: &str = "doc_schema";
+
+fn decode_session(item: &Item, pk: &str) -> Result<baton_core::Session, StoreError> {
+    if !item.contains_key(DOC_SCHEMA) {
+        return decode_doc(item, pk, SESSION_SCHEMA);
+    }
+    let layout: u32 = get_n(item, "schema", pk)?;
+    if layout > SESSION_ITEM_SCHEMA {
+        return Err(StoreError::Corrupt {
+            key: pk.to_string(),
+            message: format!("session item layout {layout}; this build reads up to {SESSION_ITEM_SCHEMA}"),
+        });
+    }
+    decode_doc_as(item, pk, get_n(item, DOC_SCHEMA, pk)?, SESSION_SCHEMA)
 }
 
 /// The most a deflated document may inflate to: ten times DynamoDB's 400 KB item limit.
@@ -251,6 +290,55 @@ fn values(pairs: Vec<(&str, AttributeValue)>) -> Option<HashMap<String, Attribut
     Some(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
 
+/// An update expression built part by part, every name and value a placeholder.
+#[derive(Default)]
+struct Expr {
+    sets: Vec<String>,
+    removes: Vec<String>,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+impl Expr {
+    fn name(&mut self, attr: &str) -> String {
+        let placeholder = format!("#a{}", self.names.len());
+        self.names.insert(placeholder.clone(), attr.to_string());
+        placeholder
+    }
+
+    fn set(&mut self, attr: &str, value: AttributeValue) {
+        let name = self.name(attr);
+        let placeholder = format!(":a{}", self.values.len());
+        self.values.insert(placeholder.clone(), value);
+        self.sets.push(format!("{name} = {placeholder}"));
+    }
+
+    fn remove(&mut self, attr: &str) {
+        let name = self.name(attr);
+        self.removes.push(name);
+    }
+
+    /// A condition written with `#c{i}` for `attrs[i]` and `:c{i}` for `vals[i]`.
+    fn condition(&mut self, expression: &str, attrs: &[&str], vals: Vec<AttributeValue>) -> String {
+        for (i, attr) in attrs.iter().enumerate() {
+            self.names.insert(format!("#c{i}"), attr.to_string());
+        }
+        for (i, value) in vals.into_iter().enumerate() {
+            self.values.insert(format!(":c{i}"), value);
+        }
+        expression.to_string()
+    }
+
+    /// The update expression, its names and its values.
+    fn build(self) -> (String, HashMap<String, String>, HashMap<String, AttributeValue>) {
+        let mut expression = format!("SET {}", self.sets.join(", "));
+        if !self.removes.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", self.removes.join(", ")));
+        }
+        (expression, self.names, self.values)
+    }
+}
+
 pub(crate) fn key_of(pk: impl Into<String>, sk: impl Into<String>) -> Item {
     HashMap::from([(PK.to_string(), s(pk)), (SK.to_string(), s(sk))])
 }
@@ -268,6 +356,7 @@ impl DynamoStore {
             outbox_keys: Default::default(),
             trace_lines: Default::default(),
             unseen: Default::default(),
+            inline_loads: Default::default(),
         }
     }
 
@@ -427,20 +516,17 @@ impl DynamoStore {
         }
     }
 
-    /// The sort key of an outbox item by its effect id (`None` when it is gone): remembered
-    /// from `pending_effects`, else queried. A remembered key whose item is gone is harmless:
-    /// the conditional write that uses it fails and writes nothing.
-    async fn outbox_sk(&self, conv: &str, effect_id: &str) -> Result<Option<String>, StoreError> {
+    /// Where a pending effect lives, by its effect id (`None` when it is gone): an inline
+    /// attribute's name or an outbox item's sort key, remembered from `pending_effects`, else
+    /// read. A remembered place whose effect is gone is harmless: the conditional write that
+    /// uses it fails and writes nothing.
+    async fn outbox_place(&self, conv: &str, effect_id: &str) -> Result<Option<String>, StoreError> {
         let known = self.outbox_keys().get(&(conv.to_string(), effect_id.to_string())).cloned();
         if known.is_some() {
             return Ok(known);
         }
-        for item in self.query_prefix(conv, "OUTBOX#").await? {
-            if matches!(item.get("effect_id"), Some(AttributeValue::S(id)) if id == effect_id) {
-                return Ok(Some(get_s(&item, SK, conv)?.to_string()));
-            }
-        }
-        Ok(None)
+        let outbox = self.read_outbox(conv).await?;
+        Ok(outbox.pending.into_iter().find(|(_, item)| item.effect.id == effect_id).map(|(place, _)| place))
     }
 
     fn outbox_keys(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
@@ -529,23 +615,6 @@ impl DynamoStore {
             .await
             .map_err(|e| unavailable(&format!("query {index}"), &e))?;
         Ok((out.items.unwrap_or_default(), out.last_evaluated_key))
-    }
-
-    /// The next attempt of the conversation's outbox head, if it has one.
-    async fn outbox_head_due(&self, conv: &str) -> Result<Option<Millis>, StoreError> {
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
-            .set_expression_attribute_names(names(&[("#pk", PK), ("#sk", SK)]))
-            .set_expression_attribute_values(values(vec![(":pk", s(conv)), (":prefix", s("OUTBOX#"))]))
-            .consistent_read(true)
-            .limit(1)
-            .send()
-            .await
-            .map_err(|e| unavailable("query outbox head", &e))?;
-        out.items().first().map(|item| get_n::<i64>(item, "next_attempt_at", conv).map(Millis)).transpose()
     }
 
     /// Strongly consistent BatchGetItem of `keys` (any number, each at most once), by pk;
@@ -768,10 +837,10 @@ impl Store for DynamoStore {
         let Some(item) = self.get(&pk, "SESSION").await? else {
             return Ok(None);
         };
-        Ok(Some(VersionedSession {
-            version: get_n(&item, "version", &pk)?,
-            session: decode_doc(&item, &pk, SESSION_SCHEMA)?,
-        }))
+        let version = get_n(&item, "version", &pk)?;
+        let session = decode_session(&item, &pk)?;
+        self.remember_inline_load(&pk, version, inline_load(&item));
+        Ok(Some(VersionedSession { version, session }))
     }
 
     async fn is_seen(&self, event_id: &str) -> Result<bool, StoreError> {
@@ -823,72 +892,99 @@ impl Store for DynamoStore {
         let at = commit.trace.at;
         let shard = shard_of(key);
 
-        let mut session = key_of(conv.as_str(), "SESSION");
-        session.insert("version".into(), n(version));
-        session.insert("doc".into(), encode_deflated(&commit.session)?);
-        session.insert("schema".into(), n(SESSION_SCHEMA));
-        session.insert("updated_at".into(), n(commit.session.updated_at.0));
-        session.insert(LAST_EVENT.into(), s(commit.event_id.as_str()));
+        let seqs = (0..commit.effects.len() as u64).map(|i| version * OUTBOX_SEQ_PER_VERSION + i);
+        let effects = commit
+            .effects
+            .iter()
+            .zip(seqs)
+            .map(|(effect, seq)| Ok((seq, effect, effect_attrs(effect, at)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let bytes = effects.iter().map(|(seq, _, attrs)| entry_size(&inline_name(*seq), attrs)).sum();
+        let inline = effects.is_empty() || fits_inline(self.inline_load_at(&conv, expected), effects.len(), bytes);
+
+        // One UpdateItem of the session item: it keeps the inline effects not yet completed.
+        let mut update = Expr::default();
+        update.set("version", n(version));
+        update.set("doc", encode_deflated(&commit.session)?);
+        update.set("schema", n(SESSION_ITEM_SCHEMA));
+        update.set(DOC_SCHEMA, n(SESSION_SCHEMA));
+        update.set("updated_at", n(commit.session.updated_at.0));
+        update.set(LAST_EVENT, s(commit.event_id.as_str()));
         // The agent's retention, counted from this event (TTL deletes an idle conversation).
-        session.insert(EXPIRES_AT.into(), n(ttl(commit.keep_until)));
-        // Sparse GSI: only sessions with an armed timer carry these; a Put replaces the
-        // whole item, so disarming removes them.
-        if let Some(timer) = &commit.session.timer {
-            session.insert(DUE_AT.into(), n(timer.due.0));
-            session.insert(DUE_SHARD.into(), s(shard.as_str()));
-            session.insert(DUE_GEN.into(), n(timer.generation));
+        update.set(EXPIRES_AT, n(ttl(commit.keep_until)));
+        // Sparse GSI: only sessions with an armed timer carry these.
+        match &commit.session.timer {
+            Some(timer) => {
+                update.set(DUE_AT, n(timer.due.0));
+                update.set(DUE_SHARD, s(shard.as_str()));
+                update.set(DUE_GEN, n(timer.generation));
+            }
+            None => [DUE_AT, DUE_SHARD, DUE_GEN].into_iter().for_each(|a| update.remove(a)),
         }
-        let (condition, attr_names, attr_values) = if expected == 0 {
-            ("attribute_not_exists(#pk)", names(&[("#pk", PK)]), None)
+        if expected == 0 {
+            update.set(INLINE_ONLY, AttributeValue::Bool(true));
+        }
+        if !inline {
+            update.set(SPILLED, AttributeValue::Bool(true));
+        }
+        let mut items = Vec::new();
+        for (seq, effect, attrs) in effects {
+            if inline {
+                update.set(&inline_name(seq), AttributeValue::M(attrs));
+            } else {
+                let mut item = key_of(conv.as_str(), item_sk(seq, &effect.id));
+                item.extend(attrs);
+                items.push(self.put(item)?);
+            }
+        }
+        let condition = if expected == 0 {
+            update.condition("attribute_not_exists(#c0)", &[PK], vec![])
         } else {
-            (
-                "#v = :v AND (attribute_not_exists(#last) OR #last <> :id)",
-                names(&[("#v", "version"), ("#last", LAST_EVENT)]),
-                values(vec![(":v", n(expected)), (":id", s(commit.event_id.as_str()))]),
+            update.condition(
+                "#c0 = :c0 AND (attribute_not_exists(#c1) OR #c1 <> :c1)",
+                &["version", LAST_EVENT],
+                vec![n(expected), s(commit.event_id.as_str())],
             )
         };
-        let written = if commit.effects.is_empty() {
-            let put = self
+        let (expression, attr_names, attr_values) = update.build();
+        let written = if items.is_empty() {
+            let updated = self
                 .client
-                .put_item()
+                .update_item()
                 .table_name(&self.table)
-                .set_item(Some(session))
+                .set_key(Some(key_of(conv.as_str(), "SESSION")))
+                .update_expression(expression)
                 .condition_expression(condition)
-                .set_expression_attribute_names(attr_names)
-                .set_expression_attribute_values(attr_values)
+                .set_expression_attribute_names(Some(attr_names))
+                .set_expression_attribute_values(Some(attr_values))
                 .send()
                 .await;
-            if conditional("commit", put)? {
+            if conditional("commit", updated)? {
                 Tx::Done
             } else {
                 Tx::Cancelled(vec![CONDITION_FAILED.to_string()])
             }
         } else {
-            let session_put = Put::builder()
+            // Effects too many or too large for the session item: items of their own, in one
+            // transaction with the session.
+            let session_update = Update::builder()
                 .table_name(&self.table)
-                .set_item(Some(session))
+                .set_key(Some(key_of(conv.as_str(), "SESSION")))
+                .update_expression(expression)
                 .condition_expression(condition)
-                .set_expression_attribute_names(attr_names)
-                .set_expression_attribute_values(attr_values);
-            let mut items = vec![TransactWriteItem::builder().put(session_put.build().map_err(build_err)?).build()];
-            for (i, effect) in commit.effects.iter().enumerate() {
-                let seq = version * OUTBOX_SEQ_PER_VERSION + i as u64;
-                let mut item = key_of(conv.as_str(), format!("OUTBOX#{seq:020}#{}", key_part(&effect.id)));
-                item.insert("effect_id".into(), s(effect.id.as_str()));
-                item.insert("doc".into(), s(encode(effect)?));
-                item.insert("schema".into(), n(EFFECT_SCHEMA));
-                item.insert("attempts".into(), n(0));
-                // A new effect is due at once: its first attempt follows the commit. It stays
-                // out of the `outbox_due` index (entering and leaving it would bill two more
-                // writes): this worker runs it next, and if it dies first SQS brings the event
-                // back. `defer_effect` and `watch_pending` put it in.
-                item.insert("next_attempt_at".into(), n(at.0));
-                items.push(self.put(item)?);
-            }
+                .set_expression_attribute_names(Some(attr_names))
+                .set_expression_attribute_values(Some(attr_values))
+                .build()
+                .map_err(build_err)?;
+            items.insert(0, TransactWriteItem::builder().update(session_update).build());
             self.transact(items, "commit").await?
         };
         match written {
             Tx::Done => {
+                let load = self.inline_load_at(&conv, expected).filter(|_| inline);
+                if let Some((count, before)) = load {
+                    self.remember_inline_load(&conv, version, (count + commit.effects.len(), before + bytes));
+                }
                 self.mark_seen(key, &commit.event_id, at).await?;
                 // After the write, not in it (which would bill it twice): see `keep_trace_line`.
                 self.keep_trace_line(&conv, &commit.trace, commit.keep_until);
@@ -916,35 +1012,20 @@ impl Store for DynamoStore {
 
     async fn pending_effects(&self, key: &ConversationKey) -> Result<Vec<OutboxItem>, StoreError> {
         let conv = conv_pk(key);
-        let mut keys = Vec::new();
-        let items = self
-            .query_prefix(&conv, "OUTBOX#")
-            .await?
-            .iter()
-            .map(|item| {
-                let sk = get_s(item, SK, &conv)?;
-                let what = format!("effect {sk}");
-                let effect: PendingEffect = decode_doc(item, &what, EFFECT_SCHEMA)?;
-                keys.push(((conv.clone(), effect.id.clone()), sk.to_string()));
-                Ok(OutboxItem {
-                    effect,
-                    attempts: get_n::<u64>(item, "attempts", &what)?.try_into().unwrap_or(u32::MAX),
-                    next_attempt_at: Millis(get_n(item, "next_attempt_at", &what)?),
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let pending = self.read_outbox(&conv).await?.pending;
         let mut known = self.outbox_keys();
-        if known.len() + keys.len() > MAX_OUTBOX_KEYS {
+        if known.len() + pending.len() > MAX_OUTBOX_KEYS {
             known.clear();
         }
-        known.extend(keys);
-        Ok(items)
+        known.extend(pending.iter().map(|(place, item)| ((conv.clone(), item.effect.id.clone()), place.clone())));
+        Ok(pending.into_iter().map(|(_, item)| item).collect())
     }
 
-    /// Deletes the outbox item (a conditional `DeleteItem`), then appends `trace`. When the
-    /// item is already gone (completed by a concurrent run), nothing is written. Not one
-    /// transaction: it would bill both writes twice, and the line is only a record of the
-    /// delete (a crash between the two loses the line, never the effect's state).
+    /// Removes the effect (an inline attribute or an outbox item, with a conditional write),
+    /// then appends `trace`. When the effect is already gone (completed by a concurrent run),
+    /// nothing is written. Not one transaction: it would bill both writes twice, and the line
+    /// is only a record of the removal (a crash between the two loses the line, never the
+    /// effect's state).
     async fn complete_effect(
         &self,
         key: &ConversationKey,
@@ -953,27 +1034,32 @@ impl Store for DynamoStore {
         keep_until: Millis,
     ) -> Result<(), StoreError> {
         let conv = conv_pk(key);
-        let Some(sk) = self.outbox_sk(&conv, effect_id).await? else {
+        let Some(place) = self.outbox_place(&conv, effect_id).await? else {
             return Ok(());
         };
-        let deleted = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(key_of(conv.as_str(), sk)))
-            .condition_expression("attribute_exists(#pk)")
-            .set_expression_attribute_names(names(&[("#pk", PK)]))
-            .send()
-            .await;
+        let removed = if is_inline(&place) {
+            self.complete_inline(&conv, &place).await
+        } else {
+            let deleted = self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key_of(conv.as_str(), place)))
+                .condition_expression("attribute_exists(#pk)")
+                .set_expression_attribute_names(names(&[("#pk", PK)]))
+                .send()
+                .await;
+            conditional("complete effect", deleted)
+        };
         self.outbox_keys().remove(&(conv.clone(), effect_id.to_string()));
-        if conditional("complete effect", deleted)? {
+        if removed? {
             self.keep_trace_line(&conv, &trace, keep_until);
         }
         Ok(())
     }
 
     /// Records a failed attempt and when to retry (also in the `outbox_due` GSI), then
-    /// appends `trace`, as `complete_effect` does; a missing item writes nothing.
+    /// appends `trace`, as `complete_effect` does; a missing effect writes nothing.
     async fn defer_effect(
         &self,
         key: &ConversationKey,
@@ -984,46 +1070,54 @@ impl Store for DynamoStore {
         keep_until: Millis,
     ) -> Result<(), StoreError> {
         let conv = conv_pk(key);
-        let Some(sk) = self.outbox_sk(&conv, effect_id).await? else {
+        let Some(place) = self.outbox_place(&conv, effect_id).await? else {
             return Ok(());
         };
-        let updated = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key_of(conv.as_str(), sk)))
-            .update_expression("SET #a = :a, #n = :n, #d = :n, #s = :s")
-            .condition_expression("attribute_exists(#pk)")
-            .set_expression_attribute_names(names(&[
-                ("#pk", PK),
-                ("#a", "attempts"),
-                ("#n", "next_attempt_at"),
-                ("#d", OBX_DUE),
-                ("#s", OBX_SHARD),
-            ]))
-            .set_expression_attribute_values(values(vec![
-                (":a", n(attempts)),
-                (":n", n(next_attempt_at.0)),
-                (":s", s(shard_of(key).as_str())),
-            ]))
-            .send()
-            .await;
-        if conditional("defer effect", updated)? {
+        let deferred = if is_inline(&place) {
+            self.defer_inline(key, &conv, &place, attempts, next_attempt_at).await?
+        } else {
+            let updated = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key_of(conv.as_str(), place)))
+                .update_expression("SET #a = :a, #n = :n, #d = :n, #s = :s")
+                .condition_expression("attribute_exists(#pk)")
+                .set_expression_attribute_names(names(&[
+                    ("#pk", PK),
+                    ("#a", "attempts"),
+                    ("#n", "next_attempt_at"),
+                    ("#d", OBX_DUE),
+                    ("#s", OBX_SHARD),
+                ]))
+                .set_expression_attribute_values(values(vec![
+                    (":a", n(attempts)),
+                    (":n", n(next_attempt_at.0)),
+                    (":s", s(shard_of(key).as_str())),
+                ]))
+                .send()
+                .await;
+            conditional("defer effect", updated)?
+        };
+        if deferred {
             self.keep_trace_line(&conv, &trace, keep_until);
         }
         Ok(())
     }
 
-    /// Puts each pending effect not yet in the `outbox_due` GSI into it, due when it was due.
+    /// Puts the pending effects not yet in the `outbox_due` GSI into it, due when they were
+    /// due: the session item for its inline effects (at the first one's time), and each
+    /// outbox item.
     async fn watch_pending(&self, key: &ConversationKey) -> Result<(), StoreError> {
         let conv = conv_pk(key);
         let shard = shard_of(key);
-        for item in self.query_prefix(&conv, "OUTBOX#").await? {
-            if item.contains_key(OBX_DUE) {
-                continue;
+        let outbox = self.read_outbox(&conv).await?;
+        if let Some((_, first)) = outbox.pending.iter().find(|(place, _)| is_inline(place)) {
+            if !outbox.session.as_ref().is_some_and(|item| item.contains_key(OBX_DUE)) {
+                self.watch_inline(key, &conv, first.next_attempt_at).await?;
             }
-            let sk = get_s(&item, SK, &conv)?;
-            let due = get_n::<i64>(&item, "next_attempt_at", sk)?;
+        }
+        for (sk, item) in outbox.pending.iter().filter(|(place, _)| !is_inline(place)) {
             let updated = self
                 .client
                 .update_item()
@@ -1032,7 +1126,10 @@ impl Store for DynamoStore {
                 .update_expression("SET #d = :d, #s = :s")
                 .condition_expression("attribute_exists(#pk) AND attribute_not_exists(#d)")
                 .set_expression_attribute_names(names(&[("#pk", PK), ("#d", OBX_DUE), ("#s", OBX_SHARD)]))
-                .set_expression_attribute_values(values(vec![(":d", n(due)), (":s", s(shard.as_str()))]))
+                .set_expression_attribute_values(values(vec![
+                    (":d", n(item.next_attempt_at.0)),
+                    (":s", s(shard.as_str())),
+                ]))
                 .send()
                 .await;
             // A failed condition: gone (completed meanwhile) or already in; either is fine.
@@ -1041,9 +1138,10 @@ impl Store for DynamoStore {
         Ok(())
     }
 
-    /// Candidates come from the `outbox_due` GSI (any item due); only conversations whose
-    /// outbox HEAD is due count, since a later effect must not run before an earlier one,
-    /// so each candidate's head is read back. Earliest head first.
+    /// Candidates come from the `outbox_due` GSI (any session or outbox item due); only
+    /// conversations whose outbox HEAD is due count, since a later effect must not run before
+    /// an earlier one, so each candidate's outbox is read back. Earliest head first. A
+    /// session left in the index with no effect is taken out.
     async fn conversations_with_due_effects(
         &self,
         now: Millis,
@@ -1071,10 +1169,17 @@ impl Store for DynamoStore {
                             continue;
                         }
                     };
-                    if let Some(due) = self.outbox_head_due(pk).await? {
-                        if due <= now {
-                            found.push((due, key));
+                    let outbox = self.read_outbox(pk).await?;
+                    match outbox.pending.first() {
+                        Some((_, head)) if head.next_attempt_at <= now => {
+                            found.push((head.next_attempt_at, key));
                             taken += 1;
+                        }
+                        Some(_) => {}
+                        None => {
+                            if let Some(session) = outbox.session.filter(|s| s.contains_key(OBX_DUE)) {
+                                self.leave_due_index(pk, &session).await;
+                            }
                         }
                     }
                 }

@@ -7,8 +7,8 @@
 //! | access token | `AGENT#{id}` / `TOKEN#{sha256}` | `created_at`; never the token |
 //! | token owner | `TOKEN#{sha256}` / `OWNER` | `agent` (one hash belongs to one agent) |
 //! | desk status | `AGENT#{id}` / `DESKSTATUS` | `doc` |
-//! | session | `CONV#{key}` / `SESSION` | `version`, `doc`, `schema`, `last_event` (the id of the event it last applied), `expires_at` (the agent's retention after the last event); `due_at`, `due_shard`, `due_gen` while a timer is armed |
-//! | outbox effect | `CONV#{key}` / `OUTBOX#{seq:020}#{effect id}` | `effect_id`, `doc`, `schema`, `attempts`, `next_attempt_at`, `obx_shard`, `obx_due` |
+//! | session | `CONV#{key}` / `SESSION` | `version`, `doc`, `schema` (the item's layout, 2; earlier builds wrote 1, the document's), `doc_schema`, `last_event` (the id of the event it last applied), `expires_at` (the agent's retention after the last event); `due_at`, `due_shard`, `due_gen` while a timer is armed; pending effects inline as `ob#{seq:020}` maps (`effect_id`, `doc`, `schema`, `attempts`, `next_attempt_at`); `inline_outbox` on sessions created with this layout, `outbox_spilled` once effects went to outbox items; `obx_shard`, `obx_due` while an inline effect waits for a retry |
+//! | outbox effect | `CONV#{key}` / `OUTBOX#{seq:020}#{effect id}` | effects too large for the session item, and those of earlier builds: `effect_id`, `doc`, `schema`, `attempts`, `next_attempt_at`, `obx_shard`, `obx_due` |
 //! | trace line | `CONV#{key}` / `TRACE#{at:020}#{n}` | `at`, `what`, `id`, `detail`, `expires_at` |
 //! | seen event | `SEEN#{event id}` / `-` | `expires_at` (TTL, 8 days) |
 //! | desk link | `DESK#{agent}#{desk conversation}` / `MAP` and `HANDOFF#{id}` / `MAP`, a copy at `CONV#{key}` / `LINK#{handoff id}` (for erasure) | the link's four fields, `expires_at` |
@@ -20,8 +20,8 @@
 //!
 //! Two sparse GSIs, both KEYS_ONLY and sharded so no single partition takes every write:
 //! `due` (`due_shard`, `due_at`) holds sessions with an armed timer, for the sweeper;
-//! `outbox_due` (`obx_shard`, `obx_due`) holds outbox items, for retrying effects after a
-//! failure or crash. Candidates found there are read back from the table (strongly
+//! `outbox_due` (`obx_shard`, `obx_due`) holds sessions and outbox items with effects waiting
+//! for a retry after a failure or crash. Candidates found there are read back from the table (strongly
 //! consistent) before they count. TTL is on `expires_at` (unix seconds).
 //!
 //! [`create_table`] matches the `template.yaml` table in keys, indexes, billing and TTL;

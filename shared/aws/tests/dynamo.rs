@@ -117,7 +117,9 @@ async fn sessions_due_reads_the_sparse_index() {
     let item = raw_item(&store, &format!("CONV#{k1}"), "SESSION").await.unwrap();
     assert_eq!(number(&item, "due_at"), 1000);
     assert_eq!(number(&item, "version"), 1);
-    assert_eq!(number(&item, "schema"), 1);
+    // The item's layout, with the document's own schema beside it.
+    assert_eq!(number(&item, "schema"), 2);
+    assert_eq!(number(&item, "doc_schema"), 1);
 
     // Disarming removes the session from the index; re-arming moves it.
     store.commit(commit(&k1, 1, "a2", None, 2)).await.unwrap();
@@ -153,12 +155,13 @@ async fn a_transaction_the_server_rejects_writes_nothing() {
                 outside_window: false,
             },
         ),
-        // Over DynamoDB's 400 KB item limit: the whole transaction is refused.
+        // Over DynamoDB's 400 KB item limit even deflated (too large for the session item,
+        // so an outbox item of its own): the whole transaction is refused.
         PendingEffect::for_event(
             "e1",
             1,
             Effect::SendToUser {
-                message: OutMessage::new(Role::Bot, "x".repeat(420 * 1024)),
+                message: OutMessage::new(Role::Bot, incompressible(640 * 1024)),
                 reply_token: None,
                 outside_window: false,
             },
@@ -478,4 +481,218 @@ async fn an_event_applied_without_its_seen_mark_is_still_a_duplicate() {
     // The next event commits as usual.
     assert_eq!(store.commit(commit(&k, 1, "e2", None, at + 2)).await.unwrap(), CommitOutcome::Committed { version: 2 });
     assert_eq!(store.commit(commit(&k, 1, "e3", None, at + 3)).await.unwrap(), CommitOutcome::VersionConflict);
+}
+
+fn say(event: &str, index: usize, text: &str) -> PendingEffect {
+    let message = OutMessage::new(Role::Bot, text);
+    PendingEffect::for_event(event, index, Effect::SendToUser { message, reply_token: None, outside_window: false })
+}
+
+fn ids(items: &[baton_core::ports::OutboxItem]) -> Vec<&str> {
+    items.iter().map(|i| i.effect.id.as_str()).collect()
+}
+
+/// Attribute names of the session item that hold inline effects.
+async fn inline_names(store: &DynamoStore, k: &ConversationKey) -> Vec<String> {
+    let item = raw_item(store, &format!("CONV#{k}"), "SESSION").await.unwrap();
+    let mut names: Vec<String> = item.keys().filter(|n| n.starts_with("ob#")).cloned().collect();
+    names.sort();
+    names
+}
+
+async fn outbox_item_count(store: &DynamoStore, k: &ConversationKey) -> usize {
+    store
+        .client()
+        .query()
+        .table_name(store.table_name())
+        .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+        .expression_attribute_values(":pk", AttributeValue::S(format!("CONV#{k}")))
+        .expression_attribute_values(":p", AttributeValue::S("OUTBOX#".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .count() as usize
+}
+
+#[tokio::test]
+async fn effects_live_on_the_session_item_until_they_would_make_it_large() {
+    let store = common::store().await;
+    let k = key("inline");
+    let mut c = commit(&k, 0, "e1", None, 1);
+    c.effects = vec![say("e1", 0, "one"), say("e1", 1, "two")];
+    store.commit(c).await.unwrap();
+    // On the session item, written by the commit's one UpdateItem: no outbox items.
+    assert_eq!(inline_names(&store, &k).await, ["ob#00000000000000001000", "ob#00000000000000001001"]);
+    assert_eq!(outbox_item_count(&store, &k).await, 0);
+    store.complete_effect(&k, "e1/0", trace(2, "e1/0"), Millis(i64::MAX)).await.unwrap();
+    assert_eq!(inline_names(&store, &k).await, ["ob#00000000000000001001"]);
+
+    // An effect too large for the session item gets an item of its own (in one transaction
+    // with the session), and the session says so.
+    store.load_session(&k).await.unwrap();
+    let mut c = commit(&k, 1, "e2", None, 3);
+    c.effects = vec![say("e2", 0, &incompressible(6000))];
+    store.commit(c).await.unwrap();
+    assert_eq!(outbox_item_count(&store, &k).await, 1);
+    let item = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
+    assert_eq!(item.get("outbox_spilled"), Some(&AttributeValue::Bool(true)));
+    // A commit after a load knows what the session holds and writes small effects inline
+    // again; a store that did not load it cannot know, and uses an item.
+    store.load_session(&k).await.unwrap();
+    let mut c = commit(&k, 2, "e3", None, 4);
+    c.effects = vec![say("e3", 0, "three")];
+    store.commit(c).await.unwrap();
+    let other = DynamoStore::new(store.client().clone(), store.table_name());
+    let mut c = commit(&k, 3, "e4", None, 5);
+    c.effects = vec![say("e4", 0, "four")];
+    other.commit(c).await.unwrap();
+    assert_eq!(inline_names(&store, &k).await, ["ob#00000000000000001001", "ob#00000000000000003000"]);
+    assert_eq!(outbox_item_count(&store, &k).await, 2);
+    // Both kinds are one outbox, in commit order.
+    let pending = store.pending_effects(&k).await.unwrap();
+    assert_eq!(ids(&pending), ["e1/1", "e2/0", "e3/0", "e4/0"]);
+    for id in ["e1/1", "e2/0", "e3/0", "e4/0"] {
+        store.complete_effect(&k, id, trace(6, id), Millis(i64::MAX)).await.unwrap();
+    }
+    assert!(store.pending_effects(&k).await.unwrap().is_empty());
+    assert!(inline_names(&store, &k).await.is_empty());
+    assert_eq!(outbox_item_count(&store, &k).await, 0);
+    // The session itself is untouched by completions.
+    assert_eq!(store.load_session(&k).await.unwrap().unwrap().version, 4);
+}
+
+#[tokio::test]
+async fn a_session_of_an_earlier_build_keeps_its_outbox_items_and_takes_inline_effects() {
+    let store = common::store().await;
+    let k = key("earlier");
+    let pk = format!("CONV#{k}");
+    let session = serde_json::to_string(&Session::new(k.clone())).unwrap();
+    let effect = serde_json::to_string(&say("e1", 0, "from before")).unwrap();
+    let put = |sk: &str, attrs: Vec<(&str, AttributeValue)>| {
+        let mut request = store
+            .client()
+            .put_item()
+            .table_name(store.table_name())
+            .item("pk", AttributeValue::S(pk.clone()))
+            .item("sk", AttributeValue::S(sk.into()));
+        for (name, value) in attrs {
+            request = request.item(name, value);
+        }
+        request.send()
+    };
+    let n = |v: i64| AttributeValue::N(v.to_string());
+    // As earlier builds wrote them: JSON documents, `schema` the document's, no marker.
+    put(
+        "SESSION",
+        vec![
+            ("version", n(1)),
+            ("schema", n(1)),
+            ("doc", AttributeValue::S(session)),
+            ("last_event", AttributeValue::S("e1".into())),
+        ],
+    )
+    .await
+    .unwrap();
+    put(
+        "OUTBOX#00000000000000001000#e1/0",
+        vec![
+            ("effect_id", AttributeValue::S("e1/0".into())),
+            ("doc", AttributeValue::S(effect)),
+            ("schema", n(1)),
+            ("attempts", n(0)),
+            ("next_attempt_at", n(1)),
+        ],
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(store.load_session(&k).await.unwrap().unwrap().version, 1);
+    let mut c = commit(&k, 1, "e2", None, 2);
+    c.effects = vec![say("e2", 0, "now")];
+    store.commit(c).await.unwrap();
+    assert_eq!(inline_names(&store, &k).await, ["ob#00000000000000002000"]);
+    let item = raw_item(&store, &pk, "SESSION").await.unwrap();
+    assert_eq!((number(&item, "schema"), number(&item, "doc_schema")), (2, 1));
+    assert_eq!(ids(&store.pending_effects(&k).await.unwrap()), ["e1/0", "e2/0"]);
+    store.complete_effect(&k, "e1/0", trace(3, "e1/0"), Millis(i64::MAX)).await.unwrap();
+    assert_eq!(outbox_item_count(&store, &k).await, 0);
+    assert_eq!(ids(&store.pending_effects(&k).await.unwrap()), ["e2/0"]);
+}
+
+#[tokio::test]
+async fn a_session_item_of_a_later_layout_is_refused() {
+    let store = common::store().await;
+    let k = key("later");
+    store.commit(commit(&k, 0, "e1", None, 1)).await.unwrap();
+    store
+        .client()
+        .update_item()
+        .table_name(store.table_name())
+        .key("pk", AttributeValue::S(format!("CONV#{k}")))
+        .key("sk", AttributeValue::S("SESSION".into()))
+        .update_expression("SET #s = :s")
+        .expression_attribute_names("#s", "schema")
+        .expression_attribute_values(":s", AttributeValue::N("3".into()))
+        .send()
+        .await
+        .unwrap();
+    match store.load_session(&k).await {
+        Err(StoreError::Corrupt { message, .. }) => assert!(message.contains("layout 3"), "{message}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_session_leaves_the_outbox_index_when_its_inline_effects_are_done() {
+    let store = common::store().await;
+    let k = key("watched");
+    let mut c = commit(&k, 0, "e1", None, 100);
+    c.effects = vec![say("e1", 0, "a"), say("e1", 1, "b")];
+    store.commit(c).await.unwrap();
+    assert!(!in_outbox_index(&store, &k).await, "new effects stay out of the index");
+    store.watch_pending(&k).await.unwrap();
+    assert!(in_outbox_index(&store, &k).await);
+    assert_eq!(store.conversations_with_due_effects(Millis(100), 10).await.unwrap(), vec![k.clone()]);
+    store.complete_effect(&k, "e1/0", trace(101, "e1/0"), Millis(i64::MAX)).await.unwrap();
+    assert!(in_outbox_index(&store, &k).await, "one effect is left");
+    // A deferred effect keeps the earlier time, so the sweeper is never late for the head.
+    store.defer_effect(&k, "e1/1", 1, Millis(9000), trace(102, "e1/1"), Millis(i64::MAX)).await.unwrap();
+    assert_eq!(store.conversations_with_due_effects(Millis(100), 10).await.unwrap(), vec![]);
+    assert_eq!(store.conversations_with_due_effects(Millis(9000), 10).await.unwrap(), vec![k.clone()]);
+    store.complete_effect(&k, "e1/1", trace(9001, "e1/1"), Millis(i64::MAX)).await.unwrap();
+    assert!(!in_outbox_index(&store, &k).await, "the last completion takes it out");
+
+    // Left in with nothing pending (its tidying lost to a commit): the sweep takes it out.
+    store
+        .client()
+        .update_item()
+        .table_name(store.table_name())
+        .key("pk", AttributeValue::S(format!("CONV#{k}")))
+        .key("sk", AttributeValue::S("SESSION".into()))
+        .update_expression("SET obx_due = :d, obx_shard = :s")
+        .expression_attribute_values(":d", AttributeValue::N("1".into()))
+        .expression_attribute_values(":s", AttributeValue::S(table::shard_of(&k)))
+        .send()
+        .await
+        .unwrap();
+    assert!(in_outbox_index(&store, &k).await);
+    assert!(store.conversations_with_due_effects(Millis(i64::MAX), 10).await.unwrap().is_empty());
+    assert!(!in_outbox_index(&store, &k).await);
+}
+
+async fn in_outbox_index(store: &DynamoStore, k: &ConversationKey) -> bool {
+    raw_item(store, &format!("CONV#{k}"), "SESSION").await.unwrap().contains_key("obx_due")
+}
+
+/// Text that deflate cannot shrink much (letters and digits from a fixed pseudo-random walk).
+fn incompressible(len: usize) -> String {
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            CHARS[(state >> 33) as usize % CHARS.len()] as char
+        })
+        .collect()
 }

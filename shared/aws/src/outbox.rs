@@ -1,0 +1,309 @@
+//! The outbox inside the session item. A commit's effects are attributes of the session item
+//! (`ob#{seq:020}`, each a map of the effect and its attempts), written by the commit's one
+//! conditional `UpdateItem`, and an effect is completed by removing its attribute: no
+//! transaction, which would bill the session and every effect twice, and no item per effect.
+//!
+//! Effects that would make the session item large (many effects waiting behind a desk that
+//! is down) go to outbox items of their own (`OUTBOX#{seq:020}#{id}`), written in one
+//! transaction with the session as earlier builds wrote every effect: every write to the
+//! session item is billed by its whole size, so it stays small. Sessions of earlier builds
+//! may have such items too. Both kinds share one sequence (`version * 1000 + index`), so the
+//! pending effects are the two lists merged in that order.
+
+use crate::store::{conditional, decode_doc, get_n, get_s, lock, n, s, unavailable, DynamoStore, Item};
+use crate::table::{key_part, shard_of, OBX_DUE, OBX_SHARD, PK, SK};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use baton_core::effect::{PendingEffect, EFFECT_SCHEMA};
+use baton_core::model::{ConversationKey, Millis};
+use baton_core::ports::{OutboxItem, StoreError};
+use std::collections::HashMap;
+
+/// Prefix of an inline effect's attribute on the session item.
+pub(crate) const INLINE: &str = "ob#";
+/// Prefix of an outbox item's sort key.
+pub(crate) const ITEM: &str = "OUTBOX#";
+/// Set on session items created by this layout: the conversation has no outbox items unless
+/// `SPILLED` is set too. Sessions of earlier builds lack it, so their items are looked for.
+pub(crate) const INLINE_ONLY: &str = "inline_outbox";
+/// Set by a commit whose effects went to outbox items.
+pub(crate) const SPILLED: &str = "outbox_spilled";
+/// Inline effects the session item takes at most, by count and by bytes: past that a
+/// commit's effects go to items of their own.
+const MAX_INLINE: usize = 32;
+const INLINE_BUDGET: usize = 4 * 1024;
+
+pub(crate) fn inline_name(seq: u64) -> String {
+    format!("{INLINE}{seq:020}")
+}
+
+pub(crate) fn item_sk(seq: u64, effect_id: &str) -> String {
+    format!("{ITEM}{seq:020}#{}", key_part(effect_id))
+}
+
+/// The sequence number in a place (an inline attribute's name or an item's sort key).
+fn seq_of(place: &str) -> Option<u64> {
+    let digits = place.strip_prefix(INLINE).or_else(|| place.strip_prefix(ITEM))?;
+    digits.get(..20)?.parse().ok()
+}
+
+pub(crate) fn is_inline(place: &str) -> bool {
+    place.starts_with(INLINE)
+}
+
+/// A new effect's attributes: the map of an inline entry, or the body of an outbox item. It is
+/// due at once: its first attempt follows the commit. It stays out of the `outbox_due` index
+/// (entering and leaving it would bill two more writes): the worker that commits it runs it
+/// next, and if that worker dies first SQS brings the event back. `defer_effect` and
+/// `watch_pending` put it in.
+pub(crate) fn effect_attrs(effect: &PendingEffect, at: Millis) -> Result<Item, StoreError> {
+    let mut attrs = Item::new();
+    attrs.insert("effect_id".into(), s(effect.id.as_str()));
+    attrs.insert("doc".into(), crate::store::encode_deflated(effect)?);
+    attrs.insert("schema".into(), n(EFFECT_SCHEMA));
+    attrs.insert("attempts".into(), n(0));
+    attrs.insert("next_attempt_at".into(), n(at.0));
+    Ok(attrs)
+}
+
+/// DynamoDB's size of an attribute value (names and values in bytes; numbers about one byte
+/// per two digits), close enough to keep the session item small.
+fn value_size(v: &AttributeValue) -> usize {
+    match v {
+        AttributeValue::S(x) => x.len(),
+        AttributeValue::N(x) => x.len() / 2 + 1,
+        AttributeValue::B(x) => x.as_ref().len(),
+        AttributeValue::M(m) => 3 + m.iter().map(|(k, v)| k.len() + value_size(v) + 1).sum::<usize>(),
+        _ => 1,
+    }
+}
+
+pub(crate) fn entry_size(name: &str, attrs: &Item) -> usize {
+    name.len() + value_size(&AttributeValue::M(attrs.clone()))
+}
+
+/// How many inline effects a session item holds, and their bytes.
+pub(crate) fn inline_load(item: &Item) -> (usize, usize) {
+    item.iter()
+        .filter(|(k, _)| is_inline(k))
+        .fold((0, 0), |(count, bytes), (k, v)| (count + 1, bytes + k.len() + value_size(v)))
+}
+
+/// Whether effects of `count` and `bytes` fit inline next to `loaded` (`None`: unknown).
+pub(crate) fn fits_inline(loaded: Option<(usize, usize)>, count: usize, bytes: usize) -> bool {
+    loaded.is_some_and(|(c, b)| c + count <= MAX_INLINE && b + bytes <= INLINE_BUDGET)
+}
+
+fn may_have_items(session: Option<&Item>) -> bool {
+    session.is_none_or(|item| !item.contains_key(INLINE_ONLY) || item.contains_key(SPILLED))
+}
+
+fn decode(place: &str, attrs: &Item) -> Result<OutboxItem, StoreError> {
+    let what = format!("effect {place}");
+    let effect: PendingEffect = decode_doc(attrs, &what, EFFECT_SCHEMA)?;
+    Ok(OutboxItem {
+        effect,
+        attempts: get_n::<u64>(attrs, "attempts", &what)?.try_into().unwrap_or(u32::MAX),
+        next_attempt_at: Millis(get_n(attrs, "next_attempt_at", &what)?),
+    })
+}
+
+/// A conversation's outbox as read: the session item and its pending effects in order, each
+/// with its place.
+pub(crate) struct Outbox {
+    pub session: Option<Item>,
+    pub pending: Vec<(String, OutboxItem)>,
+}
+
+impl DynamoStore {
+    /// The session item (strongly consistent) and, when it may have any, the outbox items.
+    pub(crate) async fn read_outbox(&self, conv: &str) -> Result<Outbox, StoreError> {
+        let session = self.get(conv, "SESSION").await?;
+        let mut found: Vec<(u64, String, OutboxItem)> = Vec::new();
+        if let Some(item) = &session {
+            for (name, value) in item.iter().filter(|(k, _)| is_inline(k)) {
+                let (Some(seq), AttributeValue::M(attrs)) = (seq_of(name), value) else {
+                    return Err(StoreError::Corrupt { key: format!("{conv} {name}"), message: "not an effect".into() });
+                };
+                found.push((seq, name.clone(), decode(name, attrs)?));
+            }
+        }
+        if may_have_items(session.as_ref()) {
+            for item in self.query_prefix(conv, ITEM).await? {
+                let sk = get_s(&item, SK, conv)?;
+                let seq = seq_of(sk).ok_or_else(|| StoreError::Corrupt {
+                    key: format!("{conv} {sk}"),
+                    message: "no sequence".into(),
+                })?;
+                found.push((seq, sk.to_string(), decode(sk, &item)?));
+            }
+        }
+        found.sort_by_key(|(seq, _, _)| *seq);
+        let pending = found.into_iter().map(|(_, place, item)| (place, item)).collect();
+        Ok(Outbox { session, pending })
+    }
+
+    /// Removes an inline effect; false when it was already gone. Leaving the session with no
+    /// inline effect also takes it out of the `outbox_due` index, if it was in.
+    pub(crate) async fn complete_inline(&self, conv: &str, name: &str) -> Result<bool, StoreError> {
+        let removed = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(crate::store::key_of(conv, "SESSION")))
+            .update_expression("REMOVE #e")
+            .condition_expression("attribute_exists(#e)")
+            .expression_attribute_names("#e", name)
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        let after = match removed {
+            Ok(out) => out.attributes.unwrap_or_default(),
+            Err(e) => return conditional("complete effect", Err::<(), _>(e)),
+        };
+        if after.contains_key(OBX_DUE) && inline_load(&after).0 == 0 {
+            self.leave_due_index(conv, &after).await;
+        }
+        Ok(true)
+    }
+
+    /// Records a failed attempt of an inline effect and puts the session in the
+    /// `outbox_due` index at the retry's time, unless it is in already: its time there is
+    /// then no later than the head's (an effect that is not the head may be deferred past
+    /// it), which is all the sweeper needs, as it reads the head back. False when the effect
+    /// was gone.
+    pub(crate) async fn defer_inline(
+        &self,
+        key: &ConversationKey,
+        conv: &str,
+        name: &str,
+        attempts: u32,
+        next_attempt_at: Millis,
+    ) -> Result<bool, StoreError> {
+        let updated = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(crate::store::key_of(conv, "SESSION")))
+            .update_expression("SET #e.#a = :a, #e.#n = :n, #d = if_not_exists(#d, :n), #s = :s")
+            .condition_expression("attribute_exists(#e)")
+            .expression_attribute_names("#e", name)
+            .expression_attribute_names("#a", "attempts")
+            .expression_attribute_names("#n", "next_attempt_at")
+            .expression_attribute_names("#d", OBX_DUE)
+            .expression_attribute_names("#s", OBX_SHARD)
+            .expression_attribute_values(":a", n(attempts))
+            .expression_attribute_values(":n", n(next_attempt_at.0))
+            .expression_attribute_values(":s", s(shard_of(key)))
+            .send()
+            .await;
+        conditional("defer effect", updated)
+    }
+
+    /// Puts the session in the `outbox_due` index at `due`, unless it is in already.
+    pub(crate) async fn watch_inline(&self, key: &ConversationKey, conv: &str, due: Millis) -> Result<(), StoreError> {
+        let updated = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(crate::store::key_of(conv, "SESSION")))
+            .update_expression("SET #d = :d, #s = :s")
+            .condition_expression("attribute_exists(#pk) AND attribute_not_exists(#d)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#d", OBX_DUE)
+            .expression_attribute_names("#s", OBX_SHARD)
+            .expression_attribute_values(":d", n(due.0))
+            .expression_attribute_values(":s", s(shard_of(key)))
+            .send()
+            .await;
+        // A failed condition: the session is gone or in the index already; either is fine.
+        conditional("watch pending effects", updated)?;
+        Ok(())
+    }
+
+    /// Takes a session item with no inline effect out of the `outbox_due` index, unless a
+    /// commit (which may have added effects) came since `seen` was read. Best effort: one
+    /// left in is read again by the next sweep and taken out then.
+    pub(crate) async fn leave_due_index(&self, conv: &str, seen: &Item) {
+        let Ok(version) = get_n::<u64>(seen, "version", conv) else {
+            return;
+        };
+        let updated = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(crate::store::key_of(conv, "SESSION")))
+            .update_expression("REMOVE #d, #s")
+            .condition_expression("#v = :v")
+            .expression_attribute_names("#d", OBX_DUE)
+            .expression_attribute_names("#s", OBX_SHARD)
+            .expression_attribute_names("#v", "version")
+            .expression_attribute_values(":v", n(version))
+            .send()
+            .await;
+        if let Err(e) = updated {
+            if e.as_service_error().and_then(aws_sdk_dynamodb::error::ProvideErrorMetadata::code)
+                != Some("ConditionalCheckFailedException")
+            {
+                tracing::warn!(conversation = conv, error = %unavailable("leave the outbox index", &e), "session left in the outbox index");
+            }
+        }
+    }
+
+    /// What `load_session` saw of a session's inline effects, for the commit that follows.
+    pub(crate) fn remember_inline_load(&self, conv: &str, version: u64, load: (usize, usize)) {
+        let mut loaded = lock(&self.inline_loads);
+        if loaded.len() >= MAX_REMEMBERED {
+            loaded.clear();
+        }
+        loaded.insert(conv.to_string(), (version, load));
+    }
+
+    /// The inline effects of `conv` at `version` as last loaded; a new session has none.
+    pub(crate) fn inline_load_at(&self, conv: &str, version: u64) -> Option<(usize, usize)> {
+        if version == 0 {
+            return Some((0, 0));
+        }
+        lock(&self.inline_loads).get(conv).filter(|(v, _)| *v == version).map(|(_, load)| *load)
+    }
+}
+
+/// Sessions whose inline load is remembered at most; past that the memory starts over (a miss
+/// sends that commit's effects to items of their own).
+const MAX_REMEMBERED: usize = 10_000;
+
+pub(crate) type InlineLoads = std::sync::Mutex<HashMap<String, (u64, (usize, usize))>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn places_sort_by_their_sequence_whatever_their_kind() {
+        assert_eq!(seq_of(&inline_name(12_003)), Some(12_003));
+        assert_eq!(seq_of(&item_sk(12_001, "e1")), Some(12_001));
+        assert_eq!(seq_of("TRACE#000"), None);
+        assert!(is_inline(&inline_name(1)) && !is_inline(&item_sk(1, "x")));
+    }
+
+    #[test]
+    fn effects_fit_inline_by_count_and_bytes_and_never_when_unknown() {
+        assert!(fits_inline(Some((0, 0)), 1, 300));
+        assert!(fits_inline(Some((31, 100)), 1, 300));
+        assert!(!fits_inline(Some((32, 100)), 1, 300));
+        assert!(!fits_inline(Some((1, 4000)), 1, 300));
+        assert!(!fits_inline(None, 1, 10));
+    }
+
+    #[test]
+    fn an_item_counts_its_inline_effects_only() {
+        let effect = PendingEffect::for_event("e1", 0, baton_core::effect::Effect::CancelTimer);
+        let attrs = effect_attrs(&effect, Millis(5)).unwrap();
+        let mut item = Item::new();
+        item.insert("doc".into(), s("x".repeat(500)));
+        item.insert(inline_name(1000), AttributeValue::M(attrs.clone()));
+        let (count, bytes) = inline_load(&item);
+        assert_eq!(count, 1);
+        assert_eq!(bytes, entry_size(&inline_name(1000), &attrs));
+        assert!(bytes < 200, "{bytes}");
+    }
+}
