@@ -9,8 +9,9 @@
 //! bot, a handoff, 10 human replies each answered by the user, the human ends; 32 inbound
 //! events. Once on Telegram (no polling: replies are pushed), once on the web widget, which
 //! polls on AWS (API Gateway cannot stream) on the schedule of `widget-page.js` over a stated
-//! timeline. Timers run too: the wait and session timers are delayed SQS messages that
-//! arrive after the conversation and are dropped as stale.
+//! timeline, once on the widget with its WebSocket API, and once more on Telegram in 10 chats
+//! at once, whose events reach the worker in batches. Timers run too: the wait and session
+//! timers are delayed SQS messages that arrive after the conversation and are dropped as stale.
 //!
 //! The test fails when the Telegram conversation's billed units grow past ceilings set from
 //! the measured bill, so a change that adds calls shows here. Print the bill with
@@ -87,6 +88,8 @@ struct Ledger {
     /// minutes connections stay open.
     socket_messages: usize,
     socket_minutes: f64,
+    /// Records handed to conversation-worker in all its invocations.
+    worker_records: usize,
 }
 
 impl Ledger {
@@ -142,6 +145,13 @@ struct Metered {
 impl Metered {
     /// `socket`: the management endpoint the worker pushes the widget's messages to.
     async fn start(logs: LogMeter, socket: Option<String>) -> Metered {
+        // Short timers so the run sees them fire; any timeout up to 900 s is the same one
+        // delayed message.
+        Metered::start_with(logs, socket, (2, 4)).await
+    }
+
+    /// With the agent's wait and session timeouts in seconds.
+    async fn start_with(logs: LogMeter, socket: Option<String>, (wait, session): (u64, u64)) -> Metered {
         let telegram = FakeTelegram::start(BOT_TOKEN).await;
         let api = telegram.url();
         let hub = common::hub(|a| {
@@ -151,10 +161,8 @@ impl Metered {
                 api_base: api,
                 poll: false,
             });
-            // Short timers so the run sees them fire; any timeout up to 900 s is the same
-            // one delayed message.
-            a.policy.wait_timeout_secs = 2;
-            a.policy.session_timeout_secs = 4;
+            a.policy.wait_timeout_secs = wait;
+            a.policy.session_timeout_secs = session;
         })
         .await;
         let meter = AwsMeter::start(
@@ -226,12 +234,16 @@ impl Metered {
     }
 
     async fn telegram_says(&mut self, update_id: i64, text: &str) {
+        self.telegram_says_in(42, update_id, text).await;
+    }
+
+    async fn telegram_says_in(&mut self, chat: i64, update_id: i64, text: &str) {
         let r = self
             .api(
                 "channel-webhook",
                 ApiRequest::new("POST", "/channels/telegram/shop")
                     .header("X-Telegram-Bot-Api-Secret-Token", HOOK_SECRET)
-                    .json(&text_update(update_id, 42, text)),
+                    .json(&text_update(update_id, chat, text)),
             )
             .await;
         assert_eq!(r.status, 200, "{r:?}");
@@ -241,7 +253,7 @@ impl Metered {
         let body = json!({"conversation_id": conversation_id, "timestamp": 1700000000000i64 + n as i64, "body": text});
         let req = ApiRequest::new("POST", "/desks/webhook/shop/v1/human/message/receive")
             .bearer(&self.hub.token)
-            .header("webhook-id", &format!("msg_cost_{n}"))
+            .header("webhook-id", &format!("msg_cost_{conversation_id}_{n}"))
             .json(&body);
         let r = self.api("desk-webhook", req).await;
         assert_eq!(r.status, 200, "{r:?}");
@@ -279,6 +291,9 @@ impl Metered {
             Consumer::Worker => handle_events(&self.hub.aws, event).await,
             Consumer::TimeoutCheck => handle_timers(&self.hub.aws, event).await,
         };
+        if matches!(consumer, Consumer::Worker) {
+            self.ledger.worker_records += messages.len();
+        }
         let function = match consumer {
             Consumer::Worker => "conversation-worker",
             Consumer::TimeoutCheck => "timeout-check",
@@ -310,6 +325,11 @@ impl Metered {
     }
 
     fn bill(&self, title: &str, polls: usize) -> Bill {
+        self.bill_of(title, polls, 1)
+    }
+
+    /// The bill of `conversations` that ran at once, per conversation.
+    fn bill_of(&self, title: &str, polls: usize, conversations: usize) -> Bill {
         let calls = self.meter.calls();
         let lines = self.logs.lines.load(Ordering::Relaxed);
         let platform = match template_default("PlatformLogLevel").as_str() {
@@ -320,7 +340,7 @@ impl Metered {
             + lines * LOG_EVENT_OVERHEAD
             + self.ledger.invocation_count() * platform
             + self.ledger.access_log_bytes;
-        print_bill(title, &calls, &self.ledger, log_bytes, polls)
+        print_bill(title, &calls, &self.ledger, log_bytes, polls, conversations)
     }
 }
 
@@ -381,8 +401,16 @@ struct Bill {
     api_requests: usize,
 }
 
-/// Print the bill of one conversation.
-fn print_bill(title: &str, calls: &[MeteredCall], ledger: &Ledger, log_bytes: usize, polls: usize) -> Bill {
+/// Print the bill of `conversations` (the calls in all, the bill per conversation).
+fn print_bill(
+    title: &str,
+    calls: &[MeteredCall],
+    ledger: &Ledger,
+    log_bytes: usize,
+    polls: usize,
+    conversations: usize,
+) -> Bill {
+    let per = conversations as f64;
     let sums = summarize(calls);
     let mut read_units = 0.0;
     let mut write_units = 0.0;
@@ -426,16 +454,17 @@ fn print_bill(title: &str, calls: &[MeteredCall], ledger: &Ledger, log_bytes: us
         println!("| {f} | {} | {:.1} ms | {billed} |", ds.len(), median.as_secs_f64() * 1000.0);
     }
     let items = [
-        ("API Gateway requests", ledger.api_requests as f64, price::API_REQUEST),
-        ("Lambda requests", ledger.invocation_count() as f64, price::LAMBDA_REQUEST),
-        ("Lambda GB-seconds (arm64, 128 MB)", ledger.gb_seconds(), price::LAMBDA_GB_SECOND),
-        ("SQS requests by the functions", sqs_requests, price::SQS_FIFO_REQUEST),
-        ("DynamoDB read units", read_units, price::DYNAMO_READ_UNIT),
-        ("DynamoDB write units", write_units, price::DYNAMO_WRITE_UNIT),
-        ("CloudWatch Logs bytes", log_bytes as f64, price::LOG_BYTE),
-        ("WebSocket messages", ledger.socket_messages as f64, price::WS_MESSAGE),
-        ("WebSocket connection minutes", ledger.socket_minutes, price::WS_CONNECTION_MINUTE),
+        ("API Gateway requests", ledger.api_requests as f64 / per, price::API_REQUEST),
+        ("Lambda requests", ledger.invocation_count() as f64 / per, price::LAMBDA_REQUEST),
+        ("Lambda GB-seconds (arm64, 128 MB)", ledger.gb_seconds() / per, price::LAMBDA_GB_SECOND),
+        ("SQS requests by the functions", sqs_requests / per, price::SQS_FIFO_REQUEST),
+        ("DynamoDB read units", read_units / per, price::DYNAMO_READ_UNIT),
+        ("DynamoDB write units", write_units / per, price::DYNAMO_WRITE_UNIT),
+        ("CloudWatch Logs bytes", log_bytes as f64 / per, price::LOG_BYTE),
+        ("WebSocket messages", ledger.socket_messages as f64 / per, price::WS_MESSAGE),
+        ("WebSocket connection minutes", ledger.socket_minutes / per, price::WS_CONNECTION_MINUTE),
     ];
+    let esm = esm / per;
     let mut total = esm;
     println!();
     println!("| Item | Per conversation | Per 1,000 conversations |");
@@ -457,10 +486,10 @@ fn print_bill(title: &str, calls: &[MeteredCall], ledger: &Ledger, log_bytes: us
     }
     Bill {
         dollars: total,
-        read_units,
-        write_units,
-        sqs_requests: sqs_requests as usize + ledger.esm_fifo_requests + ledger.esm_standard_requests,
-        api_requests: ledger.api_requests,
+        read_units: read_units / per,
+        write_units: write_units / per,
+        sqs_requests: (sqs_requests as usize + ledger.esm_fifo_requests + ledger.esm_standard_requests) / conversations,
+        api_requests: ledger.api_requests / conversations,
     }
 }
 
@@ -563,7 +592,7 @@ async fn the_bill_of_a_typical_conversation_does_not_grow() {
     // (once when it opens, then every 60 s over the timeline; no reconnect: the conversation
     // is shorter than API Gateway's 10 idle minutes between messages and its 2-hour limit).
     let sockets = FakeSocketApi::start("test", "test", "us-east-1").await;
-    let mut m = Metered::start(logs, Some(sockets.url())).await;
+    let mut m = Metered::start(logs.clone(), Some(sockets.url())).await;
     let mut w = start_widget(&mut m).await;
     let connection = "L0SM9cOFvHcCIhw=";
     m.connect(connection, &w.token.clone()).await;
@@ -579,26 +608,44 @@ async fn the_bill_of_a_typical_conversation_does_not_grow() {
     m.ledger.socket_minutes = (TIMELINE_SECS / 60.0).ceil();
     let pushed = m.bill("Web widget conversation (32 inbound events, WebSocket pushes)", polls);
 
+    // ---- Telegram, busy: the same conversation in BUSY chats at once, each step taken by
+    // every chat before the event source drains the queue, so batches hold one record per
+    // chat (at least a few conversations a second: the event source then finds several
+    // records per receive). The run takes longer than one conversation, so its timers are
+    // longer: they must not fire in the middle, as they would not in a real conversation.
+    let mut m = Metered::start_with(logs, None, (10, 20)).await;
+    let busy = busy_telegram(&mut m).await;
+    let records = busy_records(&m);
+    println!("\n(busy run: {BUSY} chats at once, {records:.1} records per conversation-worker batch)");
+
     println!(
-        "\nTelegram: ${:.4} per 1,000 conversations; widget polling: ${:.4}; widget with WebSocket \
-         pushes: ${:.4}; target ${TARGET_PER_1000}",
+        "\nTelegram: ${:.4} per 1,000 conversations ({BUSY} at once: ${:.4}); widget polling: ${:.4}; \
+         widget with WebSocket pushes: ${:.4}; target ${TARGET_PER_1000}",
         telegram.dollars * 1000.0,
+        busy.dollars * 1000.0,
         widget.dollars * 1000.0,
         pushed.dollars * 1000.0
     );
     // The floor of this shape (queue-buffered, stateful, exactly once): per inbound event one
     // API request, an ingress and a worker invocation, a send, a receive and a delete on the
     // queue, one read and one write of the conversation's state; nothing else.
-    let floor_per_event = price::API_REQUEST
-        + 2.0 * price::LAMBDA_REQUEST
-        + 3.0 * price::SQS_FIFO_REQUEST
-        + price::DYNAMO_READ_UNIT
-        + price::DYNAMO_WRITE_UNIT;
-    let floor = INBOUND_EVENTS as f64 * floor_per_event;
+    let floor_per_event = |batch: f64| {
+        price::API_REQUEST
+            + (1.0 + 1.0 / batch) * price::LAMBDA_REQUEST
+            + (1.0 + 2.0 / batch) * price::SQS_FIFO_REQUEST
+            + price::DYNAMO_READ_UNIT
+            + price::DYNAMO_WRITE_UNIT
+    };
+    let floor = INBOUND_EVENTS as f64 * floor_per_event(1.0);
+    // Busy, a worker invocation, a receive and a delete serve a batch of up to 10 events.
+    let busy_floor = INBOUND_EVENTS as f64 * floor_per_event(10.0);
     println!(
-        "floor: ${:.4} per 1,000 conversations; Telegram / floor = {:.1}x",
+        "floor: ${:.4} per 1,000 conversations, ${:.4} in batches of 10; Telegram / floor = {:.1}x, \
+         busy / floor in batches = {:.1}x",
         floor * 1000.0,
-        telegram.dollars / floor
+        busy_floor * 1000.0,
+        telegram.dollars / floor,
+        busy.dollars / busy_floor
     );
     // Ceilings: the last measured bill, plus about 10% (on 2026-12-06, after the deflated
     // session, trace lines out of transactions, unindexed new effects, the configuration
@@ -612,6 +659,74 @@ async fn the_bill_of_a_typical_conversation_does_not_grow() {
     assert!(telegram.write_units <= 255.0, "DynamoDB write units grew: {}", telegram.write_units);
     assert!(telegram.read_units <= 225.0, "DynamoDB read units grew: {}", telegram.read_units);
     assert!(telegram.sqs_requests <= 165, "SQS requests grew: {}", telegram.sqs_requests);
+    // Busy, the event source's receives and deletes are shared by the chats of a batch.
+    assert!(records >= 5.0, "batches of {records:.1} records");
+    assert!(busy.dollars < telegram.dollars, "busy ${} against ${}", busy.dollars, telegram.dollars);
+    assert_eq!(busy.api_requests, INBOUND_EVENTS);
+}
+
+/// Chats in the busy run.
+const BUSY: usize = 10;
+
+/// The Telegram conversation in `BUSY` chats at once; its bill per conversation.
+async fn busy_telegram(m: &mut Metered) -> Bill {
+    let chats: Vec<i64> = (0..BUSY as i64).map(|i| 1000 + i).collect();
+    let mut update = 0;
+    for i in 0..10 {
+        for &chat in &chats {
+            update += 1;
+            m.telegram_says_in(chat, update, QUESTIONS[i % 3]).await;
+        }
+        m.worker().await;
+    }
+    for &chat in &chats {
+        update += 1;
+        m.telegram_says_in(chat, update, "I want to talk to a human").await;
+    }
+    m.worker().await;
+    // Each chat's desk conversation, by the user its establish names.
+    let establishes = m.hub.desk.requests_to("/conversation/establish");
+    let desk_conversation = |chat: i64| {
+        let user = chat.to_string();
+        establishes
+            .iter()
+            .find(|r| r.body["user_info"]["user_id"] == user.as_str())
+            .and_then(|r| r.body["conversation_id"].as_str())
+            .unwrap_or_else(|| panic!("no desk conversation for chat {chat}"))
+            .to_string()
+    };
+    let desk: Vec<String> = chats.iter().map(|&c| desk_conversation(c)).collect();
+    for i in 0..10 {
+        for conv in &desk {
+            m.human_says(conv, i, &format!("Human reply {i}")).await;
+        }
+        m.worker().await;
+        for &chat in &chats {
+            update += 1;
+            m.telegram_says_in(chat, update, &format!("User reply {i}")).await;
+        }
+        m.worker().await;
+    }
+    for conv in &desk {
+        m.human_ends(conv).await;
+    }
+    m.worker().await;
+    m.timers().await;
+
+    let sent = m.telegram.sent_messages();
+    let texts: Vec<&str> = sent.iter().filter_map(|s| s["text"].as_str()).collect();
+    let answers = [common::HOURS, common::SHIPPING, common::ABROAD];
+    assert_eq!(texts.iter().filter(|t| answers.contains(t)).count(), 10 * BUSY);
+    assert_eq!(texts.iter().filter(|t| t.starts_with("Human reply")).count(), 10 * BUSY);
+    assert_eq!(m.hub.desk.count_to("/chat"), 10 * BUSY);
+    assert_eq!(m.hub.desk.duplicates(), 0);
+    m.bill_of(&format!("Telegram conversation, {BUSY} chats at once (per conversation)"), 0, BUSY)
+}
+
+/// Records per conversation-worker invocation in the run so far.
+fn busy_records(m: &Metered) -> f64 {
+    let batches = m.ledger.invocations.get("conversation-worker").map_or(0, Vec::len);
+    m.ledger.worker_records as f64 / batches.max(1) as f64
 }
 
 /// A widget session (`POST /session`, the e-mail given by the page).
