@@ -11,11 +11,11 @@
 //! pending effects are the two lists merged in that order.
 
 use crate::store::{conditional, decode_doc, get_n, get_s, lock, n, s, unavailable, DynamoStore, Item};
-use crate::table::{key_part, shard_of, OBX_DUE, OBX_SHARD, PK, SK};
+use crate::table::{conv_pk, key_part, shard_of, OBX_DUE, OBX_SHARD, PK, SK};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use baton_core::effect::{PendingEffect, EFFECT_SCHEMA};
 use baton_core::model::{ConversationKey, Millis};
-use baton_core::ports::{OutboxItem, StoreError};
+use baton_core::ports::{DrainLease, DrainLeases, OutboxItem, StoreError};
 use std::collections::HashMap;
 
 /// Prefix of an inline effect's attribute on the session item.
@@ -93,7 +93,7 @@ pub(crate) fn fits_inline(loaded: Option<(usize, usize)>, count: usize, bytes: u
     loaded.is_some_and(|(c, b)| c + count <= MAX_INLINE && b + bytes <= INLINE_BUDGET)
 }
 
-fn may_have_items(session: Option<&Item>) -> bool {
+pub(crate) fn may_have_items(session: Option<&Item>) -> bool {
     session.is_none_or(|item| !item.contains_key(INLINE_ONLY) || item.contains_key(SPILLED))
 }
 
@@ -118,6 +118,12 @@ impl DynamoStore {
     /// The session item (strongly consistent) and, when it may have any, the outbox items.
     pub(crate) async fn read_outbox(&self, conv: &str) -> Result<Outbox, StoreError> {
         let session = self.get(conv, "SESSION").await?;
+        self.outbox_of(conv, session).await
+    }
+
+    /// The outbox of a session item as read (or as a write returned it), with the outbox
+    /// items when it may have any.
+    pub(crate) async fn outbox_of(&self, conv: &str, session: Option<Item>) -> Result<Outbox, StoreError> {
         let mut found: Vec<(u64, String, OutboxItem)> = Vec::new();
         if let Some(item) = &session {
             for (name, value) in item.iter().filter(|(k, _)| is_inline(k)) {
@@ -305,5 +311,117 @@ mod tests {
         assert_eq!(count, 1);
         assert_eq!(bytes, entry_size(&inline_name(1000), &attrs));
         assert!(bytes < 200, "{bytes}");
+    }
+}
+
+/// The session item's drain lease: who holds it (a name new for every take) and until when
+/// (ms). Both are set and removed together.
+pub(crate) const DRAIN_BY: &str = "drain_by";
+pub(crate) const DRAIN_UNTIL: &str = "drain_until";
+
+/// A drain lease a commit claimed, with the outbox as the commit left it.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    pub lease: DrainLease,
+    pub until: i64,
+    pub pending: Vec<(String, OutboxItem)>,
+}
+
+/// How old a commit's claim may be for the drain to start from it as is (else the drain
+/// takes the lease again, for its whole length).
+const FRESH_CLAIM_MS: i64 = 5_000;
+
+/// The drain lease lives on the session item. A commit that writes inline effects claims it
+/// in the same `UpdateItem` when nobody holds it (the worker that commits runs the effects
+/// next), and the item it returns is the outbox the drain starts from: a drain right after
+/// its own commit takes the lease without a write or a read. Taking it otherwise and giving
+/// it back are one conditional `UpdateItem` each, answered with the item. Outbox items
+/// (effects too large for the session item, and those of earlier builds, which took a lease
+/// of their own) are run under that earlier lease too, so a worker of the previous build
+/// still running during a deploy never runs them at the same time.
+#[async_trait::async_trait]
+impl DrainLeases for DynamoStore {
+    async fn take(
+        &self,
+        key: &ConversationKey,
+        now: Millis,
+        until: Millis,
+    ) -> Result<Option<(DrainLease, Vec<OutboxItem>)>, StoreError> {
+        let conv = conv_pk(key);
+        let claim = lock(&self.claimed).remove(&conv);
+        let (lease, pending) = match claim {
+            Some(c) if c.until >= until.0.saturating_sub(FRESH_CLAIM_MS) => (c.lease, c.pending),
+            stale => {
+                let lease = self.new_lease();
+                // A claim too old to start from is still this drain's to take again.
+                let mine = stale.map_or_else(|| lease.holder.clone(), |c| c.lease.holder);
+                let taken = self
+                    .client
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(crate::store::key_of(conv.as_str(), "SESSION")))
+                    .update_expression("SET #by = :by, #until = :until")
+                    .condition_expression(
+                        "attribute_exists(#pk) AND (attribute_not_exists(#by) OR #until < :now OR #by = :mine)",
+                    )
+                    .expression_attribute_names("#pk", PK)
+                    .expression_attribute_names("#by", DRAIN_BY)
+                    .expression_attribute_names("#until", DRAIN_UNTIL)
+                    .expression_attribute_values(":by", s(lease.holder.as_str()))
+                    .expression_attribute_values(":until", n(until.0))
+                    .expression_attribute_values(":now", n(now.0))
+                    .expression_attribute_values(":mine", s(mine))
+                    .return_values(ReturnValue::AllNew)
+                    .send()
+                    .await;
+                match taken {
+                    Ok(out) => (lease, self.outbox_of(&conv, out.attributes).await?.pending),
+                    Err(e) => {
+                        conditional("take the drain lease", Err::<(), _>(e))?;
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        if pending.iter().any(|(place, _)| !is_inline(place)) {
+            let name = format!("drain:{key}");
+            if !baton_core::ports::KeyValue::put_if_absent(self, &name, "draining", now, until).await? {
+                self.release(key, &lease).await?;
+                return Ok(None);
+            }
+            lock(&self.item_leases).insert(lease.holder.clone());
+        }
+        Ok(Some((lease, self.remember_places(&conv, pending))))
+    }
+
+    async fn release(&self, key: &ConversationKey, lease: &DrainLease) -> Result<Vec<OutboxItem>, StoreError> {
+        let conv = conv_pk(key);
+        let released = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(crate::store::key_of(conv.as_str(), "SESSION")))
+            .update_expression("REMOVE #by, #until")
+            .condition_expression("#by = :by")
+            .expression_attribute_names("#by", DRAIN_BY)
+            .expression_attribute_names("#until", DRAIN_UNTIL)
+            .expression_attribute_values(":by", s(lease.holder.as_str()))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        if lock(&self.item_leases).remove(&lease.holder) {
+            baton_core::ports::KeyValue::delete(self, &format!("drain:{key}")).await?;
+        }
+        match released {
+            Ok(out) => {
+                let outbox = self.outbox_of(&conv, out.attributes).await?;
+                Ok(self.remember_places(&conv, outbox.pending))
+            }
+            Err(e) => {
+                // Another holder has it (this one's ran out): its release reads what is left.
+                conditional("release the drain lease", Err::<(), _>(e))?;
+                Ok(Vec::new())
+            }
+        }
     }
 }

@@ -7,8 +7,8 @@
 
 use crate::describe_sdk_error;
 use crate::outbox::{
-    effect_attrs, entry_size, fits_inline, inline_load, inline_name, is_inline, item_sk, InlineLoads, INLINE_ONLY,
-    SPILLED,
+    effect_attrs, entry_size, fits_inline, inline_load, inline_name, is_inline, item_sk, may_have_items, Claim,
+    InlineLoads, DRAIN_BY, DRAIN_UNTIL, INLINE_ONLY, SPILLED,
 };
 use crate::table::{
     agent_pk, conv_pk, key_part, parse_conv_pk, shard_of, DUE_AT, DUE_GEN, DUE_INDEX, DUE_SHARD, EXPIRES_AT, OBX_DUE,
@@ -18,13 +18,13 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::{AttributeValue, Delete, KeysAndAttributes, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, KeysAndAttributes, Put, ReturnValue, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
 use baton_core::agent::{Agent, AGENT_SCHEMA};
 use baton_core::model::{ConversationKey, Millis};
 use baton_core::ports::{
-    Commit, CommitOutcome, ConversationData, DeskLink, DeskStatusRecord, OutboxItem, Store, StoreError, TraceEntry,
-    VersionedSession,
+    Commit, CommitOutcome, ConversationData, DeskLink, DeskStatusRecord, DrainLease, OutboxItem, Store, StoreError,
+    TraceEntry, VersionedSession,
 };
 use baton_core::session::SESSION_SCHEMA;
 use serde::de::DeserializeOwned;
@@ -83,6 +83,18 @@ pub struct DynamoStore {
     /// How many inline effects, in how many bytes, each session had when last loaded: the
     /// commit that follows keeps the session item small with it.
     pub(crate) inline_loads: InlineLoads,
+    /// Claim the drain lease in commits that write inline effects, for this long (see
+    /// [`DynamoStore::with_drain_lease`]).
+    drain_lease: Option<std::time::Duration>,
+    /// Drain leases this store's commits claimed, with the outbox as each commit left it, by
+    /// conversation: the next drain of the conversation here starts from it (whichever task
+    /// runs it: only a take hands a claim on, so none is left held with nobody to give it
+    /// back). Nobody else runs or completes those effects while the claim holds the lease.
+    pub(crate) claimed: std::sync::Mutex<HashMap<String, Claim>>,
+    /// Holders of drain leases that also hold the earlier builds' lease (for outbox items).
+    pub(crate) item_leases: std::sync::Mutex<HashSet<String>>,
+    /// Numbers the drain leases this store takes.
+    leases_taken: AtomicU64,
 }
 
 /// Unseen event ids remembered (one per event a worker is applying at once).
@@ -313,6 +325,14 @@ impl Expr {
         self.sets.push(format!("{name} = {placeholder}"));
     }
 
+    /// `attr = if_not_exists(attr, value)`: set unless it is set.
+    fn set_if_absent(&mut self, attr: &str, value: AttributeValue) {
+        let name = self.name(attr);
+        let placeholder = format!(":a{}", self.values.len());
+        self.values.insert(placeholder.clone(), value);
+        self.sets.push(format!("{name} = if_not_exists({name}, {placeholder})"));
+    }
+
     fn remove(&mut self, attr: &str) {
         let name = self.name(attr);
         self.removes.push(name);
@@ -357,7 +377,36 @@ impl DynamoStore {
             trace_lines: Default::default(),
             unseen: Default::default(),
             inline_loads: Default::default(),
+            drain_lease: None,
+            claimed: Default::default(),
+            item_leases: Default::default(),
+            leases_taken: AtomicU64::new(0),
         }
+    }
+
+    /// Claim the conversation's drain lease (see [`baton_core::ports::DrainLeases`]) for
+    /// `lease` in each commit that writes inline effects, when nobody holds it: the worker that
+    /// commits runs them next. Only for a store whose commits are followed by a drain.
+    pub fn with_drain_lease(mut self, lease: std::time::Duration) -> DynamoStore {
+        self.drain_lease = Some(lease);
+        self
+    }
+
+    /// A drain lease with a holder name of its own.
+    pub(crate) fn new_lease(&self) -> DrainLease {
+        let n = self.leases_taken.fetch_add(1, Ordering::Relaxed);
+        DrainLease { holder: format!("{:016x}.{n}", self.instance) }
+    }
+
+    /// Remember where each pending effect lives (completing it then needs no read) and
+    /// return the effects.
+    pub(crate) fn remember_places(&self, conv: &str, pending: Vec<(String, OutboxItem)>) -> Vec<OutboxItem> {
+        let mut known = self.outbox_keys();
+        if known.len() + pending.len() > MAX_OUTBOX_KEYS {
+            known.clear();
+        }
+        known.extend(pending.iter().map(|(place, item)| ((conv.to_string(), item.effect.id.clone()), place.clone())));
+        pending.into_iter().map(|(_, item)| item).collect()
     }
 
     /// Serve agent configs and desk statuses read less than `ttl` ago from memory: a change
@@ -927,6 +976,15 @@ impl Store for DynamoStore {
         if !inline {
             update.set(SPILLED, AttributeValue::Bool(true));
         }
+        // The worker that commits runs the effects next: it takes the drain lease with them
+        // when nobody holds it (both attributes are set and removed together).
+        let claim = self.drain_lease.filter(|_| inline && !effects.is_empty()).map(|length| {
+            let until = at.0.saturating_add(i64::try_from(length.as_millis()).unwrap_or(i64::MAX));
+            let lease = self.new_lease();
+            update.set_if_absent(DRAIN_BY, s(lease.holder.as_str()));
+            update.set_if_absent(DRAIN_UNTIL, n(until));
+            (lease, until)
+        });
         let mut items = Vec::new();
         for (seq, effect, attrs) in effects {
             if inline {
@@ -957,12 +1015,31 @@ impl Store for DynamoStore {
                 .condition_expression(condition)
                 .set_expression_attribute_names(Some(attr_names))
                 .set_expression_attribute_values(Some(attr_values))
+                .set_return_values(claim.as_ref().map(|_| ReturnValue::AllNew))
                 .send()
                 .await;
-            if conditional("commit", updated)? {
-                Tx::Done
-            } else {
-                Tx::Cancelled(vec![CONDITION_FAILED.to_string()])
+            match updated {
+                Ok(out) => {
+                    // Claimed here (not held by another already): the drain starts from this
+                    // outbox, unless it may have items of its own to query.
+                    if let (Some((lease, until)), Some(item)) = (claim, out.attributes) {
+                        if item.get(DRAIN_BY) == Some(&s(lease.holder.as_str())) && !may_have_items(Some(&item)) {
+                            let pending = self.outbox_of(&conv, Some(item)).await?.pending;
+                            let mut claimed = lock(&self.claimed);
+                            if claimed.len() >= MAX_OUTBOX_KEYS {
+                                // Claims nobody took (their drain failed): their leases run out.
+                                claimed.clear();
+                            }
+                            claimed.insert(conv.clone(), Claim { lease, until, pending });
+                        }
+                    }
+                    Tx::Done
+                }
+                Err(e) => {
+                    // Any error but the refused condition is returned here.
+                    conditional("commit", Err::<(), _>(e))?;
+                    Tx::Cancelled(vec![CONDITION_FAILED.to_string()])
+                }
             }
         } else {
             // Effects too many or too large for the session item: items of their own, in one
@@ -1013,12 +1090,7 @@ impl Store for DynamoStore {
     async fn pending_effects(&self, key: &ConversationKey) -> Result<Vec<OutboxItem>, StoreError> {
         let conv = conv_pk(key);
         let pending = self.read_outbox(&conv).await?.pending;
-        let mut known = self.outbox_keys();
-        if known.len() + pending.len() > MAX_OUTBOX_KEYS {
-            known.clear();
-        }
-        known.extend(pending.iter().map(|(place, item)| ((conv.clone(), item.effect.id.clone()), place.clone())));
-        Ok(pending.into_iter().map(|(_, item)| item).collect())
+        Ok(self.remember_places(&conv, pending))
     }
 
     /// Removes the effect (an inline attribute or an outbox item, with a conditional write),

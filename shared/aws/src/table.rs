@@ -7,7 +7,7 @@
 //! | access token | `AGENT#{id}` / `TOKEN#{sha256}` | `created_at`; never the token |
 //! | token owner | `TOKEN#{sha256}` / `OWNER` | `agent` (one hash belongs to one agent) |
 //! | desk status | `AGENT#{id}` / `DESKSTATUS` | `doc` |
-//! | session | `CONV#{key}` / `SESSION` | `version`, `doc`, `schema` (the item's layout, 2; earlier builds wrote 1, the document's), `doc_schema`, `last_event` (the id of the event it last applied), `expires_at` (the agent's retention after the last event); `due_at`, `due_shard`, `due_gen` while a timer is armed; pending effects inline as `ob#{seq:020}` maps (`effect_id`, `doc`, `schema`, `attempts`, `next_attempt_at`); `inline_outbox` on sessions created with this layout, `outbox_spilled` once effects went to outbox items; `obx_shard`, `obx_due` while an inline effect waits for a retry |
+//! | session | `CONV#{key}` / `SESSION` | `version`, `doc`, `schema` (the item's layout, 2; earlier builds wrote 1, the document's), `doc_schema`, `last_event` (the id of the event it last applied), `expires_at` (the agent's retention after the last event); `due_at`, `due_shard`, `due_gen` while a timer is armed; pending effects inline as `ob#{seq:020}` maps (`effect_id`, `doc`, `schema`, `attempts`, `next_attempt_at`); `inline_outbox` on sessions created with this layout, `outbox_spilled` once effects went to outbox items; `obx_shard`, `obx_due` while an inline effect waits for a retry; `drain_by`, `drain_until` while a worker holds the conversation's drain lease |
 //! | outbox effect | `CONV#{key}` / `OUTBOX#{seq:020}#{effect id}` | effects too large for the session item, and those of earlier builds: `effect_id`, `doc`, `schema`, `attempts`, `next_attempt_at`, `obx_shard`, `obx_due` |
 //! | trace line | `CONV#{key}` / `TRACE#{at:020}#{n}` | `at`, `what`, `id`, `detail`, `expires_at` |
 //! | seen event | `SEEN#{event id}` / `-` | `expires_at` (TTL, 8 days) |
@@ -16,7 +16,7 @@
 //! | user message | `CONV#{key}` / `MSG#{seq:020}` | `seq`, `at`, `doc`, `idem`, `expires_at` |
 //! | message idempotency (earlier builds; read, no longer written) | `IDEM#{key}` / `-` | `expires_at` |
 //! | widget WebSocket | `CONV#{key}` / `WS#{connection id}` | `expires_at` (API Gateway's two hours) |
-//! | connector record (OAuth token, own message id, lease) | `KV#{name}` / `-` | `value`, `valid_until` (ms), `expires_at` |
+//! | connector record (OAuth token, own message id; the drain lease of earlier builds, still taken for outbox items) | `KV#{name}` / `-` | `value`, `valid_until` (ms), `expires_at` |
 //!
 //! Two sparse GSIs, both KEYS_ONLY and sharded so no single partition takes every write:
 //! `due` (`due_shard`, `due_at`) holds sessions with an armed timer, for the sweeper;

@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
 use baton_aws::{create_table, table, DynamoStore};
 use baton_core::effect::{Effect, PendingEffect, TimerKind};
 use baton_core::model::{Button, Channel, ConversationKey, Millis, OutMessage, Role};
-use baton_core::ports::{Commit, CommitOutcome, DeskLink, Store, StoreError, TraceEntry};
+use baton_core::ports::{Commit, CommitOutcome, DeskLink, DrainLeases, Store, StoreError, TraceEntry};
 use baton_core::session::{ArmedTimer, Session};
 use std::collections::HashMap;
 
@@ -679,6 +679,77 @@ async fn a_session_leaves_the_outbox_index_when_its_inline_effects_are_done() {
     assert!(in_outbox_index(&store, &k).await);
     assert!(store.conversations_with_due_effects(Millis(i64::MAX), 10).await.unwrap().is_empty());
     assert!(!in_outbox_index(&store, &k).await);
+}
+
+#[tokio::test]
+async fn a_commit_claims_the_drain_lease_its_drain_starts_from() {
+    let base = common::store().await;
+    let lease = std::time::Duration::from_secs(90);
+    let store = DynamoStore::new(base.client().clone(), base.table_name()).with_drain_lease(lease);
+    let other = DynamoStore::new(base.client().clone(), base.table_name()).with_drain_lease(lease);
+    let k = key("claimed");
+    let at = 1_700_000_000_000;
+    let mut c = commit(&k, 0, "e1", None, at);
+    c.effects = vec![say("e1", 0, "one"), say("e1", 1, "two")];
+    store.commit(c).await.unwrap();
+    // Held from the commit on: another process cannot take it.
+    let item = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
+    assert_eq!(number(&item, "drain_until"), at + 90_000);
+    assert!(DrainLeases::take(&other, &k, Millis(at + 1), Millis(at + 90_001)).await.unwrap().is_none());
+    // Whatever this store writes before its drain comes, the claim waits for that drain (it
+    // is never left held with nobody to give it back).
+    store.load_session(&k).await.unwrap();
+    store.commit(commit(&k, 1, "e1b", None, at + 1)).await.unwrap();
+    // The committing store starts from the outbox its commit left.
+    let (held, pending) = DrainLeases::take(&store, &k, Millis(at + 1), Millis(at + 90_001)).await.unwrap().unwrap();
+    assert_eq!(ids(&pending), ["e1/0", "e1/1"]);
+    store.complete_effect(&k, "e1/0", trace(at + 2, "e1/0"), Millis(i64::MAX)).await.unwrap();
+    // Another commit meanwhile leaves the lease with its holder; the release reads it.
+    other.load_session(&k).await.unwrap();
+    let mut c = commit(&k, 2, "e2", None, at + 3);
+    c.effects = vec![say("e2", 0, "three")];
+    other.commit(c).await.unwrap();
+    let after = DrainLeases::release(&store, &k, &held).await.unwrap();
+    assert_eq!(ids(&after), ["e1/1", "e2/0"]);
+    let item = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
+    assert!(!item.contains_key("drain_by") && !item.contains_key("drain_until"));
+    // Released twice: nothing to give back.
+    assert!(DrainLeases::release(&store, &k, &held).await.unwrap().is_empty());
+
+    // A lease whose holder died is taken once it has run out, not before.
+    let (dead, _) = DrainLeases::take(&other, &k, Millis(at + 10), Millis(at + 90_010)).await.unwrap().unwrap();
+    assert!(DrainLeases::take(&store, &k, Millis(at + 90_009), Millis(at + 180_000)).await.unwrap().is_none());
+    let (late, pending) =
+        DrainLeases::take(&store, &k, Millis(at + 90_011), Millis(at + 180_011)).await.unwrap().unwrap();
+    assert_eq!(ids(&pending), ["e1/1", "e2/0"]);
+    // The dead holder's release, should it come back, takes nothing from the new one.
+    assert!(DrainLeases::release(&other, &k, &dead).await.unwrap().is_empty());
+    assert_eq!(ids(&DrainLeases::release(&store, &k, &late).await.unwrap()), ["e1/1", "e2/0"]);
+}
+
+#[tokio::test]
+async fn outbox_items_are_run_under_the_earlier_builds_lease_too() {
+    use baton_core::ports::KeyValue;
+    let store = common::store().await;
+    let k = key("items");
+    let at = 1_700_000_000_000;
+    let mut c = commit(&k, 0, "e1", None, at);
+    c.effects = vec![say("e1", 0, &incompressible(6000))];
+    store.commit(c).await.unwrap();
+    assert_eq!(outbox_item_count(&store, &k).await, 1);
+    // A worker of the previous build holds its lease on the conversation.
+    let earlier = format!("drain:{k}");
+    assert!(store.put_if_absent(&earlier, "draining", Millis(at), Millis(at + 90_000)).await.unwrap());
+    assert!(DrainLeases::take(&store, &k, Millis(at + 1), Millis(at + 90_001)).await.unwrap().is_none());
+    let item = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
+    assert!(!item.contains_key("drain_by"), "the session's lease is given back at once");
+    // Once that worker is done, both leases are taken and given back together.
+    store.delete(&earlier).await.unwrap();
+    let (held, pending) = DrainLeases::take(&store, &k, Millis(at + 2), Millis(at + 90_002)).await.unwrap().unwrap();
+    assert_eq!(ids(&pending), ["e1/0"]);
+    assert!(store.get(&earlier, Millis(at + 3)).await.unwrap().is_some());
+    DrainLeases::release(&store, &k, &held).await.unwrap();
+    assert!(store.get(&earlier, Millis(at + 4)).await.unwrap().is_none());
 }
 
 async fn in_outbox_index(store: &DynamoStore, k: &ConversationKey) -> bool {

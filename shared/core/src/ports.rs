@@ -292,6 +292,31 @@ pub trait ChannelSender: Send + Sync {
     }
 }
 
+/// The lease on running a conversation's effects, where two processes may try at once (SQS
+/// hands a batch to a second worker while the first still runs it): one holder at a time.
+/// Taking and giving it back both answer with the pending effects as they were then, so a
+/// drain needs no read of its own under the lease.
+#[async_trait]
+pub trait DrainLeases: Send + Sync {
+    /// Take the lease on `key` until `until`, unless another holder's runs past `now`: the
+    /// lease and the pending effects, in order, when taken.
+    async fn take(
+        &self,
+        key: &ConversationKey,
+        now: Millis,
+        until: Millis,
+    ) -> Result<Option<(DrainLease, Vec<OutboxItem>)>, StoreError>;
+    /// Give `lease` back if it is still held; the pending effects as of then (none when
+    /// another holder has the lease now: its own release reads them).
+    async fn release(&self, key: &ConversationKey, lease: &DrainLease) -> Result<Vec<OutboxItem>, StoreError>;
+}
+
+/// A drain lease as taken: its holder's name, new for every take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainLease {
+    pub holder: String,
+}
+
 /// Small records the connectors share across processes and invocations (OAuth access
 /// tokens, ids of messages the hub posted itself, polling offsets), each with an expiry.
 #[async_trait]

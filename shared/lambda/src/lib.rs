@@ -126,7 +126,11 @@ pub fn wire(
     // Pushes to the widget's WebSockets are signed with the function's role, whose
     // credentials Lambda puts in the environment, for the table's region.
     let region = dynamo.config().region().map(|r| r.to_string());
-    let store = Arc::new(DynamoStore::new(dynamo, config.table.clone()).with_config_cache(config.config_cache));
+    let store = Arc::new(
+        DynamoStore::new(dynamo, config.table.clone())
+            .with_config_cache(config.config_cache)
+            .with_drain_lease(DRAIN_LEASE),
+    );
     let events = Arc::new(SqsEventQueue::new(sqs.clone(), config.events_queue_url.clone()));
     let timers = Arc::new(SqsTimers::new(sqs, config.timers_queue_url.clone(), clock.clone()));
     let live: Arc<dyn LivePush> = match (&config.widget_socket_url, region) {
@@ -151,7 +155,7 @@ pub fn wire(
         kv: store.clone(),
         alerts: Default::default(),
         targets,
-        drain_lease: Some(DRAIN_LEASE),
+        drain_lease: Some((DRAIN_LEASE, store.clone())),
     };
     Aws {
         ports,

@@ -651,13 +651,13 @@ async fn the_bill_of_a_typical_conversation_does_not_grow() {
     // session, trace lines out of transactions, unindexed new effects, the configuration
     // cache, unrecorded timer cancels, one trace item per step, effect results stepped on in
     // their drain, timers scheduled with their commit, FAQ answers committed with their
-    // question, the seen id written after the commit and the outbox inside the session item:
-    // write units 230, read units 199-202, SQS requests 145-149, the higher figures when the
-    // stale timers fire in separate invocations). A change that adds calls
+    // question, the seen id written after the commit, the outbox inside the session item and
+    // the drain lease on it: write units 208, read units 138, SQS requests 140-145, the higher
+    // figures when the stale timers fire in separate invocations). A change that adds calls
     // or bigger items per event fails here; one that saves lowers them.
     assert_eq!(telegram.api_requests, INBOUND_EVENTS, "one API request per inbound event");
-    assert!(telegram.write_units <= 255.0, "DynamoDB write units grew: {}", telegram.write_units);
-    assert!(telegram.read_units <= 225.0, "DynamoDB read units grew: {}", telegram.read_units);
+    assert!(telegram.write_units <= 230.0, "DynamoDB write units grew: {}", telegram.write_units);
+    assert!(telegram.read_units <= 155.0, "DynamoDB read units grew: {}", telegram.read_units);
     assert!(telegram.sqs_requests <= 165, "SQS requests grew: {}", telegram.sqs_requests);
     // Busy, the event source's receives and deletes are shared by the chats of a batch.
     assert!(records >= 5.0, "batches of {records:.1} records");

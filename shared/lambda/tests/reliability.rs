@@ -5,7 +5,7 @@ mod common;
 
 use baton_aws::aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use baton_aws::{dedup_id, group_id, parse_event};
-use baton_core::ports::{Clock, KeyValue, Store};
+use baton_core::ports::{Clock, DrainLeases, Store};
 use baton_core::{EventKind, Millis};
 use baton_lambda::{sweep, wire, Swept};
 use baton_runtime::clock::ManualClock;
@@ -389,11 +389,10 @@ async fn a_worker_that_finds_the_drain_lease_taken_leaves_its_effects_to_the_hol
     assert_eq!(messages.len(), 2);
     hub.desk.answer_after(Duration::from_millis(1500));
 
-    let lease = format!("drain:{}", w.key());
     let holder = invoke_worker(&hub.aws, vec![record(&messages[0], &arn)]);
     let latecomer = async {
         let started = std::time::Instant::now();
-        while hub.aws.store.get(&lease, wall_now()).await.unwrap().is_none() {
+        while drain_lease_holder(&hub, &w.key()).await.is_none() {
             assert!(started.elapsed() < Duration::from_secs(5), "the first worker never took the lease");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -430,10 +429,10 @@ async fn effects_left_under_a_dead_holders_lease_run_after_it_expires() {
     let hub = hub_with(clock.clone(), None, |a| a.policy.wait_timeout_secs = 3600).await;
     let mut w = handed_off(&hub).await;
 
-    // A worker took the lease and died holding it.
-    let lease = format!("drain:{}", w.key());
+    // A worker (another process) took the lease and died holding it.
+    let other = baton_aws::DynamoStore::new(hub.aws.store.client().clone(), hub.aws.store.table_name());
     let now = clock.now();
-    assert!(hub.aws.store.put_if_absent(&lease, "draining", now, Millis(now.0 + 90_000)).await.unwrap());
+    assert!(DrainLeases::take(&other, &w.key(), now, Millis(now.0 + 90_000)).await.unwrap().is_some());
     w.send("are you there?").await;
     run_worker(&hub).await;
     assert_eq!(hub.desk.count_to("/chat"), 0, "the lease is held");
@@ -610,4 +609,22 @@ async fn a_faq_answer_is_committed_with_its_question() {
     delete(&hub.sqs, &url, &question[0]).await;
     assert_eq!(w.texts_from("bot").await, vec![HOURS], "answered once");
     assert!(receive(&hub.sqs, &url).await.is_empty(), "nothing queued for the answer");
+}
+
+/// Who holds the conversation's drain lease (the session item's `drain_by`), if anyone.
+async fn drain_lease_holder(hub: &Hub, key: &baton_core::ConversationKey) -> Option<String> {
+    let item = hub
+        .aws
+        .store
+        .client()
+        .get_item()
+        .table_name(hub.aws.store.table_name())
+        .key("pk", baton_aws::aws_sdk_dynamodb::types::AttributeValue::S(format!("CONV#{key}")))
+        .key("sk", baton_aws::aws_sdk_dynamodb::types::AttributeValue::S("SESSION".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item?;
+    item.get("drain_by").and_then(|v| v.as_s().ok()).cloned()
 }

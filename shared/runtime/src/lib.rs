@@ -35,9 +35,9 @@ pub struct Ports {
     pub alerts: alerts::Alerts,
     /// Which hosts the agents' configured endpoints may be.
     pub targets: baton_connectors::outbound::Targets,
-    /// Take a lease (this long) before running a conversation's effects, where two processes
-    /// may try at once; `None` where one process owns each conversation.
-    pub drain_lease: Option<std::time::Duration>,
+    /// Take a lease (this long, from these leases) before running a conversation's effects,
+    /// where two processes may try at once; `None` where one process owns each conversation.
+    pub drain_lease: Option<(std::time::Duration, Arc<dyn baton_core::ports::DrainLeases>)>,
 }
 
 /// The outbound connectors every deployment wires the same way: one HTTP client (one

@@ -247,28 +247,23 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
     if items.is_empty() {
         return Ok(Drained::default());
     }
-    let Some(lease) = ports.drain_lease else {
+    let Some((lease, leases)) = &ports.drain_lease else {
         return run_settled(ports, key, items).await.map(|(d, _)| d);
     };
-    let name = format!("drain:{key}");
     let mut done = 0;
     for _ in 0..MAX_DRAIN_ROUNDS {
         let now = ports.clock.now();
         let until = Millis(now.0.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)));
-        if !ports.kv.put_if_absent(&name, "draining", now, until).await? {
+        // The effects as of the take: the previous holder may have run some of them meanwhile.
+        let Some((held, under_lease)) = leases.take(key, now, until).await? else {
             ports.store.watch_pending(key).await?;
             return Ok(Drained { done, ..Drained::default() });
-        }
-        // Read again under the lease: the previous holder may have run some of them meanwhile.
-        let result = match ports.store.pending_effects(key).await {
-            Ok(under_lease) => run_settled(ports, key, under_lease).await,
-            Err(e) => Err(e.into()),
         };
-        let released = ports.kv.delete(&name).await;
+        let result = run_settled(ports, key, under_lease).await;
+        let released = leases.release(key, &held).await;
         let (round, seen) = result?;
-        released?;
+        items = released?;
         done += round.done;
-        items = ports.store.pending_effects(key).await?;
         // Only effects this round never saw are new; the others wait for `round.next_due`.
         if items.iter().all(|i| seen.contains(&i.effect.id)) {
             return Ok(Drained { done, next_due: round.next_due, stepped: false });
