@@ -331,18 +331,23 @@ async fn sessions_and_trace_lines_expire_with_the_agents_retention() {
 }
 
 async fn trace_items(store: &DynamoStore, k: &ConversationKey) -> Vec<HashMap<String, AttributeValue>> {
-    let traced = store
+    raw_items(store, k, "TRACE#").await
+}
+
+/// The conversation's items whose sort key starts with `prefix`, as stored.
+async fn raw_items(store: &DynamoStore, k: &ConversationKey, prefix: &str) -> Vec<HashMap<String, AttributeValue>> {
+    let found = store
         .client()
         .query()
         .table_name(store.table_name())
-        .key_condition_expression("pk = :pk AND begins_with(sk, :t)")
+        .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
         .expression_attribute_values(":pk", AttributeValue::S(format!("CONV#{k}")))
-        .expression_attribute_values(":t", AttributeValue::S("TRACE#".into()))
+        .expression_attribute_values(":p", AttributeValue::S(prefix.into()))
         .consistent_read(true)
         .send()
         .await
         .unwrap();
-    traced.items().to_vec()
+    found.items().to_vec()
 }
 
 /// Trace lines are kept until `flush_trace` and then written as one item per conversation
@@ -501,18 +506,7 @@ async fn inline_names(store: &DynamoStore, k: &ConversationKey) -> Vec<String> {
 }
 
 async fn outbox_item_count(store: &DynamoStore, k: &ConversationKey) -> usize {
-    store
-        .client()
-        .query()
-        .table_name(store.table_name())
-        .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
-        .expression_attribute_values(":pk", AttributeValue::S(format!("CONV#{k}")))
-        .expression_attribute_values(":p", AttributeValue::S("OUTBOX#".into()))
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap()
-        .count() as usize
+    raw_items(store, k, "OUTBOX#").await.len()
 }
 
 #[tokio::test]
