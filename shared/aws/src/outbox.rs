@@ -9,6 +9,9 @@
 //! session item is billed by its whole size, so it stays small. Sessions of earlier builds
 //! may have such items too. Both kinds share one sequence (`version * 1000 + index`), so the
 //! pending effects are the two lists merged in that order.
+//!
+//! The conversation's drain lease is on the same item ([`DrainLeases`] below), so the commit
+//! that writes effects can take it too, and taking or giving it back answers with the outbox.
 
 use crate::store::{conditional, decode_doc, get_n, get_s, lock, n, s, unavailable, DynamoStore, Item};
 use crate::table::{conv_pk, key_part, shard_of, OBX_DUE, OBX_SHARD, PK, SK};
@@ -279,41 +282,6 @@ const MAX_REMEMBERED: usize = 10_000;
 
 pub(crate) type InlineLoads = std::sync::Mutex<HashMap<String, (u64, (usize, usize))>>;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn places_sort_by_their_sequence_whatever_their_kind() {
-        assert_eq!(seq_of(&inline_name(12_003)), Some(12_003));
-        assert_eq!(seq_of(&item_sk(12_001, "e1")), Some(12_001));
-        assert_eq!(seq_of("TRACE#000"), None);
-        assert!(is_inline(&inline_name(1)) && !is_inline(&item_sk(1, "x")));
-    }
-
-    #[test]
-    fn effects_fit_inline_by_count_and_bytes_and_never_when_unknown() {
-        assert!(fits_inline(Some((0, 0)), 1, 300));
-        assert!(fits_inline(Some((31, 100)), 1, 300));
-        assert!(!fits_inline(Some((32, 100)), 1, 300));
-        assert!(!fits_inline(Some((1, 4000)), 1, 300));
-        assert!(!fits_inline(None, 1, 10));
-    }
-
-    #[test]
-    fn an_item_counts_its_inline_effects_only() {
-        let effect = PendingEffect::for_event("e1", 0, baton_core::effect::Effect::CancelTimer);
-        let attrs = effect_attrs(&effect, Millis(5)).unwrap();
-        let mut item = Item::new();
-        item.insert("doc".into(), s("x".repeat(500)));
-        item.insert(inline_name(1000), AttributeValue::M(attrs.clone()));
-        let (count, bytes) = inline_load(&item);
-        assert_eq!(count, 1);
-        assert_eq!(bytes, entry_size(&inline_name(1000), &attrs));
-        assert!(bytes < 200, "{bytes}");
-    }
-}
-
 /// The session item's drain lease: who holds it (a name new for every take) and until when
 /// (ms). Both are set and removed together.
 pub(crate) const DRAIN_BY: &str = "drain_by";
@@ -423,5 +391,40 @@ impl DrainLeases for DynamoStore {
                 Ok(Vec::new())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn places_sort_by_their_sequence_whatever_their_kind() {
+        assert_eq!(seq_of(&inline_name(12_003)), Some(12_003));
+        assert_eq!(seq_of(&item_sk(12_001, "e1")), Some(12_001));
+        assert_eq!(seq_of("TRACE#000"), None);
+        assert!(is_inline(&inline_name(1)) && !is_inline(&item_sk(1, "x")));
+    }
+
+    #[test]
+    fn effects_fit_inline_by_count_and_bytes_and_never_when_unknown() {
+        assert!(fits_inline(Some((0, 0)), 1, 300));
+        assert!(fits_inline(Some((31, 100)), 1, 300));
+        assert!(!fits_inline(Some((32, 100)), 1, 300));
+        assert!(!fits_inline(Some((1, 4000)), 1, 300));
+        assert!(!fits_inline(None, 1, 10));
+    }
+
+    #[test]
+    fn an_item_counts_its_inline_effects_only() {
+        let effect = PendingEffect::for_event("e1", 0, baton_core::effect::Effect::CancelTimer);
+        let attrs = effect_attrs(&effect, Millis(5)).unwrap();
+        let mut item = Item::new();
+        item.insert("doc".into(), s("x".repeat(500)));
+        item.insert(inline_name(1000), AttributeValue::M(attrs.clone()));
+        let (count, bytes) = inline_load(&item);
+        assert_eq!(count, 1);
+        assert_eq!(bytes, entry_size(&inline_name(1000), &attrs));
+        assert!(bytes < 200, "{bytes}");
     }
 }
