@@ -13,7 +13,7 @@
 //! The conversation's drain lease is on the same item ([`DrainLeases`] below), so the commit
 //! that writes effects can take it too, and taking or giving it back answers with the outbox.
 
-use crate::store::{conditional, decode_doc, get_n, get_s, lock, n, s, unavailable, DynamoStore, Item};
+use crate::store::{conditional, decode_doc, get_n, get_s, lock, n, s, DynamoStore, Item};
 use crate::table::{conv_pk, key_part, shard_of, OBX_DUE, OBX_SHARD, PK, SK};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use baton_core::effect::{PendingEffect, EFFECT_SCHEMA};
@@ -249,12 +249,9 @@ impl DynamoStore {
             .expression_attribute_values(":v", n(version))
             .send()
             .await;
-        if let Err(e) = updated {
-            if e.as_service_error().and_then(aws_sdk_dynamodb::error::ProvideErrorMetadata::code)
-                != Some("ConditionalCheckFailedException")
-            {
-                tracing::warn!(conversation = conv, error = %unavailable("leave the outbox index", &e), "session left in the outbox index");
-            }
+        // A refused condition (a commit came since) is fine; an error is only logged.
+        if let Err(e) = conditional("leave the outbox index", updated) {
+            tracing::warn!(conversation = conv, error = %e, "session left in the outbox index");
         }
     }
 

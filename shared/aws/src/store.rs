@@ -109,6 +109,10 @@ const MAX_LINES_PER_TRACE_ITEM: usize = 100;
 /// Outbox keys remembered at most; past that the memory starts over (a miss costs one query).
 const MAX_OUTBOX_KEYS: usize = 10_000;
 
+/// Unclaimed drain claims kept at most (one per conversation whose drain failed after its
+/// commit); past that the memory starts over, and those leases run out on their own.
+const MAX_CLAIMS: usize = 10_000;
+
 /// Values read less than `ttl` ago, by id. Agent configs and desk statuses are read two or
 /// three times per event by every function instance, from one partition per agent: a few
 /// seconds of reuse turns that into one read per instance and interval, which keeps a busy
@@ -318,19 +322,21 @@ impl Expr {
         placeholder
     }
 
-    fn set(&mut self, attr: &str, value: AttributeValue) {
-        let name = self.name(attr);
+    fn value(&mut self, value: AttributeValue) -> String {
         let placeholder = format!(":a{}", self.values.len());
         self.values.insert(placeholder.clone(), value);
-        self.sets.push(format!("{name} = {placeholder}"));
+        placeholder
+    }
+
+    fn set(&mut self, attr: &str, value: AttributeValue) {
+        let (name, value) = (self.name(attr), self.value(value));
+        self.sets.push(format!("{name} = {value}"));
     }
 
     /// `attr = if_not_exists(attr, value)`: set unless it is set.
     fn set_if_absent(&mut self, attr: &str, value: AttributeValue) {
-        let name = self.name(attr);
-        let placeholder = format!(":a{}", self.values.len());
-        self.values.insert(placeholder.clone(), value);
-        self.sets.push(format!("{name} = if_not_exists({name}, {placeholder})"));
+        let (name, value) = (self.name(attr), self.value(value));
+        self.sets.push(format!("{name} = if_not_exists({name}, {value})"));
     }
 
     fn remove(&mut self, attr: &str) {
@@ -949,7 +955,8 @@ impl Store for DynamoStore {
             .map(|(effect, seq)| Ok((seq, effect, effect_attrs(effect, at)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
         let bytes = effects.iter().map(|(seq, _, attrs)| entry_size(&inline_name(*seq), attrs)).sum();
-        let inline = effects.is_empty() || fits_inline(self.inline_load_at(&conv, expected), effects.len(), bytes);
+        let loaded = self.inline_load_at(&conv, expected);
+        let inline = effects.is_empty() || fits_inline(loaded, effects.len(), bytes);
 
         // One UpdateItem of the session item: it keeps the inline effects not yet completed.
         let mut update = Expr::default();
@@ -1026,7 +1033,7 @@ impl Store for DynamoStore {
                         if item.get(DRAIN_BY) == Some(&s(lease.holder.as_str())) && !may_have_items(Some(&item)) {
                             let pending = self.outbox_of(&conv, Some(item)).await?.pending;
                             let mut claimed = lock(&self.claimed);
-                            if claimed.len() >= MAX_OUTBOX_KEYS {
+                            if claimed.len() >= MAX_CLAIMS {
                                 // Claims nobody took (their drain failed): their leases run out.
                                 claimed.clear();
                             }
@@ -1058,8 +1065,7 @@ impl Store for DynamoStore {
         };
         match written {
             Tx::Done => {
-                let load = self.inline_load_at(&conv, expected).filter(|_| inline);
-                if let Some((count, before)) = load {
+                if let Some((count, before)) = loaded.filter(|_| inline) {
                     self.remember_inline_load(&conv, version, (count + commit.effects.len(), before + bytes));
                 }
                 self.mark_seen(key, &commit.event_id, at).await?;

@@ -619,18 +619,7 @@ async fn a_session_item_of_a_later_layout_is_refused() {
     let store = common::store().await;
     let k = key("later");
     store.commit(commit(&k, 0, "e1", None, 1)).await.unwrap();
-    store
-        .client()
-        .update_item()
-        .table_name(store.table_name())
-        .key("pk", AttributeValue::S(format!("CONV#{k}")))
-        .key("sk", AttributeValue::S("SESSION".into()))
-        .update_expression("SET #s = :s")
-        .expression_attribute_names("#s", "schema")
-        .expression_attribute_values(":s", AttributeValue::N("3".into()))
-        .send()
-        .await
-        .unwrap();
+    set_on_session(&store, &k, vec![("schema", AttributeValue::N("3".into()))]).await;
     match store.load_session(&k).await {
         Err(StoreError::Corrupt { message, .. }) => assert!(message.contains("layout 3"), "{message}"),
         other => panic!("expected Corrupt, got {other:?}"),
@@ -658,18 +647,8 @@ async fn a_session_leaves_the_outbox_index_when_its_inline_effects_are_done() {
     assert!(!in_outbox_index(&store, &k).await, "the last completion takes it out");
 
     // Left in with nothing pending (its tidying lost to a commit): the sweep takes it out.
-    store
-        .client()
-        .update_item()
-        .table_name(store.table_name())
-        .key("pk", AttributeValue::S(format!("CONV#{k}")))
-        .key("sk", AttributeValue::S("SESSION".into()))
-        .update_expression("SET obx_due = :d, obx_shard = :s")
-        .expression_attribute_values(":d", AttributeValue::N("1".into()))
-        .expression_attribute_values(":s", AttributeValue::S(table::shard_of(&k)))
-        .send()
-        .await
-        .unwrap();
+    let index = vec![("obx_due", AttributeValue::N("1".into())), ("obx_shard", AttributeValue::S(table::shard_of(&k)))];
+    set_on_session(&store, &k, index).await;
     assert!(in_outbox_index(&store, &k).await);
     assert!(store.conversations_with_due_effects(Millis(i64::MAX), 10).await.unwrap().is_empty());
     assert!(!in_outbox_index(&store, &k).await);
@@ -744,6 +723,24 @@ async fn outbox_items_are_run_under_the_earlier_builds_lease_too() {
     assert!(store.get(&earlier, Millis(at + 3)).await.unwrap().is_some());
     DrainLeases::release(&store, &k, &held).await.unwrap();
     assert!(store.get(&earlier, Millis(at + 4)).await.unwrap().is_none());
+}
+
+/// Set attributes of the session item as stored, behind the store's back.
+async fn set_on_session(store: &DynamoStore, k: &ConversationKey, attrs: Vec<(&str, AttributeValue)>) {
+    let mut update = store
+        .client()
+        .update_item()
+        .table_name(store.table_name())
+        .key("pk", AttributeValue::S(format!("CONV#{k}")))
+        .key("sk", AttributeValue::S("SESSION".into()));
+    let mut sets = Vec::new();
+    for (i, (name, value)) in attrs.into_iter().enumerate() {
+        sets.push(format!("#a{i} = :a{i}"));
+        update = update
+            .expression_attribute_names(format!("#a{i}"), name)
+            .expression_attribute_values(format!(":a{i}"), value);
+    }
+    update.update_expression(format!("SET {}", sets.join(", "))).send().await.unwrap();
 }
 
 async fn in_outbox_index(store: &DynamoStore, k: &ConversationKey) -> bool {

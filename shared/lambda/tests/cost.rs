@@ -233,11 +233,7 @@ impl Metered {
         assert_eq!(reply.status_code, 200, "{reply:?}");
     }
 
-    async fn telegram_says(&mut self, update_id: i64, text: &str) {
-        self.telegram_says_in(42, update_id, text).await;
-    }
-
-    async fn telegram_says_in(&mut self, chat: i64, update_id: i64, text: &str) {
+    async fn telegram_says(&mut self, chat: i64, update_id: i64, text: &str) {
         let r = self
             .api(
                 "channel-webhook",
@@ -551,35 +547,7 @@ async fn the_bill_of_a_typical_conversation_does_not_grow() {
 
     // ---- Telegram: replies are pushed, nothing polls.
     let mut m = Metered::start(logs.clone(), None).await;
-    let mut update = 0;
-    for i in 0..10 {
-        update += 1;
-        m.telegram_says(update, QUESTIONS[i % 3]).await;
-        m.worker().await;
-    }
-    update += 1;
-    m.telegram_says(update, "I want to talk to a human").await;
-    m.worker().await;
-    let establish = m.hub.desk.first_to("/conversation/establish").await;
-    let conv = establish.body["conversation_id"].as_str().expect("a desk conversation id").to_string();
-    for i in 0..10 {
-        m.human_says(&conv, i, &format!("Human reply {i}")).await;
-        m.worker().await;
-        update += 1;
-        m.telegram_says(update, &format!("User reply {i}")).await;
-        m.worker().await;
-    }
-    m.human_ends(&conv).await;
-    m.worker().await;
-    m.timers().await;
-
-    let sent = m.telegram.sent_messages();
-    let texts: Vec<&str> = sent.iter().filter_map(|s| s["text"].as_str()).collect();
-    let answers = [common::HOURS, common::SHIPPING, common::ABROAD];
-    assert_eq!(texts.iter().filter(|t| answers.contains(t)).count(), 10, "{texts:#?}");
-    assert_eq!(texts.iter().filter(|t| t.starts_with("Human reply")).count(), 10, "{texts:#?}");
-    assert_eq!(m.hub.desk.count_to("/chat"), 10);
-    assert_eq!(m.hub.desk.duplicates(), 0);
+    telegram_chats(&mut m, &[42]).await;
     let telegram = m.bill("Telegram conversation (32 inbound events, no polling)", 0);
 
     // ---- Widget: the same conversation, polling on the widget's schedule.
@@ -671,17 +639,24 @@ const BUSY: usize = 10;
 /// The Telegram conversation in `BUSY` chats at once; its bill per conversation.
 async fn busy_telegram(m: &mut Metered) -> Bill {
     let chats: Vec<i64> = (0..BUSY as i64).map(|i| 1000 + i).collect();
+    telegram_chats(m, &chats).await;
+    m.bill_of(&format!("Telegram conversation, {BUSY} chats at once (per conversation)"), 0, BUSY)
+}
+
+/// The typical conversation in each of `chats` at once: every chat takes each step, then the
+/// event source drains the queue. Checks that every chat got its answers, once.
+async fn telegram_chats(m: &mut Metered, chats: &[i64]) {
     let mut update = 0;
     for i in 0..10 {
-        for &chat in &chats {
+        for &chat in chats {
             update += 1;
-            m.telegram_says_in(chat, update, QUESTIONS[i % 3]).await;
+            m.telegram_says(chat, update, QUESTIONS[i % 3]).await;
         }
         m.worker().await;
     }
-    for &chat in &chats {
+    for &chat in chats {
         update += 1;
-        m.telegram_says_in(chat, update, "I want to talk to a human").await;
+        m.telegram_says(chat, update, "I want to talk to a human").await;
     }
     m.worker().await;
     // Each chat's desk conversation, by the user its establish names.
@@ -701,9 +676,9 @@ async fn busy_telegram(m: &mut Metered) -> Bill {
             m.human_says(conv, i, &format!("Human reply {i}")).await;
         }
         m.worker().await;
-        for &chat in &chats {
+        for &chat in chats {
             update += 1;
-            m.telegram_says_in(chat, update, &format!("User reply {i}")).await;
+            m.telegram_says(chat, update, &format!("User reply {i}")).await;
         }
         m.worker().await;
     }
@@ -716,11 +691,10 @@ async fn busy_telegram(m: &mut Metered) -> Bill {
     let sent = m.telegram.sent_messages();
     let texts: Vec<&str> = sent.iter().filter_map(|s| s["text"].as_str()).collect();
     let answers = [common::HOURS, common::SHIPPING, common::ABROAD];
-    assert_eq!(texts.iter().filter(|t| answers.contains(t)).count(), 10 * BUSY);
-    assert_eq!(texts.iter().filter(|t| t.starts_with("Human reply")).count(), 10 * BUSY);
-    assert_eq!(m.hub.desk.count_to("/chat"), 10 * BUSY);
+    assert_eq!(texts.iter().filter(|t| answers.contains(t)).count(), 10 * chats.len(), "{texts:#?}");
+    assert_eq!(texts.iter().filter(|t| t.starts_with("Human reply")).count(), 10 * chats.len(), "{texts:#?}");
+    assert_eq!(m.hub.desk.count_to("/chat"), 10 * chats.len());
     assert_eq!(m.hub.desk.duplicates(), 0);
-    m.bill_of(&format!("Telegram conversation, {BUSY} chats at once (per conversation)"), 0, BUSY)
 }
 
 /// Records per conversation-worker invocation in the run so far.
