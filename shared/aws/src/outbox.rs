@@ -18,7 +18,7 @@ use crate::table::{conv_pk, key_part, shard_of, OBX_DUE, OBX_SHARD, PK, SK};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use baton_core::effect::{PendingEffect, EFFECT_SCHEMA};
 use baton_core::model::{ConversationKey, Millis};
-use baton_core::ports::{DrainLease, DrainLeases, OutboxItem, StoreError};
+use baton_core::ports::{Completion, DrainLease, DrainLeases, OutboxItem, Store, StoreError};
 use std::collections::HashMap;
 
 /// Prefix of an inline effect's attribute on the session item.
@@ -255,29 +255,38 @@ impl DynamoStore {
         }
     }
 
-    /// What `load_session` saw of a session's inline effects, for the commit that follows.
-    pub(crate) fn remember_inline_load(&self, conv: &str, version: u64, load: (usize, usize)) {
-        let mut loaded = lock(&self.inline_loads);
+    /// What `load_session` saw of a session item, for the commit that follows.
+    pub(crate) fn remember_loaded(&self, conv: &str, version: u64, seen: Loaded) {
+        let mut loaded = lock(&self.loaded);
         if loaded.len() >= MAX_REMEMBERED {
             loaded.clear();
         }
-        loaded.insert(conv.to_string(), (version, load));
+        loaded.insert(conv.to_string(), (version, seen));
     }
 
-    /// The inline effects of `conv` at `version` as last loaded; a new session has none.
-    pub(crate) fn inline_load_at(&self, conv: &str, version: u64) -> Option<(usize, usize)> {
+    /// The session item of `conv` at `version` as last loaded; a new session has no inline
+    /// effect and no timer.
+    pub(crate) fn loaded_at(&self, conv: &str, version: u64) -> Option<Loaded> {
         if version == 0 {
-            return Some((0, 0));
+            return Some(Loaded { inline: (0, 0), due_at: None });
         }
-        lock(&self.inline_loads).get(conv).filter(|(v, _)| *v == version).map(|(_, load)| *load)
+        lock(&self.loaded).get(conv).filter(|(v, _)| *v == version).map(|(_, seen)| *seen)
     }
 }
 
-/// Sessions whose inline load is remembered at most; past that the memory starts over (a miss
-/// sends that commit's effects to items of their own).
+/// What a session item held when loaded, beyond its document: how many inline effects in how
+/// many bytes (the commit keeps the item small with it), and its key in the `due` index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Loaded {
+    pub inline: (usize, usize),
+    pub due_at: Option<i64>,
+}
+
+/// Sessions whose loaded item is remembered at most; past that the memory starts over (a miss
+/// sends that commit's effects to items of their own and writes its timer's index key).
 const MAX_REMEMBERED: usize = 10_000;
 
-pub(crate) type InlineLoads = std::sync::Mutex<HashMap<String, (u64, (usize, usize))>>;
+pub(crate) type LoadedSessions = std::sync::Mutex<HashMap<String, (u64, Loaded)>>;
 
 /// The session item's drain lease: who holds it (a name new for every take) and until when
 /// (ms). Both are set and removed together.
@@ -351,7 +360,7 @@ impl DrainLeases for DynamoStore {
         if pending.iter().any(|(place, _)| !is_inline(place)) {
             let name = format!("drain:{key}");
             if !baton_core::ports::KeyValue::put_if_absent(self, &name, "draining", now, until).await? {
-                self.release(key, &lease).await?;
+                self.release(key, &lease, None).await?;
                 return Ok(None);
             }
             lock(&self.item_leases).insert(lease.holder.clone());
@@ -359,9 +368,24 @@ impl DrainLeases for DynamoStore {
         Ok(Some((lease, self.remember_places(&conv, pending))))
     }
 
-    async fn release(&self, key: &ConversationKey, lease: &DrainLease) -> Result<Vec<OutboxItem>, StoreError> {
+    async fn release(
+        &self,
+        key: &ConversationKey,
+        lease: &DrainLease,
+        done: Option<Completion>,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
         let conv = conv_pk(key);
-        let released = self
+        // An inline effect is completed in the release's own write; an outbox item first.
+        let place = done.as_ref().and_then(|d| self.outbox_keys().get(&(conv.clone(), d.effect_id.clone())).cloned());
+        let inline = match (done, place) {
+            (Some(done), Some(place)) if is_inline(&place) => Some((place, done)),
+            (Some(done), _) => {
+                self.complete_effect(key, &done.effect_id, done.trace, done.keep_until).await?;
+                None
+            }
+            (None, _) => None,
+        };
+        let mut release = self
             .client
             .update_item()
             .table_name(&self.table)
@@ -371,23 +395,42 @@ impl DrainLeases for DynamoStore {
             .expression_attribute_names("#by", DRAIN_BY)
             .expression_attribute_names("#until", DRAIN_UNTIL)
             .expression_attribute_values(":by", s(lease.holder.as_str()))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
+            .return_values(ReturnValue::AllNew);
+        if let Some((place, _)) = &inline {
+            release = release
+                .update_expression("REMOVE #by, #until, #e")
+                .condition_expression("#by = :by AND attribute_exists(#e)")
+                .expression_attribute_names("#e", place);
+        }
+        let released = release.send().await;
         if lock(&self.item_leases).remove(&lease.holder) {
             baton_core::ports::KeyValue::delete(self, &format!("drain:{key}")).await?;
         }
-        match released {
-            Ok(out) => {
-                let outbox = self.outbox_of(&conv, out.attributes).await?;
-                Ok(self.remember_places(&conv, outbox.pending))
-            }
+        let after = match released {
+            Ok(out) => out.attributes.unwrap_or_default(),
             Err(e) => {
-                // Another holder has it (this one's ran out): its release reads what is left.
+                // Refused: another holder has the lease now (this one's ran out), or the effect
+                // is gone. The effect is then completed on its own, as before the release.
                 conditional("release the drain lease", Err::<(), _>(e))?;
-                Ok(Vec::new())
+                return match inline {
+                    Some((_, done)) => {
+                        self.complete_effect(key, &done.effect_id, done.trace, done.keep_until).await?;
+                        self.release(key, lease, None).await
+                    }
+                    // The other holder's release reads what is left.
+                    None => Ok(Vec::new()),
+                };
+            }
+        };
+        if let Some((_, done)) = inline {
+            self.outbox_keys().remove(&(conv.clone(), done.effect_id));
+            self.keep_trace_line(&conv, &done.trace, done.keep_until);
+            if after.contains_key(OBX_DUE) && inline_load(&after).0 == 0 {
+                self.leave_due_index(&conv, &after).await;
             }
         }
+        let outbox = self.outbox_of(&conv, Some(after)).await?;
+        Ok(self.remember_places(&conv, outbox.pending))
     }
 }
 

@@ -7,12 +7,12 @@
 
 use crate::describe_sdk_error;
 use crate::outbox::{
-    effect_attrs, entry_size, fits_inline, inline_load, inline_name, is_inline, item_sk, may_have_items, Claim,
-    InlineLoads, DRAIN_BY, DRAIN_UNTIL, INLINE_ONLY, SPILLED,
+    effect_attrs, entry_size, fits_inline, inline_load, inline_name, is_inline, item_sk, may_have_items, Claim, Loaded,
+    LoadedSessions, DRAIN_BY, DRAIN_UNTIL, INLINE_ONLY, SPILLED,
 };
 use crate::table::{
     agent_pk, conv_pk, key_part, parse_conv_pk, shard_of, DUE_AT, DUE_GEN, DUE_INDEX, DUE_SHARD, EXPIRES_AT, OBX_DUE,
-    OBX_SHARD, OUTBOX_INDEX, PK, SHARDS, SK,
+    OBX_SHARD, OUTBOX_INDEX, PK, SHARDS, SK, TIMER_DUE,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
@@ -55,6 +55,8 @@ const OUTBOX_SEQ_PER_VERSION: u64 = 1000;
 
 /// Page size of GSI queries.
 const INDEX_PAGE: i32 = 100;
+/// Rounds of candidates one sweep reads at most when earlier ones had only moved later.
+const SWEEP_ROUNDS: usize = 4;
 
 /// The DynamoDB store; share it in an `Arc` like the other ports. The trace lines of its
 /// commits and effect results are kept in memory until [`DynamoStore::flush_trace`] (the
@@ -80,9 +82,9 @@ pub struct DynamoStore {
     /// Event ids `is_seen` lately found unseen: the worker asks right before it commits, so
     /// the commit need not read the mark again (the session's last event id guards the rest).
     unseen: std::sync::Mutex<std::collections::VecDeque<String>>,
-    /// How many inline effects, in how many bytes, each session had when last loaded: the
-    /// commit that follows keeps the session item small with it.
-    pub(crate) inline_loads: InlineLoads,
+    /// What each session item held when last loaded (its inline effects, its `due` index
+    /// key), for the commit that follows.
+    pub(crate) loaded: LoadedSessions,
     /// Claim the drain lease in commits that write inline effects, for this long (see
     /// [`DynamoStore::with_drain_lease`]).
     drain_lease: Option<std::time::Duration>,
@@ -382,7 +384,7 @@ impl DynamoStore {
             outbox_keys: Default::default(),
             trace_lines: Default::default(),
             unseen: Default::default(),
-            inline_loads: Default::default(),
+            loaded: Default::default(),
             drain_lease: None,
             claimed: Default::default(),
             item_leases: Default::default(),
@@ -540,7 +542,7 @@ impl DynamoStore {
     /// Keep a trace line of a write just made until [`DynamoStore::flush_trace`]. Not in the
     /// write's transaction (which would bill both items twice) nor on its own (one item per
     /// line): a crash before the flush loses the line, never the write's state.
-    fn keep_trace_line(&self, conv: &str, entry: &TraceEntry, keep_until: Millis) {
+    pub(crate) fn keep_trace_line(&self, conv: &str, entry: &TraceEntry, keep_until: Millis) {
         lock(&self.trace_lines).push((conv.to_string(), entry.clone(), keep_until));
     }
 
@@ -584,7 +586,7 @@ impl DynamoStore {
         Ok(outbox.pending.into_iter().find(|(_, item)| item.effect.id == effect_id).map(|(place, _)| place))
     }
 
-    fn outbox_keys(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
+    pub(crate) fn outbox_keys(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
         lock(&self.outbox_keys)
     }
 
@@ -592,10 +594,33 @@ impl DynamoStore {
     /// first: the EventBridge sweeper turns them into `TimerFired` events, catching timers
     /// whose delayed SQS message was lost. Candidates come from the sparse, KEYS_ONLY `due`
     /// GSI (eventually consistent: a just-armed timer may show up one sweep later); each is
-    /// read back from the table, so a timer disarmed or moved since is not reported.
+    /// read back from the table, so a timer disarmed or moved since is not reported. Sessions
+    /// whose timer moved later are moved in the index (see [`TIMER_DUE`]) and, as they take
+    /// none of `limit`, more candidates are read after them (a few rounds at most).
     pub async fn sessions_due(&self, now: Millis, limit: usize) -> Result<Vec<(ConversationKey, u64)>, StoreError> {
+        let mut out = Vec::new();
+        let mut reported = HashSet::new();
+        for _ in 0..SWEEP_ROUNDS {
+            let (due, moved) = self.sessions_due_round(now, limit - out.len(), &reported).await?;
+            reported.extend(due.iter().map(|(key, _)| conv_pk(key)));
+            out.extend(due);
+            if moved == 0 || out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One round of `sessions_due`: the due sessions among the first `limit` candidates not
+    /// `reported` already, and how many candidates were moved later instead.
+    async fn sessions_due_round(
+        &self,
+        now: Millis,
+        limit: usize,
+        reported: &HashSet<String>,
+    ) -> Result<(Vec<(ConversationKey, u64)>, usize), StoreError> {
         if limit == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         }
         let mut candidates: Vec<(i64, String)> = Vec::new();
         for shard in 0..SHARDS {
@@ -605,6 +630,7 @@ impl DynamoStore {
                 let (items, next) = self.due_page(DUE_INDEX, (DUE_SHARD, DUE_AT), shard, now, start.take()).await?;
                 for item in &items {
                     match (get_s(item, PK, "due index"), get_n::<i64>(item, DUE_AT, "due index")) {
+                        (Ok(pk), _) if reported.contains(pk) => {}
                         (Ok(pk), Ok(due)) => {
                             candidates.push((due, pk.to_string()));
                             taken += 1;
@@ -622,20 +648,32 @@ impl DynamoStore {
         candidates.sort();
         candidates.truncate(limit);
         let keys = candidates.iter().map(|(_, pk)| key_of(pk.as_str(), "SESSION")).collect();
-        let mut sessions = self
-            .batch_get(keys, Some(("#pk, #d, #g", &[("#pk", PK), ("#d", DUE_AT), ("#g", DUE_GEN)])), "due sessions")
-            .await?;
-        let mut out = Vec::new();
+        let projection = ("#pk, #d, #t, #g", &[("#pk", PK), ("#d", DUE_AT), ("#t", TIMER_DUE), ("#g", DUE_GEN)][..]);
+        let mut sessions = self.batch_get(keys, Some(projection), "due sessions").await?;
+        let (mut out, mut moved) = (Vec::new(), 0);
         for (_, pk) in candidates {
             let Some(item) = sessions.remove(&pk) else {
                 continue;
             };
-            // No timer any more (the attributes are gone) or moved later: not due.
-            let (Ok(due), Ok(generation)) = (get_n::<i64>(&item, DUE_AT, &pk), get_n::<u64>(&item, DUE_GEN, &pk))
-            else {
+            let Ok(indexed) = get_n::<i64>(&item, DUE_AT, &pk) else {
                 continue;
             };
+            // No timer any more: out of the index.
+            let Ok(generation) = get_n::<u64>(&item, DUE_GEN, &pk) else {
+                if indexed <= now.0 {
+                    self.move_due_key(&pk, indexed, None).await;
+                    moved += 1;
+                }
+                continue;
+            };
+            // Sessions of earlier builds have no `timer_due`: their index key is the timer's.
+            let due = get_n::<i64>(&item, TIMER_DUE, &pk).unwrap_or(indexed);
             if due > now.0 {
+                // Moved later since it entered the index: its key follows it now.
+                if indexed <= now.0 {
+                    self.move_due_key(&pk, indexed, Some((generation, due))).await;
+                    moved += 1;
+                }
                 continue;
             }
             match parse_conv_pk(&pk) {
@@ -643,7 +681,36 @@ impl DynamoStore {
                 Err(e) => tracing::error!(error = %e, "skipping an unreadable due session"),
             }
         }
-        Ok(out)
+        Ok((out, moved))
+    }
+
+    /// Moves a session's `due` index key from `from` to its timer's due time (`timer`: the
+    /// timer's generation and due), or takes it out of the index when it has no timer, unless
+    /// a commit changed either since they were read. Best effort: one left behind is read
+    /// again by the next sweep.
+    async fn move_due_key(&self, pk: &str, from: i64, timer: Option<(u64, i64)>) {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(pk, "SESSION")))
+            .expression_attribute_names("#d", DUE_AT)
+            .expression_attribute_names("#g", DUE_GEN)
+            .expression_attribute_values(":from", n(from));
+        let update = match timer {
+            Some((generation, due)) => update
+                .update_expression("SET #d = :due")
+                .condition_expression("#d = :from AND #g = :g")
+                .expression_attribute_values(":due", n(due))
+                .expression_attribute_values(":g", n(generation)),
+            None => update
+                .update_expression("REMOVE #d, #s")
+                .condition_expression("#d = :from AND attribute_not_exists(#g)")
+                .expression_attribute_names("#s", DUE_SHARD),
+        };
+        if let Err(e) = conditional("move a due session", update.send().await) {
+            tracing::warn!(conversation = pk, error = %e, "due session left at its earlier time");
+        }
     }
 
     /// One page of a sparse due index (`due` or `outbox_due`): the items of `shard` whose due
@@ -894,7 +961,8 @@ impl Store for DynamoStore {
         };
         let version = get_n(&item, "version", &pk)?;
         let session = decode_session(&item, &pk)?;
-        self.remember_inline_load(&pk, version, inline_load(&item));
+        let due_at = get_n::<i64>(&item, DUE_AT, &pk).ok();
+        self.remember_loaded(&pk, version, Loaded { inline: inline_load(&item), due_at });
         Ok(Some(VersionedSession { version, session }))
     }
 
@@ -955,8 +1023,8 @@ impl Store for DynamoStore {
             .map(|(effect, seq)| Ok((seq, effect, effect_attrs(effect, at)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
         let bytes = effects.iter().map(|(seq, _, attrs)| entry_size(&inline_name(*seq), attrs)).sum();
-        let loaded = self.inline_load_at(&conv, expected);
-        let inline = effects.is_empty() || fits_inline(loaded, effects.len(), bytes);
+        let loaded = self.loaded_at(&conv, expected);
+        let inline = effects.is_empty() || fits_inline(loaded.map(|l| l.inline), effects.len(), bytes);
 
         // One UpdateItem of the session item: it keeps the inline effects not yet completed.
         let mut update = Expr::default();
@@ -968,15 +1036,30 @@ impl Store for DynamoStore {
         update.set(LAST_EVENT, s(commit.event_id.as_str()));
         // The agent's retention, counted from this event (TTL deletes an idle conversation).
         update.set(EXPIRES_AT, n(ttl(commit.keep_until)));
-        // Sparse GSI: only sessions with an armed timer carry these.
-        match &commit.session.timer {
+        // Sparse GSI of sessions with a timer, for the sweeper. Its key only moves earlier:
+        // a timer disarmed (each user reply disarms the session timeout the human's message
+        // armed) or moved later leaves it where it is, and the sweeper tidies it when it
+        // comes (`sessions_due`). That bills an index write or two per timeout instead of
+        // two per message. `due_gen` and `timer_due` say whether and when a timer is armed.
+        // The key kept is the one loaded: the commit's condition checks that the sweeper did
+        // not move it since (else the commit is refused and the worker loads the item again).
+        let indexed = loaded.and_then(|l| l.due_at);
+        let kept = commit.session.timer.and_then(|timer| indexed.filter(|at| *at <= timer.due.0));
+        let due_at = match &commit.session.timer {
             Some(timer) => {
-                update.set(DUE_AT, n(timer.due.0));
+                if kept.is_none() {
+                    update.set(DUE_AT, n(timer.due.0));
+                }
+                update.set(TIMER_DUE, n(timer.due.0));
                 update.set(DUE_SHARD, s(shard.as_str()));
                 update.set(DUE_GEN, n(timer.generation));
+                Some(kept.unwrap_or(timer.due.0))
             }
-            None => [DUE_AT, DUE_SHARD, DUE_GEN].into_iter().for_each(|a| update.remove(a)),
-        }
+            None => {
+                [TIMER_DUE, DUE_GEN].into_iter().for_each(|a| update.remove(a));
+                indexed
+            }
+        };
         if expected == 0 {
             update.set(INLINE_ONLY, AttributeValue::Bool(true));
         }
@@ -1002,14 +1085,18 @@ impl Store for DynamoStore {
                 items.push(self.put(item)?);
             }
         }
-        let condition = if expected == 0 {
-            update.condition("attribute_not_exists(#c0)", &[PK], vec![])
-        } else {
-            update.condition(
+        let condition = match (expected, kept) {
+            (0, _) => update.condition("attribute_not_exists(#c0)", &[PK], vec![]),
+            (_, Some(kept)) => update.condition(
+                "#c0 = :c0 AND (attribute_not_exists(#c1) OR #c1 <> :c1) AND #c2 = :c2",
+                &["version", LAST_EVENT, DUE_AT],
+                vec![n(expected), s(commit.event_id.as_str()), n(kept)],
+            ),
+            (_, None) => update.condition(
                 "#c0 = :c0 AND (attribute_not_exists(#c1) OR #c1 <> :c1)",
                 &["version", LAST_EVENT],
                 vec![n(expected), s(commit.event_id.as_str())],
-            )
+            ),
         };
         let (expression, attr_names, attr_values) = update.build();
         let written = if items.is_empty() {
@@ -1065,8 +1152,9 @@ impl Store for DynamoStore {
         };
         match written {
             Tx::Done => {
-                if let Some((count, before)) = loaded.filter(|_| inline) {
-                    self.remember_inline_load(&conv, version, (count + commit.effects.len(), before + bytes));
+                if let Some((count, before)) = loaded.map(|l| l.inline).filter(|_| inline) {
+                    let inline = (count + commit.effects.len(), before + bytes);
+                    self.remember_loaded(&conv, version, Loaded { inline, due_at });
                 }
                 self.mark_seen(key, &commit.event_id, at).await?;
                 // After the write, not in it (which would bill it twice): see `keep_trace_line`.

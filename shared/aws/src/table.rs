@@ -7,7 +7,7 @@
 //! | access token | `AGENT#{id}` / `TOKEN#{sha256}` | `created_at`; never the token |
 //! | token owner | `TOKEN#{sha256}` / `OWNER` | `agent` (one hash belongs to one agent) |
 //! | desk status | `AGENT#{id}` / `DESKSTATUS` | `doc` |
-//! | session | `CONV#{key}` / `SESSION` | `version`, `doc`, `schema` (the item's layout, 2; earlier builds wrote 1, the document's), `doc_schema`, `last_event` (the id of the event it last applied), `expires_at` (the agent's retention after the last event); `due_at`, `due_shard`, `due_gen` while a timer is armed; pending effects inline as `ob#{seq:020}` maps (`effect_id`, `doc`, `schema`, `attempts`, `next_attempt_at`); `inline_outbox` on sessions created with this layout, `outbox_spilled` once effects went to outbox items; `obx_shard`, `obx_due` while an inline effect waits for a retry; `drain_by`, `drain_until` while a worker holds the conversation's drain lease |
+//! | session | `CONV#{key}` / `SESSION` | `version`, `doc`, `schema` (the item's layout, 2; earlier builds wrote 1, the document's), `doc_schema`, `last_event` (the id of the event it last applied), `expires_at` (the agent's retention after the last event); `due_gen`, `timer_due` while a timer is armed, `due_shard`, `due_at` (the `due` index key: no later than the timer, and left behind when it is disarmed until the sweeper takes it out); pending effects inline as `ob#{seq:020}` maps (`effect_id`, `doc`, `schema`, `attempts`, `next_attempt_at`); `inline_outbox` on sessions created with this layout, `outbox_spilled` once effects went to outbox items; `obx_shard`, `obx_due` while an inline effect waits for a retry; `drain_by`, `drain_until` while a worker holds the conversation's drain lease |
 //! | outbox effect | `CONV#{key}` / `OUTBOX#{seq:020}#{effect id}` | effects too large for the session item, and those of earlier builds: `effect_id`, `doc`, `schema`, `attempts`, `next_attempt_at`, `obx_shard`, `obx_due` |
 //! | trace line | `CONV#{key}` / `TRACE#{at:020}#{n}` | `at`, `what`, `id`, `detail`, `expires_at` |
 //! | seen event | `SEEN#{event id}` / `-` | `expires_at` (TTL, 8 days) |
@@ -19,7 +19,8 @@
 //! | connector record (OAuth token, own message id; the drain lease of earlier builds, still taken for outbox items) | `KV#{name}` / `-` | `value`, `valid_until` (ms), `expires_at` |
 //!
 //! Two sparse GSIs, both KEYS_ONLY and sharded so no single partition takes every write:
-//! `due` (`due_shard`, `due_at`) holds sessions with an armed timer, for the sweeper;
+//! `due` (`due_shard`, `due_at`) holds sessions with an armed timer (and, until the sweeper
+//! comes by, some whose timer was disarmed or moved later), for the sweeper;
 //! `outbox_due` (`obx_shard`, `obx_due`) holds sessions and outbox items with effects waiting
 //! for a retry after a failure or crash. Candidates found there are read back from the table (strongly
 //! consistent) before they count. TTL is on `expires_at` (unix seconds).
@@ -52,6 +53,11 @@ pub const DUE_AT: &str = "due_at";
 /// The armed timer's generation, next to `due_at` on the session item, so the sweeper
 /// reads it back without decoding the session.
 pub const DUE_GEN: &str = "due_gen";
+/// The armed timer's due time. `due_at`, the index's key, may be earlier, and stays when the
+/// timer is disarmed (`due_gen` is then gone): commits only move it earlier, the sweeper
+/// moves it later or takes it out. (Items of earlier builds lack `timer_due`: their
+/// `due_at` is the timer's.)
+pub const TIMER_DUE: &str = "timer_due";
 
 /// Sparse GSI of outbox items by their next attempt.
 pub const OUTBOX_INDEX: &str = "outbox_due";

@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
 use baton_aws::{create_table, table, DynamoStore};
 use baton_core::effect::{Effect, PendingEffect, TimerKind};
 use baton_core::model::{Button, Channel, ConversationKey, Millis, OutMessage, Role};
-use baton_core::ports::{Commit, CommitOutcome, DeskLink, DrainLeases, Store, StoreError, TraceEntry};
+use baton_core::ports::{Commit, CommitOutcome, Completion, DeskLink, DrainLeases, Store, StoreError, TraceEntry};
 use baton_core::session::{ArmedTimer, Session};
 use std::collections::HashMap;
 
@@ -121,14 +121,65 @@ async fn sessions_due_reads_the_sparse_index() {
     assert_eq!(number(&item, "schema"), 2);
     assert_eq!(number(&item, "doc_schema"), 1);
 
-    // Disarming removes the session from the index; re-arming moves it.
+    // Disarming leaves the index key (a timer armed again soon needs no index write) and
+    // takes the timer away; the sweep that finds it takes it out of the index.
     store.commit(commit(&k1, 1, "a2", None, 2)).await.unwrap();
     let item = raw_item(&store, &format!("CONV#{k1}"), "SESSION").await.unwrap();
-    assert!(!item.contains_key("due_at") && !item.contains_key("due_shard") && !item.contains_key("due_gen"));
+    assert!(!item.contains_key("due_gen") && !item.contains_key("timer_due"));
+    assert_eq!(number(&item, "due_at"), 1000);
     assert_eq!(store.sessions_due(Millis(10_000), 10).await.unwrap(), vec![(k2.clone(), 3)]);
+    let item = raw_item(&store, &format!("CONV#{k1}"), "SESSION").await.unwrap();
+    assert!(!item.contains_key("due_at") && !item.contains_key("due_shard"), "out of the index");
+    // Armed again while its key is still there: the key stays, being no later.
+    store.commit(commit(&k3, 1, "c2", Some((4, 7000)), 2)).await.unwrap();
+    store.commit(commit(&k3, 2, "c3", None, 3)).await.unwrap();
+    store.commit(commit(&k3, 3, "c4", Some((6, 9000)), 4)).await.unwrap();
+    let item = raw_item(&store, &format!("CONV#{k3}"), "SESSION").await.unwrap();
+    assert_eq!((number(&item, "due_at"), number(&item, "timer_due"), number(&item, "due_gen")), (7000, 9000, 6));
+    assert_eq!(store.sessions_due(Millis(8000), 10).await.unwrap(), vec![(k2.clone(), 3)]);
+    assert_eq!(store.sessions_due(Millis(9000), 10).await.unwrap(), vec![(k2.clone(), 3), (k3.clone(), 6)]);
+    store.commit(commit(&k3, 4, "c5", None, 5)).await.unwrap();
     store.commit(commit(&k2, 1, "b2", Some((4, 20_000)), 2)).await.unwrap();
+    // A later timer leaves the index key where it was (no index write); the sweep that
+    // finds it early moves it and reports nothing.
+    let item = raw_item(&store, &format!("CONV#{k2}"), "SESSION").await.unwrap();
+    assert_eq!((number(&item, "due_at"), number(&item, "timer_due")), (5000, 20_000));
     assert_eq!(store.sessions_due(Millis(10_000), 10).await.unwrap(), vec![]);
-    assert_eq!(store.sessions_due(Millis(20_000), 10).await.unwrap(), vec![(k2, 4)]);
+    let item = raw_item(&store, &format!("CONV#{k2}"), "SESSION").await.unwrap();
+    assert_eq!(number(&item, "due_at"), 20_000);
+    // The commit that kept the old key is refused once the sweep moved it (the worker then
+    // loads the item again), so an earlier timer never hides behind the moved key.
+    assert_eq!(store.commit(commit(&k2, 2, "b3", Some((5, 15_000)), 3)).await.unwrap(), CommitOutcome::VersionConflict);
+    store.load_session(&k2).await.unwrap();
+    store.commit(commit(&k2, 2, "b3", Some((5, 15_000)), 3)).await.unwrap();
+    let item = raw_item(&store, &format!("CONV#{k2}"), "SESSION").await.unwrap();
+    assert_eq!((number(&item, "due_at"), number(&item, "timer_due")), (15_000, 15_000));
+    assert_eq!(store.sessions_due(Millis(15_000), 10).await.unwrap(), vec![(k2.clone(), 5)]);
+
+    // A session of an earlier build has no `timer_due`: its index key is its timer's.
+    set_on_session(&store, &k2, vec![("due_at", AttributeValue::N("12000".into()))]).await;
+    remove_from_session(&store, &k2, "timer_due").await;
+    assert_eq!(store.sessions_due(Millis(11_999), 10).await.unwrap(), vec![]);
+    assert_eq!(store.sessions_due(Millis(12_000), 10).await.unwrap(), vec![(k2, 5)]);
+}
+
+#[tokio::test]
+async fn a_sweep_reads_past_sessions_whose_timers_moved_later() {
+    let store = common::store().await;
+    // Five sessions whose timers were pushed back, and one really due behind them.
+    for i in 0..5 {
+        let k = key(&format!("pushed{i}"));
+        store.commit(commit(&k, 0, &format!("p{i}"), Some((1, 1000 + i)), 1)).await.unwrap();
+        store.commit(commit(&k, 1, &format!("q{i}"), Some((2, 900_000)), 2)).await.unwrap();
+    }
+    let due = key("due");
+    store.commit(commit(&due, 0, "d", Some((7, 2000)), 1)).await.unwrap();
+    assert_eq!(store.sessions_due(Millis(3000), 2).await.unwrap(), vec![(due.clone(), 7)]);
+    for i in 0..5 {
+        let item = raw_item(&store, &format!("CONV#{}", key(&format!("pushed{i}"))), "SESSION").await.unwrap();
+        assert_eq!(number(&item, "due_at"), 900_000, "moved to its timer");
+    }
+    assert_eq!(store.sessions_due(Millis(3000), 10).await.unwrap(), vec![(due, 7)]);
 }
 
 #[tokio::test]
@@ -682,12 +733,12 @@ async fn a_commit_claims_the_drain_lease_its_drain_starts_from() {
     let mut c = commit(&k, 2, "e2", None, at + 3);
     c.effects = vec![say("e2", 0, "three")];
     other.commit(c).await.unwrap();
-    let after = DrainLeases::release(&store, &k, &held).await.unwrap();
+    let after = DrainLeases::release(&store, &k, &held, None).await.unwrap();
     assert_eq!(ids(&after), ["e1/1", "e2/0"]);
     let item = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
     assert!(!item.contains_key("drain_by") && !item.contains_key("drain_until"));
     // Released twice: nothing to give back.
-    assert!(DrainLeases::release(&store, &k, &held).await.unwrap().is_empty());
+    assert!(DrainLeases::release(&store, &k, &held, None).await.unwrap().is_empty());
 
     // A lease whose holder died is taken once it has run out, not before.
     let (dead, _) = DrainLeases::take(&other, &k, Millis(at + 10), Millis(at + 90_010)).await.unwrap().unwrap();
@@ -696,8 +747,61 @@ async fn a_commit_claims_the_drain_lease_its_drain_starts_from() {
         DrainLeases::take(&store, &k, Millis(at + 90_011), Millis(at + 180_011)).await.unwrap().unwrap();
     assert_eq!(ids(&pending), ["e1/1", "e2/0"]);
     // The dead holder's release, should it come back, takes nothing from the new one.
-    assert!(DrainLeases::release(&other, &k, &dead).await.unwrap().is_empty());
-    assert_eq!(ids(&DrainLeases::release(&store, &k, &late).await.unwrap()), ["e1/1", "e2/0"]);
+    assert!(DrainLeases::release(&other, &k, &dead, None).await.unwrap().is_empty());
+    assert_eq!(ids(&DrainLeases::release(&store, &k, &late, None).await.unwrap()), ["e1/1", "e2/0"]);
+}
+
+#[tokio::test]
+async fn the_release_completes_the_drains_last_effect_in_the_same_write() {
+    let base = common::store().await;
+    let lease = std::time::Duration::from_secs(90);
+    let store = DynamoStore::new(base.client().clone(), base.table_name()).with_drain_lease(lease);
+    let other = DynamoStore::new(base.client().clone(), base.table_name()).with_drain_lease(lease);
+    let done =
+        |id: &str, at: i64| Completion { effect_id: id.into(), trace: trace(at, id), keep_until: Millis(i64::MAX) };
+    let k = key("folded");
+    let at = 1_700_000_000_000;
+    let mut c = commit(&k, 0, "e1", None, at);
+    c.effects = vec![say("e1", 0, "one"), say("e1", 1, "two")];
+    store.commit(c).await.unwrap();
+    let (held, _) = DrainLeases::take(&store, &k, Millis(at + 1), Millis(at + 90_001)).await.unwrap().unwrap();
+    store.complete_effect(&k, "e1/0", trace(at + 2, "e1/0"), Millis(i64::MAX)).await.unwrap();
+    assert!(DrainLeases::release(&store, &k, &held, Some(done("e1/1", at + 3))).await.unwrap().is_empty());
+    let item = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
+    assert!(!item.contains_key("drain_by"), "released");
+    assert!(!item.keys().any(|name| name.starts_with("ob#")), "completed: {:?}", item.keys());
+    let lines: Vec<String> = store.trace(&k).await.unwrap().into_iter().map(|t| t.id).collect();
+    assert_eq!(lines.iter().filter(|id| id.starts_with("e1/")).collect::<Vec<_>>(), ["e1/0", "e1/1"]);
+
+    // A holder whose lease ran out still completes its effect, and leaves the new holder's
+    // lease alone.
+    store.load_session(&k).await.unwrap();
+    let mut c = commit(&k, 1, "e2", None, at + 10);
+    c.effects = vec![say("e2", 0, "three"), say("e2", 1, "four")];
+    store.commit(c).await.unwrap();
+    let (dead, _) = DrainLeases::take(&store, &k, Millis(at + 11), Millis(at + 90_011)).await.unwrap().unwrap();
+    let (late, pending) =
+        DrainLeases::take(&other, &k, Millis(at + 90_012), Millis(at + 180_012)).await.unwrap().unwrap();
+    assert_eq!(ids(&pending), ["e2/0", "e2/1"]);
+    assert!(DrainLeases::release(&store, &k, &dead, Some(done("e2/0", at + 90_013))).await.unwrap().is_empty());
+    let item = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
+    assert_eq!(item.get("drain_by").and_then(|v| v.as_s().ok()), Some(&late.holder));
+    assert_eq!(ids(&DrainLeases::release(&other, &k, &late, None).await.unwrap()), ["e2/1"]);
+
+    // An effect too large for the session item is deleted, then the lease given back.
+    other.load_session(&k).await.unwrap();
+    let mut c = commit(&k, 2, "e3", None, at + 100_000);
+    c.effects = vec![say("e3", 0, &incompressible(6000))];
+    other.commit(c).await.unwrap();
+    assert_eq!(outbox_item_count(&other, &k).await, 1);
+    let (held, pending) =
+        DrainLeases::take(&other, &k, Millis(at + 100_001), Millis(at + 190_001)).await.unwrap().unwrap();
+    assert_eq!(ids(&pending), ["e2/1", "e3/0"]);
+    other.complete_effect(&k, "e2/1", trace(at + 100_002, "e2/1"), Millis(i64::MAX)).await.unwrap();
+    assert!(DrainLeases::release(&other, &k, &held, Some(done("e3/0", at + 100_003))).await.unwrap().is_empty());
+    assert_eq!(outbox_item_count(&other, &k).await, 0);
+    let item = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
+    assert!(!item.contains_key("drain_by"));
 }
 
 #[tokio::test]
@@ -721,7 +825,7 @@ async fn outbox_items_are_run_under_the_earlier_builds_lease_too() {
     let (held, pending) = DrainLeases::take(&store, &k, Millis(at + 2), Millis(at + 90_002)).await.unwrap().unwrap();
     assert_eq!(ids(&pending), ["e1/0"]);
     assert!(store.get(&earlier, Millis(at + 3)).await.unwrap().is_some());
-    DrainLeases::release(&store, &k, &held).await.unwrap();
+    DrainLeases::release(&store, &k, &held, None).await.unwrap();
     assert!(store.get(&earlier, Millis(at + 4)).await.unwrap().is_none());
 }
 
@@ -741,6 +845,14 @@ async fn set_on_session(store: &DynamoStore, k: &ConversationKey, attrs: Vec<(&s
             .expression_attribute_values(format!(":a{i}"), value);
     }
     update.update_expression(format!("SET {}", sets.join(", "))).send().await.unwrap();
+}
+
+/// Remove an attribute of the session item as stored, behind the store's back.
+async fn remove_from_session(store: &DynamoStore, k: &ConversationKey, name: &str) {
+    let update = store.client().update_item().table_name(store.table_name());
+    let update =
+        update.key("pk", AttributeValue::S(format!("CONV#{k}"))).key("sk", AttributeValue::S("SESSION".into()));
+    update.update_expression("REMOVE #a").expression_attribute_names("#a", name).send().await.unwrap();
 }
 
 async fn in_outbox_index(store: &DynamoStore, k: &ConversationKey) -> bool {

@@ -306,9 +306,25 @@ pub trait DrainLeases: Send + Sync {
         now: Millis,
         until: Millis,
     ) -> Result<Option<(DrainLease, Vec<OutboxItem>)>, StoreError>;
-    /// Give `lease` back if it is still held; the pending effects as of then (none when
-    /// another holder has the lease now: its own release reads them).
-    async fn release(&self, key: &ConversationKey, lease: &DrainLease) -> Result<Vec<OutboxItem>, StoreError>;
+    /// Give `lease` back if it is still held, completing `done` first (the last effect the
+    /// holder ran, as `Store::complete_effect` would: one write for both where the store can);
+    /// the pending effects as of then (none when another holder has the lease now: its own
+    /// release reads them).
+    async fn release(
+        &self,
+        key: &ConversationKey,
+        lease: &DrainLease,
+        done: Option<Completion>,
+    ) -> Result<Vec<OutboxItem>, StoreError>;
+}
+
+/// An effect that ran, with the trace line its completion records; given to
+/// [`DrainLeases::release`] for the drain's last effect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub effect_id: String,
+    pub trace: TraceEntry,
+    pub keep_until: Millis,
 }
 
 /// A drain lease as taken: its holder's name, new for every take.

@@ -5,8 +5,8 @@ use crate::Ports;
 use baton_connectors::outbound::Targets;
 use baton_core::agent::Policy;
 use baton_core::ports::{
-    BrainRequest, Commit, CommitOutcome, Delivery, DeliveryError, DeskLink, DeskStatusRecord, OutboxItem, StoreError,
-    TraceEntry,
+    BrainRequest, Commit, CommitOutcome, Completion, Delivery, DeliveryError, DeskLink, DeskStatusRecord, OutboxItem,
+    StoreError, TraceEntry,
 };
 use baton_core::{
     step_with, Agent, ConversationKey, Effect, Event, EventKind, Facts, Millis, PendingEffect, Session, Step,
@@ -248,7 +248,7 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
         return Ok(Drained::default());
     }
     let Some((lease, leases)) = &ports.drain_lease else {
-        return run_settled(ports, key, items).await.map(|(d, _)| d);
+        return run_settled(ports, key, items, false).await.map(|s| s.drained);
     };
     let mut done = 0;
     for _ in 0..MAX_DRAIN_ROUNDS {
@@ -259,9 +259,11 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
             ports.store.watch_pending(key).await?;
             return Ok(Drained { done, ..Drained::default() });
         };
-        let result = run_settled(ports, key, under_lease).await;
-        let released = leases.release(key, &held).await;
-        let (round, seen) = result?;
+        let result = run_settled(ports, key, under_lease, true).await;
+        // The last effect's completion, when it was left for the release to write.
+        let unwritten = result.as_ref().ok().and_then(|s| s.unwritten.clone());
+        let released = leases.release(key, &held, unwritten).await;
+        let Settled { drained: round, seen, .. } = result?;
         items = released?;
         done += round.done;
         // Only effects this round never saw are new; the others wait for `round.next_due`.
@@ -276,16 +278,26 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
     Ok(Drained { done, next_due: earliest.map(|d| d.max(ports.clock.now())), stepped: false })
 }
 
+/// What [`run_settled`] ran: the result, the ids of every effect seen, and the completion of
+/// the last effect when it was left unwritten for the lease's release.
+struct Settled {
+    drained: Drained,
+    seen: HashSet<String>,
+    unwritten: Option<Completion>,
+}
+
 /// Run `items`, then, while their results stepped the conversation on (a brain's answer, a
 /// desk opened), the effects those steps committed, in the same drain (and under the same
-/// lease). Returns what ran and the ids of every effect seen.
+/// lease). With `leave_last`, the completion of the drain's last effect is left to the caller,
+/// which writes it with the lease's release.
 async fn run_settled(
     ports: &Ports,
     key: &ConversationKey,
     items: Vec<OutboxItem>,
-) -> Result<(Drained, HashSet<String>), WorkerError> {
+    leave_last: bool,
+) -> Result<Settled, WorkerError> {
     let mut seen: HashSet<String> = items.iter().map(|i| i.effect.id.clone()).collect();
-    let mut drained = run_items(ports, key, items).await?;
+    let (mut drained, mut unwritten) = run_items(ports, key, items, leave_last).await?;
     for _ in 0..MAX_DRAIN_ROUNDS {
         if !drained.stepped {
             break;
@@ -295,14 +307,24 @@ async fn run_settled(
             break;
         }
         seen.extend(items.iter().map(|i| i.effect.id.clone()));
-        drained = drained.and(run_items(ports, key, items).await?);
+        let (more, last) = run_items(ports, key, items, leave_last).await?;
+        drained = drained.and(more);
+        unwritten = last;
     }
-    Ok((drained, seen))
+    Ok(Settled { drained, seen, unwritten })
 }
 
-async fn run_items(ports: &Ports, key: &ConversationKey, items: Vec<OutboxItem>) -> Result<Drained, WorkerError> {
+/// Run `items` in order, completing or deferring each. With `leave_last`, a last effect that
+/// ran in a round that stepped nothing on is returned instead of completed: nothing reads the
+/// outbox between it and the caller's next write, which completes it.
+async fn run_items(
+    ports: &Ports,
+    key: &ConversationKey,
+    items: Vec<OutboxItem>,
+    leave_last: bool,
+) -> Result<(Drained, Option<Completion>), WorkerError> {
     if items.is_empty() {
-        return Ok(Drained::default());
+        return Ok((Drained::default(), None));
     }
     let agent = match ports.store.get_agent(&key.agent).await? {
         // Secret references are resolved once per run, right before use.
@@ -310,7 +332,8 @@ async fn run_items(ports: &Ports, key: &ConversationKey, items: Vec<OutboxItem>)
             Ok(resolved) => Some(resolved),
             Err(e @ DeliveryError::Retryable { .. }) => {
                 tracing::warn!(agent = %a.id, error = %e, "secrets could not be resolved; effects wait");
-                return Ok(Drained { next_due: Some(Millis(ports.clock.now().0 + 30_000)), ..Drained::default() });
+                let wait = Drained { next_due: Some(Millis(ports.clock.now().0 + 30_000)), ..Drained::default() };
+                return Ok((wait, None));
             }
             Err(e) => {
                 // Effects that need no secret still run; the others fail with their own error.
@@ -324,7 +347,8 @@ async fn run_items(ports: &Ports, key: &ConversationKey, items: Vec<OutboxItem>)
     let keep_until = agent.as_ref().map_or_else(|| Policy::default().keep_until(now), |a| a.policy.keep_until(now));
     let mut blocked: HashSet<&'static str> = HashSet::new();
     let mut out = Drained::default();
-    for item in items {
+    let last = items.len() - 1;
+    for (i, item) in items.into_iter().enumerate() {
         let r = receiver(&item.effect.effect);
         if blocked.contains(r) {
             continue;
@@ -342,9 +366,13 @@ async fn run_items(ports: &Ports, key: &ConversationKey, items: Vec<OutboxItem>)
         match run_effect(ports, agent, key, &item).await {
             Ok(detail) => {
                 let t = trace(now, "effect", &item.effect.id, format!("{}: {detail}", item.effect.effect.name()));
-                ports.store.complete_effect(key, &item.effect.id, t, keep_until).await?;
                 out.done += 1;
                 out.stepped |= steps_on(&item.effect.effect);
+                if leave_last && i == last && !out.stepped {
+                    let done = Completion { effect_id: item.effect.id, trace: t, keep_until };
+                    return Ok((out, Some(done)));
+                }
+                ports.store.complete_effect(key, &item.effect.id, t, keep_until).await?;
             }
             Err(err) => {
                 let attempts = item.attempts + 1;
@@ -375,7 +403,7 @@ async fn run_items(ports: &Ports, key: &ConversationKey, items: Vec<OutboxItem>)
             }
         }
     }
-    Ok(out)
+    Ok((out, None))
 }
 
 /// Exponential backoff from 1 s, doubled per attempt, capped, with deterministic jitter
