@@ -601,10 +601,12 @@ impl DynamoStore {
         let mut out = Vec::new();
         let mut reported = HashSet::new();
         for _ in 0..SWEEP_ROUNDS {
-            let (due, moved) = self.sessions_due_round(now, limit - out.len(), &reported).await?;
+            let want = limit - out.len();
+            let (due, moved, read) = self.sessions_due_round(now, want, &reported).await?;
             reported.extend(due.iter().map(|(key, _)| conv_pk(key)));
             out.extend(due);
-            if moved == 0 || out.len() >= limit {
+            // Another round only when this one read as many as it could and moved some.
+            if moved == 0 || read < want || out.len() >= limit {
                 break;
             }
         }
@@ -612,15 +614,16 @@ impl DynamoStore {
     }
 
     /// One round of `sessions_due`: the due sessions among the first `limit` candidates not
-    /// `reported` already, and how many candidates were moved later instead.
+    /// `reported` already, how many candidates were moved later instead, and how many were
+    /// read.
     async fn sessions_due_round(
         &self,
         now: Millis,
         limit: usize,
         reported: &HashSet<String>,
-    ) -> Result<(Vec<(ConversationKey, u64)>, usize), StoreError> {
+    ) -> Result<(Vec<(ConversationKey, u64)>, usize, usize), StoreError> {
         if limit == 0 {
-            return Ok((Vec::new(), 0));
+            return Ok((Vec::new(), 0, 0));
         }
         let mut candidates: Vec<(i64, String)> = Vec::new();
         for shard in 0..SHARDS {
@@ -647,6 +650,7 @@ impl DynamoStore {
         }
         candidates.sort();
         candidates.truncate(limit);
+        let read = candidates.len();
         let keys = candidates.iter().map(|(_, pk)| key_of(pk.as_str(), "SESSION")).collect();
         let projection = ("#pk, #d, #t, #g", &[("#pk", PK), ("#d", DUE_AT), ("#t", TIMER_DUE), ("#g", DUE_GEN)][..]);
         let mut sessions = self.batch_get(keys, Some(projection), "due sessions").await?;
@@ -681,7 +685,7 @@ impl DynamoStore {
                 Err(e) => tracing::error!(error = %e, "skipping an unreadable due session"),
             }
         }
-        Ok((out, moved))
+        Ok((out, moved, read))
     }
 
     /// Moves a session's `due` index key from `from` to its timer's due time (`timer`: the
