@@ -93,6 +93,17 @@ impl AwsMeter {
         self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// How many calls were metered so far.
+    pub fn call_count(&self) -> usize {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The IAM actions (`dynamodb:GetItem`, ...) of the calls metered after the first `from`.
+    pub fn actions_since(&self, from: usize) -> Vec<String> {
+        let calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        calls.iter().skip(from).map(|c| format!("{}:{}", c.service, c.action)).collect()
+    }
+
     /// Forget the calls metered so far (e.g. the set-up's).
     pub fn reset(&self) {
         self.calls.lock().unwrap_or_else(|p| p.into_inner()).clear();

@@ -35,7 +35,9 @@ pub use queue::{create_event_queue, dedup_id, group_id, parse_event, MessageErro
 pub use redrive::{redrive, RedriveError};
 pub use store::{DynamoStore, SEEN_RETENTION_SECS};
 pub use table::create_table;
-pub use timers::{create_timer_queue, delay_seconds, SqsTimers, TimerError, TimerMessage, TimerOutcome, TIMER_SCHEMA};
+pub use timers::{
+    create_timer_queue, delay_seconds, ArmedTimers, SqsTimers, TimerError, TimerMessage, TimerOutcome, TIMER_SCHEMA,
+};
 
 use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};

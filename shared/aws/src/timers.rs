@@ -64,6 +64,10 @@ impl TimerMessage {
 /// What [`SqsTimers::fire_or_rearm`] did with a timer message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TimerOutcome {
+    /// The session no longer has this timer armed (it was disarmed or replaced: each message
+    /// a human sends arms a new one): dropped here instead of travelling to the worker as a
+    /// `TimerFired` it would ignore.
+    Stale,
     /// The timer was due: `TimerFired` was queued with this event id.
     Fired { event_id: String },
     /// The timer is further away than SQS can delay: sent again with this delay.
@@ -90,6 +94,13 @@ pub fn delay_seconds(due: Millis, now: Millis) -> i32 {
     let secs = ms / 1000 + i64::from(ms % 1000 != 0);
     // Bounded by MAX_DELAY_SECONDS, so the cast cannot truncate.
     secs.min(MAX_DELAY_SECONDS) as i32
+}
+
+/// Which timer a session has armed, for [`SqsTimers::fire_or_rearm`] to drop stale messages.
+#[async_trait]
+pub trait ArmedTimers: Send + Sync {
+    /// The generation of the timer armed on `key`'s session; `None` when none is.
+    async fn armed_generation(&self, key: &ConversationKey) -> Result<Option<u64>, StoreError>;
 }
 
 /// [`Timers`] on a standard SQS queue. Needs a clock to turn `due` into a delay.
@@ -137,17 +148,29 @@ impl SqsTimers {
         self.send(&msg, self.clock.now()).await.map(|_| ()).map_err(|e| StoreError::Unavailable(e.0))
     }
 
-    /// Handle one received timer message at `now`: re-arm it if it is more than a second
-    /// away, else queue `TimerFired { generation }` with the id `timer:{conversation}:{generation}`
-    /// (the embedded timers use the same id, so a timer fired twice is applied once), or
-    /// `Wake` for a wake-up.
+    /// Handle one received timer message at `now`: drop it if `armed` says the session no
+    /// longer has its timer, re-arm it if it is more than a second away, else queue
+    /// `TimerFired { generation }` with the id `timer:{conversation}:{generation}` (the
+    /// embedded timers use the same id, so a timer fired twice is applied once), or `Wake`
+    /// for a wake-up. When `armed` cannot answer, the timer goes on (the worker ignores it if
+    /// stale): a timer is never dropped on a failed read.
     pub async fn fire_or_rearm(
         &self,
         body: &str,
         now: Millis,
         events: &dyn EventQueue,
+        armed: Option<&dyn ArmedTimers>,
     ) -> Result<TimerOutcome, TimerError> {
         let msg = TimerMessage::parse(body)?;
+        if let Some(armed) = armed.filter(|_| !msg.wake) {
+            match armed.armed_generation(&msg.conversation).await {
+                Ok(generation) if generation != Some(msg.generation) => return Ok(TimerOutcome::Stale),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(conversation = %msg.conversation, error = %e, "cannot tell if a timer is stale; it goes on")
+                }
+            }
+        }
         if msg.due.0.saturating_sub(now.0) > FIRE_WITHIN_MS {
             let delay_seconds = self.send(&msg, now).await?;
             return Ok(TimerOutcome::Rearmed { delay_seconds });

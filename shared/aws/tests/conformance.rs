@@ -32,7 +32,7 @@ async fn due_timer_fires_once() {
         let (sqs, events, timer_url, timers, queue) = (&sqs, &events, &timer_url, &timers, &queue);
         async move {
             for m in receive_all(sqs, timer_url).await {
-                timers.fire_or_rearm(m.body().expect("body"), now, queue).await.expect("fire");
+                timers.fire_or_rearm(m.body().expect("body"), now, queue, None).await.expect("fire");
             }
             drain_events(sqs, events).await
         }

@@ -123,7 +123,10 @@ async fn sessions_due_reads_the_sparse_index() {
 
     // Disarming leaves the index key (a timer armed again soon needs no index write) and
     // takes the timer away; the sweep that finds it takes it out of the index.
+    assert_eq!(store.armed_generation(&k1).await.unwrap(), Some(2));
+    assert_eq!(store.armed_generation(&key("nobody")).await.unwrap(), None);
     store.commit(commit(&k1, 1, "a2", None, 2)).await.unwrap();
+    assert_eq!(store.armed_generation(&k1).await.unwrap(), None, "timeout-check drops its message");
     let item = raw_item(&store, &format!("CONV#{k1}"), "SESSION").await.unwrap();
     assert!(!item.contains_key("due_gen") && !item.contains_key("timer_due"));
     assert_eq!(number(&item, "due_at"), 1000);

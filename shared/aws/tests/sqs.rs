@@ -4,10 +4,12 @@
 mod common;
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use baton_aws::{dedup_id, group_id, parse_event, SqsEventQueue, SqsTimers, TimerError, TimerMessage, TimerOutcome};
+use baton_aws::{
+    dedup_id, group_id, parse_event, ArmedTimers, SqsEventQueue, SqsTimers, TimerError, TimerMessage, TimerOutcome,
+};
 use baton_core::event::{Event, EventKind};
 use baton_core::model::{Channel, ConversationKey, Millis};
-use baton_core::ports::{EventQueue, Timers};
+use baton_core::ports::{EventQueue, StoreError, Timers};
 use common::{drain_events, queue_attribute, queues, receive_all, wall_now, FixedClock};
 use std::sync::Arc;
 
@@ -93,10 +95,10 @@ async fn a_far_timer_is_rearmed_with_the_delay_capped() {
     let k = key("far");
 
     // An hour away: sent again with the longest delay SQS allows.
-    let out = t.fire_or_rearm(&timer_body(&k, 1, Millis(now.0 + 3_600_000)), now, &q).await.unwrap();
+    let out = t.fire_or_rearm(&timer_body(&k, 1, Millis(now.0 + 3_600_000)), now, &q, None).await.unwrap();
     assert_eq!(out, TimerOutcome::Rearmed { delay_seconds: 900 });
     // 5.5 s away: re-armed for 6 s (rounded up, never early).
-    let out = t.fire_or_rearm(&timer_body(&k, 2, Millis(now.0 + 5_500)), now, &q).await.unwrap();
+    let out = t.fire_or_rearm(&timer_body(&k, 2, Millis(now.0 + 5_500)), now, &q, None).await.unwrap();
     assert_eq!(out, TimerOutcome::Rearmed { delay_seconds: 6 });
     assert_eq!(queue_attribute(&sqs, &timer_url, QueueAttributeName::ApproximateNumberOfMessagesDelayed).await, "2");
     assert!(receive_all(&sqs, &timer_url).await.is_empty());
@@ -127,17 +129,55 @@ async fn a_due_timer_fires_into_the_fifo_queue_once() {
 
     // Due within a second counts as due.
     let soon = timer_body(&k, 5, Millis(now.0 + 900));
-    let out = t.fire_or_rearm(&soon, now, &q).await.unwrap();
+    let out = t.fire_or_rearm(&soon, now, &q, None).await.unwrap();
     let id = format!("timer:{k}:5");
     assert_eq!(out, TimerOutcome::Fired { event_id: id.clone() });
     // The same timer message delivered twice (at-least-once) queues one event.
-    t.fire_or_rearm(&soon, now, &q).await.unwrap();
+    t.fire_or_rearm(&soon, now, &q, None).await.unwrap();
     let fired = drain_events(&sqs, &events).await;
     assert_eq!(fired, vec![Event::new(id, k.clone(), now, EventKind::TimerFired { generation: 5 })]);
     assert!(receive_all(&sqs, &timer_url).await.is_empty());
 
     // Cancel is a no-op; the stale timer's generation makes the session ignore it.
     t.cancel(&k).await.unwrap();
+}
+
+/// A session's armed timer as timeout-check reads it: a generation, none, or a failed read.
+struct Armed(Result<Option<u64>, ()>);
+
+#[async_trait::async_trait]
+impl ArmedTimers for Armed {
+    async fn armed_generation(&self, _key: &ConversationKey) -> Result<Option<u64>, StoreError> {
+        self.0.map_err(|()| StoreError::Unavailable("table unreachable".into()))
+    }
+}
+
+#[tokio::test]
+async fn a_timer_the_session_no_longer_has_is_dropped_before_the_queue() {
+    let (sqs, events, timer_url) = queues().await;
+    let now = wall_now();
+    let q = SqsEventQueue::new(sqs.clone(), events.clone());
+    let t = SqsTimers::new(sqs.clone(), timer_url.clone(), Arc::new(FixedClock(now)));
+    let k = key("stale");
+    let due = timer_body(&k, 3, Millis(now.0 - 5));
+    let far = timer_body(&k, 3, Millis(now.0 + 3_600_000));
+    // Replaced by a later generation, or disarmed: dropped, due or not, nothing sent on.
+    for armed in [Armed(Ok(Some(4))), Armed(Ok(None))] {
+        assert_eq!(t.fire_or_rearm(&due, now, &q, Some(&armed)).await.unwrap(), TimerOutcome::Stale);
+        assert_eq!(t.fire_or_rearm(&far, now, &q, Some(&armed)).await.unwrap(), TimerOutcome::Stale);
+    }
+    assert!(drain_events(&sqs, &events).await.is_empty());
+    assert!(receive_all(&sqs, &timer_url).await.is_empty());
+    // Still armed, or the read failed: it fires (the worker tells a stale one).
+    for armed in [Armed(Ok(Some(3))), Armed(Err(()))] {
+        let out = t.fire_or_rearm(&due, now, &q, Some(&armed)).await.unwrap();
+        assert_eq!(out, TimerOutcome::Fired { event_id: format!("timer:{k}:3") });
+    }
+    assert_eq!(drain_events(&sqs, &events).await.len(), 1, "one event: the same id twice");
+    // A wake-up is not the session's timer: it never asks.
+    let wake = serde_json::to_string(&TimerMessage { wake: true, ..TimerMessage::parse(&due).unwrap() }).unwrap();
+    let out = t.fire_or_rearm(&wake, now, &q, Some(&Armed(Ok(None)))).await.unwrap();
+    assert_eq!(out, TimerOutcome::Fired { event_id: format!("wake:{k}:{}", now.0 - 5) });
 }
 
 #[tokio::test]
@@ -152,7 +192,7 @@ async fn a_wake_up_fires_as_a_wake_event_and_leaves_the_timer_alone() {
     t.schedule(&k, 2, due).await.unwrap();
     let mut outcomes = Vec::new();
     for m in receive_all(&sqs, &timer_url).await {
-        outcomes.push(t.fire_or_rearm(m.body().unwrap(), now, &q).await.unwrap());
+        outcomes.push(t.fire_or_rearm(m.body().unwrap(), now, &q, None).await.unwrap());
     }
     let wake_id = format!("wake:{k}:{}", due.0);
     let timer_id = format!("timer:{k}:2");
@@ -184,6 +224,6 @@ async fn malformed_timer_messages_are_reported_as_such() {
     for body in
         ["", "{}", r#"{"schema":9,"conversation":{"agent":"demo","channel":"line","user":"u"},"generation":1,"due":0}"#]
     {
-        assert!(matches!(t.fire_or_rearm(body, Millis(0), &q).await, Err(TimerError::Malformed(_))), "{body}");
+        assert!(matches!(t.fire_or_rearm(body, Millis(0), &q, None).await, Err(TimerError::Malformed(_))), "{body}");
     }
 }

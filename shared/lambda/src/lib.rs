@@ -353,7 +353,7 @@ pub async fn handle_timers(aws: &Aws, batch: SqsEvent) -> SqsBatchResponse {
     for record in batch.records {
         let id = record.message_id.clone().unwrap_or_default();
         let body = record.body.as_deref().unwrap_or("");
-        match aws.timers.fire_or_rearm(body, now, aws.events.as_ref()).await {
+        match aws.timers.fire_or_rearm(body, now, aws.events.as_ref(), Some(aws.store.as_ref())).await {
             Ok(outcome) => tracing::debug!(message_id = %id, ?outcome, "timer handled"),
             Err(e) => {
                 tracing::error!(message_id = %id, error = %e, "timer failed");

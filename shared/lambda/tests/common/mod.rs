@@ -408,13 +408,15 @@ pub async fn queue_attribute(sqs: &SqsClient, url: &str, name: QueueAttributeNam
     out.attributes().and_then(|a| a.get(&name)).cloned().unwrap_or_default()
 }
 
-/// Visible plus in-flight messages.
+/// Visible, in-flight and delayed messages.
 pub async fn queue_depth(sqs: &SqsClient, url: &str) -> usize {
     let visible: usize =
         queue_attribute(sqs, url, QueueAttributeName::ApproximateNumberOfMessages).await.parse().unwrap();
     let in_flight: usize =
         queue_attribute(sqs, url, QueueAttributeName::ApproximateNumberOfMessagesNotVisible).await.parse().unwrap();
-    visible + in_flight
+    let delayed: usize =
+        queue_attribute(sqs, url, QueueAttributeName::ApproximateNumberOfMessagesDelayed).await.parse().unwrap();
+    visible + in_flight + delayed
 }
 
 /// One receive as the Lambda poller does it: up to 10 messages with all system attributes.
