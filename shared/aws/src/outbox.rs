@@ -169,10 +169,16 @@ impl DynamoStore {
             Ok(out) => out.attributes.unwrap_or_default(),
             Err(e) => return conditional("complete effect", Err::<(), _>(e)),
         };
-        if after.contains_key(OBX_DUE) && inline_load(&after).0 == 0 {
-            self.leave_due_index(conv, &after).await;
-        }
+        self.leave_due_index_if_done(conv, &after).await;
         Ok(true)
+    }
+
+    /// After an inline effect was removed: a session item (`after`, as the write returned
+    /// it) left with no inline effect leaves the `outbox_due` index, if it was in.
+    async fn leave_due_index_if_done(&self, conv: &str, after: &Item) {
+        if after.contains_key(OBX_DUE) && inline_load(after).0 == 0 {
+            self.leave_due_index(conv, after).await;
+        }
     }
 
     /// Records a failed attempt of an inline effect and puts the session in the
@@ -385,22 +391,23 @@ impl DrainLeases for DynamoStore {
             }
             (None, _) => None,
         };
+        let (update, condition) = match &inline {
+            Some(_) => ("REMOVE #by, #until, #e", "#by = :by AND attribute_exists(#e)"),
+            None => ("REMOVE #by, #until", "#by = :by"),
+        };
         let mut release = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(crate::store::key_of(conv.as_str(), "SESSION")))
-            .update_expression("REMOVE #by, #until")
-            .condition_expression("#by = :by")
+            .update_expression(update)
+            .condition_expression(condition)
             .expression_attribute_names("#by", DRAIN_BY)
             .expression_attribute_names("#until", DRAIN_UNTIL)
             .expression_attribute_values(":by", s(lease.holder.as_str()))
             .return_values(ReturnValue::AllNew);
         if let Some((place, _)) = &inline {
-            release = release
-                .update_expression("REMOVE #by, #until, #e")
-                .condition_expression("#by = :by AND attribute_exists(#e)")
-                .expression_attribute_names("#e", place);
+            release = release.expression_attribute_names("#e", place);
         }
         let released = release.send().await;
         if lock(&self.item_leases).remove(&lease.holder) {
@@ -425,9 +432,7 @@ impl DrainLeases for DynamoStore {
         if let Some((_, done)) = inline {
             self.outbox_keys().remove(&(conv.clone(), done.effect_id));
             self.keep_trace_line(&conv, &done.trace, done.keep_until);
-            if after.contains_key(OBX_DUE) && inline_load(&after).0 == 0 {
-                self.leave_due_index(&conv, &after).await;
-            }
+            self.leave_due_index_if_done(&conv, &after).await;
         }
         let outbox = self.outbox_of(&conv, Some(after)).await?;
         Ok(self.remember_places(&conv, outbox.pending))

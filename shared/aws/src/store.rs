@@ -717,27 +717,6 @@ impl DynamoStore {
         }
     }
 
-    /// The generation of the timer armed on `key`'s session (its `due_gen`), read strongly
-    /// consistent: the commit that armed a timer came before its message was sent.
-    pub async fn armed_generation(&self, key: &ConversationKey) -> Result<Option<u64>, StoreError> {
-        let pk = conv_pk(key);
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key_of(pk.as_str(), "SESSION")))
-            .projection_expression("#g")
-            .expression_attribute_names("#g", DUE_GEN)
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| unavailable("get the armed timer", &e))?;
-        match out.item {
-            Some(item) if item.contains_key(DUE_GEN) => Ok(Some(get_n(&item, DUE_GEN, &pk)?)),
-            _ => Ok(None),
-        }
-    }
-
     /// One page of a sparse due index (`due` or `outbox_due`): the items of `shard` whose due
     /// attribute is at most `now`, and where the next page starts.
     async fn due_page(
@@ -1502,8 +1481,25 @@ impl Store for DynamoStore {
 
 #[async_trait::async_trait]
 impl crate::timers::ArmedTimers for DynamoStore {
+    /// The generation of the timer armed on `key`'s session (its `due_gen`), read strongly
+    /// consistent: the commit that armed a timer came before its message was sent.
     async fn armed_generation(&self, key: &ConversationKey) -> Result<Option<u64>, StoreError> {
-        DynamoStore::armed_generation(self, key).await
+        let pk = conv_pk(key);
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(pk.as_str(), "SESSION")))
+            .projection_expression("#g")
+            .expression_attribute_names("#g", DUE_GEN)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("get the armed timer", &e))?;
+        match out.item {
+            Some(item) if item.contains_key(DUE_GEN) => Ok(Some(get_n(&item, DUE_GEN, &pk)?)),
+            _ => Ok(None),
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 mod common;
 
 use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
-use baton_aws::{create_table, table, DynamoStore};
+use baton_aws::{create_table, table, ArmedTimers, DynamoStore};
 use baton_core::effect::{Effect, PendingEffect, TimerKind};
 use baton_core::model::{Button, Channel, ConversationKey, Millis, OutMessage, Role};
 use baton_core::ports::{Commit, CommitOutcome, Completion, DeskLink, DrainLeases, Store, StoreError, TraceEntry};

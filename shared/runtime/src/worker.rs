@@ -259,9 +259,9 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
             ports.store.watch_pending(key).await?;
             return Ok(Drained { done, ..Drained::default() });
         };
-        let result = run_settled(ports, key, under_lease, true).await;
+        let mut result = run_settled(ports, key, under_lease, true).await;
         // The last effect's completion, when it was left for the release to write.
-        let unwritten = result.as_ref().ok().and_then(|s| s.unwritten.clone());
+        let unwritten = result.as_mut().ok().and_then(|s| s.unwritten.take());
         let released = leases.release(key, &held, unwritten).await;
         let Settled { drained: round, seen, .. } = result?;
         items = released?;
