@@ -40,6 +40,9 @@ impl Store for FailingCommits {
         }
         self.inner.commit(commit).await
     }
+    fn timer_carried(&self, key: &ConversationKey, version: u64) -> bool {
+        self.inner.timer_carried(key, version)
+    }
 
     async fn get_agent(&self, id: &str) -> Result<Option<Agent>, StoreError> {
         self.inner.get_agent(id).await

@@ -36,7 +36,8 @@ pub use redrive::{redrive, RedriveError};
 pub use store::{DynamoStore, SEEN_RETENTION_SECS};
 pub use table::create_table;
 pub use timers::{
-    create_timer_queue, delay_seconds, ArmedTimers, SqsTimers, TimerError, TimerMessage, TimerOutcome, TIMER_SCHEMA,
+    create_timer_queue, delay_seconds, ArmedTimers, SqsTimers, StoredTimer, TimerError, TimerMessage, TimerOutcome,
+    TIMER_SCHEMA,
 };
 
 use aws_config::BehaviorVersion;

@@ -274,18 +274,21 @@ impl DynamoStore {
     /// effect and no timer.
     pub(crate) fn loaded_at(&self, conv: &str, version: u64) -> Option<Loaded> {
         if version == 0 {
-            return Some(Loaded { inline: (0, 0), due_at: None });
+            return Some(Loaded { inline: (0, 0), due_at: None, timer: None, timer_msg: None });
         }
         lock(&self.loaded).get(conv).filter(|(v, _)| *v == version).map(|(_, seen)| *seen)
     }
 }
 
 /// What a session item held when loaded, beyond its document: how many inline effects in how
-/// many bytes (the commit keeps the item small with it), and its key in the `due` index.
+/// many bytes (the commit keeps the item small with it), its key in the `due` index, the
+/// generation of its armed timer and the `due` of the last timer message sent for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Loaded {
     pub inline: (usize, usize),
     pub due_at: Option<i64>,
+    pub timer: Option<u64>,
+    pub timer_msg: Option<i64>,
 }
 
 /// Sessions whose loaded item is remembered at most; past that the memory starts over (a miss

@@ -12,7 +12,7 @@ use crate::outbox::{
 };
 use crate::table::{
     agent_pk, conv_pk, key_part, parse_conv_pk, shard_of, DUE_AT, DUE_GEN, DUE_INDEX, DUE_SHARD, EXPIRES_AT, OBX_DUE,
-    OBX_SHARD, OUTBOX_INDEX, PK, SHARDS, SK, TIMER_DUE,
+    OBX_SHARD, OUTBOX_INDEX, PK, SHARDS, SK, TIMER_DUE, TIMER_MSG,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
@@ -97,7 +97,14 @@ pub struct DynamoStore {
     pub(crate) item_leases: std::sync::Mutex<HashSet<String>>,
     /// Numbers the drain leases this store takes.
     leases_taken: AtomicU64,
+    /// Sessions whose last commit here armed a timer that a message on its way carries, with
+    /// that commit's version (see [`TIMER_MSG`]), until the worker asks.
+    carried: std::sync::Mutex<HashMap<String, u64>>,
 }
+
+/// Carried timers remembered until asked for (one per commit a worker is making at once);
+/// past that the memory starts over, and those timers get messages of their own.
+const MAX_REMEMBERED_CARRIES: usize = 1_000;
 
 /// Unseen event ids remembered (one per event a worker is applying at once).
 const MAX_UNSEEN: usize = 64;
@@ -389,6 +396,7 @@ impl DynamoStore {
             claimed: Default::default(),
             item_leases: Default::default(),
             leases_taken: AtomicU64::new(0),
+            carried: Default::default(),
         }
     }
 
@@ -966,7 +974,9 @@ impl Store for DynamoStore {
         let version = get_n(&item, "version", &pk)?;
         let session = decode_session(&item, &pk)?;
         let due_at = get_n::<i64>(&item, DUE_AT, &pk).ok();
-        self.remember_loaded(&pk, version, Loaded { inline: inline_load(&item), due_at });
+        let timer = get_n::<u64>(&item, DUE_GEN, &pk).ok();
+        let timer_msg = get_n::<i64>(&item, TIMER_MSG, &pk).ok();
+        self.remember_loaded(&pk, version, Loaded { inline: inline_load(&item), due_at, timer, timer_msg });
         Ok(Some(VersionedSession { version, session }))
     }
 
@@ -1049,6 +1059,21 @@ impl Store for DynamoStore {
         // not move it since (else the commit is refused and the worker loads the item again).
         let indexed = loaded.and_then(|l| l.due_at);
         let kept = commit.session.timer.and_then(|timer| indexed.filter(|at| *at <= timer.due.0));
+        // A timer armed here (a generation the loaded item did not have) needs a message,
+        // unless the last one sent is still on its way and comes back no later than the
+        // timer is due: that one is then sent on for this timer (`TIMER_MSG`).
+        let mut timer_msg = loaded.and_then(|l| l.timer_msg);
+        let carried = match (commit.session.timer, loaded) {
+            (Some(timer), Some(l)) if l.timer != Some(timer.generation) => {
+                let on_its_way = l.timer_msg.is_some_and(|m| m > at.0 && m <= timer.due.0);
+                if !on_its_way {
+                    update.set(TIMER_MSG, n(timer.due.0));
+                    timer_msg = Some(timer.due.0);
+                }
+                on_its_way
+            }
+            _ => false,
+        };
         let due_at = match &commit.session.timer {
             Some(timer) => {
                 if kept.is_none() {
@@ -1158,7 +1183,15 @@ impl Store for DynamoStore {
             Tx::Done => {
                 if let Some((count, before)) = loaded.map(|l| l.inline).filter(|_| inline) {
                     let inline = (count + commit.effects.len(), before + bytes);
-                    self.remember_loaded(&conv, version, Loaded { inline, due_at });
+                    let timer = commit.session.timer.map(|t| t.generation);
+                    self.remember_loaded(&conv, version, Loaded { inline, due_at, timer, timer_msg });
+                }
+                if carried {
+                    let mut memo = lock(&self.carried);
+                    if memo.len() >= MAX_REMEMBERED_CARRIES {
+                        memo.clear();
+                    }
+                    memo.insert(conv.clone(), version);
                 }
                 self.mark_seen(key, &commit.event_id, at).await?;
                 // After the write, not in it (which would bill it twice): see `keep_trace_line`.
@@ -1182,6 +1215,15 @@ impl Store for DynamoStore {
                 }
             }
             Tx::Cancelled(codes) => Err(StoreError::Unavailable(format!("dynamodb commit cancelled: {codes:?}"))),
+        }
+    }
+
+    fn timer_carried(&self, key: &ConversationKey, version: u64) -> bool {
+        let conv = conv_pk(key);
+        let mut memo = lock(&self.carried);
+        match memo.get(&conv) {
+            Some(v) if *v == version => memo.remove(&conv).is_some(),
+            _ => false,
         }
     }
 
@@ -1481,25 +1523,32 @@ impl Store for DynamoStore {
 
 #[async_trait::async_trait]
 impl crate::timers::ArmedTimers for DynamoStore {
-    /// The generation of the timer armed on `key`'s session (its `due_gen`), read strongly
-    /// consistent: the commit that armed a timer came before its message was sent.
-    async fn armed_generation(&self, key: &ConversationKey) -> Result<Option<u64>, StoreError> {
+    /// The timer armed on `key`'s session (`due_gen`, `timer_due`, `timer_msg`), read
+    /// strongly consistent: the commit that armed a timer came before its message was sent.
+    async fn armed_timer(&self, key: &ConversationKey) -> Result<Option<crate::timers::StoredTimer>, StoreError> {
         let pk = conv_pk(key);
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key_of(pk.as_str(), "SESSION")))
-            .projection_expression("#g")
+            .projection_expression("#g, #t, #m")
             .expression_attribute_names("#g", DUE_GEN)
+            .expression_attribute_names("#t", TIMER_DUE)
+            .expression_attribute_names("#m", TIMER_MSG)
             .consistent_read(true)
             .send()
             .await
             .map_err(|e| unavailable("get the armed timer", &e))?;
-        match out.item {
-            Some(item) if item.contains_key(DUE_GEN) => Ok(Some(get_n(&item, DUE_GEN, &pk)?)),
-            _ => Ok(None),
-        }
+        let Some(item) = out.item.filter(|item| item.contains_key(DUE_GEN)) else {
+            return Ok(None);
+        };
+        let millis = |name: &str| get_n::<i64>(&item, name, &pk).ok().map(Millis);
+        Ok(Some(crate::timers::StoredTimer {
+            generation: get_n(&item, DUE_GEN, &pk)?,
+            due: millis(TIMER_DUE),
+            message_due: millis(TIMER_MSG),
+        }))
     }
 }
 

@@ -7,7 +7,7 @@
 //! | access token | `AGENT#{id}` / `TOKEN#{sha256}` | `created_at`; never the token |
 //! | token owner | `TOKEN#{sha256}` / `OWNER` | `agent` (one hash belongs to one agent) |
 //! | desk status | `AGENT#{id}` / `DESKSTATUS` | `doc` |
-//! | session | `CONV#{key}` / `SESSION` | `version`, `doc`, `schema` (the item's layout, 2; earlier builds wrote 1, the document's), `doc_schema`, `last_event` (the id of the event it last applied), `expires_at` (the agent's retention after the last event); `due_gen`, `timer_due` while a timer is armed, `due_shard`, `due_at` (the `due` index key: no later than the timer, and left behind when it is disarmed until the sweeper takes it out); pending effects inline as `ob#{seq:020}` maps (`effect_id`, `doc`, `schema`, `attempts`, `next_attempt_at`); `inline_outbox` on sessions created with this layout, `outbox_spilled` once effects went to outbox items; `obx_shard`, `obx_due` while an inline effect waits for a retry; `drain_by`, `drain_until` while a worker holds the conversation's drain lease |
+//! | session | `CONV#{key}` / `SESSION` | `version`, `doc`, `schema` (the item's layout, 2; earlier builds wrote 1, the document's), `doc_schema`, `last_event` (the id of the event it last applied), `expires_at` (the agent's retention after the last event); `due_gen`, `timer_due` while a timer is armed, `timer_msg` (the `due` of the last timer message sent), `due_shard`, `due_at` (the `due` index key: no later than the timer, and left behind when it is disarmed until the sweeper takes it out); pending effects inline as `ob#{seq:020}` maps (`effect_id`, `doc`, `schema`, `attempts`, `next_attempt_at`); `inline_outbox` on sessions created with this layout, `outbox_spilled` once effects went to outbox items; `obx_shard`, `obx_due` while an inline effect waits for a retry; `drain_by`, `drain_until` while a worker holds the conversation's drain lease |
 //! | outbox effect | `CONV#{key}` / `OUTBOX#{seq:020}#{effect id}` | effects too large for the session item, and those of earlier builds: `effect_id`, `doc`, `schema`, `attempts`, `next_attempt_at`, `obx_shard`, `obx_due` |
 //! | trace line | `CONV#{key}` / `TRACE#{at:020}#{n}` | `at`, `what`, `id`, `detail`, `expires_at` |
 //! | seen event | `SEEN#{event id}` / `-` | `expires_at` (TTL, 8 days) |
@@ -58,6 +58,11 @@ pub const DUE_GEN: &str = "due_gen";
 /// moves it later or takes it out. (Items of earlier builds lack `timer_due`: their
 /// `due_at` is the timer's.)
 pub const TIMER_DUE: &str = "timer_due";
+/// The `due` of the newest message sent for the session's timer (it comes back then, or
+/// sooner and is sent on). A timer armed no earlier than that while it is on its way sends
+/// none: timeout-check sends that message on for the timer the session then has. Left in
+/// place when the timer is disarmed or fires.
+pub const TIMER_MSG: &str = "timer_msg";
 
 /// Sparse GSI of outbox items by their next attempt.
 pub const OUTBOX_INDEX: &str = "outbox_due";

@@ -72,6 +72,10 @@ pub enum TimerOutcome {
     Fired { event_id: String },
     /// The timer is further away than SQS can delay: sent again with this delay.
     Rearmed { delay_seconds: i32 },
+    /// The session's timer moved later while this message was on its way, and the session
+    /// counted on it to carry the timer (no message was sent for the new one): sent again
+    /// for the timer the session now has, due in this many seconds.
+    Carried { generation: u64, delay_seconds: i32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,11 +100,23 @@ pub fn delay_seconds(due: Millis, now: Millis) -> i32 {
     secs.min(MAX_DELAY_SECONDS) as i32
 }
 
-/// Which timer a session has armed, for [`SqsTimers::fire_or_rearm`] to drop stale messages.
+/// The timer a session has armed, as timeout-check reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredTimer {
+    pub generation: u64,
+    /// When it is due; `None` on items of earlier builds, which did not record it.
+    pub due: Option<Millis>,
+    /// The `due` of the newest timer message sent for the session: while that message is on
+    /// its way, a timer armed no earlier sends none, and this message carries it.
+    pub message_due: Option<Millis>,
+}
+
+/// Which timer a session has armed, for [`SqsTimers::fire_or_rearm`] to drop stale messages
+/// and carry moved ones.
 #[async_trait]
 pub trait ArmedTimers: Send + Sync {
-    /// The generation of the timer armed on `key`'s session; `None` when none is.
-    async fn armed_generation(&self, key: &ConversationKey) -> Result<Option<u64>, StoreError>;
+    /// The timer armed on `key`'s session; `None` when none is.
+    async fn armed_timer(&self, key: &ConversationKey) -> Result<Option<StoredTimer>, StoreError>;
 }
 
 /// [`Timers`] on a standard SQS queue. Needs a clock to turn `due` into a delay.
@@ -152,8 +168,10 @@ impl SqsTimers {
     /// longer has its timer, re-arm it if it is more than a second away, else queue
     /// `TimerFired { generation }` with the id `timer:{conversation}:{generation}` (the
     /// embedded timers use the same id, so a timer fired twice is applied once), or `Wake`
-    /// for a wake-up. When `armed` cannot answer, the timer goes on (the worker ignores it if
-    /// stale): a timer is never dropped on a failed read.
+    /// for a wake-up. A message the session counted on to carry a timer armed later (its
+    /// `message_due` is this message's `due`) goes on as that timer. When `armed` cannot
+    /// answer, the timer goes on (the worker ignores it if stale): a timer is never dropped
+    /// on a failed read (a timer it carried fires through the sweeper).
     pub async fn fire_or_rearm(
         &self,
         body: &str,
@@ -161,11 +179,17 @@ impl SqsTimers {
         events: &dyn EventQueue,
         armed: Option<&dyn ArmedTimers>,
     ) -> Result<TimerOutcome, TimerError> {
-        let msg = TimerMessage::parse(body)?;
+        let mut msg = TimerMessage::parse(body)?;
+        let mut carried = false;
         if let Some(armed) = armed.filter(|_| !msg.wake) {
-            match armed.armed_generation(&msg.conversation).await {
-                Ok(generation) if generation != Some(msg.generation) => return Ok(TimerOutcome::Stale),
-                Ok(_) => {}
+            match armed.armed_timer(&msg.conversation).await {
+                Ok(Some(timer)) if timer.generation == msg.generation => {}
+                Ok(Some(StoredTimer { generation, due: Some(due), message_due: Some(carrier) }))
+                    if carrier == msg.due =>
+                {
+                    (msg.generation, msg.due, carried) = (generation, due, true);
+                }
+                Ok(_) => return Ok(TimerOutcome::Stale),
                 Err(e) => {
                     tracing::warn!(conversation = %msg.conversation, error = %e, "cannot tell if a timer is stale; it goes on")
                 }
@@ -173,7 +197,10 @@ impl SqsTimers {
         }
         if msg.due.0.saturating_sub(now.0) > FIRE_WITHIN_MS {
             let delay_seconds = self.send(&msg, now).await?;
-            return Ok(TimerOutcome::Rearmed { delay_seconds });
+            return Ok(match carried {
+                true => TimerOutcome::Carried { generation: msg.generation, delay_seconds },
+                false => TimerOutcome::Rearmed { delay_seconds },
+            });
         }
         let conv = &msg.conversation;
         let (event_id, kind) = if msg.wake {

@@ -4,7 +4,7 @@
 mod common;
 
 use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
-use baton_aws::{create_table, table, ArmedTimers, DynamoStore};
+use baton_aws::{create_table, table, ArmedTimers, DynamoStore, StoredTimer};
 use baton_core::effect::{Effect, PendingEffect, TimerKind};
 use baton_core::model::{Button, Channel, ConversationKey, Millis, OutMessage, Role};
 use baton_core::ports::{Commit, CommitOutcome, Completion, DeskLink, DrainLeases, Store, StoreError, TraceEntry};
@@ -123,10 +123,12 @@ async fn sessions_due_reads_the_sparse_index() {
 
     // Disarming leaves the index key (a timer armed again soon needs no index write) and
     // takes the timer away; the sweep that finds it takes it out of the index.
-    assert_eq!(store.armed_generation(&k1).await.unwrap(), Some(2));
-    assert_eq!(store.armed_generation(&key("nobody")).await.unwrap(), None);
+    // The message the worker sends for it comes back when it is due.
+    let armed = StoredTimer { generation: 2, due: Some(Millis(1000)), message_due: Some(Millis(1000)) };
+    assert_eq!(store.armed_timer(&k1).await.unwrap(), Some(armed));
+    assert_eq!(store.armed_timer(&key("nobody")).await.unwrap(), None);
     store.commit(commit(&k1, 1, "a2", None, 2)).await.unwrap();
-    assert_eq!(store.armed_generation(&k1).await.unwrap(), None, "timeout-check drops its message");
+    assert_eq!(store.armed_timer(&k1).await.unwrap(), None, "timeout-check drops its message");
     let item = raw_item(&store, &format!("CONV#{k1}"), "SESSION").await.unwrap();
     assert!(!item.contains_key("due_gen") && !item.contains_key("timer_due"));
     assert_eq!(number(&item, "due_at"), 1000);
@@ -183,6 +185,53 @@ async fn a_sweep_reads_past_sessions_whose_timers_moved_later() {
         assert_eq!(number(&item, "due_at"), 900_000, "moved to its timer");
     }
     assert_eq!(store.sessions_due(Millis(3000), 10).await.unwrap(), vec![(due, 7)]);
+}
+
+#[tokio::test]
+async fn a_timer_armed_while_a_message_is_on_its_way_rides_on_it() {
+    let store = common::store().await;
+    let k = key("carried");
+    let carried = |version| store.timer_carried(&k, version);
+    let armed = |generation, due: i64, message: i64| {
+        Some(StoredTimer { generation, due: Some(Millis(due)), message_due: Some(Millis(message)) })
+    };
+    // A human's message arms the session timeout: its message is sent.
+    store.commit(commit(&k, 0, "h1", Some((1, 10_000)), 1)).await.unwrap();
+    assert!(!carried(1));
+    assert_eq!(store.armed_timer(&k).await.unwrap(), armed(1, 10_000, 10_000));
+    // The user's reply disarms it; the message is still on its way.
+    store.load_session(&k).await.unwrap();
+    store.commit(commit(&k, 1, "u1", None, 2)).await.unwrap();
+    // The next human message arms it later: no message of its own (asked once).
+    store.load_session(&k).await.unwrap();
+    store.commit(commit(&k, 2, "h2", Some((2, 20_000)), 3)).await.unwrap();
+    assert!(carried(3));
+    assert!(!carried(3), "asked once");
+    assert_eq!(store.armed_timer(&k).await.unwrap(), armed(2, 20_000, 10_000));
+    // Armed earlier than the message comes back: a message of its own.
+    store.load_session(&k).await.unwrap();
+    store.commit(commit(&k, 3, "h3", Some((3, 5_000)), 4)).await.unwrap();
+    assert!(!carried(4));
+    assert_eq!(store.armed_timer(&k).await.unwrap(), armed(3, 5_000, 5_000));
+    // The same timer kept by a later commit changes nothing.
+    store.load_session(&k).await.unwrap();
+    store.commit(commit(&k, 4, "x", Some((3, 5_000)), 5)).await.unwrap();
+    assert!(!carried(5));
+    assert_eq!(store.armed_timer(&k).await.unwrap(), armed(3, 5_000, 5_000));
+    // Armed after the last message came back: a message of its own.
+    store.load_session(&k).await.unwrap();
+    store.commit(commit(&k, 5, "h4", Some((4, 30_000)), 6_000)).await.unwrap();
+    assert!(!carried(6));
+    assert_eq!(store.armed_timer(&k).await.unwrap(), armed(4, 30_000, 30_000));
+    // The commit remembers what it wrote, so the next needs no load to tell.
+    store.commit(commit(&k, 6, "h5", Some((5, 40_000)), 6_001)).await.unwrap();
+    assert!(carried(7));
+    // Another instance that did not load the item cannot tell: its worker sends a message,
+    // and the item keeps the one it knows of.
+    let other = DynamoStore::new(store.client().clone(), store.table_name());
+    other.commit(commit(&k, 7, "h6", Some((6, 50_000)), 6_002)).await.unwrap();
+    assert!(!other.timer_carried(&k, 8));
+    assert_eq!(store.armed_timer(&k).await.unwrap(), armed(6, 50_000, 30_000));
 }
 
 #[tokio::test]

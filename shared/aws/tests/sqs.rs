@@ -5,7 +5,8 @@ mod common;
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use baton_aws::{
-    dedup_id, group_id, parse_event, ArmedTimers, SqsEventQueue, SqsTimers, TimerError, TimerMessage, TimerOutcome,
+    dedup_id, group_id, parse_event, ArmedTimers, SqsEventQueue, SqsTimers, StoredTimer, TimerError, TimerMessage,
+    TimerOutcome,
 };
 use baton_core::event::{Event, EventKind};
 use baton_core::model::{Channel, ConversationKey, Millis};
@@ -142,12 +143,19 @@ async fn a_due_timer_fires_into_the_fifo_queue_once() {
     t.cancel(&k).await.unwrap();
 }
 
-/// A session's armed timer as timeout-check reads it: a generation, none, or a failed read.
-struct Armed(Result<Option<u64>, ()>);
+/// A session's armed timer as timeout-check reads it: a timer, none, or a failed read.
+struct Armed(Result<Option<StoredTimer>, ()>);
+
+impl Armed {
+    /// Generation `generation`, due when its own message is.
+    fn generation(generation: u64) -> Armed {
+        Armed(Ok(Some(StoredTimer { generation, due: None, message_due: None })))
+    }
+}
 
 #[async_trait::async_trait]
 impl ArmedTimers for Armed {
-    async fn armed_generation(&self, _key: &ConversationKey) -> Result<Option<u64>, StoreError> {
+    async fn armed_timer(&self, _key: &ConversationKey) -> Result<Option<StoredTimer>, StoreError> {
         self.0.map_err(|()| StoreError::Unavailable("table unreachable".into()))
     }
 }
@@ -162,14 +170,14 @@ async fn a_timer_the_session_no_longer_has_is_dropped_before_the_queue() {
     let due = timer_body(&k, 3, Millis(now.0 - 5));
     let far = timer_body(&k, 3, Millis(now.0 + 3_600_000));
     // Replaced by a later generation, or disarmed: dropped, due or not, nothing sent on.
-    for armed in [Armed(Ok(Some(4))), Armed(Ok(None))] {
+    for armed in [Armed::generation(4), Armed(Ok(None))] {
         assert_eq!(t.fire_or_rearm(&due, now, &q, Some(&armed)).await.unwrap(), TimerOutcome::Stale);
         assert_eq!(t.fire_or_rearm(&far, now, &q, Some(&armed)).await.unwrap(), TimerOutcome::Stale);
     }
     assert!(drain_events(&sqs, &events).await.is_empty());
     assert!(receive_all(&sqs, &timer_url).await.is_empty());
     // Still armed, or the read failed: it fires (the worker tells a stale one).
-    for armed in [Armed(Ok(Some(3))), Armed(Err(()))] {
+    for armed in [Armed::generation(3), Armed(Err(()))] {
         let out = t.fire_or_rearm(&due, now, &q, Some(&armed)).await.unwrap();
         assert_eq!(out, TimerOutcome::Fired { event_id: format!("timer:{k}:3") });
     }
@@ -178,6 +186,44 @@ async fn a_timer_the_session_no_longer_has_is_dropped_before_the_queue() {
     let wake = serde_json::to_string(&TimerMessage { wake: true, ..TimerMessage::parse(&due).unwrap() }).unwrap();
     let out = t.fire_or_rearm(&wake, now, &q, Some(&Armed(Ok(None)))).await.unwrap();
     assert_eq!(out, TimerOutcome::Fired { event_id: format!("wake:{k}:{}", now.0 - 5) });
+}
+
+#[tokio::test]
+async fn a_message_the_session_counts_on_carries_the_timer_armed_after_it() {
+    let (sqs, events, timer_url) = queues().await;
+    let now = wall_now();
+    let q = SqsEventQueue::new(sqs.clone(), events.clone());
+    let t = SqsTimers::new(sqs.clone(), timer_url.clone(), Arc::new(FixedClock(now)));
+    let k = key("carrier");
+    let sent_due = Millis(now.0 - 5);
+    let body = timer_body(&k, 3, sent_due);
+    let moved = |due: i64, message_due: Millis| {
+        Armed(Ok(Some(StoredTimer { generation: 4, due: Some(Millis(due)), message_due: Some(message_due) })))
+    };
+
+    // The session's timer moved 5.5 s later and no message was sent for it: this one goes
+    // on as that timer, with its generation and due time.
+    let out = t.fire_or_rearm(&body, now, &q, Some(&moved(now.0 + 5_500, sent_due))).await.unwrap();
+    assert_eq!(out, TimerOutcome::Carried { generation: 4, delay_seconds: 6 });
+    assert_eq!(queue_attribute(&sqs, &timer_url, QueueAttributeName::ApproximateNumberOfMessagesDelayed).await, "1");
+    assert!(drain_events(&sqs, &events).await.is_empty());
+    // Already due: it fires as the moved timer.
+    let out = t.fire_or_rearm(&body, now, &q, Some(&moved(now.0 - 1, sent_due))).await.unwrap();
+    assert_eq!(out, TimerOutcome::Fired { event_id: format!("timer:{k}:4") });
+    let fired = drain_events(&sqs, &events).await;
+    assert_eq!(
+        fired,
+        vec![Event::new(format!("timer:{k}:4"), k.clone(), now, EventKind::TimerFired { generation: 4 })]
+    );
+
+    // The session counts on another message (one sent later), or its item does not say
+    // (an earlier build's): dropped as stale.
+    let out = t.fire_or_rearm(&body, now, &q, Some(&moved(now.0 + 5_500, Millis(now.0 + 5_500)))).await.unwrap();
+    assert_eq!(out, TimerOutcome::Stale);
+    let unknown = Armed(Ok(Some(StoredTimer { generation: 4, due: None, message_due: Some(sent_due) })));
+    assert_eq!(t.fire_or_rearm(&body, now, &q, Some(&unknown)).await.unwrap(), TimerOutcome::Stale);
+    assert!(drain_events(&sqs, &events).await.is_empty());
+    assert_eq!(queue_attribute(&sqs, &timer_url, QueueAttributeName::ApproximateNumberOfMessagesDelayed).await, "1");
 }
 
 #[tokio::test]

@@ -100,6 +100,12 @@ pub trait Store: Send + Sync {
     /// succeeded (a crash in between can lose the line, never state). A store that also
     /// holds the event queue (embedded) takes the event off it in the same write.
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError>;
+    /// Whether the timer the commit of `version` armed is carried by a timer message still
+    /// on its way (see [`Timers::armed_with_the_session`]), so none need be scheduled for it.
+    /// Asked once, right after the commit; false by default.
+    fn timer_carried(&self, _key: &ConversationKey, _version: u64) -> bool {
+        false
+    }
 
     /// Pending effects of one conversation, oldest first.
     async fn pending_effects(&self, key: &ConversationKey) -> Result<Vec<OutboxItem>, StoreError>;

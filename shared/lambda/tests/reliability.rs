@@ -495,6 +495,17 @@ async fn handed_off(hub: &Hub) -> Widget {
     w
 }
 
+/// The desk conversation the hub's one handoff established.
+fn desk_conversation(hub: &Hub) -> String {
+    hub.desk.requests_to("/conversation/establish")[0].body["conversation_id"].as_str().unwrap().to_string()
+}
+
+/// Timer messages waiting out their delay.
+async fn delayed_timers(hub: &Hub) -> usize {
+    let n = queue_attribute(&hub.sqs, &hub.queues.timers, QueueAttributeName::ApproximateNumberOfMessagesDelayed);
+    n.await.parse().unwrap()
+}
+
 /// On AWS the session's commit is the timer's durable record (the sweeper fires overdue
 /// sessions) and a delayed message cannot be taken back (the late one is stale by its
 /// generation), so neither the `ScheduleTimer` a human's reply produces nor the `CancelTimer`
@@ -502,13 +513,12 @@ async fn handed_off(hub: &Hub) -> Widget {
 /// commit, and a cancel does nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timers_cost_no_outbox_writes_on_aws() {
-    let hub = hub(|_| {}).await;
+    // The session timeout due before the wait timer's message comes back, so it gets a
+    // message of its own (see `a_timer_moved_later_rides_on_the_message_already_on_its_way`).
+    let hub = hub(|a| a.policy.session_timeout_secs = 30).await;
     let mut w = handed_off(&hub).await;
-    let conv = hub.desk.requests_to("/conversation/establish")[0].body["conversation_id"].as_str().unwrap().to_string();
-    let delayed = || async {
-        let n = queue_attribute(&hub.sqs, &hub.queues.timers, QueueAttributeName::ApproximateNumberOfMessagesDelayed);
-        n.await.parse::<usize>().unwrap()
-    };
+    let conv = desk_conversation(&hub);
+    let delayed = || delayed_timers(&hub);
     // Apply the one queued event (without running its effects): the event, whether the
     // session has a timer armed, and the pending effects as (name, id).
     let key = w.key();
@@ -538,6 +548,56 @@ async fn timers_cost_no_outbox_writes_on_aws() {
     assert!(!armed, "the step disarmed the session timer");
     // The effect keeps its place in the step in its id.
     assert_eq!(pending, [("post_to_desk", format!("{}/0", event.id))]);
+}
+
+/// Each message a human sends arms the session timeout again. While the timer message sent
+/// for an earlier one is on its way and comes back no later than the new timer is due, no
+/// message is sent for the new one: timeout-check sends that one on as the new timer, and
+/// the session times out once, when the new timer says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_moved_later_rides_on_the_message_already_on_its_way() {
+    let clock = Arc::new(ManualClock::new(wall_now()));
+    let hub = hub_with(clock.clone(), None, |a| a.policy.session_timeout_secs = 2).await;
+    let mut w = handed_off(&hub).await;
+    let conv = desk_conversation(&hub);
+    let delayed = || delayed_timers(&hub);
+    let key = w.key();
+    let armed = || async { hub.aws.store.load_session(&key).await.unwrap().unwrap().session.timer };
+
+    // The human's first message arms the timeout, due in 2 s: a message is sent for it.
+    let before = delayed().await;
+    assert_eq!(hub.desk_reply(&conv, "Hello, Ana here.", Some("msg_1")).await.status, 200);
+    run_worker(&hub).await;
+    assert_eq!(delayed().await, before + 1);
+    w.send("thanks, one question").await;
+    run_worker(&hub).await;
+    assert_eq!(armed().await, None, "the user's reply disarmed it");
+
+    // A second later the human writes again: the timer is armed anew, due in 2 s, and
+    // rides on the first message, which comes back before it.
+    clock.advance_secs(1);
+    assert_eq!(hub.desk_reply(&conv, "Let me check.", Some("msg_2")).await.status, 200);
+    run_worker(&hub).await;
+    let timer = armed().await.expect("armed again");
+    assert_eq!(delayed().await, before + 1, "no message of its own");
+
+    // The first message comes back (its SQS delay runs on the wall clock) when the new
+    // timer is due: it fires as the new timer, once.
+    clock.advance_secs(2);
+    let started = std::time::Instant::now();
+    while run_timers(&hub).await == 0 {
+        assert!(started.elapsed() < Duration::from_secs(6), "the timer message never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fired = receive(&hub.sqs, &hub.queues.events).await;
+    assert_eq!(fired.len(), 1, "{fired:#?}");
+    let event = parse_event(fired[0].body().unwrap()).unwrap();
+    assert_eq!(event.kind, EventKind::TimerFired { generation: timer.generation });
+    release(&hub.sqs, &hub.queues.events, &fired[0]).await;
+    assert_eq!(run_worker(&hub).await, 1);
+    let session = hub.aws.store.load_session(&key).await.unwrap().unwrap().session;
+    assert_ne!(session.state.name(), "with_human", "the session timed out: {:?}", session.state);
+    assert_eq!(delayed().await, before, "only the wait timer's message is left");
 }
 
 /// A brain's answer is applied in the drain that asked the brain: one invocation answers

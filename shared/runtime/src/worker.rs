@@ -115,9 +115,14 @@ pub async fn apply_event(ports: &Ports, event: &Event) -> Result<Processed, Work
         let commit =
             Commit { expected_version: version, session: next, event_id: event.id.clone(), effects, trace, keep_until };
         match ports.store.commit(commit).await? {
-            CommitOutcome::Committed { .. } => {
+            CommitOutcome::Committed { version } => {
                 // Armed in the committed session; scheduled right after it (see
-                // `Timers::armed_with_the_session`).
+                // `Timers::armed_with_the_session`), unless a timer message on its way
+                // carries it. (Timers a step armed before its last are stale anyway.)
+                if !timers.is_empty() && ports.store.timer_carried(key, version) {
+                    tracing::debug!(conversation = %key, "the timer rides on a message already on its way");
+                    timers.clear();
+                }
                 for (generation, due) in timers {
                     if let Err(e) = ports.timers.schedule(key, generation, due).await {
                         tracing::warn!(conversation = %key, error = %e, "a timer was not scheduled; the sweeper fires it when due");
