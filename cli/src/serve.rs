@@ -5,8 +5,8 @@ use crate::{assets, console, demo};
 use baton_brains::Brains;
 pub use baton_connectors::outbound::Targets;
 use baton_core::model::ServiceStatus;
-use baton_core::ports::{Clock, Store};
-use baton_core::ConversationKey;
+use baton_core::ports::{Clock, EventQueue, QueueError, Store};
+use baton_core::{ConversationKey, Event};
 use baton_embedded::{ConsoleStore, Db, EmbeddedQueue, EmbeddedTimers};
 use baton_runtime::http::{AppState, Limits, RateLimitConfig};
 use baton_runtime::widget::{MessageLog, TokenSigner};
@@ -187,8 +187,12 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
         fetcher: connectors.media.clone(),
     };
     let poll_link_base = media_files.links.public_base().map(str::to_string).unwrap_or_else(|| hub_base.clone());
+    let (workers, on_workers) = WorkerRuntime::start()?;
+    let dispatcher = Dispatcher::new(ports.clone(), queue.clone(), on_workers);
+    // The routes apply an event whose conversation is idle at once (`ApplyWhenIdle`).
+    let ingress = Ports { queue: Arc::new(ApplyWhenIdle(dispatcher.clone())), ..ports.clone() };
     let state = AppState {
-        ports: ports.clone(),
+        ports: ingress,
         log,
         live,
         signer: TokenSigner::new(secret.as_bytes()),
@@ -211,8 +215,6 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<
     ));
 
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-    let (workers, on_workers) = WorkerRuntime::start()?;
-    let dispatcher = Dispatcher::new(ports.clone(), queue.clone(), on_workers);
     let mut tasks = Vec::new();
 
     // Work that was accepted before a crash or restart.
@@ -362,6 +364,38 @@ async fn probe_loop(ports: Ports, mut stop: tokio::sync::watch::Receiver<bool>) 
     }
 }
 
+/// The routes' event queue in `baton serve`: a single event whose conversation is idle is
+/// applied at once and acknowledged after that commit, so it is never written to the queue,
+/// read back and deleted (one fsync'd write per event instead of two before its effects
+/// run); everything else is queued (see [`Dispatcher::apply_if_idle`]).
+struct ApplyWhenIdle(Arc<Dispatcher>);
+
+#[async_trait::async_trait]
+impl EventQueue for ApplyWhenIdle {
+    async fn enqueue(&self, events: Vec<Event>) -> Result<(), QueueError> {
+        if events.len() == 1 && self.0.apply_if_idle(&events[0]).await {
+            return Ok(());
+        }
+        self.0.queue.enqueue(events).await
+    }
+}
+
+/// Starts the task of a conversation claimed at ingress when the claim's holder is done
+/// with it, or dropped.
+struct Handover {
+    dispatcher: Arc<Dispatcher>,
+    key: Option<ConversationKey>,
+}
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let me = self.dispatcher.clone();
+            self.dispatcher.runtime.spawn(async move { me.run(key).await });
+        }
+    }
+}
+
 /// Runs each conversation's queued events strictly in order, one task per busy
 /// conversation, many conversations in parallel.
 pub struct Dispatcher {
@@ -391,6 +425,51 @@ impl Dispatcher {
         }
         let me = self.clone();
         self.runtime.spawn(async move { me.run(key).await });
+    }
+
+    /// Apply `event` now, on the caller's task, when its conversation is idle: no task is
+    /// at work on it and none of its events is queued (they would go first); true once its
+    /// commit (or its finding that it is a duplicate) is durable. A conversation task then
+    /// runs its effects. False: the caller queues it (the conversation is busy, the
+    /// workers have a backlog, or the step failed).
+    ///
+    /// With a backlog (every worker slot taken), events are queued: a step at ingress would
+    /// then wait for the database behind the workers' writes, and the acknowledgement with
+    /// it, while queueing one costs a small insert.
+    pub async fn apply_if_idle(self: &Arc<Self>, event: &Event) -> bool {
+        {
+            let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+            if busy.len() >= WORKERS || busy.contains_key(&event.conversation) {
+                return false;
+            }
+            busy.insert(event.conversation.clone(), false);
+        }
+        // Claimed: a conversation task takes over when this ends, even if the request is
+        // dropped half-way (it runs the effects and gives the claim back).
+        let _handover = Handover { dispatcher: self.clone(), key: Some(event.conversation.clone()) };
+        self.apply_unqueued(event).await
+    }
+
+    async fn apply_unqueued(&self, event: &Event) -> bool {
+        let key = &event.conversation;
+        match self.queue.head(key).await {
+            Ok(None) => {}
+            Ok(Some(_)) => return false,
+            Err(e) => {
+                tracing::warn!(conversation = %key, error = %e, "reading the queue failed; the event is queued");
+                return false;
+            }
+        }
+        match apply_event(&self.ports, event).await {
+            Ok(outcome) => {
+                tracing::debug!(conversation = %key, event = %event.id, ?outcome, "event applied at ingress");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(conversation = %key, event = %event.id, error = %e, "event not applied at ingress; it is queued");
+                false
+            }
+        }
     }
 
     async fn run(self: Arc<Self>, key: ConversationKey) {

@@ -1,0 +1,68 @@
+//! `baton serve` applies an event whose conversation is idle at once, before it answers the
+//! request, and never writes it to the queue; events of a busy conversation are queued and
+//! keep their order.
+
+mod common;
+
+use baton_core::model::{Channel, ConversationKey};
+use baton_tests::eventually;
+use baton_tests::widget::WidgetClient;
+use serde_json::Value;
+use std::time::Duration;
+
+/// How many events were ever written to the queue (its AUTOINCREMENT counter).
+fn events_ever_queued(hub: &common::Hub) -> i64 {
+    let db = rusqlite::Connection::open(hub._dir.path().join("baton.sqlite")).unwrap();
+    let seq: Option<i64> = db.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'queue'", [], |r| r.get(0)).ok();
+    seq.unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_conversations_event_is_applied_before_its_acknowledgement_and_never_queued() {
+    let hub = common::hub().await;
+    // Each conversation new, so idle: nothing of it is being worked on.
+    for i in 0..3 {
+        let mut w = WidgetClient::start(&hub.base, "shop", None).await;
+        let key = ConversationKey::new("shop", Channel::Widget, &w.conversation_id).unwrap();
+        let r = w.send_with_id("What are your opening hours?", &format!("c{i}")).await;
+        assert_eq!(r.status(), 202);
+        let event_id = r.json::<Value>().await.unwrap()["event_id"].as_str().unwrap().to_string();
+        // Applied when acknowledged: seen, and in the session, with no wait.
+        assert!(hub.running.ports.store.is_seen(&event_id).await.unwrap(), "{event_id} not applied at its 202");
+        let session = hub.running.ports.store.load_session(&key).await.unwrap().expect("a session");
+        assert!(session.session.history.iter().any(|t| t.text == "What are your opening hours?"));
+        w.wait_for("the FAQ answer", |m| m["from"] == "bot" && m["text"] == "We are open 9-17 on weekdays.").await;
+    }
+    assert_eq!(events_ever_queued(&hub), 0, "nothing went through the queue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_busy_conversation_are_queued_and_keep_their_order() {
+    let hub = common::hub().await;
+    let w = WidgetClient::start(&hub.base, "shop", Some("q@example.com")).await;
+    w.send("I want to talk to a human").await;
+    let est = hub.desk.first_to("/conversation/establish").await;
+    let conv = est.body["conversation_id"].as_str().unwrap().to_string();
+    assert_eq!(hub.desk_reply(&conv, "Hello", Some("h1")).await.status(), 200);
+    // The desk now takes a while to take each message: the conversation stays busy with
+    // the first one while the next arrive, and those are queued behind it.
+    hub.desk.answer_after(Duration::from_millis(150));
+    let before = events_ever_queued(&hub);
+    let texts: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
+    for t in &texts {
+        w.send(t).await;
+    }
+    let got = eventually(Duration::from_secs(20), "every message at the desk", || async {
+        let got: Vec<String> = hub
+            .desk
+            .requests_to("/chat")
+            .iter()
+            .filter_map(|r| r.body["body"].as_str().map(str::to_string))
+            .filter(|b| b.starts_with('m'))
+            .collect();
+        (got.len() >= texts.len()).then_some(got)
+    })
+    .await;
+    assert_eq!(got, texts, "each once, in order");
+    assert!(events_ever_queued(&hub) - before >= 4, "the busy conversation's events were queued");
+}
