@@ -722,12 +722,15 @@ async fn the_bill_of_a_typical_conversation_does_not_grow() {
     // that every delayed timer message is waited for; before, a run stopped at the first
     // moment no message was visible, and the later stale timers went unbilled). On
     // 2026-12-06 (late), with one timer message in flight per session and the event source's empty
-    // receives out of the per-conversation bill: read units 148, SQS requests 100. A change
+    // receives out of the per-conversation bill: read units 148, SQS requests 100 (the SQS
+    // ceiling leaves room for a slower machine, on which the first timer message comes back
+    // during the human's replies and a few more are sent; every human message sending one,
+    // as before, would be 129). A change
     // that adds calls or bigger items per event fails here; one that saves lowers them.
     assert_eq!(telegram.api_requests, INBOUND_EVENTS, "one API request per inbound event");
     assert!(telegram.write_units <= 175.0, "DynamoDB write units grew: {}", telegram.write_units);
     assert!(telegram.read_units <= 165.0, "DynamoDB read units grew: {}", telegram.read_units);
-    assert!(telegram.sqs_requests <= 110, "SQS requests grew: {}", telegram.sqs_requests);
+    assert!(telegram.sqs_requests <= 120, "SQS requests grew: {}", telegram.sqs_requests);
     // Busy, the event source's receives and deletes are shared by the chats of a batch.
     assert!(records >= 5.0, "batches of {records:.1} records");
     assert!(busy.dollars < telegram.dollars, "busy ${} against ${}", busy.dollars, telegram.dollars);

@@ -557,14 +557,15 @@ async fn timers_cost_no_outbox_writes_on_aws() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timer_moved_later_rides_on_the_message_already_on_its_way() {
     let clock = Arc::new(ManualClock::new(wall_now()));
-    let hub = hub_with(clock.clone(), None, |a| a.policy.session_timeout_secs = 2).await;
+    // 5 s: the first message stays delayed (on the wall clock) while the test runs its steps.
+    let hub = hub_with(clock.clone(), None, |a| a.policy.session_timeout_secs = 5).await;
     let mut w = handed_off(&hub).await;
     let conv = desk_conversation(&hub);
     let delayed = || delayed_timers(&hub);
     let key = w.key();
     let armed = || async { hub.aws.store.load_session(&key).await.unwrap().unwrap().session.timer };
 
-    // The human's first message arms the timeout, due in 2 s: a message is sent for it.
+    // The human's first message arms the timeout, due in 5 s: a message is sent for it.
     let before = delayed().await;
     assert_eq!(hub.desk_reply(&conv, "Hello, Ana here.", Some("msg_1")).await.status, 200);
     run_worker(&hub).await;
@@ -573,7 +574,7 @@ async fn a_timer_moved_later_rides_on_the_message_already_on_its_way() {
     run_worker(&hub).await;
     assert_eq!(armed().await, None, "the user's reply disarmed it");
 
-    // A second later the human writes again: the timer is armed anew, due in 2 s, and
+    // A second later the human writes again: the timer is armed anew, due in 5 s, and
     // rides on the first message, which comes back before it.
     clock.advance_secs(1);
     assert_eq!(hub.desk_reply(&conv, "Let me check.", Some("msg_2")).await.status, 200);
@@ -583,10 +584,10 @@ async fn a_timer_moved_later_rides_on_the_message_already_on_its_way() {
 
     // The first message comes back (its SQS delay runs on the wall clock) when the new
     // timer is due: it fires as the new timer, once.
-    clock.advance_secs(2);
+    clock.advance_secs(5);
     let started = std::time::Instant::now();
     while run_timers(&hub).await == 0 {
-        assert!(started.elapsed() < Duration::from_secs(6), "the timer message never came back");
+        assert!(started.elapsed() < Duration::from_secs(10), "the timer message never came back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let fired = receive(&hub.sqs, &hub.queues.events).await;
