@@ -124,6 +124,10 @@ const OUTBOUND_TIMEOUT: Duration = Duration::from_secs(15);
 /// Concurrent conversations being worked on at once.
 const WORKERS: usize = 64;
 
+/// Events are applied at ingress only while fewer conversations than this are being
+/// worked on (see [`Dispatcher::apply_if_idle`]).
+const APPLY_AT_INGRESS_BELOW: usize = 8;
+
 pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
     if let Some(dir) = opts.data.parent() {
         if !dir.as_os_str().is_empty() {
@@ -430,16 +434,17 @@ impl Dispatcher {
     /// Apply `event` now, on the caller's task, when its conversation is idle: no task is
     /// at work on it and none of its events is queued (they would go first); true once its
     /// commit (or its finding that it is a duplicate) is durable. A conversation task then
-    /// runs its effects. False: the caller queues it (the conversation is busy, the
-    /// workers have a backlog, or the step failed).
+    /// runs its effects. False: the caller queues it (the conversation is busy, the hub is
+    /// busy, or the step failed).
     ///
-    /// With a backlog (every worker slot taken), events are queued: a step at ingress would
-    /// then wait for the database behind the workers' writes, and the acknowledgement with
-    /// it, while queueing one costs a small insert.
+    /// Only at light load (fewer than `APPLY_AT_INGRESS_BELOW` conversations at work): near
+    /// the machine's limit, steps at ingress compete with the workers' for the cores and the
+    /// database, and in minute-long runs at 3,000 events/s the hub relayed less with them
+    /// (BENCHMARKS.md); a queued event costs a small insert there.
     pub async fn apply_if_idle(self: &Arc<Self>, event: &Event) -> bool {
         {
             let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-            if busy.len() >= WORKERS || busy.contains_key(&event.conversation) {
+            if busy.len() >= APPLY_AT_INGRESS_BELOW || busy.contains_key(&event.conversation) {
                 return false;
             }
             busy.insert(event.conversation.clone(), false);
