@@ -30,6 +30,17 @@ async fn put_parameter(name: &str, value: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_telegram_update_is_verified_queued_and_answered() {
+    telegram_update_round_trip(false).await;
+}
+
+/// The same webhook at channel-webhook's own function URL (template parameter
+/// `FunctionUrls`): every path reaches the function, which serves only its own routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telegram_update_through_the_function_url_is_verified_queued_and_answered() {
+    telegram_update_round_trip(true).await;
+}
+
+async fn telegram_update_round_trip(function_url: bool) {
     let tg = FakeTelegram::start(BOT_TOKEN).await;
     let prefix = format!("/baton/{}", baton_tests::moto::unique_name("tg"));
     put_parameter(&format!("{prefix}/token"), BOT_TOKEN).await;
@@ -47,13 +58,22 @@ async fn a_telegram_update_is_verified_queued_and_answered() {
     .await;
     let update = text_update(1, 42, "How long does shipping take?");
     let bad = ApiRequest::new("POST", "/channels/telegram/shop")
+        .through_function_url(function_url)
         .header("X-Telegram-Bot-Api-Secret-Token", "wrong")
         .json(&update)
         .send(&hub.channel_api)
         .await;
     assert_eq!(bad.status, 401, "{bad:?}");
+    // Another function's route is not served here, whatever path reaches the function.
+    let elsewhere = ApiRequest::new("POST", "/api/widget/shop/session")
+        .through_function_url(function_url)
+        .json(&serde_json::json!({}))
+        .send(&hub.channel_api)
+        .await;
+    assert_eq!((elsewhere.status, &elsewhere.body["error"]["code"]), (404, &serde_json::json!("not_found")));
     for _ in 0..2 {
         let r = ApiRequest::new("POST", "/channels/telegram/shop")
+            .through_function_url(function_url)
             .header("X-Telegram-Bot-Api-Secret-Token", HOOK_SECRET)
             .json(&update)
             .send(&hub.channel_api)

@@ -151,6 +151,10 @@ struct Metered {
     /// by the sum.
     longest_timer: Duration,
     last_worker_run: Instant,
+    /// The HTTP functions are called at their Lambda function URLs (template parameter
+    /// `FunctionUrls`) instead of through the HTTP API: no API Gateway request or access log
+    /// line is billed (a function URL costs only the invocation).
+    function_urls: bool,
 }
 
 impl Metered {
@@ -215,7 +219,16 @@ impl Metered {
         logs.lines.store(0, Ordering::Relaxed);
         let longest_timer = Duration::from_secs(wait.max(session));
         let last_worker_run = Instant::now();
-        Metered { hub, meter, ledger: Ledger::default(), logs, telegram, longest_timer, last_worker_run }
+        Metered {
+            hub,
+            meter,
+            ledger: Ledger::default(),
+            logs,
+            telegram,
+            longest_timer,
+            last_worker_run,
+            function_urls: false,
+        }
     }
 
     async fn api(&mut self, function: &'static str, req: ApiRequest<'_>) -> common::Reply {
@@ -227,8 +240,11 @@ impl Metered {
         let method = req.method;
         let route = format!("{method} {}", req.path.split('?').next().unwrap_or_default());
         let (started, calls) = (Instant::now(), self.meter.call_count());
-        let reply = req.send(router).await;
+        let reply = req.through_function_url(self.function_urls).send(router).await;
         self.invoked(function, started, calls);
+        if self.function_urls {
+            return reply;
+        }
         self.ledger.api_requests += 1;
         let response_bytes = if reply.body.is_null() { 0 } else { reply.body.to_string().len() };
         self.ledger.access_log_bytes +=
@@ -646,6 +662,13 @@ async fn the_bill_of_a_typical_conversation_does_not_grow() {
     telegram_chats(&mut m, &[42]).await;
     let telegram = m.bill("Telegram conversation (32 inbound events, no polling)", 0);
 
+    // ---- Telegram at channel-webhook's function URL (FunctionUrls=true): the same calls
+    // but API Gateway's requests and access log.
+    let mut m = Metered::start(logs.clone(), None).await;
+    m.function_urls = true;
+    telegram_chats(&mut m, &[42]).await;
+    let telegram_url = m.bill("Telegram conversation at the function URL (32 inbound events)", 0);
+
     // ---- Widget: the same conversation, polling on the widget's schedule.
     let mut m = Metered::start(logs.clone(), None).await;
     let mut w = start_widget(&mut m).await;
@@ -672,23 +695,46 @@ async fn the_bill_of_a_typical_conversation_does_not_grow() {
     m.ledger.socket_minutes = (TIMELINE_SECS / 60.0).ceil();
     let pushed = m.bill("Web widget conversation (32 inbound events, WebSocket pushes)", polls);
 
+    // ---- The same with widget-api at its function URL (the socket stays API Gateway's).
+    let mut m = Metered::start(logs.clone(), Some(sockets.url())).await;
+    m.function_urls = true;
+    let mut w = start_widget(&mut m).await;
+    let connection = "L0SM9cOFvHcCIhx=";
+    m.connect(connection, &w.token.clone()).await;
+    sockets.open(connection);
+    let before = sockets.pushes().len();
+    let mut polls = do_polls(&mut m, &mut w, 1).await;
+    polls += widget_conversation(&mut m, &mut w, |_, _| 0).await;
+    polls += do_polls(&mut m, &mut w, (TIMELINE_SECS / 60.0) as usize).await;
+    m.ledger.socket_messages += sockets.pushes().len() - before;
+    m.ledger.socket_minutes = (TIMELINE_SECS / 60.0).ceil();
+    let pushed_url = m.bill("Web widget conversation at widget-api's function URL (WebSocket pushes)", polls);
+
     // ---- Telegram, busy: the same conversation in BUSY chats at once, each step taken by
     // every chat before the event source drains the queue, so batches hold one record per
     // chat (at least a few conversations a second: the event source then finds several
     // records per receive). The run takes longer than one conversation, so its timers are
     // longer: they must not fire in the middle, as they would not in a real conversation.
-    let mut m = Metered::start_with(logs, None, (10, 20)).await;
+    let mut m = Metered::start_with(logs.clone(), None, (10, 20)).await;
     let busy = busy_telegram(&mut m).await;
     let records = busy_records(&m);
     println!("\n(busy run: {BUSY} chats at once, {records:.1} records per conversation-worker batch)");
+    let mut m = Metered::start_with(logs.clone(), None, (10, 20)).await;
+    m.function_urls = true;
+    let busy_url = busy_telegram(&mut m).await;
 
     println!(
-        "\nTelegram: ${:.4} per 1,000 conversations ({BUSY} at once: ${:.4}); widget polling: ${:.4}; \
-         widget with WebSocket pushes: ${:.4}; target ${TARGET_PER_1000}",
+        "\nTelegram: ${:.4} per 1,000 conversations ({BUSY} at once: ${:.4}; at the function URL: ${:.4}, \
+         {BUSY} at once: ${:.4}); \
+         widget polling: ${:.4}; widget with WebSocket pushes: ${:.4} (at the function URL: ${:.4}); \
+         target ${TARGET_PER_1000}",
         telegram.dollars * 1000.0,
         busy.dollars * 1000.0,
+        telegram_url.dollars * 1000.0,
+        busy_url.dollars * 1000.0,
         widget.dollars * 1000.0,
-        pushed.dollars * 1000.0
+        pushed.dollars * 1000.0,
+        pushed_url.dollars * 1000.0
     );
     // The floor of this shape (queue-buffered, stateful, exactly once): per inbound event one
     // API request, an ingress and a worker invocation, a send, a receive and a delete on the
@@ -735,6 +781,29 @@ async fn the_bill_of_a_typical_conversation_does_not_grow() {
     assert!(records >= 5.0, "batches of {records:.1} records");
     assert!(busy.dollars < telegram.dollars, "busy ${} against ${}", busy.dollars, telegram.dollars);
     assert_eq!(busy.api_requests, INBOUND_EVENTS);
+    // At the function URL only API Gateway's part goes: its requests and access log lines.
+    assert_eq!(telegram_url.api_requests, 0, "no API Gateway request at the function URL");
+    let api_part = INBOUND_EVENTS as f64 * price::API_REQUEST;
+    assert_eq!(busy_url.api_requests, 0, "no API Gateway request at the function URL");
+    assert!(
+        busy_url.dollars < busy.dollars,
+        "busy at the function URL ${} against ${}",
+        busy_url.dollars,
+        busy.dollars
+    );
+    assert_eq!(pushed_url.api_requests, 0, "no API Gateway request at widget-api's function URL");
+    assert!(
+        pushed_url.dollars < pushed.dollars,
+        "widget at the function URL ${} against ${}",
+        pushed_url.dollars,
+        pushed.dollars
+    );
+    assert!(
+        telegram_url.dollars < telegram.dollars - 0.9 * api_part,
+        "at the function URL ${} against ${} through the HTTP API",
+        telegram_url.dollars,
+        telegram.dollars
+    );
 }
 
 /// Chats in the busy run.
@@ -744,7 +813,8 @@ const BUSY: usize = 10;
 async fn busy_telegram(m: &mut Metered) -> Bill {
     let chats: Vec<i64> = (0..BUSY as i64).map(|i| 1000 + i).collect();
     telegram_chats(m, &chats).await;
-    m.bill_of(&format!("Telegram conversation, {BUSY} chats at once (per conversation)"), 0, BUSY)
+    let at = if m.function_urls { " at the function URL" } else { "" };
+    m.bill_of(&format!("Telegram conversation, {BUSY} chats at once{at} (per conversation)"), 0, BUSY)
 }
 
 /// The typical conversation in each of `chats` at once: every chat takes each step, then the

@@ -182,3 +182,63 @@ async fn the_rate_limit_is_per_api_gateway_source_ip() {
     assert!(limited, "one address is rate limited");
     assert_eq!(session("203.0.113.2").await.status, 200, "another address is not");
 }
+
+/// widget-api at its own function URL (template parameter `FunctionUrls`): no API Gateway
+/// in front answers the browser's preflight, so the function does, and the rate limit keys
+/// on the caller's address from the function URL's request context.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_widget_api_answers_preflights_and_limits_per_address_at_its_function_url() {
+    let hub = hub(|a| a.widget.allowed_origins = vec!["https://shop.example".into()]).await;
+    let preflight = |origin: &'static str| {
+        ApiRequest::new("OPTIONS", "/api/widget/shop/messages")
+            .through_function_url(true)
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .send(&hub.widget_api)
+    };
+    let ok = preflight("https://shop.example").await;
+    assert_eq!(ok.status, 204, "{ok:?}");
+    assert_eq!(ok.headers["access-control-allow-origin"], "https://shop.example", "{ok:?}");
+    assert!(ok.headers["access-control-allow-methods"].as_str().unwrap_or_default().contains("POST"), "{ok:?}");
+    assert_eq!(preflight("https://elsewhere.example").await.status, 403);
+
+    let session = |ip: &'static str| {
+        ApiRequest::new("POST", "/api/widget/shop/session")
+            .through_function_url(true)
+            .source_ip(ip)
+            .json(&json!({}))
+            .send(&hub.widget_api)
+    };
+    let first = session("198.51.100.1").await;
+    assert_eq!(first.status, 200, "{first:?}");
+    let mut limited = false;
+    for _ in 0..200 {
+        let r = session("198.51.100.1").await;
+        if r.status == 429 {
+            limited = true;
+            break;
+        }
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert!(limited, "one address is rate limited");
+    assert_eq!(session("198.51.100.2").await.status, 200, "another address is not");
+    // The widget's conversation works at that URL: a message is accepted and queued.
+    let token = first.body["token"].as_str().expect("a conversation token");
+    let sent = ApiRequest::new("POST", "/api/widget/shop/messages")
+        .through_function_url(true)
+        .source_ip("198.51.100.3")
+        .bearer(token)
+        .json(&json!({"text": "How long does shipping take?", "client_id": "c1"}))
+        .send(&hub.widget_api)
+        .await;
+    assert_eq!(sent.status, 202, "{sent:?}");
+    run_worker(&hub).await;
+    let poll = ApiRequest::new("GET", "/api/widget/shop/messages?after=0")
+        .through_function_url(true)
+        .source_ip("198.51.100.3")
+        .bearer(token)
+        .send(&hub.widget_api)
+        .await;
+    assert_eq!(poll.status, 200, "{poll:?}");
+    assert!(poll.body.to_string().contains(SHIPPING), "the bot's answer is there to poll: {poll:?}");
+}

@@ -27,6 +27,8 @@ pub const HOURS: &str = "We are open 9-17 on weekdays.";
 pub const SHIPPING: &str = "Shipping takes 2-4 days.";
 pub const ABROAD: &str = "We ship to all EU countries.";
 const HOST: &str = "abc123.execute-api.us-east-1.amazonaws.com";
+/// A Lambda function URL's host (`{url-id}.lambda-url.{region}.on.aws`).
+const FUNCTION_URL_HOST: &str = "u3ffnixqlzekqmcrwbhjpyx3gu0tnbcf.lambda-url.us-east-1.on.aws";
 const SOURCE_IP: &str = "198.51.100.7";
 
 pub fn shop_agent(desk_url: &str) -> Agent {
@@ -182,11 +184,23 @@ pub struct ApiRequest<'a> {
     pub base64: bool,
     /// The caller's address as API Gateway saw it (`requestContext.http.sourceIp`).
     pub source_ip: &'a str,
+    /// Sent to the function's Lambda function URL instead of through the HTTP API
+    /// (template parameter `FunctionUrls`): the same payload format 2.0, with the URL's host
+    /// and its catch-all route key.
+    pub function_url: bool,
 }
 
 impl<'a> ApiRequest<'a> {
     pub fn new(method: &'a str, path: &'a str) -> Self {
-        ApiRequest { method, path, headers: Vec::new(), body: None, base64: false, source_ip: SOURCE_IP }
+        ApiRequest {
+            method,
+            path,
+            headers: Vec::new(),
+            body: None,
+            base64: false,
+            source_ip: SOURCE_IP,
+            function_url: false,
+        }
     }
 
     pub fn source_ip(mut self, ip: &'a str) -> Self {
@@ -213,12 +227,18 @@ impl<'a> ApiRequest<'a> {
         self
     }
 
+    pub fn through_function_url(mut self, yes: bool) -> Self {
+        self.function_url = yes;
+        self
+    }
+
     /// The API Gateway v2 (payload format 2.0) event of this request.
     pub fn event(&self) -> Value {
         static N: AtomicU64 = AtomicU64::new(0);
         let (raw_path, query) = self.path.split_once('?').unwrap_or((self.path, ""));
+        let host = if self.function_url { FUNCTION_URL_HOST } else { HOST };
         let mut headers = json!({
-            "host": HOST,
+            "host": host,
             "user-agent": "baton-lambda-tests",
             "accept": "*/*",
             "x-forwarded-for": self.source_ip,
@@ -231,7 +251,9 @@ impl<'a> ApiRequest<'a> {
         for (k, v) in &self.headers {
             headers[k.as_str()] = json!(v);
         }
-        let route_key = format!("{} {raw_path}", self.method);
+        // A function URL has one catch-all route; API Gateway names the route it matched.
+        let route_key = if self.function_url { "$default".to_string() } else { format!("{} {raw_path}", self.method) };
+        let api_id = host.split('.').next().unwrap_or(host);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
         let mut event = json!({
             "version": "2.0",
@@ -241,9 +263,9 @@ impl<'a> ApiRequest<'a> {
             "headers": headers,
             "requestContext": {
                 "accountId": "123456789012",
-                "apiId": "abc123",
-                "domainName": HOST,
-                "domainPrefix": "abc123",
+                "apiId": api_id,
+                "domainName": host,
+                "domainPrefix": api_id,
                 "http": {
                     "method": self.method,
                     "path": raw_path,
