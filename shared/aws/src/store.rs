@@ -7,8 +7,8 @@
 
 use crate::describe_sdk_error;
 use crate::outbox::{
-    effect_attrs, entry_size, fits_inline, inline_load, inline_name, is_inline, item_sk, may_have_items, Claim, Loaded,
-    LoadedSessions, DRAIN_BY, DRAIN_UNTIL, INLINE_ONLY, SPILLED,
+    effect_attrs, entry_size, fits_inline, inline_attrs, inline_load, inline_name, is_inline, item_sk, may_have_items,
+    Claim, Loaded, LoadedSessions, DRAIN_BY, DRAIN_UNTIL, INLINE_ONLY, SPILLED,
 };
 use crate::table::{
     agent_pk, conv_pk, key_part, parse_conv_pk, shard_of, DUE_AT, DUE_GEN, DUE_INDEX, DUE_SHARD, EXPIRES_AT, OBX_DUE,
@@ -242,6 +242,17 @@ fn decode_doc_as<T: DeserializeOwned>(
     schema: u32,
     known_schema: u32,
 ) -> Result<T, StoreError> {
+    decode_field_as(item, "doc", what, schema, known_schema)
+}
+
+/// A document (JSON, or its raw deflate) in the attribute `field`, of the given schema.
+pub(crate) fn decode_field_as<T: DeserializeOwned>(
+    item: &Item,
+    field: &str,
+    what: &str,
+    schema: u32,
+    known_schema: u32,
+) -> Result<T, StoreError> {
     if schema > known_schema {
         return Err(StoreError::Corrupt {
             key: what.to_string(),
@@ -250,14 +261,14 @@ fn decode_doc_as<T: DeserializeOwned>(
     }
     let corrupt = |message: String| StoreError::Corrupt { key: what.to_string(), message };
     let inflated;
-    let json: &[u8] = match item.get("doc") {
+    let json: &[u8] = match item.get(field) {
         Some(AttributeValue::S(json)) => json.as_bytes(),
         Some(AttributeValue::B(deflated)) => {
             inflated = miniz_oxide::inflate::decompress_to_vec_with_limit(deflated.as_ref(), MAX_INFLATED_DOC)
-                .map_err(|e| corrupt(format!("attribute doc does not inflate: {:?}", e.status)))?;
+                .map_err(|e| corrupt(format!("attribute {field} does not inflate: {:?}", e.status)))?;
             &inflated
         }
-        _ => return Err(corrupt("attribute doc is missing or not a string or binary".into())),
+        _ => return Err(corrupt(format!("attribute {field} is missing or not a string or binary"))),
     };
     serde_json::from_slice(json)
         .map_err(|e| corrupt(format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column())))
@@ -267,8 +278,9 @@ fn decode_doc_as<T: DeserializeOwned>(
 /// and the item may hold inline effects. Earlier builds read `schema` as the document's and
 /// replace the whole item when they commit, so they refuse this one rather than drop its
 /// effects (a worker of the previous build still running during a deploy fails the event,
-/// which comes back to the new build).
-const SESSION_ITEM_SCHEMA: u32 = 2;
+/// which comes back to the new build). Layout 3 writes inline effects in their compact form
+/// (`outbox.rs`), which layout 2 would not see; it still reads layout 2's.
+const SESSION_ITEM_SCHEMA: u32 = 3;
 const DOC_SCHEMA: &str = "doc_schema";
 
 fn decode_session(item: &Item, pk: &str) -> Result<baton_core::Session, StoreError> {
@@ -1034,7 +1046,7 @@ impl Store for DynamoStore {
             .effects
             .iter()
             .zip(seqs)
-            .map(|(effect, seq)| Ok((seq, effect, effect_attrs(effect, at)?)))
+            .map(|(effect, seq)| Ok((seq, effect, inline_attrs(effect, at)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
         let bytes = effects.iter().map(|(seq, _, attrs)| entry_size(&inline_name(*seq), attrs)).sum();
         let loaded = self.loaded_at(&conv, expected);
@@ -1046,7 +1058,8 @@ impl Store for DynamoStore {
         update.set("doc", encode_deflated(&commit.session)?);
         update.set("schema", n(SESSION_ITEM_SCHEMA));
         update.set(DOC_SCHEMA, n(SESSION_SCHEMA));
-        update.set("updated_at", n(commit.session.updated_at.0));
+        // In the document already; earlier builds kept a copy here, which nothing read.
+        update.remove("updated_at");
         update.set(LAST_EVENT, s(commit.event_id.as_str()));
         // The agent's retention, counted from this event (TTL deletes an idle conversation).
         update.set(EXPIRES_AT, n(ttl(commit.keep_until)));
@@ -1110,7 +1123,7 @@ impl Store for DynamoStore {
                 update.set(&inline_name(seq), AttributeValue::M(attrs));
             } else {
                 let mut item = key_of(conv.as_str(), item_sk(seq, &effect.id));
-                item.extend(attrs);
+                item.extend(effect_attrs(effect, at)?);
                 items.push(self.put(item)?);
             }
         }

@@ -118,7 +118,7 @@ async fn sessions_due_reads_the_sparse_index() {
     assert_eq!(number(&item, "due_at"), 1000);
     assert_eq!(number(&item, "version"), 1);
     // The item's layout, with the document's own schema beside it.
-    assert_eq!(number(&item, "schema"), 2);
+    assert_eq!(number(&item, "schema"), 3);
     assert_eq!(number(&item, "doc_schema"), 1);
 
     // Disarming leaves the index key (a timer armed again soon needs no index write) and
@@ -603,7 +603,7 @@ fn ids(items: &[baton_core::ports::OutboxItem]) -> Vec<&str> {
 /// Attribute names of the session item that hold inline effects.
 async fn inline_names(store: &DynamoStore, k: &ConversationKey) -> Vec<String> {
     let item = raw_item(store, &format!("CONV#{k}"), "SESSION").await.unwrap();
-    let mut names: Vec<String> = item.keys().filter(|n| n.starts_with("ob#")).cloned().collect();
+    let mut names: Vec<String> = item.keys().filter(|n| n.starts_with("e#") || n.starts_with("ob#")).cloned().collect();
     names.sort();
     names
 }
@@ -620,10 +620,10 @@ async fn effects_live_on_the_session_item_until_they_would_make_it_large() {
     c.effects = vec![say("e1", 0, "one"), say("e1", 1, "two")];
     store.commit(c).await.unwrap();
     // On the session item, written by the commit's one UpdateItem: no outbox items.
-    assert_eq!(inline_names(&store, &k).await, ["ob#00000000000000001000", "ob#00000000000000001001"]);
+    assert_eq!(inline_names(&store, &k).await, ["e#1000", "e#1001"]);
     assert_eq!(outbox_item_count(&store, &k).await, 0);
     store.complete_effect(&k, "e1/0", trace(2, "e1/0"), Millis(i64::MAX)).await.unwrap();
-    assert_eq!(inline_names(&store, &k).await, ["ob#00000000000000001001"]);
+    assert_eq!(inline_names(&store, &k).await, ["e#1001"]);
 
     // An effect too large for the session item gets an item of its own (in one transaction
     // with the session), and the session says so.
@@ -644,7 +644,7 @@ async fn effects_live_on_the_session_item_until_they_would_make_it_large() {
     let mut c = commit(&k, 3, "e4", None, 5);
     c.effects = vec![say("e4", 0, "four")];
     other.commit(c).await.unwrap();
-    assert_eq!(inline_names(&store, &k).await, ["ob#00000000000000001001", "ob#00000000000000003000"]);
+    assert_eq!(inline_names(&store, &k).await, ["e#1001", "e#3000"]);
     assert_eq!(outbox_item_count(&store, &k).await, 2);
     // Both kinds are one outbox, in commit order.
     let pending = store.pending_effects(&k).await.unwrap();
@@ -708,13 +708,70 @@ async fn a_session_of_an_earlier_build_keeps_its_outbox_items_and_takes_inline_e
     let mut c = commit(&k, 1, "e2", None, 2);
     c.effects = vec![say("e2", 0, "now")];
     store.commit(c).await.unwrap();
-    assert_eq!(inline_names(&store, &k).await, ["ob#00000000000000002000"]);
+    assert_eq!(inline_names(&store, &k).await, ["e#2000"]);
     let item = raw_item(&store, &pk, "SESSION").await.unwrap();
-    assert_eq!((number(&item, "schema"), number(&item, "doc_schema")), (2, 1));
+    assert_eq!((number(&item, "schema"), number(&item, "doc_schema")), (3, 1));
     assert_eq!(ids(&store.pending_effects(&k).await.unwrap()), ["e1/0", "e2/0"]);
     store.complete_effect(&k, "e1/0", trace(3, "e1/0"), Millis(i64::MAX)).await.unwrap();
     assert_eq!(outbox_item_count(&store, &k).await, 0);
     assert_eq!(ids(&store.pending_effects(&k).await.unwrap()), ["e2/0"]);
+}
+
+/// A commit's inline effect is short: its deflated document and its due time (what a
+/// failure adds is its attempts), so a commit with an effect stays under 1 KB. Entries of
+/// layout 2 (`ob#{seq:020}`, with the effect's id, schema, attempts and time spelt out) are
+/// read, deferred and completed in order with the new ones.
+#[tokio::test]
+async fn inline_effects_are_compact_and_layout_two_entries_still_run() {
+    let store = common::store().await;
+    let k = key("compact");
+    let pk = format!("CONV#{k}");
+    let mut c = commit(&k, 0, "e1", None, 100);
+    c.effects = vec![say("e1", 0, "Shipping takes 2-3 working days within the country.")];
+    store.commit(c).await.unwrap();
+    // As layout 2 wrote an inline effect, next to the new one (sequence 500 sorts first).
+    let old = serde_json::to_string(&say("e0", 0, "from layout 2")).unwrap();
+    let entry = AttributeValue::M(
+        [
+            ("effect_id", AttributeValue::S("e0/0".into())),
+            ("doc", AttributeValue::S(old)),
+            ("schema", AttributeValue::N("1".into())),
+            ("attempts", AttributeValue::N("0".into())),
+            ("next_attempt_at", AttributeValue::N("50".into())),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect(),
+    );
+    set_on_session(&store, &k, vec![("ob#00000000000000000500", entry)]).await;
+
+    let item = raw_item(&store, &pk, "SESSION").await.unwrap();
+    let AttributeValue::M(new) = &item["e#1000"] else { panic!("a map: {:?}", item["e#1000"]) };
+    let mut fields: Vec<&str> = new.keys().map(String::as_str).collect();
+    fields.sort();
+    assert_eq!(fields, ["d", "t"]);
+    assert!(!item.contains_key("updated_at"), "the document has it");
+    let pending = store.pending_effects(&k).await.unwrap();
+    assert_eq!(ids(&pending), ["e0/0", "e1/0"]);
+    assert_eq!((pending[0].attempts, pending[0].next_attempt_at), (0, Millis(50)));
+    assert_eq!((pending[1].attempts, pending[1].next_attempt_at), (0, Millis(100)));
+
+    // Each kind is deferred with its own field names.
+    store.defer_effect(&k, "e0/0", 1, Millis(5000), trace(101, "e0/0"), Millis(i64::MAX)).await.unwrap();
+    store.defer_effect(&k, "e1/0", 2, Millis(6000), trace(102, "e1/0"), Millis(i64::MAX)).await.unwrap();
+    let pending = store.pending_effects(&k).await.unwrap();
+    assert_eq!((pending[0].attempts, pending[0].next_attempt_at), (1, Millis(5000)));
+    assert_eq!((pending[1].attempts, pending[1].next_attempt_at), (2, Millis(6000)));
+    let item = raw_item(&store, &pk, "SESSION").await.unwrap();
+    let AttributeValue::M(new) = &item["e#1000"] else { panic!() };
+    let mut fields: Vec<&str> = new.keys().map(String::as_str).collect();
+    fields.sort();
+    assert_eq!(fields, ["a", "d", "t"]);
+
+    store.complete_effect(&k, "e0/0", trace(103, "e0/0"), Millis(i64::MAX)).await.unwrap();
+    store.complete_effect(&k, "e1/0", trace(104, "e1/0"), Millis(i64::MAX)).await.unwrap();
+    assert!(store.pending_effects(&k).await.unwrap().is_empty());
+    assert!(inline_names(&store, &k).await.is_empty());
 }
 
 #[tokio::test]
@@ -722,9 +779,9 @@ async fn a_session_item_of_a_later_layout_is_refused() {
     let store = common::store().await;
     let k = key("later");
     store.commit(commit(&k, 0, "e1", None, 1)).await.unwrap();
-    set_on_session(&store, &k, vec![("schema", AttributeValue::N("3".into()))]).await;
+    set_on_session(&store, &k, vec![("schema", AttributeValue::N("4".into()))]).await;
     match store.load_session(&k).await {
-        Err(StoreError::Corrupt { message, .. }) => assert!(message.contains("layout 3"), "{message}"),
+        Err(StoreError::Corrupt { message, .. }) => assert!(message.contains("layout 4"), "{message}"),
         other => panic!("expected Corrupt, got {other:?}"),
     }
 }
@@ -821,7 +878,7 @@ async fn the_release_completes_the_drains_last_effect_in_the_same_write() {
     assert!(DrainLeases::release(&store, &k, &held, Some(done("e1/1", at + 3))).await.unwrap().is_empty());
     let item = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
     assert!(!item.contains_key("drain_by"), "released");
-    assert!(!item.keys().any(|name| name.starts_with("ob#")), "completed: {:?}", item.keys());
+    assert!(!item.keys().any(|name| name.starts_with("e#")), "completed: {:?}", item.keys());
     let lines: Vec<String> = store.trace(&k).await.unwrap().into_iter().map(|t| t.id).collect();
     assert_eq!(lines.iter().filter(|id| id.starts_with("e1/")).collect::<Vec<_>>(), ["e1/0", "e1/1"]);
 
