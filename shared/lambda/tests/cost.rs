@@ -675,40 +675,11 @@ async fn the_bill_of_a_typical_conversation_does_not_grow() {
     let polls = widget_conversation(&mut m, &mut w, polls_in_gap).await;
     let widget = m.bill("Web widget conversation (32 inbound events, polling)", polls);
 
-    // ---- Widget with the WebSocket API: every message pushed, polling behind the socket
-    // (once when it opens, then every 60 s over the timeline; no reconnect: the conversation
-    // is shorter than API Gateway's 10 idle minutes between messages and its 2-hour limit).
+    // ---- Widget with the WebSocket API: every message pushed, polling behind the socket;
+    // then the same with widget-api at its function URL (the socket stays API Gateway's).
     let sockets = FakeSocketApi::start("test", "test", "us-east-1").await;
-    let mut m = Metered::start(logs.clone(), Some(sockets.url())).await;
-    let mut w = start_widget(&mut m).await;
-    let connection = "L0SM9cOFvHcCIhw=";
-    m.connect(connection, &w.token.clone()).await;
-    sockets.open(connection);
-    let mut polls = do_polls(&mut m, &mut w, 1).await;
-    polls += widget_conversation(&mut m, &mut w, |_, _| 0).await;
-    polls += do_polls(&mut m, &mut w, (TIMELINE_SECS / 60.0) as usize).await;
-    // Every message logged for the widget was pushed, once.
-    let logged = m.hub.aws.store.after(&widget_key(&w.token), 0, 1000).await.expect("the widget's log");
-    assert_eq!(sockets.pushes().len(), logged.len(), "one push per logged message");
-    assert!(sockets.bad_signatures().is_empty(), "{:?}", sockets.bad_signatures());
-    m.ledger.socket_messages += sockets.pushes().len();
-    m.ledger.socket_minutes = (TIMELINE_SECS / 60.0).ceil();
-    let pushed = m.bill("Web widget conversation (32 inbound events, WebSocket pushes)", polls);
-
-    // ---- The same with widget-api at its function URL (the socket stays API Gateway's).
-    let mut m = Metered::start(logs.clone(), Some(sockets.url())).await;
-    m.function_urls = true;
-    let mut w = start_widget(&mut m).await;
-    let connection = "L0SM9cOFvHcCIhx=";
-    m.connect(connection, &w.token.clone()).await;
-    sockets.open(connection);
-    let before = sockets.pushes().len();
-    let mut polls = do_polls(&mut m, &mut w, 1).await;
-    polls += widget_conversation(&mut m, &mut w, |_, _| 0).await;
-    polls += do_polls(&mut m, &mut w, (TIMELINE_SECS / 60.0) as usize).await;
-    m.ledger.socket_messages += sockets.pushes().len() - before;
-    m.ledger.socket_minutes = (TIMELINE_SECS / 60.0).ceil();
-    let pushed_url = m.bill("Web widget conversation at widget-api's function URL (WebSocket pushes)", polls);
+    let pushed = socket_widget(&logs, &sockets, "L0SM9cOFvHcCIhw=", false).await;
+    let pushed_url = socket_widget(&logs, &sockets, "L0SM9cOFvHcCIhx=", true).await;
 
     // ---- Telegram, busy: the same conversation in BUSY chats at once, each step taken by
     // every chat before the event source drains the queue, so batches hold one record per
@@ -783,28 +754,43 @@ async fn the_bill_of_a_typical_conversation_does_not_grow() {
     assert!(busy.dollars < telegram.dollars, "busy ${} against ${}", busy.dollars, telegram.dollars);
     assert_eq!(busy.api_requests, INBOUND_EVENTS);
     // At the function URL only API Gateway's part goes: its requests and access log lines.
-    assert_eq!(telegram_url.api_requests, 0, "no API Gateway request at the function URL");
+    for (run, at_url, through_api) in
+        [("Telegram", &telegram_url, &telegram), ("busy", &busy_url, &busy), ("widget", &pushed_url, &pushed)]
+    {
+        assert_eq!(at_url.api_requests, 0, "{run}: no API Gateway request at the function URL");
+        assert!(
+            at_url.dollars < through_api.dollars,
+            "{run}: ${} at the function URL against ${} through the HTTP API",
+            at_url.dollars,
+            through_api.dollars
+        );
+    }
     let api_part = INBOUND_EVENTS as f64 * price::API_REQUEST;
-    assert_eq!(busy_url.api_requests, 0, "no API Gateway request at the function URL");
-    assert!(
-        busy_url.dollars < busy.dollars,
-        "busy at the function URL ${} against ${}",
-        busy_url.dollars,
-        busy.dollars
-    );
-    assert_eq!(pushed_url.api_requests, 0, "no API Gateway request at widget-api's function URL");
-    assert!(
-        pushed_url.dollars < pushed.dollars,
-        "widget at the function URL ${} against ${}",
-        pushed_url.dollars,
-        pushed.dollars
-    );
-    assert!(
-        telegram_url.dollars < telegram.dollars - 0.9 * api_part,
-        "at the function URL ${} against ${} through the HTTP API",
-        telegram_url.dollars,
-        telegram.dollars
-    );
+    assert!(telegram_url.dollars < telegram.dollars - 0.9 * api_part, "Telegram saves its API requests");
+}
+
+/// The widget conversation over the stack's WebSocket API, on `connection`: every message
+/// pushed, the widget polling once when its socket opens and every 60 s over the timeline
+/// (no reconnect: the conversation is shorter than API Gateway's 10 idle minutes between
+/// messages and its 2-hour limit). Checks that every message logged was pushed, once.
+async fn socket_widget(logs: &LogMeter, sockets: &FakeSocketApi, connection: &str, function_urls: bool) -> Bill {
+    let mut m = Metered::start(logs.clone(), Some(sockets.url())).await;
+    m.function_urls = function_urls;
+    let mut w = start_widget(&mut m).await;
+    m.connect(connection, &w.token.clone()).await;
+    sockets.open(connection);
+    let before = sockets.pushes().len();
+    let mut polls = do_polls(&mut m, &mut w, 1).await;
+    polls += widget_conversation(&mut m, &mut w, |_, _| 0).await;
+    polls += do_polls(&mut m, &mut w, (TIMELINE_SECS / 60.0) as usize).await;
+    let logged = m.hub.aws.store.after(&widget_key(&w.token), 0, 1000).await.expect("the widget's log");
+    let pushes = sockets.pushes().len() - before;
+    assert_eq!(pushes, logged.len(), "one push per logged message");
+    assert!(sockets.bad_signatures().is_empty(), "{:?}", sockets.bad_signatures());
+    m.ledger.socket_messages += pushes;
+    m.ledger.socket_minutes = (TIMELINE_SECS / 60.0).ceil();
+    let at = if function_urls { " at widget-api's function URL" } else { "" };
+    m.bill(&format!("Web widget conversation{at} (32 inbound events, WebSocket pushes)"), polls)
 }
 
 /// Chats in the busy run.
