@@ -143,6 +143,10 @@ fn report(name: &str, mut delays: Vec<i64>) {
     );
 }
 
+/// The same allocator as `baton serve` (cli/src/main.rs): the hub runs in this process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     match Cli::parse().command {
