@@ -167,6 +167,9 @@ async fn forward(
         "sqs" => bill_sqs(&action, &request, body.len()),
         _ => (1, Billed::default()),
     };
+    if std::env::var_os("BATON_METER_LARGE_ITEMS").is_some() {
+        before.iter().zip(&after).for_each(|(old, new)| print_large_item(&action, old, new));
+    }
     let writes_by_kind = writes
         .iter()
         .zip(before.iter().zip(&after))
@@ -362,17 +365,14 @@ fn bill_dynamodb(
 /// of the larger image, doubled in a transaction.
 fn item_write_units(action: &str, old: &Value, new: &Value) -> f64 {
     let factor = if action == "TransactWriteItems" { 2.0 } else { 1.0 };
-    if std::env::var_os("BATON_METER_LARGE_ITEMS").is_some() {
-        print_large_item(action, old, new);
-    }
     factor * write_units(item_size(old).max(item_size(new)))
 }
 
-/// With `BATON_METER_LARGE_ITEMS` set, a write billed more than one unit prints the larger
-/// image's attributes by size (name and value), largest first: what took the item past 1 KB.
+/// With `BATON_METER_LARGE_ITEMS` set, each item written that bills more than one unit
+/// (once per write, as it is forwarded) prints the larger image's attributes by size (name and value), largest first: what took the item past 1 KB.
 fn print_large_item(action: &str, old: &Value, new: &Value) {
     let larger = if item_size(old) >= item_size(new) { old } else { new };
-    let Some(attrs) = larger.as_object().filter(|_| item_size(larger) > 1024) else { return };
+    let Some(attrs) = larger.as_object().filter(|_| write_units(item_size(larger)) > 1.0) else { return };
     let mut sizes: Vec<(&str, usize)> = attrs.iter().map(|(k, v)| (k.as_str(), k.len() + value_size(v))).collect();
     sizes.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
     eprintln!("large item: {action} {} -> {} bytes {sizes:?}", item_size(old), item_size(new));

@@ -170,17 +170,21 @@ async fn the_rate_limit_is_per_api_gateway_source_ip() {
     let session = |ip: &'static str| {
         ApiRequest::new("POST", "/api/widget/shop/session").source_ip(ip).json(&json!({})).send(&hub.widget_api)
     };
-    let mut limited = false;
+    assert!(rate_limited(|| session("203.0.113.1")).await, "one address is rate limited");
+    assert_eq!(session("203.0.113.2").await.status, 200, "another address is not");
+}
+
+/// Whether calls from one address, up to 200, reach the rate limit (429); every call before
+/// it is answered 200.
+async fn rate_limited<F: std::future::Future<Output = common::Reply>>(mut call: impl FnMut() -> F) -> bool {
     for _ in 0..200 {
-        let r = session("203.0.113.1").await;
+        let r = call().await;
         if r.status == 429 {
-            limited = true;
-            break;
+            return true;
         }
         assert_eq!(r.status, 200, "{r:?}");
     }
-    assert!(limited, "one address is rate limited");
-    assert_eq!(session("203.0.113.2").await.status, 200, "another address is not");
+    false
 }
 
 /// widget-api at its own function URL (template parameter `FunctionUrls`): no API Gateway
@@ -211,16 +215,7 @@ async fn the_widget_api_answers_preflights_and_limits_per_address_at_its_functio
     };
     let first = session("198.51.100.1").await;
     assert_eq!(first.status, 200, "{first:?}");
-    let mut limited = false;
-    for _ in 0..200 {
-        let r = session("198.51.100.1").await;
-        if r.status == 429 {
-            limited = true;
-            break;
-        }
-        assert_eq!(r.status, 200, "{r:?}");
-    }
-    assert!(limited, "one address is rate limited");
+    assert!(rate_limited(|| session("198.51.100.1")).await, "one address is rate limited");
     assert_eq!(session("198.51.100.2").await.status, 200, "another address is not");
     // The widget's conversation works at that URL: a message is accepted and queued.
     let token = first.body["token"].as_str().expect("a conversation token");
