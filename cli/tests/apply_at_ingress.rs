@@ -28,7 +28,7 @@ async fn an_idle_conversations_event_is_applied_before_its_acknowledgement_and_n
         assert_eq!(r.status(), 202);
         let event_id = r.json::<Value>().await.unwrap()["event_id"].as_str().unwrap().to_string();
         // Applied when acknowledged: seen, and in the session, with no wait.
-        assert!(hub.running.ports.store.is_seen(&event_id).await.unwrap(), "{event_id} not applied at its 202");
+        assert!(hub.running.ports.store.is_seen(&key, &event_id).await.unwrap(), "{event_id} not applied at its 202");
         let session = hub.running.ports.store.load_session(&key).await.unwrap().expect("a session");
         assert!(session.session.history.iter().any(|t| t.text == "What are your opening hours?"));
         w.wait_for("the FAQ answer", |m| m["from"] == "bot" && m["text"] == "We are open 9-17 on weekdays.").await;

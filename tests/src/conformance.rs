@@ -114,13 +114,13 @@ async fn trace_ids(store: &dyn Store, k: &ConversationKey) -> Vec<String> {
 pub async fn commit_versions_conflicts_and_seen(store: &dyn Store) {
     let k = key("u1");
     assert_eq!(store.load_session(&k).await.unwrap(), None);
-    assert!(!store.is_seen("e1").await.unwrap());
+    assert!(!store.is_seen(&k, "e1").await.unwrap());
     assert_eq!(store.commit(commit_of(&k, 0, "e1", &["a"])).await.unwrap(), CommitOutcome::Committed { version: 1 });
     let loaded = store.load_session(&k).await.unwrap().expect("stored");
     assert_eq!(loaded.version, 1);
     assert_eq!(loaded.session.updated_at, Millis(1000));
-    assert!(store.is_seen("e1").await.unwrap());
-    assert!(!store.is_seen("e2").await.unwrap());
+    assert!(store.is_seen(&k, "e1").await.unwrap());
+    assert!(!store.is_seen(&k, "e2").await.unwrap());
 
     // Stale version: a session exists, so expecting 0 (or 5) conflicts.
     assert_eq!(store.commit(commit_of(&k, 0, "e2", &["b"])).await.unwrap(), CommitOutcome::VersionConflict);
@@ -128,12 +128,9 @@ pub async fn commit_versions_conflicts_and_seen(store: &dyn Store) {
     // The seen check comes first, even with a wrong version.
     assert_eq!(store.commit(commit_of(&k, 7, "e1", &["c"])).await.unwrap(), CommitOutcome::AlreadySeen);
     assert_eq!(store.commit(commit_of(&k, 1, "e1", &["c"])).await.unwrap(), CommitOutcome::AlreadySeen);
-    // A seen id is global: the same event for another conversation is a duplicate too.
-    assert_eq!(store.commit(commit_of(&key("other"), 0, "e1", &["c"])).await.unwrap(), CommitOutcome::AlreadySeen);
-    assert_eq!(store.load_session(&key("other")).await.unwrap(), None);
     // Expecting a version for a session that was never stored conflicts.
     assert_eq!(store.commit(commit_of(&key("new"), 3, "e9", &["c"])).await.unwrap(), CommitOutcome::VersionConflict);
-    assert!(!store.is_seen("e9").await.unwrap());
+    assert!(!store.is_seen(&key("new"), "e9").await.unwrap());
     assert_eq!(store.commit(commit_of(&k, 1, "e2", &["b"])).await.unwrap(), CommitOutcome::Committed { version: 2 });
     let loaded = store.load_session(&k).await.unwrap().expect("stored");
     assert_eq!((loaded.version, loaded.session.unanswered), (2, 1));
@@ -151,7 +148,7 @@ pub async fn failed_commit_leaves_nothing_behind(store: &dyn Store) {
     c.effects[1].id = c.effects[0].id.clone();
     assert!(matches!(store.commit(c).await, Err(StoreError::Unavailable(_))));
     assert_eq!(store.load_session(&k).await.unwrap(), None);
-    assert!(!store.is_seen("e1").await.unwrap());
+    assert!(!store.is_seen(&k, "e1").await.unwrap());
     assert!(store.pending_effects(&k).await.unwrap().is_empty());
     assert!(store.trace(&k).await.unwrap().is_empty());
     assert_eq!(
@@ -191,7 +188,7 @@ pub async fn session_round_trips(store: &dyn Store) {
     assert_eq!(store.commit(commit).await.unwrap(), CommitOutcome::Committed { version: 1 });
     let loaded = store.load_session(&k).await.unwrap().expect("stored");
     assert_eq!(loaded.session, s);
-    assert!(store.is_seen(event_id).await.unwrap());
+    assert!(store.is_seen(&k, event_id).await.unwrap());
     let pending = store.pending_effects(&k).await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].effect.id, format!("{event_id}/0"));
@@ -558,7 +555,7 @@ pub async fn export_and_erase_one_conversation(store: &dyn Store, log: &dyn bato
     assert!(store.pending_effects(&gone).await.unwrap().is_empty());
     assert_eq!(store.desk_link("demo", "desk-e-gone").await.unwrap(), None);
     assert_eq!(store.desk_link_for_handoff("h-e-gone").await.unwrap(), None);
-    assert!(store.is_seen("e-gone").await.unwrap(), "a replayed event must not start it again");
+    assert!(store.is_seen(&gone, "e-gone").await.unwrap(), "a replayed event must not start it again");
     assert_eq!(store.erase_conversation(&gone).await.unwrap(), 0);
 
     let other = store.export_conversation(&kept).await.unwrap();

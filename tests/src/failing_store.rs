@@ -65,8 +65,8 @@ impl Store for FailingCommits {
     async fn load_session(&self, key: &ConversationKey) -> Result<Option<VersionedSession>, StoreError> {
         self.inner.load_session(key).await
     }
-    async fn is_seen(&self, event_id: &str) -> Result<bool, StoreError> {
-        self.inner.is_seen(event_id).await
+    async fn is_seen(&self, key: &ConversationKey, event_id: &str) -> Result<bool, StoreError> {
+        self.inner.is_seen(key, event_id).await
     }
     async fn pending_effects(&self, key: &ConversationKey) -> Result<Vec<OutboxItem>, StoreError> {
         self.inner.pending_effects(key).await

@@ -319,7 +319,8 @@ impl DynamoStore {
     /// effect and no timer.
     pub(crate) fn loaded_at(&self, conv: &str, version: u64) -> Option<Loaded> {
         if version == 0 {
-            return Some(Loaded { inline: (0, 0), due_at: None, timer: None, timer_msg: None });
+            let legacy_marks = crate::store::LegacyMarks::None;
+            return Some(Loaded { inline: (0, 0), due_at: None, timer: None, timer_msg: None, legacy_marks });
         }
         lock(&self.loaded).get(conv).filter(|(v, _)| *v == version).map(|(_, seen)| *seen)
     }
@@ -327,13 +328,15 @@ impl DynamoStore {
 
 /// What a session item held when loaded, beyond its document: how many inline effects in how
 /// many bytes (the commit keeps the item small with it), its key in the `due` index, the
-/// generation of its armed timer and the `due` of the last timer message sent for it.
+/// generation of its armed timer, the `due` of the last timer message sent for it, and
+/// whether its events may have seen marks of earlier builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Loaded {
     pub inline: (usize, usize),
     pub due_at: Option<i64>,
     pub timer: Option<u64>,
     pub timer_msg: Option<i64>,
+    pub legacy_marks: crate::store::LegacyMarks,
 }
 
 /// Sessions whose loaded item is remembered at most; past that the memory starts over (a miss
@@ -420,6 +423,10 @@ impl DrainLeases for DynamoStore {
             lock(&self.item_leases).insert(lease.holder.clone());
         }
         Ok(Some((lease, self.remember_places(&conv, pending))))
+    }
+
+    fn claimed(&self, key: &ConversationKey) -> bool {
+        lock(&self.claimed).contains_key(&conv_pk(key))
     }
 
     async fn release(

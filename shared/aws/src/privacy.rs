@@ -1,10 +1,12 @@
 //! One end user's data in the table: the export and the erasure behind `baton users`.
 //! Everything of a conversation lives in its `CONV#{key}` partition (session, outbox, trace,
-//! messages, message counter, and a `LINK#` copy of each desk link), so both are one query;
+//! seen marks, messages, message counter, and a `LINK#` copy of each desk link), so both are
+//! one query; the erasure keeps the seen marks, without the trace lines they carry, so that a
+//! late copy of an event is still turned away;
 //! the erasure also removes the desk links' lookup items and the messages' idempotency
 //! markers, which live in partitions of their own.
 
-use crate::store::{desk_pk, get_s, handoff_pk, key_of, link_from_item, unavailable, DynamoStore, Item};
+use crate::store::{desk_pk, get_s, handoff_pk, key_of, link_from_item, unavailable, DynamoStore, Item, SEEN};
 use crate::table::{conv_pk, key_part, SK};
 use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
 use baton_core::model::ConversationKey;
@@ -30,12 +32,20 @@ impl DynamoStore {
 
     pub(crate) async fn erase(&self, key: &ConversationKey) -> Result<u64, StoreError> {
         // Kept trace lines are written first, so none outlives the erase.
-        self.flush_trace().await;
+        self.flush_trace().await?;
         let conv = conv_pk(key);
         let items = self.query_partition(&conv, None).await?;
         let mut keys: Vec<Item> = Vec::new();
+        let mut stripped = 0;
         for item in &items {
             let sk = get_s(item, SK, &conv)?;
+            if sk.starts_with(SEEN) {
+                if item.contains_key("doc") {
+                    self.strip_mark(&conv, sk).await?;
+                    stripped += 1;
+                }
+                continue;
+            }
             if sk.starts_with("LINK#") {
                 let link = link_from_item(item, &conv)?;
                 // The lookups may have been taken over by a newer link of another conversation.
@@ -58,11 +68,27 @@ impl DynamoStore {
             }
             keys.push(key_of(conv.as_str(), sk));
         }
-        let count = keys.len() as u64;
+        let count = keys.len() as u64 + stripped;
         for chunk in keys.chunks(BATCH) {
             self.delete_all(chunk).await?;
         }
         Ok(count)
+    }
+
+    /// A seen mark without the trace lines it carries.
+    async fn strip_mark(&self, conv: &str, sk: &str) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(conv, sk)))
+            .update_expression("REMOVE #doc, #schema, #at")
+            .expression_attribute_names("#doc", "doc")
+            .expression_attribute_names("#schema", "schema")
+            .expression_attribute_names("#at", "at")
+            .send()
+            .await
+            .map_err(|e| unavailable("erase the trace lines of a seen mark", &e))?;
+        Ok(())
     }
 
     /// Delete `keys` (at most 25), retrying what DynamoDB leaves unprocessed.

@@ -2,7 +2,9 @@
 //! effects are written by ONE conditional `UpdateItem` of the session item, which holds the
 //! effects until they are done (see [`crate::outbox`]; effects too large for it go to items
 //! of their own in one `TransactWriteItems` with the session), guarded by the session's
-//! version and by the id of the event it last applied; the seen id and the trace line follow.
+//! version and by the id of the event it last applied; the seen id and the trace line follow
+//! (in one item, after the effects, where the worker asks for it: see
+//! [`DynamoStore::with_marks_behind_effects`]).
 //! It has the same outcomes as the SQLite store.
 
 use crate::describe_sdk_error;
@@ -45,6 +47,14 @@ pub(crate) const RECORD_SCHEMA: u32 = 1;
 /// The session item's attribute naming the event it last applied.
 const LAST_EVENT: &str = "last_event";
 
+/// Sort key prefix of a seen mark in its conversation's partition (`SEEN#{event id}`).
+pub(crate) const SEEN: &str = "SEEN#";
+
+/// The session item's bound (ms) on seen marks of earlier builds: until then its events may
+/// have been marked at the global `SEEN#{id}` key, which `is_seen` reads too. Set by the first
+/// commit of layout 4 on an item of an earlier layout, removed by the first commit after it.
+const LEGACY_MARKS_UNTIL: &str = "legacy_marks_until";
+
 /// A transaction holds at most 100 items: the session and the effects when they go to items
 /// of their own (kept at 98, as when the seen id was in it too).
 const MAX_EFFECTS_PER_COMMIT: usize = 98;
@@ -79,6 +89,11 @@ pub struct DynamoStore {
     /// Trace lines of writes already made, waiting for [`DynamoStore::flush_trace`]: one item
     /// per conversation and flush instead of one per line.
     trace_lines: std::sync::Mutex<Vec<(String, TraceEntry, Millis)>>,
+    /// Write seen marks at the flush, with the trace lines (see
+    /// [`DynamoStore::with_marks_behind_effects`]).
+    marks_behind: bool,
+    /// Seen marks of committed events waiting for the flush, in commit order.
+    pending_marks: std::sync::Mutex<Vec<PendingMark>>,
     /// Event ids `is_seen` lately found unseen: the worker asks right before it commits, so
     /// the commit need not read the mark again (the session's last event id guards the rest).
     unseen: std::sync::Mutex<std::collections::VecDeque<String>>,
@@ -279,8 +294,9 @@ pub(crate) fn decode_field_as<T: DeserializeOwned>(
 /// replace the whole item when they commit, so they refuse this one rather than drop its
 /// effects (a worker of the previous build still running during a deploy fails the event,
 /// which comes back to the new build). Layout 3 writes inline effects in their compact form
-/// (`outbox.rs`), which layout 2 would not see; it still reads layout 2's.
-const SESSION_ITEM_SCHEMA: u32 = 3;
+/// (`outbox.rs`), which layout 2 would not see; it still reads layout 2's. Layout 4 marks its
+/// events seen in the conversation's partition (`SEEN#{id}`), where layout 3 would not look.
+const SESSION_ITEM_SCHEMA: u32 = 4;
 const DOC_SCHEMA: &str = "doc_schema";
 
 fn decode_session(item: &Item, pk: &str) -> Result<baton_core::Session, StoreError> {
@@ -309,12 +325,12 @@ pub(crate) fn encode_deflated<T: Serialize>(value: &T) -> Result<AttributeValue,
     Ok(AttributeValue::B(Blob::new(miniz_oxide::deflate::compress_to_vec(&json, 6))))
 }
 
-/// Unix seconds of `at` plus `secs`, for TTL attributes.
 /// The TTL attribute's value for data kept until `keep_until` (unix seconds).
 pub(crate) fn ttl(keep_until: Millis) -> i64 {
     keep_until.0.max(0) / 1000
 }
 
+/// Unix seconds of `at` plus `secs`, for TTL attributes.
 pub(crate) fn expiry(at: Millis, secs: i64) -> i64 {
     (at.0.max(0) / 1000).saturating_add(secs)
 }
@@ -402,6 +418,8 @@ impl DynamoStore {
             desk_statuses: Recent::default(),
             outbox_keys: Default::default(),
             trace_lines: Default::default(),
+            marks_behind: false,
+            pending_marks: Default::default(),
             unseen: Default::default(),
             loaded: Default::default(),
             drain_lease: None,
@@ -417,6 +435,18 @@ impl DynamoStore {
     /// commits runs them next. Only for a store whose commits are followed by a drain.
     pub fn with_drain_lease(mut self, lease: std::time::Duration) -> DynamoStore {
         self.drain_lease = Some(lease);
+        self
+    }
+
+    /// Write each event's seen mark when the trace is flushed, in the same item as the trace
+    /// lines of its step and its effects (one write instead of two), rather than right after
+    /// its commit. Only for a process that flushes after every event (the Lambda worker): until
+    /// the flush, the session's `last_event` is what tells a redelivered event, and a commit of
+    /// the same conversation here first writes the marks still waiting (its own write moves
+    /// `last_event` on). Events of one conversation come one at a time through their FIFO
+    /// message group, so no other process commits to it before this one's event is done.
+    pub fn with_marks_behind_effects(mut self) -> DynamoStore {
+        self.marks_behind = true;
         self
     }
 
@@ -459,18 +489,56 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
-    /// Whether `event_id` carries the mark of an applied event.
-    async fn has_seen_mark(&self, event_id: &str) -> Result<bool, StoreError> {
+    /// Whether `event_id` of `key` carries the mark of an applied event: in the conversation's
+    /// partition, waiting here for the flush, or (for sessions that may have them) at the
+    /// global key earlier builds wrote.
+    async fn has_seen_mark(&self, key: &ConversationKey, event_id: &str) -> Result<bool, StoreError> {
+        let conv = conv_pk(key);
+        if lock(&self.pending_marks).iter().any(|m| m.conv == conv && m.event_id == event_id) {
+            return Ok(true);
+        }
+        if self.get(&conv, &seen_sk(event_id)).await?.is_some() {
+            return Ok(true);
+        }
+        if !self.may_have_legacy_marks(&conv) {
+            return Ok(false);
+        }
         Ok(self.get(&seen_pk(event_id), "-").await?.is_some())
     }
 
-    /// Records that `event_id` was applied (kept 8 days). Written after the commit: a failure
-    /// here fails the event, whose retry finds it as the session's last and writes the mark.
+    /// Whether events of `conv` may have been marked by an earlier build: unknown unless its
+    /// session was loaded here.
+    fn may_have_legacy_marks(&self, conv: &str) -> bool {
+        match lock(&self.loaded).get(conv).map(|(_, l)| l.legacy_marks) {
+            Some(LegacyMarks::None) => false,
+            Some(LegacyMarks::Until(until)) => until > wall_clock_ms(),
+            Some(LegacyMarks::Unbounded) | None => true,
+        }
+    }
+
+    /// Records that `event_id` was applied: now, or at the flush with the trace lines.
     async fn mark_seen(&self, key: &ConversationKey, event_id: &str, at: Millis) -> Result<(), StoreError> {
-        let mut seen = key_of(seen_pk(event_id), "-");
-        seen.insert("conversation".into(), s(key.to_string()));
-        seen.insert(EXPIRES_AT.into(), n(expiry(at, SEEN_RETENTION_SECS)));
-        self.put_plain(seen, "mark an event seen").await
+        let mark = PendingMark { conv: conv_pk(key), event_id: event_id.to_string(), at };
+        if self.marks_behind {
+            lock(&self.pending_marks).push(mark);
+            return Ok(());
+        }
+        self.put_plain(self.mark_item(&mark, None)?, "mark an event seen").await
+    }
+
+    /// A seen mark, kept 8 days (WhatsApp retries for up to 7), and longer when it carries
+    /// trace lines that are kept longer.
+    fn mark_item(&self, mark: &PendingMark, lines: Option<(&[TraceEntry], Millis)>) -> Result<Item, StoreError> {
+        let mut item = key_of(mark.conv.as_str(), seen_sk(&mark.event_id));
+        let mut expires = expiry(mark.at, SEEN_RETENTION_SECS);
+        if let Some((lines, keep_until)) = lines {
+            item.insert("doc".into(), encode_deflated(&lines)?);
+            item.insert("schema".into(), n(TRACE_SCHEMA));
+            item.insert("at".into(), n(lines.first().map_or(mark.at.0, |l| l.at.0)));
+            expires = expires.max(ttl(keep_until));
+        }
+        item.insert(EXPIRES_AT.into(), n(expires));
+        Ok(item)
     }
 
     /// A plain (unconditional) PutItem; `what` names it in the error.
@@ -566,12 +634,32 @@ impl DynamoStore {
         lock(&self.trace_lines).push((conv.to_string(), entry.clone(), keep_until));
     }
 
-    /// Write the trace lines kept since the last flush, one item per conversation (the Lambda
-    /// worker calls this after each event's step and effects). A line that fails is logged,
-    /// not retried: the write it describes is done, and redelivering the event for a
-    /// diagnostic line would be worse.
-    pub async fn flush_trace(&self) {
-        let lines = std::mem::take(&mut *lock(&self.trace_lines));
+    /// Write the seen marks and trace lines kept since the last flush (the Lambda worker calls
+    /// this after each event's step and effects): per conversation, the first mark carries the
+    /// lines, or, when there is no mark or the lines are kept for less than a mark, one trace
+    /// item does. A trace line that fails is logged, not retried: the write it describes is
+    /// done, and redelivering the event for a diagnostic line would be worse. A mark that
+    /// fails is an error: the event must come back, find itself as its session's last, and be
+    /// marked then.
+    pub async fn flush_trace(&self) -> Result<(), StoreError> {
+        self.flush(None).await
+    }
+
+    /// [`DynamoStore::flush_trace`] for one conversation, or for all.
+    async fn flush(&self, only: Option<&str>) -> Result<(), StoreError> {
+        let ours = |conv: &str| only.is_none_or(|o| o == conv);
+        let lines: Vec<_> = {
+            let mut kept = lock(&self.trace_lines);
+            let (taken, left) = std::mem::take(&mut *kept).into_iter().partition(|(c, _, _)| ours(c));
+            *kept = left;
+            taken
+        };
+        let marks: Vec<PendingMark> = {
+            let mut kept = lock(&self.pending_marks);
+            let (taken, left) = std::mem::take(&mut *kept).into_iter().partition(|m| ours(&m.conv));
+            *kept = left;
+            taken
+        };
         let mut by_conv: Vec<(String, Vec<TraceEntry>, Millis)> = Vec::new();
         for (conv, entry, keep_until) in lines {
             match by_conv.iter_mut().find(|(c, l, _)| *c == conv && l.len() < MAX_LINES_PER_TRACE_ITEM) {
@@ -580,6 +668,23 @@ impl DynamoStore {
                     *keep = (*keep).max(keep_until);
                 }
                 None => by_conv.push((conv, vec![entry], keep_until)),
+            }
+        }
+        let mut failed = None;
+        for mark in &marks {
+            let kept_as_long = |keep: Millis| ttl(keep) >= expiry(mark.at, SEEN_RETENTION_SECS);
+            let carried = by_conv.iter().position(|(c, _, keep)| *c == mark.conv && kept_as_long(*keep));
+            let lines = carried.map(|i| by_conv.remove(i));
+            let item = self.mark_item(mark, lines.as_ref().map(|(_, l, keep)| (l.as_slice(), *keep)));
+            let put = match item {
+                Ok(item) => self.put_plain(item, "mark an event seen").await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = put {
+                tracing::error!(conversation = mark.conv, event = mark.event_id, error = %e, "seen mark not written");
+                // Its lines go to a trace item of their own below.
+                by_conv.extend(lines);
+                failed = Some(e);
             }
         }
         for (conv, lines, keep_until) in by_conv {
@@ -591,6 +696,7 @@ impl DynamoStore {
                 tracing::warn!(conversation = conv, lines = lines.len(), error = %e, "trace lines were not written");
             }
         }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Where a pending effect lives, by its effect id (`None` when it is gone): an inline
@@ -831,8 +937,39 @@ pub(crate) fn link_from_item(item: &Item, what: &str) -> Result<DeskLink, StoreE
     })
 }
 
+/// The global key of a seen mark, where builds before session layout 4 wrote them.
 fn seen_pk(event_id: &str) -> String {
-    format!("SEEN#{}", key_part(event_id))
+    format!("{SEEN}{}", key_part(event_id))
+}
+
+/// The sort key of a seen mark in its conversation's partition.
+fn seen_sk(event_id: &str) -> String {
+    format!("{SEEN}{}", key_part(event_id))
+}
+
+/// A seen mark waiting for the flush.
+#[derive(Debug, Clone)]
+struct PendingMark {
+    conv: String,
+    event_id: String,
+    at: Millis,
+}
+
+/// Whether a session's events may have seen marks at the global key of earlier builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LegacyMarks {
+    None,
+    /// Until then (ms).
+    Until(i64),
+    /// An item of an earlier layout: its next commit sets the bound.
+    Unbounded,
+}
+
+/// Now, by this machine's clock (ms): only to tell whether a bound days long has passed.
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 pub(crate) fn desk_pk(agent: &str, desk_conversation_id: &str) -> String {
@@ -988,12 +1125,20 @@ impl Store for DynamoStore {
         let due_at = get_n::<i64>(&item, DUE_AT, &pk).ok();
         let timer = get_n::<u64>(&item, DUE_GEN, &pk).ok();
         let timer_msg = get_n::<i64>(&item, TIMER_MSG, &pk).ok();
-        self.remember_loaded(&pk, version, Loaded { inline: inline_load(&item), due_at, timer, timer_msg });
+        let legacy_marks = match get_n::<i64>(&item, LEGACY_MARKS_UNTIL, &pk) {
+            Ok(until) => LegacyMarks::Until(until),
+            Err(_) if get_n::<u32>(&item, "schema", &pk).unwrap_or(0) < 4 || !item.contains_key(DOC_SCHEMA) => {
+                LegacyMarks::Unbounded
+            }
+            Err(_) => LegacyMarks::None,
+        };
+        let loaded = Loaded { inline: inline_load(&item), due_at, timer, timer_msg, legacy_marks };
+        self.remember_loaded(&pk, version, loaded);
         Ok(Some(VersionedSession { version, session }))
     }
 
-    async fn is_seen(&self, event_id: &str) -> Result<bool, StoreError> {
-        let seen = self.has_seen_mark(event_id).await?;
+    async fn is_seen(&self, key: &ConversationKey, event_id: &str) -> Result<bool, StoreError> {
+        let seen = self.has_seen_mark(key, event_id).await?;
         if !seen {
             let mut unseen = lock(&self.unseen);
             if unseen.len() >= MAX_UNSEEN {
@@ -1006,10 +1151,10 @@ impl Store for DynamoStore {
 
     /// The session (version condition) and the effects in one `TransactWriteItems`, or one
     /// conditional `PutItem` when there are no effects (a transaction bills every item twice).
-    /// The seen id is checked before and recorded right after: the session item keeps the id
-    /// of the event it last applied, which covers the moment in between (a worker that dies
-    /// there leaves its event to come back as the session's last, and the mark is written
-    /// then). A refused write wrote nothing.
+    /// The seen id is checked before and recorded after (right after, or at the flush): the
+    /// session item keeps the id of the event it last applied, which covers the time in
+    /// between (a worker that dies there leaves its event to come back as the session's last,
+    /// and the mark is written then). A refused write wrote nothing.
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
         let key = &commit.session.key;
         let conv = conv_pk(key);
@@ -1023,15 +1168,19 @@ impl Store for DynamoStore {
         if !commit.effects.iter().all(|e| ids.insert(e.id.as_str())) {
             return Err(StoreError::Unavailable("duplicate effect id in one commit".into()));
         }
-        // A seen id is global: the same event for another conversation is a duplicate too.
         // The worker asked just before; a commit nobody asked about reads the mark here.
         let just_checked = {
             let mut unseen = lock(&self.unseen);
             let at = unseen.iter().position(|id| *id == commit.event_id);
             at.and_then(|i| unseen.remove(i)).is_some()
         };
-        if !just_checked && self.has_seen_mark(&commit.event_id).await? {
+        if !just_checked && self.has_seen_mark(key, &commit.event_id).await? {
             return Ok(CommitOutcome::AlreadySeen);
+        }
+        // This write moves `last_event` on: the marks waiting here for this conversation are
+        // written first, so none is left to `last_event` alone.
+        if self.marks_behind {
+            self.flush(Some(&conv)).await?;
         }
         let expected = commit.expected_version;
         let version = expected
@@ -1105,6 +1254,25 @@ impl Store for DynamoStore {
         if expected == 0 {
             update.set(INLINE_ONLY, AttributeValue::Bool(true));
         }
+        // Marks of earlier builds are global and kept 8 days: looked up for 8 days more.
+        let legacy_marks = match loaded.map(|l| l.legacy_marks) {
+            Some(LegacyMarks::Unbounded) => {
+                let until = at.0.saturating_add(SEEN_RETENTION_SECS * 1000);
+                update.set(LEGACY_MARKS_UNTIL, n(until));
+                LegacyMarks::Until(until)
+            }
+            Some(LegacyMarks::Until(until)) if until <= at.0 => {
+                update.remove(LEGACY_MARKS_UNTIL);
+                LegacyMarks::None
+            }
+            Some(kept) => kept,
+            // Not loaded here: an item of an earlier layout may be behind it.
+            None => {
+                let until = at.0.saturating_add(SEEN_RETENTION_SECS * 1000);
+                update.set_if_absent(LEGACY_MARKS_UNTIL, n(until));
+                LegacyMarks::Until(until)
+            }
+        };
         if !inline {
             update.set(SPILLED, AttributeValue::Bool(true));
         }
@@ -1197,7 +1365,8 @@ impl Store for DynamoStore {
                 if let Some((count, before)) = loaded.map(|l| l.inline).filter(|_| inline) {
                     let inline = (count + commit.effects.len(), before + bytes);
                     let timer = commit.session.timer.map(|t| t.generation);
-                    self.remember_loaded(&conv, version, Loaded { inline, due_at, timer, timer_msg });
+                    let loaded = Loaded { inline, due_at, timer, timer_msg, legacy_marks };
+                    self.remember_loaded(&conv, version, loaded);
                 }
                 if carried {
                     let mut memo = lock(&self.carried);
@@ -1505,24 +1674,37 @@ impl Store for DynamoStore {
     /// times), with this store's kept lines written first. Items of earlier builds hold one
     /// line each as plain attributes.
     async fn trace(&self, key: &ConversationKey) -> Result<Vec<TraceEntry>, StoreError> {
-        self.flush_trace().await;
+        if let Err(e) = self.flush_trace().await {
+            tracing::warn!(conversation = %key, error = %e, "kept seen marks were not written before the trace was read");
+        }
         let conv = conv_pk(key);
-        let mut out = Vec::new();
+        // Trace items sort by their first line's `at`; seen marks with lines are placed among
+        // them by their own `at` (the sort is stable).
+        let mut items: Vec<(i64, Vec<TraceEntry>)> = Vec::new();
         for item in self.query_prefix(&conv, "TRACE#").await? {
             let what = format!("trace {}", get_s(&item, SK, &conv)?);
             if item.contains_key("doc") {
                 let lines: Vec<TraceEntry> = decode_doc(&item, &what, TRACE_SCHEMA)?;
-                out.extend(lines);
+                items.push((lines.first().map_or(0, |l| l.at.0), lines));
             } else {
-                out.push(TraceEntry {
-                    at: Millis(get_n(&item, "at", &what)?),
-                    what: get_s(&item, "what", &what)?.to_string(),
-                    id: get_s(&item, "id", &what)?.to_string(),
-                    detail: get_s(&item, "detail", &what)?.to_string(),
-                });
+                let at = get_n(&item, "at", &what)?;
+                items.push((
+                    at,
+                    vec![TraceEntry {
+                        at: Millis(at),
+                        what: get_s(&item, "what", &what)?.to_string(),
+                        id: get_s(&item, "id", &what)?.to_string(),
+                        detail: get_s(&item, "detail", &what)?.to_string(),
+                    }],
+                ));
             }
         }
-        Ok(out)
+        for item in self.query_prefix(&conv, SEEN).await?.iter().filter(|i| i.contains_key("doc")) {
+            let what = format!("seen mark {}", get_s(item, SK, &conv)?);
+            items.push((get_n(item, "at", &what)?, decode_doc(item, &what, TRACE_SCHEMA)?));
+        }
+        items.sort_by_key(|(at, _)| *at);
+        Ok(items.into_iter().flat_map(|(_, lines)| lines).collect())
     }
 
     async fn export_conversation(&self, key: &ConversationKey) -> Result<ConversationData, StoreError> {

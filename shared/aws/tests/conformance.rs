@@ -51,13 +51,14 @@ async fn export_and_erase_one_conversation() {
     conformance::export_and_erase_one_conversation(&store, &store).await;
 }
 
-/// The same suite on a store that caches agent configs and desk statuses, as the Lambda
-/// functions run it: its own writes are read back at once.
+/// The same suite on a store that caches agent configs and desk statuses and writes seen
+/// marks at the flush, as the Lambda functions run it: its own writes are read back at once.
 mod with_config_cache {
     use super::*;
 
     async fn fresh() -> Fixture {
-        let store = common::store().await.with_config_cache(std::time::Duration::from_secs(60));
+        let store =
+            common::store().await.with_config_cache(std::time::Duration::from_secs(60)).with_marks_behind_effects();
         Fixture::new(Arc::new(store), ())
     }
 

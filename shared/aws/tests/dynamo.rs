@@ -118,7 +118,7 @@ async fn sessions_due_reads_the_sparse_index() {
     assert_eq!(number(&item, "due_at"), 1000);
     assert_eq!(number(&item, "version"), 1);
     // The item's layout, with the document's own schema beside it.
-    assert_eq!(number(&item, "schema"), 3);
+    assert_eq!(number(&item, "schema"), 4);
     assert_eq!(number(&item, "doc_schema"), 1);
 
     // Disarming leaves the index key (a timer armed again soon needs no index write) and
@@ -238,8 +238,9 @@ async fn a_timer_armed_while_a_message_is_on_its_way_rides_on_it() {
 async fn seen_ids_carry_an_eight_day_ttl() {
     let store = common::store().await;
     let at = 1_700_000_000_123;
-    store.commit(commit(&key("s"), 0, "wa:wamid.1", None, at)).await.unwrap();
-    let item = raw_item(&store, "SEEN#wa:wamid.1", "-").await.unwrap();
+    let k = key("s");
+    store.commit(commit(&k, 0, "wa:wamid.1", None, at)).await.unwrap();
+    let item = raw_item(&store, &format!("CONV#{k}"), "SEEN#wa:wamid.1").await.unwrap();
     assert_eq!(number(&item, "expires_at"), 1_700_000_000 + 8 * 24 * 3600);
 }
 
@@ -275,7 +276,7 @@ async fn a_transaction_the_server_rejects_writes_nothing() {
         other => panic!("expected Unavailable, got {other:?}"),
     }
     assert_eq!(store.load_session(&k).await.unwrap(), None);
-    assert!(!store.is_seen("e1").await.unwrap());
+    assert!(!store.is_seen(&k, "e1").await.unwrap());
     assert!(store.pending_effects(&k).await.unwrap().is_empty());
     assert!(store.trace(&k).await.unwrap().is_empty());
     assert!(store.sessions_due(Millis(10), 10).await.unwrap().is_empty());
@@ -300,8 +301,8 @@ async fn ids_longer_than_a_key_allows_are_hashed() {
     let mut c = commit(&k, 0, &event, None, 1);
     c.effects = vec![PendingEffect::for_event(&event, 0, Effect::CancelTimer)];
     assert_eq!(store.commit(c).await.unwrap(), CommitOutcome::Committed { version: 1 });
-    assert!(store.is_seen(&event).await.unwrap());
-    assert!(!store.is_seen(&format!("{event}x")).await.unwrap());
+    assert!(store.is_seen(&k, &event).await.unwrap());
+    assert!(!store.is_seen(&k, &format!("{event}x")).await.unwrap());
     let pending = store.pending_effects(&k).await.unwrap();
     assert_eq!(pending[0].effect.id, format!("{event}/0"));
     store.complete_effect(&k, &format!("{event}/0"), trace(2, "done"), Millis(i64::MAX)).await.unwrap();
@@ -423,7 +424,7 @@ async fn sessions_and_trace_lines_expire_with_the_agents_retention() {
     store.commit(commit(&k, 0, "t1", None, at)).await.unwrap();
     let session = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
     assert_eq!(number(&session, "expires_at"), at / 1000 + 86_400);
-    store.flush_trace().await;
+    store.flush_trace().await.unwrap();
     let lines = trace_items(&store, &k).await;
     assert_eq!(lines.len(), 1);
     assert_eq!(number(&lines[0], "expires_at"), at / 1000 + 86_400);
@@ -468,7 +469,7 @@ async fn trace_lines_are_written_one_item_per_conversation_and_flush() {
     let done = TraceEntry { at: Millis(at + 5), what: "effect".into(), id: "a1/0".into(), detail: "done".into() };
     store.complete_effect(&a, "a1/0", done, Millis(at + 86_400_000)).await.unwrap();
     assert!(trace_items(&store, &a).await.is_empty(), "kept until the flush");
-    store.flush_trace().await;
+    store.flush_trace().await.unwrap();
     assert_eq!(trace_items(&store, &a).await.len(), 1, "both lines of a in one item");
     assert_eq!(trace_items(&store, &b).await.len(), 1);
 
@@ -488,7 +489,7 @@ async fn trace_lines_are_written_one_item_per_conversation_and_flush() {
     // A kept line does not outlive an erase.
     store.commit(commit(&b, 1, "b2", None, at + 8)).await.unwrap();
     store.erase_conversation(&b).await.unwrap();
-    store.flush_trace().await;
+    store.flush_trace().await.unwrap();
     assert!(trace_items(&store, &b).await.is_empty());
 }
 
@@ -570,25 +571,147 @@ async fn an_event_applied_without_its_seen_mark_is_still_a_duplicate() {
     let k = key("mark");
     let at = 1_700_000_000_000;
     assert_eq!(store.commit(commit(&k, 0, "e1", None, at)).await.unwrap(), CommitOutcome::Committed { version: 1 });
-    assert!(store.is_seen("e1").await.unwrap());
+    assert!(store.is_seen(&k, "e1").await.unwrap());
     // The worker died before the mark.
     store
         .client()
         .delete_item()
         .table_name(store.table_name())
-        .key("pk", AttributeValue::S("SEEN#e1".into()))
-        .key("sk", AttributeValue::S("-".into()))
+        .key("pk", AttributeValue::S(format!("CONV#{k}")))
+        .key("sk", AttributeValue::S("SEEN#e1".into()))
         .send()
         .await
         .unwrap();
-    assert!(!store.is_seen("e1").await.unwrap());
+    assert!(!store.is_seen(&k, "e1").await.unwrap());
     // Its event comes back: applied on the session it left, it is turned away.
     assert_eq!(store.commit(commit(&k, 1, "e1", None, at + 1)).await.unwrap(), CommitOutcome::AlreadySeen);
-    assert!(store.is_seen("e1").await.unwrap(), "the mark is written now");
+    assert!(store.is_seen(&k, "e1").await.unwrap(), "the mark is written now");
     assert_eq!(store.load_session(&k).await.unwrap().unwrap().version, 1);
     // The next event commits as usual.
     assert_eq!(store.commit(commit(&k, 1, "e2", None, at + 2)).await.unwrap(), CommitOutcome::Committed { version: 2 });
     assert_eq!(store.commit(commit(&k, 1, "e3", None, at + 3)).await.unwrap(), CommitOutcome::VersionConflict);
+}
+
+/// The Lambda worker's store writes an event's seen mark after its effects, in one item with
+/// the trace lines of its step and effects (one write instead of two), in the conversation's
+/// partition; a commit of the same conversation writes the marks still waiting first; lines
+/// kept for less than a mark go to a trace item of their own; marks of earlier builds, at the
+/// global key, are still found for sessions they may belong to; an erase keeps the marks and
+/// drops their lines.
+#[tokio::test]
+async fn seen_marks_carry_their_events_trace_lines_and_earlier_marks_still_count() {
+    let plain = common::store().await;
+    let store = DynamoStore::new(plain.client().clone(), plain.table_name()).with_marks_behind_effects();
+    let k = key("marks");
+    let at = 1_700_000_000_000;
+    let month = Millis(at + 30 * 86_400_000);
+    let mut first = commit(&k, 0, "e1", None, at);
+    first.keep_until = month;
+    first.effects = vec![say("e1", 0, "hello")];
+    store.commit(first).await.unwrap();
+    let done = TraceEntry { at: Millis(at + 5), what: "effect".into(), id: "e1/0".into(), detail: "sent".into() };
+    store.complete_effect(&k, "e1/0", done, month).await.unwrap();
+    assert!(raw_items(&store, &k, "SEEN#").await.is_empty(), "kept until the flush");
+    assert!(store.is_seen(&k, "e1").await.unwrap(), "a mark waiting for the flush counts");
+    assert!(!plain.is_seen(&k, "e1").await.unwrap());
+    store.flush_trace().await.unwrap();
+    let marks = raw_items(&store, &k, "SEEN#").await;
+    assert_eq!(marks.len(), 1);
+    assert!(marks[0].contains_key("doc"));
+    assert_eq!(number(&marks[0], "expires_at"), month.0 / 1000, "kept as long as its lines");
+    assert!(trace_items(&store, &k).await.is_empty(), "no trace item of its own");
+    assert!(plain.is_seen(&k, "e1").await.unwrap());
+    let ids = |lines: Vec<TraceEntry>| lines.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(ids(plain.trace(&k).await.unwrap()), ["e1", "e1/0"]);
+
+    // Two commits without a flush between them: the first one's mark is written before the
+    // second moves `last_event` on, so a worker dying now leaves only the second to it.
+    let mut second = commit(&k, 1, "e2", None, at + 10);
+    second.keep_until = month;
+    store.commit(second).await.unwrap();
+    let mut third = commit(&k, 2, "e3", None, at + 20);
+    third.keep_until = month;
+    store.commit(third).await.unwrap();
+    assert!(plain.is_seen(&k, "e2").await.unwrap());
+    assert!(!plain.is_seen(&k, "e3").await.unwrap());
+    let mut again = commit(&k, 3, "e3", None, at + 30);
+    again.keep_until = month;
+    assert_eq!(plain.commit(again).await.unwrap(), CommitOutcome::AlreadySeen);
+    assert!(plain.is_seen(&k, "e3").await.unwrap());
+    store.flush_trace().await.unwrap();
+    assert_eq!(ids(plain.trace(&k).await.unwrap()), ["e1", "e1/0", "e2", "e3"]);
+
+    // Lines kept a day (less than a mark's 8): a bare mark and a trace item.
+    let short = key("marks-short");
+    store.commit(commit(&short, 0, "s1", None, at)).await.unwrap();
+    store.flush_trace().await.unwrap();
+    let marks = raw_items(&store, &short, "SEEN#").await;
+    assert_eq!(marks.len(), 1);
+    assert!(!marks[0].contains_key("doc"));
+    assert_eq!(number(&marks[0], "expires_at"), at / 1000 + 8 * 86_400);
+    assert_eq!(trace_items(&store, &short).await.len(), 1);
+
+    // An erase keeps the marks, without their lines.
+    assert!(store.erase_conversation(&k).await.unwrap() >= 3);
+    let marks = raw_items(&store, &k, "SEEN#").await;
+    assert_eq!(marks.len(), 3);
+    assert!(marks.iter().all(|m| !m.contains_key("doc")));
+    assert!(store.trace(&k).await.unwrap().is_empty());
+    assert!(store.is_seen(&k, "e1").await.unwrap());
+    assert_eq!(store.erase_conversation(&k).await.unwrap(), 0);
+
+    // A session of layout 3, whose marks an earlier build wrote at the global key.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let old = key("marks-old");
+    plain.commit(commit(&old, 0, "o1", None, now)).await.unwrap();
+    plain
+        .client()
+        .update_item()
+        .table_name(plain.table_name())
+        .key("pk", AttributeValue::S(format!("CONV#{old}")))
+        .key("sk", AttributeValue::S("SESSION".into()))
+        .update_expression("SET #s = :three")
+        .expression_attribute_names("#s", "schema")
+        .expression_attribute_values(":three", AttributeValue::N("3".into()))
+        .send()
+        .await
+        .unwrap();
+    plain
+        .client()
+        .put_item()
+        .table_name(plain.table_name())
+        .item("pk", AttributeValue::S("SEEN#o0".into()))
+        .item("sk", AttributeValue::S("-".into()))
+        .send()
+        .await
+        .unwrap();
+    let fresh = DynamoStore::new(plain.client().clone(), plain.table_name()).with_marks_behind_effects();
+    assert!(fresh.is_seen(&old, "o0").await.unwrap(), "not loaded here: the global key is read");
+    fresh.load_session(&old).await.unwrap().unwrap();
+    assert!(fresh.is_seen(&old, "o0").await.unwrap(), "a layout 3 session");
+    assert_eq!(fresh.commit(commit(&old, 1, "o0", None, now + 1)).await.unwrap(), CommitOutcome::AlreadySeen);
+    fresh.commit(commit(&old, 1, "o2", None, now + 2)).await.unwrap();
+    fresh.flush_trace().await.unwrap();
+    let session = raw_item(&plain, &format!("CONV#{old}"), "SESSION").await.unwrap();
+    assert_eq!(number(&session, "legacy_marks_until"), now + 2 + 8 * 86_400_000);
+    assert_eq!(number(&session, "schema"), 4);
+    fresh.load_session(&old).await.unwrap().unwrap();
+    assert!(fresh.is_seen(&old, "o0").await.unwrap(), "within 8 days of the upgrade");
+    // 8 days on, its next commit drops the bound, and global marks are no longer read.
+    let later = now + 9 * 86_400_000;
+    fresh.commit(commit(&old, 2, "o3", None, later)).await.unwrap();
+    fresh.flush_trace().await.unwrap();
+    let session = raw_item(&plain, &format!("CONV#{old}"), "SESSION").await.unwrap();
+    assert!(!session.contains_key("legacy_marks_until"));
+    let reloaded = DynamoStore::new(plain.client().clone(), plain.table_name());
+    reloaded.load_session(&old).await.unwrap().unwrap();
+    assert!(!reloaded.is_seen(&old, "o0").await.unwrap());
+    assert!(reloaded.is_seen(&old, "o3").await.unwrap());
+    // A new session of this build has no bound: only its own partition is read.
+    assert!(!raw_item(&plain, &format!("CONV#{}", key("marks-short")), "SESSION")
+        .await
+        .unwrap()
+        .contains_key("legacy_marks_until"));
 }
 
 fn say(event: &str, index: usize, text: &str) -> PendingEffect {
@@ -710,7 +833,7 @@ async fn a_session_of_an_earlier_build_keeps_its_outbox_items_and_takes_inline_e
     store.commit(c).await.unwrap();
     assert_eq!(inline_names(&store, &k).await, ["e#2000"]);
     let item = raw_item(&store, &pk, "SESSION").await.unwrap();
-    assert_eq!((number(&item, "schema"), number(&item, "doc_schema")), (3, 1));
+    assert_eq!((number(&item, "schema"), number(&item, "doc_schema")), (4, 1));
     assert_eq!(ids(&store.pending_effects(&k).await.unwrap()), ["e1/0", "e2/0"]);
     store.complete_effect(&k, "e1/0", trace(3, "e1/0"), Millis(i64::MAX)).await.unwrap();
     assert_eq!(outbox_item_count(&store, &k).await, 0);
@@ -779,9 +902,9 @@ async fn a_session_item_of_a_later_layout_is_refused() {
     let store = common::store().await;
     let k = key("later");
     store.commit(commit(&k, 0, "e1", None, 1)).await.unwrap();
-    set_on_session(&store, &k, vec![("schema", AttributeValue::N("4".into()))]).await;
+    set_on_session(&store, &k, vec![("schema", AttributeValue::N("5".into()))]).await;
     match store.load_session(&k).await {
-        Err(StoreError::Corrupt { message, .. }) => assert!(message.contains("layout 4"), "{message}"),
+        Err(StoreError::Corrupt { message, .. }) => assert!(message.contains("layout 5"), "{message}"),
         other => panic!("expected Corrupt, got {other:?}"),
     }
 }

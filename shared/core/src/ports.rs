@@ -95,7 +95,8 @@ pub trait Store: Send + Sync {
     async fn token_hashes(&self, agent: &str) -> Result<Vec<String>, StoreError>;
 
     async fn load_session(&self, key: &ConversationKey) -> Result<Option<VersionedSession>, StoreError>;
-    async fn is_seen(&self, event_id: &str) -> Result<bool, StoreError>;
+    /// Whether `event_id`, an event of `key`, was applied.
+    async fn is_seen(&self, key: &ConversationKey, event_id: &str) -> Result<bool, StoreError>;
     /// Session + seen id + effects in one conditional write; the trace line follows once it
     /// succeeded (a crash in between can lose the line, never state). A store that also
     /// holds the event queue (embedded) takes the event off it in the same write.
@@ -322,6 +323,12 @@ pub trait DrainLeases: Send + Sync {
         lease: &DrainLease,
         done: Option<Completion>,
     ) -> Result<Vec<OutboxItem>, StoreError>;
+    /// Whether this process's own commit just claimed the lease on `key` with effects in it,
+    /// for the next take to start from: the drain then knows there is work without reading
+    /// the outbox first.
+    fn claimed(&self, _key: &ConversationKey) -> bool {
+        false
+    }
 }
 
 /// An effect that ran, with the trace line its completion records; given to

@@ -508,8 +508,9 @@ mod tests {
         .unwrap();
         assert_eq!(db.prune_seen(Millis(now)).await.unwrap(), 1);
         use baton_core::ports::Store;
-        assert!(!db.is_seen("old").await.unwrap());
-        assert!(db.is_seen("recent").await.unwrap());
+        let k = baton_core::ConversationKey::new("demo", baton_core::Channel::Widget, "k").unwrap();
+        assert!(!db.is_seen(&k, "old").await.unwrap());
+        assert!(db.is_seen(&k, "recent").await.unwrap());
     }
 
     /// A data file from before the agents' revision column: its agents get one on upgrade,
@@ -590,7 +591,7 @@ mod tests {
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].effect.id, "e0/0");
         assert_eq!(db.load_session(&k).await.unwrap().unwrap().version, 1);
-        assert!(db.is_seen("e0").await.unwrap());
+        assert!(db.is_seen(&k, "e0").await.unwrap());
         // Its trace line waited for a batch; closing the database wrote it.
         assert_eq!(db.trace(&k).await.unwrap().len(), 1);
         assert_eq!(db.setting("s").await.unwrap().as_deref(), Some("v"));

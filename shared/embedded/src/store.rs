@@ -150,7 +150,8 @@ impl Store for Db {
         .await
     }
 
-    async fn is_seen(&self, event_id: &str) -> Result<bool, StoreError> {
+    /// Seen ids are one table here, whatever the conversation.
+    async fn is_seen(&self, _key: &ConversationKey, event_id: &str) -> Result<bool, StoreError> {
         let id = event_id.to_string();
         self.lookup(move |c| {
             c.prepare_cached("SELECT EXISTS(SELECT 1 FROM seen WHERE event_id = ?1)")

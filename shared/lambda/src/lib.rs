@@ -129,7 +129,9 @@ pub fn wire(
     let store = Arc::new(
         DynamoStore::new(dynamo, config.table.clone())
             .with_config_cache(config.config_cache)
-            .with_drain_lease(DRAIN_LEASE),
+            .with_drain_lease(DRAIN_LEASE)
+            // `process` flushes after every event.
+            .with_marks_behind_effects(),
     );
     let events = Arc::new(SqsEventQueue::new(sqs.clone(), config.events_queue_url.clone()));
     let timers = Arc::new(SqsTimers::new(sqs, config.timers_queue_url.clone(), clock.clone()));
@@ -313,12 +315,18 @@ pub async fn handle_events(aws: &Aws, batch: SqsEvent) -> SqsBatchResponse {
     response
 }
 
-/// Apply one event and run the conversation's effects, then write the trace lines of both
-/// (one item per conversation).
+/// Apply one event and run the conversation's effects, then write its seen mark with the
+/// trace lines of both (one item). A mark not written fails the event: it comes back, finds
+/// itself as its session's last event, and is marked then.
 async fn process(aws: &Aws, event: &Event) -> bool {
     let ok = step_and_drain(aws, event).await;
-    aws.store.flush_trace().await;
-    ok
+    match aws.store.flush_trace().await {
+        Ok(()) => ok,
+        Err(e) => {
+            tracing::error!(conversation = %event.conversation, event = %event.id, error = %e, "event not marked seen; it will be retried");
+            false
+        }
+    }
 }
 
 /// Re-arms a wake-up through the timer queue when an effect waits for a retry, so no worker

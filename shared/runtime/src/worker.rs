@@ -52,10 +52,12 @@ pub async fn apply_event(ports: &Ports, event: &Event) -> Result<Processed, Work
         return Ok(Processed::UnknownAgent);
     };
     for _ in 0..MAX_CONFLICT_RETRIES {
-        if ports.store.is_seen(&event.id).await? {
+        // The session first: what it says tells the store where the event's mark may be.
+        let loaded = ports.store.load_session(key).await?;
+        if ports.store.is_seen(key, &event.id).await? {
             return Ok(Processed::Duplicate);
         }
-        let (session, version) = match ports.store.load_session(key).await? {
+        let (session, version) = match loaded {
             Some(v) => (v.session, v.version),
             None => (Session::new(key.clone()), 0),
         };
@@ -248,8 +250,10 @@ const MAX_DRAIN_ROUNDS: usize = 8;
 /// lease expires and the sweeper, told by [`Store::watch_pending`], finds the due effects
 /// within a minute after.
 pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Drained, WorkerError> {
-    let mut items = ports.store.pending_effects(key).await?;
-    if items.is_empty() {
+    let claimed = ports.drain_lease.as_ref().is_some_and(|(_, leases)| leases.claimed(key));
+    // A claim from this process's commit says there are effects; the take reads them.
+    let mut items = if claimed { Vec::new() } else { ports.store.pending_effects(key).await? };
+    if items.is_empty() && !claimed {
         return Ok(Drained::default());
     }
     let Some((lease, leases)) = &ports.drain_lease else {

@@ -176,7 +176,7 @@ async fn wait_for_answers(
     loop {
         // In this order: the event applied, then the session (so it is the session after
         // the event), then the outbox (so effects the session names are counted), then the log.
-        if st.ports.store.is_seen(event_id).await? {
+        if st.ports.store.is_seen(key, event_id).await? {
             let thinking = match st.ports.store.load_session(key).await? {
                 Some(v) => {
                     matches!(v.session.state, SessionState::Bot)
