@@ -320,7 +320,8 @@ impl DynamoStore {
     pub(crate) fn loaded_at(&self, conv: &str, version: u64) -> Option<Loaded> {
         if version == 0 {
             let legacy_marks = crate::store::LegacyMarks::None;
-            return Some(Loaded { inline: (0, 0), due_at: None, timer: None, timer_msg: None, legacy_marks });
+            let (due_at, timer, timer_msg, tg_max) = (None, None, None, None);
+            return Some(Loaded { inline: (0, 0), due_at, timer, timer_msg, legacy_marks, tg_max, fresh: false });
         }
         lock(&self.loaded).get(conv).filter(|(v, _)| *v == version).map(|(_, seen)| *seen)
     }
@@ -328,8 +329,9 @@ impl DynamoStore {
 
 /// What a session item held when loaded, beyond its document: how many inline effects in how
 /// many bytes (the commit keeps the item small with it), its key in the `due` index, the
-/// generation of its armed timer, the `due` of the last timer message sent for it, and
-/// whether its events may have seen marks of earlier builds.
+/// generation of its armed timer, the `due` of the last timer message sent for it, whether
+/// its events may have seen marks of earlier builds, the highest Telegram update it applied,
+/// and whether it was just loaded (not yet asked about by `is_seen`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Loaded {
     pub inline: (usize, usize),
@@ -337,6 +339,8 @@ pub(crate) struct Loaded {
     pub timer: Option<u64>,
     pub timer_msg: Option<i64>,
     pub legacy_marks: crate::store::LegacyMarks,
+    pub tg_max: Option<i64>,
+    pub fresh: bool,
 }
 
 /// Sessions whose loaded item is remembered at most; past that the memory starts over (a miss

@@ -23,6 +23,7 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, KeysAndAttributes, Put, ReturnValue, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
 use baton_core::agent::{Agent, AGENT_SCHEMA};
+use baton_core::event::telegram_update_of;
 use baton_core::model::{ConversationKey, Millis};
 use baton_core::ports::{
     Commit, CommitOutcome, ConversationData, DeskLink, DeskStatusRecord, DrainLease, OutboxItem, Store, StoreError,
@@ -49,6 +50,13 @@ const LAST_EVENT: &str = "last_event";
 
 /// Sort key prefix of a seen mark in its conversation's partition (`SEEN#{event id}`).
 pub(crate) const SEEN: &str = "SEEN#";
+
+/// The session item's highest Telegram update number among the events it applied, kept from
+/// the session's first commit on (sessions of earlier layouts, and those begun by another
+/// kind of event, have none; a commit that cannot tell removes it). An update numbered higher
+/// was never applied here, so `is_seen` on a session just loaded needs no read for it. The
+/// version condition of every commit keeps it exact.
+const TG_MAX: &str = "tg_max";
 
 /// The session item's bound (ms) on seen marks of earlier builds: until then its events may
 /// have been marked at the global `SEEN#{id}` key, which `is_seen` reads too. Set by the first
@@ -504,6 +512,20 @@ impl DynamoStore {
             return Ok(false);
         }
         Ok(self.get(&seen_pk(event_id), "-").await?.is_some())
+    }
+
+    /// Whether `event_id` is a Telegram update numbered higher than any the session of `conv`
+    /// applied, by the session as just loaded (once per load: the commit that follows is
+    /// conditioned on that version, so a session changed since is loaded and asked again).
+    fn newer_than_applied(&self, conv: &str, event_id: &str) -> bool {
+        let Some(update) = telegram_update_of(event_id) else {
+            return false;
+        };
+        let mut loaded = lock(&self.loaded);
+        let Some((_, l)) = loaded.get_mut(conv) else {
+            return false;
+        };
+        std::mem::take(&mut l.fresh) && l.tg_max.is_some_and(|max| update > max)
     }
 
     /// Whether events of `conv` may have been marked by an earlier build: unknown unless its
@@ -1132,13 +1154,15 @@ impl Store for DynamoStore {
             }
             Err(_) => LegacyMarks::None,
         };
-        let loaded = Loaded { inline: inline_load(&item), due_at, timer, timer_msg, legacy_marks };
+        let tg_max = get_n::<i64>(&item, TG_MAX, &pk).ok();
+        let inline = inline_load(&item);
+        let loaded = Loaded { inline, due_at, timer, timer_msg, legacy_marks, tg_max, fresh: true };
         self.remember_loaded(&pk, version, loaded);
         Ok(Some(VersionedSession { version, session }))
     }
 
     async fn is_seen(&self, key: &ConversationKey, event_id: &str) -> Result<bool, StoreError> {
-        let seen = self.has_seen_mark(key, event_id).await?;
+        let seen = !self.newer_than_applied(&conv_pk(key), event_id) && self.has_seen_mark(key, event_id).await?;
         if !seen {
             let mut unseen = lock(&self.unseen);
             if unseen.len() >= MAX_UNSEEN {
@@ -1254,6 +1278,25 @@ impl Store for DynamoStore {
         if expected == 0 {
             update.set(INLINE_ONLY, AttributeValue::Bool(true));
         }
+        // The highest Telegram update applied, from the session's first commit on.
+        let mut tg_max = loaded.and_then(|l| l.tg_max);
+        if let Some(number) = telegram_update_of(&commit.event_id) {
+            match loaded {
+                Some(l) if expected == 0 || l.tg_max.is_some() => {
+                    let max = l.tg_max.map_or(number, |m| m.max(number));
+                    if l.tg_max != Some(max) {
+                        update.set(TG_MAX, n(max));
+                    }
+                    tg_max = Some(max);
+                }
+                // Begun without it: earlier updates were not counted.
+                Some(_) => {}
+                None => {
+                    update.remove(TG_MAX);
+                    tg_max = None;
+                }
+            }
+        }
         // Marks of earlier builds are global and kept 8 days: looked up for 8 days more.
         let legacy_marks = match loaded.map(|l| l.legacy_marks) {
             Some(LegacyMarks::Unbounded) => {
@@ -1365,7 +1408,7 @@ impl Store for DynamoStore {
                 if let Some((count, before)) = loaded.map(|l| l.inline).filter(|_| inline) {
                     let inline = (count + commit.effects.len(), before + bytes);
                     let timer = commit.session.timer.map(|t| t.generation);
-                    let loaded = Loaded { inline, due_at, timer, timer_msg, legacy_marks };
+                    let loaded = Loaded { inline, due_at, timer, timer_msg, legacy_marks, tg_max, fresh: false };
                     self.remember_loaded(&conv, version, loaded);
                 }
                 if carried {

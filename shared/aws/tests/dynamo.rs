@@ -714,6 +714,56 @@ async fn seen_marks_carry_their_events_trace_lines_and_earlier_marks_still_count
         .contains_key("legacy_marks_until"));
 }
 
+/// A session keeps the highest Telegram update it applied, from its first commit on: asked
+/// right after a load about an update numbered higher, the store answers without reading a
+/// mark. Updates applied out of order keep the highest; a session begun by another kind of
+/// event, or committed by a store that did not load it, has no such bound.
+#[tokio::test]
+async fn a_telegram_update_newer_than_every_applied_one_needs_no_mark_read() {
+    let store = common::store().await;
+    let k = key("numbered");
+    let tg = |n: i64| baton_core::event::telegram_event_id("demo", n);
+    store.commit(commit(&k, 0, &tg(105), None, 1)).await.unwrap();
+    store.load_session(&k).await.unwrap().unwrap();
+    store.commit(commit(&k, 1, &tg(103), None, 2)).await.unwrap();
+    let item = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
+    assert_eq!(number(&item, "tg_max"), 105, "the highest, not the last");
+    // A mark no store would write for an unapplied update shows whether the mark was read.
+    let plant = |id: String| {
+        store
+            .client()
+            .put_item()
+            .table_name(store.table_name())
+            .item("pk", AttributeValue::S(format!("CONV#{k}")))
+            .item("sk", AttributeValue::S(format!("SEEN#{id}")))
+            .send()
+    };
+    plant(tg(106)).await.unwrap();
+    store.load_session(&k).await.unwrap().unwrap();
+    assert!(!store.is_seen(&k, &tg(106)).await.unwrap(), "newer than 105: not read");
+    assert!(store.is_seen(&k, &tg(106)).await.unwrap(), "read again without a load in between");
+    store.load_session(&k).await.unwrap().unwrap();
+    assert!(store.is_seen(&k, &tg(105)).await.unwrap());
+    store.load_session(&k).await.unwrap().unwrap();
+    assert!(store.is_seen(&k, &tg(103)).await.unwrap());
+
+    // Committed by a store that did not load the session: the bound is dropped.
+    let other = DynamoStore::new(store.client().clone(), store.table_name());
+    other.commit(commit(&k, 2, &tg(107), None, 3)).await.unwrap();
+    let item = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
+    assert!(!item.contains_key("tg_max"));
+    store.load_session(&k).await.unwrap().unwrap();
+    assert!(store.is_seen(&k, &tg(106)).await.unwrap(), "no bound: the mark is read");
+
+    // Begun by another kind of event: no bound, then or later.
+    let desk = key("numbered-desk");
+    store.commit(commit(&desk, 0, "wh:demo:m1", None, 1)).await.unwrap();
+    store.load_session(&desk).await.unwrap().unwrap();
+    store.commit(commit(&desk, 1, &tg(200), None, 2)).await.unwrap();
+    let item = raw_item(&store, &format!("CONV#{desk}"), "SESSION").await.unwrap();
+    assert!(!item.contains_key("tg_max"));
+}
+
 fn say(event: &str, index: usize, text: &str) -> PendingEffect {
     let message = OutMessage::new(Role::Bot, text);
     PendingEffect::for_event(event, index, Effect::SendToUser { message, reply_token: None, outside_window: false })

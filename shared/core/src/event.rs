@@ -28,6 +28,17 @@ impl Event {
     }
 }
 
+/// The id of the event of Telegram update `update_id` for `agent`.
+pub fn telegram_event_id(agent: &str, update_id: i64) -> String {
+    format!("tg:{agent}:{update_id}")
+}
+
+/// The update number of an id made by [`telegram_event_id`]. Telegram numbers a bot's updates
+/// in increasing order, so a store can tell an update newer than every one it applied.
+pub fn telegram_update_of(event_id: &str) -> Option<i64> {
+    event_id.strip_prefix("tg:")?.rsplit_once(':')?.1.parse().ok()
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
@@ -144,4 +155,18 @@ pub enum BrainReply {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         text: Option<String>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn telegram_update_numbers_read_back_from_their_ids_only() {
+        assert_eq!(telegram_update_of(&telegram_event_id("shop", 42)), Some(42));
+        assert_eq!(telegram_update_of(&telegram_event_id("a:b", 7)), Some(7));
+        assert_eq!(telegram_update_of("wh:shop:42"), None);
+        assert_eq!(telegram_update_of("tg:shop:x"), None);
+        assert_eq!(telegram_update_of("fx:tg:shop:42/0"), None);
+    }
 }

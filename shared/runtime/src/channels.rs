@@ -129,7 +129,7 @@ pub fn telegram_event(agent: &str, update: &telegram::Inbound, now: Millis, link
         name: update.user_name.clone(),
         reply: None,
     };
-    Some(Event::new(format!("tg:{agent}:{}", update.update_id), key, now, kind))
+    Some(Event::new(baton_core::event::telegram_event_id(agent, update.update_id), key, now, kind))
 }
 
 /// The canonical event of one LINE webhook event, deduplicated on `webhookEventId`. The
