@@ -1644,20 +1644,15 @@ impl Store for DynamoStore {
         // A third copy in the conversation's partition finds the others for an erasure.
         let mut own = link_item(conv_pk(&link.conversation), link);
         own.insert(SK.into(), s(format!("LINK#{}", key_part(&link.handoff_id))));
-        let mut items = vec![
-            self.put(with_ttl(link_item(by_desk.clone(), link)))?,
-            self.put(with_ttl(link_item(by_handoff.clone(), link)))?,
-            self.put(with_ttl(own))?,
-        ];
+        // In this order: the conversation's copy first (an erasure finds the others through
+        // it), the desk's lookup last (desk events find the conversation through it).
+        let puts =
+            [with_ttl(own), with_ttl(link_item(by_handoff.clone(), link)), with_ttl(link_item(by_desk.clone(), link))];
+        let mut stale = Vec::new();
         if let Some(old) = self.get(&by_desk, "MAP").await? {
             let old = link_from_item(&old, &by_desk)?;
             if old.handoff_id != link.handoff_id {
-                let delete = Delete::builder()
-                    .table_name(&self.table)
-                    .set_key(Some(key_of(handoff_pk(&old.handoff_id), "MAP")))
-                    .build()
-                    .map_err(build_err)?;
-                items.push(TransactWriteItem::builder().delete(delete).build());
+                stale.push(key_of(handoff_pk(&old.handoff_id), "MAP"));
             }
         }
         if let Some(old) = self.get(&by_handoff, "MAP").await? {
@@ -1665,13 +1660,24 @@ impl Store for DynamoStore {
             if (old.agent.as_str(), old.desk_conversation_id.as_str())
                 != (link.agent.as_str(), link.desk_conversation_id.as_str())
             {
-                let delete = Delete::builder()
-                    .table_name(&self.table)
-                    .set_key(Some(key_of(desk_pk(&old.agent, &old.desk_conversation_id), "MAP")))
-                    .build()
-                    .map_err(build_err)?;
-                items.push(TransactWriteItem::builder().delete(delete).build());
+                stale.push(key_of(desk_pk(&old.agent, &old.desk_conversation_id), "MAP"));
             }
+        }
+        if stale.is_empty() {
+            // Plain puts (a transaction bills every item twice). A failure part way fails the
+            // `OpenDesk` effect, which runs again, and writes them all, before any post to the
+            // desk (effects to one receiver run in order).
+            for item in puts {
+                self.put_plain(item, "put desk link").await?;
+            }
+            return Ok(());
+        }
+        // Lookups of an earlier link go in the same write, so no desk conversation or
+        // handoff ever leads to two.
+        let mut items = puts.into_iter().map(|item| self.put(item)).collect::<Result<Vec<_>, _>>()?;
+        for key in stale {
+            let delete = Delete::builder().table_name(&self.table).set_key(Some(key)).build().map_err(build_err)?;
+            items.push(TransactWriteItem::builder().delete(delete).build());
         }
         match self.transact(items, "put desk link").await? {
             Tx::Done => Ok(()),

@@ -746,10 +746,11 @@ async fn the_bill_of_a_typical_conversation_does_not_grow() {
     // write units 148, busy too (the session's writes over 1 KB went from 15 to 6 of 69). On
     // 2026-12-07, with each seen mark carrying its event's trace lines and the drain starting
     // from its own commit's claim: write units 116, read units 116; with Telegram updates
-    // newer than the session's highest asked about without a read, read units 96. A change
+    // newer than the session's highest asked about without a read, read units 96; with a new
+    // desk link written by plain puts (not a transaction), write units 113. A change
     // that adds calls or bigger items per event fails here; one that saves lowers them.
     assert_eq!(telegram.api_requests, INBOUND_EVENTS, "one API request per inbound event");
-    assert!(telegram.write_units <= 128.0, "DynamoDB write units grew: {}", telegram.write_units);
+    assert!(telegram.write_units <= 124.0, "DynamoDB write units grew: {}", telegram.write_units);
     assert!(telegram.read_units <= 106.0, "DynamoDB read units grew: {}", telegram.read_units);
     assert!(telegram.sqs_requests <= 120, "SQS requests grew: {}", telegram.sqs_requests);
     // Busy, the event source's receives and deletes are shared by the chats of a batch.
