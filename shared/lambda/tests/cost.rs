@@ -15,8 +15,8 @@
 //!
 //! The test fails when the Telegram conversation's billed units grow past ceilings set from
 //! the measured bill, so a change that adds calls shows here. Print the bill with
-//! `cargo test -p baton-lambda --test cost -- --nocapture` (BENCHMARKS.md runs it with the
-//! `perf` profile for the durations).
+//! `cargo test -p baton-lambda --test cost -- --nocapture` (BENCHMARKS.md's figures; with
+//! `--profile perf` the durations come out about the same: against moto they are the calls').
 
 mod common;
 
