@@ -529,7 +529,9 @@ impl DynamoStore {
     }
 
     /// Whether events of `conv` may have been marked by an earlier build: unknown unless its
-    /// session was loaded here.
+    /// session was loaded here. (A session begun by this build has no bound: earlier marks of
+    /// its conversation would belong to a session that expired or was erased before, and are
+    /// looked up for the first event only, whose session was not there to load.)
     fn may_have_legacy_marks(&self, conv: &str) -> bool {
         match lock(&self.loaded).get(conv).map(|(_, l)| l.legacy_marks) {
             Some(LegacyMarks::None) => false,
@@ -1202,8 +1204,8 @@ impl Store for DynamoStore {
             return Ok(CommitOutcome::AlreadySeen);
         }
         // This write moves `last_event` on: the marks waiting here for this conversation are
-        // written first, so none is left to `last_event` alone.
-        if self.marks_behind {
+        // written first (with the lines so far), so none is left to `last_event` alone.
+        if lock(&self.pending_marks).iter().any(|m| m.conv == conv) {
             self.flush(Some(&conv)).await?;
         }
         let expected = commit.expected_version;
