@@ -673,6 +673,60 @@ async fn a_faq_answer_is_committed_with_its_question() {
     assert!(receive(&hub.sqs, &url).await.is_empty(), "nothing queued for the answer");
 }
 
+/// A worker writes its event's seen mark with the trace lines after the effects. One that
+/// dies after its effects and before that write leaves its record to come back, and nothing
+/// is sent twice: with the FAQ brain, the session's last event turns the copy away and the
+/// mark is written then; with a brain whose answer is applied in the drain, the question's
+/// mark was written before that step's commit, so the copy is turned away by its mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_dies_before_its_seen_marks_sends_nothing_twice() {
+    use baton_tests::openai::{FakeOpenai, Turn};
+    let llm = FakeOpenai::start("sk-reliability-key").await;
+    llm.script([Turn::text(HOURS)]);
+    let url = llm.url();
+    let with_llm = hub(move |a| a.brain = baton_tests::openai::brain(url, "sk-reliability-key")).await;
+    let with_faq = hub(|_| {}).await;
+    for hub in [&with_faq, &with_llm] {
+        let events = hub.queues.events.clone();
+        let arn = queue_arn(&hub.sqs, &events).await;
+        let mut w = Widget::start(hub, None).await;
+        w.send("What are your opening hours?").await;
+        let question = receive(&hub.sqs, &events).await;
+        assert_eq!(question.len(), 1);
+        let event = parse_event(question[0].body().unwrap()).unwrap();
+
+        // Another instance applies it, runs its effects and dies before its flush.
+        let dying = another_worker(hub).await;
+        baton_runtime::worker::apply_event(&dying.ports, &event).await.unwrap();
+        baton_runtime::worker::drain_outbox(&dying.ports, &event.conversation).await.unwrap();
+        drop(dying);
+        assert_eq!(w.texts_from("bot").await, vec![HOURS]);
+        let stepped = std::ptr::eq(hub, &with_llm);
+        assert_eq!(
+            hub.aws.store.is_seen(&w.key(), &event.id).await.unwrap(),
+            stepped,
+            "marked before the answer's step"
+        );
+
+        release(&hub.sqs, &events, &question[0]).await;
+        let again = receive(&hub.sqs, &events).await;
+        assert_eq!(again.len(), 1);
+        assert!(invoke_worker(&hub.aws, vec![record(&again[0], &arn)]).await.is_empty());
+        delete(&hub.sqs, &events, &again[0]).await;
+        assert_eq!(w.texts_from("bot").await, vec![HOURS], "answered once");
+        assert!(hub.aws.store.is_seen(&w.key(), &event.id).await.unwrap(), "marked now");
+        assert!(receive(&hub.sqs, &events).await.is_empty());
+    }
+    assert_eq!(llm.requests().len(), 1, "the brain asked once");
+}
+
+/// A second instance of the functions on the hub's table and queues.
+async fn another_worker(hub: &Hub) -> baton_lambda::Aws {
+    let secrets = Arc::new(baton_aws::SsmSecrets::new(baton_aws::ssm_client_from_env().await));
+    let clock = Arc::new(baton_runtime::clock::SystemClock);
+    wire(config(hub.aws.store.table_name(), &hub.queues), clock, hub.dynamo.clone(), hub.sqs.clone(), secrets)
+}
+
 /// Who holds the conversation's drain lease (the session item's `drain_by`), if anyone.
 async fn drain_lease_holder(hub: &Hub, key: &baton_core::ConversationKey) -> Option<String> {
     let item = hub
