@@ -55,7 +55,8 @@ pub(crate) const SEEN: &str = "SEEN#";
 /// the session's first commit on (sessions of earlier layouts, and those begun by another
 /// kind of event, have none; a commit that cannot tell removes it). An update numbered higher
 /// was never applied here, so `is_seen` on a session just loaded needs no read for it. The
-/// version condition of every commit keeps it exact.
+/// version condition of every commit keeps it exact. Nothing rests on Telegram's order: after
+/// a week without updates it picks the next number at random, and a lower one reads the mark.
 const TG_MAX: &str = "tg_max";
 
 /// The session item's bound (ms) on seen marks of earlier builds: until then its events may
