@@ -369,7 +369,8 @@ fn item_write_units(action: &str, old: &Value, new: &Value) -> f64 {
 }
 
 /// With `BATON_METER_LARGE_ITEMS` set, each item written that bills more than one unit
-/// (once per write, as it is forwarded) prints the larger image's attributes by size (name and value), largest first: what took the item past 1 KB.
+/// (once per write, as it is forwarded) prints the larger image's attributes by size (name
+/// and value), largest first: what took the item past 1 KB.
 fn print_large_item(action: &str, old: &Value, new: &Value) {
     let larger = if item_size(old) >= item_size(new) { old } else { new };
     let Some(attrs) = larger.as_object().filter(|_| write_units(item_size(larger)) > 1.0) else { return };

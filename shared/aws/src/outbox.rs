@@ -319,9 +319,7 @@ impl DynamoStore {
     /// effect and no timer.
     pub(crate) fn loaded_at(&self, conv: &str, version: u64) -> Option<Loaded> {
         if version == 0 {
-            let legacy_marks = crate::store::LegacyMarks::None;
-            let (due_at, timer, timer_msg, tg_max) = (None, None, None, None);
-            return Some(Loaded { inline: (0, 0), due_at, timer, timer_msg, legacy_marks, tg_max, fresh: false });
+            return Some(Loaded::default());
         }
         lock(&self.loaded).get(conv).filter(|(v, _)| *v == version).map(|(_, seen)| *seen)
     }
@@ -332,7 +330,7 @@ impl DynamoStore {
 /// generation of its armed timer, the `due` of the last timer message sent for it, whether
 /// its events may have seen marks of earlier builds, the highest Telegram update it applied,
 /// and whether it was just loaded (not yet asked about by `is_seen`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Loaded {
     pub inline: (usize, usize),
     pub due_at: Option<i64>,

@@ -506,13 +506,13 @@ impl DynamoStore {
         if lock(&self.pending_marks).iter().any(|m| m.conv == conv && m.event_id == event_id) {
             return Ok(true);
         }
-        if self.get(&conv, &seen_sk(event_id)).await?.is_some() {
+        if self.get(&conv, &seen_key(event_id)).await?.is_some() {
             return Ok(true);
         }
         if !self.may_have_legacy_marks(&conv) {
             return Ok(false);
         }
-        Ok(self.get(&seen_pk(event_id), "-").await?.is_some())
+        Ok(self.get(&seen_key(event_id), "-").await?.is_some())
     }
 
     /// Whether `event_id` is a Telegram update numbered higher than any the session of `conv`
@@ -554,7 +554,7 @@ impl DynamoStore {
     /// A seen mark, kept 8 days (WhatsApp retries for up to 7), and longer when it carries
     /// trace lines that are kept longer.
     fn mark_item(&self, mark: &PendingMark, lines: Option<(&[TraceEntry], Millis)>) -> Result<Item, StoreError> {
-        let mut item = key_of(mark.conv.as_str(), seen_sk(&mark.event_id));
+        let mut item = key_of(mark.conv.as_str(), seen_key(&mark.event_id));
         let mut expires = expiry(mark.at, SEEN_RETENTION_SECS);
         if let Some((lines, keep_until)) = lines {
             item.insert("doc".into(), encode_deflated(&lines)?);
@@ -673,18 +673,8 @@ impl DynamoStore {
     /// [`DynamoStore::flush_trace`] for one conversation, or for all.
     async fn flush(&self, only: Option<&str>) -> Result<(), StoreError> {
         let ours = |conv: &str| only.is_none_or(|o| o == conv);
-        let lines: Vec<_> = {
-            let mut kept = lock(&self.trace_lines);
-            let (taken, left) = std::mem::take(&mut *kept).into_iter().partition(|(c, _, _)| ours(c));
-            *kept = left;
-            taken
-        };
-        let marks: Vec<PendingMark> = {
-            let mut kept = lock(&self.pending_marks);
-            let (taken, left) = std::mem::take(&mut *kept).into_iter().partition(|m| ours(&m.conv));
-            *kept = left;
-            taken
-        };
+        let lines = take_where(&self.trace_lines, |(c, _, _)| ours(c));
+        let marks = take_where(&self.pending_marks, |m| ours(&m.conv));
         let mut by_conv: Vec<(String, Vec<TraceEntry>, Millis)> = Vec::new();
         for (conv, entry, keep_until) in lines {
             match by_conv.iter_mut().find(|(c, l, _)| *c == conv && l.len() < MAX_LINES_PER_TRACE_ITEM) {
@@ -962,14 +952,18 @@ pub(crate) fn link_from_item(item: &Item, what: &str) -> Result<DeskLink, StoreE
     })
 }
 
-/// The global key of a seen mark, where builds before session layout 4 wrote them.
-fn seen_pk(event_id: &str) -> String {
+/// A seen mark's key: its sort key in the conversation's partition, and the partition key
+/// where builds before session layout 4 wrote them (sort key `-`).
+fn seen_key(event_id: &str) -> String {
     format!("{SEEN}{}", key_part(event_id))
 }
 
-/// The sort key of a seen mark in its conversation's partition.
-fn seen_sk(event_id: &str) -> String {
-    format!("{SEEN}{}", key_part(event_id))
+/// The entries of `kept` that `take` picks, in order; the others stay.
+fn take_where<T>(kept: &std::sync::Mutex<Vec<T>>, take: impl Fn(&T) -> bool) -> Vec<T> {
+    let mut kept = lock(kept);
+    let (taken, left) = std::mem::take(&mut *kept).into_iter().partition(|entry| take(entry));
+    *kept = left;
+    taken
 }
 
 /// A seen mark waiting for the flush.
@@ -981,8 +975,9 @@ struct PendingMark {
 }
 
 /// Whether a session's events may have seen marks at the global key of earlier builds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum LegacyMarks {
+    #[default]
     None,
     /// Until then (ms).
     Until(i64),
@@ -1301,11 +1296,11 @@ impl Store for DynamoStore {
             }
         }
         // Marks of earlier builds are global and kept 8 days: looked up for 8 days more.
+        let bound = at.0.saturating_add(SEEN_RETENTION_SECS * 1000);
         let legacy_marks = match loaded.map(|l| l.legacy_marks) {
             Some(LegacyMarks::Unbounded) => {
-                let until = at.0.saturating_add(SEEN_RETENTION_SECS * 1000);
-                update.set(LEGACY_MARKS_UNTIL, n(until));
-                LegacyMarks::Until(until)
+                update.set(LEGACY_MARKS_UNTIL, n(bound));
+                LegacyMarks::Until(bound)
             }
             Some(LegacyMarks::Until(until)) if until <= at.0 => {
                 update.remove(LEGACY_MARKS_UNTIL);
@@ -1314,9 +1309,8 @@ impl Store for DynamoStore {
             Some(kept) => kept,
             // Not loaded here: an item of an earlier layout may be behind it.
             None => {
-                let until = at.0.saturating_add(SEEN_RETENTION_SECS * 1000);
-                update.set_if_absent(LEGACY_MARKS_UNTIL, n(until));
-                LegacyMarks::Until(until)
+                update.set_if_absent(LEGACY_MARKS_UNTIL, n(bound));
+                LegacyMarks::Until(bound)
             }
         };
         if !inline {

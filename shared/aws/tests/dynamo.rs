@@ -661,21 +661,10 @@ async fn seen_marks_carry_their_events_trace_lines_and_earlier_marks_still_count
     assert_eq!(store.erase_conversation(&k).await.unwrap(), 0);
 
     // A session of layout 3, whose marks an earlier build wrote at the global key.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let now = common::wall_now().0;
     let old = key("marks-old");
     plain.commit(commit(&old, 0, "o1", None, now)).await.unwrap();
-    plain
-        .client()
-        .update_item()
-        .table_name(plain.table_name())
-        .key("pk", AttributeValue::S(format!("CONV#{old}")))
-        .key("sk", AttributeValue::S("SESSION".into()))
-        .update_expression("SET #s = :three")
-        .expression_attribute_names("#s", "schema")
-        .expression_attribute_values(":three", AttributeValue::N("3".into()))
-        .send()
-        .await
-        .unwrap();
+    set_on_session(&plain, &old, vec![("schema", AttributeValue::N("3".into()))]).await;
     plain
         .client()
         .put_item()
