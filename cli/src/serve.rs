@@ -5,12 +5,12 @@ use crate::{assets, console, demo};
 use baton_brains::Brains;
 pub use baton_connectors::outbound::Targets;
 use baton_core::model::ServiceStatus;
-use baton_core::ports::{Clock, EventQueue, QueueError, Store};
+use baton_core::ports::{Clock, Completion, EventQueue, OutboxItem, QueueError, Store};
 use baton_core::{ConversationKey, Event};
 use baton_embedded::{ConsoleStore, Db, EmbeddedQueue, EmbeddedTimers};
 use baton_runtime::http::{AppState, Limits, RateLimitConfig};
 use baton_runtime::widget::{MessageLog, TokenSigner};
-use baton_runtime::worker::{apply_event, drain_outbox, Processed};
+use baton_runtime::worker::{apply_event, apply_event_after, complete, drain_items, drain_outbox, Applied, Processed};
 use baton_runtime::{Connectors, Ports};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -501,37 +501,72 @@ impl Dispatcher {
 
     /// Apply every queued event of the conversation, running its effects after each.
     /// Returns when to look again (a failure or a deferred effect), if ever.
+    ///
+    /// The task alone runs the conversation, so two writes per event are saved: the last
+    /// effect's completion rides in the next event's commit (`carried`), and once a drain
+    /// left nothing behind, the next commit's effects are all the outbox holds and are run
+    /// without reading it back (`clean`).
     async fn work(&self, key: &ConversationKey) -> Option<Duration> {
-        loop {
+        let mut carried: Vec<Completion> = Vec::new();
+        let mut clean = false;
+        let retry = loop {
             let event = match self.queue.head(key).await {
                 Ok(Some(e)) => e,
-                Ok(None) => break,
+                Ok(None) => break None,
                 Err(e) => {
                     tracing::error!(conversation = %key, error = %e, "reading the queue failed");
-                    return Some(Duration::from_secs(1));
+                    break Some(Duration::from_secs(1));
                 }
             };
-            match apply_event(&self.ports, &event).await {
-                Ok(outcome) => {
-                    tracing::debug!(conversation = %key, event = %event.id, ?outcome, "event processed");
+            let committed = match apply_event_after(&self.ports, &event, carried.clone()).await {
+                Ok(Applied { processed, committed }) => {
+                    carried.clear();
+                    tracing::debug!(conversation = %key, event = %event.id, outcome = ?processed, "event processed");
                     // A committed event left the queue in its commit; the others leave here.
-                    let committed = matches!(outcome, Processed::Applied { .. } | Processed::Ignored(_));
-                    if !committed {
+                    let in_commit = matches!(processed, Processed::Applied { .. } | Processed::Ignored(_));
+                    if !in_commit {
                         if let Err(e) = self.queue.ack(&event.id).await {
                             tracing::error!(conversation = %key, error = %e, "acknowledging an event failed");
-                            return Some(Duration::from_secs(1));
+                            break Some(Duration::from_secs(1));
                         }
                     }
+                    committed
                 }
                 Err(e) => {
                     tracing::error!(conversation = %key, event = %event.id, error = %e, "event failed; will retry");
-                    return Some(Duration::from_secs(1));
+                    break Some(Duration::from_secs(1));
+                }
+            };
+            let items = if clean {
+                let at = self.ports.clock.now();
+                committed.into_iter().map(|effect| OutboxItem { effect, attempts: 0, next_attempt_at: at }).collect()
+            } else {
+                match self.ports.store.pending_effects(key).await {
+                    Ok(items) => items,
+                    Err(e) => {
+                        tracing::error!(conversation = %key, error = %e, "reading the outbox failed");
+                        break Some(Duration::from_secs(1));
+                    }
+                }
+            };
+            match drain_items(&self.ports, key, items).await {
+                Ok((drained, unwritten)) => {
+                    carried.extend(unwritten);
+                    clean = drained.left_nothing();
+                }
+                Err(e) => {
+                    tracing::error!(conversation = %key, error = %e, "running effects failed");
+                    break Some(Duration::from_secs(1));
                 }
             }
-            if let Err(e) = drain_outbox(&self.ports, key).await {
-                tracing::error!(conversation = %key, error = %e, "running effects failed");
-                return Some(Duration::from_secs(1));
-            }
+        };
+        // Completing is idempotent: after a failed commit this may write what it wrote.
+        if let Err(e) = complete(&self.ports, key, carried).await {
+            tracing::error!(conversation = %key, error = %e, "completing an effect failed; it runs again");
+            return Some(Duration::from_secs(1));
+        }
+        if retry.is_some() || clean {
+            return retry;
         }
         match drain_outbox(&self.ports, key).await {
             Ok(d) => d.next_due.map(|due| Duration::from_millis((due.0 - self.ports.clock.now().0).max(0) as u64)),

@@ -65,4 +65,24 @@ async fn events_of_a_busy_conversation_are_queued_and_keep_their_order() {
     .await;
     assert_eq!(got, texts, "each once, in order");
     assert!(events_ever_queued(&hub) - before >= 4, "the busy conversation's events were queued");
+
+    // A relay's completion rides in the next event's commit, the last one's is written
+    // alone: every effect ends completed once, none is left to run again.
+    let key = ConversationKey::new("shop", Channel::Widget, &w.conversation_id).unwrap();
+    let store = hub.running.ports.store.clone();
+    eventually(Duration::from_secs(10), "the outbox empty", || async {
+        store.pending_effects(&key).await.unwrap().is_empty().then_some(())
+    })
+    .await;
+    let trace = store.trace(&key).await.unwrap();
+    let posts = trace.iter().filter(|t| t.what == "effect" && t.detail.starts_with("post_to_desk:")).count();
+    let mut ids: Vec<&str> = trace.iter().filter(|t| t.what == "effect").map(|t| t.id.as_str()).collect();
+    let n = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "no effect completed twice: {trace:#?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hub.desk.requests_to("/chat").len(), posts, "one completion per message relayed");
+    assert_eq!(hub.desk.duplicates(), 0, "nothing sent again");
+    assert!(posts >= texts.len());
 }

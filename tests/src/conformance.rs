@@ -19,8 +19,8 @@ use baton_core::effect::{Effect, PendingEffect};
 use baton_core::event::{Event, EventKind};
 use baton_core::model::{Channel, ConversationKey, Millis, OutMessage, Role, ServiceStatus, Turn};
 use baton_core::ports::{
-    Commit, CommitOutcome, DeskLink, DeskStatusRecord, EventQueue, KeyValue, OutboxItem, Store, StoreError, Timers,
-    TraceEntry,
+    Commit, CommitOutcome, Completion, DeskLink, DeskStatusRecord, EventQueue, KeyValue, OutboxItem, Store, StoreError,
+    Timers, TraceEntry,
 };
 use baton_core::session::{ArmedTimer, Session, State};
 use baton_core::TimerKind;
@@ -49,6 +49,7 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@cases $make;
             commit_versions_conflicts_and_seen,
             failed_commit_leaves_nothing_behind,
+            completions_ride_with_a_commit_and_stay_when_it_is_refused,
             session_round_trips,
             outbox_order_complete_defer_and_due,
             agents_put_get_list,
@@ -156,6 +157,36 @@ pub async fn failed_commit_leaves_nothing_behind(store: &dyn Store) {
         CommitOutcome::Committed { version: 1 }
     );
     assert_eq!(texts(&store.pending_effects(&k).await.unwrap()), ["a", "b"]);
+}
+
+fn done(id: &str, at: i64) -> Completion {
+    Completion { effect_id: id.into(), trace: trace(at, id), keep_until: Millis(i64::MAX) }
+}
+
+/// `commit_after` completes effects that ran and commits the next event; the completions
+/// are written even when the commit is refused, and one already gone writes no trace line.
+pub async fn completions_ride_with_a_commit_and_stay_when_it_is_refused(store: &dyn Store) {
+    let k = key("u1");
+    store.commit(commit_of(&k, 0, "e1", &["a", "b"])).await.unwrap();
+    let outcome = store.commit_after(vec![done("e1/0", 1100)], commit_of(&k, 1, "e2", &["c"])).await.unwrap();
+    assert_eq!(outcome, CommitOutcome::Committed { version: 2 });
+    assert_eq!(texts(&store.pending_effects(&k).await.unwrap()), ["b", "c"]);
+
+    // A stale version: the event is not applied, the completion is written.
+    let outcome = store.commit_after(vec![done("e1/1", 1200)], commit_of(&k, 1, "e3", &["d"])).await.unwrap();
+    assert_eq!(outcome, CommitOutcome::VersionConflict);
+    assert_eq!(texts(&store.pending_effects(&k).await.unwrap()), ["c"]);
+    assert!(!store.is_seen(&k, "e3").await.unwrap());
+
+    // A seen event: the same; e1/1 is gone already and writes nothing again.
+    let outcome =
+        store.commit_after(vec![done("e1/1", 1300), done("e2/0", 1300)], commit_of(&k, 2, "e1", &["e"])).await.unwrap();
+    assert_eq!(outcome, CommitOutcome::AlreadySeen);
+    assert!(store.pending_effects(&k).await.unwrap().is_empty());
+    assert_eq!(store.load_session(&k).await.unwrap().expect("stored").version, 2);
+    let mut ids = trace_ids(store, &k).await;
+    ids.sort();
+    assert_eq!(ids, ["e1", "e1/0", "e1/1", "e2", "e2/0"]);
 }
 
 /// Everything on a session survives the store, including an armed timer and its

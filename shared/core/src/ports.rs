@@ -101,6 +101,16 @@ pub trait Store: Send + Sync {
     /// succeeded (a crash in between can lose the line, never state). A store that also
     /// holds the event queue (embedded) takes the event off it in the same write.
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError>;
+    /// [`Store::commit`], after completing `done`: effects of the conversation that ran
+    /// since its session was read (as [`Store::complete_effect`] would, so an effect already
+    /// gone writes nothing). `Ok`, whatever the outcome, means the completions are written. A
+    /// store may write both at once: one write per event instead of two.
+    async fn commit_after(&self, done: Vec<Completion>, commit: Commit) -> Result<CommitOutcome, StoreError> {
+        for c in done {
+            self.complete_effect(&commit.session.key, &c.effect_id, c.trace, c.keep_until).await?;
+        }
+        self.commit(commit).await
+    }
     /// Whether the timer the commit of `version` armed is carried by a timer message still
     /// on its way (see [`Timers::armed_with_the_session`]), so none need be scheduled for it.
     /// Asked once, right after the commit; false by default.

@@ -9,8 +9,8 @@ use baton_core::agent::Agent;
 use baton_core::effect::{PendingEffect, EFFECT_SCHEMA};
 use baton_core::model::{ConversationKey, Millis};
 use baton_core::ports::{
-    Commit, CommitOutcome, ConversationData, DeskLink, DeskStatusRecord, OutboxItem, Store, StoreError, TraceEntry,
-    VersionedSession,
+    Commit, CommitOutcome, Completion, ConversationData, DeskLink, DeskStatusRecord, OutboxItem, Store, StoreError,
+    TraceEntry, VersionedSession,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -22,6 +22,72 @@ type LinkRow = (String, String, String, String);
 
 fn link_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LinkRow> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+fn delete_effect(c: &Connection, conv: &str, effect_id: &str) -> Result<usize, StoreError> {
+    c.prepare_cached("DELETE FROM outbox WHERE conversation = ?1 AND effect_id = ?2")
+        .map_err(sql)?
+        .execute(params![conv, effect_id])
+        .map_err(sql)
+}
+
+/// The session row as written: version, JSON, `updated_at`, `keep_until`.
+type SessionRow<'a> = (u64, &'a str, i64, i64);
+
+/// One commit's checks, then its writes: a refused commit returns before writing anything.
+fn apply_commit(
+    tx: &Connection,
+    conv: &str,
+    event_id: &str,
+    expected: u64,
+    (version, session_json, updated_at, keep_until): SessionRow<'_>,
+    effects: &[(String, String)],
+    at: Millis,
+) -> Result<CommitOutcome, StoreError> {
+    let seen: bool = tx
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM seen WHERE event_id = ?1)")
+        .map_err(sql)?
+        .query_row([event_id], |r| r.get(0))
+        .map_err(sql)?;
+    if seen {
+        return Ok(CommitOutcome::AlreadySeen);
+    }
+    let current: Option<i64> = tx
+        .prepare_cached("SELECT version FROM sessions WHERE conversation = ?1")
+        .map_err(sql)?
+        .query_row([conv], |r| r.get(0))
+        .optional()
+        .map_err(sql)?;
+    if u64::try_from(current.unwrap_or(0)).ok() != Some(expected) {
+        return Ok(CommitOutcome::VersionConflict);
+    }
+    tx.prepare_cached(
+        "INSERT INTO sessions(conversation, version, json, updated_at, keep_until) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(conversation) DO UPDATE SET
+           version = excluded.version, json = excluded.json, updated_at = excluded.updated_at,
+           keep_until = excluded.keep_until",
+    )
+    .map_err(sql)?
+    .execute(params![conv, to_i64(version, "session version")?, session_json, updated_at, keep_until])
+    .map_err(sql)?;
+    tx.prepare_cached("INSERT INTO seen(event_id, conversation, at) VALUES (?1, ?2, ?3)")
+        .map_err(sql)?
+        .execute(params![event_id, conv, at.0])
+        .map_err(sql)?;
+    // The event leaves the queue with the commit that applies it: one write per event
+    // instead of two, and never applied while still queued.
+    tx.prepare_cached("DELETE FROM queue WHERE event_id = ?1").map_err(sql)?.execute([event_id]).map_err(sql)?;
+    // A new effect is due at once: its first attempt follows the commit.
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO outbox(effect_id, conversation, schema, json, attempts, next_attempt_at)
+             VALUES (?1, ?2, ?3, ?4, 0, ?5)",
+        )
+        .map_err(sql)?;
+    for (id, json) in effects {
+        insert.execute(params![id, conv, EFFECT_SCHEMA, json, at.0]).map_err(sql)?;
+    }
+    Ok(CommitOutcome::Committed { version })
 }
 
 #[async_trait]
@@ -163,74 +229,54 @@ impl Store for Db {
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
+        self.commit_after(Vec::new(), commit).await
+    }
+
+    /// The completions and the commit in one transaction; the completions stay written when
+    /// the commit itself is refused (seen, or a version conflict), as the port promises.
+    async fn commit_after(&self, done: Vec<Completion>, commit: Commit) -> Result<CommitOutcome, StoreError> {
         let conv = commit.session.key.to_string();
         let session_json = encode(&commit.session)?;
         let updated_at = commit.session.updated_at.0;
         let effects =
             commit.effects.iter().map(|e| Ok((e.id.clone(), encode(e)?))).collect::<Result<Vec<_>, StoreError>>()?;
         let trace_json = encode(&commit.trace)?;
+        let done = done
+            .into_iter()
+            .map(|c| Ok((c.effect_id, c.trace.at, encode(&c.trace)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let at = commit.trace.at;
         let keep_until = commit.keep_until.0;
         let event_id = commit.event_id;
         let expected = commit.expected_version;
         let new_version =
             expected.checked_add(1).ok_or_else(|| StoreError::Unavailable("session version overflow".into()))?;
-        let new_version_i64 = to_i64(new_version, "session version")?;
         let trace_conv = conv.clone();
         let write = self.write(move |c| {
             let tx = c.savepoint().map_err(sql)?;
-            let seen: bool = tx
-                .prepare_cached("SELECT EXISTS(SELECT 1 FROM seen WHERE event_id = ?1)")
-                .map_err(sql)?
-                .query_row([&event_id], |r| r.get(0))
-                .map_err(sql)?;
-            if seen {
-                return Ok(CommitOutcome::AlreadySeen);
-            }
-            let current: Option<i64> = tx
-                .prepare_cached("SELECT version FROM sessions WHERE conversation = ?1")
-                .map_err(sql)?
-                .query_row([&conv], |r| r.get(0))
-                .optional()
-                .map_err(sql)?;
-            if u64::try_from(current.unwrap_or(0)).ok() != Some(expected) {
-                return Ok(CommitOutcome::VersionConflict);
-            }
-            tx.prepare_cached(
-                "INSERT INTO sessions(conversation, version, json, updated_at, keep_until) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(conversation) DO UPDATE SET
-                   version = excluded.version, json = excluded.json, updated_at = excluded.updated_at,
-                   keep_until = excluded.keep_until",
-            )
-            .map_err(sql)?
-            .execute(params![conv, new_version_i64, session_json, updated_at, keep_until])
-            .map_err(sql)?;
-            tx.prepare_cached("INSERT INTO seen(event_id, conversation, at) VALUES (?1, ?2, ?3)")
-                .map_err(sql)?
-                .execute(params![event_id, conv, at.0])
-                .map_err(sql)?;
-            // The event leaves the queue with the commit that applies it: one write per event
-            // instead of two, and never applied while still queued.
-            tx.prepare_cached("DELETE FROM queue WHERE event_id = ?1")
-                .map_err(sql)?
-                .execute([&event_id])
-                .map_err(sql)?;
-            {
-                // A new effect is due at once: its first attempt follows the commit.
-                let mut insert = tx
-                    .prepare_cached(
-                        "INSERT INTO outbox(effect_id, conversation, schema, json, attempts, next_attempt_at)
-                         VALUES (?1, ?2, ?3, ?4, 0, ?5)",
-                    )
-                    .map_err(sql)?;
-                for (id, json) in &effects {
-                    insert.execute(params![id, conv, EFFECT_SCHEMA, json, at.0]).map_err(sql)?;
+            let mut completed = Vec::with_capacity(done.len());
+            for (id, at, json) in done {
+                if delete_effect(&tx, &conv, &id)? > 0 {
+                    completed.push((at, json));
                 }
             }
+            let outcome = apply_commit(
+                &tx,
+                &conv,
+                &event_id,
+                expected,
+                (new_version, &session_json, updated_at, keep_until),
+                &effects,
+                at,
+            )?;
+            // A refused commit wrote nothing of its own (its checks come before its writes).
             tx.commit().map_err(sql)?;
-            Ok(CommitOutcome::Committed { version: new_version })
+            Ok((outcome, completed))
         });
-        let outcome = write.await?;
+        let (outcome, completed) = write.await?;
+        for (at, json) in completed {
+            self.trace_behind(trace_conv.clone(), at, json);
+        }
         if matches!(outcome, CommitOutcome::Committed { .. }) {
             self.trace_behind(trace_conv, at, trace_json);
         }
@@ -279,14 +325,7 @@ impl Store for Db {
         let conv = key.to_string();
         let id = effect_id.to_string();
         let trace_json = encode(&trace)?;
-        let deleted = self
-            .write(move |c| {
-                c.prepare_cached("DELETE FROM outbox WHERE conversation = ?1 AND effect_id = ?2")
-                    .map_err(sql)?
-                    .execute(params![conv, id])
-                    .map_err(sql)
-            })
-            .await?;
+        let deleted = self.write(move |c| delete_effect(c, &conv, &id)).await?;
         if deleted > 0 {
             self.trace_behind(key.to_string(), trace.at, trace_json);
         }

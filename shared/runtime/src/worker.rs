@@ -46,16 +46,38 @@ pub enum Processed {
 /// Apply one event: load, skip if seen, step, commit session + seen id + effects at once.
 /// Effects are not run here; call [`drain_outbox`] afterwards.
 pub async fn apply_event(ports: &Ports, event: &Event) -> Result<Processed, WorkerError> {
+    apply_event_after(ports, event, Vec::new()).await.map(|a| a.processed)
+}
+
+/// What [`apply_event_after`] did.
+#[derive(Debug)]
+pub struct Applied {
+    pub processed: Processed,
+    /// The effects its commit added to the outbox, in order (none unless it committed).
+    pub committed: Vec<PendingEffect>,
+}
+
+/// [`apply_event`], completing `done` first: effects of the conversation that ran since the
+/// last commit (see [`drain_items`]), written with the event's commit where the store can.
+/// `Ok` means they are written; after an error they may or may not be.
+pub async fn apply_event_after(
+    ports: &Ports,
+    event: &Event,
+    mut done: Vec<Completion>,
+) -> Result<Applied, WorkerError> {
     let key = &event.conversation;
+    let nothing = |processed| Applied { processed, committed: Vec::new() };
     let Some(agent) = ports.store.get_agent(&key.agent).await? else {
         tracing::warn!(conversation = %key, event = %event.id, "event for an unknown agent dropped");
-        return Ok(Processed::UnknownAgent);
+        complete(ports, key, done).await?;
+        return Ok(nothing(Processed::UnknownAgent));
     };
     for _ in 0..MAX_CONFLICT_RETRIES {
         // The session first: what it says tells the store where the event's mark may be.
         let loaded = ports.store.load_session(key).await?;
         if ports.store.is_seen(key, &event.id).await? {
-            return Ok(Processed::Duplicate);
+            complete(ports, key, done).await?;
+            return Ok(nothing(Processed::Duplicate));
         }
         let (session, version) = match loaded {
             Some(v) => (v.session, v.version),
@@ -114,9 +136,11 @@ pub async fn apply_event(ports: &Ports, event: &Event) -> Result<Processed, Work
             }
         };
         let keep_until = agent.policy.keep_until(now);
+        let committed = effects.clone();
         let commit =
             Commit { expected_version: version, session: next, event_id: event.id.clone(), effects, trace, keep_until };
-        match ports.store.commit(commit).await? {
+        // Written whatever the outcome: a retry carries none.
+        match ports.store.commit_after(std::mem::take(&mut done), commit).await? {
             CommitOutcome::Committed { version } => {
                 // Armed in the committed session; scheduled right after it (see
                 // `Timers::armed_with_the_session`), unless a timer message on its way
@@ -130,13 +154,21 @@ pub async fn apply_event(ports: &Ports, event: &Event) -> Result<Processed, Work
                         tracing::warn!(conversation = %key, error = %e, "a timer was not scheduled; the sweeper fires it when due");
                     }
                 }
-                return Ok(processed);
+                return Ok(Applied { processed, committed });
             }
-            CommitOutcome::AlreadySeen => return Ok(Processed::Duplicate),
+            CommitOutcome::AlreadySeen => return Ok(nothing(Processed::Duplicate)),
             CommitOutcome::VersionConflict => continue,
         }
     }
     Err(WorkerError::Contended(key.to_string()))
+}
+
+/// Write completions one by one.
+pub async fn complete(ports: &Ports, key: &ConversationKey, done: Vec<Completion>) -> Result<(), StoreError> {
+    for c in done {
+        ports.store.complete_effect(key, &c.effect_id, c.trace, c.keep_until).await?;
+    }
+    Ok(())
 }
 
 /// A brain's answer given within the step that asked it.
@@ -213,6 +245,12 @@ pub struct Drained {
 }
 
 impl Drained {
+    /// Whether every effect it was given completed (or has its completion returned unwritten)
+    /// and no step added more: the conversation's outbox then holds nothing else.
+    pub fn left_nothing(&self) -> bool {
+        self.next_due.is_none() && !self.stepped
+    }
+
     fn and(self, later: Drained) -> Drained {
         let next_due = match (self.next_due, later.next_due) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -285,6 +323,22 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
     ports.store.watch_pending(key).await?;
     let earliest = items.iter().map(|i| i.next_attempt_at).min();
     Ok(Drained { done, next_due: earliest.map(|d| d.max(ports.clock.now())), stepped: false })
+}
+
+/// Run `items`, a conversation's pending effects (read from the outbox, or known to be all it
+/// holds), as [`drain_outbox`] does without a lease, for a caller that alone runs the
+/// conversation (the embedded dispatcher). The last effect's completion, when nothing stepped
+/// on after it, is returned unwritten: the caller writes it with its next commit of the
+/// conversation ([`apply_event_after`]), or alone when there is none. Between the two the
+/// effect is still in the outbox: a crash there runs it again, as a crash between an effect
+/// and its completion always could (its idempotency key lets the receiver see the repeat).
+pub async fn drain_items(
+    ports: &Ports,
+    key: &ConversationKey,
+    items: Vec<OutboxItem>,
+) -> Result<(Drained, Option<Completion>), WorkerError> {
+    let settled = run_settled(ports, key, items, true).await?;
+    Ok((settled.drained, settled.unwritten))
 }
 
 /// What [`run_settled`] ran: the result, the ids of every effect seen, and the completion of
