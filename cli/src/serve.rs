@@ -5,12 +5,14 @@ use crate::{assets, console, demo};
 use baton_brains::Brains;
 pub use baton_connectors::outbound::Targets;
 use baton_core::model::ServiceStatus;
-use baton_core::ports::{Clock, Completion, EventQueue, OutboxItem, QueueError, Store};
+use baton_core::ports::{Clock, Completion, EventQueue, OutboxItem, QueueError, Store, VersionedSession};
 use baton_core::{ConversationKey, Event};
 use baton_embedded::{ConsoleStore, Db, EmbeddedQueue, EmbeddedTimers};
 use baton_runtime::http::{AppState, Limits, RateLimitConfig};
 use baton_runtime::widget::{MessageLog, TokenSigner};
-use baton_runtime::worker::{apply_event, apply_event_after, complete, drain_items, drain_outbox, Applied, Processed};
+use baton_runtime::worker::{
+    apply_event, apply_event_after, complete, drain_items, drain_outbox, After, Applied, Processed,
+};
 use baton_runtime::{Connectors, Ports};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -502,12 +504,13 @@ impl Dispatcher {
     /// Apply every queued event of the conversation, running its effects after each.
     /// Returns when to look again (a failure or a deferred effect), if ever.
     ///
-    /// The task alone runs the conversation, so two writes per event are saved: the last
-    /// effect's completion rides in the next event's commit (`carried`), and once a drain
-    /// left nothing behind, the next commit's effects are all the outbox holds and are run
-    /// without reading it back (`clean`).
+    /// The task alone runs the conversation, so it need not read back what it wrote: the
+    /// last effect's completion rides in the next event's commit (`carried`); the session as
+    /// committed is the next step's (`last`); and once a drain left nothing behind, the next
+    /// commit's effects are all the outbox holds and run without reading it (`clean`).
     async fn work(&self, key: &ConversationKey) -> Option<Duration> {
         let mut carried: Vec<Completion> = Vec::new();
+        let mut last: Option<VersionedSession> = None;
         let mut clean = false;
         let retry = loop {
             let event = match self.queue.head(key).await {
@@ -518,9 +521,11 @@ impl Dispatcher {
                     break Some(Duration::from_secs(1));
                 }
             };
-            let committed = match apply_event_after(&self.ports, &event, carried.clone()).await {
-                Ok(Applied { processed, committed }) => {
+            let after = After { done: carried.clone(), session: last.take() };
+            let (committed, agent) = match apply_event_after(&self.ports, &event, after).await {
+                Ok(Applied { processed, committed, session, agent }) => {
                     carried.clear();
+                    last = session;
                     tracing::debug!(conversation = %key, event = %event.id, outcome = ?processed, "event processed");
                     // A committed event left the queue in its commit; the others leave here.
                     let in_commit = matches!(processed, Processed::Applied { .. } | Processed::Ignored(_));
@@ -530,7 +535,7 @@ impl Dispatcher {
                             break Some(Duration::from_secs(1));
                         }
                     }
-                    committed
+                    (committed, agent)
                 }
                 Err(e) => {
                     tracing::error!(conversation = %key, event = %event.id, error = %e, "event failed; will retry");
@@ -549,10 +554,14 @@ impl Dispatcher {
                     }
                 }
             };
-            match drain_items(&self.ports, key, items).await {
+            match drain_items(&self.ports, key, items, agent).await {
                 Ok((drained, unwritten)) => {
                     carried.extend(unwritten);
                     clean = drained.left_nothing();
+                    if !clean {
+                        // An effect's result may have stepped the conversation on.
+                        last = None;
+                    }
                 }
                 Err(e) => {
                     tracing::error!(conversation = %key, error = %e, "running effects failed");

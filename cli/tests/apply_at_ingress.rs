@@ -86,3 +86,48 @@ async fn events_of_a_busy_conversation_are_queued_and_keep_their_order() {
     assert_eq!(hub.desk.duplicates(), 0, "nothing sent again");
     assert!(posts >= texts.len());
 }
+
+fn user_message(key: &ConversationKey, id: &str, text: &str) -> baton_core::Event {
+    let kind =
+        baton_core::EventKind::UserMessage { text: text.into(), email: None, language: None, name: None, reply: None };
+    baton_core::Event::new(id, key.clone(), baton_core::model::Millis(1), kind)
+}
+
+/// The conversation task steps on the session it committed instead of reading it back.
+/// Should anything else have written the session meanwhile, the version check refuses the
+/// step and it is taken again on the stored session; an event already applied is refused
+/// by the commit, though its seen id was not read first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_on_the_session_as_last_committed_loses_no_other_write_and_applies_nothing_twice() {
+    use baton_runtime::worker::{apply_event, apply_event_after, After, Processed};
+    let hub = common::hub().await;
+    let ports = &hub.running.ports;
+    let key = ConversationKey::new("shop", Channel::Widget, "known-session").unwrap();
+
+    let first = apply_event_after(ports, &user_message(&key, "k1", "one"), After::default()).await.unwrap();
+    let kept = first.session.expect("the session as committed");
+    assert_eq!(kept.version, 1);
+    assert_eq!(ports.store.load_session(&key).await.unwrap().expect("stored"), kept);
+
+    // Another writer steps the conversation on: what the task kept is now stale.
+    assert!(matches!(apply_event(ports, &user_message(&key, "k2", "two")).await.unwrap(), Processed::Applied { .. }));
+    let after = After { done: Vec::new(), session: Some(kept.clone()) };
+    let third = apply_event_after(ports, &user_message(&key, "k3", "three"), after).await.unwrap();
+    assert!(matches!(third.processed, Processed::Applied { .. }));
+    let stored = ports.store.load_session(&key).await.unwrap().expect("stored");
+    assert_eq!(third.session.as_ref(), Some(&stored));
+    let said: Vec<&str> = stored
+        .session
+        .history
+        .iter()
+        .filter(|t| t.role == baton_core::model::Role::User)
+        .map(|t| t.text.as_str())
+        .collect();
+    assert_eq!(said, ["one", "two", "three"], "no write lost");
+
+    // An event already applied, stepped on the session as last committed: refused.
+    let again = After { done: Vec::new(), session: third.session.clone() };
+    let dup = apply_event_after(ports, &user_message(&key, "k2", "two"), again).await.unwrap();
+    assert_eq!(dup.processed, Processed::Duplicate);
+    assert_eq!(ports.store.load_session(&key).await.unwrap().expect("stored"), stored);
+}

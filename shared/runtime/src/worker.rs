@@ -6,7 +6,7 @@ use baton_connectors::outbound::Targets;
 use baton_core::agent::Policy;
 use baton_core::ports::{
     BrainRequest, Commit, CommitOutcome, Completion, Delivery, DeliveryError, DeskLink, DeskStatusRecord, OutboxItem,
-    StoreError, TraceEntry,
+    StoreError, TraceEntry, VersionedSession,
 };
 use baton_core::{
     step_with, Agent, ConversationKey, Effect, Event, EventKind, Facts, Millis, PendingEffect, Session, Step,
@@ -46,7 +46,20 @@ pub enum Processed {
 /// Apply one event: load, skip if seen, step, commit session + seen id + effects at once.
 /// Effects are not run here; call [`drain_outbox`] afterwards.
 pub async fn apply_event(ports: &Ports, event: &Event) -> Result<Processed, WorkerError> {
-    apply_event_after(ports, event, Vec::new()).await.map(|a| a.processed)
+    apply_event_after(ports, event, After::default()).await.map(|a| a.processed)
+}
+
+/// What a caller that alone runs a conversation (the embedded dispatcher) brings from its
+/// last commit of it to [`apply_event_after`].
+#[derive(Debug, Default)]
+pub struct After {
+    /// Effects that ran since that commit, to complete with this one (see [`drain_items`]).
+    pub done: Vec<Completion>,
+    /// The session as that commit wrote it, used instead of reading it back, and without
+    /// reading the event's seen id first: only for a store whose commit refuses an event it
+    /// has seen (the embedded one). Should anyone else have written the session since, the
+    /// commit's version check refuses the step, and the retry reads it.
+    pub session: Option<VersionedSession>,
 }
 
 /// What [`apply_event_after`] did.
@@ -55,30 +68,36 @@ pub struct Applied {
     pub processed: Processed,
     /// The effects its commit added to the outbox, in order (none unless it committed).
     pub committed: Vec<PendingEffect>,
+    /// The session as committed, for [`After::session`].
+    pub session: Option<VersionedSession>,
+    /// The agent the event was applied with, for [`drain_items`].
+    pub agent: Option<Agent>,
 }
 
-/// [`apply_event`], completing `done` first: effects of the conversation that ran since the
-/// last commit (see [`drain_items`]), written with the event's commit where the store can.
-/// `Ok` means they are written; after an error they may or may not be.
-pub async fn apply_event_after(
-    ports: &Ports,
-    event: &Event,
-    mut done: Vec<Completion>,
-) -> Result<Applied, WorkerError> {
+/// [`apply_event`], completing `after.done` first, written with the event's commit where the
+/// store can. `Ok` means they are written; after an error they may or may not be.
+pub async fn apply_event_after(ports: &Ports, event: &Event, after: After) -> Result<Applied, WorkerError> {
     let key = &event.conversation;
-    let nothing = |processed| Applied { processed, committed: Vec::new() };
+    let After { mut done, session: mut known } = after;
+    let nothing = |processed, agent| Applied { processed, committed: Vec::new(), session: None, agent };
     let Some(agent) = ports.store.get_agent(&key.agent).await? else {
         tracing::warn!(conversation = %key, event = %event.id, "event for an unknown agent dropped");
         complete(ports, key, done).await?;
-        return Ok(nothing(Processed::UnknownAgent));
+        return Ok(nothing(Processed::UnknownAgent, None));
     };
     for _ in 0..MAX_CONFLICT_RETRIES {
-        // The session first: what it says tells the store where the event's mark may be.
-        let loaded = ports.store.load_session(key).await?;
-        if ports.store.is_seen(key, &event.id).await? {
-            complete(ports, key, done).await?;
-            return Ok(nothing(Processed::Duplicate));
-        }
+        let loaded = match known.take() {
+            Some(session) => Some(session),
+            None => {
+                // The session first: what it says tells the store where the event's mark may be.
+                let loaded = ports.store.load_session(key).await?;
+                if ports.store.is_seen(key, &event.id).await? {
+                    complete(ports, key, done).await?;
+                    return Ok(nothing(Processed::Duplicate, Some(agent)));
+                }
+                loaded
+            }
+        };
         let (session, version) = match loaded {
             Some(v) => (v.session, v.version),
             None => (Session::new(key.clone()), 0),
@@ -137,6 +156,7 @@ pub async fn apply_event_after(
         };
         let keep_until = agent.policy.keep_until(now);
         let committed = effects.clone();
+        let written = next.clone();
         let commit =
             Commit { expected_version: version, session: next, event_id: event.id.clone(), effects, trace, keep_until };
         // Written whatever the outcome: a retry carries none.
@@ -154,9 +174,10 @@ pub async fn apply_event_after(
                         tracing::warn!(conversation = %key, error = %e, "a timer was not scheduled; the sweeper fires it when due");
                     }
                 }
-                return Ok(Applied { processed, committed });
+                let session = Some(VersionedSession { session: written, version });
+                return Ok(Applied { processed, committed, session, agent: Some(agent) });
             }
-            CommitOutcome::AlreadySeen => return Ok(nothing(Processed::Duplicate)),
+            CommitOutcome::AlreadySeen => return Ok(nothing(Processed::Duplicate, Some(agent))),
             CommitOutcome::VersionConflict => continue,
         }
     }
@@ -295,7 +316,7 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
         return Ok(Drained::default());
     }
     let Some((lease, leases)) = &ports.drain_lease else {
-        return run_settled(ports, key, items, false).await.map(|s| s.drained);
+        return run_settled(ports, key, items, false, None).await.map(|s| s.drained);
     };
     let mut done = 0;
     for _ in 0..MAX_DRAIN_ROUNDS {
@@ -306,7 +327,7 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
             ports.store.watch_pending(key).await?;
             return Ok(Drained { done, ..Drained::default() });
         };
-        let mut result = run_settled(ports, key, under_lease, true).await;
+        let mut result = run_settled(ports, key, under_lease, true, None).await;
         // The last effect's completion, when it was left for the release to write.
         let unwritten = result.as_mut().ok().and_then(|s| s.unwritten.take());
         let released = leases.release(key, &held, unwritten).await;
@@ -332,12 +353,16 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
 /// conversation ([`apply_event_after`]), or alone when there is none. Between the two the
 /// effect is still in the outbox: a crash there runs it again, as a crash between an effect
 /// and its completion always could (its idempotency key lets the receiver see the repeat).
+///
+/// `agent`, when given, is the agent as the caller just read it (its secrets still
+/// unresolved), for the first effects not to read it again.
 pub async fn drain_items(
     ports: &Ports,
     key: &ConversationKey,
     items: Vec<OutboxItem>,
+    agent: Option<Agent>,
 ) -> Result<(Drained, Option<Completion>), WorkerError> {
-    let settled = run_settled(ports, key, items, true).await?;
+    let settled = run_settled(ports, key, items, true, agent).await?;
     Ok((settled.drained, settled.unwritten))
 }
 
@@ -358,9 +383,10 @@ async fn run_settled(
     key: &ConversationKey,
     items: Vec<OutboxItem>,
     leave_last: bool,
+    agent: Option<Agent>,
 ) -> Result<Settled, WorkerError> {
     let mut seen: HashSet<String> = items.iter().map(|i| i.effect.id.clone()).collect();
-    let (mut drained, mut unwritten) = run_items(ports, key, items, leave_last).await?;
+    let (mut drained, mut unwritten) = run_items(ports, key, items, leave_last, agent).await?;
     for _ in 0..MAX_DRAIN_ROUNDS {
         if !drained.stepped {
             break;
@@ -370,7 +396,7 @@ async fn run_settled(
             break;
         }
         seen.extend(items.iter().map(|i| i.effect.id.clone()));
-        let (more, last) = run_items(ports, key, items, leave_last).await?;
+        let (more, last) = run_items(ports, key, items, leave_last, None).await?;
         drained = drained.and(more);
         unwritten = last;
     }
@@ -385,11 +411,16 @@ async fn run_items(
     key: &ConversationKey,
     items: Vec<OutboxItem>,
     leave_last: bool,
+    agent: Option<Agent>,
 ) -> Result<(Drained, Option<Completion>), WorkerError> {
     if items.is_empty() {
         return Ok((Drained::default(), None));
     }
-    let agent = match ports.store.get_agent(&key.agent).await? {
+    let agent = match agent {
+        Some(a) => Some(a),
+        None => ports.store.get_agent(&key.agent).await?,
+    };
+    let agent = match agent {
         // Secret references are resolved once per run, right before use.
         Some(a) => match ports.secrets.resolve(&a).await {
             Ok(resolved) => Some(resolved),
