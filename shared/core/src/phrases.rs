@@ -1,6 +1,8 @@
 //! Phrases that mean "give me a human" or "end this", matched after normalisation
 //! (case, accents kept, punctuation and repeated spaces removed).
 
+use std::borrow::Cow;
+
 pub const DEFAULT_HANDOFF: &[&str] = &[
     // en
     "human",
@@ -59,11 +61,24 @@ pub const CANCEL: &[&str] = &["cancel", "abbrechen", "odustani", "取消", "annu
 
 /// Lower-case, punctuation to spaces, spaces collapsed.
 pub fn normalise(s: &str) -> String {
-    let mapped: String = s
-        .chars()
-        .map(|c| if c.is_alphanumeric() || c == '/' { c.to_lowercase().next().unwrap_or(c) } else { ' ' })
-        .collect();
-    mapped.split_whitespace().collect::<Vec<_>>().join(" ")
+    normalised(s).into_owned()
+}
+
+/// [`normalise`], borrowing `s` when it is normalised already (as configured phrases
+/// usually are: every message is compared with each of them).
+fn normalised(s: &str) -> Cow<'_, str> {
+    let kept = |c: char| c.is_alphanumeric() || c == '/';
+    let mut prev_space = true;
+    let clean = s.chars().all(|c| {
+        let ok = if c == ' ' { !prev_space } else { kept(c) && c.to_lowercase().eq(std::iter::once(c)) };
+        prev_space = c == ' ';
+        ok
+    }) && !prev_space;
+    if clean || s.is_empty() {
+        return Cow::Borrowed(s);
+    }
+    let mapped: String = s.chars().map(|c| if kept(c) { c.to_lowercase().next().unwrap_or(c) } else { ' ' }).collect();
+    Cow::Owned(mapped.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 /// True when the whole message is one of the phrases, or (for phrases of two or more
@@ -75,7 +90,8 @@ pub fn matches(message: &str, phrases: &[String]) -> bool {
         return false;
     }
     phrases.iter().any(|p| {
-        let p = normalise(p);
+        let p = normalised(p);
+        let p = p.as_ref();
         if p.is_empty() {
             return false;
         }
@@ -84,13 +100,16 @@ pub fn matches(message: &str, phrases: &[String]) -> bool {
         }
         let multi_word = p.contains(' ');
         let cjk = p.chars().any(is_cjk);
-        (multi_word && contains_words(&m, &p)) || (cjk && m.contains(&p) && m.chars().count() <= p.chars().count() + 6)
+        (multi_word && contains_words(&m, p)) || (cjk && m.contains(p) && m.chars().count() <= p.chars().count() + 6)
     })
 }
 
+/// Whether `needle` occurs in `haystack` as whole words (both normalised: single spaces).
 fn contains_words(haystack: &str, needle: &str) -> bool {
-    let h = format!(" {haystack} ");
-    h.contains(&format!(" {needle} "))
+    haystack.match_indices(needle).any(|(at, _)| {
+        let end = at + needle.len();
+        (at == 0 || haystack[..at].ends_with(' ')) && (end == haystack.len() || haystack[end..].starts_with(' '))
+    })
 }
 
 pub fn is_cjk(c: char) -> bool {
@@ -121,6 +140,38 @@ mod tests {
         assert!(matches("Je voudrais parler à une personne", &p));
         assert!(!matches("what does your agent software cost", &p));
         assert!(!matches("", &p));
+    }
+
+    /// The borrowed fast path gives what the full mapping gives.
+    #[test]
+    fn normalised_text_is_borrowed_and_the_rest_mapped() {
+        let full = |s: &str| {
+            let mapped: String = s
+                .chars()
+                .map(|c| if c.is_alphanumeric() || c == '/' { c.to_lowercase().next().unwrap_or(c) } else { ' ' })
+                .collect();
+            mapped.split_whitespace().collect::<Vec<_>>().join(" ")
+        };
+        for s in ["talk to a human", "转人工", "a/b c", "x", ""] {
+            assert!(matches!(normalised(s), Cow::Borrowed(_)), "{s:?}");
+            assert_eq!(normalised(s), full(s));
+        }
+        for s in ["Talk to a human", " human", "human ", "talk  to", "end.", "a\tb", "İstanbul", "ÉTÉ", "é\u{a0}x"]
+        {
+            assert!(matches!(normalised(s), Cow::Owned(_)), "{s:?}");
+            assert_eq!(normalised(s), full(s), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn multi_word_phrases_match_whole_words_only() {
+        let p = vec!["talk to a human".to_string(), "end chat".to_string()];
+        assert!(matches("ok, talk to a human", &p));
+        assert!(matches("End chat now", &p));
+        assert!(!matches("talk to a humanoid", &p));
+        assert!(!matches("weekend chat", &p));
+        assert!(!matches("weekend chat, end chatter", &p));
+        assert!(matches("weekend chat, end chat", &p));
     }
 
     #[test]

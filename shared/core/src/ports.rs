@@ -423,6 +423,14 @@ pub trait Fallback: Send + Sync {
 #[async_trait]
 pub trait Secrets: Send + Sync {
     async fn resolve(&self, agent: &Agent) -> Result<Agent, DeliveryError>;
+    /// [`Secrets::resolve`] of an agent the caller owns, which it gets back on failure: a
+    /// resolver with nothing to replace hands it on without a copy.
+    async fn resolve_owned(&self, agent: Agent) -> Result<Agent, (Agent, DeliveryError)> {
+        match self.resolve(&agent).await {
+            Ok(resolved) => Ok(resolved),
+            Err(e) => Err((agent, e)),
+        }
+    }
 }
 
 /// Messages for users of polled channels (the widget), readable by cursor.

@@ -116,15 +116,51 @@ pub struct PlainSecrets;
 #[async_trait::async_trait]
 impl Secrets for PlainSecrets {
     async fn resolve(&self, agent: &baton_core::Agent) -> Result<baton_core::Agent, baton_core::ports::DeliveryError> {
-        let mut a = agent.clone();
-        for (field, s) in a.secrets_mut() {
-            if baton_core::agent::is_ssm_reference(s) {
-                return Err(baton_core::ports::DeliveryError::permanent(format!(
+        self.resolve_owned(agent.clone()).await.map_err(|(_, e)| e)
+    }
+
+    async fn resolve_owned(
+        &self,
+        mut agent: baton_core::Agent,
+    ) -> Result<baton_core::Agent, (baton_core::Agent, baton_core::ports::DeliveryError)> {
+        let refused =
+            agent.secrets_mut().into_iter().find(|(_, s)| baton_core::agent::is_ssm_reference(s)).map(|(f, _)| f);
+        match refused {
+            Some(field) => {
+                let e = baton_core::ports::DeliveryError::permanent(format!(
                     "agent {}: {field} is an SSM reference, which only the AWS deployment resolves",
                     agent.id
-                )));
+                ));
+                Err((agent, e))
             }
+            None => Ok(agent),
         }
-        Ok(a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_core::ports::DeliveryError;
+
+    fn agent(signing_secret: &str) -> baton_core::Agent {
+        let desk =
+            serde_json::json!({"kind": "webhook", "url": "https://desk.example.com", "signing_secret": signing_secret});
+        serde_json::from_value(serde_json::json!({"id": "demo", "desk": desk})).expect("agent")
+    }
+
+    /// Plain values pass as they are; an SSM reference is refused naming its field, and the
+    /// caller gets its agent back.
+    #[tokio::test]
+    async fn plain_secrets_pass_and_ssm_references_are_refused() {
+        let plain = agent("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        assert_eq!(PlainSecrets.resolve_owned(plain.clone()).await.expect("plain"), plain);
+        assert_eq!(PlainSecrets.resolve(&plain).await.expect("plain"), plain);
+        let referenced = agent("ssm:/baton/demo/desk");
+        let (back, e) = PlainSecrets.resolve_owned(referenced.clone()).await.expect_err("refused");
+        assert_eq!(back, referenced);
+        assert!(matches!(&e, DeliveryError::Permanent { .. }), "{e:?}");
+        assert!(e.to_string().contains("desk.signing_secret is an SSM reference"), "{e}");
+        assert!(PlainSecrets.resolve(&referenced).await.is_err());
     }
 }

@@ -422,14 +422,14 @@ async fn run_items(
     };
     let agent = match agent {
         // Secret references are resolved once per run, right before use.
-        Some(a) => match ports.secrets.resolve(&a).await {
+        Some(a) => match ports.secrets.resolve_owned(a).await {
             Ok(resolved) => Some(resolved),
-            Err(e @ DeliveryError::Retryable { .. }) => {
+            Err((a, e @ DeliveryError::Retryable { .. })) => {
                 tracing::warn!(agent = %a.id, error = %e, "secrets could not be resolved; effects wait");
                 let wait = Drained { next_due: Some(Millis(ports.clock.now().0 + 30_000)), ..Drained::default() };
                 return Ok((wait, None));
             }
-            Err(e) => {
+            Err((a, e)) => {
                 // Effects that need no secret still run; the others fail with their own error.
                 ports.alerts.raise(format!("agent {}: {e}", a.id));
                 Some(a)
