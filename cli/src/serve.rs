@@ -507,11 +507,13 @@ impl Dispatcher {
     /// The task alone runs the conversation, so it need not read back what it wrote: the
     /// last effect's completion rides in the next event's commit (`carried`); the session as
     /// committed is the next step's (`last`); and once a drain left nothing behind, the next
-    /// commit's effects are all the outbox holds and run without reading it (`clean`).
+    /// commit's effects are all the outbox holds and run without reading it (`clean`: the
+    /// version of the commit that drain followed; a commit that is not the next version
+    /// means someone else wrote, and the outbox is read).
     async fn work(&self, key: &ConversationKey) -> Option<Duration> {
         let mut carried: Vec<Completion> = Vec::new();
         let mut last: Option<VersionedSession> = None;
-        let mut clean = false;
+        let mut clean: Option<u64> = None;
         let retry = loop {
             let event = match self.queue.head(key).await {
                 Ok(Some(e)) => e,
@@ -522,9 +524,10 @@ impl Dispatcher {
                 }
             };
             let after = After { done: carried.clone(), session: last.take() };
-            let (committed, agent) = match apply_event_after(&self.ports, &event, after).await {
+            let (committed, agent, version) = match apply_event_after(&self.ports, &event, after).await {
                 Ok(Applied { processed, committed, session, agent }) => {
                     carried.clear();
+                    let version = session.as_ref().map(|s| s.version);
                     last = session;
                     tracing::debug!(conversation = %key, event = %event.id, outcome = ?processed, "event processed");
                     // A committed event left the queue in its commit; the others leave here.
@@ -535,14 +538,15 @@ impl Dispatcher {
                             break Some(Duration::from_secs(1));
                         }
                     }
-                    (committed, agent)
+                    (committed, agent, version)
                 }
                 Err(e) => {
                     tracing::error!(conversation = %key, event = %event.id, error = %e, "event failed; will retry");
                     break Some(Duration::from_secs(1));
                 }
             };
-            let items = if clean {
+            let follows_clean = matches!((clean, version), (Some(c), Some(v)) if c.checked_add(1) == Some(v));
+            let items = if follows_clean {
                 let at = self.ports.clock.now();
                 committed.into_iter().map(|effect| OutboxItem { effect, attempts: 0, next_attempt_at: at }).collect()
             } else {
@@ -557,8 +561,8 @@ impl Dispatcher {
             match drain_items(&self.ports, key, items, agent).await {
                 Ok((drained, unwritten)) => {
                     carried.extend(unwritten);
-                    clean = drained.left_nothing();
-                    if !clean {
+                    clean = version.filter(|_| drained.left_nothing());
+                    if !drained.left_nothing() {
                         // An effect's result may have stepped the conversation on.
                         last = None;
                     }
@@ -574,7 +578,7 @@ impl Dispatcher {
             tracing::error!(conversation = %key, error = %e, "completing an effect failed; it runs again");
             return Some(Duration::from_secs(1));
         }
-        if retry.is_some() || clean {
+        if retry.is_some() || clean.is_some() {
             return retry;
         }
         match drain_outbox(&self.ports, key).await {

@@ -131,3 +131,43 @@ async fn a_step_on_the_session_as_last_committed_loses_no_other_write_and_applie
     assert_eq!(dup.processed, Processed::Duplicate);
     assert_eq!(ports.store.load_session(&key).await.unwrap().expect("stored"), stored);
 }
+
+/// The task runs a commit's effects without reading the outbox only when its previous
+/// commit, after which the outbox held nothing else, is the one just before. An effect
+/// another writer committed meanwhile is found and runs in its place, before the next
+/// message's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_effect_another_writer_committed_meanwhile_runs_in_its_place() {
+    let hub = common::hub().await;
+    let w = WidgetClient::start(&hub.base, "shop", Some("f@example.com")).await;
+    w.send("I want to talk to a human").await;
+    let est = hub.desk.first_to("/conversation/establish").await;
+    let conv = est.body["conversation_id"].as_str().unwrap().to_string();
+    assert_eq!(hub.desk_reply(&conv, "Hello", Some("h1")).await.status(), 200);
+    let key = ConversationKey::new("shop", Channel::Widget, &w.conversation_id).unwrap();
+    let chat = |hub: &common::Hub| -> Vec<String> {
+        hub.desk.requests_to("/chat").iter().filter_map(|r| r.body["body"].as_str().map(str::to_string)).collect()
+    };
+
+    hub.desk.answer_after(Duration::from_millis(300));
+    for t in ["m0", "m1", "m2"] {
+        w.send(t).await;
+    }
+    // m1 is at the desk: the conversation's task is on m2 now.
+    eventually(Duration::from_secs(10), "m1 at the desk", || async { chat(&hub).contains(&"m1".into()).then_some(()) })
+        .await;
+    // Another writer commits to the conversation behind the task's back.
+    let foreign = baton_runtime::worker::apply_event(&hub.running.ports, &user_message(&key, "foreign-f", "f")).await;
+    assert!(matches!(foreign.unwrap(), baton_runtime::worker::Processed::Applied { .. }));
+    w.send("g").await;
+
+    let got = eventually(Duration::from_secs(20), "every message at the desk", || async {
+        let got: Vec<String> = chat(&hub).into_iter().filter(|b| b.len() <= 2).collect();
+        (got.len() >= 5).then_some(got)
+    })
+    .await;
+    let at = |m: &str| got.iter().position(|x| x == m).unwrap_or_else(|| panic!("{m} missing from {got:?}"));
+    assert_eq!(got.len(), 5, "each once: {got:?}");
+    assert!(at("m0") < at("m1") && at("m1") < at("m2") && at("m2") < at("g"), "{got:?}");
+    assert!(at("f") < at("g"), "the foreign effect ran before the next message's: {got:?}");
+}
