@@ -36,14 +36,20 @@ async fn an_idle_conversations_event_is_applied_before_its_acknowledgement_and_n
     assert_eq!(events_ever_queued(&hub), 0, "nothing went through the queue");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_of_a_busy_conversation_are_queued_and_keep_their_order() {
-    let hub = common::hub().await;
-    let w = WidgetClient::start(&hub.base, "shop", Some("q@example.com")).await;
+/// A widget user handed to the desk, where a human has answered.
+async fn talking_to_a_human(hub: &common::Hub, email: &str) -> WidgetClient {
+    let w = WidgetClient::start(&hub.base, "shop", Some(email)).await;
     w.send("I want to talk to a human").await;
     let est = hub.desk.first_to("/conversation/establish").await;
     let conv = est.body["conversation_id"].as_str().unwrap().to_string();
     assert_eq!(hub.desk_reply(&conv, "Hello", Some("h1")).await.status(), 200);
+    w
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_busy_conversation_are_queued_and_keep_their_order() {
+    let hub = common::hub().await;
+    let w = talking_to_a_human(&hub, "q@example.com").await;
     // The desk now takes a while to take each message: the conversation stays busy with
     // the first one while the next arrive, and those are queued behind it.
     hub.desk.answer_after(Duration::from_millis(150));
@@ -139,11 +145,7 @@ async fn a_step_on_the_session_as_last_committed_loses_no_other_write_and_applie
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_effect_another_writer_committed_meanwhile_runs_in_its_place() {
     let hub = common::hub().await;
-    let w = WidgetClient::start(&hub.base, "shop", Some("f@example.com")).await;
-    w.send("I want to talk to a human").await;
-    let est = hub.desk.first_to("/conversation/establish").await;
-    let conv = est.body["conversation_id"].as_str().unwrap().to_string();
-    assert_eq!(hub.desk_reply(&conv, "Hello", Some("h1")).await.status(), 200);
+    let w = talking_to_a_human(&hub, "f@example.com").await;
     let key = ConversationKey::new("shop", Channel::Widget, &w.conversation_id).unwrap();
     let chat = |hub: &common::Hub| -> Vec<String> {
         hub.desk.requests_to("/chat").iter().filter_map(|r| r.body["body"].as_str().map(str::to_string)).collect()
