@@ -10,9 +10,7 @@ use baton_core::{ConversationKey, Event};
 use baton_embedded::{ConsoleStore, Db, EmbeddedQueue, EmbeddedTimers};
 use baton_runtime::http::{AppState, Limits, RateLimitConfig};
 use baton_runtime::widget::{MessageLog, TokenSigner};
-use baton_runtime::worker::{
-    apply_event, apply_event_after, complete, drain_items, drain_outbox, After, Applied, Processed,
-};
+use baton_runtime::worker::{apply_event, apply_event_after, drain_items, drain_outbox, After, Applied, Processed};
 use baton_runtime::{Connectors, Ports};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -523,7 +521,7 @@ impl Dispatcher {
                     break Some(Duration::from_secs(1));
                 }
             };
-            let after = After { done: carried.clone(), session: last.take() };
+            let after = After { done: carried.clone(), session: last.take(), keep: true };
             let (committed, agent, version) = match apply_event_after(&self.ports, &event, after).await {
                 Ok(Applied { processed, committed, session, agent }) => {
                     carried.clear();
@@ -574,7 +572,7 @@ impl Dispatcher {
             }
         };
         // Completing is idempotent: after a failed commit this may write what it wrote.
-        if let Err(e) = complete(&self.ports, key, carried).await {
+        if let Err(e) = self.ports.store.complete_effects(key, carried).await {
             tracing::error!(conversation = %key, error = %e, "completing an effect failed; it runs again");
             return Some(Duration::from_secs(1));
         }

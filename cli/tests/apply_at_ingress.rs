@@ -110,14 +110,16 @@ async fn a_step_on_the_session_as_last_committed_loses_no_other_write_and_applie
     let ports = &hub.running.ports;
     let key = ConversationKey::new("shop", Channel::Widget, "known-session").unwrap();
 
-    let first = apply_event_after(ports, &user_message(&key, "k1", "one"), After::default()).await.unwrap();
+    let first = apply_event_after(ports, &user_message(&key, "k1", "one"), After { keep: true, ..After::default() })
+        .await
+        .unwrap();
     let kept = first.session.expect("the session as committed");
     assert_eq!(kept.version, 1);
     assert_eq!(ports.store.load_session(&key).await.unwrap().expect("stored"), kept);
 
     // Another writer steps the conversation on: what the task kept is now stale.
     assert!(matches!(apply_event(ports, &user_message(&key, "k2", "two")).await.unwrap(), Processed::Applied { .. }));
-    let after = After { done: Vec::new(), session: Some(kept.clone()) };
+    let after = After { done: Vec::new(), session: Some(kept.clone()), keep: true };
     let third = apply_event_after(ports, &user_message(&key, "k3", "three"), after).await.unwrap();
     assert!(matches!(third.processed, Processed::Applied { .. }));
     let stored = ports.store.load_session(&key).await.unwrap().expect("stored");
@@ -132,7 +134,7 @@ async fn a_step_on_the_session_as_last_committed_loses_no_other_write_and_applie
     assert_eq!(said, ["one", "two", "three"], "no write lost");
 
     // An event already applied, stepped on the session as last committed: refused.
-    let again = After { done: Vec::new(), session: third.session.clone() };
+    let again = After { done: Vec::new(), session: third.session.clone(), keep: true };
     let dup = apply_event_after(ports, &user_message(&key, "k2", "two"), again).await.unwrap();
     assert_eq!(dup.processed, Processed::Duplicate);
     assert_eq!(ports.store.load_session(&key).await.unwrap().expect("stored"), stored);

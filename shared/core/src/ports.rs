@@ -106,9 +106,7 @@ pub trait Store: Send + Sync {
     /// gone writes nothing). `Ok`, whatever the outcome, means the completions are written. A
     /// store may write both at once: one write per event instead of two.
     async fn commit_after(&self, done: Vec<Completion>, commit: Commit) -> Result<CommitOutcome, StoreError> {
-        for c in done {
-            self.complete_effect(&commit.session.key, &c.effect_id, c.trace, c.keep_until).await?;
-        }
+        self.complete_effects(&commit.session.key, done).await?;
         self.commit(commit).await
     }
     /// Whether the timer the commit of `version` armed is carried by a timer message still
@@ -129,6 +127,13 @@ pub trait Store: Send + Sync {
         trace: TraceEntry,
         keep_until: Millis,
     ) -> Result<(), StoreError>;
+    /// [`Store::complete_effect`] for each of `done`, in order.
+    async fn complete_effects(&self, key: &ConversationKey, done: Vec<Completion>) -> Result<(), StoreError> {
+        for c in done {
+            self.complete_effect(key, &c.effect_id, c.trace, c.keep_until).await?;
+        }
+        Ok(())
+    }
     async fn defer_effect(
         &self,
         key: &ConversationKey,

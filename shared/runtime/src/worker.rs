@@ -60,15 +60,19 @@ pub struct After {
     /// has seen (the embedded one). Should anyone else have written the session since, the
     /// commit's version check refuses the step, and the retry reads it.
     pub session: Option<VersionedSession>,
+    /// Whether to return what the commit wrote ([`Applied::committed`], [`Applied::session`]):
+    /// copies the caller has no use for are not made.
+    pub keep: bool,
 }
 
 /// What [`apply_event_after`] did.
 #[derive(Debug)]
 pub struct Applied {
     pub processed: Processed,
-    /// The effects its commit added to the outbox, in order (none unless it committed).
+    /// The effects its commit added to the outbox, in order (none unless it committed and
+    /// [`After::keep`] asked for them).
     pub committed: Vec<PendingEffect>,
-    /// The session as committed, for [`After::session`].
+    /// The session as committed, for [`After::session`] (likewise).
     pub session: Option<VersionedSession>,
     /// The agent the event was applied with, for [`drain_items`].
     pub agent: Option<Agent>,
@@ -78,11 +82,11 @@ pub struct Applied {
 /// store can. `Ok` means they are written; after an error they may or may not be.
 pub async fn apply_event_after(ports: &Ports, event: &Event, after: After) -> Result<Applied, WorkerError> {
     let key = &event.conversation;
-    let After { mut done, session: mut known } = after;
+    let After { mut done, session: mut known, keep } = after;
     let nothing = |processed, agent| Applied { processed, committed: Vec::new(), session: None, agent };
     let Some(agent) = ports.store.get_agent(&key.agent).await? else {
         tracing::warn!(conversation = %key, event = %event.id, "event for an unknown agent dropped");
-        complete(ports, key, done).await?;
+        ports.store.complete_effects(key, done).await?;
         return Ok(nothing(Processed::UnknownAgent, None));
     };
     for _ in 0..MAX_CONFLICT_RETRIES {
@@ -92,7 +96,7 @@ pub async fn apply_event_after(ports: &Ports, event: &Event, after: After) -> Re
                 // The session first: what it says tells the store where the event's mark may be.
                 let loaded = ports.store.load_session(key).await?;
                 if ports.store.is_seen(key, &event.id).await? {
-                    complete(ports, key, done).await?;
+                    ports.store.complete_effects(key, done).await?;
                     return Ok(nothing(Processed::Duplicate, Some(agent)));
                 }
                 loaded
@@ -155,8 +159,7 @@ pub async fn apply_event_after(ports: &Ports, event: &Event, after: After) -> Re
             }
         };
         let keep_until = agent.policy.keep_until(now);
-        let committed = effects.clone();
-        let written = next.clone();
+        let (committed, written) = if keep { (effects.clone(), Some(next.clone())) } else { (Vec::new(), None) };
         let commit =
             Commit { expected_version: version, session: next, event_id: event.id.clone(), effects, trace, keep_until };
         // Written whatever the outcome: a retry carries none.
@@ -174,7 +177,7 @@ pub async fn apply_event_after(ports: &Ports, event: &Event, after: After) -> Re
                         tracing::warn!(conversation = %key, error = %e, "a timer was not scheduled; the sweeper fires it when due");
                     }
                 }
-                let session = Some(VersionedSession { session: written, version });
+                let session = written.map(|session| VersionedSession { session, version });
                 return Ok(Applied { processed, committed, session, agent: Some(agent) });
             }
             CommitOutcome::AlreadySeen => return Ok(nothing(Processed::Duplicate, Some(agent))),
@@ -182,14 +185,6 @@ pub async fn apply_event_after(ports: &Ports, event: &Event, after: After) -> Re
         }
     }
     Err(WorkerError::Contended(key.to_string()))
-}
-
-/// Write completions one by one.
-pub async fn complete(ports: &Ports, key: &ConversationKey, done: Vec<Completion>) -> Result<(), StoreError> {
-    for c in done {
-        ports.store.complete_effect(key, &c.effect_id, c.trace, c.keep_until).await?;
-    }
-    Ok(())
 }
 
 /// A brain's answer given within the step that asked it.
