@@ -380,6 +380,10 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
     conn.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
+    // Each write of a group commit runs in a savepoint (writer.rs), whose undo journal
+    // spilled to a temporary file past 64 KiB: written on every group, never needed on disk
+    // (it only rolls back a failed write within the open transaction).
+    conn.pragma_update(None, "temp_store", "MEMORY").map_err(sql)?;
     Ok(conn)
 }
 
@@ -472,6 +476,9 @@ mod tests {
         let sync: i64 =
             db.write(|c| c.pragma_query_value(None, "synchronous", |r| r.get(0)).map_err(sql)).await.unwrap();
         assert_eq!(sync, 2, "synchronous=FULL");
+        let temp: i64 =
+            db.write(|c| c.pragma_query_value(None, "temp_store", |r| r.get(0)).map_err(sql)).await.unwrap();
+        assert_eq!(temp, 2, "savepoint journals in memory");
         drop(db);
         // Reopening runs no migration again (it would fail on CREATE TABLE).
         Db::open(&path).unwrap();
