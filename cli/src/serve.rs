@@ -10,7 +10,10 @@ use baton_core::{ConversationKey, Event};
 use baton_embedded::{ConsoleStore, Db, EmbeddedQueue, EmbeddedTimers};
 use baton_runtime::http::{AppState, Limits, RateLimitConfig};
 use baton_runtime::widget::{MessageLog, TokenSigner};
-use baton_runtime::worker::{apply_event, apply_event_after, drain_items, drain_outbox, After, Applied, Processed};
+use baton_runtime::worker::{
+    apply_event, apply_event_after, apply_events_after, drain_items, drain_outbox, After, Applied, Processed,
+    WorkerError, MAX_BATCH,
+};
 use baton_runtime::{Connectors, Ports};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -499,6 +502,26 @@ impl Dispatcher {
         }
     }
 
+    /// Apply the first of `events`, the conversation's oldest queued ones, or as many as can
+    /// be stepped together (a backlog: one commit for them all, `apply_events_after`).
+    /// Returns how many it applied.
+    async fn apply(
+        &self,
+        key: &ConversationKey,
+        events: &[Event],
+        after: After,
+    ) -> Result<(usize, Applied), WorkerError> {
+        if events.len() > 1 && self.ports.store.commits_batches() {
+            if let Some(applied) = apply_events_after(&self.ports, key, events, after).await? {
+                return Ok(applied);
+            }
+            // Refused (the completions are written): the first event alone finds out why.
+            let after = After { keep: true, ..After::default() };
+            return Ok((1, apply_event_after(&self.ports, &events[0], after).await?));
+        }
+        Ok((1, apply_event_after(&self.ports, &events[0], after).await?))
+    }
+
     /// Apply every queued event of the conversation, running its effects after each.
     /// Returns when to look again (a failure or a deferred effect), if ever.
     ///
@@ -513,21 +536,22 @@ impl Dispatcher {
         let mut last: Option<VersionedSession> = None;
         let mut clean: Option<u64> = None;
         let retry = loop {
-            let event = match self.queue.head(key).await {
-                Ok(Some(e)) => e,
-                Ok(None) => break None,
+            let events = match self.queue.heads(key, MAX_BATCH).await {
+                Ok(events) if events.is_empty() => break None,
+                Ok(events) => events,
                 Err(e) => {
                     tracing::error!(conversation = %key, error = %e, "reading the queue failed");
                     break Some(Duration::from_secs(1));
                 }
             };
+            let event = &events[0];
             let after = After { done: carried.clone(), session: last.take(), keep: true };
-            let (committed, agent, version) = match apply_event_after(&self.ports, &event, after).await {
-                Ok(Applied { processed, committed, session, agent }) => {
+            let (committed, agent, version) = match self.apply(key, &events, after).await {
+                Ok((n, Applied { processed, committed, session, agent })) => {
                     carried.clear();
                     let version = session.as_ref().map(|s| s.version);
                     last = session;
-                    tracing::debug!(conversation = %key, event = %event.id, outcome = ?processed, "event processed");
+                    tracing::debug!(conversation = %key, event = %event.id, events = n, outcome = ?processed, "events processed");
                     // A committed event left the queue in its commit; the others leave here.
                     let in_commit = matches!(processed, Processed::Applied { .. } | Processed::Ignored(_));
                     if !in_commit {

@@ -54,6 +54,10 @@ async fn events_of_a_busy_conversation_are_queued_and_keep_their_order() {
     // the first one while the next arrive, and those are queued behind it.
     hub.desk.answer_after(Duration::from_millis(150));
     let before = events_ever_queued(&hub);
+    let key = ConversationKey::new("shop", Channel::Widget, &w.conversation_id).unwrap();
+    let store = hub.running.ports.store.clone();
+    let version = |s: Option<baton_core::ports::VersionedSession>| s.expect("a session").version;
+    let version_before = version(store.load_session(&key).await.unwrap());
     let texts: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
     for t in &texts {
         w.send(t).await;
@@ -71,11 +75,12 @@ async fn events_of_a_busy_conversation_are_queued_and_keep_their_order() {
     .await;
     assert_eq!(got, texts, "each once, in order");
     assert!(events_ever_queued(&hub) - before >= 4, "the busy conversation's events were queued");
+    // Those waiting behind the first were stepped together: fewer session writes than events.
+    let writes = version(store.load_session(&key).await.unwrap()) - version_before;
+    assert!(writes < 4, "{writes} session writes for {} events", texts.len());
 
     // A relay's completion rides in the next event's commit, the last one's is written
     // alone: every effect ends completed once, none is left to run again.
-    let key = ConversationKey::new("shop", Channel::Widget, &w.conversation_id).unwrap();
-    let store = hub.running.ports.store.clone();
     eventually(Duration::from_secs(10), "the outbox empty", || async {
         store.pending_effects(&key).await.unwrap().is_empty().then_some(())
     })
@@ -138,6 +143,53 @@ async fn a_step_on_the_session_as_last_committed_loses_no_other_write_and_applie
     let dup = apply_event_after(ports, &user_message(&key, "k2", "two"), again).await.unwrap();
     assert_eq!(dup.processed, Processed::Duplicate);
     assert_eq!(ports.store.load_session(&key).await.unwrap().expect("stored"), stored);
+}
+
+/// A conversation's backlog is stepped together on the session in memory and committed as
+/// one write, up to an event whose effect's result steps the conversation on (here a desk
+/// to open): the events after it wait for that result, as they would one at a time. A
+/// batch holding an event applied before is refused as a whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_events_are_committed_together_up_to_one_that_waits_for_an_effects_result() {
+    use baton_runtime::worker::{apply_events_after, After};
+    let hub = common::hub().await;
+    let ports = &hub.running.ports;
+    let key = ConversationKey::new("shop", Channel::Widget, "backlog").unwrap();
+    let mut ask = user_message(&key, "b3", "I want to talk to a human");
+    if let baton_core::EventKind::UserMessage { email, .. } = &mut ask.kind {
+        *email = Some("b@example.com".into());
+    }
+    let events = [
+        user_message(&key, "b1", "What are your opening hours?"),
+        user_message(&key, "b2", "Thanks"),
+        ask,
+        user_message(&key, "b4", "Are you there?"),
+    ];
+    let (n, applied) = apply_events_after(ports, &key, &events, After::default()).await.unwrap().expect("committed");
+    assert_eq!(n, 3, "up to the request for a human");
+    let stored = ports.store.load_session(&key).await.unwrap().expect("stored");
+    assert_eq!(stored.version, 1, "one write");
+    assert_eq!(applied.session.as_ref(), Some(&stored));
+    let said: Vec<&str> = stored
+        .session
+        .history
+        .iter()
+        .filter(|t| t.role == baton_core::model::Role::User)
+        .map(|t| t.text.as_str())
+        .collect();
+    assert_eq!(said, ["What are your opening hours?", "Thanks", "I want to talk to a human"]);
+    for (id, seen) in [("b1", true), ("b2", true), ("b3", true), ("b4", false)] {
+        assert_eq!(ports.store.is_seen(&key, id).await.unwrap(), seen, "{id}");
+    }
+    let names: Vec<&str> = applied.committed.iter().map(|e| e.effect.name()).collect();
+    assert_eq!(names.first(), Some(&"send_to_user"), "the FAQ answer: {names:?}");
+    assert!(names.contains(&"open_desk"), "{names:?}");
+
+    // b2 was applied: a batch holding it commits nothing, though b4 was not.
+    let again = [events[3].clone(), events[1].clone()];
+    assert!(apply_events_after(ports, &key, &again, After::default()).await.unwrap().is_none());
+    assert!(!ports.store.is_seen(&key, "b4").await.unwrap());
+    assert_eq!(ports.store.load_session(&key).await.unwrap().expect("stored").version, 1);
 }
 
 /// The task runs a commit's effects without reading the outbox only when its previous

@@ -47,6 +47,27 @@ pub struct Commit {
     pub keep_until: Millis,
 }
 
+/// Events of one conversation stepped one after another on its session in memory, written
+/// as one atomic, conditional write: one session write instead of one per event (a
+/// conversation's backlog, [`Store::commits_batches`]).
+#[derive(Debug, Clone)]
+pub struct BatchCommit {
+    pub expected_version: u64,
+    /// The session after the last event.
+    pub session: Session,
+    /// In the order they were stepped.
+    pub events: Vec<EventWrites>,
+    pub keep_until: Millis,
+}
+
+/// What one event of a [`BatchCommit`] adds: its seen id, its effects and its trace line.
+#[derive(Debug, Clone)]
+pub struct EventWrites {
+    pub event_id: String,
+    pub effects: Vec<PendingEffect>,
+    pub trace: TraceEntry,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitOutcome {
     Committed {
@@ -108,6 +129,23 @@ pub trait Store: Send + Sync {
     async fn commit_after(&self, done: Vec<Completion>, commit: Commit) -> Result<CommitOutcome, StoreError> {
         self.complete_effects(&commit.session.key, done).await?;
         self.commit(commit).await
+    }
+    /// Whether [`Store::commit_batch_after`] is available: only then are a conversation's
+    /// queued events stepped together. False by default.
+    fn commits_batches(&self) -> bool {
+        false
+    }
+    /// [`Store::commit_after`] for several events at once: the session's version goes up by
+    /// one, and every event is marked seen (and, where the store holds the queue, leaves
+    /// it). Refused as a whole, writing nothing but the completions: `AlreadySeen` when any
+    /// of the events was applied before, `VersionConflict` as for one event. Only called
+    /// when [`Store::commits_batches`] says so.
+    async fn commit_batch_after(
+        &self,
+        _done: Vec<Completion>,
+        _batch: BatchCommit,
+    ) -> Result<CommitOutcome, StoreError> {
+        Err(StoreError::Unavailable("this store commits events one at a time".into()))
     }
     /// Whether the timer the commit of `version` armed is carried by a timer message still
     /// on its way (see [`Timers::armed_with_the_session`]), so none need be scheduled for it.

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use baton_core::event::Event;
 use baton_core::model::ConversationKey;
 use baton_core::ports::{EventQueue, QueueError, StoreError};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -73,16 +73,32 @@ impl EmbeddedQueue {
     /// The oldest queued event of `key`. A stored event that cannot be decoded is reported
     /// as `Corrupt` with the event id as key, so the caller can log and `ack` it.
     pub async fn head(&self, key: &ConversationKey) -> Result<Option<Event>, StoreError> {
+        Ok(self.heads(key, 1).await?.pop())
+    }
+
+    /// The oldest `n` queued events of `key`, in order. An event that cannot be decoded ends
+    /// the list before it, or is reported as [`EmbeddedQueue::head`] does when it is first.
+    pub async fn heads(&self, key: &ConversationKey, n: usize) -> Result<Vec<Event>, StoreError> {
         let conv = key.to_string();
+        let limit = limit_param(n);
         self.db
             .lookup(move |c| {
-                let row: Option<(String, String)> = c
-                    .prepare_cached("SELECT event_id, json FROM queue WHERE conversation = ?1 ORDER BY seq LIMIT 1")
-                    .map_err(sql)?
-                    .query_row([&conv], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
+                let mut stmt = c
+                    .prepare_cached("SELECT event_id, json FROM queue WHERE conversation = ?1 ORDER BY seq LIMIT ?2")
                     .map_err(sql)?;
-                row.map(|(id, json)| decode(&id, &json)).transpose()
+                let rows = stmt
+                    .query_map(params![conv, limit], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                    .map_err(sql)?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (id, json) = row.map_err(sql)?;
+                    match decode(&id, &json) {
+                        Ok(event) => out.push(event),
+                        Err(e) if out.is_empty() => return Err(e),
+                        Err(_) => break,
+                    }
+                }
+                Ok(out)
             })
             .await
     }

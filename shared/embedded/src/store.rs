@@ -9,8 +9,8 @@ use baton_core::agent::Agent;
 use baton_core::effect::{PendingEffect, EFFECT_SCHEMA};
 use baton_core::model::{ConversationKey, Millis};
 use baton_core::ports::{
-    Commit, CommitOutcome, Completion, ConversationData, DeskLink, DeskStatusRecord, OutboxItem, Store, StoreError,
-    TraceEntry, VersionedSession,
+    BatchCommit, Commit, CommitOutcome, Completion, ConversationData, DeskLink, DeskStatusRecord, EventWrites,
+    OutboxItem, Store, StoreError, TraceEntry, VersionedSession,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -34,23 +34,26 @@ fn delete_effect(c: &Connection, conv: &str, effect_id: &str) -> Result<usize, S
 /// The session row as written: version, JSON, `updated_at`, `keep_until`.
 type SessionRow<'a> = (u64, &'a str, i64, i64);
 
+/// One event of a commit as written: its id, when it was stepped, and its effects (id, JSON).
+struct EventRows {
+    event_id: String,
+    at: Millis,
+    effects: Vec<(String, String)>,
+}
+
 /// One commit's checks, then its writes: a refused commit returns before writing anything.
 fn apply_commit(
     tx: &Connection,
     conv: &str,
-    event_id: &str,
+    events: &[EventRows],
     expected: u64,
     (version, session_json, updated_at, keep_until): SessionRow<'_>,
-    effects: &[(String, String)],
-    at: Millis,
 ) -> Result<CommitOutcome, StoreError> {
-    let seen: bool = tx
-        .prepare_cached("SELECT EXISTS(SELECT 1 FROM seen WHERE event_id = ?1)")
-        .map_err(sql)?
-        .query_row([event_id], |r| r.get(0))
-        .map_err(sql)?;
-    if seen {
-        return Ok(CommitOutcome::AlreadySeen);
+    let mut seen = tx.prepare_cached("SELECT EXISTS(SELECT 1 FROM seen WHERE event_id = ?1)").map_err(sql)?;
+    for e in events {
+        if seen.query_row([&e.event_id], |r| r.get::<_, bool>(0)).map_err(sql)? {
+            return Ok(CommitOutcome::AlreadySeen);
+        }
     }
     let current: Option<i64> = tx
         .prepare_cached("SELECT version FROM sessions WHERE conversation = ?1")
@@ -70,13 +73,11 @@ fn apply_commit(
     .map_err(sql)?
     .execute(params![conv, to_i64(version, "session version")?, session_json, updated_at, keep_until])
     .map_err(sql)?;
-    tx.prepare_cached("INSERT INTO seen(event_id, conversation, at) VALUES (?1, ?2, ?3)")
-        .map_err(sql)?
-        .execute(params![event_id, conv, at.0])
-        .map_err(sql)?;
+    let mut mark =
+        tx.prepare_cached("INSERT INTO seen(event_id, conversation, at) VALUES (?1, ?2, ?3)").map_err(sql)?;
     // The event leaves the queue with the commit that applies it: one write per event
     // instead of two, and never applied while still queued.
-    tx.prepare_cached("DELETE FROM queue WHERE event_id = ?1").map_err(sql)?.execute([event_id]).map_err(sql)?;
+    let mut unqueue = tx.prepare_cached("DELETE FROM queue WHERE event_id = ?1").map_err(sql)?;
     // A new effect is due at once: its first attempt follows the commit.
     let mut insert = tx
         .prepare_cached(
@@ -84,8 +85,12 @@ fn apply_commit(
              VALUES (?1, ?2, ?3, ?4, 0, ?5)",
         )
         .map_err(sql)?;
-    for (id, json) in effects {
-        insert.execute(params![id, conv, EFFECT_SCHEMA, json, at.0]).map_err(sql)?;
+    for e in events {
+        mark.execute(params![e.event_id, conv, e.at.0]).map_err(sql)?;
+        unqueue.execute([&e.event_id]).map_err(sql)?;
+        for (id, json) in &e.effects {
+            insert.execute(params![id, conv, EFFECT_SCHEMA, json, e.at.0]).map_err(sql)?;
+        }
     }
     Ok(CommitOutcome::Committed { version })
 }
@@ -232,23 +237,36 @@ impl Store for Db {
         self.commit_after(Vec::new(), commit).await
     }
 
+    async fn commit_after(&self, done: Vec<Completion>, commit: Commit) -> Result<CommitOutcome, StoreError> {
+        let Commit { expected_version, session, event_id, effects, trace, keep_until } = commit;
+        let events = vec![EventWrites { event_id, effects, trace }];
+        self.commit_batch_after(done, BatchCommit { expected_version, session, events, keep_until }).await
+    }
+
+    fn commits_batches(&self) -> bool {
+        true
+    }
+
     /// The completions and the commit in one transaction; the completions stay written when
     /// the commit itself is refused (seen, or a version conflict), as the port promises.
-    async fn commit_after(&self, done: Vec<Completion>, commit: Commit) -> Result<CommitOutcome, StoreError> {
-        let conv = commit.session.key.to_string();
-        let session_json = encode(&commit.session)?;
-        let updated_at = commit.session.updated_at.0;
-        let effects =
-            commit.effects.iter().map(|e| Ok((e.id.clone(), encode(e)?))).collect::<Result<Vec<_>, StoreError>>()?;
-        let trace_json = encode(&commit.trace)?;
+    async fn commit_batch_after(&self, done: Vec<Completion>, batch: BatchCommit) -> Result<CommitOutcome, StoreError> {
+        let conv = batch.session.key.to_string();
+        let session_json = encode(&batch.session)?;
+        let updated_at = batch.session.updated_at.0;
+        let mut traces = Vec::with_capacity(batch.events.len());
+        let mut events = Vec::with_capacity(batch.events.len());
+        for e in batch.events {
+            let effects =
+                e.effects.iter().map(|f| Ok((f.id.clone(), encode(f)?))).collect::<Result<_, StoreError>>()?;
+            traces.push((e.trace.at, encode(&e.trace)?));
+            events.push(EventRows { event_id: e.event_id, at: e.trace.at, effects });
+        }
         let done = done
             .into_iter()
             .map(|c| Ok((c.effect_id, c.trace.at, encode(&c.trace)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let at = commit.trace.at;
-        let keep_until = commit.keep_until.0;
-        let event_id = commit.event_id;
-        let expected = commit.expected_version;
+        let keep_until = batch.keep_until.0;
+        let expected = batch.expected_version;
         let new_version =
             expected.checked_add(1).ok_or_else(|| StoreError::Unavailable("session version overflow".into()))?;
         let trace_conv = conv.clone();
@@ -260,15 +278,8 @@ impl Store for Db {
                     completed.push((at, json));
                 }
             }
-            let outcome = apply_commit(
-                &tx,
-                &conv,
-                &event_id,
-                expected,
-                (new_version, &session_json, updated_at, keep_until),
-                &effects,
-                at,
-            )?;
+            let row = (new_version, session_json.as_str(), updated_at, keep_until);
+            let outcome = apply_commit(&tx, &conv, &events, expected, row)?;
             // A refused commit wrote nothing of its own (its checks come before its writes).
             tx.commit().map_err(sql)?;
             Ok((outcome, completed))
@@ -278,7 +289,9 @@ impl Store for Db {
             self.trace_behind(trace_conv.clone(), at, json);
         }
         if matches!(outcome, CommitOutcome::Committed { .. }) {
-            self.trace_behind(trace_conv, at, trace_json);
+            for (at, json) in traces {
+                self.trace_behind(trace_conv.clone(), at, json);
+            }
         }
         Ok(outcome)
     }
@@ -677,6 +690,79 @@ mod tests {
         db.defer_effect(&k, "e0/0", 1, Millis(9), line("deferred"), Millis(i64::MAX)).await.unwrap();
         let whats: Vec<String> = db.trace(&k).await.unwrap().into_iter().map(|t| t.what).collect();
         assert_eq!(whats, ["event", "done"]);
+    }
+
+    fn event_writes(event: &str) -> EventWrites {
+        let Commit { event_id, effects, trace, .. } = first_commit(&crate::testutil::key("u"), event);
+        EventWrites { event_id, effects, trace }
+    }
+
+    async fn queued(db: &Db) -> Vec<String> {
+        db.read(|c| {
+            let mut stmt = c.prepare("SELECT event_id FROM queue ORDER BY seq").map_err(sql)?;
+            let ids = stmt.query_map([], |r| r.get(0)).map_err(sql)?.collect::<Result<Vec<String>, _>>();
+            ids.map_err(sql)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// A conversation's backlog stepped together is one write: the session's version goes
+    /// up by one, every event is marked seen and leaves the queue, every effect is added in
+    /// order, and the whole batch is refused when one of its events was applied before.
+    #[tokio::test]
+    async fn a_batch_is_one_write_and_refused_as_a_whole() {
+        use baton_core::ports::EventQueue;
+        let (_d, db) = open_temp();
+        let k = crate::testutil::key("u");
+        let queue = crate::EmbeddedQueue::new(db.clone());
+        let event = |id: &str| {
+            let kind = baton_core::EventKind::UserMessage {
+                text: id.into(),
+                email: None,
+                language: None,
+                name: None,
+                reply: None,
+            };
+            baton_core::Event::new(id, k.clone(), Millis(1), kind)
+        };
+        queue.enqueue(["a", "b", "c", "d"].map(event).to_vec()).await.unwrap();
+        let batch = |expected_version, ids: &[&str]| BatchCommit {
+            expected_version,
+            session: baton_core::session::Session::new(k.clone()),
+            events: ids.iter().map(|id| event_writes(id)).collect(),
+            keep_until: Millis(i64::MAX),
+        };
+
+        let outcome = db.commit_batch_after(Vec::new(), batch(0, &["a", "b", "c"])).await.unwrap();
+        assert_eq!(outcome, CommitOutcome::Committed { version: 1 });
+        assert_eq!(db.load_session(&k).await.unwrap().unwrap().version, 1);
+        for id in ["a", "b", "c"] {
+            assert!(db.is_seen(&k, id).await.unwrap(), "{id} seen");
+        }
+        assert!(!db.is_seen(&k, "d").await.unwrap());
+        assert_eq!(queued(&db).await, ["d"]);
+        let pending: Vec<String> = db.pending_effects(&k).await.unwrap().into_iter().map(|i| i.effect.id).collect();
+        assert_eq!(pending, ["a/0", "b/0", "c/0"]);
+
+        // "c" was applied: a batch holding it writes nothing, though "d" was not.
+        let done = vec![Completion { effect_id: "a/0".into(), trace: line("done"), keep_until: Millis(i64::MAX) }];
+        assert_eq!(db.commit_batch_after(done, batch(1, &["d", "c"])).await.unwrap(), CommitOutcome::AlreadySeen);
+        assert!(!db.is_seen(&k, "d").await.unwrap());
+        assert_eq!(queued(&db).await, ["d"]);
+        assert_eq!(db.load_session(&k).await.unwrap().unwrap().version, 1);
+        // Its completions are written all the same.
+        let pending: Vec<String> = db.pending_effects(&k).await.unwrap().into_iter().map(|i| i.effect.id).collect();
+        assert_eq!(pending, ["b/0", "c/0"]);
+        assert_eq!(db.commit_batch_after(Vec::new(), batch(0, &["d"])).await.unwrap(), CommitOutcome::VersionConflict);
+        assert_eq!(
+            db.commit_batch_after(Vec::new(), batch(1, &["d"])).await.unwrap(),
+            CommitOutcome::Committed { version: 2 }
+        );
+        assert!(queued(&db).await.is_empty());
+        tokio::time::sleep(crate::writer::BEHIND_DELAY * 3).await;
+        let traced: Vec<String> = db.trace(&k).await.unwrap().into_iter().map(|t| t.id).collect();
+        assert_eq!(traced, ["a", "b", "c", "x", "d"], "a line for each event committed, none for the refused");
     }
 
     /// A line still waiting for its batch is written before the erase, not after it.

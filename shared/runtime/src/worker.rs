@@ -5,8 +5,8 @@ use crate::Ports;
 use baton_connectors::outbound::Targets;
 use baton_core::agent::Policy;
 use baton_core::ports::{
-    BrainRequest, Commit, CommitOutcome, Completion, Delivery, DeliveryError, DeskLink, DeskStatusRecord, OutboxItem,
-    StoreError, TraceEntry, VersionedSession,
+    BatchCommit, BrainRequest, Commit, CommitOutcome, Completion, Delivery, DeliveryError, DeskLink, DeskStatusRecord,
+    EventWrites, OutboxItem, StoreError, TraceEntry, VersionedSession,
 };
 use baton_core::{
     step_with, Agent, ConversationKey, Effect, Event, EventKind, Facts, Millis, PendingEffect, Session, Step,
@@ -107,57 +107,9 @@ pub async fn apply_event_after(ports: &Ports, event: &Event, after: After) -> Re
             None => (Session::new(key.clone()), 0),
         };
         let now = ports.clock.now();
-        let before = session.state.name();
         let facts = Facts { desk_status: ports.store.desk_status(&agent.id).await?.map(|r| r.status) };
-        let mut timers: Vec<(u64, Millis)> = Vec::new();
-        let (next, effects, processed, trace) = match step_with(&session, event, now, &agent, &facts) {
-            Ok(s) => {
-                let names: Vec<&str> = s.effects.iter().map(Effect::name).collect();
-                let mut detail = format!(
-                    "{}: {} -> {}; effects: [{}]",
-                    event.kind.name(),
-                    before,
-                    s.session.state.name(),
-                    names.join(", ")
-                );
-                // Ids keep each effect's place in its step, whatever is left out.
-                let cancels = ports.timers.cancel_takes_effect();
-                let with_session = ports.timers.armed_with_the_session();
-                let mut pending = Vec::with_capacity(s.effects.len());
-                let mut keep = |base: &str, i: usize, effect: Effect| match effect {
-                    Effect::CancelTimer if !cancels => {}
-                    Effect::ScheduleTimer { generation, due, .. } if with_session => timers.push((generation, due)),
-                    effect => pending.push(PendingEffect::for_event(base, i, effect)),
-                };
-                let session = match answer_in_step(ports, &agent, &facts, event, now, &s).await {
-                    Some(answered) => {
-                        detail.push_str(&answered.detail);
-                        for (i, effect) in s.effects.into_iter().enumerate() {
-                            if i != answered.asked {
-                                keep(&event.id, i, effect);
-                            }
-                        }
-                        for (i, effect) in answered.step.effects.into_iter().enumerate() {
-                            keep(&answered.event_id, i, effect);
-                        }
-                        answered.step.session
-                    }
-                    None => {
-                        for (i, effect) in s.effects.into_iter().enumerate() {
-                            keep(&event.id, i, effect);
-                        }
-                        s.session
-                    }
-                };
-                let n = pending.len();
-                (session, pending, Processed::Applied { effects: n }, trace(now, "event", &event.id, detail))
-            }
-            Err(why) => {
-                tracing::info!(conversation = %key, event = %event.id, kind = event.kind.name(), state = before, reason = %why, "event ignored");
-                let detail = format!("{} in {}: {}", event.kind.name(), before, why);
-                (session, Vec::new(), Processed::Ignored(why.to_string()), trace(now, "ignored", &event.id, detail))
-            }
-        };
+        let Stepped { session: next, effects, processed, trace, timers } =
+            step_event(ports, &agent, &facts, session, event, now).await;
         let keep_until = agent.policy.keep_until(now);
         let (committed, written) = if keep { (effects.clone(), Some(next.clone())) } else { (Vec::new(), None) };
         let commit =
@@ -165,18 +117,7 @@ pub async fn apply_event_after(ports: &Ports, event: &Event, after: After) -> Re
         // Written whatever the outcome: a retry carries none.
         match ports.store.commit_after(std::mem::take(&mut done), commit).await? {
             CommitOutcome::Committed { version } => {
-                // Armed in the committed session; scheduled right after it (see
-                // `Timers::armed_with_the_session`), unless a timer message on its way
-                // carries it. (Timers a step armed before its last are stale anyway.)
-                if !timers.is_empty() && ports.store.timer_carried(key, version) {
-                    tracing::debug!(conversation = %key, "the timer rides on a message already on its way");
-                    timers.clear();
-                }
-                for (generation, due) in timers {
-                    if let Err(e) = ports.timers.schedule(key, generation, due).await {
-                        tracing::warn!(conversation = %key, error = %e, "a timer was not scheduled; the sweeper fires it when due");
-                    }
-                }
+                schedule_timers(ports, key, version, timers).await;
                 let session = written.map(|session| VersionedSession { session, version });
                 return Ok(Applied { processed, committed, session, agent: Some(agent) });
             }
@@ -185,6 +126,169 @@ pub async fn apply_event_after(ports: &Ports, event: &Event, after: After) -> Re
         }
     }
     Err(WorkerError::Contended(key.to_string()))
+}
+
+/// Most queued events of one conversation [`apply_events_after`] steps together.
+pub const MAX_BATCH: usize = 32;
+
+/// [`apply_event_after`] for several queued events of one conversation, oldest first, on a
+/// store that commits batches ([`Store::commits_batches`]): they are stepped one after
+/// another on the session in memory and written as one commit, so a backlog costs one
+/// session write, not one per event. The batch ends after an event with an effect whose
+/// result steps the conversation on (a brain asked, a desk opened): the events after it
+/// wait for that result, as they would one at a time. Returns how many of `events` it
+/// committed, and what [`apply_event_after`] returns (the session and effects always kept).
+///
+/// `Ok(None)`: nothing committed, `after.done` written. The store refused the batch
+/// (someone else wrote the session, or an event was applied before), the agent is gone, or
+/// no event of `key` was given; the caller applies the first event alone, which sorts that
+/// out.
+///
+/// [`Store::commits_batches`]: baton_core::ports::Store::commits_batches
+pub async fn apply_events_after(
+    ports: &Ports,
+    key: &ConversationKey,
+    events: &[Event],
+    after: After,
+) -> Result<Option<(usize, Applied)>, WorkerError> {
+    let After { done, session: known, .. } = after;
+    let Some(agent) = ports.store.get_agent(&key.agent).await? else {
+        ports.store.complete_effects(key, done).await?;
+        return Ok(None);
+    };
+    // Events the batch's store has seen are refused by its commit: no check here.
+    let known = match known {
+        Some(s) => Some(s),
+        None => ports.store.load_session(key).await?,
+    };
+    let (mut session, version) = match known {
+        Some(v) => (v.session, v.version),
+        None => (Session::new(key.clone()), 0),
+    };
+    let now = ports.clock.now();
+    let facts = Facts { desk_status: ports.store.desk_status(&agent.id).await?.map(|r| r.status) };
+    let mut writes = Vec::with_capacity(events.len());
+    let (mut committed, mut timers) = (Vec::new(), Vec::new());
+    for event in events.iter().take(MAX_BATCH).take_while(|e| e.conversation == *key) {
+        let stepped = step_event(ports, &agent, &facts, session, event, now).await;
+        session = stepped.session;
+        timers.extend(stepped.timers);
+        let waits = stepped.effects.iter().any(|e| steps_on(&e.effect));
+        committed.extend(stepped.effects.iter().cloned());
+        writes.push(EventWrites { event_id: event.id.clone(), effects: stepped.effects, trace: stepped.trace });
+        if waits {
+            break;
+        }
+    }
+    let n = writes.len();
+    if n == 0 {
+        ports.store.complete_effects(key, done).await?;
+        return Ok(None);
+    }
+    let batch = BatchCommit {
+        expected_version: version,
+        session: session.clone(),
+        events: writes,
+        keep_until: agent.policy.keep_until(now),
+    };
+    match ports.store.commit_batch_after(done, batch).await? {
+        CommitOutcome::Committed { version } => {
+            schedule_timers(ports, key, version, timers).await;
+            let effects = committed.len();
+            let session = Some(VersionedSession { session, version });
+            let applied = Applied { processed: Processed::Applied { effects }, committed, session, agent: Some(agent) };
+            Ok(Some((n, applied)))
+        }
+        CommitOutcome::AlreadySeen | CommitOutcome::VersionConflict => Ok(None),
+    }
+}
+
+/// One event stepped on a session in memory: what its commit writes, and the timers to
+/// schedule once it is written.
+struct Stepped {
+    session: Session,
+    effects: Vec<PendingEffect>,
+    processed: Processed,
+    trace: TraceEntry,
+    timers: Vec<(u64, Millis)>,
+}
+
+async fn step_event(
+    ports: &Ports,
+    agent: &Agent,
+    facts: &Facts,
+    session: Session,
+    event: &Event,
+    now: Millis,
+) -> Stepped {
+    let key = &event.conversation;
+    let before = session.state.name();
+    let mut timers: Vec<(u64, Millis)> = Vec::new();
+    match step_with(&session, event, now, agent, facts) {
+        Ok(s) => {
+            let names: Vec<&str> = s.effects.iter().map(Effect::name).collect();
+            let mut detail = format!(
+                "{}: {} -> {}; effects: [{}]",
+                event.kind.name(),
+                before,
+                s.session.state.name(),
+                names.join(", ")
+            );
+            // Ids keep each effect's place in its step, whatever is left out.
+            let cancels = ports.timers.cancel_takes_effect();
+            let with_session = ports.timers.armed_with_the_session();
+            let mut pending = Vec::with_capacity(s.effects.len());
+            let mut keep = |base: &str, i: usize, effect: Effect| match effect {
+                Effect::CancelTimer if !cancels => {}
+                Effect::ScheduleTimer { generation, due, .. } if with_session => timers.push((generation, due)),
+                effect => pending.push(PendingEffect::for_event(base, i, effect)),
+            };
+            let session = match answer_in_step(ports, agent, facts, event, now, &s).await {
+                Some(answered) => {
+                    detail.push_str(&answered.detail);
+                    for (i, effect) in s.effects.into_iter().enumerate() {
+                        if i != answered.asked {
+                            keep(&event.id, i, effect);
+                        }
+                    }
+                    for (i, effect) in answered.step.effects.into_iter().enumerate() {
+                        keep(&answered.event_id, i, effect);
+                    }
+                    answered.step.session
+                }
+                None => {
+                    for (i, effect) in s.effects.into_iter().enumerate() {
+                        keep(&event.id, i, effect);
+                    }
+                    s.session
+                }
+            };
+            let n = pending.len();
+            let trace = trace(now, "event", &event.id, detail);
+            Stepped { session, effects: pending, processed: Processed::Applied { effects: n }, trace, timers }
+        }
+        Err(why) => {
+            tracing::info!(conversation = %key, event = %event.id, kind = event.kind.name(), state = before, reason = %why, "event ignored");
+            let detail = format!("{} in {}: {}", event.kind.name(), before, why);
+            let trace = trace(now, "ignored", &event.id, detail);
+            Stepped { session, effects: Vec::new(), processed: Processed::Ignored(why.to_string()), trace, timers }
+        }
+    }
+}
+
+/// Schedule the timers a commit of `version` armed in the session (see
+/// `Timers::armed_with_the_session`), unless a timer message on its way carries them.
+/// (Timers a step armed before its last are stale anyway.)
+async fn schedule_timers(ports: &Ports, key: &ConversationKey, version: u64, mut timers: Vec<(u64, Millis)>) {
+    if !timers.is_empty() && ports.store.timer_carried(key, version) {
+        tracing::debug!(conversation = %key, "the timer rides on a message already on its way");
+        timers.clear();
+    }
+    for (generation, due) in timers {
+        if let Err(e) = ports.timers.schedule(key, generation, due).await {
+            tracing::warn!(conversation = %key, error = %e, "a timer was not scheduled; the sweeper fires it when due");
+        }
+    }
 }
 
 /// A brain's answer given within the step that asked it.
