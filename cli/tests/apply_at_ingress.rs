@@ -192,6 +192,46 @@ async fn queued_events_are_committed_together_up_to_one_that_waits_for_an_effect
     assert_eq!(ports.store.load_session(&key).await.unwrap().expect("stored").version, 1);
 }
 
+/// A drain relaying a backlog to the desk reads the desk conversation's link once, not once
+/// per message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_reads_the_desk_link_once_for_a_backlogs_messages() {
+    use baton_core::effect::{Effect, PendingEffect};
+    use baton_core::ports::OutboxItem;
+    let hub = common::hub().await;
+    let w = talking_to_a_human(&hub, "l@example.com").await;
+    let key = ConversationKey::new("shop", Channel::Widget, &w.conversation_id).unwrap();
+    let est = hub.desk.first_to("/conversation/establish").await;
+    let desk_id = est.body["conversation_id"].as_str().unwrap();
+    let store = &hub.running.ports.store;
+    let handoff_id = store.desk_link("shop", desk_id).await.unwrap().expect("linked").handoff_id;
+    let counting = std::sync::Arc::new(baton_tests::failing_store::FailingCommits::new(store.clone(), "none", 0));
+    let ports = baton_runtime::Ports { store: counting.clone(), ..hub.running.ports.clone() };
+    let items: Vec<OutboxItem> = ["b0", "b1", "b2"]
+        .iter()
+        .map(|t| OutboxItem {
+            effect: PendingEffect::for_event(
+                t,
+                0,
+                Effect::PostToDesk { handoff_id: handoff_id.clone(), text: t.to_string() },
+            ),
+            attempts: 0,
+            next_attempt_at: baton_core::model::Millis(0),
+        })
+        .collect();
+    let (drained, _last) = baton_runtime::worker::drain_items(&ports, &key, items, None).await.unwrap();
+    assert_eq!(drained.done, 3);
+    let posted: Vec<String> = hub
+        .desk
+        .requests_to("/chat")
+        .iter()
+        .filter_map(|r| r.body["body"].as_str().map(str::to_string))
+        .filter(|b| b.starts_with('b') && b.len() == 2)
+        .collect();
+    assert_eq!(posted, ["b0", "b1", "b2"]);
+    assert_eq!(counting.link_reads(), 1);
+}
+
 /// The task runs a commit's effects without reading the outbox only when its previous
 /// commit, after which the outbox held nothing else, is the one just before. An effect
 /// another writer committed meanwhile is found and runs in its place, before the next

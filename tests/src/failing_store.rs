@@ -1,5 +1,6 @@
 //! A `Store` that refuses the commits of some events (as an unavailable store would) and
-//! passes everything else to the store it wraps: for the paths taken when a write fails.
+//! passes everything else to the store it wraps: for the paths taken when a write fails. It
+//! also counts the desk links read by handoff, for tests of what a drain reads.
 
 use async_trait::async_trait;
 use baton_core::agent::Agent;
@@ -17,16 +18,27 @@ pub struct FailingCommits {
     prefix: String,
     /// ...this many more times.
     left: AtomicUsize,
+    link_reads: AtomicUsize,
 }
 
 impl FailingCommits {
     pub fn new(inner: Arc<dyn Store>, prefix: &str, times: usize) -> FailingCommits {
-        FailingCommits { inner, prefix: prefix.to_string(), left: AtomicUsize::new(times) }
+        FailingCommits {
+            inner,
+            prefix: prefix.to_string(),
+            left: AtomicUsize::new(times),
+            link_reads: AtomicUsize::new(0),
+        }
     }
 
     /// Commits refused so far are `times` minus this.
     pub fn left(&self) -> usize {
         self.left.load(Ordering::SeqCst)
+    }
+
+    /// Calls of `desk_link_for_handoff` so far.
+    pub fn link_reads(&self) -> usize {
+        self.link_reads.load(Ordering::SeqCst)
     }
 }
 
@@ -108,6 +120,7 @@ impl Store for FailingCommits {
         self.inner.desk_link(agent, desk_conversation_id).await
     }
     async fn desk_link_for_handoff(&self, handoff_id: &str) -> Result<Option<DeskLink>, StoreError> {
+        self.link_reads.fetch_add(1, Ordering::SeqCst);
         self.inner.desk_link_for_handoff(handoff_id).await
     }
     async fn set_desk_status(&self, agent: &str, status: &DeskStatusRecord) -> Result<(), StoreError> {

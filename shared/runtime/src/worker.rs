@@ -539,6 +539,8 @@ async fn run_items(
     let now = ports.clock.now();
     let keep_until = agent.as_ref().map_or_else(|| Policy::default().keep_until(now), |a| a.policy.keep_until(now));
     let mut blocked: HashSet<&'static str> = HashSet::new();
+    // The desk link the last desk effect used (see [`desk_link`]).
+    let mut last_link: Option<DeskLink> = None;
     let mut out = Drained::default();
     let last = items.len() - 1;
     for (i, item) in items.into_iter().enumerate() {
@@ -556,7 +558,7 @@ async fn run_items(
             ports.store.complete_effect(key, &item.effect.id, t, keep_until).await?;
             continue;
         };
-        match run_effect(ports, agent, key, &item).await {
+        match run_effect(ports, agent, key, &item, &mut last_link).await {
             Ok(detail) => {
                 let t = trace(now, "effect", &item.effect.id, format!("{}: {detail}", item.effect.effect.name()));
                 out.done += 1;
@@ -613,6 +615,7 @@ async fn run_effect(
     agent: &Agent,
     key: &ConversationKey,
     item: &OutboxItem,
+    last_link: &mut Option<DeskLink>,
 ) -> Result<String, DeliveryError> {
     let pending = &item.effect;
     let idem = pending.idempotency_key();
@@ -660,6 +663,8 @@ async fn run_effect(
             Ok("delivered".into())
         }
         Effect::OpenDesk { request } => {
+            // The link it writes is read afresh.
+            *last_link = None;
             let link = |desk_conversation_id: &str| DeskLink {
                 agent: agent.id.clone(),
                 desk_conversation_id: desk_conversation_id.to_string(),
@@ -692,14 +697,14 @@ async fn run_effect(
             Ok(format!("desk conversation {desk_id}"))
         }
         Effect::PostToDesk { handoff_id, text } => {
-            let Some(link) = desk_link(ports, handoff_id).await? else {
+            let Some(link) = desk_link(ports, handoff_id, last_link).await? else {
                 return Ok("skipped: the desk conversation was never opened".into());
             };
             ports.desk.post(agent, &link.desk_conversation_id, text, &idem).await?;
             Ok("posted".into())
         }
         Effect::CloseDesk { handoff_id, reason } => {
-            let Some(link) = desk_link(ports, handoff_id).await? else {
+            let Some(link) = desk_link(ports, handoff_id, last_link).await? else {
                 return Ok("skipped: the desk conversation was never opened".into());
             };
             ports.desk.close(agent, &link.desk_conversation_id, *reason, &idem).await?;
@@ -728,8 +733,18 @@ async fn run_effect(
     }
 }
 
-async fn desk_link(ports: &Ports, handoff_id: &str) -> Result<Option<DeskLink>, DeliveryError> {
-    ports.store.desk_link_for_handoff(handoff_id).await.map_err(|e| DeliveryError::retryable(e.to_string()))
+/// The desk link of `handoff_id`, read unless `known` (the last one this drain read) is it:
+/// the messages of a backlog relayed in one drain go to one desk conversation.
+async fn desk_link<'a>(
+    ports: &Ports,
+    handoff_id: &str,
+    known: &'a mut Option<DeskLink>,
+) -> Result<Option<&'a DeskLink>, DeliveryError> {
+    if known.as_ref().is_none_or(|l| l.handoff_id != handoff_id) {
+        *known =
+            ports.store.desk_link_for_handoff(handoff_id).await.map_err(|e| DeliveryError::retryable(e.to_string()))?;
+    }
+    Ok(known.as_ref())
 }
 
 /// Effects whose result is an event for the conversation (see [`step_on`]).
