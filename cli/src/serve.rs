@@ -522,8 +522,9 @@ impl Dispatcher {
         Ok((1, apply_event_after(&self.ports, &events[0], after).await?))
     }
 
-    /// Apply every queued event of the conversation, running its effects after each.
-    /// Returns when to look again (a failure or a deferred effect), if ever.
+    /// Apply every queued event of the conversation, running the effects of each commit
+    /// (one event, or a backlog stepped together: [`Dispatcher::apply`]) after it. Returns
+    /// when to look again (a failure or a deferred effect), if ever.
     ///
     /// The task alone runs the conversation, so it need not read back what it wrote: the
     /// last effect's completion rides in the next event's commit (`carried`); the session as

@@ -104,6 +104,12 @@ fn user_message(key: &ConversationKey, id: &str, text: &str) -> baton_core::Even
     baton_core::Event::new(id, key.clone(), baton_core::model::Millis(1), kind)
 }
 
+/// What the user said, as the session's history keeps it.
+fn user_said(stored: &baton_core::ports::VersionedSession) -> Vec<&str> {
+    let turns = stored.session.history.iter().filter(|t| t.role == baton_core::model::Role::User);
+    turns.map(|t| t.text.as_str()).collect()
+}
+
 /// The conversation task steps on the session it committed instead of reading it back.
 /// Should anything else have written the session meanwhile, the version check refuses the
 /// step and it is taken again on the stored session; an event already applied is refused
@@ -129,13 +135,7 @@ async fn a_step_on_the_session_as_last_committed_loses_no_other_write_and_applie
     assert!(matches!(third.processed, Processed::Applied { .. }));
     let stored = ports.store.load_session(&key).await.unwrap().expect("stored");
     assert_eq!(third.session.as_ref(), Some(&stored));
-    let said: Vec<&str> = stored
-        .session
-        .history
-        .iter()
-        .filter(|t| t.role == baton_core::model::Role::User)
-        .map(|t| t.text.as_str())
-        .collect();
+    let said = user_said(&stored);
     assert_eq!(said, ["one", "two", "three"], "no write lost");
 
     // An event already applied, stepped on the session as last committed: refused.
@@ -170,13 +170,7 @@ async fn queued_events_are_committed_together_up_to_one_that_waits_for_an_effect
     let stored = ports.store.load_session(&key).await.unwrap().expect("stored");
     assert_eq!(stored.version, 1, "one write");
     assert_eq!(applied.session.as_ref(), Some(&stored));
-    let said: Vec<&str> = stored
-        .session
-        .history
-        .iter()
-        .filter(|t| t.role == baton_core::model::Role::User)
-        .map(|t| t.text.as_str())
-        .collect();
+    let said = user_said(&stored);
     assert_eq!(said, ["What are your opening hours?", "Thanks", "I want to talk to a human"]);
     for (id, seen) in [("b1", true), ("b2", true), ("b3", true), ("b4", false)] {
         assert_eq!(ports.store.is_seen(&key, id).await.unwrap(), seen, "{id}");
