@@ -7,8 +7,10 @@
 //! Consumers: [`EmbeddedQueue::subscribe`] yields the conversation of every newly queued
 //! event after its commit; the dispatcher then drains that conversation in order: it reads
 //! its oldest events with [`EmbeddedQueue::heads`], and the commit that applies them takes
-//! them off the queue (an event not applied, a duplicate, leaves with [`EmbeddedQueue::ack`]). At start-up, [`EmbeddedQueue::conversations_with_events`] finds
-//! what was queued before a crash. An event stays queued until acked: at least once.
+//! them off the queue (an event not applied, a duplicate, leaves with
+//! [`EmbeddedQueue::ack`]). At start-up, [`EmbeddedQueue::conversations_with_events`] finds
+//! what was queued before a crash. An event stays queued until it is applied or acked: at
+//! least once.
 
 use crate::{decode, encode, limit_param, parse_key, sql, Db};
 use async_trait::async_trait;
