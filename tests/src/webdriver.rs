@@ -77,16 +77,28 @@ impl Browser {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body)
+            .await
+            .unwrap_or_else(|(error, message)| panic!("webdriver {path}: {error}: {message}"))
+    }
+
+    /// The call's value, or the WebDriver error and its message.
+    async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, (String, Value)> {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         let mut req = self.http.request(method, url);
         if let Some(b) = body {
             req = req.json(&b);
         }
         let resp: Value = req.send().await.expect("webdriver call").json().await.expect("webdriver JSON");
-        if let Some(error) = resp["value"]["error"].as_str() {
-            panic!("webdriver {path}: {error}: {}", resp["value"]["message"]);
+        match resp["value"]["error"].as_str() {
+            Some(error) => Err((error.to_string(), resp["value"]["message"].clone())),
+            None => Ok(resp["value"].clone()),
         }
-        resp["value"].clone()
     }
 
     async fn post(&self, path: &str, body: Value) -> Value {
@@ -118,8 +130,13 @@ impl Browser {
     pub async fn find_text(&self, css: &str, text: &str) -> Element {
         crate::eventually(Duration::from_secs(10), &format!("{css} with {text:?}"), || async {
             for e in self.find_all(css).await {
-                if self.text(&e).await.contains(text) {
-                    return Some(e);
+                // The page may replace the element between finding and reading it: look again.
+                let path = format!("/element/{}/text", e.0);
+                match self.try_call(reqwest::Method::GET, &path, None).await {
+                    Ok(t) if t.as_str().unwrap_or("").contains(text) => return Some(e),
+                    Ok(_) => {}
+                    Err((error, _)) if error == "stale element reference" => return None,
+                    Err((error, message)) => panic!("webdriver {path}: {error}: {message}"),
                 }
             }
             None
