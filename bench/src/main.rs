@@ -338,6 +338,9 @@ async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f6
                         None => slots.acquire_owned().await.expect("slots"),
                     };
                     let t0 = scheduled.unwrap_or_else(Instant::now);
+                    // How late the request leaves against its schedule (open loop): the part
+                    // of its latency spent in the load generator, before any byte is sent.
+                    let lag = t0.elapsed().as_micros() as i64;
                     let r = http
                         .post(url.as_str())
                         .bearer_auth(&token)
@@ -347,25 +350,28 @@ async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f6
                     match r {
                         Ok(r) if r.status() == 202 => {
                             sent_at.lock().expect("sent").insert(text, t0);
-                            Some(t0.elapsed().as_micros() as i64)
+                            Some((t0.elapsed().as_micros() as i64, lag))
                         }
                         _ => None,
                     }
                 }));
             }
             let offered = started.elapsed();
-            let mut acks = Vec::new();
+            let (mut acks, mut lags) = (Vec::new(), Vec::new());
             let mut refused = 0;
             for t in tasks {
                 match t.await.expect("task") {
-                    Some(a) => acks.push(a),
+                    Some((a, l)) => {
+                        acks.push(a);
+                        lags.push(l);
+                    }
                     None => refused += 1,
                 }
             }
-            (acks, refused, offered)
+            (acks, lags, refused, offered)
         }
     });
-    let (acks, refused, offered) = generated.await.expect("load generator");
+    let (acks, lags, refused, offered) = generated.await.expect("load generator");
     let ingest = started.elapsed();
     // Every accepted message must reach the desk exactly once.
     // Poll a count (copying the desk's log would steal CPU from the hub), then read once.
@@ -409,6 +415,9 @@ async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f6
     );
     let events = acks.len().max(1) as f64;
     report_us("ingress ack latency (202)", acks);
+    if rate.is_some() {
+        report_us("of which before sending (the load generator behind its schedule)", lags);
+    }
     report_us("user -> desk latency", e2e);
     if let (Some(b), Some(a)) = (proc_before, proc_after) {
         let us = |ticks: u64| ticks as f64 * 1e6 / ProcCounters::TICKS_PER_SEC / events;
