@@ -511,14 +511,15 @@ impl Dispatcher {
         events: &[Event],
         after: After,
     ) -> Result<(usize, Applied), WorkerError> {
-        if events.len() > 1 && self.ports.store.commits_batches() {
-            if let Some(applied) = apply_events_after(&self.ports, key, events, after).await? {
-                return Ok(applied);
+        let after = if events.len() > 1 && self.ports.store.commits_batches() {
+            match apply_events_after(&self.ports, key, events, after).await? {
+                Some(applied) => return Ok(applied),
+                // Refused (the completions are written): the first event alone finds out why.
+                None => After { keep: true, ..After::default() },
             }
-            // Refused (the completions are written): the first event alone finds out why.
-            let after = After { keep: true, ..After::default() };
-            return Ok((1, apply_event_after(&self.ports, &events[0], after).await?));
-        }
+        } else {
+            after
+        };
         Ok((1, apply_event_after(&self.ports, &events[0], after).await?))
     }
 

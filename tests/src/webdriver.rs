@@ -131,12 +131,11 @@ impl Browser {
         crate::eventually(Duration::from_secs(10), &format!("{css} with {text:?}"), || async {
             for e in self.find_all(css).await {
                 // The page may replace the element between finding and reading it: look again.
-                let path = format!("/element/{}/text", e.0);
-                match self.try_call(reqwest::Method::GET, &path, None).await {
-                    Ok(t) if t.as_str().unwrap_or("").contains(text) => return Some(e),
+                match self.try_text(&e).await {
+                    Ok(t) if t.contains(text) => return Some(e),
                     Ok(_) => {}
                     Err((error, _)) if error == "stale element reference" => return None,
-                    Err((error, message)) => panic!("webdriver {path}: {error}: {message}"),
+                    Err((error, message)) => panic!("webdriver text of {}: {error}: {message}", e.0),
                 }
             }
             None
@@ -153,7 +152,15 @@ impl Browser {
     }
 
     pub async fn text(&self, e: &Element) -> String {
-        self.call(reqwest::Method::GET, &format!("/element/{}/text", e.0), None).await.as_str().unwrap_or("").into()
+        self.try_text(e)
+            .await
+            .unwrap_or_else(|(error, message)| panic!("webdriver text of {}: {error}: {message}", e.0))
+    }
+
+    /// The element's text, or the WebDriver error and its message.
+    async fn try_text(&self, e: &Element) -> Result<String, (String, Value)> {
+        let text = self.try_call(reqwest::Method::GET, &format!("/element/{}/text", e.0), None).await?;
+        Ok(text.as_str().unwrap_or("").into())
     }
 
     /// Run `script` (a function body; `arguments` holds `args`) and return its value.

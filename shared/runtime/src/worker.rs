@@ -102,12 +102,9 @@ pub async fn apply_event_after(ports: &Ports, event: &Event, after: After) -> Re
                 loaded
             }
         };
-        let (session, version) = match loaded {
-            Some(v) => (v.session, v.version),
-            None => (Session::new(key.clone()), 0),
-        };
+        let (session, version) = session_or_new(key, loaded);
         let now = ports.clock.now();
-        let facts = Facts { desk_status: ports.store.desk_status(&agent.id).await?.map(|r| r.status) };
+        let facts = facts_for(ports, &agent).await?;
         let Stepped { session: next, effects, processed, trace, timers } =
             step_event(ports, &agent, &facts, session, event, now).await;
         let keep_until = agent.policy.keep_until(now);
@@ -152,7 +149,11 @@ pub async fn apply_events_after(
     after: After,
 ) -> Result<Option<(usize, Applied)>, WorkerError> {
     let After { done, session: known, .. } = after;
-    let Some(agent) = ports.store.get_agent(&key.agent).await? else {
+    let agent = match events.first() {
+        Some(first) if first.conversation == *key => ports.store.get_agent(&key.agent).await?,
+        _ => None,
+    };
+    let Some(agent) = agent else {
         ports.store.complete_effects(key, done).await?;
         return Ok(None);
     };
@@ -161,12 +162,9 @@ pub async fn apply_events_after(
         Some(s) => Some(s),
         None => ports.store.load_session(key).await?,
     };
-    let (mut session, version) = match known {
-        Some(v) => (v.session, v.version),
-        None => (Session::new(key.clone()), 0),
-    };
+    let (mut session, version) = session_or_new(key, known);
     let now = ports.clock.now();
-    let facts = Facts { desk_status: ports.store.desk_status(&agent.id).await?.map(|r| r.status) };
+    let facts = facts_for(ports, &agent).await?;
     let mut writes = Vec::with_capacity(events.len());
     let (mut committed, mut timers) = (Vec::new(), Vec::new());
     for event in events.iter().take(MAX_BATCH).take_while(|e| e.conversation == *key) {
@@ -181,10 +179,6 @@ pub async fn apply_events_after(
         }
     }
     let n = writes.len();
-    if n == 0 {
-        ports.store.complete_effects(key, done).await?;
-        return Ok(None);
-    }
     let batch = BatchCommit {
         expected_version: version,
         session: session.clone(),
@@ -201,6 +195,19 @@ pub async fn apply_events_after(
         }
         CommitOutcome::AlreadySeen | CommitOutcome::VersionConflict => Ok(None),
     }
+}
+
+/// The session as stored (and its version), or a new one (version 0).
+fn session_or_new(key: &ConversationKey, stored: Option<VersionedSession>) -> (Session, u64) {
+    match stored {
+        Some(v) => (v.session, v.version),
+        None => (Session::new(key.clone()), 0),
+    }
+}
+
+/// What the state machine is told besides the event: the desk's last known status.
+async fn facts_for(ports: &Ports, agent: &Agent) -> Result<Facts, StoreError> {
+    Ok(Facts { desk_status: ports.store.desk_status(&agent.id).await?.map(|r| r.status) })
 }
 
 /// One event stepped on a session in memory: what its commit writes, and the timers to
