@@ -22,7 +22,7 @@ mod writer;
 pub use console::{ConsoleConversation, ConsoleMessage, ConsoleStore};
 pub use queue::EmbeddedQueue;
 pub use timers::EmbeddedTimers;
-pub use writer::{MAX_GROUP, WRITER_THREAD};
+pub use writer::{WriterStats, MAX_GROUP, WRITER_THREAD};
 
 use baton_core::model::ConversationKey;
 use baton_core::ports::StoreError;
@@ -298,6 +298,11 @@ impl Db {
     /// Transactions the writer has committed so far (each holds a group of writes).
     pub fn group_commits(&self) -> u64 {
         self.inner.writer.commits()
+    }
+
+    /// How busy the writer thread has been and how long writes waited for their commit.
+    pub fn writer_stats(&self) -> WriterStats {
+        self.inner.writer.stats()
     }
 
     /// Run `f` on a reader connection on a blocking thread.

@@ -13,6 +13,10 @@
 //! trace's index pages are written once per batch instead of once per commit, which was
 //! half of all WAL frames under load; a crash loses at most the last batch of lines, never
 //! state. [`Writer::write_after_behind`] writes them at once (before the trace is read).
+//!
+//! [`Writer::stats`] tells how busy the thread is and how long writes wait for their commit:
+//! with every write of the process behind one thread, that wait is most of a webhook's
+//! answer time under load (BENCHMARKS.md).
 
 use crate::{lock, sql};
 use baton_core::ports::StoreError;
@@ -34,6 +38,85 @@ pub const BEHIND_DELAY: Duration = Duration::from_millis(100);
 
 /// Write-behinds that make a batch without waiting for [`BEHIND_DELAY`].
 pub const BEHIND_BATCH: usize = 512;
+
+/// Width of one bucket of the histogram of waits for a commit.
+const WAIT_BUCKET_US: u64 = 250;
+
+/// Buckets of that histogram: waits up to 50 ms, and one for every longer wait.
+const WAIT_BUCKETS: usize = 201;
+
+/// What the writer thread counts as it goes (read by [`Writer::stats`]).
+struct Counters {
+    commits: AtomicU64,
+    /// Writes answered (committed or not), write-behinds aside.
+    writes: AtomicU64,
+    /// Time spent running groups, from taking a group's first write to answering its last.
+    busy_us: AtomicU64,
+    /// Each write's wait from being queued to being answered, by [`WAIT_BUCKET_US`].
+    waits: [AtomicU64; WAIT_BUCKETS],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            commits: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            busy_us: AtomicU64::new(0),
+            waits: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Counters {
+    fn answered(&self, queued: Instant) {
+        let bucket = (queued.elapsed().as_micros() as u64 / WAIT_BUCKET_US).min(WAIT_BUCKETS as u64 - 1);
+        self.waits[bucket as usize].fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The writer's counters at one moment; subtract two with [`WriterStats::since`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions committed (one per group).
+    pub commits: u64,
+    /// Writes answered, write-behinds aside.
+    pub writes: u64,
+    /// Time the thread spent running groups (CPU, fsyncs and waits for a core alike).
+    pub busy: Duration,
+    waits: Vec<u64>,
+}
+
+impl WriterStats {
+    /// What happened between `earlier` and this snapshot.
+    pub fn since(&self, earlier: &WriterStats) -> WriterStats {
+        WriterStats {
+            commits: self.commits.saturating_sub(earlier.commits),
+            writes: self.writes.saturating_sub(earlier.writes),
+            busy: self.busy.saturating_sub(earlier.busy),
+            waits: self.waits.iter().zip(&earlier.waits).map(|(a, b)| a.saturating_sub(*b)).collect(),
+        }
+    }
+
+    /// The `q` quantile (0 to 1) of the writes' waits from being queued to being answered,
+    /// to the [`WAIT_BUCKET_US`] above it; `None` when no write was answered or the quantile
+    /// is past the histogram's last bound (50 ms).
+    pub fn wait_quantile(&self, q: f64) -> Option<Duration> {
+        let total: u64 = self.waits.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64 * q.clamp(0.0, 1.0)).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.waits.iter().enumerate().take(WAIT_BUCKETS - 1) {
+            seen += n;
+            if seen >= rank {
+                return Some(Duration::from_micros((i as u64 + 1) * WAIT_BUCKET_US));
+            }
+        }
+        None
+    }
+}
 
 /// A write no caller waits for; it runs in a later group, and an error is only logged.
 pub(crate) type BehindWrite = Box<dyn FnOnce(&Connection) -> Result<(), StoreError> + Send>;
@@ -105,6 +188,8 @@ enum Msg {
 }
 
 struct Pending<T, F> {
+    queued: Instant,
+    counters: Arc<Counters>,
     write: Option<F>,
     result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
@@ -131,6 +216,7 @@ where
             // Started but never returned: it panicked.
             (None, Ok(())) => Err(StoreError::Unavailable("a database write failed unexpectedly".into())),
         };
+        self.counters.answered(self.queued);
         let _ = self.reply.send(answer);
     }
 }
@@ -141,24 +227,24 @@ where
 pub(crate) struct Writer {
     jobs: Option<mpsc::Sender<Msg>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    commits: Arc<AtomicU64>,
+    counters: Arc<Counters>,
     behind: SharedBehind,
 }
 
 impl Writer {
     pub fn start(conn: Connection) -> Result<Writer, StoreError> {
         let (tx, rx) = mpsc::channel::<Msg>();
-        let commits = Arc::new(AtomicU64::new(0));
+        let counters = Arc::new(Counters::default());
         let behind = SharedBehind::default();
         let thread = std::thread::Builder::new()
             .name(WRITER_THREAD.into())
             .spawn({
-                let commits = commits.clone();
+                let counters = counters.clone();
                 let behind = behind.clone();
-                move || writer_loop(conn, rx, commits, behind)
+                move || writer_loop(conn, rx, &counters, behind)
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the database writer: {e}")))?;
-        Ok(Writer { jobs: Some(tx), thread: Some(thread), commits, behind })
+        Ok(Writer { jobs: Some(tx), thread: Some(thread), counters, behind })
     }
 
     /// Queue a write nobody waits for (see the module's comment). Call it after the write
@@ -205,7 +291,9 @@ impl Writer {
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(Pending { write: Some(write), result: None, reply });
+        let counters = self.counters.clone();
+        let job: Box<dyn Job> =
+            Box::new(Pending { queued: Instant::now(), counters, write: Some(write), result: None, reply });
         let stopped = || StoreError::Unavailable("the database writer has stopped".into());
         self.jobs.as_ref().ok_or_else(stopped)?.send(Msg::Job(job)).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
@@ -213,7 +301,18 @@ impl Writer {
 
     /// Transactions committed so far (one per group).
     pub fn commits(&self) -> u64 {
-        self.commits.load(Ordering::Relaxed)
+        self.counters.commits.load(Ordering::Relaxed)
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> WriterStats {
+        let c = &self.counters;
+        WriterStats {
+            commits: c.commits.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+            busy: Duration::from_micros(c.busy_us.load(Ordering::Relaxed)),
+            waits: c.waits.iter().map(|w| w.load(Ordering::Relaxed)).collect(),
+        }
     }
 }
 
@@ -226,7 +325,7 @@ impl Drop for Writer {
     }
 }
 
-fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Msg>, commits: Arc<AtomicU64>, behind: SharedBehind) {
+fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Msg>, counters: &Counters, behind: SharedBehind) {
     loop {
         let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(16);
         // Wait for a write, or until the waiting write-behinds are due.
@@ -234,6 +333,7 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Msg>, commits: Arc<Ato
             None => jobs.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
             Some(due) => jobs.recv_timeout(due.saturating_duration_since(Instant::now())),
         };
+        let started = Instant::now();
         match first {
             Ok(Msg::Job(job)) => group.push(job),
             Ok(Msg::Wake) | Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -249,14 +349,18 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Msg>, commits: Arc<Ato
         if behind_due(&behind).is_some_and(|due| due <= Instant::now()) {
             group.push(Box::new(BehindJob(take_behind(&behind))));
         }
-        if !group.is_empty() && run_group(&mut conn, group) {
-            commits.fetch_add(1, Ordering::Relaxed);
+        if group.is_empty() {
+            continue;
         }
+        if run_group(&mut conn, group) {
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        counters.busy_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
     // Stopping: what is still waiting goes in a last group.
     let rest = take_behind(&behind);
     if !rest.is_empty() && run_group(&mut conn, vec![Box::new(BehindJob(rest))]) {
-        commits.fetch_add(1, Ordering::Relaxed);
+        counters.commits.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -397,6 +501,55 @@ mod tests {
         assert_eq!(names, ["first", "ok1", "ok2"]);
         // The writer carries on after a panic.
         put(&db, "later", Ok(())).await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_stats_count_each_write_and_its_wait_for_the_commit() {
+        let (_dir, db) = open_temp();
+        let before = db.writer_stats();
+        let (entered_tx, entered) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let first = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.write(move |_| {
+                    let _ = entered_tx.send(());
+                    let _ = released.recv();
+                    Ok(())
+                })
+                .await
+            }
+        });
+        entered.await.unwrap();
+        let behind = [put(&db, "a", Ok(())), put(&db, "b", Ok(())), put(&db, "c", Err("refused"))];
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        for w in behind {
+            let _ = w.await.unwrap();
+        }
+        let stats = db.writer_stats().since(&before);
+        assert_eq!((stats.writes, stats.commits), (4, 2), "{stats:?}");
+        assert!(stats.busy >= Duration::from_millis(30), "{stats:?}");
+        // Every write waited out the held group (past the histogram's 50 ms only on a slow machine).
+        let shortest = stats.wait_quantile(0.01);
+        assert!(shortest.is_none_or(|d| d >= Duration::from_millis(20)), "{shortest:?}");
+    }
+
+    #[test]
+    fn wait_quantiles_are_the_bounds_of_their_buckets() {
+        let mut waits = vec![0; super::WAIT_BUCKETS];
+        waits[0] = 98;
+        waits[3] = 1;
+        waits[super::WAIT_BUCKETS - 1] = 1;
+        let stats = super::WriterStats { commits: 10, writes: 100, busy: Duration::from_millis(5), waits };
+        assert_eq!(stats.wait_quantile(0.5), Some(Duration::from_micros(250)));
+        assert_eq!(stats.wait_quantile(0.98), Some(Duration::from_micros(250)));
+        assert_eq!(stats.wait_quantile(0.99), Some(Duration::from_millis(1)));
+        assert_eq!(stats.wait_quantile(1.0), None, "past 50 ms");
+        let none = stats.since(&stats);
+        assert_eq!((none.writes, none.commits, none.busy), (0, 0, Duration::ZERO));
+        assert_eq!(none.wait_quantile(0.5), None);
     }
 
     #[tokio::test]
