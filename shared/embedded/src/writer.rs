@@ -454,10 +454,12 @@ mod tests {
         })
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn one_transaction_per_group_and_a_failed_write_undoes_only_itself() {
-        let (_dir, db) = open_temp();
-        // Hold the writer inside a first write until the others are queued behind it.
+    /// Start a write that holds the writer thread until the returned sender is used (then
+    /// puts `name` when given); returns once the writer is inside it.
+    async fn hold_writer(
+        db: &Arc<Db>,
+        name: Option<&'static str>,
+    ) -> (tokio::task::JoinHandle<Result<(), StoreError>>, std::sync::mpsc::Sender<()>) {
         let (entered_tx, entered) = tokio::sync::oneshot::channel();
         let (release, released) = std::sync::mpsc::channel::<()>();
         let first = tokio::spawn({
@@ -466,13 +468,23 @@ mod tests {
                 db.write(move |c| {
                     let _ = entered_tx.send(());
                     let _ = released.recv();
-                    c.execute("INSERT INTO settings(name, value) VALUES ('first', 'v')", []).map_err(sql)?;
+                    if let Some(name) = name {
+                        c.execute("INSERT INTO settings(name, value) VALUES (?1, 'v')", [name]).map_err(sql)?;
+                    }
                     Ok(())
                 })
                 .await
             }
         });
         entered.await.unwrap();
+        (first, release)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_transaction_per_group_and_a_failed_write_undoes_only_itself() {
+        let (_dir, db) = open_temp();
+        // Hold the writer inside a first write until the others are queued behind it.
+        let (first, release) = hold_writer(&db, Some("first")).await;
         let before = db.group_commits();
         let writes = [
             put(&db, "ok1", Ok(())),
@@ -507,20 +519,7 @@ mod tests {
     async fn the_stats_count_each_write_and_its_wait_for_the_commit() {
         let (_dir, db) = open_temp();
         let before = db.writer_stats();
-        let (entered_tx, entered) = tokio::sync::oneshot::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let first = tokio::spawn({
-            let db = db.clone();
-            async move {
-                db.write(move |_| {
-                    let _ = entered_tx.send(());
-                    let _ = released.recv();
-                    Ok(())
-                })
-                .await
-            }
-        });
-        entered.await.unwrap();
+        let (first, release) = hold_writer(&db, None).await;
         let behind = [put(&db, "a", Ok(())), put(&db, "b", Ok(())), put(&db, "c", Err("refused"))];
         tokio::time::sleep(Duration::from_millis(30)).await;
         release.send(()).unwrap();
