@@ -528,11 +528,13 @@ mod tests {
             let _ = w.await.unwrap();
         }
         let stats = db.writer_stats().since(&before);
-        assert_eq!((stats.writes, stats.commits), (4, 2), "{stats:?}");
+        assert_eq!(stats.writes, 4, "{stats:?}");
+        // The held write's group, and one for the others (more if one was queued late).
+        assert!((2..=4).contains(&stats.commits), "{stats:?}");
         assert!(stats.busy >= Duration::from_millis(30), "{stats:?}");
-        // Every write waited out the held group (past the histogram's 50 ms only on a slow machine).
-        let shortest = stats.wait_quantile(0.01);
-        assert!(shortest.is_none_or(|d| d >= Duration::from_millis(20)), "{shortest:?}");
+        // The held write waited out its own group (past the histogram's 50 ms on a slow machine).
+        let longest = stats.wait_quantile(1.0);
+        assert!(longest.is_none_or(|d| d >= Duration::from_millis(30)), "{longest:?}");
     }
 
     #[test]
