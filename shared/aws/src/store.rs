@@ -166,6 +166,11 @@ impl<T: Clone> Recent<T> {
         entries.get(id).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, v)| v.clone())
     }
 
+    /// Whether reads are kept at all (a TTL above zero).
+    fn keeps(&self) -> bool {
+        !self.ttl.is_zero()
+    }
+
     fn keep(&self, id: &str, value: T) {
         if !self.ttl.is_zero() {
             let mut entries = lock(&self.entries);
@@ -477,8 +482,9 @@ impl DynamoStore {
     }
 
     /// Serve agent configs and desk statuses read less than `ttl` ago from memory: a change
-    /// made by another process (`baton agents apply`, a desk probe) is seen within `ttl`;
-    /// this store's own writes at once.
+    /// made by another process (`baton agents apply`, a desk probe) is seen within `ttl`
+    /// (and the second or so an eventually consistent read may lag: with a cache they are
+    /// read that way, for half the read units); this store's own writes at once.
     pub fn with_config_cache(mut self, ttl: std::time::Duration) -> DynamoStore {
         self.agents.ttl = ttl;
         self.desk_statuses.ttl = ttl;
@@ -580,12 +586,18 @@ impl DynamoStore {
 
     /// Strongly consistent GetItem.
     pub(crate) async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
+        self.get_with(pk, sk, true).await
+    }
+
+    /// GetItem, strongly consistent or not (half the read units, and possibly a write of
+    /// the last second or so missing).
+    async fn get_with(&self, pk: &str, sk: &str, consistent: bool) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key_of(pk, sk)))
-            .consistent_read(true)
+            .consistent_read(consistent)
             .send()
             .await
             .map_err(|e| unavailable("get", &e))?;
@@ -1011,7 +1023,9 @@ impl Store for DynamoStore {
         if let Some(agent) = self.agents.get(id) {
             return Ok(agent);
         }
-        let agent = match self.get(&agent_pk(id), "CONFIG").await? {
+        // A store that keeps configs for a while serves them that stale anyway: the read
+        // need not be strongly consistent (half the read units).
+        let agent = match self.get_with(&agent_pk(id), "CONFIG", !self.agents.keeps()).await? {
             Some(item) => Some(decode_doc(&item, &format!("agent {id}"), AGENT_SCHEMA)?),
             None => None,
         };
@@ -1707,8 +1721,9 @@ impl Store for DynamoStore {
         if let Some(status) = self.desk_statuses.get(agent) {
             return Ok(status);
         }
+        // Kept for a while like the config, so read the same way (see `get_agent`).
         let status = self
-            .get(&agent_pk(agent), "DESKSTATUS")
+            .get_with(&agent_pk(agent), "DESKSTATUS", !self.desk_statuses.keeps())
             .await?
             .map(|item| decode_doc(&item, &format!("desk status {agent}"), RECORD_SCHEMA))
             .transpose()?;

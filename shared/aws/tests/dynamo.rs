@@ -534,6 +534,39 @@ async fn config_cache_reuses_reads_for_its_time() {
     assert!(cached.get_agent("later").await.unwrap().is_some());
 }
 
+/// A store that keeps configs for a while reads them eventually consistent (half the read
+/// units: they may be that stale anyway); one without reads them strongly consistent.
+#[tokio::test]
+async fn kept_configs_are_read_for_half_the_units() {
+    use baton_core::model::ServiceStatus;
+    use baton_core::ports::DeskStatusRecord;
+    use baton_tests::aws_meter::AwsMeter;
+    let writer = common::store().await;
+    writer.put_agent(&serde_json::from_str(r#"{"id":"demo","name":"Demo"}"#).unwrap()).await.unwrap();
+    let status = DeskStatusRecord { status: ServiceStatus::Available, detail: "ok".into(), checked_at: Millis(1) };
+    writer.set_desk_status("demo", &status).await.unwrap();
+    let meter = AwsMeter::start(&baton_tests::moto::endpoint(), Vec::new()).await;
+    let sdk = baton_aws::sdk_config().await;
+    let metered = || {
+        let dynamo = aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&sdk).endpoint_url(meter.url()).build(),
+        );
+        DynamoStore::new(dynamo, writer.table_name())
+    };
+    let read_units = |from: usize| meter.calls()[from..].iter().map(|c| c.billed.read_units).sum::<f64>();
+
+    let kept = metered().with_config_cache(std::time::Duration::from_secs(60));
+    assert_eq!(kept.get_agent("demo").await.unwrap().unwrap().name, "Demo");
+    assert_eq!(kept.desk_status("demo").await.unwrap().unwrap().detail, "ok");
+    assert_eq!((meter.call_count(), read_units(0)), (2, 1.0), "two reads at half a unit each");
+
+    let from = meter.call_count();
+    let fresh = metered();
+    assert_eq!(fresh.get_agent("demo").await.unwrap().unwrap().name, "Demo");
+    assert_eq!(fresh.desk_status("demo").await.unwrap().unwrap().detail, "ok");
+    assert_eq!((meter.call_count() - from, read_units(from)), (2, 2.0), "two reads at a full unit each");
+}
+
 /// A log written by an earlier build (an `IDEM#{key}` marker per message, a counter without
 /// the last key): an effect run again across the upgrade is still caught.
 #[tokio::test]
