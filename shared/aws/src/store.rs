@@ -159,7 +159,7 @@ struct Recent<T> {
 
 impl<T: Clone> Recent<T> {
     fn get(&self, id: &str) -> Option<T> {
-        if self.ttl.is_zero() {
+        if !self.keeps() {
             return None;
         }
         let entries = lock(&self.entries);
@@ -172,7 +172,7 @@ impl<T: Clone> Recent<T> {
     }
 
     fn keep(&self, id: &str, value: T) {
-        if !self.ttl.is_zero() {
+        if self.keeps() {
             let mut entries = lock(&self.entries);
             entries.insert(id.to_string(), (std::time::Instant::now(), value));
         }

@@ -46,13 +46,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// statement cache; the serve dispatcher runs up to 64 conversations at once.
 const MAX_IDLE_READERS: usize = 64;
 
-/// Schema migrations; migration `i` moves `PRAGMA user_version` from `i` to `i + 1`.
-/// Append new steps, never edit old ones: databases in the field are at some version.
 /// WAL pages between automatic checkpoints (about 40 MB of 4 KB pages).
 const WAL_CHECKPOINT_PAGES: i64 = 10_000;
 /// Bytes the WAL file is truncated to when it is reset.
 const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
+/// Schema migrations; migration `i` moves `PRAGMA user_version` from `i` to `i + 1`.
+/// Append new steps, never edit old ones: databases in the field are at some version.
 const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE agents (
