@@ -414,7 +414,11 @@ async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f6
         chats.last().map_or(0.0, |c| c.at.duration_since(started + ingest).as_secs_f64()),
     );
     let events = acks.len().max(1) as f64;
+    let spread = rate.map(|r| slowest_spread(&acks, r));
     report_us("ingress ack latency (202)", acks);
+    if let Some(spread) = spread {
+        println!("{spread}");
+    }
     if rate.is_some() {
         report_us("of which before sending (the load generator behind its schedule)", lags);
     }
@@ -423,16 +427,18 @@ async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f6
         let us = |ticks: u64| ticks as f64 * 1e6 / ProcCounters::TICKS_PER_SEC / events;
         let (all, load) = (a.cpu_ticks - b.cpu_ticks, a.load_ticks.saturating_sub(b.load_ticks));
         let writer = a.writer_ticks.saturating_sub(b.writer_ticks);
+        let checkpoints = a.checkpoint_ticks.saturating_sub(b.checkpoint_ticks);
         println!(
             "per event, this process (hub, load generator and desk): {:.1} KB in {:.1} write calls \
              (files and sockets, /proc/self/io); {:.0} us CPU, of which the hub {:.0} us (its database \
-             writer thread {:.0} us) and the load generator and desk {:.0} us (their own threads); \
+             writer thread {:.0} us, its checkpoint thread {:.0} us) and the load generator and desk {:.0} us (their own threads); \
              {:.1} events per group commit",
             (a.wchar - b.wchar) as f64 / 1024.0 / events,
             (a.syscw - b.syscw) as f64 / events,
             us(all),
             us(all.saturating_sub(load)),
             us(writer),
+            us(checkpoints),
             us(load),
             events / db_writer.commits.max(1) as f64,
         );
@@ -467,6 +473,8 @@ struct ProcCounters {
     load_ticks: u64,
     /// CPU time of the embedded store's writer thread.
     writer_ticks: u64,
+    /// CPU time of the embedded store's checkpoint thread.
+    checkpoint_ticks: u64,
 }
 
 impl ProcCounters {
@@ -478,7 +486,7 @@ impl ProcCounters {
         let field =
             |name: &str| io.lines().find_map(|l| l.split_once(':').filter(|(n, _)| *n == name)?.1.trim().parse().ok());
         let cpu_ticks = Self::stat_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
-        let (mut load_ticks, mut writer_ticks) = (0, 0);
+        let (mut load_ticks, mut writer_ticks, mut checkpoint_ticks) = (0, 0, 0);
         for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
             let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
             let ticks = || Self::stat_ticks(&std::fs::read_to_string(task.path().join("stat")).unwrap_or_default());
@@ -486,9 +494,18 @@ impl ProcCounters {
                 load_ticks += ticks().unwrap_or(0);
             } else if comm.trim_end() == baton_embedded::WRITER_THREAD {
                 writer_ticks += ticks().unwrap_or(0);
+            } else if comm.trim_end() == baton_embedded::CHECKPOINT_THREAD {
+                checkpoint_ticks += ticks().unwrap_or(0);
             }
         }
-        Some(ProcCounters { wchar: field("wchar")?, syscw: field("syscw")?, cpu_ticks, load_ticks, writer_ticks })
+        Some(ProcCounters {
+            wchar: field("wchar")?,
+            syscw: field("syscw")?,
+            cpu_ticks,
+            load_ticks,
+            writer_ticks,
+            checkpoint_ticks,
+        })
     }
 
     /// utime + stime of a `stat` file (fields 14 and 15; those after the command name, which
@@ -498,6 +515,26 @@ impl ProcCounters {
         let ticks = |i: usize| rest.get(i - 3)?.parse::<u64>().ok();
         Some(ticks(14)? + ticks(15)?)
     }
+}
+
+/// Where in the run the slowest 1% of `acks` (in the order scheduled, `rate` a second)
+/// started: bunched into a few windows, they are stalls (a checkpoint, say) rather than
+/// the load itself.
+fn slowest_spread(acks: &[i64], rate: f64) -> String {
+    let mut sorted = acks.to_vec();
+    sorted.sort_unstable();
+    let threshold = percentile(&sorted, 0.99);
+    let mut windows: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
+    for (i, _) in acks.iter().enumerate().filter(|(_, a)| **a >= threshold) {
+        *windows.entry((i as f64 / rate * 10.0) as i64).or_default() += 1;
+    }
+    let run = (acks.len() as f64 / rate * 10.0).ceil() as i64;
+    let busiest = windows.values().max().copied().unwrap_or(0);
+    format!(
+        "  slowest 1% (from {:.2} ms): started in {} of the run's {run} windows of 100 ms, at most {busiest} in one",
+        threshold as f64 / 1000.0,
+        windows.len()
+    )
 }
 
 fn report_us(name: &str, mut v: Vec<i64>) {

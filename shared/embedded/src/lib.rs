@@ -8,8 +8,10 @@
 //! and commits the writes that arrive together in one transaction (`writer.rs`). Reads use a
 //! pool of reader connections (WAL readers do not block the writer): point reads run on the
 //! caller's thread when an idle connection is at hand (`Db::lookup`), scans on blocking
-//! threads (`Db::read`).
+//! threads (`Db::read`). A thread of its own copies the WAL into the database file as the
+//! writer goes on (`checkpoint.rs`), so the writer's own checkpoints have little to do.
 
+mod checkpoint;
 mod console;
 mod kv;
 mod messages;
@@ -19,6 +21,7 @@ mod store;
 mod timers;
 mod writer;
 
+pub use checkpoint::{CHECKPOINT_EVERY, CHECKPOINT_THREAD};
 pub use console::{ConsoleConversation, ConsoleMessage, ConsoleStore};
 pub use queue::EmbeddedQueue;
 pub use timers::EmbeddedTimers;
@@ -26,6 +29,7 @@ pub use writer::{WriterStats, MAX_GROUP, WRITER_THREAD};
 
 use baton_core::model::ConversationKey;
 use baton_core::ports::StoreError;
+use checkpoint::Checkpointer;
 use rusqlite::{Connection, OpenFlags};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -46,7 +50,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// statement cache; the serve dispatcher runs up to 64 conversations at once.
 const MAX_IDLE_READERS: usize = 64;
 
-/// WAL pages between automatic checkpoints (about 40 MB of 4 KB pages).
+/// WAL pages between the writer's automatic checkpoints (about 40 MB of 4 KB pages); a
+/// thread of its own copies most of them before (`checkpoint.rs`).
 const WAL_CHECKPOINT_PAGES: i64 = 10_000;
 /// Bytes the WAL file is truncated to when it is reset.
 const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
@@ -192,6 +197,9 @@ pub struct Db {
 
 struct Inner {
     path: PathBuf,
+    /// Held to be dropped (which stops its thread); declared before the writer, so it
+    /// stops first.
+    _checkpointer: Checkpointer,
     writer: Writer,
     readers: Mutex<Vec<Connection>>,
     /// Dispatchers told about conversations that got new queued events.
@@ -223,10 +231,14 @@ impl Db {
         // far less (BENCHMARKS.md). The file is cut back to WAL_SIZE_LIMIT when it resets.
         writer.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES).map_err(sql)?;
         writer.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT).map_err(sql)?;
+        let writer = Writer::start(writer)?;
+        // Copies the WAL into the file between the writer's own checkpoints (checkpoint.rs).
+        let checkpointer = Checkpointer::start(open_connection(path)?, writer.commit_count())?;
         Ok(Arc::new(Db {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
-                writer: Writer::start(writer)?,
+                _checkpointer: checkpointer,
+                writer,
                 readers: Mutex::new(Vec::new()),
                 subscribers: Mutex::new(Vec::new()),
                 timers_changed: Arc::new(Notify::new()),
@@ -501,6 +513,29 @@ mod tests {
         drop(db);
         // Reopening runs no migration again (it would fail on CREATE TABLE).
         Db::open(&path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn committed_writes_reach_the_database_file_long_before_the_writers_checkpoint() {
+        let (dir, db) = open_temp();
+        db.write(|c| c.execute("INSERT INTO settings(name, value) VALUES ('probe', 'x')", []).map_err(sql))
+            .await
+            .unwrap();
+        // A copy of the database file without its WAL holds what checkpoints copied; the
+        // writer's own would wait for WAL_CHECKPOINT_PAGES.
+        let copy = dir.path().join("copy.db");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            std::fs::copy(db.path(), &copy).unwrap();
+            let found = Connection::open(&copy)
+                .and_then(|c| c.query_row("SELECT count(*) FROM settings WHERE name = 'probe'", [], |r| r.get(0)))
+                .unwrap_or(0);
+            if found == 1 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the row never reached the database file");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]

@@ -304,6 +304,12 @@ impl Writer {
         self.counters.commits.load(Ordering::Relaxed)
     }
 
+    /// The number of commits so far, readable from another thread.
+    pub fn commit_count(&self) -> impl Fn() -> u64 + Send + 'static {
+        let counters = self.counters.clone();
+        move || counters.commits.load(Ordering::Relaxed)
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> WriterStats {
         let c = &self.counters;
