@@ -68,6 +68,10 @@ impl Default for Counters {
 }
 
 impl Counters {
+    fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
     fn answered(&self, queued: Instant) {
         let bucket = (queued.elapsed().as_micros() as u64 / WAIT_BUCKET_US).min(WAIT_BUCKETS as u64 - 1);
         self.waits[bucket as usize].fetch_add(1, Ordering::Relaxed);
@@ -301,20 +305,20 @@ impl Writer {
 
     /// Transactions committed so far (one per group).
     pub fn commits(&self) -> u64 {
-        self.counters.commits.load(Ordering::Relaxed)
+        self.counters.commits()
     }
 
     /// The number of commits so far, readable from another thread.
     pub fn commit_count(&self) -> impl Fn() -> u64 + Send + 'static {
         let counters = self.counters.clone();
-        move || counters.commits.load(Ordering::Relaxed)
+        move || counters.commits()
     }
 
     /// The counters so far.
     pub fn stats(&self) -> WriterStats {
         let c = &self.counters;
         WriterStats {
-            commits: c.commits.load(Ordering::Relaxed),
+            commits: c.commits(),
             writes: c.writes.load(Ordering::Relaxed),
             busy: Duration::from_micros(c.busy_us.load(Ordering::Relaxed)),
             waits: c.waits.iter().map(|w| w.load(Ordering::Relaxed)).collect(),
