@@ -449,12 +449,15 @@ async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f6
     };
     println!(
         "database writer: running groups {:.0}% of the {:.2} s (fsyncs and waits for a core included); \
-         {} writes, each waiting for its commit p50 {} ms, p99 {} ms (to 0.25 ms)",
+         {} writes, each waiting for its commit p50 {} ms, p99 {} ms (to 0.25 ms); \
+         {} checkpoints between groups (the WAL starting over), {:.2} ms each on average",
         100.0 * db_writer.busy.as_secs_f64() / done.as_secs_f64(),
         done.as_secs_f64(),
         db_writer.writes,
         ms(0.5),
         ms(0.99),
+        db_writer.checkpoints,
+        db_writer.checkpoint_time.as_secs_f64() * 1e3 / db_writer.checkpoints.max(1) as f64,
     );
     running.stop().await;
     load_rt.shutdown_background();

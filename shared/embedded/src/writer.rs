@@ -54,6 +54,10 @@ struct Counters {
     busy_us: AtomicU64,
     /// Each write's wait from being queued to being answered, by [`WAIT_BUCKET_US`].
     waits: [AtomicU64; WAIT_BUCKETS],
+    /// Checkpoints run between groups when the checkpoint thread asked for one.
+    checkpoints: AtomicU64,
+    /// Time those took.
+    checkpoint_us: AtomicU64,
 }
 
 impl Default for Counters {
@@ -63,6 +67,8 @@ impl Default for Counters {
             writes: AtomicU64::new(0),
             busy_us: AtomicU64::new(0),
             waits: std::array::from_fn(|_| AtomicU64::new(0)),
+            checkpoints: AtomicU64::new(0),
+            checkpoint_us: AtomicU64::new(0),
         }
     }
 }
@@ -88,6 +94,10 @@ pub struct WriterStats {
     pub writes: u64,
     /// Time the thread spent running groups (CPU, fsyncs and waits for a core alike).
     pub busy: Duration,
+    /// Checkpoints the thread ran between groups when asked (the WAL starts over after
+    /// each that reaches its end), and the time they took (part of `busy`).
+    pub checkpoints: u64,
+    pub checkpoint_time: Duration,
     waits: Vec<u64>,
 }
 
@@ -98,6 +108,8 @@ impl WriterStats {
             commits: self.commits.saturating_sub(earlier.commits),
             writes: self.writes.saturating_sub(earlier.writes),
             busy: self.busy.saturating_sub(earlier.busy),
+            checkpoints: self.checkpoints.saturating_sub(earlier.checkpoints),
+            checkpoint_time: self.checkpoint_time.saturating_sub(earlier.checkpoint_time),
             waits: self.waits.iter().zip(&earlier.waits).map(|(a, b)| a.saturating_sub(*b)).collect(),
         }
     }
@@ -189,6 +201,11 @@ enum Msg {
     /// A batch of write-behinds started: the writer may be waiting for a job with no
     /// deadline, and must note when they are due.
     Wake,
+    /// Checkpoint after the group at hand, between transactions (`checkpoint.rs`).
+    Checkpoint,
+    /// The handle was dropped: finish what was sent before and stop (the checkpoint thread
+    /// may still hold a sender, so the channel alone would not say so).
+    Stop,
 }
 
 struct Pending<T, F> {
@@ -314,6 +331,16 @@ impl Writer {
         move || counters.commits()
     }
 
+    /// Asks the thread for a checkpoint between two groups (nothing once it has stopped).
+    pub fn checkpoint_requests(&self) -> impl Fn() + Send + 'static {
+        let jobs = self.jobs.clone();
+        move || {
+            if let Some(jobs) = &jobs {
+                let _ = jobs.send(Msg::Checkpoint);
+            }
+        }
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> WriterStats {
         let c = &self.counters;
@@ -321,6 +348,8 @@ impl Writer {
             commits: c.commits(),
             writes: c.writes.load(Ordering::Relaxed),
             busy: Duration::from_micros(c.busy_us.load(Ordering::Relaxed)),
+            checkpoints: c.checkpoints.load(Ordering::Relaxed),
+            checkpoint_time: Duration::from_micros(c.checkpoint_us.load(Ordering::Relaxed)),
             waits: c.waits.iter().map(|w| w.load(Ordering::Relaxed)).collect(),
         }
     }
@@ -328,7 +357,9 @@ impl Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        drop(self.jobs.take());
+        if let Some(jobs) = self.jobs.take() {
+            let _ = jobs.send(Msg::Stop);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -336,8 +367,10 @@ impl Drop for Writer {
 }
 
 fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Msg>, counters: &Counters, behind: SharedBehind) {
-    loop {
+    let mut stopping = false;
+    while !stopping {
         let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(16);
+        let mut checkpoint = false;
         // Wait for a write, or until the waiting write-behinds are due.
         let first = match behind_due(&behind) {
             None => jobs.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
@@ -346,31 +379,43 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Msg>, counters: &Count
         let started = Instant::now();
         match first {
             Ok(Msg::Job(job)) => group.push(job),
+            Ok(Msg::Checkpoint) => checkpoint = true,
             Ok(Msg::Wake) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        while group.len() < MAX_GROUP {
+        while group.len() < MAX_GROUP && !stopping {
             match jobs.try_recv() {
                 Ok(Msg::Job(job)) => group.push(job),
+                Ok(Msg::Checkpoint) => checkpoint = true,
                 Ok(Msg::Wake) => {}
+                Ok(Msg::Stop) => stopping = true,
                 Err(_) => break,
             }
         }
         if behind_due(&behind).is_some_and(|due| due <= Instant::now()) {
             group.push(Box::new(BehindJob(take_behind(&behind))));
         }
-        if group.is_empty() {
+        if group.is_empty() && !checkpoint {
             continue;
         }
-        if run_group(&mut conn, group) {
-            counters.commits.fetch_add(1, Ordering::Relaxed);
+        if !group.is_empty() {
+            run_group(&mut conn, group, counters);
+        }
+        if checkpoint {
+            // After the group's answers went out, so none of its writes waits for the copy.
+            let at = Instant::now();
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "the writer's WAL checkpoint failed");
+            }
+            counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+            counters.checkpoint_us.fetch_add(at.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
         counters.busy_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
     // Stopping: what is still waiting goes in a last group.
     let rest = take_behind(&behind);
-    if !rest.is_empty() && run_group(&mut conn, vec![Box::new(BehindJob(rest))]) {
-        counters.commits.fetch_add(1, Ordering::Relaxed);
+    if !rest.is_empty() {
+        run_group(&mut conn, vec![Box::new(BehindJob(rest))], counters);
     }
 }
 
@@ -379,8 +424,9 @@ fn exec(c: &Connection, statement: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Run one group; true when a transaction was committed.
-fn run_group(conn: &mut Connection, group: Vec<Box<dyn Job>>) -> bool {
+/// Run one group; a commit is counted before its writes are answered, so a caller that
+/// heard back sees it in the stats.
+fn run_group(conn: &mut Connection, group: Vec<Box<dyn Job>>, counters: &Counters) {
     // Jobs whose writes are in the open transaction, waiting for its commit.
     let mut done: Vec<Box<dyn Job>> = Vec::with_capacity(group.len());
     for mut job in group {
@@ -425,16 +471,17 @@ fn run_group(conn: &mut Connection, group: Vec<Box<dyn Job>>) -> bool {
         }
     }
     if conn.is_autocommit() {
-        return false;
+        return;
     }
     let committed = exec(conn, "COMMIT");
-    if committed.is_err() && !conn.is_autocommit() {
+    if committed.is_ok() {
+        counters.commits.fetch_add(1, Ordering::Relaxed);
+    } else if !conn.is_autocommit() {
         let _ = exec(conn, "ROLLBACK");
     }
     for j in done {
         j.finish(committed.as_ref().map(|_| ()));
     }
-    committed.is_ok()
 }
 
 #[cfg(test)]
@@ -553,7 +600,14 @@ mod tests {
         waits[0] = 98;
         waits[3] = 1;
         waits[super::WAIT_BUCKETS - 1] = 1;
-        let stats = super::WriterStats { commits: 10, writes: 100, busy: Duration::from_millis(5), waits };
+        let stats = super::WriterStats {
+            commits: 10,
+            writes: 100,
+            busy: Duration::from_millis(5),
+            checkpoints: 0,
+            checkpoint_time: Duration::ZERO,
+            waits,
+        };
         assert_eq!(stats.wait_quantile(0.5), Some(Duration::from_micros(250)));
         assert_eq!(stats.wait_quantile(0.98), Some(Duration::from_micros(250)));
         assert_eq!(stats.wait_quantile(0.99), Some(Duration::from_millis(1)));
