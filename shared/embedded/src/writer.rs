@@ -367,7 +367,7 @@ impl Drop for Writer {
 }
 
 fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Msg>, counters: &Counters, behind: SharedBehind) {
-    let mut stopping = false;
+    let (mut stopping, mut checkpoint_failing) = (false, false);
     while !stopping {
         let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(16);
         let mut checkpoint = false;
@@ -404,8 +404,14 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Msg>, counters: &Count
         if checkpoint {
             // After the group's answers went out, so none of its writes waits for the copy.
             let at = Instant::now();
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "the writer's WAL checkpoint failed");
+            // Said once per run of failures: the thread asks again every tenth of a second.
+            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                Ok(()) => checkpoint_failing = false,
+                Err(e) if !checkpoint_failing => {
+                    checkpoint_failing = true;
+                    tracing::warn!(error = %e, "the writer's WAL checkpoint failed");
+                }
+                Err(_) => {}
             }
             counters.checkpoints.fetch_add(1, Ordering::Relaxed);
             counters.checkpoint_us.fetch_add(at.elapsed().as_micros() as u64, Ordering::Relaxed);
