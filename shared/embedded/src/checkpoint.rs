@@ -110,13 +110,14 @@ impl Checkpointer {
 }
 
 /// What a checkpoint saw: frames in the WAL, and how many of them are in the database file.
-struct Wal {
+pub(crate) struct Wal {
     frames: i64,
     copied: i64,
 }
 
 /// One `PASSIVE` checkpoint: copies the frames no reader still needs, waits for nobody.
-fn checkpoint(conn: &Connection) -> Result<Wal, baton_core::ports::StoreError> {
+/// Run by this thread, and by the writer between its transactions when asked.
+pub(crate) fn checkpoint(conn: &Connection) -> Result<Wal, baton_core::ports::StoreError> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok(Wal { frames: r.get(1)?, copied: r.get(2)? }))
         .map_err(sql)
 }

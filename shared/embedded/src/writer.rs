@@ -405,8 +405,8 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Msg>, counters: &Count
             // After the group's answers went out, so none of its writes waits for the copy.
             let at = Instant::now();
             // Said once per run of failures: the thread asks again every tenth of a second.
-            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                Ok(()) => checkpoint_failing = false,
+            match crate::checkpoint::checkpoint(&conn) {
+                Ok(_) => checkpoint_failing = false,
                 Err(e) if !checkpoint_failing => {
                     checkpoint_failing = true;
                     tracing::warn!(error = %e, "the writer's WAL checkpoint failed");
