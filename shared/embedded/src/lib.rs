@@ -20,6 +20,7 @@ mod queue;
 mod settings;
 mod store;
 mod timers;
+mod trace;
 mod writer;
 
 pub use checkpoint::{CHECKPOINT_EVERY, CHECKPOINT_THREAD, WAL_RESTART_FRAMES};
@@ -45,7 +46,7 @@ use writer::Writer;
 pub const SEEN_RETENTION_MS: i64 = 8 * 24 * 60 * 60 * 1000;
 
 /// How long a connection waits for another process's lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Idle reader connections kept for reuse. Opening one costs a schema parse and a fresh
 /// statement cache; the serve dispatcher runs up to 64 conversations at once.
@@ -205,6 +206,7 @@ struct Inner {
     /// stops asking the writer for checkpoints before the writer stops.
     _checkpointer: Checkpointer,
     writer: Writer,
+    trace: trace::TraceLog,
     readers: Mutex<Vec<Connection>>,
     /// Dispatchers told about conversations that got new queued events.
     subscribers: Mutex<Vec<mpsc::UnboundedSender<ConversationKey>>>,
@@ -229,6 +231,10 @@ impl Db {
             return Err(StoreError::Unavailable(format!("cannot switch {} to WAL mode (got {mode})", path.display())));
         }
         migrate(&mut writer)?;
+        // The trace lives in a file of its own (trace.rs); lines of earlier builds move there.
+        let trace_path = trace::path_beside(path);
+        let trace = trace::TraceLog::open(&trace_path)?;
+        trace::move_from_main(&writer, &trace_path)?;
         // The writer's automatic checkpoint at WAL_CHECKPOINT_PAGES instead of SQLite's 1,000
         // pages, as a backstop: the checkpoint thread copies the WAL and has it start over
         // well before (checkpoint.rs). The file is cut back to WAL_SIZE_LIMIT when it starts
@@ -248,6 +254,7 @@ impl Db {
                 path: path.to_path_buf(),
                 _checkpointer: checkpointer,
                 writer,
+                trace,
                 readers: Mutex::new(Vec::new()),
                 subscribers: Mutex::new(Vec::new()),
                 timers_changed: Arc::new(Notify::new()),
@@ -287,33 +294,10 @@ impl Db {
         self.inner.writer.write(f).await
     }
 
-    /// Like `write`, after writing every queued write-behind in the same job.
-    pub(crate) async fn write_after_behind<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.inner.writer.write_after_behind(f).await
-    }
-
-    /// Write every queued write-behind (trace lines) now; with none queued, nothing to do.
-    pub(crate) async fn flush_behind(&self) -> Result<(), StoreError> {
-        if self.inner.writer.nothing_behind() {
-            return Ok(());
-        }
-        self.write_after_behind(|_| Ok(())).await
-    }
-
-    /// Append a trace line in a later group, without waiting (`writer.rs`): call it once the
+    /// Queue a trace line (`trace.rs`), written within a tenth of a second: call it once the
     /// write the line describes is committed.
-    pub(crate) fn trace_behind(&self, conversation: String, at: baton_core::model::Millis, json: String) {
-        self.inner.writer.behind(Box::new(move |c| {
-            c.prepare_cached("INSERT INTO trace(conversation, at, json) VALUES (?1, ?2, ?3)")
-                .map_err(sql)?
-                .execute(rusqlite::params![conversation, at.0, json])
-                .map_err(sql)?;
-            Ok(())
-        }));
+    pub(crate) fn trace_line(&self, conversation: String, at: baton_core::model::Millis, json: String) {
+        self.inner.trace.line(trace::Line { conversation, at: at.0, json });
     }
 
     /// Transactions the writer has committed so far (each holds a group of writes).

@@ -1,7 +1,7 @@
 //! `Store` on SQLite. `commit` is the transactional outbox: session, seen id and effects are
 //! written in one transaction guarded by the session's version. Trace lines follow the write
-//! they describe as write-behinds (`writer.rs`): batched, at most 100 ms later; a crash loses
-//! at most that batch of lines, never state.
+//! they describe, into the trace file (`trace.rs`): batched, at most 100 ms later; a crash
+//! loses at most the last batches of lines, never state.
 
 use crate::{decode, encode, limit_param, lock, parse_key, sql, to_i64, Db};
 use async_trait::async_trait;
@@ -286,11 +286,11 @@ impl Store for Db {
         });
         let (outcome, completed) = write.await?;
         for (at, json) in completed {
-            self.trace_behind(trace_conv.clone(), at, json);
+            self.trace_line(trace_conv.clone(), at, json);
         }
         if matches!(outcome, CommitOutcome::Committed { .. }) {
             for (at, json) in traces {
-                self.trace_behind(trace_conv.clone(), at, json);
+                self.trace_line(trace_conv.clone(), at, json);
             }
         }
         Ok(outcome)
@@ -340,7 +340,7 @@ impl Store for Db {
         let trace_json = encode(&trace)?;
         let deleted = self.write(move |c| delete_effect(c, &conv, &id)).await?;
         if deleted > 0 {
-            self.trace_behind(key.to_string(), trace.at, trace_json);
+            self.trace_line(key.to_string(), trace.at, trace_json);
         }
         Ok(())
     }
@@ -371,7 +371,7 @@ impl Store for Db {
             })
             .await?;
         if updated > 0 {
-            self.trace_behind(key.to_string(), trace.at, trace_json);
+            self.trace_line(key.to_string(), trace.at, trace_json);
         }
         Ok(())
     }
@@ -487,19 +487,8 @@ impl Store for Db {
 
     async fn trace(&self, key: &ConversationKey) -> Result<Vec<TraceEntry>, StoreError> {
         let conv = key.to_string();
-        self.flush_behind().await?;
-        self.read(move |c| {
-            let mut stmt =
-                c.prepare_cached("SELECT seq, json FROM trace WHERE conversation = ?1 ORDER BY seq").map_err(sql)?;
-            let rows = stmt.query_map([&conv], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))).map_err(sql)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (seq, json) = row.map_err(sql)?;
-                out.push(decode(&format!("trace {conv}/{seq}"), &json)?);
-            }
-            Ok(out)
-        })
-        .await
+        let lines = self.inner.trace.lines(&conv).await?;
+        lines.into_iter().map(|(seq, json)| decode(&format!("trace {conv}/{seq}"), &json)).collect()
     }
 
     async fn export_conversation(&self, key: &ConversationKey) -> Result<ConversationData, StoreError> {
@@ -529,14 +518,17 @@ impl Store for Db {
 
     async fn erase_conversation(&self, key: &ConversationKey) -> Result<u64, StoreError> {
         let conv = key.to_string();
-        // Lines still waiting to be written go first, so none outlives the erase.
-        self.write_after_behind(move |c| {
-            let tx = c.savepoint().map_err(sql)?;
-            let n = erase_in(&tx, &conv)?;
-            tx.commit().map_err(sql)?;
-            Ok(n)
-        })
-        .await
+        let erased = conv.clone();
+        let n = self
+            .write(move |c| {
+                let tx = c.savepoint().map_err(sql)?;
+                let n = erase_in(&tx, &conv)?;
+                tx.commit().map_err(sql)?;
+                Ok(n)
+            })
+            .await?;
+        // After the commit: lines still queued go too, so none outlives the erase.
+        Ok(n + self.inner.trace.erase(vec![erased]).await?)
     }
 }
 
@@ -551,7 +543,6 @@ fn erase_in(tx: &Connection, conv: &str) -> Result<u64, StoreError> {
            (SELECT desk_conversation_id FROM desk_links WHERE conversation = ?1)",
         "DELETE FROM sessions WHERE conversation = ?1",
         "DELETE FROM user_messages WHERE conversation = ?1",
-        "DELETE FROM trace WHERE conversation = ?1",
         "DELETE FROM outbox WHERE conversation = ?1",
         "DELETE FROM queue WHERE conversation = ?1",
         "DELETE FROM timers WHERE conversation = ?1",
@@ -580,26 +571,30 @@ impl Db {
     /// waiting, at most `limit` of them; returns how many went.
     pub async fn purge_expired(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
         let limit = limit_param(limit);
-        self.write_after_behind(move |c| {
-            let tx = c.savepoint().map_err(sql)?;
-            let expired: Vec<String> = {
-                let mut stmt = tx
-                    // A conversation with an event waiting is not idle: its next step follows.
-                    .prepare_cached(
-                        "SELECT conversation FROM sessions WHERE keep_until < ?1
+        let expired = self
+            .write(move |c| {
+                let tx = c.savepoint().map_err(sql)?;
+                let expired: Vec<String> = {
+                    let mut stmt = tx
+                        // A conversation with an event waiting is not idle: its next step follows.
+                        .prepare_cached(
+                            "SELECT conversation FROM sessions WHERE keep_until < ?1
                          AND conversation NOT IN (SELECT conversation FROM queue) LIMIT ?2",
-                    )
-                    .map_err(sql)?;
-                let rows = stmt.query_map(params![now.0, limit], |r| r.get(0)).map_err(sql)?;
-                rows.collect::<Result<_, _>>().map_err(sql)?
-            };
-            for conv in &expired {
-                erase_in(&tx, conv)?;
-            }
-            tx.commit().map_err(sql)?;
-            Ok(expired.len())
-        })
-        .await
+                        )
+                        .map_err(sql)?;
+                    let rows = stmt.query_map(params![now.0, limit], |r| r.get(0)).map_err(sql)?;
+                    rows.collect::<Result<_, _>>().map_err(sql)?
+                };
+                for conv in &expired {
+                    erase_in(&tx, conv)?;
+                }
+                tx.commit().map_err(sql)?;
+                Ok(expired)
+            })
+            .await?;
+        let n = expired.len();
+        self.inner.trace.erase(expired).await?;
+        Ok(n)
     }
 }
 
@@ -760,22 +755,45 @@ mod tests {
             CommitOutcome::Committed { version: 2 }
         );
         assert!(queued(&db).await.is_empty());
-        tokio::time::sleep(crate::writer::BEHIND_DELAY * 3).await;
         let traced: Vec<String> = db.trace(&k).await.unwrap().into_iter().map(|t| t.id).collect();
         assert_eq!(traced, ["a", "b", "c", "x", "d"], "a line for each event committed, none for the refused");
     }
 
-    /// A line still waiting for its batch is written before the erase, not after it.
+    /// A line still waiting for its batch goes with the erase, not written after it.
     #[tokio::test]
     async fn an_erase_leaves_no_waiting_line_behind() {
         let (_d, db) = open_temp();
         let k = crate::testutil::key("u");
         db.commit(first_commit(&k, "e0")).await.unwrap();
+        // Erased while the commit's trace line is still queued.
         assert!(db.erase_conversation(&k).await.unwrap() > 0);
-        tokio::time::sleep(crate::writer::BEHIND_DELAY * 3).await;
+        tokio::time::sleep(crate::trace::BATCH_DELAY * 3).await;
+        assert!(db.trace(&k).await.unwrap().is_empty());
+    }
+
+    /// Lines an earlier build wrote into the main file are read from the trace file after
+    /// an upgrade, and the lines written since follow them.
+    #[tokio::test]
+    async fn trace_lines_of_an_earlier_build_are_kept() {
+        let (dir, db) = open_temp();
+        let path = dir.path().join("baton.db");
+        let k = crate::testutil::key("u");
+        let old = encode(&TraceEntry { at: Millis(1), what: "event".into(), id: "old".into(), detail: String::new() })
+            .unwrap();
+        let conv = k.to_string();
+        db.write(move |c| {
+            c.execute("INSERT INTO trace(conversation, at, json) VALUES (?1, 1, ?2)", params![conv, old]).map_err(sql)
+        })
+        .await
+        .unwrap();
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        db.commit(first_commit(&k, "e0")).await.unwrap();
+        let ids: Vec<String> = db.trace(&k).await.unwrap().into_iter().map(|t| t.id).collect();
+        assert_eq!(ids, ["old", "e0"]);
         let left: i64 =
             db.read(|c| c.query_row("SELECT count(*) FROM trace", [], |r| r.get(0)).map_err(sql)).await.unwrap();
-        assert_eq!(left, 0);
+        assert_eq!(left, 0, "moved out of the main file");
     }
 
     /// `put_agent` on another handle of the same file (as `baton agents apply` next to a

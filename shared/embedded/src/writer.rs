@@ -7,23 +7,16 @@
 //! is on disk. A write that fails rolls back to its savepoint and leaves the others in the
 //! group alone; a failed commit fails the whole group.
 //!
-//! Writes nobody waits for (trace lines, queued by [`Writer::behind`] after the write they
-//! describe was committed) join a group in batches: at most [`BEHIND_DELAY`] after the
-//! first of them was queued, or sooner when [`BEHIND_BATCH`] are waiting. Batched, the
-//! trace's index pages are written once per batch instead of once per commit, which was
-//! half of all WAL frames under load; a crash loses at most the last batch of lines, never
-//! state. [`Writer::write_after_behind`] writes them at once (before the trace is read).
-//!
 //! [`Writer::stats`] tells how busy the thread is and how long writes wait for their commit:
 //! with every write of the process behind one thread, that wait is most of a webhook's
 //! answer time under load (BENCHMARKS.md).
 
-use crate::{lock, sql};
+use crate::sql;
 use baton_core::ports::StoreError;
 use rusqlite::Connection;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -32,12 +25,6 @@ pub const MAX_GROUP: usize = 256;
 
 /// Name of the writer thread (as `/proc` shows it: at most 15 bytes).
 pub const WRITER_THREAD: &str = "baton-db-writer";
-
-/// Longest a write-behind waits for its batch.
-pub const BEHIND_DELAY: Duration = Duration::from_millis(100);
-
-/// Write-behinds that make a batch without waiting for [`BEHIND_DELAY`].
-pub const BEHIND_BATCH: usize = 512;
 
 /// Width of one bucket of the histogram of waits for a commit.
 const WAIT_BUCKET_US: u64 = 250;
@@ -48,7 +35,7 @@ const WAIT_BUCKETS: usize = 201;
 /// What the writer thread counts as it goes (read by [`Writer::stats`]).
 struct Counters {
     commits: AtomicU64,
-    /// Writes answered (committed or not), write-behinds aside.
+    /// Writes answered (committed or not).
     writes: AtomicU64,
     /// Time spent running groups, from taking a group's first write to answering its last.
     busy_us: AtomicU64,
@@ -90,7 +77,7 @@ impl Counters {
 pub struct WriterStats {
     /// Transactions committed (one per group).
     pub commits: u64,
-    /// Writes answered, write-behinds aside.
+    /// Writes answered.
     pub writes: u64,
     /// Time the thread spent running groups (CPU, fsyncs and waits for a core alike).
     pub busy: Duration,
@@ -134,59 +121,6 @@ impl WriterStats {
     }
 }
 
-/// A write no caller waits for; it runs in a later group, and an error is only logged.
-pub(crate) type BehindWrite = Box<dyn FnOnce(&Connection) -> Result<(), StoreError> + Send>;
-
-/// Write-behinds waiting for their batch, and when the oldest was queued.
-#[derive(Default)]
-struct Behind {
-    writes: Vec<BehindWrite>,
-    since: Option<Instant>,
-}
-
-type SharedBehind = Arc<Mutex<Behind>>;
-
-fn take_behind(behind: &SharedBehind) -> Vec<BehindWrite> {
-    let mut b = lock(behind);
-    b.since = None;
-    std::mem::take(&mut b.writes)
-}
-
-/// When the waiting batch must be written: `None` when nothing waits.
-fn behind_due(behind: &SharedBehind) -> Option<Instant> {
-    let b = lock(behind);
-    match b.since {
-        Some(_) if b.writes.len() >= BEHIND_BATCH => Some(Instant::now()),
-        Some(since) => Some(since + BEHIND_DELAY),
-        None => None,
-    }
-}
-
-/// Run write-behinds in order; one that fails is logged and the rest still run.
-fn run_behind(c: &Connection, writes: Vec<BehindWrite>) {
-    for write in writes {
-        if let Err(e) = write(c) {
-            tracing::error!(error = %e, "a trace line could not be written");
-        }
-    }
-}
-
-/// A batch of write-behinds as one job of a group.
-struct BehindJob(Vec<BehindWrite>);
-
-impl Job for BehindJob {
-    fn run(&mut self, c: &mut Connection) -> bool {
-        run_behind(c, std::mem::take(&mut self.0));
-        true
-    }
-
-    fn finish(self: Box<Self>, committed: Result<(), &StoreError>) {
-        if let Err(e) = committed {
-            tracing::error!(error = %e, "a batch of trace lines was lost");
-        }
-    }
-}
-
 /// One caller's write, type-erased so writes of any result type share the queue.
 trait Job: Send {
     /// Run the write on the connection (inside its savepoint); true when it succeeded.
@@ -198,9 +132,6 @@ trait Job: Send {
 /// What reaches the writer thread.
 enum Msg {
     Job(Box<dyn Job>),
-    /// A batch of write-behinds started: the writer may be waiting for a job with no
-    /// deadline, and must note when they are due.
-    Wake,
     /// Checkpoint after the group at hand, between transactions (`checkpoint.rs`).
     Checkpoint,
     /// The handle was dropped: finish what was sent before and stop (the checkpoint thread
@@ -249,60 +180,20 @@ pub(crate) struct Writer {
     jobs: Option<mpsc::Sender<Msg>>,
     thread: Option<std::thread::JoinHandle<()>>,
     counters: Arc<Counters>,
-    behind: SharedBehind,
 }
 
 impl Writer {
     pub fn start(conn: Connection) -> Result<Writer, StoreError> {
         let (tx, rx) = mpsc::channel::<Msg>();
         let counters = Arc::new(Counters::default());
-        let behind = SharedBehind::default();
         let thread = std::thread::Builder::new()
             .name(WRITER_THREAD.into())
             .spawn({
                 let counters = counters.clone();
-                let behind = behind.clone();
-                move || writer_loop(conn, rx, &counters, behind)
+                move || writer_loop(conn, rx, &counters)
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the database writer: {e}")))?;
-        Ok(Writer { jobs: Some(tx), thread: Some(thread), counters, behind })
-    }
-
-    /// Queue a write nobody waits for (see the module's comment). Call it after the write
-    /// it describes was committed, so a failed write leaves no trace of itself.
-    pub fn behind(&self, write: BehindWrite) {
-        let first = {
-            let mut b = lock(&self.behind);
-            b.writes.push(write);
-            let first = b.since.is_none();
-            b.since.get_or_insert_with(Instant::now);
-            first
-        };
-        if first {
-            if let Some(jobs) = &self.jobs {
-                let _ = jobs.send(Msg::Wake);
-            }
-        }
-    }
-
-    /// Whether no write-behind is queued. One queued by a write that has returned is seen.
-    pub fn nothing_behind(&self) -> bool {
-        lock(&self.behind).writes.is_empty()
-    }
-
-    /// Like [`Writer::write`], with every queued write-behind written first, in the same
-    /// job (so an erase cannot be followed by an older line of what it erased).
-    pub async fn write_after_behind<T, F>(&self, write: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let behind = self.behind.clone();
-        self.write(move |c| {
-            run_behind(c, take_behind(&behind));
-            write(c)
-        })
-        .await
+        Ok(Writer { jobs: Some(tx), thread: Some(thread), counters })
     }
 
     /// Queue `write` for the next group and wait until its group is committed.
@@ -366,34 +257,25 @@ impl Drop for Writer {
     }
 }
 
-fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Msg>, counters: &Counters, behind: SharedBehind) {
+fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Msg>, counters: &Counters) {
     let (mut stopping, mut checkpoint_failing) = (false, false);
     while !stopping {
         let mut group: Vec<Box<dyn Job>> = Vec::with_capacity(16);
         let mut checkpoint = false;
-        // Wait for a write, or until the waiting write-behinds are due.
-        let first = match behind_due(&behind) {
-            None => jobs.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-            Some(due) => jobs.recv_timeout(due.saturating_duration_since(Instant::now())),
-        };
+        let first = jobs.recv();
         let started = Instant::now();
         match first {
             Ok(Msg::Job(job)) => group.push(job),
             Ok(Msg::Checkpoint) => checkpoint = true,
-            Ok(Msg::Wake) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Ok(Msg::Stop) | Err(_) => break,
         }
         while group.len() < MAX_GROUP && !stopping {
             match jobs.try_recv() {
                 Ok(Msg::Job(job)) => group.push(job),
                 Ok(Msg::Checkpoint) => checkpoint = true,
-                Ok(Msg::Wake) => {}
                 Ok(Msg::Stop) => stopping = true,
                 Err(_) => break,
             }
-        }
-        if behind_due(&behind).is_some_and(|due| due <= Instant::now()) {
-            group.push(Box::new(BehindJob(take_behind(&behind))));
         }
         if group.is_empty() && !checkpoint {
             continue;
@@ -417,11 +299,6 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Msg>, counters: &Count
             counters.checkpoint_us.fetch_add(at.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
         counters.busy_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-    }
-    // Stopping: what is still waiting goes in a last group.
-    let rest = take_behind(&behind);
-    if !rest.is_empty() {
-        run_group(&mut conn, vec![Box::new(BehindJob(rest))], counters);
     }
 }
 
@@ -634,77 +511,5 @@ mod tests {
             .await;
         assert!(matches!(r, Err(StoreError::Unavailable(ref m)) if m.contains("transaction")), "{r:?}");
         put(&db, "after", Ok(())).await.unwrap().unwrap();
-    }
-
-    /// Trace rows as (conversation, json), in the order they were written.
-    async fn trace_rows(db: &Arc<Db>) -> Vec<(String, String)> {
-        db.read(|c| {
-            let mut s = c.prepare("SELECT conversation, json FROM trace ORDER BY seq").map_err(sql)?;
-            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(sql)?;
-            rows.collect::<Result<_, _>>().map_err(sql)
-        })
-        .await
-        .unwrap()
-    }
-
-    #[tokio::test]
-    async fn write_behinds_are_written_in_one_batch_with_nobody_waiting() {
-        let (_dir, db) = open_temp();
-        // The writer is idle, waiting for a job with no deadline.
-        put(&db, "before", Ok(())).await.unwrap().unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let before = db.group_commits();
-        let queued = std::time::Instant::now();
-        for n in 0..3 {
-            db.trace_behind("k".into(), baton_core::model::Millis(n), format!("line {n}"));
-        }
-        let all_queued_in_time = queued.elapsed() < super::BEHIND_DELAY / 2;
-        let early = trace_rows(&db).await;
-        if queued.elapsed() < super::BEHIND_DELAY {
-            assert!(early.is_empty(), "written before their batch was due");
-        }
-        let mut rows = Vec::new();
-        while rows.is_empty() && queued.elapsed() < Duration::from_secs(5) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            rows = trace_rows(&db).await;
-        }
-        assert!(queued.elapsed() >= super::BEHIND_DELAY);
-        let lines: Vec<&str> = rows.iter().map(|(_, json)| json.as_str()).collect();
-        assert_eq!(lines, ["line 0", "line 1", "line 2"]);
-        if all_queued_in_time {
-            assert_eq!(db.group_commits() - before, 1, "one batch");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_full_batch_does_not_wait() {
-        let (_dir, db) = open_temp();
-        for n in 0..super::BEHIND_BATCH {
-            db.trace_behind("k".into(), baton_core::model::Millis(n as i64), format!("line {n}"));
-        }
-        // Any write makes the writer look: the full batch joins its group.
-        put(&db, "nudge", Ok(())).await.unwrap().unwrap();
-        assert_eq!(trace_rows(&db).await.len(), super::BEHIND_BATCH);
-    }
-
-    #[tokio::test]
-    async fn write_after_behind_sees_the_waiting_lines_and_drop_writes_the_rest() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.db");
-        {
-            let db = Db::open(&path).unwrap();
-            db.trace_behind("k".into(), baton_core::model::Millis(1), "first".into());
-            let seen = db
-                .write_after_behind(|c| {
-                    c.query_row("SELECT count(*) FROM trace", [], |r| r.get::<_, i64>(0)).map_err(sql)
-                })
-                .await
-                .unwrap();
-            assert_eq!(seen, 1, "written first, in the same job");
-            db.trace_behind("k".into(), baton_core::model::Millis(2), "last".into());
-        }
-        let db = Db::open(&path).unwrap();
-        let lines: Vec<String> = trace_rows(&db).await.into_iter().map(|(_, json)| json).collect();
-        assert_eq!(lines, ["first", "last"], "the last line was written when the database closed");
     }
 }
