@@ -192,6 +192,27 @@ BEGIN UPDATE agents SET rev = random() WHERE id = NEW.id; END;
 CREATE TRIGGER agents_rev_on_update AFTER UPDATE OF json ON agents
 BEGIN UPDATE agents SET rev = random() WHERE id = NEW.id; END;
 "#,
+    // The outbox as one B-tree keyed by conversation: a rowid table with a unique index on
+    // the effect id and one on (conversation, seq) wrote three pages per effect put or
+    // deleted, two of them at random places (BENCHMARKS.md, "The outbox in one tree").
+    // `seq` now counts within a conversation; the rows keep theirs, so the order holds.
+    r#"
+CREATE TABLE outbox_keyed (
+    conversation    TEXT NOT NULL,
+    seq             INTEGER NOT NULL,
+    effect_id       TEXT NOT NULL,
+    schema          INTEGER NOT NULL,
+    json            TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    PRIMARY KEY (conversation, seq)
+) WITHOUT ROWID;
+INSERT INTO outbox_keyed(conversation, seq, effect_id, schema, json, attempts, next_attempt_at)
+    SELECT conversation, seq, effect_id, schema, json, attempts, next_attempt_at FROM outbox;
+DROP TABLE outbox;
+ALTER TABLE outbox_keyed RENAME TO outbox;
+DELETE FROM sqlite_sequence WHERE name = 'outbox';
+"#,
 ];
 
 /// The embedded database. Cheap to share: `Db::open` hands out an `Arc<Db>`, and the
@@ -592,7 +613,8 @@ mod tests {
                  ALTER TABLE agents DROP COLUMN rev;",
             )
             .unwrap();
-            c.pragma_update(None, "user_version", Db::schema_version() - 1).unwrap();
+            // The version before the revision column's migration (the fourth).
+            c.pragma_update(None, "user_version", 3).unwrap();
         }
         let db = Db::open(&path).unwrap();
         assert_eq!(db.get_agent("demo").await.unwrap().unwrap().name, "first");

@@ -81,14 +81,22 @@ fn apply_commit(
     // A new effect is due at once: its first attempt follows the commit.
     let mut insert = tx
         .prepare_cached(
-            "INSERT INTO outbox(effect_id, conversation, schema, json, attempts, next_attempt_at)
-             VALUES (?1, ?2, ?3, ?4, 0, ?5)",
+            "INSERT INTO outbox(conversation, seq, effect_id, schema, json, attempts, next_attempt_at)
+             VALUES (?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox WHERE conversation = ?2), ?1, ?3, ?4, 0, ?5)",
         )
+        .map_err(sql)?;
+    // The outbox is keyed by conversation and seq: an effect id is kept unique by a look
+    // at the conversation's few rows, not by an index of every id (a random page per put).
+    let mut taken = tx
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM outbox WHERE conversation = ?1 AND effect_id = ?2)")
         .map_err(sql)?;
     for e in events {
         mark.execute(params![e.event_id, conv, e.at.0]).map_err(sql)?;
         unqueue.execute([&e.event_id]).map_err(sql)?;
         for (id, json) in &e.effects {
+            if taken.query_row(params![conv, id], |r| r.get::<_, bool>(0)).map_err(sql)? {
+                return Err(StoreError::Unavailable(format!("effect {id} is already in the outbox")));
+            }
             insert.execute(params![id, conv, EFFECT_SCHEMA, json, e.at.0]).map_err(sql)?;
         }
     }
@@ -388,7 +396,7 @@ impl Store for Db {
                 .prepare_cached(
                     "SELECT o.conversation FROM outbox o
                      JOIN (SELECT conversation, MIN(seq) AS seq FROM outbox GROUP BY conversation) h
-                       ON o.seq = h.seq
+                       ON o.conversation = h.conversation AND o.seq = h.seq
                      WHERE o.next_attempt_at <= ?1
                      ORDER BY o.next_attempt_at, o.seq
                      LIMIT ?2",
@@ -794,6 +802,58 @@ mod tests {
         let left: i64 =
             db.read(|c| c.query_row("SELECT count(*) FROM trace", [], |r| r.get(0)).map_err(sql)).await.unwrap();
         assert_eq!(left, 0, "moved out of the main file");
+    }
+
+    /// Effects waiting in the outbox of an earlier layout (a rowid table and two indexes)
+    /// keep their order after the upgrade, and effects committed since follow them.
+    #[tokio::test]
+    async fn outbox_rows_of_an_earlier_layout_keep_their_order() {
+        let (dir, db) = open_temp();
+        drop(db);
+        let path = dir.path().join("baton.db");
+        let k = crate::testutil::key("u");
+        let other = crate::testutil::key("v");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "DROP TABLE outbox;
+                 CREATE TABLE outbox (
+                     seq INTEGER PRIMARY KEY AUTOINCREMENT, effect_id TEXT NOT NULL UNIQUE,
+                     conversation TEXT NOT NULL, schema INTEGER NOT NULL, json TEXT NOT NULL,
+                     attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at INTEGER NOT NULL);
+                 CREATE INDEX outbox_by_conversation ON outbox(conversation, seq);",
+            )
+            .unwrap();
+            let mut insert = c
+                .prepare(
+                    "INSERT INTO outbox(seq, effect_id, conversation, schema, json, attempts, next_attempt_at)
+                     VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6)",
+                )
+                .unwrap();
+            for (seq, event, conv, attempts, due) in [(7, "a", &k, 0, 1), (8, "c", &other, 2, 3), (9, "b", &k, 0, 1)] {
+                let effect =
+                    encode(&PendingEffect::for_event(event, 0, baton_core::effect::Effect::CancelTimer)).unwrap();
+                insert.execute(params![seq, format!("{event}/0"), conv.to_string(), effect, attempts, due]).unwrap();
+            }
+            c.pragma_update(None, "user_version", 4).unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let layout: String = db
+            .read(|c| c.query_row("SELECT sql FROM sqlite_master WHERE name = 'outbox'", [], |r| r.get(0)).map_err(sql))
+            .await
+            .unwrap();
+        assert!(layout.contains("WITHOUT ROWID"), "{layout}");
+        let ids = |items: Vec<OutboxItem>| items.into_iter().map(|i| i.effect.id).collect::<Vec<_>>();
+        assert_eq!(ids(db.pending_effects(&k).await.unwrap()), ["a/0", "b/0"]);
+        let deferred = db.pending_effects(&other).await.unwrap();
+        assert_eq!((deferred[0].attempts, deferred[0].next_attempt_at), (2, Millis(3)));
+        assert!(matches!(db.commit(first_commit(&k, "e")).await.unwrap(), CommitOutcome::Committed { .. }));
+        db.complete_effect(&k, "a/0", line("done"), Millis(i64::MAX)).await.unwrap();
+        assert_eq!(ids(db.pending_effects(&k).await.unwrap()), ["b/0", "e/0"]);
+        let mut due: Vec<String> =
+            db.conversations_with_due_effects(Millis(10), 10).await.unwrap().iter().map(|c| c.to_string()).collect();
+        due.sort();
+        assert_eq!(due, [k.to_string(), other.to_string()]);
     }
 
     /// `put_agent` on another handle of the same file (as `baton agents apply` next to a
