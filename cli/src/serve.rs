@@ -557,7 +557,7 @@ impl Dispatcher {
                     // A committed event left the queue in its commit; the others leave here.
                     let in_commit = matches!(processed, Processed::Applied { .. } | Processed::Ignored(_));
                     if !in_commit {
-                        if let Err(e) = self.queue.ack(&event.id).await {
+                        if let Err(e) = self.queue.ack(key, &event.id).await {
                             tracing::error!(conversation = %key, error = %e, "acknowledging an event failed");
                             break Some(Duration::from_secs(1));
                         }

@@ -10,11 +10,9 @@ use baton_tests::widget::WidgetClient;
 use serde_json::Value;
 use std::time::Duration;
 
-/// How many events were ever written to the queue (its AUTOINCREMENT counter).
-fn events_ever_queued(hub: &common::Hub) -> i64 {
-    let db = rusqlite::Connection::open(hub._dir.path().join("baton.sqlite")).unwrap();
-    let seq: Option<i64> = db.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'queue'", [], |r| r.get(0)).ok();
-    seq.unwrap_or(0)
+/// How many events were ever written to the queue (counted by the store).
+fn events_ever_queued(hub: &common::Hub) -> u64 {
+    hub.running.db.events_queued()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

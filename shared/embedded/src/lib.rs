@@ -37,6 +37,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
@@ -213,6 +214,25 @@ DROP TABLE outbox;
 ALTER TABLE outbox_keyed RENAME TO outbox;
 DELETE FROM sqlite_sequence WHERE name = 'outbox';
 "#,
+    // The queue the same way: one B-tree keyed by (conversation, seq) instead of a rowid
+    // table with `AUTOINCREMENT` (a `sqlite_sequence` write per insert), a unique index on
+    // the event id and one on (conversation, seq). Which conversation goes first is now by
+    // its oldest event's time.
+    r#"
+CREATE TABLE queue_keyed (
+    conversation TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    event_id     TEXT NOT NULL,
+    json         TEXT NOT NULL,
+    at           INTEGER NOT NULL,
+    PRIMARY KEY (conversation, seq)
+) WITHOUT ROWID;
+INSERT INTO queue_keyed(conversation, seq, event_id, json, at)
+    SELECT conversation, seq, event_id, json, at FROM queue;
+DROP TABLE queue;
+ALTER TABLE queue_keyed RENAME TO queue;
+DELETE FROM sqlite_sequence WHERE name = 'queue';
+"#,
 ];
 
 /// The embedded database. Cheap to share: `Db::open` hands out an `Arc<Db>`, and the
@@ -235,6 +255,8 @@ struct Inner {
     timers_changed: Arc<Notify>,
     /// Agents as last decoded, with the revision of the row they were decoded from.
     decoded_agents: Mutex<HashMap<String, (i64, baton_core::agent::Agent)>>,
+    /// Events queued through this handle since it was opened (copies turned away not counted).
+    events_queued: AtomicU64,
 }
 
 impl std::fmt::Debug for Db {
@@ -280,6 +302,7 @@ impl Db {
                 subscribers: Mutex::new(Vec::new()),
                 timers_changed: Arc::new(Notify::new()),
                 decoded_agents: Mutex::new(HashMap::new()),
+                events_queued: AtomicU64::new(0),
             }),
         }))
     }
@@ -365,7 +388,15 @@ impl Db {
     }
 
     /// Tell every live subscriber which conversations got new queued events.
-    pub(crate) fn notify_enqueued(&self, keys: &[ConversationKey]) {
+    /// Events queued through this handle since it was opened (by `enqueue` and by fired
+    /// timers; copies of a queued event turned away are not counted).
+    pub fn events_queued(&self) -> u64 {
+        self.inner.events_queued.load(Ordering::Relaxed)
+    }
+
+    /// Count `events` newly queued and tell subscribers about their conversations `keys`.
+    pub(crate) fn notify_enqueued(&self, keys: &[ConversationKey], events: u64) {
+        self.inner.events_queued.fetch_add(events, Ordering::Relaxed);
         if keys.is_empty() {
             return;
         }

@@ -42,14 +42,35 @@ impl EventRow {
     }
 }
 
-/// Insert one event unless an event with its id is still queued; true when inserted.
+/// Insert one event unless an event with its id is still queued for its conversation; true
+/// when inserted. The queue is keyed by (conversation, seq): the id is looked for among the
+/// conversation's few queued rows, not in an index of every id (a random page per insert).
+/// (A copy queued for another conversation is turned away by the commit's seen ids.)
 pub(crate) fn insert_event(c: &Connection, row: &EventRow) -> Result<bool, StoreError> {
-    let n = c
-        .prepare_cached("INSERT OR IGNORE INTO queue(event_id, conversation, json, at) VALUES (?1, ?2, ?3, ?4)")
+    let queued = c
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM queue WHERE conversation = ?1 AND event_id = ?2)")
         .map_err(sql)?
-        .execute(params![row.id, row.conversation, row.json, row.at])
+        .query_row(params![row.conversation, row.id], |r| r.get::<_, bool>(0))
         .map_err(sql)?;
-    Ok(n > 0)
+    if queued {
+        return Ok(false);
+    }
+    c.prepare_cached(
+        "INSERT INTO queue(conversation, seq, event_id, json, at)
+         VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM queue WHERE conversation = ?1), ?2, ?3, ?4)",
+    )
+    .map_err(sql)?
+    .execute(params![row.conversation, row.id, row.json, row.at])
+    .map_err(sql)?;
+    Ok(true)
+}
+
+/// Take one event off a conversation's queue; how many rows went (0 or 1).
+pub(crate) fn unqueue(c: &Connection, conversation: &str, event_id: &str) -> Result<usize, StoreError> {
+    c.prepare_cached("DELETE FROM queue WHERE conversation = ?1 AND event_id = ?2")
+        .map_err(sql)?
+        .execute(params![conversation, event_id])
+        .map_err(sql)
 }
 
 /// The durable queue: a view of the database's `queue` table. Cheap to clone.
@@ -105,15 +126,10 @@ impl EmbeddedQueue {
             .await
     }
 
-    /// Remove a processed event. Acking an unknown id is a no-op.
-    pub async fn ack(&self, event_id: &str) -> Result<(), StoreError> {
-        let id = event_id.to_string();
-        self.db
-            .write(move |c| {
-                c.prepare_cached("DELETE FROM queue WHERE event_id = ?1").map_err(sql)?.execute([&id]).map_err(sql)?;
-                Ok(())
-            })
-            .await
+    /// Remove a processed event of `key`. Acking an unknown id is a no-op.
+    pub async fn ack(&self, key: &ConversationKey, event_id: &str) -> Result<(), StoreError> {
+        let (conv, id) = (key.to_string(), event_id.to_string());
+        self.db.write(move |c| unqueue(c, &conv, &id).map(|_| ())).await
     }
 
     /// Conversations with queued events, the one with the oldest event first.
@@ -122,7 +138,9 @@ impl EmbeddedQueue {
         self.db
             .read(move |c| {
                 let mut stmt = c
-                    .prepare_cached("SELECT conversation FROM queue GROUP BY conversation ORDER BY MIN(seq) LIMIT ?1")
+                    .prepare_cached(
+                        "SELECT conversation FROM queue GROUP BY conversation ORDER BY MIN(at), conversation LIMIT ?1",
+                    )
                     .map_err(sql)?;
                 let rows = stmt.query_map([limit], |r| r.get::<_, String>(0)).map_err(sql)?;
                 let mut out = Vec::new();
@@ -155,22 +173,26 @@ impl EventQueue for EmbeddedQueue {
         }
         let rows =
             events.iter().map(EventRow::new).collect::<Result<Vec<_>, _>>().map_err(|e| QueueError(e.to_string()))?;
-        let inserted = self
+        let (inserted, events) = self
             .db
             .write(move |c| {
                 let tx = c.savepoint().map_err(sql)?;
                 let mut inserted: Vec<ConversationKey> = Vec::new();
+                let mut events = 0;
                 for row in &rows {
-                    if insert_event(&tx, row)? && !inserted.contains(&row.key) {
-                        inserted.push(row.key.clone());
+                    if insert_event(&tx, row)? {
+                        events += 1;
+                        if !inserted.contains(&row.key) {
+                            inserted.push(row.key.clone());
+                        }
                     }
                 }
                 tx.commit().map_err(sql)?;
-                Ok(inserted)
+                Ok((inserted, events))
             })
             .await
             .map_err(|e| QueueError(e.to_string()))?;
-        self.db.notify_enqueued(&inserted);
+        self.db.notify_enqueued(&inserted, events);
         Ok(())
     }
 }
@@ -196,7 +218,7 @@ mod tests {
     async fn drain(q: &EmbeddedQueue, k: &ConversationKey) -> Vec<String> {
         let mut ids = Vec::new();
         while let Some(e) = q.head(k).await.unwrap() {
-            q.ack(&e.id).await.unwrap();
+            q.ack(k, &e.id).await.unwrap();
             ids.push(e.id);
         }
         ids
@@ -205,7 +227,7 @@ mod tests {
     #[tokio::test]
     async fn per_conversation_order_and_dedupe() {
         let (_d, db) = open_temp();
-        let q = EmbeddedQueue::new(db);
+        let q = EmbeddedQueue::new(db.clone());
         let (a, b) = (key("a"), key("b"));
         q.enqueue(vec![msg("a1", &a, "x"), msg("b1", &b, "x"), msg("a2", &a, "y")]).await.unwrap();
         q.enqueue(vec![msg("a3", &a, "z"), msg("b2", &b, "z")]).await.unwrap();
@@ -214,6 +236,7 @@ mod tests {
         q.enqueue(vec![msg("a1", &a, "retried")]).await.unwrap();
         q.enqueue(vec![]).await.unwrap();
         assert_eq!(q.depth().await.unwrap(), 5);
+        assert_eq!(db.events_queued(), 5, "the copy is not counted");
         assert_eq!(q.conversations_with_events(10).await.unwrap(), [a.clone(), b.clone()]);
         assert_eq!(q.conversations_with_events(1).await.unwrap(), vec![a.clone()]);
         let head = q.head(&a).await.unwrap().unwrap();
@@ -226,6 +249,44 @@ mod tests {
         // Once acked, the same id may be queued again (the worker's seen set drops it).
         q.enqueue(vec![msg("a1", &a, "late")]).await.unwrap();
         assert_eq!(q.depth().await.unwrap(), 1);
+    }
+
+    /// Events queued in the layout of an earlier build (a rowid table with a unique index on
+    /// the event id) keep their order after the upgrade; the conversation with the oldest
+    /// event still comes first, and a copy of a queued event is still turned away.
+    #[tokio::test]
+    async fn events_queued_by_an_earlier_layout_keep_their_order() {
+        let (dir, db) = open_temp();
+        drop(db);
+        let path = dir.path().join("baton.db");
+        let (a, b) = (key("a"), key("b"));
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "DROP TABLE queue;
+                 CREATE TABLE queue (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+                                     conversation TEXT NOT NULL, json TEXT NOT NULL, at INTEGER NOT NULL);
+                 CREATE INDEX queue_by_conversation ON queue(conversation, seq);",
+            )
+            .unwrap();
+            for (seq, id, k, at) in [(3, "a1", &a, 20), (4, "b1", &b, 10), (5, "a2", &a, 30)] {
+                let mut event = msg(id, k, id);
+                event.at = Millis(at);
+                c.execute(
+                    "INSERT INTO queue(seq, event_id, conversation, json, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![seq, id, k.to_string(), encode(&event).unwrap(), at],
+                )
+                .unwrap();
+            }
+            c.pragma_update(None, "user_version", 5).unwrap();
+        }
+        let q = EmbeddedQueue::new(Db::open(&path).unwrap());
+        assert_eq!(q.conversations_with_events(10).await.unwrap(), [b.clone(), a.clone()], "oldest event first");
+        q.enqueue(vec![msg("a1", &a, "again"), msg("a3", &a, "new")]).await.unwrap();
+        assert_eq!(q.depth().await.unwrap(), 4, "the copy of a1 was not queued");
+        assert_eq!(q.head(&a).await.unwrap().unwrap().id, "a1");
+        assert_eq!(drain(&q, &a).await, ["a1", "a2", "a3"]);
+        assert_eq!(drain(&q, &b).await, ["b1"]);
     }
 
     fn commit_of(event: &Event, expected_version: u64) -> Commit {

@@ -75,9 +75,6 @@ fn apply_commit(
     .map_err(sql)?;
     let mut mark =
         tx.prepare_cached("INSERT INTO seen(event_id, conversation, at) VALUES (?1, ?2, ?3)").map_err(sql)?;
-    // The event leaves the queue with the commit that applies it: one write per event
-    // instead of two, and never applied while still queued.
-    let mut unqueue = tx.prepare_cached("DELETE FROM queue WHERE event_id = ?1").map_err(sql)?;
     // A new effect is due at once: its first attempt follows the commit.
     let mut insert = tx
         .prepare_cached(
@@ -92,7 +89,9 @@ fn apply_commit(
         .map_err(sql)?;
     for e in events {
         mark.execute(params![e.event_id, conv, e.at.0]).map_err(sql)?;
-        unqueue.execute([&e.event_id]).map_err(sql)?;
+        // The event leaves the queue with the commit that applies it: one write per event
+        // instead of two, and never applied while still queued.
+        crate::queue::unqueue(tx, conv, &e.event_id)?;
         for (id, json) in &e.effects {
             if taken.query_row(params![conv, id], |r| r.get::<_, bool>(0)).map_err(sql)? {
                 return Err(StoreError::Unavailable(format!("effect {id} is already in the outbox")));
@@ -702,7 +701,7 @@ mod tests {
 
     async fn queued(db: &Db) -> Vec<String> {
         db.read(|c| {
-            let mut stmt = c.prepare("SELECT event_id FROM queue ORDER BY seq").map_err(sql)?;
+            let mut stmt = c.prepare("SELECT event_id FROM queue ORDER BY conversation, seq").map_err(sql)?;
             let ids = stmt.query_map([], |r| r.get(0)).map_err(sql)?.collect::<Result<Vec<String>, _>>();
             ids.map_err(sql)
         })

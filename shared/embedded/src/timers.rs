@@ -74,7 +74,7 @@ impl EmbeddedTimers {
                 Ok((fired, inserted))
             })
             .await?;
-        self.db.notify_enqueued(&inserted);
+        self.db.notify_enqueued(&inserted, inserted.len() as u64);
         Ok(fired)
     }
 
@@ -172,7 +172,7 @@ mod tests {
         // Events queued by enqueue and by timers share one order per conversation.
         let later = Event::new("x", a.clone(), Millis(400), EventKind::UserEnded);
         q.enqueue(vec![later]).await.unwrap();
-        q.ack(&format!("timer:{a}:2")).await.unwrap();
+        q.ack(&a, &format!("timer:{a}:2")).await.unwrap();
         assert_eq!(q.head(&a).await.unwrap().unwrap().id, "x");
     }
 

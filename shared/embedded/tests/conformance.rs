@@ -25,7 +25,7 @@ async fn drain(queue: &EmbeddedQueue) -> Vec<Event> {
     let mut out = Vec::new();
     for key in queue.conversations_with_events(1000).await.expect("conversations") {
         while let Some(event) = queue.head(&key).await.expect("head") {
-            queue.ack(&event.id).await.expect("ack");
+            queue.ack(&key, &event.id).await.expect("ack");
             out.push(event);
         }
     }
