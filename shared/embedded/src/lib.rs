@@ -47,7 +47,7 @@ use writer::Writer;
 pub const SEEN_RETENTION_MS: i64 = 8 * 24 * 60 * 60 * 1000;
 
 /// How long a connection waits for another process's lock before failing.
-pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Idle reader connections kept for reuse. Opening one costs a schema parse and a fresh
 /// statement cache; the serve dispatcher runs up to 64 conversations at once.
@@ -269,10 +269,7 @@ impl Db {
     /// Open (or create) the database at `path`, switch it to WAL and run pending migrations.
     pub fn open(path: &Path) -> Result<Arc<Db>, StoreError> {
         let mut writer = open_connection(path)?;
-        let mode: String = writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(sql)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Unavailable(format!("cannot switch {} to WAL mode (got {mode})", path.display())));
-        }
+        switch_to_wal(&writer, path)?;
         migrate(&mut writer)?;
         // The trace lives in a file of its own (trace.rs); lines of earlier builds move there.
         let trace_path = trace::path_beside(path);
@@ -387,14 +384,14 @@ impl Db {
         }
     }
 
-    /// Tell every live subscriber which conversations got new queued events.
     /// Events queued through this handle since it was opened (by `enqueue` and by fired
     /// timers; copies of a queued event turned away are not counted).
     pub fn events_queued(&self) -> u64 {
         self.inner.events_queued.load(Ordering::Relaxed)
     }
 
-    /// Count `events` newly queued and tell subscribers about their conversations `keys`.
+    /// Count `events` newly queued and tell every live subscriber which conversations
+    /// (`keys`) got them.
     pub(crate) fn notify_enqueued(&self, keys: &[ConversationKey], events: u64) {
         self.inner.events_queued.fetch_add(events, Ordering::Relaxed);
         if keys.is_empty() {
@@ -444,7 +441,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -458,6 +455,15 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // (it only rolls back a failed write within the open transaction).
     conn.pragma_update(None, "temp_store", "MEMORY").map_err(sql)?;
     Ok(conn)
+}
+
+/// Put the file behind `conn` in WAL mode (it stays so for every later connection).
+pub(crate) fn switch_to_wal(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(sql)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Unavailable(format!("cannot switch {} to WAL mode (got {mode})", path.display())));
+    }
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

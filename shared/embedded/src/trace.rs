@@ -12,7 +12,7 @@
 
 use crate::sql;
 use baton_core::ports::StoreError;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -70,11 +70,9 @@ pub(crate) fn path_beside(main: &Path) -> PathBuf {
     main.with_file_name(name)
 }
 
+/// A connection as the main file's (`crate::open_connection`), without an fsync per commit.
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags)
-        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-    conn.busy_timeout(crate::BUSY_TIMEOUT).map_err(sql)?;
+    let conn = crate::open_connection(path)?;
     conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql)?;
     Ok(conn)
 }
@@ -83,10 +81,7 @@ impl TraceLog {
     /// Open (or create) the trace file at `path` and start its thread.
     pub fn open(path: &Path) -> Result<TraceLog, StoreError> {
         let conn = open_connection(path)?;
-        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(sql)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Unavailable(format!("cannot switch {} to WAL mode (got {mode})", path.display())));
-        }
+        crate::switch_to_wal(&conn, path)?;
         let layout: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sql)?;
         if layout > LAYOUT {
             return Err(StoreError::Unavailable(format!(

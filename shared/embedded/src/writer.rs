@@ -277,9 +277,6 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Msg>, counters: &Count
                 Err(_) => break,
             }
         }
-        if group.is_empty() && !checkpoint {
-            continue;
-        }
         if !group.is_empty() {
             run_group(&mut conn, group, counters);
         }
