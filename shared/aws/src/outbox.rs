@@ -20,7 +20,9 @@
 //! The conversation's drain lease is on the same item ([`DrainLeases`] below), so the commit
 //! that writes effects can take it too, and taking or giving it back answers with the outbox.
 
-use crate::store::{conditional, decode_doc, decode_field_as, get_n, get_s, lock, n, s, DynamoStore, Item};
+use crate::store::{
+    conditional, decode_doc, decode_field_as, get_n, get_s, lock, n, s, seen_key, DynamoStore, Item, LAST_EVENT,
+};
 use crate::table::{conv_pk, key_part, shard_of, OBX_DUE, OBX_SHARD, PK, SK};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use baton_core::effect::{PendingEffect, EFFECT_SCHEMA};
@@ -162,10 +164,101 @@ pub(crate) struct Outbox {
 }
 
 impl DynamoStore {
-    /// The session item (strongly consistent) and, when it may have any, the outbox items.
+    /// The session item (strongly consistent, without a lease given back at its last event's
+    /// seen mark: see [`Settlement`]) and, when it may have any, the outbox items.
     pub(crate) async fn read_outbox(&self, conv: &str) -> Result<Outbox, StoreError> {
-        let session = self.get(conv, "SESSION").await?;
+        let mut session = self.get(conv, "SESSION").await?;
+        if let Some(item) = session.as_mut() {
+            self.settled_view(conv, item).await?;
+        }
         self.outbox_of(conv, session).await
+    }
+
+    /// `item`, a session item as read, without the drain lease it shows and the effects that
+    /// lease's drain completed, when the drain gave it back at the seen mark of the session's
+    /// last event (see [`Settlement`]): from memory when this store knows, else from the mark
+    /// (one strongly consistent read, made only while the item shows a lease).
+    pub(crate) async fn settled_view(&self, conv: &str, item: &mut Item) -> Result<(), StoreError> {
+        let Some(AttributeValue::S(holder)) = item.get(DRAIN_BY) else {
+            // Whatever this store remembers was taken out by another's write.
+            self.forget_settlement(conv);
+            return Ok(());
+        };
+        let known = self.settlement(conv);
+        let settlement = match known {
+            Some(known) if known.holder == *holder => known,
+            other => {
+                if other.is_some() {
+                    self.forget_settlement(conv);
+                }
+                let Some(AttributeValue::S(last)) = item.get(LAST_EVENT) else {
+                    return Ok(());
+                };
+                // Committed here and not yet marked: a lease given back since would be known.
+                if self.committed_unmarked(conv, last) {
+                    return Ok(());
+                }
+                let Some(mark) = self.get(conv, &seen_key(last)).await? else {
+                    return Ok(());
+                };
+                match Settlement::of_mark(&mark) {
+                    Some(found) if found.holder == *holder => {
+                        self.remember_settlement(conv, found.clone());
+                        found
+                    }
+                    _ => return Ok(()),
+                }
+            }
+        };
+        item.remove(DRAIN_BY);
+        item.remove(DRAIN_UNTIL);
+        for place in &settlement.places {
+            item.remove(place);
+        }
+        Ok(())
+    }
+
+    /// Remember that `settlement`'s lease was given back, for the next write of the session
+    /// item here to take it out.
+    pub(crate) fn remember_settlement(&self, conv: &str, settlement: Settlement) {
+        let mut settled = lock(&self.settled);
+        if settled.len() >= MAX_REMEMBERED {
+            settled.clear();
+        }
+        settled.insert(conv.to_string(), settlement);
+    }
+
+    /// The settlement of `conv` this store knows, for a write of its session item.
+    pub(crate) fn settlement(&self, conv: &str) -> Option<Settlement> {
+        lock(&self.settled).get(conv).cloned()
+    }
+
+    /// Forget `conv`'s settlement once a write took it out (or was refused: the next load
+    /// reads it again).
+    pub(crate) fn forget_settlement(&self, conv: &str) {
+        lock(&self.settled).remove(conv);
+    }
+
+    /// Writes `settlement` to the session item: the lease given back and its drain's effects
+    /// completed, unless another holder has the lease now.
+    pub(crate) async fn release_settled(&self, conv: &str, settlement: &Settlement) -> Result<(), StoreError> {
+        let names: Vec<String> = (0..settlement.places.len()).map(|i| format!("#e{i}")).collect();
+        let mut release = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(crate::store::key_of(conv, "SESSION")))
+            .update_expression(format!("REMOVE #by, #until, {}", names.join(", ")))
+            .condition_expression("#by = :by")
+            .expression_attribute_names("#by", DRAIN_BY)
+            .expression_attribute_names("#until", DRAIN_UNTIL)
+            .expression_attribute_values(":by", s(settlement.holder.as_str()));
+        for (name, place) in names.iter().zip(&settlement.places) {
+            release = release.expression_attribute_names(name, place);
+        }
+        conditional("release the drain lease", release.send().await)?;
+        self.forget_settlement(conv);
+        Ok(())
     }
 
     /// The outbox of a session item as read (or as a write returned it), with the outbox
@@ -352,12 +445,49 @@ pub(crate) type LoadedSessions = std::sync::Mutex<HashMap<String, (u64, Loaded)>
 pub(crate) const DRAIN_BY: &str = "drain_by";
 pub(crate) const DRAIN_UNTIL: &str = "drain_until";
 
-/// A drain lease a commit claimed, with the outbox as the commit left it.
+/// A drain lease a commit claimed, with the outbox as the commit left it, and whether the
+/// session item is in the `outbox_due` index.
 #[derive(Debug)]
 pub(crate) struct Claim {
     pub lease: DrainLease,
     pub until: i64,
     pub pending: Vec<(String, OutboxItem)>,
+    pub indexed: bool,
+}
+
+/// On a seen mark: the drain lease its event's drain gave back, and the inline effects that
+/// drain completed, recorded there instead of on the session item (see
+/// [`DrainLeases::release`] below).
+pub(crate) const RELEASED_BY: &str = "rel_by";
+pub(crate) const RELEASED_DONE: &str = "rel_done";
+
+/// A drain lease given back at a seen mark, with the places of the effects its drain
+/// completed. The session item keeps showing both until its next write, which takes them
+/// out: whoever reads the item meanwhile sees through them ([`DynamoStore::settled_view`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Settlement {
+    pub holder: String,
+    pub places: Vec<String>,
+}
+
+impl Settlement {
+    /// The settlement a seen mark records, if any.
+    pub(crate) fn of_mark(mark: &Item) -> Option<Settlement> {
+        let (Some(AttributeValue::S(holder)), Some(AttributeValue::Ss(places))) =
+            (mark.get(RELEASED_BY), mark.get(RELEASED_DONE))
+        else {
+            return None;
+        };
+        Some(Settlement { holder: holder.clone(), places: places.clone() })
+    }
+
+    /// Its attributes on a seen mark.
+    pub(crate) fn mark_attrs(&self) -> [(String, AttributeValue); 2] {
+        [
+            (RELEASED_BY.to_string(), s(self.holder.as_str())),
+            (RELEASED_DONE.to_string(), AttributeValue::Ss(self.places.clone())),
+        ]
+    }
 }
 
 /// How old a commit's claim may be for the drain to start from it as is (else the drain
@@ -382,21 +512,22 @@ impl DrainLeases for DynamoStore {
     ) -> Result<Option<(DrainLease, Vec<OutboxItem>)>, StoreError> {
         let conv = conv_pk(key);
         let claim = lock(&self.claimed).remove(&conv);
-        let (lease, pending) = match claim {
-            Some(c) if c.until >= until.0.saturating_sub(FRESH_CLAIM_MS) => (c.lease, c.pending),
+        let (lease, pending, indexed) = match claim {
+            Some(c) if c.until >= until.0.saturating_sub(FRESH_CLAIM_MS) => (c.lease, c.pending, c.indexed),
             stale => {
                 let lease = self.new_lease();
                 // A claim too old to start from is still this drain's to take again.
                 let mine = stale.map_or_else(|| lease.holder.clone(), |c| c.lease.holder);
-                let taken = self
+                // A lease given back at a seen mark is free: taking it takes out its effects.
+                let settled = self.settlement(&conv);
+                let mut update = "SET #by = :by, #until = :until".to_string();
+                let mut condition =
+                    "attribute_exists(#pk) AND (attribute_not_exists(#by) OR #until < :now OR #by = :mine".to_string();
+                let mut take = self
                     .client
                     .update_item()
                     .table_name(&self.table)
                     .set_key(Some(crate::store::key_of(conv.as_str(), "SESSION")))
-                    .update_expression("SET #by = :by, #until = :until")
-                    .condition_expression(
-                        "attribute_exists(#pk) AND (attribute_not_exists(#by) OR #until < :now OR #by = :mine)",
-                    )
                     .expression_attribute_names("#pk", PK)
                     .expression_attribute_names("#by", DRAIN_BY)
                     .expression_attribute_names("#until", DRAIN_UNTIL)
@@ -404,11 +535,27 @@ impl DrainLeases for DynamoStore {
                     .expression_attribute_values(":until", n(until.0))
                     .expression_attribute_values(":now", n(now.0))
                     .expression_attribute_values(":mine", s(mine))
-                    .return_values(ReturnValue::AllNew)
-                    .send()
-                    .await;
+                    .return_values(ReturnValue::AllNew);
+                if let Some(settled) = &settled {
+                    condition.push_str(" OR #by = :settled");
+                    take = take.expression_attribute_values(":settled", s(settled.holder.as_str()));
+                    let names: Vec<String> = (0..settled.places.len()).map(|i| format!("#done{i}")).collect();
+                    update.push_str(&format!(" REMOVE {}", names.join(", ")));
+                    for (name, place) in names.iter().zip(&settled.places) {
+                        take = take.expression_attribute_names(name, place);
+                    }
+                }
+                condition.push(')');
+                let taken = take.update_expression(update).condition_expression(condition).send().await;
                 match taken {
-                    Ok(out) => (lease, self.outbox_of(&conv, out.attributes).await?.pending),
+                    Ok(out) => {
+                        if settled.is_some() {
+                            self.forget_settlement(&conv);
+                        }
+                        let item = out.attributes;
+                        let indexed = item.as_ref().is_none_or(|i| i.contains_key(OBX_DUE));
+                        (lease, self.outbox_of(&conv, item).await?.pending, indexed)
+                    }
                     Err(e) => {
                         conditional("take the drain lease", Err::<(), _>(e))?;
                         return Ok(None);
@@ -416,10 +563,18 @@ impl DrainLeases for DynamoStore {
                 }
             }
         };
+        if !indexed {
+            let mut unwatched = lock(&self.unwatched);
+            if unwatched.len() >= MAX_REMEMBERED {
+                // Leases whose drain failed before its release: they run out on their own.
+                unwatched.clear();
+            }
+            unwatched.insert(conv.clone(), lease.holder.clone());
+        }
         if pending.iter().any(|(place, _)| !is_inline(place)) {
             let name = format!("drain:{key}");
             if !baton_core::ports::KeyValue::put_if_absent(self, &name, "draining", now, until).await? {
-                self.release(key, &lease, None).await?;
+                self.release(key, &lease, Vec::new()).await?;
                 return Ok(None);
             }
             lock(&self.item_leases).insert(lease.holder.clone());
@@ -435,23 +590,51 @@ impl DrainLeases for DynamoStore {
         &self,
         key: &ConversationKey,
         lease: &DrainLease,
-        done: Option<Completion>,
+        done: Vec<Completion>,
     ) -> Result<Vec<OutboxItem>, StoreError> {
         let conv = conv_pk(key);
-        // An inline effect is completed in the release's own write; an outbox item first.
-        let place = done.as_ref().and_then(|d| self.outbox_keys().get(&(conv.clone(), d.effect_id.clone())).cloned());
-        let inline = match (done, place) {
-            (Some(done), Some(place)) if is_inline(&place) => Some((place, done)),
-            (Some(done), _) => {
-                self.complete_effect(key, &done.effect_id, done.trace, done.keep_until).await?;
-                None
+        // Taken outside the `outbox_due` index, with nothing deferred or watched since.
+        let mut unwatched = lock(&self.unwatched).remove(&conv).is_some_and(|h| h == lease.holder);
+        // Inline effects are completed with the release; outbox items first, on their own.
+        let mut inline = Vec::new();
+        for d in done {
+            let place = self.outbox_keys().get(&(conv.clone(), d.effect_id.clone())).cloned();
+            match place {
+                Some(place) if is_inline(&place) => inline.push((place, d)),
+                _ => {
+                    unwatched = false;
+                    self.complete_effect(key, &d.effect_id, d.trace, d.keep_until).await?;
+                }
             }
-            (None, _) => None,
-        };
-        let (update, condition) = match &inline {
-            Some(_) => ("REMOVE #by, #until, #e", "#by = :by AND attribute_exists(#e)"),
-            None => ("REMOVE #by, #until", "#by = :by"),
-        };
+        }
+        let item_lease = lock(&self.item_leases).remove(&lease.holder);
+        if item_lease {
+            baton_core::ports::KeyValue::delete(self, &format!("drain:{key}")).await?;
+        }
+        // The usual case: the drain ran every effect of its event's step, and the event's seen
+        // mark is written next. The mark records the release and the completions, and the
+        // session item keeps showing both until its next write takes them out (readers see
+        // through them meanwhile: `settled_view`): one write per event fewer. A crash before
+        // the mark runs the effects again, as a crash before a completion always could.
+        if unwatched && !item_lease && !inline.is_empty() {
+            let places = inline.iter().map(|(place, _)| place.clone()).collect();
+            let settlement = Settlement { holder: lease.holder.clone(), places };
+            let keep_until = inline.iter().map(|(_, d)| d.keep_until).max().unwrap_or(Millis(0));
+            if self.settle_at_mark(&conv, settlement, keep_until) {
+                for (_, done) in inline {
+                    self.outbox_keys().remove(&(conv.clone(), done.effect_id));
+                    self.keep_trace_line(&conv, &done.trace, done.keep_until);
+                }
+                return Ok(Vec::new());
+            }
+        }
+        let names: Vec<String> = (0..inline.len()).map(|i| format!("#e{i}")).collect();
+        let mut update = "REMOVE #by, #until".to_string();
+        let mut condition = "#by = :by".to_string();
+        for name in &names {
+            update.push_str(&format!(", {name}"));
+            condition.push_str(&format!(" AND attribute_exists({name})"));
+        }
         let mut release = self
             .client
             .update_item()
@@ -463,32 +646,31 @@ impl DrainLeases for DynamoStore {
             .expression_attribute_names("#until", DRAIN_UNTIL)
             .expression_attribute_values(":by", s(lease.holder.as_str()))
             .return_values(ReturnValue::AllNew);
-        if let Some((place, _)) = &inline {
-            release = release.expression_attribute_names("#e", place);
+        for (name, (place, _)) in names.iter().zip(&inline) {
+            release = release.expression_attribute_names(name, place);
         }
-        let released = release.send().await;
-        if lock(&self.item_leases).remove(&lease.holder) {
-            baton_core::ports::KeyValue::delete(self, &format!("drain:{key}")).await?;
-        }
-        let after = match released {
+        let after = match release.send().await {
             Ok(out) => out.attributes.unwrap_or_default(),
             Err(e) => {
-                // Refused: another holder has the lease now (this one's ran out), or the effect
-                // is gone. The effect is then completed on its own, as before the release.
+                // Refused: another holder has the lease now (this one's ran out), or an effect
+                // is gone. The effects are then completed on their own, as before the release.
                 conditional("release the drain lease", Err::<(), _>(e))?;
-                return match inline {
-                    Some((_, done)) => {
-                        self.complete_effect(key, &done.effect_id, done.trace, done.keep_until).await?;
-                        self.release(key, lease, None).await
-                    }
+                if inline.is_empty() {
                     // The other holder's release reads what is left.
-                    None => Ok(Vec::new()),
-                };
+                    return Ok(Vec::new());
+                }
+                for (_, done) in inline {
+                    self.complete_effect(key, &done.effect_id, done.trace, done.keep_until).await?;
+                }
+                return self.release(key, lease, Vec::new()).await;
             }
         };
-        if let Some((_, done)) = inline {
+        let completed = !inline.is_empty();
+        for (_, done) in inline {
             self.outbox_keys().remove(&(conv.clone(), done.effect_id));
             self.keep_trace_line(&conv, &done.trace, done.keep_until);
+        }
+        if completed {
             self.leave_due_index_if_done(&conv, &after).await;
         }
         let outbox = self.outbox_of(&conv, Some(after)).await?;

@@ -10,7 +10,7 @@
 use crate::describe_sdk_error;
 use crate::outbox::{
     effect_attrs, entry_size, fits_inline, inline_attrs, inline_load, inline_name, is_inline, item_sk, may_have_items,
-    Claim, Loaded, LoadedSessions, DRAIN_BY, DRAIN_UNTIL, INLINE_ONLY, SPILLED,
+    Claim, Loaded, LoadedSessions, Settlement, DRAIN_BY, DRAIN_UNTIL, INLINE_ONLY, RELEASED_BY, SPILLED,
 };
 use crate::table::{
     agent_pk, conv_pk, key_part, parse_conv_pk, shard_of, DUE_AT, DUE_GEN, DUE_INDEX, DUE_SHARD, EXPIRES_AT, OBX_DUE,
@@ -46,7 +46,7 @@ pub const SEEN_RETENTION_SECS: i64 = 8 * 24 * 60 * 60;
 pub(crate) const RECORD_SCHEMA: u32 = 1;
 
 /// The session item's attribute naming the event it last applied.
-const LAST_EVENT: &str = "last_event";
+pub(crate) const LAST_EVENT: &str = "last_event";
 
 /// Sort key prefix of a seen mark in its conversation's partition (`SEEN#{event id}`).
 pub(crate) const SEEN: &str = "SEEN#";
@@ -124,6 +124,13 @@ pub struct DynamoStore {
     /// Sessions whose last commit here armed a timer that a message on its way carries, with
     /// that commit's version (see [`TIMER_MSG`]), until the worker asks.
     carried: std::sync::Mutex<HashMap<String, u64>>,
+    /// Drain leases given back at a seen mark, by conversation, until a write of the session
+    /// item here takes them out (see [`crate::outbox::Settlement`]).
+    pub(crate) settled: std::sync::Mutex<HashMap<String, Settlement>>,
+    /// Drain leases taken here from a session item outside the `outbox_due` index, by
+    /// conversation, until an effect is deferred or watched: their release may be recorded
+    /// at the seen mark.
+    pub(crate) unwatched: std::sync::Mutex<HashMap<String, String>>,
 }
 
 /// Carried timers remembered until asked for (one per commit a worker is making at once);
@@ -406,6 +413,13 @@ impl Expr {
         expression.to_string()
     }
 
+    /// `condition AND attr = value`, with placeholders of their own.
+    fn also(&mut self, condition: &str, attr: &str, value: AttributeValue) -> String {
+        self.names.insert("#also".into(), attr.to_string());
+        self.values.insert(":also".into(), value);
+        format!("({condition}) AND #also = :also")
+    }
+
     /// The update expression, its names and its values.
     fn build(self) -> (String, HashMap<String, String>, HashMap<String, AttributeValue>) {
         let mut expression = format!("SET {}", self.sets.join(", "));
@@ -441,6 +455,8 @@ impl DynamoStore {
             item_leases: Default::default(),
             leases_taken: AtomicU64::new(0),
             carried: Default::default(),
+            settled: Default::default(),
+            unwatched: Default::default(),
         }
     }
 
@@ -547,21 +563,71 @@ impl DynamoStore {
         }
     }
 
-    /// Records that `event_id` was applied: now, or at the flush with the trace lines.
-    async fn mark_seen(&self, key: &ConversationKey, event_id: &str, at: Millis) -> Result<(), StoreError> {
-        let mark = PendingMark { conv: conv_pk(key), event_id: event_id.to_string(), at };
+    /// Records that `event_id` was applied (by a commit here, or found applied before):
+    /// now, or at the flush with the trace lines.
+    async fn mark_seen(
+        &self,
+        key: &ConversationKey,
+        event_id: &str,
+        at: Millis,
+        committed: bool,
+    ) -> Result<(), StoreError> {
+        let mark = PendingMark { conv: conv_pk(key), event_id: event_id.to_string(), at, committed, released: None };
         if self.marks_behind {
             lock(&self.pending_marks).push(mark);
             return Ok(());
         }
-        self.put_plain(self.mark_item(&mark, None)?, "mark an event seen").await
+        self.put_mark(self.mark_item(&mark, None)?).await.map(|_| ())
+    }
+
+    /// Writes a seen mark unless the event's mark records a drain lease given back (a copy
+    /// of the event found applied must not write over it): false when one was there.
+    async fn put_mark(&self, item: Item) -> Result<bool, StoreError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#r)")
+            .expression_attribute_names("#r", RELEASED_BY)
+            .send()
+            .await;
+        conditional("mark an event seen", put)
+    }
+
+    /// Whether this store committed `event_id` of `conv` and has not written its mark yet.
+    pub(crate) fn committed_unmarked(&self, conv: &str, event_id: &str) -> bool {
+        lock(&self.pending_marks).iter().any(|m| m.committed && m.conv == conv && m.event_id == event_id)
+    }
+
+    /// Records `settlement` (a drain lease given back, and the effects its drain completed)
+    /// with the seen mark waiting here for `conv`'s last event, to be written at the flush:
+    /// false when there is none to carry it.
+    pub(crate) fn settle_at_mark(&self, conv: &str, settlement: Settlement, keep_until: Millis) -> bool {
+        let mut marks = lock(&self.pending_marks);
+        let Some(mark) = marks.iter_mut().rev().find(|m| m.conv == conv) else {
+            return false;
+        };
+        if mark.released.is_some() {
+            return false;
+        }
+        mark.released = Some((settlement.clone(), keep_until));
+        drop(marks);
+        self.remember_settlement(conv, settlement);
+        true
     }
 
     /// A seen mark, kept 8 days (WhatsApp retries for up to 7), and longer when it carries
-    /// trace lines that are kept longer.
+    /// trace lines that are kept longer. A mark that records a drain lease given back is kept
+    /// 8 days past the conversation's retention: the session item shows the lease until its
+    /// next write, which may come that late, and TTL may delete the two in either order.
     fn mark_item(&self, mark: &PendingMark, lines: Option<(&[TraceEntry], Millis)>) -> Result<Item, StoreError> {
         let mut item = key_of(mark.conv.as_str(), seen_key(&mark.event_id));
         let mut expires = expiry(mark.at, SEEN_RETENTION_SECS);
+        if let Some((settlement, keep_until)) = &mark.released {
+            item.extend(settlement.mark_attrs());
+            expires = expires.max(ttl(*keep_until).saturating_add(SEEN_RETENTION_SECS));
+        }
         if let Some((lines, keep_until)) = lines {
             item.insert("doc".into(), encode_deflated(&lines)?);
             item.insert("schema".into(), n(TRACE_SCHEMA));
@@ -704,14 +770,27 @@ impl DynamoStore {
             let lines = carried.map(|i| by_conv.remove(i));
             let item = self.mark_item(mark, lines.as_ref().map(|(_, l, keep)| (l.as_slice(), *keep)));
             let put = match item {
-                Ok(item) => self.put_plain(item, "mark an event seen").await,
+                Ok(item) => self.put_mark(item).await,
                 Err(e) => Err(e),
             };
-            if let Err(e) = put {
-                tracing::error!(conversation = mark.conv, event = mark.event_id, error = %e, "seen mark not written");
-                // Its lines go to a trace item of their own below.
-                by_conv.extend(lines);
-                failed = Some(e);
+            match put {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Marked already, with a lease given back: its lines go to a trace item,
+                    // and a release of this drain is written now.
+                    by_conv.extend(lines);
+                    if let Some((settlement, _)) = &mark.released {
+                        if let Err(e) = self.release_settled(&mark.conv, settlement).await {
+                            failed = Some(e);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(conversation = mark.conv, event = mark.event_id, error = %e, "seen mark not written");
+                    // Its lines go to a trace item of their own below.
+                    by_conv.extend(lines);
+                    failed = Some(e);
+                }
             }
         }
         for (conv, lines, keep_until) in by_conv {
@@ -966,7 +1045,7 @@ pub(crate) fn link_from_item(item: &Item, what: &str) -> Result<DeskLink, StoreE
 
 /// A seen mark's key: its sort key in the conversation's partition, and the partition key
 /// where builds before session layout 4 wrote them (sort key `-`).
-fn seen_key(event_id: &str) -> String {
+pub(crate) fn seen_key(event_id: &str) -> String {
     format!("{SEEN}{}", key_part(event_id))
 }
 
@@ -978,12 +1057,16 @@ fn take_where<T>(kept: &std::sync::Mutex<Vec<T>>, take: impl Fn(&T) -> bool) -> 
     taken
 }
 
-/// A seen mark waiting for the flush.
+/// A seen mark waiting for the flush: whether its event was committed here (not found
+/// applied already), and the drain lease given back with it, kept as long as the trace lines
+/// of `Millis`.
 #[derive(Debug, Clone)]
 struct PendingMark {
     conv: String,
     event_id: String,
     at: Millis,
+    committed: bool,
+    released: Option<(Settlement, Millis)>,
 }
 
 /// Whether a session's events may have seen marks at the global key of earlier builds.
@@ -1151,9 +1234,12 @@ impl Store for DynamoStore {
 
     async fn load_session(&self, key: &ConversationKey) -> Result<Option<VersionedSession>, StoreError> {
         let pk = conv_pk(key);
-        let Some(item) = self.get(&pk, "SESSION").await? else {
+        let Some(mut item) = self.get(&pk, "SESSION").await? else {
             return Ok(None);
         };
+        // A lease given back at the last event's mark, and its effects, are as good as gone:
+        // the commit that follows takes them out.
+        self.settled_view(&pk, &mut item).await?;
         let version = get_n(&item, "version", &pk)?;
         let session = decode_session(&item, &pk)?;
         let due_at = get_n::<i64>(&item, DUE_AT, &pk).ok();
@@ -1330,15 +1416,30 @@ impl Store for DynamoStore {
         if !inline {
             update.set(SPILLED, AttributeValue::Bool(true));
         }
+        // A lease given back at a seen mark, with its drain's effects, goes with this write
+        // (the condition checks that nobody took the lease since).
+        let settled = self.settlement(&conv).filter(|_| expected > 0);
         // The worker that commits runs the effects next: it takes the drain lease with them
         // when nobody holds it (both attributes are set and removed together).
         let claim = self.drain_lease.filter(|_| inline && !effects.is_empty()).map(|length| {
             let until = at.0.saturating_add(i64::try_from(length.as_millis()).unwrap_or(i64::MAX));
             let lease = self.new_lease();
-            update.set_if_absent(DRAIN_BY, s(lease.holder.as_str()));
-            update.set_if_absent(DRAIN_UNTIL, n(until));
+            if settled.is_some() {
+                update.set(DRAIN_BY, s(lease.holder.as_str()));
+                update.set(DRAIN_UNTIL, n(until));
+            } else {
+                update.set_if_absent(DRAIN_BY, s(lease.holder.as_str()));
+                update.set_if_absent(DRAIN_UNTIL, n(until));
+            }
             (lease, until)
         });
+        if let Some(settled) = &settled {
+            if claim.is_none() {
+                update.remove(DRAIN_BY);
+                update.remove(DRAIN_UNTIL);
+            }
+            settled.places.iter().for_each(|place| update.remove(place));
+        }
         let mut items = Vec::new();
         for (seq, effect, attrs) in effects {
             if inline {
@@ -1349,7 +1450,7 @@ impl Store for DynamoStore {
                 items.push(self.put(item)?);
             }
         }
-        let condition = match (expected, kept) {
+        let mut condition = match (expected, kept) {
             (0, _) => update.condition("attribute_not_exists(#c0)", &[PK], vec![]),
             (_, Some(kept)) => update.condition(
                 "#c0 = :c0 AND (attribute_not_exists(#c1) OR #c1 <> :c1) AND #c2 = :c2",
@@ -1362,6 +1463,9 @@ impl Store for DynamoStore {
                 vec![n(expected), s(commit.event_id.as_str())],
             ),
         };
+        if let Some(settled) = &settled {
+            condition = update.also(&condition, DRAIN_BY, s(settled.holder.as_str()));
+        }
         let (expression, attr_names, attr_values) = update.build();
         let written = if items.is_empty() {
             let updated = self
@@ -1382,13 +1486,14 @@ impl Store for DynamoStore {
                     // outbox, unless it may have items of its own to query.
                     if let (Some((lease, until)), Some(item)) = (claim, out.attributes) {
                         if item.get(DRAIN_BY) == Some(&s(lease.holder.as_str())) && !may_have_items(Some(&item)) {
+                            let indexed = item.contains_key(OBX_DUE);
                             let pending = self.outbox_of(&conv, Some(item)).await?.pending;
                             let mut claimed = lock(&self.claimed);
                             if claimed.len() >= MAX_CLAIMS {
                                 // Claims nobody took (their drain failed): their leases run out.
                                 claimed.clear();
                             }
-                            claimed.insert(conv.clone(), Claim { lease, until, pending });
+                            claimed.insert(conv.clone(), Claim { lease, until, pending, indexed });
                         }
                     }
                     Tx::Done
@@ -1414,6 +1519,10 @@ impl Store for DynamoStore {
             items.insert(0, TransactWriteItem::builder().update(session_update).build());
             self.transact(items, "commit").await?
         };
+        if settled.is_some() {
+            // Taken out, or refused: the retry loads the item and reads the mark again.
+            self.forget_settlement(&conv);
+        }
         match written {
             Tx::Done => {
                 if let Some((count, before)) = loaded.map(|l| l.inline).filter(|_| inline) {
@@ -1429,7 +1538,7 @@ impl Store for DynamoStore {
                     }
                     memo.insert(conv.clone(), version);
                 }
-                self.mark_seen(key, &commit.event_id, at).await?;
+                self.mark_seen(key, &commit.event_id, at, true).await?;
                 // After the write, not in it (which would bill it twice): see `keep_trace_line`.
                 self.keep_trace_line(&conv, &commit.trace, commit.keep_until);
                 Ok(CommitOutcome::Committed { version })
@@ -1444,7 +1553,7 @@ impl Store for DynamoStore {
                 };
                 if applied {
                     // Its mark may be missing if the worker that applied it died first.
-                    self.mark_seen(key, &commit.event_id, at).await?;
+                    self.mark_seen(key, &commit.event_id, at, false).await?;
                     Ok(CommitOutcome::AlreadySeen)
                 } else {
                     Ok(CommitOutcome::VersionConflict)
@@ -1518,6 +1627,7 @@ impl Store for DynamoStore {
         keep_until: Millis,
     ) -> Result<(), StoreError> {
         let conv = conv_pk(key);
+        lock(&self.unwatched).remove(&conv);
         let Some(place) = self.outbox_place(&conv, effect_id).await? else {
             return Ok(());
         };
@@ -1558,6 +1668,7 @@ impl Store for DynamoStore {
     /// outbox item.
     async fn watch_pending(&self, key: &ConversationKey) -> Result<(), StoreError> {
         let conv = conv_pk(key);
+        lock(&self.unwatched).remove(&conv);
         let shard = shard_of(key);
         let outbox = self.read_outbox(&conv).await?;
         if let Some((_, first)) = outbox.pending.iter().find(|(place, _)| is_inline(place)) {

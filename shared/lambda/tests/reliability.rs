@@ -673,20 +673,29 @@ async fn a_faq_answer_is_committed_with_its_question() {
     assert!(receive(&hub.sqs, &url).await.is_empty(), "nothing queued for the answer");
 }
 
-/// A worker writes its event's seen mark with the trace lines after the effects. One that
-/// dies after its effects and before that write leaves its record to come back, and nothing
-/// is sent twice: with the FAQ brain, the session's last event turns the copy away and the
-/// mark is written then; with a brain whose answer is applied in the drain, the question's
-/// mark was written before that step's commit, so the copy is turned away by its mark.
+/// A worker writes its event's seen mark after the effects, with the trace lines and the
+/// record of its drain (the lease given back, the effects it completed). One that dies after
+/// its effects and before that write leaves its record to come back. Nothing is applied
+/// twice: with the FAQ brain, the session's last event turns the copy away and the mark is
+/// written then; with a brain whose answer is applied in the drain, the question's mark was
+/// written before that step's commit, so the copy is turned away by its mark, and the brain
+/// is not asked again. The answer's completion died with the worker, as after any crash
+/// between an effect and its completion: the answer runs again once the lease runs out, with
+/// the same idempotency key, which the widget's message log takes as the same message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_that_dies_before_its_seen_marks_sends_nothing_twice() {
+async fn a_worker_that_dies_before_its_flush_applies_nothing_twice() {
     use baton_tests::openai::{FakeOpenai, Turn};
     let llm = FakeOpenai::start("sk-reliability-key").await;
     llm.script([Turn::text(HOURS)]);
     let url = llm.url();
-    let with_llm = hub(move |a| a.brain = baton_tests::openai::brain(url, "sk-reliability-key")).await;
-    let with_faq = hub(|_| {}).await;
-    for hub in [&with_faq, &with_llm] {
+    let clocks = [Arc::new(ManualClock::new(wall_now())), Arc::new(ManualClock::new(wall_now()))];
+    let with_llm = hub_with(clocks[1].clone(), None, move |a| {
+        a.brain = baton_tests::openai::brain(url, "sk-reliability-key");
+        a.policy.session_timeout_secs = 3600;
+    })
+    .await;
+    let with_faq = hub_with(clocks[0].clone(), None, |a| a.policy.session_timeout_secs = 3600).await;
+    for (hub, clock) in [&with_faq, &with_llm].into_iter().zip(&clocks) {
         let events = hub.queues.events.clone();
         let arn = queue_arn(&hub.sqs, &events).await;
         let mut w = Widget::start(hub, None).await;
@@ -716,6 +725,16 @@ async fn a_worker_that_dies_before_its_seen_marks_sends_nothing_twice() {
         assert_eq!(w.texts_from("bot").await, vec![HOURS], "answered once");
         assert!(hub.aws.store.is_seen(&w.key(), &event.id).await.unwrap(), "marked now");
         assert!(receive(&hub.sqs, &events).await.is_empty());
+        assert_eq!(hub.aws.store.pending_effects(&w.key()).await.unwrap().len(), 1, "its completion was lost");
+
+        // The dead worker's lease (90 s by its own clock) runs out; the sweeper's wake-up
+        // runs the answer again.
+        clock.advance_secs(120);
+        assert_eq!(sweep(&hub.aws).await.unwrap(), Swept { timers: 0, wakes: 1 });
+        run_worker(hub).await;
+        assert!(hub.aws.store.pending_effects(&w.key()).await.unwrap().is_empty());
+        assert_eq!(w.texts_from("bot").await, vec![HOURS], "the repeat is the same message");
+        assert_eq!(sweep(&hub.aws).await.unwrap(), Swept::default());
     }
     assert_eq!(llm.requests().len(), 1, "the brain asked once");
 }
