@@ -372,7 +372,7 @@ pub struct Drained {
 }
 
 impl Drained {
-    /// Whether every effect it was given completed (or had its completion returned unwritten)
+    /// Whether every effect it was given completed (or has its completion returned unwritten)
     /// and no step added more: the conversation's outbox then holds nothing else.
     pub fn left_nothing(&self) -> bool {
         self.next_due.is_none() && !self.stepped
@@ -434,9 +434,9 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
             return Ok(Drained { done, ..Drained::default() });
         };
         let mut result = run_settled(ports, key, under_lease, true, None).await;
-        // The completions left for the release to write.
-        let unwritten = result.as_mut().map(|s| std::mem::take(&mut s.unwritten)).unwrap_or_default();
-        let released = leases.release(key, &held, unwritten).await;
+        // The last effect's completion, when it was left for the release to write.
+        let unwritten = result.as_mut().ok().and_then(|s| s.unwritten.take());
+        let released = leases.release(key, &held, unwritten.into_iter().collect()).await;
         let Settled { drained: round, seen, .. } = result?;
         items = released?;
         done += round.done;
@@ -454,11 +454,11 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
 
 /// Run `items`, a conversation's pending effects (read from the outbox, or known to be all it
 /// holds), as [`drain_outbox`] does without a lease, for a caller that alone runs the
-/// conversation (the embedded dispatcher). The completions of a round that stepped nothing on
-/// are returned unwritten: the caller writes them with its next commit of the conversation
-/// ([`apply_event_after`]), or alone when there is none. Between the two the effects are
-/// still in the outbox: a crash there runs them again, as a crash between an effect and its
-/// completion always could (its idempotency key lets the receiver see the repeat).
+/// conversation (the embedded dispatcher). The last effect's completion, when nothing stepped
+/// on after it, is returned unwritten: the caller writes it with its next commit of the
+/// conversation ([`apply_event_after`]), or alone when there is none. Between the two the
+/// effect is still in the outbox: a crash there runs it again, as a crash between an effect
+/// and its completion always could (its idempotency key lets the receiver see the repeat).
 ///
 /// `agent`, when given, is the agent as the caller just read it (its secrets still
 /// unresolved), for the first effects not to read it again.
@@ -467,32 +467,32 @@ pub async fn drain_items(
     key: &ConversationKey,
     items: Vec<OutboxItem>,
     agent: Option<Agent>,
-) -> Result<(Drained, Vec<Completion>), WorkerError> {
+) -> Result<(Drained, Option<Completion>), WorkerError> {
     let settled = run_settled(ports, key, items, true, agent).await?;
     Ok((settled.drained, settled.unwritten))
 }
 
-/// What [`run_settled`] ran: the result, the ids of every effect seen, and the completions
-/// left unwritten for the lease's release.
+/// What [`run_settled`] ran: the result, the ids of every effect seen, and the completion of
+/// the last effect when it was left unwritten for the lease's release.
 struct Settled {
     drained: Drained,
     seen: HashSet<String>,
-    unwritten: Vec<Completion>,
+    unwritten: Option<Completion>,
 }
 
 /// Run `items`, then, while their results stepped the conversation on (a brain's answer, a
 /// desk opened), the effects those steps committed, in the same drain (and under the same
-/// lease). With `leave_unwritten`, the completions of the drain's last round are left to the
-/// caller, which writes them with the lease's release.
+/// lease). With `leave_last`, the completion of the drain's last effect is left to the caller,
+/// which writes it with the lease's release.
 async fn run_settled(
     ports: &Ports,
     key: &ConversationKey,
     items: Vec<OutboxItem>,
-    leave_unwritten: bool,
+    leave_last: bool,
     agent: Option<Agent>,
 ) -> Result<Settled, WorkerError> {
     let mut seen: HashSet<String> = items.iter().map(|i| i.effect.id.clone()).collect();
-    let (mut drained, mut unwritten) = run_items(ports, key, items, leave_unwritten, agent).await?;
+    let (mut drained, mut unwritten) = run_items(ports, key, items, leave_last, agent).await?;
     for _ in 0..MAX_DRAIN_ROUNDS {
         if !drained.stepped {
             break;
@@ -502,27 +502,25 @@ async fn run_settled(
             break;
         }
         seen.extend(items.iter().map(|i| i.effect.id.clone()));
-        let (more, left) = run_items(ports, key, items, leave_unwritten, None).await?;
+        let (more, last) = run_items(ports, key, items, leave_last, None).await?;
         drained = drained.and(more);
-        unwritten = left;
+        unwritten = last;
     }
     Ok(Settled { drained, seen, unwritten })
 }
 
-/// Run `items` in order, completing or deferring each. With `leave_unwritten`, the
-/// completions of a round that stepped nothing on are returned instead of written: nothing
-/// reads the outbox between them and the caller's next write, which writes them all at once.
-/// A round whose effect steps the conversation on writes them before that effect runs and at
-/// its end, since the drain reads the outbox after a step.
+/// Run `items` in order, completing or deferring each. With `leave_last`, a last effect that
+/// ran in a round that stepped nothing on is returned instead of completed: nothing reads the
+/// outbox between it and the caller's next write, which completes it.
 async fn run_items(
     ports: &Ports,
     key: &ConversationKey,
     items: Vec<OutboxItem>,
-    leave_unwritten: bool,
+    leave_last: bool,
     agent: Option<Agent>,
-) -> Result<(Drained, Vec<Completion>), WorkerError> {
+) -> Result<(Drained, Option<Completion>), WorkerError> {
     if items.is_empty() {
-        return Ok((Drained::default(), Vec::new()));
+        return Ok((Drained::default(), None));
     }
     let agent = match agent {
         Some(a) => Some(a),
@@ -535,7 +533,7 @@ async fn run_items(
             Err((a, e @ DeliveryError::Retryable { .. })) => {
                 tracing::warn!(agent = %a.id, error = %e, "secrets could not be resolved; effects wait");
                 let wait = Drained { next_due: Some(Millis(ports.clock.now().0 + 30_000)), ..Drained::default() };
-                return Ok((wait, Vec::new()));
+                return Ok((wait, None));
             }
             Err((a, e)) => {
                 // Effects that need no secret still run; the others fail with their own error.
@@ -551,8 +549,8 @@ async fn run_items(
     // The desk link the last desk effect used (see [`desk_link`]).
     let mut last_link: Option<DeskLink> = None;
     let mut out = Drained::default();
-    let mut unwritten: Vec<Completion> = Vec::new();
-    for item in items {
+    let last = items.len() - 1;
+    for (i, item) in items.into_iter().enumerate() {
         let r = receiver(&item.effect.effect);
         if blocked.contains(r) {
             continue;
@@ -567,20 +565,16 @@ async fn run_items(
             ports.store.complete_effect(key, &item.effect.id, t, keep_until).await?;
             continue;
         };
-        if steps_on(&item.effect.effect) {
-            // Its result's step is followed by a read of the outbox.
-            ports.store.complete_effects(key, std::mem::take(&mut unwritten)).await?;
-        }
         match run_effect(ports, agent, key, &item, &mut last_link).await {
             Ok(detail) => {
                 let t = trace(now, "effect", &item.effect.id, format!("{}: {detail}", item.effect.effect.name()));
                 out.done += 1;
                 out.stepped |= steps_on(&item.effect.effect);
-                if leave_unwritten && !out.stepped {
-                    unwritten.push(Completion { effect_id: item.effect.id, trace: t, keep_until });
-                } else {
-                    ports.store.complete_effect(key, &item.effect.id, t, keep_until).await?;
+                if leave_last && i == last && !out.stepped {
+                    let done = Completion { effect_id: item.effect.id, trace: t, keep_until };
+                    return Ok((out, Some(done)));
                 }
+                ports.store.complete_effect(key, &item.effect.id, t, keep_until).await?;
             }
             Err(err) => {
                 let attempts = item.attempts + 1;
@@ -611,10 +605,7 @@ async fn run_items(
             }
         }
     }
-    if out.stepped {
-        ports.store.complete_effects(key, std::mem::take(&mut unwritten)).await?;
-    }
-    Ok((out, unwritten))
+    Ok((out, None))
 }
 
 /// Exponential backoff from 1 s, doubled per attempt, capped, with deterministic jitter
