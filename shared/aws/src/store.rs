@@ -317,7 +317,9 @@ pub(crate) fn decode_field_as<T: DeserializeOwned>(
 /// which comes back to the new build). Layout 3 writes inline effects in their compact form
 /// (`outbox.rs`), which layout 2 would not see; it still reads layout 2's. Layout 4 marks its
 /// events seen in the conversation's partition (`SEEN#{id}`), where layout 3 would not look.
-const SESSION_ITEM_SCHEMA: u32 = 4;
+/// Layout 5 may show a drain lease given back at a seen mark (`outbox::Settlement`), which
+/// layout 4 would take for a live one and, once it ran out, run its effects again.
+const SESSION_ITEM_SCHEMA: u32 = 5;
 const DOC_SCHEMA: &str = "doc_schema";
 
 fn decode_session(item: &Item, pk: &str) -> Result<baton_core::Session, StoreError> {

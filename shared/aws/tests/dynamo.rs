@@ -118,7 +118,7 @@ async fn sessions_due_reads_the_sparse_index() {
     assert_eq!(number(&item, "due_at"), 1000);
     assert_eq!(number(&item, "version"), 1);
     // The item's layout, with the document's own schema beside it.
-    assert_eq!(number(&item, "schema"), 4);
+    assert_eq!(number(&item, "schema"), 5);
     assert_eq!(number(&item, "doc_schema"), 1);
 
     // Disarming leaves the index key (a timer armed again soon needs no index write) and
@@ -716,7 +716,7 @@ async fn seen_marks_carry_their_events_trace_lines_and_earlier_marks_still_count
     fresh.flush_trace().await.unwrap();
     let session = raw_item(&plain, &format!("CONV#{old}"), "SESSION").await.unwrap();
     assert_eq!(number(&session, "legacy_marks_until"), now + 2 + 8 * 86_400_000);
-    assert_eq!(number(&session, "schema"), 4);
+    assert_eq!(number(&session, "schema"), 5);
     fresh.load_session(&old).await.unwrap().unwrap();
     assert!(fresh.is_seen(&old, "o0").await.unwrap(), "within 8 days of the upgrade");
     // 8 days on, its next commit drops the bound, and global marks are no longer read.
@@ -905,7 +905,7 @@ async fn a_session_of_an_earlier_build_keeps_its_outbox_items_and_takes_inline_e
     store.commit(c).await.unwrap();
     assert_eq!(inline_names(&store, &k).await, ["e#2000"]);
     let item = raw_item(&store, &pk, "SESSION").await.unwrap();
-    assert_eq!((number(&item, "schema"), number(&item, "doc_schema")), (4, 1));
+    assert_eq!((number(&item, "schema"), number(&item, "doc_schema")), (5, 1));
     assert_eq!(ids(&store.pending_effects(&k).await.unwrap()), ["e1/0", "e2/0"]);
     store.complete_effect(&k, "e1/0", trace(3, "e1/0"), Millis(i64::MAX)).await.unwrap();
     assert_eq!(outbox_item_count(&store, &k).await, 0);
@@ -974,9 +974,9 @@ async fn a_session_item_of_a_later_layout_is_refused() {
     let store = common::store().await;
     let k = key("later");
     store.commit(commit(&k, 0, "e1", None, 1)).await.unwrap();
-    set_on_session(&store, &k, vec![("schema", AttributeValue::N("5".into()))]).await;
+    set_on_session(&store, &k, vec![("schema", AttributeValue::N("6".into()))]).await;
     match store.load_session(&k).await {
-        Err(StoreError::Corrupt { message, .. }) => assert!(message.contains("layout 5"), "{message}"),
+        Err(StoreError::Corrupt { message, .. }) => assert!(message.contains("layout 6"), "{message}"),
         other => panic!("expected Corrupt, got {other:?}"),
     }
 }
