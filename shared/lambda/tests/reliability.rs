@@ -739,6 +739,55 @@ async fn a_worker_that_dies_before_its_flush_applies_nothing_twice() {
     assert_eq!(llm.requests().len(), 1, "the brain asked once");
 }
 
+/// A conversation's events land on different worker instances. Each drain gives its lease
+/// back at its event's seen mark, and the next instance, which did not, reads that mark: it
+/// sees through the lease and the effect, and its commit takes them out. An instance whose
+/// memory of an earlier release is out of date reads the mark too. Without the mark read the
+/// second answer would wait for the first lease to run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_on_alternating_instances_see_through_releases_at_the_mark() {
+    let hub = hub(|_| {}).await;
+    let events = hub.queues.events.clone();
+    let arn = queue_arn(&hub.sqs, &events).await;
+    let other = another_worker(&hub).await;
+    let mut w = Widget::start(&hub, None).await;
+    for (i, aws) in [&hub.aws, &other, &hub.aws, &other, &hub.aws].into_iter().enumerate() {
+        w.send("What are your opening hours?").await;
+        let question = receive(&hub.sqs, &events).await;
+        assert_eq!(question.len(), 1);
+        assert!(invoke_worker(aws, vec![record(&question[0], &arn)]).await.is_empty());
+        delete(&hub.sqs, &events, &question[0]).await;
+        assert_eq!(w.texts_from("bot").await, vec![HOURS; i + 1], "answered at once, once");
+        // Only the last drain's effect still shows on the item, under the lease it gave back.
+        let item = session_item(&hub, &w.key()).await;
+        assert_eq!(item.keys().filter(|k| k.starts_with("e#")).count(), 1, "{:?}", item.keys());
+        assert!(item.contains_key("drain_by"));
+        assert!(other.store.pending_effects(&w.key()).await.unwrap().is_empty());
+    }
+    assert!(receive(&hub.sqs, &events).await.is_empty());
+    assert_eq!(sweep(&hub.aws).await.unwrap(), Swept::default());
+}
+
+/// The session item of `key` as stored.
+async fn session_item(
+    hub: &Hub,
+    key: &baton_core::ConversationKey,
+) -> std::collections::HashMap<String, baton_aws::aws_sdk_dynamodb::types::AttributeValue> {
+    hub.aws
+        .store
+        .client()
+        .get_item()
+        .table_name(hub.aws.store.table_name())
+        .key("pk", baton_aws::aws_sdk_dynamodb::types::AttributeValue::S(format!("CONV#{key}")))
+        .key("sk", baton_aws::aws_sdk_dynamodb::types::AttributeValue::S("SESSION".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap()
+}
+
 /// A second instance of the functions on the hub's table and queues.
 async fn another_worker(hub: &Hub) -> baton_lambda::Aws {
     let secrets = Arc::new(baton_aws::SsmSecrets::new(baton_aws::ssm_client_from_env().await));
