@@ -1060,8 +1060,8 @@ fn take_where<T>(kept: &std::sync::Mutex<Vec<T>>, take: impl Fn(&T) -> bool) -> 
 }
 
 /// A seen mark waiting for the flush: whether its event was committed here (not found
-/// applied already), and the drain lease given back with it, kept as long as the trace lines
-/// of `Millis`.
+/// applied already), and the drain lease given back with it, with the latest `keep_until` of
+/// the effects its drain completed (the mark outlives that by 8 days).
 #[derive(Debug, Clone)]
 struct PendingMark {
     conv: String,
