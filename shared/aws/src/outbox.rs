@@ -574,7 +574,7 @@ impl DrainLeases for DynamoStore {
         if pending.iter().any(|(place, _)| !is_inline(place)) {
             let name = format!("drain:{key}");
             if !baton_core::ports::KeyValue::put_if_absent(self, &name, "draining", now, until).await? {
-                self.release(key, &lease, Vec::new()).await?;
+                self.release(key, &lease, None).await?;
                 return Ok(None);
             }
             lock(&self.item_leases).insert(lease.holder.clone());
@@ -590,51 +590,42 @@ impl DrainLeases for DynamoStore {
         &self,
         key: &ConversationKey,
         lease: &DrainLease,
-        done: Vec<Completion>,
+        done: Option<Completion>,
     ) -> Result<Vec<OutboxItem>, StoreError> {
         let conv = conv_pk(key);
         // Taken outside the `outbox_due` index, with nothing deferred or watched since.
-        let mut unwatched = lock(&self.unwatched).remove(&conv).is_some_and(|h| h == lease.holder);
-        // Inline effects are completed with the release; outbox items first, on their own.
-        let mut inline = Vec::new();
-        for d in done {
-            let place = self.outbox_keys().get(&(conv.clone(), d.effect_id.clone())).cloned();
-            match place {
-                Some(place) if is_inline(&place) => inline.push((place, d)),
-                _ => {
-                    unwatched = false;
-                    self.complete_effect(key, &d.effect_id, d.trace, d.keep_until).await?;
-                }
+        let unwatched = lock(&self.unwatched).remove(&conv).is_some_and(|h| h == lease.holder);
+        // An inline effect is completed in the release's own write; an outbox item first.
+        let place = done.as_ref().and_then(|d| self.outbox_keys().get(&(conv.clone(), d.effect_id.clone())).cloned());
+        let inline = match (done, place) {
+            (Some(done), Some(place)) if is_inline(&place) => Some((place, done)),
+            (Some(done), _) => {
+                self.complete_effect(key, &done.effect_id, done.trace, done.keep_until).await?;
+                None
             }
-        }
+            (None, _) => None,
+        };
         let item_lease = lock(&self.item_leases).remove(&lease.holder);
         if item_lease {
             baton_core::ports::KeyValue::delete(self, &format!("drain:{key}")).await?;
         }
         // The usual case: the drain ran every effect of its event's step, and the event's seen
-        // mark is written next. The mark records the release and the completions, and the
+        // mark is written next. The mark records the release and the completion, and the
         // session item keeps showing both until its next write takes them out (readers see
         // through them meanwhile: `settled_view`): one write per event fewer. A crash before
-        // the mark runs the effects again, as a crash before a completion always could.
-        if unwatched && !item_lease && !inline.is_empty() {
-            let places = inline.iter().map(|(place, _)| place.clone()).collect();
-            let settlement = Settlement { holder: lease.holder.clone(), places };
-            let keep_until = inline.iter().map(|(_, d)| d.keep_until).max().unwrap_or(Millis(0));
-            if self.settle_at_mark(&conv, settlement, keep_until) {
-                for (_, done) in inline {
-                    self.outbox_keys().remove(&(conv.clone(), done.effect_id));
-                    self.keep_trace_line(&conv, &done.trace, done.keep_until);
-                }
+        // the mark runs the effect again, as a crash before a completion always could.
+        if let Some((place, done)) = inline.as_ref().filter(|_| unwatched && !item_lease) {
+            let settlement = Settlement { holder: lease.holder.clone(), places: vec![place.clone()] };
+            if self.settle_at_mark(&conv, settlement, done.keep_until) {
+                self.outbox_keys().remove(&(conv.clone(), done.effect_id.clone()));
+                self.keep_trace_line(&conv, &done.trace, done.keep_until);
                 return Ok(Vec::new());
             }
         }
-        let names: Vec<String> = (0..inline.len()).map(|i| format!("#e{i}")).collect();
-        let mut update = "REMOVE #by, #until".to_string();
-        let mut condition = "#by = :by".to_string();
-        for name in &names {
-            update.push_str(&format!(", {name}"));
-            condition.push_str(&format!(" AND attribute_exists({name})"));
-        }
+        let (update, condition) = match &inline {
+            Some(_) => ("REMOVE #by, #until, #e", "#by = :by AND attribute_exists(#e)"),
+            None => ("REMOVE #by, #until", "#by = :by"),
+        };
         let mut release = self
             .client
             .update_item()
@@ -646,31 +637,28 @@ impl DrainLeases for DynamoStore {
             .expression_attribute_names("#until", DRAIN_UNTIL)
             .expression_attribute_values(":by", s(lease.holder.as_str()))
             .return_values(ReturnValue::AllNew);
-        for (name, (place, _)) in names.iter().zip(&inline) {
-            release = release.expression_attribute_names(name, place);
+        if let Some((place, _)) = &inline {
+            release = release.expression_attribute_names("#e", place);
         }
         let after = match release.send().await {
             Ok(out) => out.attributes.unwrap_or_default(),
             Err(e) => {
-                // Refused: another holder has the lease now (this one's ran out), or an effect
-                // is gone. The effects are then completed on their own, as before the release.
+                // Refused: another holder has the lease now (this one's ran out), or the effect
+                // is gone. The effect is then completed on its own, as before the release.
                 conditional("release the drain lease", Err::<(), _>(e))?;
-                if inline.is_empty() {
+                return match inline {
+                    Some((_, done)) => {
+                        self.complete_effect(key, &done.effect_id, done.trace, done.keep_until).await?;
+                        self.release(key, lease, None).await
+                    }
                     // The other holder's release reads what is left.
-                    return Ok(Vec::new());
-                }
-                for (_, done) in inline {
-                    self.complete_effect(key, &done.effect_id, done.trace, done.keep_until).await?;
-                }
-                return self.release(key, lease, Vec::new()).await;
+                    None => Ok(Vec::new()),
+                };
             }
         };
-        let completed = !inline.is_empty();
-        for (_, done) in inline {
+        if let Some((_, done)) = inline {
             self.outbox_keys().remove(&(conv.clone(), done.effect_id));
             self.keep_trace_line(&conv, &done.trace, done.keep_until);
-        }
-        if completed {
             self.leave_due_index_if_done(&conv, &after).await;
         }
         let outbox = self.outbox_of(&conv, Some(after)).await?;

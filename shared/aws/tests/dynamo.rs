@@ -1037,12 +1037,12 @@ async fn a_commit_claims_the_drain_lease_its_drain_starts_from() {
     let mut c = commit(&k, 2, "e2", None, at + 3);
     c.effects = vec![say("e2", 0, "three")];
     other.commit(c).await.unwrap();
-    let after = DrainLeases::release(&store, &k, &held, Vec::new()).await.unwrap();
+    let after = DrainLeases::release(&store, &k, &held, None).await.unwrap();
     assert_eq!(ids(&after), ["e1/1", "e2/0"]);
     let item = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
     assert!(!item.contains_key("drain_by") && !item.contains_key("drain_until"));
     // Released twice: nothing to give back.
-    assert!(DrainLeases::release(&store, &k, &held, Vec::new()).await.unwrap().is_empty());
+    assert!(DrainLeases::release(&store, &k, &held, None).await.unwrap().is_empty());
 
     // A lease whose holder died is taken once it has run out, not before.
     let (dead, _) = DrainLeases::take(&other, &k, Millis(at + 10), Millis(at + 90_010)).await.unwrap().unwrap();
@@ -1051,12 +1051,12 @@ async fn a_commit_claims_the_drain_lease_its_drain_starts_from() {
         DrainLeases::take(&store, &k, Millis(at + 90_011), Millis(at + 180_011)).await.unwrap().unwrap();
     assert_eq!(ids(&pending), ["e1/1", "e2/0"]);
     // The dead holder's release, should it come back, takes nothing from the new one.
-    assert!(DrainLeases::release(&other, &k, &dead, Vec::new()).await.unwrap().is_empty());
-    assert_eq!(ids(&DrainLeases::release(&store, &k, &late, Vec::new()).await.unwrap()), ["e1/1", "e2/0"]);
+    assert!(DrainLeases::release(&other, &k, &dead, None).await.unwrap().is_empty());
+    assert_eq!(ids(&DrainLeases::release(&store, &k, &late, None).await.unwrap()), ["e1/1", "e2/0"]);
 }
 
 #[tokio::test]
-async fn the_release_completes_the_drains_effects_in_the_same_write() {
+async fn the_release_completes_the_drains_last_effect_in_the_same_write() {
     let base = common::store().await;
     let lease = std::time::Duration::from_secs(90);
     let store = DynamoStore::new(base.client().clone(), base.table_name()).with_drain_lease(lease);
@@ -1069,8 +1069,8 @@ async fn the_release_completes_the_drains_effects_in_the_same_write() {
     c.effects = vec![say("e1", 0, "one"), say("e1", 1, "two")];
     store.commit(c).await.unwrap();
     let (held, _) = DrainLeases::take(&store, &k, Millis(at + 1), Millis(at + 90_001)).await.unwrap().unwrap();
-    let both = vec![done("e1/0", at + 2), done("e1/1", at + 3)];
-    assert!(DrainLeases::release(&store, &k, &held, both).await.unwrap().is_empty());
+    store.complete_effect(&k, "e1/0", trace(at + 2, "e1/0"), Millis(i64::MAX)).await.unwrap();
+    assert!(DrainLeases::release(&store, &k, &held, Some(done("e1/1", at + 3))).await.unwrap().is_empty());
     let item = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
     assert!(!item.contains_key("drain_by"), "released");
     assert!(!item.keys().any(|name| name.starts_with("e#")), "completed: {:?}", item.keys());
@@ -1087,10 +1087,10 @@ async fn the_release_completes_the_drains_effects_in_the_same_write() {
     let (late, pending) =
         DrainLeases::take(&other, &k, Millis(at + 90_012), Millis(at + 180_012)).await.unwrap().unwrap();
     assert_eq!(ids(&pending), ["e2/0", "e2/1"]);
-    assert!(DrainLeases::release(&store, &k, &dead, vec![done("e2/0", at + 90_013)]).await.unwrap().is_empty());
+    assert!(DrainLeases::release(&store, &k, &dead, Some(done("e2/0", at + 90_013))).await.unwrap().is_empty());
     let item = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
     assert_eq!(item.get("drain_by").and_then(|v| v.as_s().ok()), Some(&late.holder));
-    assert_eq!(ids(&DrainLeases::release(&other, &k, &late, Vec::new()).await.unwrap()), ["e2/1"]);
+    assert_eq!(ids(&DrainLeases::release(&other, &k, &late, None).await.unwrap()), ["e2/1"]);
 
     // An effect too large for the session item is deleted, then the lease given back.
     other.load_session(&k).await.unwrap();
@@ -1102,7 +1102,7 @@ async fn the_release_completes_the_drains_effects_in_the_same_write() {
         DrainLeases::take(&other, &k, Millis(at + 100_001), Millis(at + 190_001)).await.unwrap().unwrap();
     assert_eq!(ids(&pending), ["e2/1", "e3/0"]);
     other.complete_effect(&k, "e2/1", trace(at + 100_002, "e2/1"), Millis(i64::MAX)).await.unwrap();
-    assert!(DrainLeases::release(&other, &k, &held, vec![done("e3/0", at + 100_003)]).await.unwrap().is_empty());
+    assert!(DrainLeases::release(&other, &k, &held, Some(done("e3/0", at + 100_003))).await.unwrap().is_empty());
     assert_eq!(outbox_item_count(&other, &k).await, 0);
     let item = raw_item(&store, &format!("CONV#{k}"), "SESSION").await.unwrap();
     assert!(!item.contains_key("drain_by"));
@@ -1128,18 +1128,19 @@ async fn a_release_recorded_at_the_seen_mark_is_seen_through_and_taken_out_by_th
     c.effects = vec![say("e1", 0, "one"), say("e1", 1, "two")];
     store.commit(c.clone()).await.unwrap();
     let (held, _) = DrainLeases::take(&store, &k, Millis(at + 1), Millis(at + 90_001)).await.unwrap().unwrap();
-    let both = vec![done("e1/0", at + 2), done("e1/1", at + 3)];
-    assert!(DrainLeases::release(&store, &k, &held, both).await.unwrap().is_empty());
+    // The step's first effect is completed as it runs; the last waits for the mark.
+    store.complete_effect(&k, "e1/0", trace(at + 2, "e1/0"), Millis(at + 2)).await.unwrap();
+    assert!(DrainLeases::release(&store, &k, &held, Some(done("e1/1", at + 3))).await.unwrap().is_empty());
     let item = raw_item(&store, &pk, "SESSION").await.unwrap();
     assert_eq!(item.get("drain_by").and_then(|v| v.as_s().ok()), Some(&held.holder), "no write yet");
-    assert_eq!(inline_names(&store, &k).await.len(), 2);
+    assert_eq!(inline_names(&store, &k).await.len(), 1);
     assert!(store.pending_effects(&k).await.unwrap().is_empty(), "this store knows");
     store.flush_trace().await.unwrap();
     let mark = raw_item(&store, &pk, "SEEN#e1").await.unwrap();
     assert_eq!(mark.get("rel_by").and_then(|v| v.as_s().ok()), Some(&held.holder));
     let places = mark.get("rel_done").and_then(|v| v.as_ss().ok()).unwrap();
-    assert_eq!(places.len(), 2);
-    // Kept 8 days past the conversation's retention (here the completions' `keep_until`).
+    assert_eq!(places.len(), 1);
+    // Kept 8 days past the conversation's retention (here the completion's `keep_until`).
     assert!(number(&mark, "expires_at") >= at / 1000 + baton_aws::SEEN_RETENTION_SECS);
     let lines: Vec<String> = store.trace(&k).await.unwrap().into_iter().map(|t| t.id).collect();
     assert_eq!(lines, ["e1", "e1/0", "e1/1"]);
@@ -1161,7 +1162,7 @@ async fn a_release_recorded_at_the_seen_mark_is_seen_through_and_taken_out_by_th
     assert_eq!(ids(&pending), ["e2/0"]);
     let item = raw_item(&store, &pk, "SESSION").await.unwrap();
     assert_eq!(item.get("drain_by").and_then(|v| v.as_s().ok()), Some(&held.holder), "claimed by the commit");
-    assert!(DrainLeases::release(&other, &k, &held, vec![done("e2/0", at + 12)]).await.unwrap().is_empty());
+    assert!(DrainLeases::release(&other, &k, &held, Some(done("e2/0", at + 12))).await.unwrap().is_empty());
     other.flush_trace().await.unwrap();
 
     // A drain without a commit takes a lease given back before it runs out, with its effects.
@@ -1169,7 +1170,7 @@ async fn a_release_recorded_at_the_seen_mark_is_seen_through_and_taken_out_by_th
     let (taken, pending) = DrainLeases::take(&third, &k, Millis(at + 13), Millis(at + 90_013)).await.unwrap().unwrap();
     assert!(pending.is_empty());
     assert!(inline_names(&store, &k).await.is_empty());
-    assert!(DrainLeases::release(&third, &k, &taken, Vec::new()).await.unwrap().is_empty());
+    assert!(DrainLeases::release(&third, &k, &taken, None).await.unwrap().is_empty());
     let item = raw_item(&store, &pk, "SESSION").await.unwrap();
     assert!(!item.contains_key("drain_by"));
 
@@ -1180,7 +1181,7 @@ async fn a_release_recorded_at_the_seen_mark_is_seen_through_and_taken_out_by_th
     c.effects = vec![say("e3", 0, "four")];
     store.commit(c).await.unwrap();
     let (held, _) = DrainLeases::take(&store, &k, Millis(at + 21), Millis(at + 90_021)).await.unwrap().unwrap();
-    assert!(DrainLeases::release(&store, &k, &held, vec![done("e3/0", at + 22)]).await.unwrap().is_empty());
+    assert!(DrainLeases::release(&store, &k, &held, Some(done("e3/0", at + 22))).await.unwrap().is_empty());
     assert_eq!(ids(&third.pending_effects(&k).await.unwrap()), ["e3/0"]);
     assert!(DrainLeases::take(&third, &k, Millis(at + 23), Millis(at + 90_023)).await.unwrap().is_none());
     let (_, pending) = DrainLeases::take(&third, &k, Millis(at + 90_022), Millis(at + 180_022)).await.unwrap().unwrap();
@@ -1213,7 +1214,7 @@ async fn outbox_items_are_run_under_the_earlier_builds_lease_too() {
     let (held, pending) = DrainLeases::take(&store, &k, Millis(at + 2), Millis(at + 90_002)).await.unwrap().unwrap();
     assert_eq!(ids(&pending), ["e1/0"]);
     assert!(store.get(&earlier, Millis(at + 3)).await.unwrap().is_some());
-    DrainLeases::release(&store, &k, &held, Vec::new()).await.unwrap();
+    DrainLeases::release(&store, &k, &held, None).await.unwrap();
     assert!(store.get(&earlier, Millis(at + 4)).await.unwrap().is_none());
 }
 

@@ -366,15 +366,16 @@ pub trait DrainLeases: Send + Sync {
         now: Millis,
         until: Millis,
     ) -> Result<Option<(DrainLease, Vec<OutboxItem>)>, StoreError>;
-    /// Give `lease` back if it is still held, completing `done` first (effects the holder
-    /// ran, as `Store::complete_effect` would: one write for all where the store can, or none
-    /// yet where the store records them with the event's seen mark); the pending effects as of
-    /// then (none when another holder has the lease now: its own release reads them).
+    /// Give `lease` back if it is still held, completing `done` first (the last effect the
+    /// holder ran, as `Store::complete_effect` would: one write for both where the store can,
+    /// or none yet where the store records both with the event's seen mark); the pending
+    /// effects as of then (none when another holder has the lease now: its own release reads
+    /// them).
     async fn release(
         &self,
         key: &ConversationKey,
         lease: &DrainLease,
-        done: Vec<Completion>,
+        done: Option<Completion>,
     ) -> Result<Vec<OutboxItem>, StoreError>;
     /// Whether this process's own commit just claimed the lease on `key` with effects in it,
     /// for the next take to start from: the drain then knows there is work without reading
@@ -385,7 +386,7 @@ pub trait DrainLeases: Send + Sync {
 }
 
 /// An effect that ran, with the trace line its completion records; given to
-/// [`DrainLeases::release`] for the effects of the drain's last round.
+/// [`DrainLeases::release`] for the drain's last effect.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
     pub effect_id: String,

@@ -436,7 +436,7 @@ pub async fn drain_outbox(ports: &Ports, key: &ConversationKey) -> Result<Draine
         let mut result = run_settled(ports, key, under_lease, true, None).await;
         // The last effect's completion, when it was left for the release to write.
         let unwritten = result.as_mut().ok().and_then(|s| s.unwritten.take());
-        let released = leases.release(key, &held, unwritten.into_iter().collect()).await;
+        let released = leases.release(key, &held, unwritten).await;
         let Settled { drained: round, seen, .. } = result?;
         items = released?;
         done += round.done;
