@@ -229,7 +229,8 @@ enum TelegramCommand {
     /// Register the hub's webhook (with the agent's secret_token) via setWebhook.
     SetWebhook {
         agent: String,
-        /// The public base URL (e.g. the stack output `ApiUrl`) or the full webhook URL.
+        /// The public base URL (e.g. the stack output `ChannelWebhookFunctionUrl`, or `ApiUrl`)
+        /// or the full webhook URL.
         url: String,
     },
     /// Remove the webhook (for example to poll with `baton serve` instead).

@@ -3,7 +3,9 @@
 //! - every `AWS::Serverless::Function` builds a crate `functions/<name>` (CodeUri, BuildProperties
 //!   Binary, the crate's package name and its `[[bin]]` name, if declared, all say `<name>`), every
 //!   `functions/*/Cargo.toml` crate has a function, and every function crate is a workspace member
-//!   (otherwise `sam build` cannot build it).
+//!   (otherwise `sam build` cannot build it);
+//! - every URL output names a route that exists: on a function URL, a route of the function the
+//!   URL serves, under the URL's own condition; on the HTTP API, a route of some function.
 //!
 //! The template is read as text: CloudFormation tags (`!Ref`, `!GetAtt`, ...) make generic YAML parsers
 //! awkward, and only a few scalar keys of each resource are needed here.
@@ -64,6 +66,13 @@ fn function_crates_are_workspace_members() {
         "these function crates are not members of the root workspace (add \"functions/<name>\" or \
          \"functions/*\" to [workspace] members): {missing:?}; members are {members:?}"
     );
+}
+
+#[test]
+fn url_outputs_name_routes_of_the_functions_behind_them() {
+    let template = read(&repo_root().join("template.yaml"));
+    let problems = check_url_outputs(&template);
+    assert!(problems.is_empty(), "template.yaml's URL outputs:\n- {}", problems.join("\n- "));
 }
 
 // ------------------------------------------------------------------------------------------- checks
@@ -156,6 +165,97 @@ fn function_crate_dirs(root: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// Every URL output whose path is not a route where it points, as messages: `${X.FunctionUrl}path`
+/// must be a route of the function `X` targets (used under `X`'s condition, when it has one), and
+/// `https://${HttpApi}...path` a route of some function on the HTTP API. Paths ending in `...`
+/// name a family of routes, and base URLs (`*BaseUrl*` outputs) the stem of theirs.
+fn check_url_outputs(template: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let api_routes: Vec<String> = blocks(template, "Resources").iter().flat_map(|(_, b)| routes(b)).collect();
+    let api = "https://${HttpApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}";
+    for (name, block) in blocks(template, "Outputs") {
+        for line in block.lines() {
+            let value = line.trim().trim_start_matches("- ").trim_start_matches("Value: ");
+            let Some(value) = value.strip_prefix("!Sub ") else {
+                continue;
+            };
+            let value = value.trim_matches('"');
+            // A base URL (a desk appends its paths to it) names the stem of its routes.
+            let base = |path: &str| match name.contains("BaseUrl") {
+                true => format!("{path}/..."),
+                false => path.to_string(),
+            };
+            if let Some(rest) = value.strip_prefix(api).filter(|rest| !rest.is_empty()) {
+                if !has_route(&api_routes, &base(rest)) {
+                    problems.push(format!("{name}: {rest} is no route of the HTTP API"));
+                }
+            } else if let Some((url, path)) = value.strip_prefix("${").and_then(|v| v.split_once(".FunctionUrl}")) {
+                let url_block = resource(template, url);
+                let function = url_block.lines().find_map(|l| scalar(l, "TargetFunctionArn"));
+                let Some(function) = function.and_then(|f| f.strip_prefix("!GetAtt ").map(str::to_string)) else {
+                    problems.push(format!("{name}: {url} is no function URL of the template"));
+                    continue;
+                };
+                let function = function.trim_end_matches(".Arn");
+                if !has_route(&routes(&resource(template, function)), &base(&format!("/{path}"))) {
+                    problems.push(format!("{name}: /{path} is no route of {function}, which {url} serves"));
+                }
+                let condition = url_block.lines().find_map(|l| scalar(l, "Condition"));
+                let guarded = |c: &str| block.contains(&format!("Condition: {c}")) || block.contains(&format!("- {c}"));
+                if let Some(c) = condition.filter(|c| !guarded(c)) {
+                    problems.push(format!("{name}: uses {url} outside its condition {c}"));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// The `Path:` of every HttpApi event in a resource's text.
+fn routes(block: &str) -> Vec<String> {
+    block.lines().filter_map(|l| scalar(l, "Path")).collect()
+}
+
+/// Whether `path` is one of `routes`, or the stem of some when it ends in `/...`.
+fn has_route(routes: &[String], path: &str) -> bool {
+    match path.strip_suffix("/...") {
+        Some(stem) => routes.iter().any(|r| r.starts_with(&format!("{stem}/"))),
+        None => routes.iter().any(|r| r == path),
+    }
+}
+
+/// The text of resource `logical_id` (empty when there is none).
+fn resource(template: &str, logical_id: &str) -> String {
+    blocks(template, "Resources").into_iter().find(|(k, _)| k == logical_id).map(|(_, b)| b).unwrap_or_default()
+}
+
+/// The entries of a top-level section (`Resources`, `Outputs`) by key, each with its text.
+fn blocks(template: &str, section: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut inside = false;
+    let mut entry_indent = None;
+    for line in template.lines() {
+        if !is_content(line) {
+            continue;
+        }
+        let indent = indent_of(line);
+        if indent == 0 {
+            inside = line.trim_end() == format!("{section}:");
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        if indent <= *entry_indent.get_or_insert(indent) {
+            out.push((line.trim().trim_end_matches(':').to_string(), String::new()));
+        } else if let Some((_, text)) = out.last_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    out
 }
 
 // ------------------------------------------------------------------------------------- text parsing
@@ -406,4 +506,61 @@ fn workspace_members_are_read_with_globs() {
     assert!(is_member(&members, "shared/core"));
     assert!(!is_member(&members, "shared/aws"));
     assert!(!is_member(&["functions/widget-api".to_string()], "functions/desk-webhook"));
+}
+
+#[test]
+fn url_checker_reports_routes_of_other_functions_and_urls_outside_their_condition() {
+    let template = r#"
+Conditions:
+  HasHookUrl: !Equals [!Ref Urls, "yes"]
+Resources:
+  HookFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      Events:
+        Hook:
+          Type: HttpApi
+          Properties:
+            Path: /hooks/{agent}
+  ApiFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      Events:
+        Widget:
+          Type: HttpApi
+          Properties:
+            Path: /api/widget/{agent}/session
+  HookUrl:
+    Type: AWS::Lambda::Url
+    Condition: HasHookUrl
+    Properties:
+      TargetFunctionArn: !GetAtt HookFunction.Arn
+Outputs:
+  Good:
+    Value: !If
+      - HasHookUrl
+      - !Sub "${HookUrl.FunctionUrl}hooks/{agent}"
+      - !Sub "https://${HttpApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/hooks/{agent}"
+  Family:
+    Value: !Sub "https://${HttpApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/api/widget/{agent}/..."
+  OtherFunction:
+    Condition: HasHookUrl
+    Value: !Sub "${HookUrl.FunctionUrl}api/widget/{agent}/session"
+  Unguarded:
+    Value: !Sub "${HookUrl.FunctionUrl}hooks/{agent}"
+  NoRoute:
+    Value: !Sub "https://${HttpApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/hooks/{agent}/v2"
+  NoUrl:
+    Value: !Sub "${MissingUrl.FunctionUrl}hooks/{agent}"
+"#;
+    let problems = check_url_outputs(template);
+    assert_eq!(
+        problems,
+        [
+            "OtherFunction: /api/widget/{agent}/session is no route of HookFunction, which HookUrl serves",
+            "Unguarded: uses HookUrl outside its condition HasHookUrl",
+            "NoRoute: /hooks/{agent}/v2 is no route of the HTTP API",
+            "NoUrl: MissingUrl is no function URL of the template",
+        ]
+    );
 }
