@@ -183,10 +183,7 @@ fn check_url_outputs(template: &str) -> Vec<String> {
             };
             let value = value.trim_matches('"');
             // A base URL (a desk appends its paths to it) names the stem of its routes.
-            let base = |path: &str| match name.contains("BaseUrl") {
-                true => format!("{path}/..."),
-                false => path.to_string(),
-            };
+            let base = |path: &str| if name.contains("BaseUrl") { format!("{path}/...") } else { path.to_string() };
             if let Some(rest) = value.strip_prefix(api).filter(|rest| !rest.is_empty()) {
                 if !has_route(&api_routes, &base(rest)) {
                     problems.push(format!("{name}: {rest} is no route of the HTTP API"));
