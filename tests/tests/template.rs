@@ -173,7 +173,8 @@ fn function_crate_dirs(root: &Path) -> Vec<String> {
 /// name a family of routes, and base URLs (`*BaseUrl*` outputs) the stem of theirs.
 fn check_url_outputs(template: &str) -> Vec<String> {
     let mut problems = Vec::new();
-    let api_routes: Vec<String> = blocks(template, "Resources").iter().flat_map(|(_, b)| routes(b)).collect();
+    let resources = blocks(template, "Resources");
+    let api_routes: Vec<String> = resources.iter().flat_map(|(_, b)| routes(b)).collect();
     let api = "https://${HttpApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}";
     for (name, block) in blocks(template, "Outputs") {
         for line in block.lines() {
@@ -189,14 +190,14 @@ fn check_url_outputs(template: &str) -> Vec<String> {
                     problems.push(format!("{name}: {rest} is no route of the HTTP API"));
                 }
             } else if let Some((url, path)) = value.strip_prefix("${").and_then(|v| v.split_once(".FunctionUrl}")) {
-                let url_block = resource(template, url);
+                let url_block = resource(&resources, url);
                 let function = url_block.lines().find_map(|l| scalar(l, "TargetFunctionArn"));
                 let Some(function) = function.and_then(|f| f.strip_prefix("!GetAtt ").map(str::to_string)) else {
                     problems.push(format!("{name}: {url} is no function URL of the template"));
                     continue;
                 };
                 let function = function.trim_end_matches(".Arn");
-                if !has_route(&routes(&resource(template, function)), &base(&format!("/{path}"))) {
+                if !has_route(&routes(resource(&resources, function)), &base(&format!("/{path}"))) {
                     problems.push(format!("{name}: /{path} is no route of {function}, which {url} serves"));
                 }
                 let condition = url_block.lines().find_map(|l| scalar(l, "Condition"));
@@ -223,9 +224,9 @@ fn has_route(routes: &[String], path: &str) -> bool {
     }
 }
 
-/// The text of resource `logical_id` (empty when there is none).
-fn resource(template: &str, logical_id: &str) -> String {
-    blocks(template, "Resources").into_iter().find(|(k, _)| k == logical_id).map(|(_, b)| b).unwrap_or_default()
+/// The text of resource `logical_id` among `resources` (empty when there is none).
+fn resource<'a>(resources: &'a [(String, String)], logical_id: &str) -> &'a str {
+    resources.iter().find(|(k, _)| k == logical_id).map_or("", |(_, b)| b.as_str())
 }
 
 /// The entries of a top-level section (`Resources`, `Outputs`) by key, each with its text.

@@ -21,9 +21,11 @@
 //! that writes effects can take it too, and taking or giving it back answers with the outbox.
 
 use crate::store::{
-    conditional, decode_doc, decode_field_as, get_n, get_s, lock, n, s, seen_key, DynamoStore, Item, LAST_EVENT,
+    conditional, decode_doc, decode_field_as, get_n, get_s, lock, n, remember, s, seen_key, DynamoStore, Item,
+    LAST_EVENT,
 };
 use crate::table::{conv_pk, key_part, shard_of, OBX_DUE, OBX_SHARD, PK, SK};
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use baton_core::effect::{PendingEffect, EFFECT_SCHEMA};
 use baton_core::model::{ConversationKey, Millis};
@@ -221,11 +223,7 @@ impl DynamoStore {
     /// Remember that `settlement`'s lease was given back, for the next write of the session
     /// item here to take it out.
     pub(crate) fn remember_settlement(&self, conv: &str, settlement: Settlement) {
-        let mut settled = lock(&self.settled);
-        if settled.len() >= MAX_REMEMBERED {
-            settled.clear();
-        }
-        settled.insert(conv.to_string(), settlement);
+        remember(&self.settled, MAX_REMEMBERED, conv, settlement);
     }
 
     /// The settlement of `conv` this store knows, for a write of its session item.
@@ -242,20 +240,17 @@ impl DynamoStore {
     /// Writes `settlement` to the session item: the lease given back and its drain's effects
     /// completed, unless another holder has the lease now.
     pub(crate) async fn release_settled(&self, conv: &str, settlement: &Settlement) -> Result<(), StoreError> {
-        let names: Vec<String> = (0..settlement.places.len()).map(|i| format!("#e{i}")).collect();
-        let mut release = self
+        let release = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(crate::store::key_of(conv, "SESSION")))
-            .update_expression(format!("REMOVE #by, #until, {}", names.join(", ")))
             .condition_expression("#by = :by")
             .expression_attribute_names("#by", DRAIN_BY)
             .expression_attribute_names("#until", DRAIN_UNTIL)
             .expression_attribute_values(":by", s(settlement.holder.as_str()));
-        for (name, place) in names.iter().zip(&settlement.places) {
-            release = release.expression_attribute_names(name, place);
-        }
+        let (release, places) = name_places(release, &settlement.places);
+        let release = release.update_expression(format!("REMOVE #by, #until, {places}"));
         conditional("release the drain lease", release.send().await)?;
         self.forget_settlement(conv);
         Ok(())
@@ -401,11 +396,7 @@ impl DynamoStore {
 
     /// What `load_session` saw of a session item, for the commit that follows.
     pub(crate) fn remember_loaded(&self, conv: &str, version: u64, seen: Loaded) {
-        let mut loaded = lock(&self.loaded);
-        if loaded.len() >= MAX_REMEMBERED {
-            loaded.clear();
-        }
-        loaded.insert(conv.to_string(), (version, seen));
+        remember(&self.loaded, MAX_REMEMBERED, conv, (version, seen));
     }
 
     /// The session item of `conv` at `version` as last loaded; a new session has no inline
@@ -434,8 +425,11 @@ pub(crate) struct Loaded {
     pub fresh: bool,
 }
 
-/// Sessions whose loaded item is remembered at most; past that the memory starts over (a miss
-/// sends that commit's effects to items of their own and writes its timer's index key).
+/// Conversations remembered at most in each of the loaded items, the settlements and the
+/// unwatched leases; past that each memory starts over. A loaded item missed sends that
+/// commit's effects to items of their own and writes its timer's index key; a settlement
+/// missed is read from the mark; an unwatched lease missed (its drain failed before its
+/// release, or memory started over) is released by a write of its own.
 const MAX_REMEMBERED: usize = 10_000;
 
 pub(crate) type LoadedSessions = std::sync::Mutex<HashMap<String, (u64, Loaded)>>;
@@ -468,6 +462,16 @@ pub(crate) const RELEASED_DONE: &str = "rel_done";
 pub(crate) struct Settlement {
     pub holder: String,
     pub places: Vec<String>,
+}
+
+/// `update` with a name `#done{i}` for each of `places` (inline effects' attributes), and
+/// those names joined for its `REMOVE` clause.
+fn name_places(mut update: UpdateItemFluentBuilder, places: &[String]) -> (UpdateItemFluentBuilder, String) {
+    let names: Vec<String> = (0..places.len()).map(|i| format!("#done{i}")).collect();
+    for (name, place) in names.iter().zip(places) {
+        update = update.expression_attribute_names(name, place);
+    }
+    (update, names.join(", "))
 }
 
 impl Settlement {
@@ -539,11 +543,9 @@ impl DrainLeases for DynamoStore {
                 if let Some(settled) = &settled {
                     condition.push_str(" OR #by = :settled");
                     take = take.expression_attribute_values(":settled", s(settled.holder.as_str()));
-                    let names: Vec<String> = (0..settled.places.len()).map(|i| format!("#done{i}")).collect();
-                    update.push_str(&format!(" REMOVE {}", names.join(", ")));
-                    for (name, place) in names.iter().zip(&settled.places) {
-                        take = take.expression_attribute_names(name, place);
-                    }
+                    let (named, places) = name_places(take, &settled.places);
+                    take = named;
+                    update.push_str(&format!(" REMOVE {places}"));
                 }
                 condition.push(')');
                 let taken = take.update_expression(update).condition_expression(condition).send().await;
@@ -564,12 +566,7 @@ impl DrainLeases for DynamoStore {
             }
         };
         if !indexed {
-            let mut unwatched = lock(&self.unwatched);
-            if unwatched.len() >= MAX_REMEMBERED {
-                // Leases whose drain failed before its release: they run out on their own.
-                unwatched.clear();
-            }
-            unwatched.insert(conv.clone(), lease.holder.clone());
+            remember(&self.unwatched, MAX_REMEMBERED, &conv, lease.holder.clone());
         }
         if pending.iter().any(|(place, _)| !is_inline(place)) {
             let name = format!("drain:{key}");

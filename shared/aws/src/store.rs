@@ -234,6 +234,17 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Remember `value` for conversation `conv` in one of this process's memos, which starts over
+/// once it holds `max` entries: a memo only spares work, and what it forgets is read, sent,
+/// written or waited for again (each bound's constant says which).
+pub(crate) fn remember<V>(memo: &std::sync::Mutex<HashMap<String, V>>, max: usize, conv: &str, value: V) {
+    let mut memo = lock(memo);
+    if memo.len() >= max {
+        memo.clear();
+    }
+    memo.insert(conv.to_string(), value);
+}
+
 pub(crate) fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
     StoreError::Unavailable(format!("cannot build a DynamoDB request: {e}"))
 }
@@ -1490,12 +1501,7 @@ impl Store for DynamoStore {
                         if item.get(DRAIN_BY) == Some(&s(lease.holder.as_str())) && !may_have_items(Some(&item)) {
                             let indexed = item.contains_key(OBX_DUE);
                             let pending = self.outbox_of(&conv, Some(item)).await?.pending;
-                            let mut claimed = lock(&self.claimed);
-                            if claimed.len() >= MAX_CLAIMS {
-                                // Claims nobody took (their drain failed): their leases run out.
-                                claimed.clear();
-                            }
-                            claimed.insert(conv.clone(), Claim { lease, until, pending, indexed });
+                            remember(&self.claimed, MAX_CLAIMS, &conv, Claim { lease, until, pending, indexed });
                         }
                     }
                     Tx::Done
@@ -1534,11 +1540,7 @@ impl Store for DynamoStore {
                     self.remember_loaded(&conv, version, loaded);
                 }
                 if carried {
-                    let mut memo = lock(&self.carried);
-                    if memo.len() >= MAX_REMEMBERED_CARRIES {
-                        memo.clear();
-                    }
-                    memo.insert(conv.clone(), version);
+                    remember(&self.carried, MAX_REMEMBERED_CARRIES, &conv, version);
                 }
                 self.mark_seen(key, &commit.event_id, at, true).await?;
                 // After the write, not in it (which would bill it twice): see `keep_trace_line`.

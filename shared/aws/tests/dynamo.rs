@@ -1123,7 +1123,7 @@ async fn a_release_recorded_at_the_seen_mark_is_seen_through_and_taken_out_by_th
     let done = |id: &str, at: i64| Completion { effect_id: id.into(), trace: trace(at, id), keep_until: Millis(at) };
     let k = key("settled");
     let pk = format!("CONV#{k}");
-    let at = wall_now();
+    let at = common::wall_now().0;
     let mut c = commit(&k, 0, "e1", None, at);
     c.effects = vec![say("e1", 0, "one"), say("e1", 1, "two")];
     store.commit(c.clone()).await.unwrap();
@@ -1186,11 +1186,6 @@ async fn a_release_recorded_at_the_seen_mark_is_seen_through_and_taken_out_by_th
     assert!(DrainLeases::take(&third, &k, Millis(at + 23), Millis(at + 90_023)).await.unwrap().is_none());
     let (_, pending) = DrainLeases::take(&third, &k, Millis(at + 90_022), Millis(at + 180_022)).await.unwrap().unwrap();
     assert_eq!(ids(&pending), ["e3/0"]);
-}
-
-fn wall_now() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    i64::try_from(since.as_millis()).unwrap()
 }
 
 #[tokio::test]

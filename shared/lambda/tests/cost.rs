@@ -446,7 +446,7 @@ fn permissions_for(action: &str) -> Vec<&str> {
     }
 }
 
-/// The default of one of the template's parameters.
+/// The default of one of the template's parameters, unquoted.
 fn template_default(parameter: &str) -> String {
     let header = format!("  {parameter}:");
     let mut lines = TEMPLATE.lines().skip_while(|l| *l != header).skip(1);
@@ -454,7 +454,7 @@ fn template_default(parameter: &str) -> String {
         .by_ref()
         .take_while(|l| l.starts_with("    "))
         .find_map(|l| l.trim().strip_prefix("Default:"))
-        .map(|v| v.trim().to_string())
+        .map(|v| v.trim().trim_matches('"').to_string())
         .unwrap_or_else(|| panic!("template.yaml has no default for {parameter}"))
 }
 
@@ -711,7 +711,7 @@ async fn the_bill_of_a_typical_conversation_does_not_grow() {
     // The stack's default front door for the channels' and desks' webhooks (FunctionUrls).
     let webhook_urls = template_default("FunctionUrls");
     let (by_default, door) = match webhook_urls.as_str() {
-        "none" | "\"false\"" => (&telegram, "the HTTP API"),
+        "none" | "false" => (&telegram, "the HTTP API"),
         _ => (&telegram_url, "their function URLs"),
     };
     println!(
