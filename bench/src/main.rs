@@ -10,6 +10,7 @@
 //! `baton-bench kill` and `baton-bench outage`: fault injection (see `faults`).
 
 mod faults;
+mod floor;
 mod server;
 mod soak;
 
@@ -49,6 +50,10 @@ enum Command {
         /// it, `concurrency` requests are kept in flight back to back (closed loop).
         #[arg(long)]
         rate: Option<f64>,
+        /// What answers: `baton serve`, or one of the floors that do less (`floor.rs`), to
+        /// read the hub's figures against what the machine gives any server of the kind.
+        #[arg(long, value_enum, default_value_t = floor::Target::Hub)]
+        target: floor::Target,
     },
     /// Duplicates and reordering at scale: Telegram chats whose every update is delivered
     /// `copies` times at once plus a late copy after the chat's next update. Prints what was
@@ -151,7 +156,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() {
     match Cli::parse().command {
         Command::Timers { conversations, timeout_secs } => timers(conversations, timeout_secs).await,
-        Command::Load { users, messages, concurrency, rate } => load(users, messages, concurrency, rate).await,
+        Command::Load { users, messages, concurrency, rate, target } => {
+            load(users, messages, concurrency, rate, target).await
+        }
         Command::Soak { minutes, conversations_per_minute, interval, baton } => {
             soak::soak(&baton, minutes, conversations_per_minute, interval).await
         }
@@ -278,7 +285,7 @@ async fn handed_off(
     clients
 }
 
-async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f64>) {
+async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f64>, target: floor::Target) {
     let policy = Policy { wait_timeout_secs: 3600, session_timeout_secs: 3600, ..Policy::default() };
     // The load generator and the fake desk run on a runtime of their own (threads named
     // `bench-load`), so the hub's own CPU per event can be told from theirs.
@@ -288,11 +295,26 @@ async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f6
         .enable_all()
         .build()
         .expect("load runtime");
-    let desk = load_rt.spawn(FakeDesk::start(None)).await.expect("desk");
-    let (running, desk, base, token, _dir) = hub(policy, desk).await;
-    let clients = handed_off(&base, &desk, &token, users, |_| true).await;
-    // Wait until every conversation is with a human.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut desk = load_rt.spawn(FakeDesk::start(None)).await.expect("desk");
+    let (server, base, tokens) = match target {
+        floor::Target::Hub => {
+            let (running, desk_back, base, token, dir) = hub(policy, desk).await;
+            desk = desk_back;
+            let clients = handed_off(&base, &desk, &token, users, |_| true).await;
+            // Wait until every conversation is with a human.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let tokens: Vec<String> = clients.iter().map(|w| w.token.clone()).collect();
+            (Server::Hub(Box::new(running), dir), base, tokens)
+        }
+        lesser => {
+            let floor = floor::start(lesser, &desk.url()).await;
+            let base = floor.base.clone();
+            // Any bearer token: the floors take it as the user's id.
+            (Server::Floor(floor), base, (0..users).map(|u| format!("user-{u}")).collect())
+        }
+    };
+    let db = server.db();
+    let relays = matches!(target, floor::Target::Hub | floor::Target::Relay);
     let chats_before = desk.count_to("/chat");
     let total = users * messages;
     let mode = match rate {
@@ -301,75 +323,73 @@ async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f6
     };
     println!(
         "load: {users} users x {messages} messages = {total} events through POST /api/widget/.../messages, \
-         {mode}, relayed to a fake desk on loopback; embedded SQLite (synchronous=FULL)"
+         {mode}; {}",
+        target.describe()
     );
     let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().expect("client");
     // Message m of every user before message m + 1 of any: each conversation's messages are
     // spread over the run.
-    let jobs: Vec<(String, String, String)> = (0..messages)
+    let jobs: Vec<Job> = (0..messages)
         .flat_map(|m| {
-            clients.iter().enumerate().map(move |(u, w)| (w.token.clone(), format!("u{u}-m{m}"), format!("c{u}x{m}")))
+            tokens.iter().enumerate().map(move |(u, t)| Job {
+                token: t.clone(),
+                text: format!("u{u}-m{m}"),
+                client_id: format!("c{u}x{m}"),
+            })
         })
         .collect();
     let sent_at = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     let url = Arc::new(format!("{base}/api/widget/bench/messages"));
-    let (proc_before, writer_before) = (ProcCounters::read(), running.db.writer_stats());
+    let (proc_before, writer_before) = (ProcCounters::read(), db.as_ref().map(|db| db.writer_stats()));
     let started = Instant::now();
-    let generated = load_rt.spawn({
-        let sent_at = sent_at.clone();
-        async move {
+    let request = Request { http, url, sent_at: sent_at.clone() };
+    let (tasks, offered) = load_rt
+        .spawn(async move {
             let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
             let mut tasks = Vec::with_capacity(total);
-            for (i, (token, text, id)) in jobs.into_iter().enumerate() {
-                // Closed loop: start when a slot frees. Open loop: start on schedule; the latency
-                // runs from the scheduled time, so waiting for a slot counts.
-                let (scheduled, permit) = match rate {
+            for (i, job) in jobs.into_iter().enumerate() {
+                let request = request.clone();
+                match rate {
+                    // Open loop: start on schedule, whatever the answers do; the latency runs
+                    // from the scheduled time, so waiting for a slot counts. tokio's timer
+                    // ticks in whole milliseconds, so a request leaves up to about 1 ms late
+                    // even on an idle machine (the "before sending" line).
                     Some(r) => {
                         let at = started + Duration::from_secs_f64(i as f64 / r);
                         tokio::time::sleep_until(at.into()).await;
-                        (Some(at), None)
+                        let slots = slots.clone();
+                        tasks.push(tokio::spawn(async move {
+                            let _slot = slots.acquire_owned().await.expect("slots");
+                            request.send(job, Some(at)).await
+                        }));
                     }
-                    None => (None, Some(slots.clone().acquire_owned().await.expect("slots"))),
-                };
-                let (sent_at, http, url, slots) = (sent_at.clone(), http.clone(), url.clone(), slots.clone());
-                tasks.push(tokio::spawn(async move {
-                    let _permit = match permit {
-                        Some(p) => p,
-                        None => slots.acquire_owned().await.expect("slots"),
-                    };
-                    let t0 = scheduled.unwrap_or_else(Instant::now);
-                    // How late the request leaves against its schedule (open loop): the part
-                    // of its latency spent in the load generator, before any byte is sent.
-                    let lag = t0.elapsed().as_micros() as i64;
-                    let r = http
-                        .post(url.as_str())
-                        .bearer_auth(&token)
-                        .json(&serde_json::json!({"text": text, "client_id": id}))
-                        .send()
-                        .await;
-                    match r {
-                        Ok(r) if r.status() == 202 => {
-                            sent_at.lock().expect("sent").insert(text, t0);
-                            Some((t0.elapsed().as_micros() as i64, lag))
-                        }
-                        _ => None,
+                    // Closed loop: start when one of `concurrency` slots frees.
+                    None => {
+                        let slot = slots.clone().acquire_owned().await.expect("slots");
+                        tasks.push(tokio::spawn(async move {
+                            let _slot = slot;
+                            request.send(job, None).await
+                        }));
                     }
-                }));
-            }
-            let offered = started.elapsed();
-            let (mut acks, mut lags) = (Vec::new(), Vec::new());
-            let mut refused = 0;
-            for t in tasks {
-                match t.await.expect("task") {
-                    Some((a, l)) => {
-                        acks.push(a);
-                        lags.push(l);
-                    }
-                    None => refused += 1,
                 }
             }
-            (acks, lags, refused, offered)
+            (tasks, started.elapsed())
+        })
+        .await
+        .expect("load generator");
+    let generated = load_rt.spawn(async move {
+        let (mut acks, mut lags) = (Vec::new(), Vec::new());
+        let mut refused = 0;
+        for t in tasks {
+            match t.await.expect("task") {
+                Some((a, l)) => {
+                    acks.push(a);
+                    lags.push(l);
+                }
+                None => refused += 1,
+            }
         }
+        (acks, lags, refused, offered)
     });
     let (acks, lags, refused, offered) = generated.await.expect("load generator");
     let ingest = started.elapsed();
@@ -377,11 +397,12 @@ async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f6
     // Poll a count (copying the desk's log would steal CPU from the hub), then read once.
     let deadline = Instant::now() + Duration::from_secs(120);
     let before = chats_before;
-    while desk.count_to("/chat") < before + acks.len() && Instant::now() < deadline {
+    while relays && desk.count_to("/chat") < before + acks.len() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let done = started.elapsed();
-    let (proc_after, db_writer) = (ProcCounters::read(), running.db.writer_stats().since(&writer_before));
+    let proc_after = ProcCounters::read();
+    let db_writer = db.as_ref().zip(writer_before).map(|(db, before)| db.writer_stats().since(&before));
     let chats: Vec<_> = desk.requests_to("/chat").into_iter().skip(before).collect();
     let sent = sent_at.lock().expect("sent").clone();
     let mut e2e = Vec::new();
@@ -393,7 +414,7 @@ async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f6
         }
         seen.insert(text);
     }
-    let lost = sent.keys().filter(|k| !seen.contains(*k)).count();
+    let lost = if relays { sent.keys().filter(|k| !seen.contains(*k)).count() } else { 0 };
     let doubled = chats.len() - seen.len();
     println!("accepted {} of {total} (refused {refused}), lost {lost}, delivered twice {doubled}", acks.len());
     if rate.is_some() {
@@ -403,15 +424,21 @@ async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f6
             offered.as_secs_f64()
         );
     }
+    let relayed = if relays {
+        format!(
+            "; processed end to end: {:.0} events/s ({:.2} s); last desk delivery {:.2} s after the last acknowledgement",
+            chats.len() as f64 / done.as_secs_f64(),
+            done.as_secs_f64(),
+            chats.last().map_or(0.0, |c| c.at.duration_since(started + ingest).as_secs_f64()),
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "ingest: {:.0} events/s acknowledged ({} in {:.2} s); processed end to end: {:.0} events/s ({:.2} s); \
-         last desk delivery {:.2} s after the last acknowledgement",
+        "ingest: {:.0} events/s acknowledged ({} in {:.2} s){relayed}",
         acks.len() as f64 / ingest.as_secs_f64(),
         acks.len(),
         ingest.as_secs_f64(),
-        chats.len() as f64 / done.as_secs_f64(),
-        done.as_secs_f64(),
-        chats.last().map_or(0.0, |c| c.at.duration_since(started + ingest).as_secs_f64()),
     );
     let events = acks.len().max(1) as f64;
     let spread = rate.map(|r| slowest_spread(&acks, r));
@@ -422,49 +449,122 @@ async fn load(users: usize, messages: usize, concurrency: usize, rate: Option<f6
     if rate.is_some() {
         report_us("of which before sending (the load generator behind its schedule)", lags);
     }
-    report_us("user -> desk latency", e2e);
+    if relays {
+        report_us("user -> desk latency", e2e);
+    }
+    let server_name = if target == floor::Target::Hub { "the hub" } else { "the server" };
     if let (Some(b), Some(a)) = (proc_before, proc_after) {
         let us = |ticks: u64| ticks as f64 * 1e6 / ProcCounters::TICKS_PER_SEC / events;
         let (all, load) = (a.cpu_ticks - b.cpu_ticks, a.load_ticks.saturating_sub(b.load_ticks));
         let writer = a.writer_ticks.saturating_sub(b.writer_ticks);
         let checkpoints = a.checkpoint_ticks.saturating_sub(b.checkpoint_ticks);
+        let store = match &db_writer {
+            Some(w) => format!(
+                " (its database writer thread {:.0} us, its checkpoint thread {:.0} us); {:.1} events per group commit",
+                us(writer),
+                us(checkpoints),
+                events / w.commits.max(1) as f64
+            ),
+            None => String::new(),
+        };
         println!(
-            "per event, this process (hub, load generator and desk): {:.1} KB in {:.1} write calls \
-             (files and sockets, /proc/self/io); {:.0} us CPU, of which the hub {:.0} us (its database \
-             writer thread {:.0} us, its checkpoint thread {:.0} us) and the load generator and desk {:.0} us (their own threads); \
-             {:.1} events per group commit",
+            "per event, this process ({server_name}, load generator and desk): {:.1} KB in {:.1} write calls \
+             (files and sockets, /proc/self/io); {:.0} us CPU, of which {server_name} {:.0} us and the load \
+             generator and desk {:.0} us (their own threads){store}",
             (a.wchar - b.wchar) as f64 / 1024.0 / events,
             (a.syscw - b.syscw) as f64 / events,
             us(all),
             us(all.saturating_sub(load)),
-            us(writer),
-            us(checkpoints),
             us(load),
-            events / db_writer.commits.max(1) as f64,
         );
     }
     // Every write of the hub, an acknowledgement's included, waits for this one thread.
-    let ms = |q: f64| {
-        db_writer.wait_quantile(q).map_or_else(|| "over 50".to_string(), |d| format!("{:.2}", d.as_secs_f64() * 1e3))
-    };
-    println!(
-        "database writer: running groups {:.0}% of the {:.2} s (fsyncs and waits for a core included); \
-         {} writes, each waiting for its commit p50 {} ms, p99 {} ms (to 0.25 ms); \
-         {} checkpoints between groups (the WAL starting over), {:.2} ms each on average",
-        100.0 * db_writer.busy.as_secs_f64() / done.as_secs_f64(),
-        done.as_secs_f64(),
-        db_writer.writes,
-        ms(0.5),
-        ms(0.99),
-        db_writer.checkpoints,
-        db_writer.checkpoint_time.as_secs_f64() * 1e3 / db_writer.checkpoints.max(1) as f64,
-    );
-    running.stop().await;
+    if let Some(db_writer) = db_writer {
+        let ms = |q: f64| {
+            db_writer
+                .wait_quantile(q)
+                .map_or_else(|| "over 50".to_string(), |d| format!("{:.2}", d.as_secs_f64() * 1e3))
+        };
+        println!(
+            "database writer: running groups {:.0}% of the {:.2} s (fsyncs and waits for a core included); \
+             {} writes, each waiting for its commit p50 {} ms, p99 {} ms (to 0.25 ms); \
+             {} checkpoints between groups (the WAL starting over), {:.2} ms each on average",
+            100.0 * db_writer.busy.as_secs_f64() / done.as_secs_f64(),
+            done.as_secs_f64(),
+            db_writer.writes,
+            ms(0.5),
+            ms(0.99),
+            db_writer.checkpoints,
+            db_writer.checkpoint_time.as_secs_f64() * 1e3 / db_writer.checkpoints.max(1) as f64,
+        );
+    }
+    server.stop().await;
     load_rt.shutdown_background();
+}
+
+/// One message of `load`: a user's token, the text, the widget's client id.
+struct Job {
+    token: String,
+    text: String,
+    client_id: String,
+}
+
+/// Sends the jobs of `load` and notes when each accepted text was scheduled (or sent).
+#[derive(Clone)]
+struct Request {
+    http: reqwest::Client,
+    url: Arc<String>,
+    sent_at: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>,
+}
+
+impl Request {
+    /// Send `job`: its ack latency and how late it left, both from `scheduled` (open loop;
+    /// closed loop: from now), in µs; `None` if it was not accepted.
+    async fn send(&self, job: Job, scheduled: Option<Instant>) -> Option<(i64, i64)> {
+        let t0 = scheduled.unwrap_or_else(Instant::now);
+        // How late the request leaves against its schedule (open loop): the part of its
+        // latency spent in the load generator, before any byte is sent.
+        let lag = t0.elapsed().as_micros() as i64;
+        let r = self
+            .http
+            .post(self.url.as_str())
+            .bearer_auth(&job.token)
+            .json(&serde_json::json!({"text": job.text, "client_id": job.client_id}))
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status() == 202 => {
+                self.sent_at.lock().expect("sent").insert(job.text, t0);
+                Some((t0.elapsed().as_micros() as i64, lag))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Name of the threads that run the load generator and the fake desk.
 const LOAD_THREADS: &str = "bench-load";
+
+/// What `load` runs against: the hub (with its data directory) or a floor.
+enum Server {
+    Hub(Box<baton::serve::Running>, tempfile::TempDir),
+    Floor(floor::Floor),
+}
+
+impl Server {
+    fn db(&self) -> Option<Arc<baton_embedded::Db>> {
+        match self {
+            Server::Hub(running, _) => Some(running.db.clone()),
+            Server::Floor(floor) => floor.db.clone(),
+        }
+    }
+
+    async fn stop(self) {
+        if let Server::Hub(running, _dir) = self {
+            running.stop().await;
+        }
+    }
+}
 
 /// What the kernel counts for this process: bytes and calls of `write` (files and sockets
 /// alike) and CPU time (user + system).

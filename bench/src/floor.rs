@@ -1,0 +1,232 @@
+//! Floors for `load`: the same load generator, on the same route, against servers that do
+//! less than the hub, so that a hub figure can be read against what this machine gives any
+//! server of the kind while the generator and the desk share its cores.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use baton_core::ports::{Clock, EventQueue};
+use baton_core::{Channel, ConversationKey, Event, EventKind};
+use baton_embedded::{Db, EmbeddedQueue};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// What answers the load generator's `POST /api/widget/{agent}/messages`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Target {
+    /// `baton serve`: each message queued or stepped durably, then relayed to the desk.
+    Hub,
+    /// A route that reads the bearer token, parses the body and answers 202: the HTTP floor.
+    Bare,
+    /// `bare`, answering after the event is queued durably in the embedded store (its group
+    /// commit, `synchronous=FULL`); nothing reads the queue: the durable acknowledgement's floor.
+    Queue,
+    /// `bare`, answering after the event's JSON is appended to a file and that file synced
+    /// (`fdatasync`), by one thread that writes and syncs whatever is waiting as one group;
+    /// nothing reads it back, and it is no queue (no order per conversation, no replay): the
+    /// floor of any durable acknowledgement on this disk.
+    Journal,
+    /// `bare`, posting each message to the desk after answering; nothing stored: the floor of
+    /// a relay over HTTP.
+    Relay,
+}
+
+impl Target {
+    /// What the run's first line says answers.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Target::Hub => "baton serve, relaying to a fake desk on loopback; embedded SQLite (synchronous=FULL)",
+            Target::Bare => "floor `bare`: a route that parses the request and answers 202, nothing stored or relayed",
+            Target::Queue => {
+                "floor `queue`: a route that queues the event in the embedded store (synchronous=FULL) and answers 202, nothing relayed"
+            }
+            Target::Journal => {
+                "floor `journal`: a route that appends the event to a file, syncs it (group commit) and answers 202, nothing relayed"
+            }
+            Target::Relay => "floor `relay`: a route that answers 202 and posts the message to a fake desk on loopback, nothing stored",
+        }
+    }
+}
+
+/// The hub's conversation workers (`WORKERS` in cli/src/serve.rs).
+const RELAYS_IN_FLIGHT: usize = 64;
+
+/// A floor server on this runtime, on a free loopback port.
+pub struct Floor {
+    pub base: String,
+    /// The store of `Target::Queue`.
+    pub db: Option<Arc<Db>>,
+    /// Where its files are, removed with it.
+    _dir: tempfile::TempDir,
+}
+
+#[derive(Clone)]
+struct FloorState {
+    queue: Option<Arc<EmbeddedQueue>>,
+    journal: Option<Journal>,
+    /// The desk's `/chat` URL for `Target::Relay`.
+    relay_to: Option<Arc<String>>,
+    http: reqwest::Client,
+    /// Posts to the desk in flight at most, as many as the hub's conversation workers
+    /// (unbounded, a burst opened a connection per post and stalled the desk).
+    relay_slots: Arc<tokio::sync::Semaphore>,
+}
+
+pub async fn start(target: Target, desk_url: &str) -> Floor {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = (target == Target::Queue).then(|| Db::open(&dir.path().join("floor.sqlite")).expect("store"));
+    let state = FloorState {
+        queue: db.clone().map(|db| Arc::new(EmbeddedQueue::new(db))),
+        journal: (target == Target::Journal).then(|| Journal::start(&dir.path().join("floor.journal"))),
+        relay_to: (target == Target::Relay).then(|| Arc::new(format!("{desk_url}/chat"))),
+        http: reqwest::Client::new(),
+        relay_slots: Arc::new(tokio::sync::Semaphore::new(RELAYS_IN_FLIGHT)),
+    };
+    let app = Router::new().route("/api/widget/{agent}/messages", post(send)).with_state(state);
+    let addr = baton_tests::serve_on_loopback(app).await;
+    Floor { base: format!("http://{addr}"), db, _dir: dir }
+}
+
+async fn send(
+    State(st): State<FloorState>,
+    Path(agent): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, Json<Value>) {
+    let refuse = |status: StatusCode, message: &str| (status, Json(json!({"error": message})));
+    let Some(user) = headers.get("authorization").and_then(|v| v.to_str().ok()?.strip_prefix("Bearer ")) else {
+        return refuse(StatusCode::UNAUTHORIZED, "no bearer token");
+    };
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return refuse(StatusCode::BAD_REQUEST, "not JSON");
+    };
+    let (Some(text), Some(client_id)) = (req["text"].as_str(), req["client_id"].as_str()) else {
+        return refuse(StatusCode::BAD_REQUEST, "text and client_id wanted");
+    };
+    let Ok(key) = ConversationKey::new(&agent, Channel::Widget, user) else {
+        return refuse(StatusCode::BAD_REQUEST, "bad agent or user");
+    };
+    let id = format!("widget:{key}:{client_id}");
+    if st.queue.is_some() || st.journal.is_some() {
+        let kind =
+            EventKind::UserMessage { text: text.to_string(), email: None, language: None, name: None, reply: None };
+        let event = Event::new(id.clone(), key.clone(), baton_runtime::clock::SystemClock.now(), kind);
+        let stored = match (&st.queue, &st.journal) {
+            (Some(queue), _) => queue.enqueue(vec![event]).await.is_ok(),
+            (_, Some(journal)) => journal.append(&event).await,
+            _ => true,
+        };
+        if !stored {
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "not stored");
+        }
+    }
+    if let Some(url) = &st.relay_to {
+        let message = json!({"conversation_id": key.to_string(), "body": text});
+        let (http, url, slots) = (st.http.clone(), url.clone(), st.relay_slots.clone());
+        tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            http.post(url.as_str()).json(&message).send().await
+        });
+    }
+    (StatusCode::ACCEPTED, Json(json!({"id": id})))
+}
+
+/// An append-only file with group commit: one thread takes every line waiting, writes them
+/// in one call, syncs the file, and then answers each.
+#[derive(Clone)]
+struct Journal {
+    lines: std::sync::mpsc::Sender<(Vec<u8>, tokio::sync::oneshot::Sender<bool>)>,
+}
+
+/// Name of the journal's thread (its CPU is the server's).
+const JOURNAL_THREAD: &str = "floor-journal";
+
+impl Journal {
+    fn start(path: &std::path::Path) -> Journal {
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("journal file");
+        let (lines, waiting) = std::sync::mpsc::channel::<(Vec<u8>, tokio::sync::oneshot::Sender<bool>)>();
+        std::thread::Builder::new()
+            .name(JOURNAL_THREAD.into())
+            .spawn(move || {
+                use std::io::Write;
+                while let Ok(first) = waiting.recv() {
+                    let mut group = vec![first];
+                    group.extend(waiting.try_iter());
+                    let bytes: Vec<u8> = group.iter().flat_map(|(line, _)| line.iter().copied()).collect();
+                    let synced = file.write_all(&bytes).and_then(|()| file.sync_data()).is_ok();
+                    for (_, answer) in group {
+                        let _ = answer.send(synced);
+                    }
+                }
+            })
+            .expect("journal thread");
+        Journal { lines }
+    }
+
+    /// True once `event` is on disk.
+    async fn append(&self, event: &Event) -> bool {
+        let Ok(mut line) = serde_json::to_vec(event) else { return false };
+        line.push(b'\n');
+        let (done, synced) = tokio::sync::oneshot::channel();
+        self.lines.send((line, done)).is_ok() && synced.await.unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_tests::desk::FakeDesk;
+    use std::time::Duration;
+
+    async fn post(floor: &Floor, token: Option<&str>, body: &str) -> (u16, Value) {
+        let mut req = reqwest::Client::new()
+            .post(format!("{}/api/widget/bench/messages", floor.base))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.expect("floor answers");
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn every_floor_accepts_a_message_and_refuses_what_it_cannot_read() {
+        let desk = FakeDesk::start(None).await;
+        for target in [Target::Bare, Target::Queue, Target::Journal, Target::Relay] {
+            let floor = start(target, &desk.url()).await;
+            let (status, body) = post(&floor, Some("user-1"), r#"{"text": "hi", "client_id": "c1"}"#).await;
+            assert_eq!((status, body["id"].as_str()), (202, Some("widget:bench#widget#user-1:c1")), "{target:?}");
+            assert_eq!(post(&floor, None, r#"{"text": "hi", "client_id": "c2"}"#).await.0, 401, "{target:?}");
+            assert_eq!(post(&floor, Some("user-1"), "{").await.0, 400, "{target:?}");
+            assert_eq!(post(&floor, Some("user-1"), r#"{"text": "hi"}"#).await.0, 400, "{target:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_stored_floors_store_the_event_and_the_relay_delivers_it() {
+        let desk = FakeDesk::start(None).await;
+        let key = ConversationKey::new("bench", Channel::Widget, "user-7").expect("key");
+
+        let queue = start(Target::Queue, &desk.url()).await;
+        assert_eq!(post(&queue, Some("user-7"), r#"{"text": "queued", "client_id": "q1"}"#).await.0, 202);
+        let db = queue.db.clone().expect("the queue floor's store");
+        let head = EmbeddedQueue::new(db).head(&key).await.expect("queue read").expect("an event");
+        assert_eq!(head.id, "widget:bench#widget#user-7:q1");
+
+        let journal = start(Target::Journal, &desk.url()).await;
+        assert_eq!(post(&journal, Some("user-7"), r#"{"text": "journaled", "client_id": "j1"}"#).await.0, 202);
+        // Answered only after the sync: the line is in the file by now.
+        let written = std::fs::read_to_string(journal._dir.path().join("floor.journal")).expect("journal");
+        let event: Event = serde_json::from_str(written.trim_end()).expect("one event a line");
+        assert_eq!((event.id.as_str(), event.conversation), ("widget:bench#widget#user-7:j1", key));
+
+        let relay = start(Target::Relay, &desk.url()).await;
+        assert_eq!(post(&relay, Some("user-7"), r#"{"text": "relayed", "client_id": "r1"}"#).await.0, 202);
+        let chat = tokio::time::timeout(Duration::from_secs(5), desk.first_to("/chat")).await.expect("relayed");
+        assert_eq!(chat.body["body"], "relayed");
+        assert_eq!(desk.count_to("/chat"), 1, "nothing but the relay posts to the desk");
+    }
+}
