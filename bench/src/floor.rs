@@ -62,10 +62,17 @@ pub struct Floor {
     _dir: tempfile::TempDir,
 }
 
+/// Where a floor keeps each event before it answers.
+#[derive(Clone)]
+enum Keep {
+    Nothing,
+    Queue(Arc<EmbeddedQueue>),
+    Journal(Journal),
+}
+
 #[derive(Clone)]
 struct FloorState {
-    queue: Option<Arc<EmbeddedQueue>>,
-    journal: Option<Journal>,
+    keep: Keep,
     /// The desk's `/chat` URL for `Target::Relay`.
     relay_to: Option<Arc<String>>,
     http: reqwest::Client,
@@ -77,9 +84,13 @@ struct FloorState {
 pub async fn start(target: Target, desk_url: &str) -> Floor {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = (target == Target::Queue).then(|| Db::open(&dir.path().join("floor.sqlite")).expect("store"));
+    let keep = match (&db, target) {
+        (Some(db), _) => Keep::Queue(Arc::new(EmbeddedQueue::new(db.clone()))),
+        (None, Target::Journal) => Keep::Journal(Journal::start(&dir.path().join("floor.journal"))),
+        _ => Keep::Nothing,
+    };
     let state = FloorState {
-        queue: db.clone().map(|db| Arc::new(EmbeddedQueue::new(db))),
-        journal: (target == Target::Journal).then(|| Journal::start(&dir.path().join("floor.journal"))),
+        keep,
         relay_to: (target == Target::Relay).then(|| Arc::new(format!("{desk_url}/chat"))),
         http: reqwest::Client::new(),
         relay_slots: Arc::new(tokio::sync::Semaphore::new(RELAYS_IN_FLIGHT)),
@@ -109,18 +120,18 @@ async fn send(
         return refuse(StatusCode::BAD_REQUEST, "bad agent or user");
     };
     let id = format!("widget:{key}:{client_id}");
-    if st.queue.is_some() || st.journal.is_some() {
+    let event = || {
         let kind =
             EventKind::UserMessage { text: text.to_string(), email: None, language: None, name: None, reply: None };
-        let event = Event::new(id.clone(), key.clone(), baton_runtime::clock::SystemClock.now(), kind);
-        let stored = match (&st.queue, &st.journal) {
-            (Some(queue), _) => queue.enqueue(vec![event]).await.is_ok(),
-            (_, Some(journal)) => journal.append(&event).await,
-            _ => true,
-        };
-        if !stored {
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, "not stored");
-        }
+        Event::new(id.clone(), key.clone(), baton_runtime::clock::SystemClock.now(), kind)
+    };
+    let kept = match &st.keep {
+        Keep::Nothing => true,
+        Keep::Queue(queue) => queue.enqueue(vec![event()]).await.is_ok(),
+        Keep::Journal(journal) => journal.append(&event()).await,
+    };
+    if !kept {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "not stored");
     }
     if let Some(url) = &st.relay_to {
         let message = json!({"conversation_id": key.to_string(), "body": text});
