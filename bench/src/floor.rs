@@ -21,7 +21,8 @@ pub enum Target {
     /// A route that reads the bearer token, parses the body and answers 202: the HTTP floor.
     Bare,
     /// `bare`, answering after the event is queued durably in the embedded store (its group
-    /// commit, `synchronous=FULL`); nothing reads the queue: the durable acknowledgement's floor.
+    /// commit, `synchronous=FULL`); the conversation's event before it is taken off the queue
+    /// behind the answer: the floor of the hub's durable acknowledgement.
     Queue,
     /// `bare`, answering after the event's JSON is appended to a file and that file synced
     /// (`fdatasync`), by one thread that writes and syncs whatever is waiting as one group;
@@ -40,7 +41,7 @@ impl Target {
             Target::Hub => "baton serve, relaying to a fake desk on loopback; embedded SQLite (synchronous=FULL)",
             Target::Bare => "floor `bare`: a route that parses the request and answers 202, nothing stored or relayed",
             Target::Queue => {
-                "floor `queue`: a route that queues the event in the embedded store (synchronous=FULL) and answers 202, nothing relayed"
+                "floor `queue`: a route that queues the event in the embedded store (synchronous=FULL) and answers 202, taking the conversation's event before off the queue; nothing relayed"
             }
             Target::Journal => {
                 "floor `journal`: a route that appends the event to a file, syncs it (group commit) and answers 202, nothing relayed"
@@ -66,7 +67,11 @@ pub struct Floor {
 #[derive(Clone)]
 enum Keep {
     Nothing,
-    Queue(Arc<EmbeddedQueue>),
+    /// The embedded queue, and each conversation's newest event in it.
+    Queue {
+        queue: Arc<EmbeddedQueue>,
+        newest: Arc<std::sync::Mutex<std::collections::HashMap<ConversationKey, String>>>,
+    },
     Journal(Journal),
 }
 
@@ -85,7 +90,7 @@ pub async fn start(target: Target, desk_url: &str) -> Floor {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = (target == Target::Queue).then(|| Db::open(&dir.path().join("floor.sqlite")).expect("store"));
     let keep = match (&db, target) {
-        (Some(db), _) => Keep::Queue(Arc::new(EmbeddedQueue::new(db.clone()))),
+        (Some(db), _) => Keep::Queue { queue: Arc::new(EmbeddedQueue::new(db.clone())), newest: Arc::default() },
         (None, Target::Journal) => Keep::Journal(Journal::start(&dir.path().join("floor.journal"))),
         _ => Keep::Nothing,
     };
@@ -127,7 +132,18 @@ async fn send(
     };
     let kept = match &st.keep {
         Keep::Nothing => true,
-        Keep::Queue(queue) => queue.enqueue(vec![event()]).await.is_ok(),
+        Keep::Queue { queue, newest } => {
+            let queued = queue.enqueue(vec![event()]).await.is_ok();
+            // The conversation's event before this one leaves the queue behind the answer,
+            // as a step takes it off in the hub: the queue holds a row per conversation, not
+            // every event of the run (a queue that only grew wrote 16 KB per event, not 2).
+            let before = queued.then(|| newest.lock().expect("newest").insert(key.clone(), id.clone()));
+            if let Some(before) = before.flatten() {
+                let (queue, key) = (queue.clone(), key.clone());
+                tokio::spawn(async move { queue.ack(&key, &before).await });
+            }
+            queued
+        }
         Keep::Journal(journal) => journal.append(&event()).await,
     };
     if !kept {
@@ -223,9 +239,17 @@ mod tests {
 
         let queue = start(Target::Queue, &desk.url()).await;
         assert_eq!(post(&queue, Some("user-7"), r#"{"text": "queued", "client_id": "q1"}"#).await.0, 202);
-        let db = queue.db.clone().expect("the queue floor's store");
-        let head = EmbeddedQueue::new(db).head(&key).await.expect("queue read").expect("an event");
+        let store = EmbeddedQueue::new(queue.db.clone().expect("the queue floor's store"));
+        let head = store.head(&key).await.expect("queue read").expect("an event");
         assert_eq!(head.id, "widget:bench#widget#user-7:q1");
+        // The next event takes the one before off the queue.
+        assert_eq!(post(&queue, Some("user-7"), r#"{"text": "queued too", "client_id": "q2"}"#).await.0, 202);
+        let ids = baton_tests::eventually(Duration::from_secs(5), "the first event off the queue", || async {
+            let ids: Vec<String> = store.heads(&key, 10).await.expect("queue read").into_iter().map(|e| e.id).collect();
+            (ids.len() == 1).then_some(ids)
+        })
+        .await;
+        assert_eq!(ids, ["widget:bench#widget#user-7:q2"]);
 
         let journal = start(Target::Journal, &desk.url()).await;
         assert_eq!(post(&journal, Some("user-7"), r#"{"text": "journaled", "client_id": "j1"}"#).await.0, 202);
