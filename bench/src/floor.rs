@@ -164,8 +164,11 @@ async fn send(
 /// in one call, syncs the file, and then answers each.
 #[derive(Clone)]
 struct Journal {
-    lines: std::sync::mpsc::Sender<(Vec<u8>, tokio::sync::oneshot::Sender<bool>)>,
+    lines: std::sync::mpsc::Sender<Line>,
 }
+
+/// A line for the journal, and where to say whether it is on disk.
+type Line = (Vec<u8>, tokio::sync::oneshot::Sender<bool>);
 
 /// Name of the journal's thread (its CPU is the server's).
 const JOURNAL_THREAD: &str = "floor-journal";
@@ -173,7 +176,7 @@ const JOURNAL_THREAD: &str = "floor-journal";
 impl Journal {
     fn start(path: &std::path::Path) -> Journal {
         let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("journal file");
-        let (lines, waiting) = std::sync::mpsc::channel::<(Vec<u8>, tokio::sync::oneshot::Sender<bool>)>();
+        let (lines, waiting) = std::sync::mpsc::channel::<Line>();
         std::thread::Builder::new()
             .name(JOURNAL_THREAD.into())
             .spawn(move || {
