@@ -229,33 +229,6 @@ fn resource<'a>(resources: &'a [(String, String)], logical_id: &str) -> &'a str 
     resources.iter().find(|(k, _)| k == logical_id).map_or("", |(_, b)| b.as_str())
 }
 
-/// The entries of a top-level section (`Resources`, `Outputs`) by key, each with its text.
-fn blocks(template: &str, section: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    let mut inside = false;
-    let mut entry_indent = None;
-    for line in template.lines() {
-        if !is_content(line) {
-            continue;
-        }
-        let indent = indent_of(line);
-        if indent == 0 {
-            inside = line.trim_end() == format!("{section}:");
-            continue;
-        }
-        if !inside {
-            continue;
-        }
-        if indent <= *entry_indent.get_or_insert(indent) {
-            out.push((line.trim().trim_end_matches(':').to_string(), String::new()));
-        } else if let Some((_, text)) = out.last_mut() {
-            text.push_str(line);
-            text.push('\n');
-        }
-    }
-    out
-}
-
 // ------------------------------------------------------------------------------------- text parsing
 
 fn indent_of(line: &str) -> usize {
@@ -281,62 +254,53 @@ fn scalar(line: &str, key: &str) -> Option<String> {
     (!value.is_empty()).then(|| value.to_string())
 }
 
-/// The `AWS::Serverless::Function` resources of a SAM template, found by indentation: the
-/// `Resources:` section at column 0, one resource per key at the section's first indentation,
-/// `Type` one level below it, and `CodeUri`, `BuildMethod`, `Binary` anywhere in the resource.
-fn serverless_functions(template: &str) -> Vec<Function> {
-    let mut functions = Vec::new();
-    let mut in_resources = false;
-    let mut resource_indent = None;
-    let mut current: Option<(Function, Option<usize>, bool)> = None; // (function, child indent, is serverless fn)
-    let finish = |current: &mut Option<(Function, Option<usize>, bool)>, out: &mut Vec<Function>| {
-        if let Some((f, _, true)) = current.take() {
-            out.push(f);
-        }
-    };
+/// The entries of a top-level section (`Resources`, `Outputs`), found by indentation: each
+/// key (unquoted) at the section's first indentation, with the text of its content lines.
+fn blocks(template: &str, section: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut inside = false;
+    let mut entry_indent = None;
     for line in template.lines() {
         if !is_content(line) {
             continue;
         }
         let indent = indent_of(line);
         if indent == 0 {
-            finish(&mut current, &mut functions);
-            in_resources = line.trim_end() == "Resources:";
-            resource_indent = None;
+            inside = line.trim_end() == format!("{section}:");
             continue;
         }
-        if !in_resources {
+        if !inside {
             continue;
         }
-        let resource_indent = *resource_indent.get_or_insert(indent);
-        if indent <= resource_indent {
-            finish(&mut current, &mut functions);
+        if indent <= *entry_indent.get_or_insert(indent) {
             let key = line.trim().trim_end_matches(':').trim_matches(['"', '\'']);
-            let function = Function { logical_id: key.to_string(), ..Function::default() };
-            current = Some((function, None, false));
-            continue;
-        }
-        let Some((function, child_indent, is_function)) = current.as_mut() else {
-            continue;
-        };
-        let child_indent = *child_indent.get_or_insert(indent);
-        if indent == child_indent {
-            if let Some(kind) = scalar(line, "Type") {
-                *is_function = kind == "AWS::Serverless::Function";
-            }
-        }
-        if let Some(v) = scalar(line, "CodeUri") {
-            function.code_uri = Some(v);
-        }
-        if let Some(v) = scalar(line, "BuildMethod") {
-            function.build_method = Some(v);
-        }
-        if let Some(v) = scalar(line, "Binary") {
-            function.binary = Some(v);
+            out.push((key.to_string(), String::new()));
+        } else if let Some((_, text)) = out.last_mut() {
+            text.push_str(line);
+            text.push('\n');
         }
     }
-    finish(&mut current, &mut functions);
-    functions
+    out
+}
+
+/// The `AWS::Serverless::Function` resources of a SAM template: among the `Resources` entries
+/// ([`blocks`]), those whose `Type` one level below the key says so, with `CodeUri`,
+/// `BuildMethod` and `Binary` found anywhere in the resource (the last one, if repeated).
+fn serverless_functions(template: &str) -> Vec<Function> {
+    blocks(template, "Resources")
+        .into_iter()
+        .filter_map(|(logical_id, text)| {
+            let child_indent = text.lines().next().map(indent_of)?;
+            let kind = text.lines().filter(|l| indent_of(l) == child_indent).find_map(|l| scalar(l, "Type"));
+            let last = |key: &str| text.lines().rev().find_map(|l| scalar(l, key));
+            (kind.as_deref() == Some("AWS::Serverless::Function")).then(|| Function {
+                code_uri: last("CodeUri"),
+                build_method: last("BuildMethod"),
+                binary: last("Binary"),
+                logical_id,
+            })
+        })
+        .collect()
 }
 
 /// `name` of the `[package]` table of a Cargo.toml.
