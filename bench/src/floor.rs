@@ -75,31 +75,39 @@ enum Keep {
     Journal(Journal),
 }
 
+/// Where `Target::Relay` posts each message: the desk's `/chat` URL.
 #[derive(Clone)]
-struct FloorState {
-    keep: Keep,
-    /// The desk's `/chat` URL for `Target::Relay`.
-    relay_to: Option<Arc<String>>,
+struct Relay {
+    url: Arc<String>,
     http: reqwest::Client,
     /// Posts to the desk in flight at most, as many as the hub's conversation workers
     /// (unbounded, a burst opened a connection per post and stalled the desk).
-    relay_slots: Arc<tokio::sync::Semaphore>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+#[derive(Clone)]
+struct FloorState {
+    keep: Keep,
+    relay: Option<Relay>,
 }
 
 pub async fn start(target: Target, desk_url: &str) -> Floor {
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = (target == Target::Queue).then(|| Db::open(&dir.path().join("floor.sqlite")).expect("store"));
-    let keep = match (&db, target) {
-        (Some(db), _) => Keep::Queue { queue: Arc::new(EmbeddedQueue::new(db.clone())), newest: Arc::default() },
-        (None, Target::Journal) => Keep::Journal(Journal::start(&dir.path().join("floor.journal"))),
-        _ => Keep::Nothing,
+    let (keep, db) = match target {
+        Target::Queue => {
+            let db = Db::open(&dir.path().join("floor.sqlite")).expect("store");
+            let queue = Arc::new(EmbeddedQueue::new(db.clone()));
+            (Keep::Queue { queue, newest: Arc::default() }, Some(db))
+        }
+        Target::Journal => (Keep::Journal(Journal::start(&dir.path().join("floor.journal"))), None),
+        Target::Hub | Target::Bare | Target::Relay => (Keep::Nothing, None),
     };
-    let state = FloorState {
-        keep,
-        relay_to: (target == Target::Relay).then(|| Arc::new(format!("{desk_url}/chat"))),
+    let relay = (target == Target::Relay).then(|| Relay {
+        url: Arc::new(format!("{desk_url}/chat")),
         http: reqwest::Client::new(),
-        relay_slots: Arc::new(tokio::sync::Semaphore::new(RELAYS_IN_FLIGHT)),
-    };
+        slots: Arc::new(tokio::sync::Semaphore::new(RELAYS_IN_FLIGHT)),
+    });
+    let state = FloorState { keep, relay };
     let app = Router::new().route("/api/widget/{agent}/messages", post(send)).with_state(state);
     let addr = baton_tests::serve_on_loopback(app).await;
     Floor { base: format!("http://{addr}"), db, _dir: dir }
@@ -149,12 +157,11 @@ async fn send(
     if !kept {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "not stored");
     }
-    if let Some(url) = &st.relay_to {
+    if let Some(relay) = st.relay {
         let message = json!({"conversation_id": key.to_string(), "body": text});
-        let (http, url, slots) = (st.http.clone(), url.clone(), st.relay_slots.clone());
         tokio::spawn(async move {
-            let _slot = slots.acquire_owned().await;
-            http.post(url.as_str()).json(&message).send().await
+            let _slot = relay.slots.acquire_owned().await;
+            relay.http.post(relay.url.as_str()).json(&message).send().await
         });
     }
     (StatusCode::ACCEPTED, Json(json!({"id": id})))
